@@ -1,0 +1,12 @@
+//! sealroom-measurements: the vocabulary shared by the agent and the verifier.
+//!
+//! What was measured (event logs, the runtime CEL log), how registers are replayed, what an image is predicted
+//! to measure, and the evidence model with its nonce/key binding.
+#![forbid(unsafe_code)]
+
+pub mod binding;
+pub mod error;
+pub mod evidence;
+pub mod reader;
+
+pub use error::{Error, Result};

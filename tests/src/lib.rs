@@ -1,0 +1,10 @@
+//! Shared harness for sealroom's end-to-end tests (process management, free ports, test data paths).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+/// The repository root (the workspace directory).
+#[must_use]
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+}

@@ -1,0 +1,9 @@
+//! sealroom-verifier: decides whether evidence from a confidential VM is genuine and what it proves.
+//!
+//! Verification is layered (platform, firmware, kernel/image, workload), one module per layer, each with
+//! explicit reference values. Time is an input; nothing here reads the clock or uses randomness.
+#![forbid(unsafe_code)]
+
+pub mod error;
+
+pub use error::{Error, Result};
