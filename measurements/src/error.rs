@@ -37,6 +37,16 @@ pub enum Error {
     /// The evidence's REPORT_DATA / extraData does not bind the expected nonce and TEE key.
     #[error("binding: {0}")]
     Binding(String),
+    /// A replayed register differs from the value it must have ("pcr 15 (sha256) mismatch: expected …, got …").
+    #[error("{register} mismatch: expected {expected}, got {got}")]
+    RegisterMismatch {
+        /// The register, e.g. "pcr 15 (sha256)" or "rtmr3".
+        register: String,
+        /// Expected value, hex.
+        expected: String,
+        /// Replayed value, hex.
+        got: String,
+    },
 }
 
 impl Error {
@@ -48,6 +58,15 @@ impl Error {
     /// Wraps a reader error with the layer it happened in.
     pub fn malformed(layer: &'static str) -> impl Fn(ReadError) -> Self {
         move |source| Self::Malformed { layer, source }
+    }
+
+    /// An [`Error::RegisterMismatch`] with both values printed as hex.
+    pub fn mismatch(register: impl Into<String>, expected: &[u8], got: &[u8]) -> Self {
+        Self::RegisterMismatch {
+            register: register.into(),
+            expected: hex::encode(expected),
+            got: hex::encode(got),
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod binding;
+pub mod cel;
+pub mod digest;
 pub mod error;
 pub mod evidence;
 pub mod reader;
