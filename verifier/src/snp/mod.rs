@@ -1,0 +1,9 @@
+//! AMD SEV-SNP: attestation reports, the VCEK/VLEK → ASK/ASVK → ARK chain, TCB and guest policy.
+
+pub mod endorsement;
+pub mod report;
+pub mod verify;
+
+pub use endorsement::{EndorsementCache, KeyKind, Product};
+pub use report::{SnpReport, TcbVersion};
+pub use verify::{Collateral, SnpClaims, SnpPolicy, verify_report};
