@@ -10,5 +10,6 @@ pub mod digest;
 pub mod error;
 pub mod evidence;
 pub mod reader;
+pub mod tcg2;
 
 pub use error::{Error, Result};
