@@ -26,6 +26,16 @@ impl Error {
     pub fn check(layer: &'static str, reason: impl Into<String>) -> Self {
         Self::Check { layer, reason: reason.into() }
     }
+
+    /// Re-labels a failure under `layer`, keeping what it said as context: an x509 failure inside the TDX PCK
+    /// chain reads "tdx quote: PCK chain: certificate 'Intel SGX PCK Certificate': expired (…)".
+    #[must_use]
+    pub fn within(self, layer: &'static str, context: &str) -> Self {
+        match self {
+            Self::Check { reason, .. } => Self::check(layer, format!("{context}: {reason}")),
+            other => Self::check(layer, format!("{context}: {other}")),
+        }
+    }
 }
 
 /// This crate's result type.

@@ -5,5 +5,6 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod x509;
 
 pub use error::{Error, Result};
