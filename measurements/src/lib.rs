@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binding;
+pub mod ccel;
 pub mod cel;
 pub mod digest;
 pub mod error;

@@ -237,14 +237,13 @@ impl Tcg2Log {
             return Err(Error::invalid(LAYER, "log", "empty"));
         }
         let first = parse_legacy_event(&mut r)?;
-        let spec_id = if first.event_type == event_type::NO_ACTION
-            && first.index == 0
-            && first.data.starts_with(SPEC_ID_SIGNATURE)
-        {
-            Some(parse_spec_id(&first)?)
-        } else {
-            None
-        };
+        // TPM logs put the Spec ID event on PCR 0; TDX CCEL logs on MR index 1 (RTMR0): the signature decides.
+        let spec_id =
+            if first.event_type == event_type::NO_ACTION && first.data.starts_with(SPEC_ID_SIGNATURE) {
+                Some(parse_spec_id(&first)?)
+            } else {
+                None
+            };
         let mut events = Vec::new();
         let format = match &spec_id {
             Some(spec) => {
