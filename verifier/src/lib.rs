@@ -4,6 +4,7 @@
 //! explicit reference values. Time is an input; nothing here reads the clock or uses randomness.
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod error;
 pub mod x509;
 

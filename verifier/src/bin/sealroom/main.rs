@@ -4,7 +4,9 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod audit_cmd;
 mod binding_cmd;
+mod broker_cmd;
 
 /// sealroom: verify confidential-VM evidence, run the key broker, reproduce image measurements.
 #[derive(Debug, Parser)]
@@ -18,11 +20,17 @@ struct Cli {
 enum Command {
     /// Print the binding digest and REPORT_DATA for a nonce and TEE public key.
     Binding(binding_cmd::Args),
+    /// Run the key broker, manage its keys, explain its policy decisions.
+    Broker(broker_cmd::Args),
+    /// Verify a key broker's hash-chained audit log.
+    Audit(audit_cmd::Args),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Binding(args) => binding_cmd::run(&args),
+        Command::Broker(args) => broker_cmd::run(&args),
+        Command::Audit(args) => audit_cmd::run(&args),
     }
 }

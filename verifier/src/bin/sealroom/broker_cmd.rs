@@ -1,0 +1,361 @@
+//! `sealroom broker`: run the key broker, manage its keys, and explain policy decisions.
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use sealroom_measurements::evidence::Evidence;
+use sealroom_verifier::broker::admin::{self, AdminContext, AdminRequest, AdminResponse, Operation};
+use sealroom_verifier::broker::appraisal::{Appraisal, Appraiser, VerifierAppraiser};
+use sealroom_verifier::broker::audit::{AuditLog, Recovery};
+use sealroom_verifier::broker::keystore::{Kek, KeyStore};
+use sealroom_verifier::broker::nonce::NonceBook;
+use sealroom_verifier::broker::policy::{GoldenSet, Outcome, Policy};
+use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
+use sealroom_verifier::broker::token::Signer;
+use sealroom_verifier::broker::{Clock, Randomness};
+
+/// The wall clock: only the binary reads it; the library takes time as an input.
+#[derive(Debug)]
+struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// The operating system's CSPRNG through aws-lc-rs.
+#[derive(Debug)]
+struct SystemRandomness(aws_lc_rs::rand::SystemRandom);
+
+impl Randomness for SystemRandomness {
+    fn fill(&self, out: &mut [u8]) -> sealroom_verifier::Result<()> {
+        aws_lc_rs::rand::SecureRandom::fill(&self.0, out)
+            .map_err(|_| sealroom_verifier::Error::check("randomness", "system random source failed"))
+    }
+}
+
+/// Arguments of `sealroom broker`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: BrokerCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum BrokerCommand {
+    /// Run the KeyBroker gRPC service (and the admin socket).
+    Serve(ServeArgs),
+    /// Manage keys: add, list, rotate, revoke, set-policy.
+    Keys(KeysArgs),
+    /// Explain which rule allows or refuses each key's policy for given evidence.
+    Policy(PolicyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address of the gRPC service (port 0 picks a free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
+    /// Directory of the key store (keys.redb), audit log (audit.log), signing key and admin socket.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// The key-encryption key file (32 raw bytes or 64 hex digits, mode 0600).
+    #[arg(long)]
+    kek: PathBuf,
+    /// Nonce time to live, seconds.
+    #[arg(long, default_value_t = 60)]
+    nonce_ttl: u64,
+    /// File holding an admin token every admin request must carry (besides the socket's uid check).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// The running broker's admin socket (default: STATE_DIR/admin.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Broker state directory: with --kek and no running broker, operate on the store directly.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Key-encryption key file, for direct access.
+    #[arg(long)]
+    kek: Option<PathBuf>,
+    /// File holding the admin token.
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct KeysArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    op: KeysOp,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeysOp {
+    /// Register a key (material generated unless --material-file is given).
+    Add {
+        /// Key id ([A-Za-z0-9._/-], 1..128 bytes).
+        #[arg(long)]
+        id: String,
+        /// The data provider that owns the key.
+        #[arg(long)]
+        owner: String,
+        /// Policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Key material file (raw bytes).
+        #[arg(long)]
+        material_file: Option<PathBuf>,
+    },
+    /// List keys.
+    List {
+        /// Only this provider's keys.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// New key material version.
+    Rotate {
+        /// Key id.
+        #[arg(long)]
+        id: String,
+        /// Key material file (raw bytes); generated when absent.
+        #[arg(long)]
+        material_file: Option<PathBuf>,
+    },
+    /// Never release the key again.
+    Revoke {
+        /// Key id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Replace a key's policy.
+    SetPolicy {
+        /// Key id.
+        #[arg(long)]
+        id: String,
+        /// Policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct PolicyArgs {
+    #[command(subcommand)]
+    op: PolicyOp,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PolicyOp {
+    /// Evaluate policies against evidence and print every rule's outcome.
+    Check {
+        /// Policy file(s); each is reported under its file name.
+        #[arg(long, required = true)]
+        policy: Vec<PathBuf>,
+        /// Evidence (protobuf `sealroom.attestation.v1.Evidence`), verified by the verifier first.
+        #[arg(long, conflicts_with = "appraisal", required_unless_present = "appraisal")]
+        evidence: Option<PathBuf>,
+        /// An already-verified appraisal (JSON), to explain policy without the verifier.
+        #[arg(long)]
+        appraisal: Option<PathBuf>,
+        /// Verification time, Unix milliseconds (collateral validity); required with --evidence.
+        #[arg(long)]
+        time_ms: Option<u64>,
+    },
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    match &args.command {
+        BrokerCommand::Serve(s) => serve(s),
+        BrokerCommand::Keys(k) => keys(k),
+        BrokerCommand::Policy(PolicyArgs {
+            op: PolicyOp::Check { policy, evidence, appraisal, time_ms },
+        }) => policy_check(policy, evidence.as_deref(), appraisal.as_deref(), *time_ms),
+    }
+}
+
+fn read_token(path: Option<&Path>) -> Result<Option<String>> {
+    path.map(|p| {
+        std::fs::read_to_string(p)
+            .map(|t| t.trim().to_owned())
+            .with_context(|| format!("reading {}", p.display()))
+    })
+    .transpose()
+}
+
+fn serve(a: &ServeArgs) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&a.state_dir)
+        .with_context(|| format!("creating {}", a.state_dir.display()))?;
+    let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness(aws_lc_rs::rand::SystemRandom::new()));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let kek = Kek::load(&a.kek)?;
+    let store = Arc::new(KeyStore::open(&a.state_dir.join("keys.redb"), kek, rng.as_ref())?);
+    let (audit, recovery) = AuditLog::open(&a.state_dir.join("audit.log"))?;
+    if let Recovery::TornTailRemoved { bytes } = recovery {
+        eprintln!("sealroom broker: audit log: removed a torn, unacknowledged last record ({bytes} bytes)");
+    }
+    let signer = Signer::load_or_create(&a.state_dir.join("signing-key.pk8"))?;
+    let jwk_path = a.state_dir.join("signing-key.jwk.json");
+    std::fs::write(&jwk_path, serde_json::to_string_pretty(&signer.jwk())?)?;
+    let admin_token = read_token(a.admin_token_file.as_deref())?;
+    let broker = Arc::new(Broker::new(BrokerParts {
+        clock: Arc::clone(&clock),
+        rng: Arc::clone(&rng),
+        // INTEGRATION POINT (issue 6 ↔ verifier): VerifierAppraiser refuses all evidence until the verifier's
+        // appraisal API is wired into it.
+        appraiser: Arc::new(VerifierAppraiser),
+        store: Arc::clone(&store),
+        // INTEGRATION POINT (issue 6 ↔ measurements): signed golden documents are loaded here once the
+        // measurements crate provides them; until then a policy that names golden documents refuses.
+        golden: GoldenSet::default(),
+        signer,
+        nonces: NonceBook::new(a.nonce_ttl.saturating_mul(1000), 100_000),
+        audit,
+    }));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
+        let addr = listener.local_addr()?;
+        let admin_listener = admin::bind(&a.state_dir.join("admin.sock"))?;
+        let ctx = AdminContext { store, rng, clock, token: admin_token };
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(admin_listener, ctx).await {
+                eprintln!("sealroom broker: {e}");
+            }
+        });
+        println!("sealroom broker listening on {addr}");
+        println!("attestation result tokens are signed by the key in {}", jwk_path.display());
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        tonic::transport::Server::builder()
+            .add_service(sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer::new(KeyBrokerService(
+                broker,
+            )))
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            .await
+            .context("serving")
+    })
+}
+
+fn keys(k: &KeysArgs) -> Result<()> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let read_text = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let operation = match &k.op {
+        KeysOp::Add { id, owner, policy, material_file } => Operation::Add {
+            key_id: id.clone(),
+            owner: owner.clone(),
+            policy: read_text(policy)?,
+            material_hex: material_file.as_deref().map(read).transpose()?.map(hex::encode),
+        },
+        KeysOp::List { owner } => Operation::List { owner: owner.clone() },
+        KeysOp::Rotate { id, material_file } => Operation::Rotate {
+            key_id: id.clone(),
+            material_hex: material_file.as_deref().map(read).transpose()?.map(hex::encode),
+        },
+        KeysOp::Revoke { id } => Operation::Revoke { key_id: id.clone() },
+        KeysOp::SetPolicy { id, policy } => {
+            Operation::SetPolicy { key_id: id.clone(), policy: read_text(policy)? }
+        }
+    };
+    let t = &k.target;
+    let response = match (&t.socket, &t.state_dir, &t.kek) {
+        (None, Some(dir), Some(kek)) => {
+            let rng = SystemRandomness(aws_lc_rs::rand::SystemRandom::new());
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+            let store = KeyStore::open(&dir.join("keys.redb"), Kek::load(kek)?, &rng)?;
+            admin::apply(&store, &rng, &SystemClock, &operation)
+        }
+        (socket, dir, None) => {
+            let socket = match (socket, dir) {
+                (Some(s), _) => s.clone(),
+                (None, Some(d)) => d.join("admin.sock"),
+                (None, None) => bail!("give --socket, or --state-dir (with --kek when no broker runs)"),
+            };
+            let token = read_token(t.admin_token_file.as_deref())?;
+            admin::request(&socket, &AdminRequest { token, operation })?
+        }
+        (Some(_), _, Some(_)) | (None, None, Some(_)) => {
+            bail!(
+                "--kek is for direct store access with --state-dir; a running broker is reached by --socket"
+            )
+        }
+    };
+    match response {
+        AdminResponse::Ok { keys } => {
+            for key in keys {
+                let state = match key.state {
+                    sealroom_verifier::broker::keystore::KeyState::Active => "active".to_owned(),
+                    sealroom_verifier::broker::keystore::KeyState::Revoked { time_ms } => {
+                        format!("revoked@{time_ms}")
+                    }
+                };
+                println!("{}\towner={}\tversion={}\t{state}", key.id, key.owner, key.version);
+            }
+            Ok(())
+        }
+        AdminResponse::Error { message } => bail!("{message}"),
+    }
+}
+
+fn policy_check(
+    policies: &[PathBuf],
+    evidence: Option<&Path>,
+    appraisal: Option<&Path>,
+    time_ms: Option<u64>,
+) -> Result<()> {
+    let appraisal: Appraisal = match (evidence, appraisal) {
+        (_, Some(path)) => serde_json::from_slice(&std::fs::read(path)?)
+            .with_context(|| format!("{} is not an appraisal", path.display()))?,
+        (Some(path), None) => {
+            let time = time_ms.context("--time-ms is required with --evidence (verification time)")?;
+            let ev = Evidence::decode(&std::fs::read(path)?)?;
+            VerifierAppraiser.appraise(&ev, time).map_err(|e| anyhow::anyhow!("evidence refused: {e}"))?
+        }
+        (None, None) => bail!("give --evidence or --appraisal"),
+    };
+    let golden = GoldenSet::default();
+    let mut all_allowed = true;
+    for path in policies {
+        let name =
+            path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
+        let policy =
+            Policy::parse(&std::fs::read_to_string(path)?).with_context(|| path.display().to_string())?;
+        let verdict = policy.evaluate(&appraisal, &golden);
+        match verdict.refusal() {
+            None => println!("{name}: RELEASE"),
+            Some((_, reason)) => {
+                all_allowed = false;
+                println!("{name}: REFUSE ({reason})");
+            }
+        }
+        for (rule, outcome) in &verdict.rules {
+            match outcome {
+                Outcome::Pass(why) => println!("  allow   {rule}: {why}"),
+                Outcome::Skipped => println!("  skip    {rule}"),
+                Outcome::Fail(why) => println!("  refuse  {rule}: {why}"),
+            }
+        }
+    }
+    if !all_allowed {
+        std::process::exit(2);
+    }
+    Ok(())
+}

@@ -1,0 +1,461 @@
+//! The audit log: every release decision, appended to a hash-chained file and fsync'd before the reply.
+//!
+//! One record per line (JSON, fixed field order) so an auditor can read it with any tool, but the chain does
+//! not depend on JSON: each record's hash is SHA-256 over a fixed binary encoding of its fields and the previous
+//! record's hash (32 zero bytes before the first record).
+//!
+//! ```text
+//! hash = SHA-256("sealroom.audit.v1" 0x00 || seq u64 BE || time_ms u64 BE || decision u8 (1 released, 2 refused)
+//!                || lp(key_id) || evidence_digest (32) || lp(rule) || lp(reason) || prev (32))
+//! lp(x) = len(x) u32 BE || x
+//! ```
+//!
+//! Flipping a byte, deleting, reordering or truncating a record breaks the chain at that record. Removing whole
+//! records from the *end* cannot be seen from the file alone: the head (sequence number and hash) is therefore
+//! also carried in every attestation result token the broker issues, and `sealroom audit verify --head` checks
+//! the log against one such anchor.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+const DOMAIN: &[u8] = b"sealroom.audit.v1\0";
+const LAYER: &str = "audit log";
+/// Upper bound on one line: key ids are ≤128 bytes and reasons one line; anything longer is not ours.
+const MAX_LINE: usize = 64 * 1024;
+
+/// What the broker decided for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The key was sealed to the TEE key and returned.
+    Released,
+    /// The key was not released.
+    Refused,
+}
+
+impl Decision {
+    fn code(self) -> u8 {
+        match self {
+            Self::Released => 1,
+            Self::Refused => 2,
+        }
+    }
+}
+
+/// One decision to append (the log assigns sequence number, time and hashes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Released or refused.
+    pub decision: Decision,
+    /// The requested key id.
+    pub key_id: String,
+    /// SHA-256 of the protobuf-encoded evidence as received (all zeros when there was none).
+    pub evidence_digest: [u8; 32],
+    /// The rule or check that decided ("policy.image_digests", "nonce", …).
+    pub rule: String,
+    /// One line saying why.
+    pub reason: String,
+}
+
+/// One record as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// 0 for the first record, then consecutive.
+    pub seq: u64,
+    /// Decision time, Unix milliseconds (from the broker's injected clock).
+    pub time_ms: u64,
+    /// Released or refused.
+    pub decision: Decision,
+    /// The requested key id.
+    pub key_id: String,
+    /// Hex SHA-256 of the evidence.
+    pub evidence_digest: String,
+    /// The deciding rule.
+    pub rule: String,
+    /// Why.
+    pub reason: String,
+    /// Hex hash of the previous record (64 zeros for the first).
+    pub prev: String,
+    /// Hex hash of this record.
+    pub hash: String,
+}
+
+fn lp(h: &mut Sha256, bytes: &[u8]) {
+    // Lines are bounded by MAX_LINE, far below u32::MAX.
+    h.update(u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+    h.update(bytes);
+}
+
+/// The hashed fields of one record.
+struct Hashed<'a> {
+    seq: u64,
+    time_ms: u64,
+    decision: Decision,
+    key_id: &'a str,
+    evidence_digest: &'a [u8; 32],
+    rule: &'a str,
+    reason: &'a str,
+    prev: &'a [u8; 32],
+}
+
+fn record_hash(f: &Hashed<'_>) -> [u8; 32] {
+    let Hashed { seq, time_ms, decision, key_id, evidence_digest, rule, reason, prev } = *f;
+    let mut h = Sha256::new();
+    h.update(DOMAIN);
+    h.update(seq.to_be_bytes());
+    h.update(time_ms.to_be_bytes());
+    h.update([decision.code()]);
+    lp(&mut h, key_id.as_bytes());
+    h.update(evidence_digest);
+    lp(&mut h, rule.as_bytes());
+    lp(&mut h, reason.as_bytes());
+    h.update(prev);
+    h.finalize().into()
+}
+
+fn hex32(field: &str, s: &str) -> std::result::Result<[u8; 32], String> {
+    let v = hex::decode(s).map_err(|e| format!("{field} is not hex: {e}"))?;
+    v.try_into().map_err(|v: Vec<u8>| format!("{field} is {} bytes, expected 32", v.len()))
+}
+
+/// The head of a verified chain: what the next record links to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Number of records.
+    pub records: u64,
+    /// Hash of the last record (zeros when empty).
+    pub hash: [u8; 32],
+}
+
+/// Where and why a chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    /// Sequence number (0-based) of the first record that does not verify.
+    pub record: u64,
+    /// Byte offset of that record in the file.
+    pub offset: u64,
+    /// One line.
+    pub reason: String,
+    /// Whether the only problem is an unterminated last line (a write torn by a crash).
+    pub torn_tail: bool,
+    /// The head of the chain up to (not including) the broken record.
+    pub valid_prefix: ChainHead,
+}
+
+impl std::fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "record {} (byte offset {}): {}", self.record, self.offset, self.reason)
+    }
+}
+
+/// Verifies a whole log. Returns the chain head, or the first broken record.
+///
+/// # Errors
+/// [`ChainBreak`] naming the first record that does not verify.
+pub fn verify(bytes: &[u8]) -> std::result::Result<ChainHead, ChainBreak> {
+    let mut head = ChainHead { records: 0, hash: [0; 32] };
+    let mut offset = 0usize;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let brk = |reason: String, torn_tail: bool, head: ChainHead| ChainBreak {
+            record: head.records,
+            offset: offset as u64,
+            reason,
+            torn_tail,
+            valid_prefix: head,
+        };
+        let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
+            return Err(brk(format!("truncated: {} bytes without end of line", rest.len()), true, head));
+        };
+        let (line, tail) = rest.split_at(nl);
+        let tail = tail.get(1..).unwrap_or_default();
+        if line.len() > MAX_LINE {
+            return Err(brk(format!("line of {} bytes exceeds {MAX_LINE}", line.len()), false, head));
+        }
+        let rec: AuditRecord =
+            serde_json::from_slice(line).map_err(|e| brk(format!("not a record: {e}"), false, head))?;
+        if rec.seq != head.records {
+            return Err(brk(
+                format!("sequence number {} where {} was expected", rec.seq, head.records),
+                false,
+                head,
+            ));
+        }
+        let prev = hex32("prev", &rec.prev).map_err(|e| brk(e, false, head))?;
+        if prev != head.hash {
+            return Err(brk(
+                format!("prev {} does not link to the previous record {}", rec.prev, hex::encode(head.hash)),
+                false,
+                head,
+            ));
+        }
+        let evidence = hex32("evidence_digest", &rec.evidence_digest).map_err(|e| brk(e, false, head))?;
+        let own = hex32("hash", &rec.hash).map_err(|e| brk(e, false, head))?;
+        let computed = record_hash(&Hashed {
+            seq: rec.seq,
+            time_ms: rec.time_ms,
+            decision: rec.decision,
+            key_id: &rec.key_id,
+            evidence_digest: &evidence,
+            rule: &rec.rule,
+            reason: &rec.reason,
+            prev: &prev,
+        });
+        if computed != own {
+            return Err(brk(
+                format!("hash mismatch: stored {}, computed {}", rec.hash, hex::encode(computed)),
+                false,
+                head,
+            ));
+        }
+        // A record must be written exactly as the broker writes it, so a byte changed outside the hashed fields
+        // (spacing, escapes) is caught too.
+        let canonical = serde_json::to_vec(&rec).map_err(|e| brk(e.to_string(), false, head))?;
+        if canonical != line {
+            return Err(brk("not in canonical form".into(), false, head));
+        }
+        head = ChainHead { records: head.records.saturating_add(1), hash: own };
+        offset = offset.saturating_add(nl).saturating_add(1);
+        rest = tail;
+    }
+    Ok(head)
+}
+
+/// Verifies a whole log and checks that it still contains the head an attestation result token recorded: at
+/// least `anchor.records` records, the last of which hashes to `anchor.hash`. This catches a log cut back past a
+/// decision someone holds a token for.
+///
+/// # Errors
+/// The chain break, or why the anchor is not in the log.
+pub fn verify_with_anchor(bytes: &[u8], anchor: ChainHead) -> std::result::Result<ChainHead, String> {
+    let head = verify(bytes).map_err(|b| b.to_string())?;
+    if anchor.records == 0 {
+        return Ok(head);
+    }
+    if head.records < anchor.records {
+        return Err(format!(
+            "log has {} records but a token saw {}: records were removed from the end",
+            head.records, anchor.records
+        ));
+    }
+    let want = anchor.records.saturating_sub(1);
+    let line = bytes
+        .split(|b| *b == b'\n')
+        .nth(usize::try_from(want).unwrap_or(usize::MAX))
+        .ok_or_else(|| format!("record {want} missing"))?;
+    let rec: AuditRecord = serde_json::from_slice(line).map_err(|e| format!("record {want}: {e}"))?;
+    if rec.hash != hex::encode(anchor.hash) {
+        return Err(format!(
+            "record {want} hash {} differs from the token's head {}",
+            rec.hash,
+            hex::encode(anchor.hash)
+        ));
+    }
+    Ok(head)
+}
+
+/// The append-only, fsync'd log file.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    file: File,
+    head: ChainHead,
+}
+
+/// What [`AuditLog::open`] had to repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// The log was intact.
+    Clean,
+    /// The last line was torn by a crash mid-write (never acknowledged) and was cut off.
+    TornTailRemoved {
+        /// Bytes removed.
+        bytes: u64,
+    },
+}
+
+impl AuditLog {
+    /// Opens (or creates, mode 0600) the log, verifies the whole chain, and cuts off a torn last line left by a
+    /// crash during a write. Any other break refuses to open: the broker must not extend a tampered chain.
+    ///
+    /// # Errors
+    /// When the file cannot be read or written, or the chain is broken.
+    pub fn open(path: &Path) -> Result<(Self, Recovery)> {
+        let io =
+            |what: &str, e: std::io::Error| Error::check(LAYER, format!("{what} {}: {e}", path.display()));
+        let created = !path.exists();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| io("cannot open", e))?;
+        if created {
+            sync_parent_dir(path)?;
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| io("cannot read", e))?;
+        let (head, recovery) = match verify(&bytes) {
+            Ok(head) => (head, Recovery::Clean),
+            Err(brk) if brk.torn_tail => {
+                let removed = (bytes.len() as u64).saturating_sub(brk.offset);
+                file.set_len(brk.offset).map_err(|e| io("cannot truncate", e))?;
+                file.sync_all().map_err(|e| io("cannot fsync", e))?;
+                (brk.valid_prefix, Recovery::TornTailRemoved { bytes: removed })
+            }
+            Err(brk) => return Err(Error::check(LAYER, brk.to_string())),
+        };
+        file.seek(SeekFrom::End(0)).map_err(|e| io("cannot seek", e))?;
+        Ok((Self { path: path.to_path_buf(), file, head }, recovery))
+    }
+
+    /// The current head.
+    #[must_use]
+    pub fn head(&self) -> ChainHead {
+        self.head
+    }
+
+    /// The log's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record per entry, all stamped `time_ms`, in one write, and fsyncs before returning.
+    ///
+    /// # Errors
+    /// When writing or syncing fails; the broker then must not reply with keys.
+    pub fn append(&mut self, entries: &[AuditEntry], time_ms: u64) -> Result<Vec<AuditRecord>> {
+        let mut out = Vec::new();
+        let mut records = Vec::with_capacity(entries.len());
+        let mut head = self.head;
+        for e in entries {
+            let rule = one_line(&e.rule);
+            let reason = one_line(&e.reason);
+            let hash = record_hash(&Hashed {
+                seq: head.records,
+                time_ms,
+                decision: e.decision,
+                key_id: &e.key_id,
+                evidence_digest: &e.evidence_digest,
+                rule: &rule,
+                reason: &reason,
+                prev: &head.hash,
+            });
+            let rec = AuditRecord {
+                seq: head.records,
+                time_ms,
+                decision: e.decision,
+                key_id: e.key_id.clone(),
+                evidence_digest: hex::encode(e.evidence_digest),
+                rule,
+                reason,
+                prev: hex::encode(head.hash),
+                hash: hex::encode(hash),
+            };
+            let line = serde_json::to_vec(&rec).map_err(|err| Error::check(LAYER, err.to_string()))?;
+            if line.len() > MAX_LINE {
+                return Err(Error::check(
+                    LAYER,
+                    format!("record of {} bytes exceeds {MAX_LINE}", line.len()),
+                ));
+            }
+            out.extend_from_slice(&line);
+            out.push(b'\n');
+            head = ChainHead { records: head.records.saturating_add(1), hash };
+            records.push(rec);
+        }
+        let io = |what: &str, e: std::io::Error| {
+            Error::check(LAYER, format!("{what} {}: {e}", self.path.display()))
+        };
+        self.file.write_all(&out).map_err(|e| io("cannot write", e))?;
+        self.file.sync_data().map_err(|e| io("cannot fsync", e))?;
+        self.head = head;
+        Ok(records)
+    }
+}
+
+/// Reasons and rules are one line by contract; a stray newline in a reason must not split a record.
+fn one_line(s: &str) -> String {
+    s.replace(['\n', '\r'], " ")
+}
+
+/// fsyncs the directory holding `path`, so a newly created file's directory entry survives a crash.
+///
+/// # Errors
+/// When the directory cannot be opened or synced.
+pub fn sync_parent_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::check(LAYER, format!("cannot fsync directory {}: {e}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u8) -> AuditEntry {
+        AuditEntry {
+            decision: if i.is_multiple_of(2) { Decision::Released } else { Decision::Refused },
+            key_id: format!("key-{i}"),
+            evidence_digest: [i; 32],
+            rule: "policy.image_digests".into(),
+            reason: format!("reason {i}\nsecond line"),
+        }
+    }
+
+    #[test]
+    fn appends_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (mut log, rec) = AuditLog::open(&path).unwrap();
+        assert_eq!(rec, Recovery::Clean);
+        let written = log.append(&[entry(0), entry(1)], 1000).unwrap();
+        assert_eq!(written[1].seq, 1);
+        assert_eq!(written[1].prev, written[0].hash);
+        assert_eq!(written[1].reason, "reason 1 second line");
+        drop(log);
+        let (mut log, _) = AuditLog::open(&path).unwrap();
+        assert_eq!(log.head().records, 2);
+        log.append(&[entry(2)], 2000).unwrap();
+        let head = verify(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(head.records, 3);
+        assert_eq!(head, log.head());
+    }
+
+    #[test]
+    fn torn_tail_is_cut_on_open_but_not_other_breaks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (mut log, _) = AuditLog::open(&path).unwrap();
+        log.append(&[entry(0), entry(1)], 1).unwrap();
+        drop(log);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let full = bytes.len();
+        let torn = b"{\"seq\":2,\"time";
+        bytes.extend_from_slice(torn);
+        std::fs::write(&path, &bytes).unwrap();
+        let (log, rec) = AuditLog::open(&path).unwrap();
+        assert_eq!(rec, Recovery::TornTailRemoved { bytes: torn.len() as u64 });
+        assert_eq!(log.head().records, 2);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), full as u64);
+        drop(log);
+        bytes.truncate(full);
+        bytes[10] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = AuditLog::open(&path).unwrap_err().to_string();
+        assert!(err.starts_with("audit log: record 0 (byte offset 0): not a record"), "{err}");
+    }
+}

@@ -1,0 +1,528 @@
+//! The key store: data keys encrypted at rest in an embedded redb database.
+//!
+//! Each key belongs to one data provider (its `owner`) and carries that provider's policy (TOML text, checked
+//! when stored). Key material is encrypted with AES-256-GCM under a key-encryption key (KEK) read from a file
+//! that only its owner may read (mode 0600 or 0400; anything looser is refused). The AAD binds each ciphertext to
+//! its key id and version, so ciphertexts cannot be swapped between keys or versions. Every change is one redb
+//! transaction committed with `Durability::Immediate` (fsync'd before the call returns).
+//!
+//! ```text
+//! material ciphertext = nonce (12) || AES-256-GCM(KEK, nonce, material, aad)
+//! aad                 = "sealroom.keystore.v1" 0x00 || key_id || 0x00 || version (u32 BE)
+//! ```
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce as AeadNonce, UnboundKey};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::{Randomness, check_key_id};
+use crate::error::{Error, Result};
+
+const LAYER: &str = "key store";
+const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
+const MATERIAL: TableDefinition<'_, (&str, u32), &[u8]> = TableDefinition::new("material");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const KEK_CHECK: &str = "kek_check";
+const KEK_CHECK_PLAINTEXT: &[u8] = b"sealroom key store: key-encryption key check";
+const AAD_DOMAIN: &[u8] = b"sealroom.keystore.v1\0";
+/// Size of generated data keys.
+pub const GENERATED_KEY_LEN: usize = 32;
+/// Largest key material accepted.
+pub const MAX_MATERIAL_LEN: usize = 1024;
+/// Largest policy text accepted.
+pub const MAX_POLICY_LEN: usize = 64 * 1024;
+
+fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::check(LAYER, format!("database: {e}"))
+}
+
+/// The key-encryption key.
+pub struct Kek(LessSafeKey);
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Kek(..)")
+    }
+}
+
+impl Kek {
+    /// Reads the KEK: a regular file (not a symlink) of mode 0600 or 0400 owned by this process's user, holding
+    /// 32 raw bytes or 64 hex digits (an optional trailing newline allowed).
+    ///
+    /// # Errors
+    /// When the file is missing, readable by others, or not 32 bytes.
+    pub fn load(path: &Path) -> Result<Self> {
+        let what = |m: String| Error::check(LAYER, format!("key-encryption key {}: {m}", path.display()));
+        let meta = std::fs::symlink_metadata(path).map_err(|e| what(e.to_string()))?;
+        if !meta.file_type().is_file() {
+            return Err(what("not a regular file".into()));
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode != 0o600 && mode != 0o400 {
+            return Err(what(format!("mode {mode:04o}, must be 0600 (readable by its owner only)")));
+        }
+        let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+        if uid.is_some_and(|u| u != meta.uid()) {
+            return Err(what(format!("owned by uid {}, not by the broker's user", meta.uid())));
+        }
+        let raw = std::fs::read(path).map_err(|e| what(e.to_string()))?;
+        Self::from_file_bytes(&raw).map_err(what)
+    }
+
+    fn from_file_bytes(raw: &[u8]) -> std::result::Result<Self, String> {
+        let bytes = if raw.len() == 32 {
+            raw.to_vec()
+        } else {
+            let text = std::str::from_utf8(raw).map_err(|_| format!("{} bytes, expected 32", raw.len()))?;
+            hex::decode(text.trim_end_matches('\n'))
+                .map_err(|_| format!("{} bytes, expected 32 raw bytes or 64 hex digits", raw.len()))?
+        };
+        Self::from_bytes(&bytes)
+    }
+
+    /// A KEK from 32 bytes.
+    ///
+    /// # Errors
+    /// When `bytes` is not 32 bytes.
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        if bytes.len() != 32 {
+            return Err(format!("{} bytes, expected 32", bytes.len()));
+        }
+        let key = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| "AES-256 key rejected".to_string())?;
+        Ok(Self(LessSafeKey::new(key)))
+    }
+
+    fn seal(&self, rng: &dyn Randomness, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill(&mut nonce)?;
+        let mut buf = plaintext.to_vec();
+        self.0
+            .seal_in_place_append_tag(AeadNonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+            .map_err(|_| Error::check(LAYER, "AES-256-GCM encryption failed"))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(out)
+    }
+
+    fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        let (nonce, ct) = sealed.split_at_checked(NONCE_LEN)?;
+        let nonce = AeadNonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = ct.to_vec();
+        let plain = self.0.open_in_place(nonce, Aad::from(aad), &mut buf).ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+fn material_aad(key_id: &str, version: u32) -> Vec<u8> {
+    let mut aad = AAD_DOMAIN.to_vec();
+    aad.extend_from_slice(key_id.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad
+}
+
+/// Whether a key may be released.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum KeyState {
+    /// Releasable (subject to policy).
+    Active,
+    /// Never released again.
+    Revoked {
+        /// When it was revoked, Unix milliseconds.
+        time_ms: u64,
+    },
+}
+
+/// What the store keeps about a key besides its material.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyInfo {
+    /// The key id.
+    pub id: String,
+    /// The data provider that registered it.
+    pub owner: String,
+    /// The version released now (1 after `add`, +1 per rotation).
+    pub version: u32,
+    /// Active or revoked.
+    pub state: KeyState,
+    /// When it was added, Unix milliseconds.
+    pub created_ms: u64,
+    /// When the current version was made, Unix milliseconds.
+    pub rotated_ms: u64,
+    /// The provider's policy for this key (TOML).
+    pub policy: String,
+}
+
+/// A key fetched for release.
+#[derive(Debug)]
+pub struct ReleasableKey {
+    /// Metadata, including the policy text.
+    pub info: KeyInfo,
+    /// The plaintext key material.
+    pub material: Vec<u8>,
+}
+
+/// Why a key cannot be released, independent of evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreleasable {
+    /// No key with this id.
+    Unknown,
+    /// The key was revoked.
+    Revoked {
+        /// When.
+        time_ms: u64,
+    },
+}
+
+/// The embedded, encrypted key store.
+#[derive(Debug)]
+pub struct KeyStore {
+    db: Database,
+    kek: Kek,
+}
+
+impl KeyStore {
+    /// Opens or creates the store at `path`, checking that `kek` is the key it was created with.
+    ///
+    /// # Errors
+    /// When the database cannot be opened (corrupt, locked by another process) or the KEK does not match.
+    pub fn open(path: &Path, kek: Kek, rng: &dyn Randomness) -> Result<Self> {
+        let created = !path.exists();
+        let db = Database::create(path).map_err(db_err)?;
+        if created {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::check(LAYER, format!("cannot restrict {}: {e}", path.display())))?;
+            super::audit::sync_parent_dir(path)?;
+        }
+        let store = Self { db, kek };
+        let txn = store.db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let existing = meta.get(KEK_CHECK).map_err(db_err)?.map(|v| v.value().to_vec());
+            match existing {
+                Some(sealed) => {
+                    if store.kek.open(KEK_CHECK.as_bytes(), &sealed).as_deref() != Some(KEK_CHECK_PLAINTEXT) {
+                        return Err(Error::check(LAYER, "the key-encryption key does not match this store"));
+                    }
+                }
+                None => {
+                    let sealed = store.kek.seal(rng, KEK_CHECK.as_bytes(), KEK_CHECK_PLAINTEXT)?;
+                    meta.insert(KEK_CHECK, sealed.as_slice()).map_err(db_err)?;
+                }
+            }
+            txn.open_table(KEYS).map_err(db_err)?;
+            txn.open_table(MATERIAL).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(store)
+    }
+
+    /// Registers a new key for `owner` with its policy. `material` is generated (32 bytes) when `None`.
+    ///
+    /// # Errors
+    /// When the id is invalid or taken, the policy does not parse, or the write fails.
+    pub fn add(
+        &self,
+        key_id: &str,
+        owner: &str,
+        policy: &str,
+        material: Option<Vec<u8>>,
+        rng: &dyn Randomness,
+        now_ms: u64,
+    ) -> Result<KeyInfo> {
+        check_key_id(key_id)?;
+        check_owner(owner)?;
+        check_policy(policy)?;
+        let material = material_or_generated(material, rng)?;
+        let info = KeyInfo {
+            id: key_id.to_owned(),
+            owner: owner.to_owned(),
+            version: 1,
+            state: KeyState::Active,
+            created_ms: now_ms,
+            rotated_ms: now_ms,
+            policy: policy.to_owned(),
+        };
+        let sealed = self.kek.seal(rng, &material_aad(key_id, 1), &material)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut keys = txn.open_table(KEYS).map_err(db_err)?;
+            if keys.get(key_id).map_err(db_err)?.is_some() {
+                return Err(Error::check(LAYER, format!("key {key_id} already exists")));
+            }
+            keys.insert(key_id, encode(&info)?.as_slice()).map_err(db_err)?;
+            let mut mat = txn.open_table(MATERIAL).map_err(db_err)?;
+            mat.insert((key_id, 1), sealed.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(info)
+    }
+
+    /// All keys, or those of one owner, ordered by id.
+    ///
+    /// # Errors
+    /// When the read fails.
+    pub fn list(&self, owner: Option<&str>) -> Result<Vec<KeyInfo>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let keys = txn.open_table(KEYS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in keys.iter().map_err(db_err)? {
+            let (_, v) = row.map_err(db_err)?;
+            let info = decode(v.value())?;
+            if owner.is_none_or(|o| o == info.owner) {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the key's material with a new version (generated when `None`). Old versions stay stored.
+    ///
+    /// # Errors
+    /// When the key is unknown or revoked, or the write fails.
+    pub fn rotate(
+        &self,
+        key_id: &str,
+        material: Option<Vec<u8>>,
+        rng: &dyn Randomness,
+        now_ms: u64,
+    ) -> Result<KeyInfo> {
+        let material = material_or_generated(material, rng)?;
+        self.update(key_id, |info| {
+            if let KeyState::Revoked { .. } = info.state {
+                return Err(Error::check(LAYER, format!("key {key_id} is revoked")));
+            }
+            info.version = info
+                .version
+                .checked_add(1)
+                .ok_or_else(|| Error::check(LAYER, format!("key {key_id}: version overflow")))?;
+            info.rotated_ms = now_ms;
+            Ok(Some(self.kek.seal(rng, &material_aad(key_id, info.version), &material)?))
+        })
+    }
+
+    /// Marks the key revoked: it is never released again.
+    ///
+    /// # Errors
+    /// When the key is unknown or already revoked, or the write fails.
+    pub fn revoke(&self, key_id: &str, now_ms: u64) -> Result<KeyInfo> {
+        self.update(key_id, |info| {
+            if let KeyState::Revoked { .. } = info.state {
+                return Err(Error::check(LAYER, format!("key {key_id} is already revoked")));
+            }
+            info.state = KeyState::Revoked { time_ms: now_ms };
+            Ok(None)
+        })
+    }
+
+    /// Replaces the key's policy.
+    ///
+    /// # Errors
+    /// When the key is unknown, the policy does not parse, or the write fails.
+    pub fn set_policy(&self, key_id: &str, policy: &str) -> Result<KeyInfo> {
+        check_policy(policy)?;
+        self.update(key_id, |info| {
+            policy.clone_into(&mut info.policy);
+            Ok(None)
+        })
+    }
+
+    fn update(
+        &self,
+        key_id: &str,
+        change: impl FnOnce(&mut KeyInfo) -> Result<Option<Vec<u8>>>,
+    ) -> Result<KeyInfo> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let info = {
+            let mut keys = txn.open_table(KEYS).map_err(db_err)?;
+            let mut info = match keys.get(key_id).map_err(db_err)? {
+                Some(v) => decode(v.value())?,
+                None => return Err(Error::check(LAYER, format!("unknown key id {key_id}"))),
+            };
+            let new_material = change(&mut info)?;
+            keys.insert(key_id, encode(&info)?.as_slice()).map_err(db_err)?;
+            if let Some(sealed) = new_material {
+                let mut mat = txn.open_table(MATERIAL).map_err(db_err)?;
+                mat.insert((key_id, info.version), sealed.as_slice()).map_err(db_err)?;
+            }
+            info
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(info)
+    }
+
+    /// The key's current version for release, or why there is none.
+    ///
+    /// # Errors
+    /// `Err(Ok(_))` for keys that cannot be released; `Err(Err(_))` when the store fails (decryption of stored
+    /// material failing means the store was tampered with).
+    pub fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>> {
+        let txn = self.db.begin_read().map_err(|e| Err(db_err(e)))?;
+        let keys = txn.open_table(KEYS).map_err(|e| Err(db_err(e)))?;
+        let info = match keys.get(key_id).map_err(|e| Err(db_err(e)))? {
+            Some(v) => decode(v.value()).map_err(Err)?,
+            None => return Err(Ok(Unreleasable::Unknown)),
+        };
+        if let KeyState::Revoked { time_ms } = info.state {
+            return Err(Ok(Unreleasable::Revoked { time_ms }));
+        }
+        let mat = txn.open_table(MATERIAL).map_err(|e| Err(db_err(e)))?;
+        let sealed = mat
+            .get((key_id, info.version))
+            .map_err(|e| Err(db_err(e)))?
+            .ok_or_else(|| {
+                Err(Error::check(LAYER, format!("key {key_id} v{} has no material", info.version)))
+            })?
+            .value()
+            .to_vec();
+        let material = self.kek.open(&material_aad(key_id, info.version), &sealed).ok_or_else(|| {
+            Err(Error::check(
+                LAYER,
+                format!("key {key_id} v{}: material does not decrypt (tampered)", info.version),
+            ))
+        })?;
+        Ok(ReleasableKey { info, material })
+    }
+}
+
+fn check_owner(owner: &str) -> Result<()> {
+    // Owners are ids too: same alphabet, so they print safely in listings and audit records.
+    check_key_id(owner).map_err(|e| Error::check(LAYER, format!("owner: {e}")))
+}
+
+fn check_policy(policy: &str) -> Result<()> {
+    if policy.len() > MAX_POLICY_LEN {
+        return Err(Error::check(
+            LAYER,
+            format!("policy of {} bytes exceeds {MAX_POLICY_LEN}", policy.len()),
+        ));
+    }
+    super::policy::Policy::parse(policy).map(|_| ())
+}
+
+fn material_or_generated(material: Option<Vec<u8>>, rng: &dyn Randomness) -> Result<Vec<u8>> {
+    match material {
+        Some(m) if m.is_empty() || m.len() > MAX_MATERIAL_LEN => Err(Error::check(
+            LAYER,
+            format!("key material of {} bytes, expected 1..={MAX_MATERIAL_LEN}", m.len()),
+        )),
+        Some(m) => Ok(m),
+        None => {
+            let mut m = vec![0u8; GENERATED_KEY_LEN];
+            rng.fill(&mut m)?;
+            Ok(m)
+        }
+    }
+}
+
+fn encode(info: &KeyInfo) -> Result<Vec<u8>> {
+    serde_json::to_vec(info).map_err(|e| Error::check(LAYER, format!("encode: {e}")))
+}
+
+fn decode(bytes: &[u8]) -> Result<KeyInfo> {
+    serde_json::from_slice(bytes).map_err(|e| Error::check(LAYER, format!("stored key record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::testing::CountingRandomness;
+
+    const POLICY: &str = r#"
+version = 1
+platforms = "skip"
+tcb_statuses = "skip"
+minimum_tcb = "skip"
+debug = "forbidden"
+golden = "skip"
+image_digests = "skip"
+args = "skip"
+env = "skip"
+"#;
+
+    fn kek_file(dir: &Path, mode: u32) -> std::path::PathBuf {
+        let p = dir.join("kek");
+        std::fs::write(&p, hex::encode([0x42u8; 32])).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn kek_file_must_be_private() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o700] {
+            let err = Kek::load(&kek_file(dir.path(), mode)).unwrap_err().to_string();
+            assert!(err.contains(&format!("mode {mode:04o}, must be 0600")), "{err}");
+        }
+        Kek::load(&kek_file(dir.path(), 0o600)).unwrap();
+        Kek::load(&kek_file(dir.path(), 0o400)).unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, [1u8; 31]).unwrap();
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Kek::load(&short).unwrap_err().to_string().contains("31 bytes"));
+    }
+
+    #[test]
+    fn add_list_rotate_revoke_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let rng = CountingRandomness::default();
+        let db = dir.path().join("keys.redb");
+        let store = KeyStore::open(&db, Kek::from_bytes(&[1; 32]).unwrap(), &rng).unwrap();
+        store.add("a/1", "provider-a", POLICY, Some(b"material-a".to_vec()), &rng, 10).unwrap();
+        store.add("b/1", "provider-b", POLICY, None, &rng, 11).unwrap();
+        let err = store.add("a/1", "provider-a", POLICY, None, &rng, 12).unwrap_err().to_string();
+        assert_eq!(err, "key store: key a/1 already exists");
+        assert!(
+            store
+                .add("c", "p", "version = 1", None, &rng, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("missing field")
+        );
+        assert_eq!(store.list(Some("provider-b")).unwrap().len(), 1);
+        assert_eq!(store.get_for_release("a/1").unwrap().material, b"material-a");
+        let generated = store.get_for_release("b/1").unwrap().material;
+        assert_eq!(generated.len(), GENERATED_KEY_LEN);
+        let rotated = store.rotate("a/1", Some(b"material-a2".to_vec()), &rng, 20).unwrap();
+        assert_eq!(rotated.version, 2);
+        store.revoke("b/1", 30).unwrap();
+        drop(store);
+
+        let store = KeyStore::open(&db, Kek::from_bytes(&[1; 32]).unwrap(), &rng).unwrap();
+        let a = store.get_for_release("a/1").unwrap();
+        assert_eq!((a.info.version, a.material.as_slice()), (2, b"material-a2".as_slice()));
+        assert_eq!(store.get_for_release("b/1").unwrap_err().unwrap(), Unreleasable::Revoked { time_ms: 30 });
+        assert_eq!(store.get_for_release("zzz").unwrap_err().unwrap(), Unreleasable::Unknown);
+        assert!(store.rotate("b/1", None, &rng, 40).unwrap_err().to_string().contains("revoked"));
+        drop(store);
+
+        let err = KeyStore::open(&db, Kek::from_bytes(&[2; 32]).unwrap(), &rng).unwrap_err().to_string();
+        assert_eq!(err, "key store: the key-encryption key does not match this store");
+    }
+
+    #[test]
+    fn material_is_not_stored_in_clear_and_is_bound_to_id_and_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let rng = CountingRandomness::default();
+        let db = dir.path().join("keys.redb");
+        let store = KeyStore::open(&db, Kek::from_bytes(&[1; 32]).unwrap(), &rng).unwrap();
+        let secret = b"0123456789abcdef-very-secret-data-key".to_vec();
+        store.add("k", "p", POLICY, Some(secret.clone()), &rng, 1).unwrap();
+        store.add("other", "p", POLICY, None, &rng, 1).unwrap();
+        // Move k's ciphertext under another key id: the AAD no longer matches, so it must not decrypt.
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut mat = txn.open_table(MATERIAL).unwrap();
+            let k = mat.get(("k", 1)).unwrap().unwrap().value().to_vec();
+            mat.insert(("other", 1), k.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        let err = store.get_for_release("other").unwrap_err().unwrap_err().to_string();
+        assert!(err.contains("does not decrypt"), "{err}");
+        drop(store);
+        let raw = std::fs::read(&db).unwrap();
+        assert!(!raw.windows(secret.len()).any(|w| w == secret.as_slice()));
+    }
+}

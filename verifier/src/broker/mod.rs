@@ -1,0 +1,91 @@
+//! The key broker: releases a data provider's keys only to a TEE whose evidence the verifier accepted and whose
+//! workload the provider's policy approves, sealed (HPKE) to the TEE's ephemeral key, with every decision in a
+//! hash-chained audit log.
+//!
+//! One module per part: [`nonce`] (single-use challenges), [`keystore`] (keys encrypted at rest in redb),
+//! [`policy`] (declarative per-key rules over an [`appraisal::Appraisal`]), [`seal`] (RFC 9180 HPKE),
+//! [`token`] (the EAR JWT), [`audit`] (the log), [`service`] (the gRPC `KeyBroker`), [`admin`] (key
+//! management over a local socket). Time and randomness are injected through [`Clock`] and [`Randomness`], so
+//! the library never reads the wall clock or the system RNG itself; the `sealroom broker` binary supplies both.
+
+pub mod admin;
+pub mod appraisal;
+pub mod audit;
+pub mod keystore;
+pub mod nonce;
+pub mod policy;
+pub mod seal;
+pub mod service;
+pub mod token;
+
+use crate::error::Result;
+
+/// The broker's notion of now.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The broker's source of secret random bytes (nonces, generated keys, AES-GCM nonces, HPKE ephemeral keys,
+/// ECDSA signatures).
+pub trait Randomness: Send + Sync + std::fmt::Debug {
+    /// Fills `out` with cryptographically secure random bytes.
+    ///
+    /// # Errors
+    /// When the source fails; callers fail closed.
+    fn fill(&self, out: &mut [u8]) -> Result<()>;
+}
+
+/// Validates a key id: 1..=128 bytes of `[A-Za-z0-9._/-]` (keybroker.proto).
+///
+/// # Errors
+/// [`crate::Error::Check`] saying what is wrong.
+pub fn check_key_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(crate::Error::check("key id", format!("{} bytes, expected 1..=128", id.len())));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'))) {
+        return Err(crate::Error::check(
+            "key id",
+            format!("character {c:?} not allowed (use [A-Za-z0-9._/-])"),
+        ));
+    }
+    Ok(())
+}
+
+/// Deterministic sources for unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Mutex;
+
+    use sha2::{Digest, Sha256};
+
+    use super::Randomness;
+    use crate::error::{Error, Result};
+
+    /// A SHA-256 counter stream: deterministic, distinct outputs.
+    #[derive(Debug, Default)]
+    pub struct CountingRandomness(Mutex<u64>);
+
+    impl Randomness for CountingRandomness {
+        fn fill(&self, out: &mut [u8]) -> Result<()> {
+            let mut n = self.0.lock().unwrap();
+            for chunk in out.chunks_mut(32) {
+                *n += 1;
+                let block = Sha256::digest(n.to_be_bytes());
+                chunk.copy_from_slice(&block[..chunk.len()]);
+            }
+            Ok(())
+        }
+    }
+
+    /// Always fails.
+    #[derive(Debug)]
+    pub struct FailingRandomness;
+
+    impl Randomness for FailingRandomness {
+        fn fill(&self, _out: &mut [u8]) -> Result<()> {
+            Err(Error::check("randomness", "source failed"))
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! A data provider's policy for one key: declarative TOML, every rule either given or explicitly `"skip"`.
+//!
+//! There are no defaults: a missing rule is a parse error naming it, so forgetting a rule can never allow
+//! anything. Evaluation runs every rule against a verified [`Appraisal`] and reports, per rule, pass, skip or
+//! a one-line refusal; a key is released only when no rule refused.
+//!
+//! ```toml
+//! version = 1
+//! platforms = ["tdx", "tpm"]                   # tpm, tdx, sev-snp, azure-snp-vtpm, azure-tdx-vtpm
+//! tcb_statuses = ["UpToDate"]                  # accepted vendor TCB statuses
+//! minimum_tcb = { "snp.microcode" = 213 }      # per-component minimum SVNs
+//! debug = "forbidden"                          # or "skip" to allow debug TEEs
+//! golden = { signers = ["ed25519:<hex>"], documents = ["sha256:<hex>"] }
+//! image_digests = ["sha256:<hex>"]             # the workload's OCI manifest digest
+//! args = ["--input", "/data"]                  # the exact argument list
+//! env = ["MODE=batch", "THREADS=*"]            # allowed variables; NAME=* allows any value
+//! ```
+//! Any rule may be `"skip"` instead, which accepts everything for that rule and says so in explanations.
+
+use std::collections::BTreeMap;
+
+use sealroom_measurements::cel::RuntimeEvent;
+use sealroom_measurements::evidence::Platform;
+
+use super::appraisal::Appraisal;
+use crate::error::{Error, Result};
+
+const LAYER: &str = "policy";
+/// The policy format version this broker reads.
+pub const POLICY_VERSION: i64 = 1;
+
+/// A rule's reference values, or an explicit skip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule<T> {
+    /// `"skip"`: this rule accepts everything.
+    Skip,
+    /// The reference values.
+    Require(T),
+}
+
+/// Whether a debug TEE is acceptable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebugForbidden;
+
+/// Which golden measurement documents are accepted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenRule {
+    /// Accepted signers, `ed25519:<hex public key>`.
+    pub signers: Vec<String>,
+    /// Accepted documents, `sha256:<hex digest of the document file>`.
+    pub documents: Vec<String>,
+}
+
+/// One parsed policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Accepted platforms.
+    pub platforms: Rule<Vec<Platform>>,
+    /// Accepted TCB statuses.
+    pub tcb_statuses: Rule<Vec<String>>,
+    /// Minimum SVN per TCB component.
+    pub minimum_tcb: Rule<BTreeMap<String, u64>>,
+    /// Debug TEEs refused.
+    pub debug: Rule<DebugForbidden>,
+    /// Accepted golden measurement documents.
+    pub golden: Rule<GoldenRule>,
+    /// Accepted workload image (manifest) digests.
+    pub image_digests: Rule<Vec<String>>,
+    /// The exact argument list.
+    pub args: Rule<Vec<String>>,
+    /// Allowed environment variables.
+    pub env: Rule<Vec<String>>,
+}
+
+/// Field names, in evaluation order.
+pub const RULES: [&str; 8] =
+    ["platforms", "debug", "tcb_statuses", "minimum_tcb", "golden", "image_digests", "args", "env"];
+
+fn platform_name(p: Platform) -> &'static str {
+    match p {
+        Platform::Tpm => "tpm",
+        Platform::Tdx => "tdx",
+        Platform::SevSnp => "sev-snp",
+        Platform::AzureSnpVtpm => "azure-snp-vtpm",
+        Platform::AzureTdxVtpm => "azure-tdx-vtpm",
+        _ => "unknown",
+    }
+}
+
+fn parse_platform(s: &str) -> Option<Platform> {
+    [Platform::Tpm, Platform::Tdx, Platform::SevSnp, Platform::AzureSnpVtpm, Platform::AzureTdxVtpm]
+        .into_iter()
+        .find(|p| platform_name(*p) == s)
+}
+
+fn take<T>(
+    table: &mut toml::Table,
+    name: &'static str,
+    convert: impl FnOnce(toml::Value) -> std::result::Result<T, String>,
+) -> Result<Rule<T>> {
+    let value = table.remove(name).ok_or_else(|| {
+        Error::check(LAYER, format!("missing field `{name}` (give reference values or \"skip\")"))
+    })?;
+    if value.as_str() == Some("skip") {
+        return Ok(Rule::Skip);
+    }
+    convert(value).map(Rule::Require).map_err(|e| Error::check(LAYER, format!("field `{name}`: {e}")))
+}
+
+fn de<T: serde::de::DeserializeOwned>(v: toml::Value) -> std::result::Result<T, String> {
+    T::deserialize(v).map_err(|e| e.to_string().trim().replace('\n', " "))
+}
+
+fn non_empty<T>(v: Vec<T>) -> std::result::Result<Vec<T>, String> {
+    if v.is_empty() { Err("empty list allows nothing; list values or write \"skip\"".into()) } else { Ok(v) }
+}
+
+fn sha256_ref(s: &str) -> std::result::Result<(), String> {
+    let hex_part = s.strip_prefix("sha256:").ok_or_else(|| format!("{s:?} is not sha256:<hex>"))?;
+    if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(format!("{s:?} is not sha256:<64 lower-case hex digits>"));
+    }
+    Ok(())
+}
+
+impl Policy {
+    /// Parses a policy file.
+    ///
+    /// # Errors
+    /// Invalid TOML, a missing or unknown field, or a value of the wrong shape, named in the message.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| Error::check(LAYER, e.message().replace('\n', " ")))?;
+        match table.remove("version") {
+            Some(toml::Value::Integer(POLICY_VERSION)) => {}
+            Some(v) => {
+                return Err(Error::check(LAYER, format!("field `version`: {v} unsupported (expected 1)")));
+            }
+            None => return Err(Error::check(LAYER, "missing field `version` (expected 1)")),
+        }
+        let platforms = take(&mut table, "platforms", |v| {
+            let names: Vec<String> = de(v)?;
+            non_empty(names)?
+                .iter()
+                .map(|n| parse_platform(n).ok_or_else(|| format!("unknown platform {n:?}")))
+                .collect()
+        })?;
+        let tcb_statuses = take(&mut table, "tcb_statuses", |v| non_empty(de(v)?))?;
+        let minimum_tcb = take(&mut table, "minimum_tcb", |v| {
+            let m: BTreeMap<String, u64> = de(v)?;
+            if m.is_empty() { Err("empty table; list components or write \"skip\"".into()) } else { Ok(m) }
+        })?;
+        let debug = take(&mut table, "debug", |v| match v.as_str() {
+            Some("forbidden") => Ok(DebugForbidden),
+            _ => Err(format!("{v} (expected \"forbidden\" or \"skip\")")),
+        })?;
+        let golden = take(&mut table, "golden", |v| {
+            let g: GoldenRule = de(v)?;
+            non_empty(g.signers.clone())?;
+            non_empty(g.documents.clone())?;
+            for s in &g.signers {
+                let key =
+                    s.strip_prefix("ed25519:").ok_or_else(|| format!("signer {s:?} is not ed25519:<hex>"))?;
+                if hex::decode(key).map(|k| k.len()) != Ok(32) {
+                    return Err(format!("signer {s:?} is not a 32-byte Ed25519 public key"));
+                }
+            }
+            g.documents.iter().try_for_each(|d| sha256_ref(d))?;
+            Ok(g)
+        })?;
+        let image_digests = take(&mut table, "image_digests", |v| {
+            let d: Vec<String> = non_empty(de(v)?)?;
+            d.iter().try_for_each(|x| sha256_ref(x))?;
+            Ok(d)
+        })?;
+        let args = take(&mut table, "args", de)?;
+        let env = take(&mut table, "env", |v| {
+            let e: Vec<String> = de(v)?;
+            if let Some(bad) = e.iter().find(|x| !x.contains('=')) {
+                return Err(format!("{bad:?} is not NAME=value or NAME=*"));
+            }
+            Ok(e)
+        })?;
+        if let Some(unknown) = table.keys().next() {
+            return Err(Error::check(LAYER, format!("unknown field `{unknown}`")));
+        }
+        Ok(Self { platforms, tcb_statuses, minimum_tcb, debug, golden, image_digests, args, env })
+    }
+}
+
+/// A golden measurement document whose signature has been verified, reduced to what policy compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoldenDocument {
+    /// `sha256:<hex>` of the document file.
+    pub digest: String,
+    /// `ed25519:<hex>` of the key whose signature verified.
+    pub signer: String,
+    /// Expected register values (names as in [`Appraisal::registers`]), lower-case hex.
+    pub registers: BTreeMap<String, String>,
+}
+
+/// The golden documents the broker was given: those whose signature verified, and those refused, with why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GoldenSet {
+    /// Verified documents.
+    pub accepted: Vec<GoldenDocument>,
+    /// `sha256:<hex>` → why the document was not accepted (unsigned, bad signature, malformed).
+    pub rejected: BTreeMap<String, String>,
+}
+
+/// The outcome of one rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The rule allowed, and why.
+    Pass(String),
+    /// The rule was `"skip"`.
+    Skipped,
+    /// The rule refused, one line.
+    Fail(String),
+}
+
+/// Every rule's outcome for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// `(rule, outcome)` in evaluation order; rule names are `policy.<field>` or `workload.launch`.
+    pub rules: Vec<(&'static str, Outcome)>,
+}
+
+impl Verdict {
+    /// The first refusal: `(rule, "rule: reason")`, or `None` when every rule passed or was skipped.
+    #[must_use]
+    pub fn refusal(&self) -> Option<(&'static str, String)> {
+        self.rules.iter().find_map(|(rule, o)| match o {
+            Outcome::Fail(reason) => Some((*rule, format!("{rule}: {reason}"))),
+            _ => None,
+        })
+    }
+}
+
+/// The launch events (before the separator), after checking the log's shape: one separator, nothing but
+/// post-launch events after it.
+fn launch_events(events: &[RuntimeEvent]) -> std::result::Result<&[RuntimeEvent], String> {
+    let sep = events
+        .iter()
+        .position(|e| matches!(e, RuntimeEvent::LaunchSeparator))
+        .ok_or_else(|| "no launch separator: the workload was not launched by the agent".to_string())?;
+    let (launch, after) = events.split_at(sep);
+    for (i, e) in after.iter().enumerate().skip(1) {
+        if !e.is_post_launch() {
+            return Err(format!(
+                "launch event {} at position {} after the launch separator",
+                e.name(),
+                sep + i
+            ));
+        }
+    }
+    if let Some(e) = launch.iter().find(|e| e.is_post_launch()) {
+        return Err(format!("post-launch event {} before the launch separator", e.name()));
+    }
+    Ok(launch)
+}
+
+fn env_allowed(var: &str, allowed: &[String]) -> bool {
+    let name = var.split_once('=').map_or(var, |(n, _)| n);
+    allowed.iter().any(|a| a == var || a.strip_suffix("=*").is_some_and(|n| n == name))
+}
+
+fn short(s: &str) -> String {
+    if s.len() > 80 { format!("{}…", s.chars().take(80).collect::<String>()) } else { s.to_owned() }
+}
+
+impl Policy {
+    /// Evaluates every rule against a verified appraisal.
+    #[must_use]
+    pub fn evaluate(&self, a: &Appraisal, golden: &GoldenSet) -> Verdict {
+        let mut rules = Vec::new();
+        let platform = platform_name(a.platform);
+        rules.push((
+            "policy.platforms",
+            match &self.platforms {
+                Rule::Skip => Outcome::Skipped,
+                Rule::Require(ps) if ps.contains(&a.platform) => {
+                    Outcome::Pass(format!("platform {platform}"))
+                }
+                Rule::Require(ps) => Outcome::Fail(format!(
+                    "platform {platform} not allowed (allowed: {})",
+                    ps.iter().map(|p| platform_name(*p)).collect::<Vec<_>>().join(", ")
+                )),
+            },
+        ));
+        rules.push((
+            "policy.debug",
+            match self.debug {
+                Rule::Skip => Outcome::Skipped,
+                Rule::Require(DebugForbidden) if a.debug => Outcome::Fail("TEE runs in debug mode".into()),
+                Rule::Require(DebugForbidden) => Outcome::Pass("not a debug TEE".into()),
+            },
+        ));
+        rules.push((
+            "policy.tcb_statuses",
+            match (&self.tcb_statuses, &a.tcb_status) {
+                (Rule::Skip, _) => Outcome::Skipped,
+                (Rule::Require(_), None) => {
+                    Outcome::Fail(format!("platform {platform} reports no TCB status"))
+                }
+                (Rule::Require(ok), Some(s)) if ok.contains(s) => Outcome::Pass(format!("TCB status {s}")),
+                (Rule::Require(ok), Some(s)) => {
+                    Outcome::Fail(format!("TCB status {s} not accepted (accepted: {})", ok.join(", ")))
+                }
+            },
+        ));
+        rules.push((
+            "policy.minimum_tcb",
+            match &self.minimum_tcb {
+                Rule::Skip => Outcome::Skipped,
+                Rule::Require(min) => min
+                    .iter()
+                    .find_map(|(c, m)| match a.tcb_levels.get(c) {
+                        None => Some(Outcome::Fail(format!("TCB component {c} not in the evidence"))),
+                        Some(v) if v < m => {
+                            Some(Outcome::Fail(format!("TCB {c} is {v}, below the minimum {m}")))
+                        }
+                        Some(_) => None,
+                    })
+                    .unwrap_or_else(|| {
+                        Outcome::Pass(format!("{} TCB components at or above minimum", min.len()))
+                    }),
+            },
+        ));
+        rules.push(("policy.golden", self.evaluate_golden(a, golden)));
+        let launch = launch_events(&a.workload_events);
+        rules.push((
+            "workload.launch",
+            match &launch {
+                Ok(l) => Outcome::Pass(format!("{} launch events, then the separator", l.len())),
+                Err(e) => Outcome::Fail(e.clone()),
+            },
+        ));
+        let launch = launch.unwrap_or_default();
+        rules.push(("policy.image_digests", self.evaluate_image(launch)));
+        let args: Vec<&str> = launch
+            .iter()
+            .filter_map(|e| if let RuntimeEvent::Arg(s) = e { Some(s.as_str()) } else { None })
+            .collect();
+        rules.push((
+            "policy.args",
+            match &self.args {
+                Rule::Skip => Outcome::Skipped,
+                Rule::Require(want) if *want == args => {
+                    Outcome::Pass(format!("{} arguments as allowed", args.len()))
+                }
+                Rule::Require(want) => {
+                    Outcome::Fail(match want.iter().zip(&args).position(|(w, g)| w != g) {
+                        Some(i) => format!(
+                            "argument {i} is {:?}, policy requires {:?}",
+                            short(args.get(i).copied().unwrap_or_default()),
+                            short(want.get(i).map(String::as_str).unwrap_or_default())
+                        ),
+                        None => format!("{} arguments, policy requires {}", args.len(), want.len()),
+                    })
+                }
+            },
+        ));
+        rules.push((
+            "policy.env",
+            match &self.env {
+                Rule::Skip => Outcome::Skipped,
+                Rule::Require(allowed) => {
+                    let env = launch
+                        .iter()
+                        .filter_map(|e| if let RuntimeEvent::Env(s) = e { Some(s) } else { None });
+                    let mut n = 0usize;
+                    let mut bad = None;
+                    for v in env {
+                        n += 1;
+                        if !env_allowed(v, allowed) {
+                            bad = Some(v);
+                            break;
+                        }
+                    }
+                    match bad {
+                        Some(v) => Outcome::Fail(format!("environment variable {:?} not allowed", short(v))),
+                        None => Outcome::Pass(format!("{n} environment variables allowed")),
+                    }
+                }
+            },
+        ));
+        Verdict { rules }
+    }
+
+    fn evaluate_image(&self, launch: &[RuntimeEvent]) -> Outcome {
+        let Rule::Require(allowed) = &self.image_digests else { return Outcome::Skipped };
+        let digests: Vec<&String> = launch
+            .iter()
+            .filter_map(|e| if let RuntimeEvent::ManifestDigest(d) = e { Some(d) } else { None })
+            .collect();
+        match digests.as_slice() {
+            [] => Outcome::Fail("no workload image digest was measured".into()),
+            [d] if allowed.contains(d) => Outcome::Pass(format!("workload image {d}")),
+            [d] => Outcome::Fail(format!("workload image digest {} not allowed", short(d))),
+            _ => Outcome::Fail(format!("{} workload image digests measured, expected one", digests.len())),
+        }
+    }
+
+    fn evaluate_golden(&self, a: &Appraisal, golden: &GoldenSet) -> Outcome {
+        let Rule::Require(rule) = &self.golden else { return Outcome::Skipped };
+        let mut first_problem = None;
+        for name in &rule.documents {
+            let problem = if let Some(why) = golden.rejected.get(name) {
+                format!("golden document {name} rejected: {why}")
+            } else if let Some(doc) = golden.accepted.iter().find(|d| &d.digest == name) {
+                if rule.signers.contains(&doc.signer) {
+                    match doc.registers.iter().find(|(r, v)| a.registers.get(*r) != Some(*v)) {
+                        None => return Outcome::Pass(format!("registers match golden document {name}")),
+                        Some((r, want)) => match a.registers.get(r) {
+                            Some(got) => format!("{r} not golden: expected {want}, got {got} ({name})"),
+                            None => format!("{r} not in the evidence ({name})"),
+                        },
+                    }
+                } else {
+                    format!("golden document {name} signed by {}, not an accepted signer", doc.signer)
+                }
+            } else {
+                format!("golden document {name} not loaded by the broker")
+            };
+            first_problem.get_or_insert(problem);
+        }
+        Outcome::Fail(first_problem.unwrap_or_else(|| "no golden document named".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+version = 1
+platforms = ["tdx", "tpm"]
+tcb_statuses = ["UpToDate"]
+minimum_tcb = { "tdx.tee_tcb_svn.0" = 3 }
+debug = "forbidden"
+golden = "skip"
+image_digests = ["sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"]
+args = ["--in", "/data"]
+env = ["MODE=batch", "THREADS=*"]
+"#;
+
+    #[test]
+    fn parses_a_full_policy() {
+        let p = Policy::parse(FULL).unwrap();
+        assert_eq!(p.platforms, Rule::Require(vec![Platform::Tdx, Platform::Tpm]));
+        assert_eq!(p.golden, Rule::Skip);
+        assert_eq!(p.debug, Rule::Require(DebugForbidden));
+    }
+
+    #[test]
+    fn every_missing_field_is_named() {
+        for field in RULES {
+            let text: String =
+                FULL.lines().filter(|l| !l.starts_with(&format!("{field} "))).collect::<Vec<_>>().join("\n");
+            let err = Policy::parse(&text).unwrap_err().to_string();
+            assert_eq!(err, format!("policy: missing field `{field}` (give reference values or \"skip\")"));
+        }
+        let err = Policy::parse(&FULL.replace("version = 1", "")).unwrap_err().to_string();
+        assert!(err.contains("missing field `version`"), "{err}");
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_shapes() {
+        let err = Policy::parse(&format!("{FULL}\nallow_all = true")).unwrap_err().to_string();
+        assert_eq!(err, "policy: unknown field `allow_all`");
+        let err = Policy::parse(&FULL.replace("[\"tdx\", \"tpm\"]", "[\"sgx\"]")).unwrap_err().to_string();
+        assert!(err.contains("field `platforms`: unknown platform \"sgx\""), "{err}");
+        let err = Policy::parse(&FULL.replace("debug = \"forbidden\"", "debug = \"allowed\"")).unwrap_err();
+        assert!(err.to_string().contains("field `debug`"), "{err}");
+        let err = Policy::parse(&FULL.replace("[\"UpToDate\"]", "[]")).unwrap_err();
+        assert!(err.to_string().contains("empty list allows nothing"), "{err}");
+        let err = Policy::parse(&FULL.replace("sha256:aaaa", "sha256:AAAA")).unwrap_err();
+        assert!(err.to_string().contains("field `image_digests`"), "{err}");
+    }
+}

@@ -1,0 +1,345 @@
+//! The `sealroom.keybroker.v1.KeyBroker` service: `Challenge` and `Release`.
+//!
+//! Release, in order, each step refusing every requested key with a one-line reason when it fails: the nonce is
+//! redeemed (single use, within its TTL); the evidence is decoded and must carry the request's nonce; the
+//! verifier appraises it ([`Appraiser`]); the signed binding must bind this nonce and the TEE key; then per key:
+//! the key must exist and not be revoked, its owner's policy must allow the appraisal, and the key is sealed to
+//! the TEE key. Every decision is appended to the audit log and fsync'd *before* the reply; when the log cannot
+//! be written nothing is released.
+
+use std::sync::{Arc, Mutex};
+
+use sealroom_measurements::binding::{self, Nonce};
+use sealroom_measurements::evidence::Evidence;
+use sealroom_proto::keybroker::v1 as pb;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::appraisal::{Appraisal, Appraiser, SignedBinding};
+use super::audit::{AuditEntry, AuditLog, AuditRecord, Decision};
+use super::keystore::{KeyStore, Unreleasable};
+use super::nonce::NonceBook;
+use super::policy::{GoldenSet, Policy};
+use super::seal;
+use super::token::{EAR_PROFILE, Signer};
+use super::{Clock, Randomness, check_key_id};
+use crate::error::{Error, Result};
+
+/// Most keys in one request (keybroker.proto).
+pub const MAX_KEYS_PER_REQUEST: usize = 64;
+
+/// A refusal: the rule that refused and the one-line reason (which starts with the rule's layer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// "nonce", "evidence", "verifier", "binding", "key store", "policy.<rule>", "workload.launch".
+    pub rule: String,
+    /// One line.
+    pub reason: String,
+}
+
+impl Refused {
+    fn new(rule: &str, reason: impl Into<String>) -> Self {
+        Self { rule: rule.to_owned(), reason: reason.into() }
+    }
+
+    fn from_error(rule: &str, e: &dyn std::fmt::Display) -> Self {
+        Self::new(rule, e.to_string().replace('\n', " "))
+    }
+}
+
+/// The outcome of a release, before it is put on the wire.
+#[derive(Debug)]
+pub struct Released {
+    /// Sealed keys.
+    pub keys: Vec<(String, seal::Sealed)>,
+    /// Refused keys.
+    pub refusals: Vec<(String, Refused)>,
+    /// The EAR JWT.
+    pub attestation_result: String,
+    /// The audit records written for this release.
+    pub audit: Vec<AuditRecord>,
+}
+
+/// The key broker's state and decisions, independent of gRPC.
+#[derive(Debug)]
+pub struct Broker {
+    clock: Arc<dyn Clock>,
+    rng: Arc<dyn Randomness>,
+    appraiser: Arc<dyn Appraiser>,
+    store: Arc<KeyStore>,
+    golden: GoldenSet,
+    signer: Signer,
+    nonces: Mutex<NonceBook>,
+    audit: Mutex<AuditLog>,
+}
+
+/// Everything a broker is made of.
+#[derive(Debug)]
+pub struct BrokerParts {
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Randomness source.
+    pub rng: Arc<dyn Randomness>,
+    /// The evidence verifier.
+    pub appraiser: Arc<dyn Appraiser>,
+    /// The key store (shared with the admin endpoint).
+    pub store: Arc<KeyStore>,
+    /// Verified golden documents.
+    pub golden: GoldenSet,
+    /// The token signer.
+    pub signer: Signer,
+    /// Nonce book (sets the TTL).
+    pub nonces: NonceBook,
+    /// The opened audit log.
+    pub audit: AuditLog,
+}
+
+fn poisoned(what: &'static str) -> Error {
+    Error::check("broker", format!("{what} lock poisoned by an earlier panic"))
+}
+
+impl Broker {
+    /// Assembles a broker.
+    #[must_use]
+    pub fn new(p: BrokerParts) -> Self {
+        Self {
+            clock: p.clock,
+            rng: p.rng,
+            appraiser: p.appraiser,
+            store: p.store,
+            golden: p.golden,
+            signer: p.signer,
+            nonces: Mutex::new(p.nonces),
+            audit: Mutex::new(p.audit),
+        }
+    }
+
+    /// A fresh nonce and its TTL in seconds.
+    ///
+    /// # Errors
+    /// When randomness fails or too many challenges are outstanding.
+    pub fn challenge(&self) -> Result<(Nonce, u32)> {
+        let now = self.clock.now_ms();
+        let mut book = self.nonces.lock().map_err(|_| poisoned("nonce"))?;
+        let nonce = book.issue(self.rng.as_ref(), now)?;
+        let ttl = u32::try_from(book.ttl_ms() / 1000).unwrap_or(u32::MAX);
+        Ok((nonce, ttl))
+    }
+
+    /// Checks the request's shape: 1..=64 key ids, each a valid id, no duplicates.
+    ///
+    /// # Errors
+    /// One line saying what is wrong (the request is rejected as a whole, nothing is decided).
+    pub fn check_request(key_ids: &[String]) -> Result<()> {
+        if key_ids.is_empty() || key_ids.len() > MAX_KEYS_PER_REQUEST {
+            return Err(Error::check("request", format!("{} key ids, expected 1..=64", key_ids.len())));
+        }
+        for (i, id) in key_ids.iter().enumerate() {
+            check_key_id(id)?;
+            if key_ids.get(..i).is_some_and(|before| before.contains(id)) {
+                return Err(Error::check("request", format!("key id {id} requested twice")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps shared by all keys: nonce, evidence decoding, appraisal, binding.
+    fn appraise(
+        &self,
+        req: &pb::ReleaseRequest,
+        now: u64,
+    ) -> std::result::Result<(Nonce, Evidence, Appraisal), Refused> {
+        let nonce = Nonce::from_slice(&req.nonce).map_err(|e| Refused::from_error("nonce", &e))?;
+        self.nonces
+            .lock()
+            .map_err(|_| Refused::new("broker", "nonce lock poisoned"))?
+            .redeem(&nonce, now)
+            .map_err(|r| Refused::new("nonce", r.to_string()))?;
+        let pb_evidence =
+            req.evidence.clone().ok_or_else(|| Refused::new("evidence", "evidence: missing"))?;
+        let evidence = Evidence::try_from(pb_evidence).map_err(|e| Refused::from_error("evidence", &e))?;
+        if evidence.nonce != nonce {
+            return Err(Refused::new(
+                "binding",
+                "binding: evidence was produced for another nonce than the one presented",
+            ));
+        }
+        let appraisal =
+            self.appraiser.appraise(&evidence, now).map_err(|e| Refused::from_error("verifier", &e))?;
+        if appraisal.platform != evidence.platform {
+            return Err(Refused::new(
+                "verifier",
+                format!(
+                    "verifier: appraised platform {:?} differs from the evidence's {:?}",
+                    appraisal.platform, evidence.platform
+                ),
+            ));
+        }
+        let checked = match &appraisal.binding {
+            SignedBinding::ReportData(h) => hex::decode(h)
+                .map_err(|_| Error::check("binding", "REPORT_DATA is not hex"))
+                .and_then(|b| Ok(binding::check_report_data(&b, &nonce, &evidence.tee_public_key)?)),
+            SignedBinding::TpmExtraData(h) => hex::decode(h)
+                .map_err(|_| Error::check("binding", "extraData is not hex"))
+                .and_then(|b| Ok(binding::check_tpm_extra_data(&b, &nonce, &evidence.tee_public_key)?)),
+        };
+        checked.map_err(|e| Refused::from_error("binding", &e))?;
+        Ok((nonce, evidence, appraisal))
+    }
+
+    /// Decides one key for accepted evidence.
+    fn decide(
+        &self,
+        key_id: &str,
+        nonce: &Nonce,
+        evidence: &Evidence,
+        appraisal: &Appraisal,
+    ) -> std::result::Result<std::result::Result<seal::Sealed, Refused>, Error> {
+        let key = match self.store.get_for_release(key_id) {
+            Ok(k) => k,
+            Err(Ok(Unreleasable::Unknown)) => {
+                return Ok(Err(Refused::new("key store", format!("key store: unknown key id {key_id}"))));
+            }
+            Err(Ok(Unreleasable::Revoked { time_ms })) => {
+                return Ok(Err(Refused::new(
+                    "key store",
+                    format!("key store: key {key_id} was revoked at {time_ms} ms"),
+                )));
+            }
+            Err(Err(e)) => return Err(e),
+        };
+        let policy = match Policy::parse(&key.info.policy) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(Refused::new("policy", format!("{e} (stored policy of key {key_id})")))),
+        };
+        let verdict = policy.evaluate(appraisal, &self.golden);
+        if let Some((rule, reason)) = verdict.refusal() {
+            return Ok(Err(Refused::new(rule, reason)));
+        }
+        seal::seal(&evidence.tee_public_key, key_id, nonce, &key.material, self.rng.as_ref()).map(Ok)
+    }
+
+    /// Handles one release request. Refusals are part of the result; `Err` means the broker itself failed (the
+    /// audit log or the store could not be used) and nothing may be released.
+    ///
+    /// # Errors
+    /// A malformed request (no key decided), or an internal failure.
+    pub fn release(&self, req: &pb::ReleaseRequest) -> Result<Released> {
+        Self::check_request(&req.key_ids)?;
+        let now = self.clock.now_ms();
+        let evidence_digest: [u8; 32] = match &req.evidence {
+            Some(e) => Sha256::digest(prost::Message::encode_to_vec(e)).into(),
+            None => [0; 32],
+        };
+        let mut keys = Vec::new();
+        let mut refusals = Vec::new();
+        let accepted = self.appraise(req, now);
+        match &accepted {
+            Err(refused) => {
+                refusals.extend(req.key_ids.iter().map(|id| (id.clone(), refused.clone())));
+            }
+            Ok((nonce, evidence, appraisal)) => {
+                for id in &req.key_ids {
+                    match self.decide(id, nonce, evidence, appraisal)? {
+                        Ok(sealed) => keys.push((id.clone(), sealed)),
+                        Err(refused) => refusals.push((id.clone(), refused)),
+                    }
+                }
+            }
+        }
+        let entries: Vec<AuditEntry> = keys
+            .iter()
+            .map(|(id, _)| AuditEntry {
+                decision: Decision::Released,
+                key_id: id.clone(),
+                evidence_digest,
+                rule: "policy".into(),
+                reason: "every rule of the key's policy allowed".into(),
+            })
+            .chain(refusals.iter().map(|(id, r)| AuditEntry {
+                decision: Decision::Refused,
+                key_id: id.clone(),
+                evidence_digest,
+                rule: r.rule.clone(),
+                reason: r.reason.clone(),
+            }))
+            .collect();
+        let (records, head) = {
+            let mut log = self.audit.lock().map_err(|_| poisoned("audit log"))?;
+            let records = log.append(&entries, now)?;
+            (records, log.head())
+        };
+        let claims = json!({
+            "eat_profile": EAR_PROFILE,
+            "iat": now / 1000,
+            "eat_nonce": hex::encode(&req.nonce),
+            "ear.verifier-id": {"developer": "sealroom", "build": concat!("sealroom-broker ", env!("CARGO_PKG_VERSION"))},
+            "submods": {
+                "sealroom": {
+                    "ear.status": if accepted.is_ok() { "affirming" } else { "contraindicated" },
+                    "ear.appraisal-policy-id": "sealroom.keybroker.v1",
+                    "sealroom.platform": accepted.as_ref().ok().map(|(_, e, _)| format!("{:?}", e.platform)),
+                    "sealroom.tee_public_key": accepted.as_ref().ok().map(|(_, e, _)| hex::encode(e.tee_public_key.as_bytes())),
+                    "sealroom.evidence_digest": hex::encode(evidence_digest),
+                    "sealroom.keys.released": keys.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+                    "sealroom.keys.refused": refusals.iter().map(|(id, r)| json!({"key_id": id, "reason": r.reason})).collect::<Vec<_>>(),
+                }
+            },
+            "sealroom.audit": {"records": head.records, "head": hex::encode(head.hash)},
+        });
+        let attestation_result = self.signer.sign(&claims)?;
+        Ok(Released { keys, refusals, attestation_result, audit: records })
+    }
+}
+
+/// The gRPC face of a [`Broker`].
+#[derive(Debug, Clone)]
+pub struct KeyBrokerService(pub Arc<Broker>);
+
+fn internal(e: &Error) -> tonic::Status {
+    tonic::Status::internal(e.to_string())
+}
+
+#[tonic::async_trait]
+impl pb::key_broker_server::KeyBroker for KeyBrokerService {
+    async fn challenge(
+        &self,
+        _request: tonic::Request<pb::ChallengeRequest>,
+    ) -> std::result::Result<tonic::Response<pb::ChallengeResponse>, tonic::Status> {
+        let (nonce, ttl_seconds) =
+            self.0.challenge().map_err(|e| tonic::Status::resource_exhausted(e.to_string()))?;
+        Ok(tonic::Response::new(pb::ChallengeResponse { nonce: nonce.0.to_vec(), ttl_seconds }))
+    }
+
+    async fn release(
+        &self,
+        request: tonic::Request<pb::ReleaseRequest>,
+    ) -> std::result::Result<tonic::Response<pb::ReleaseResponse>, tonic::Status> {
+        let req = request.into_inner();
+        Broker::check_request(&req.key_ids).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let broker = Arc::clone(&self.0);
+        // Appraisal and the audit fsync block: keep them off the async workers.
+        let released = tokio::task::spawn_blocking(move || broker.release(&req))
+            .await
+            .map_err(|e| tonic::Status::internal(format!("broker: release task failed: {e}")))?
+            .map_err(|e| internal(&e))?;
+        Ok(tonic::Response::new(pb::ReleaseResponse {
+            keys: released
+                .keys
+                .into_iter()
+                .map(|(key_id, s)| pb::SealedKey {
+                    key_id,
+                    kem: sealroom_proto::attestation::v1::KemId::from(s.kem).into(),
+                    encapsulated_key: s.encapsulated_key,
+                    ciphertext: s.ciphertext,
+                })
+                .collect(),
+            refusals: released
+                .refusals
+                .into_iter()
+                .map(|(key_id, r)| pb::Refusal { key_id, reason: r.reason })
+                .collect(),
+            attestation_result: released.attestation_result,
+        }))
+    }
+}
