@@ -16,6 +16,17 @@ pub enum Error {
         /// One line saying why.
         reason: String,
     },
+    /// Untrusted bytes of `layer` were malformed (truncated, trailing data).
+    #[error("{layer}: {source}")]
+    Malformed {
+        /// The structure being parsed ("snp report", "tpms_attest", …).
+        layer: &'static str,
+        /// Where and what.
+        source: sealroom_measurements::reader::ReadError,
+    },
+    /// Several checks failed; the first is the headline, all are listed.
+    #[error("{}", join_reasons(.0))]
+    Checks(Vec<Error>),
     /// Reference values, collateral or policy input could not be read.
     #[error("input: {0}")]
     Input(String),
@@ -34,6 +45,38 @@ impl Error {
         match self {
             Self::Check { reason, .. } => Self::check(layer, format!("{context}: {reason}")),
             other => Self::check(layer, format!("{context}: {other}")),
+        }
+    }
+
+    /// Wraps a reader error with the layer it happened in.
+    pub fn read(layer: &'static str) -> impl Fn(sealroom_measurements::reader::ReadError) -> Self {
+        move |source| Self::Malformed { layer, source }
+    }
+}
+
+fn join_reasons(errors: &[Error]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+impl Error {
+    /// Every single failure inside this error (flattening [`Error::Checks`]).
+    #[must_use]
+    pub fn reasons(&self) -> Vec<String> {
+        match self {
+            Self::Checks(v) => v.iter().flat_map(Self::reasons).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+
+    /// `Ok(())` when `errors` is empty, the single error, or [`Error::Checks`].
+    ///
+    /// # Errors
+    /// When `errors` is not empty.
+    pub fn from_all(mut errors: Vec<Error>) -> Result<()> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Self::Checks(errors)),
         }
     }
 }

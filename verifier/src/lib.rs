@@ -4,8 +4,11 @@
 //! explicit reference values. Time is an input; nothing here reads the clock or uses randomness.
 #![forbid(unsafe_code)]
 
+pub mod azure;
 pub mod broker;
 pub mod error;
+pub mod snp;
+pub mod tpm;
 pub mod x509;
 
 pub use error::{Error, Result};

@@ -146,7 +146,10 @@ fn der_tlv<'a>(r: &mut Reader<'a>, tag: u8, what: &'static str) -> Result<&'a [u
         0x81 => usize::from(r.u8(what).map_err(&m)?),
         0x82 => usize::from(r.u16_be(what).map_err(&m)?),
         _ => {
-            return Err(Error::check(LAYER, format!("VCEK {what}: DER length form {first:#04x} unsupported")));
+            return Err(Error::check(
+                LAYER,
+                format!("VCEK {what}: DER length form {first:#04x} unsupported"),
+            ));
         }
     };
     r.take(len, what).map_err(&m)

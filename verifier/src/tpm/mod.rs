@@ -1,5 +1,7 @@
 //! TPM 2.0 quote verification (GCE vTPM, swtpm, Azure vTPM): structures, quote checks, AK certificates.
 
+pub mod ak_cert;
 pub mod gce_proto;
 pub mod quote;
 pub mod structures;
+pub mod verify;

@@ -1,0 +1,166 @@
+//! Verifying Azure vTPM evidence: the HCL report binds HCLAkPub to the hardware report (SHA-256 of the
+//! runtime claims in REPORT_DATA), the hardware report is verified as SNP (or TDX), and the vTPM quote is
+//! verified with HCLAkPub against the nonce and the claimed PCRs.
+
+use std::collections::BTreeMap;
+
+use sealroom_measurements::evidence::{HashAlg, PcrBank};
+use serde::Serialize;
+
+use super::evidence::AzureEvidence;
+use super::hcl::{HclReport, HwReportType, RuntimeClaims};
+use crate::error::{Error, Result};
+use crate::snp::{Collateral, EndorsementCache, SnpClaims, SnpPolicy, verify_report};
+use crate::tpm::quote::{
+    ExpectedExtraData, check_extra_data, check_pcr_digest, quoted_banks, verify_rsa_raw,
+};
+use crate::tpm::structures::Attest;
+use crate::x509::UnixTime;
+
+const LAYER: &str = "azure";
+
+/// What verified Azure evidence proves.
+#[derive(Debug, Clone, Serialize)]
+pub struct AzureClaims {
+    /// SNP or TDX.
+    pub hardware: HwReportType,
+    /// The SNP report's claims (SNP CVMs).
+    pub snp: Option<SnpClaims>,
+    /// The TD quote's REPORT_DATA (TDX CVMs), hex.
+    pub td_report_data: Option<String>,
+    /// vm-configuration from the runtime claims.
+    pub vm_configuration: serde_json::Value,
+    /// The quoted PCRs (SHA-256), index → hex.
+    pub pcrs: BTreeMap<u32, String>,
+    /// The quote's extraData, hex.
+    pub extra_data: String,
+}
+
+/// Verified Azure evidence.
+#[derive(Debug, Clone)]
+pub struct VerifiedAzure {
+    /// Claims.
+    pub claims: AzureClaims,
+    /// The PCR values the quote proves.
+    pub pcrs: Vec<PcrBank>,
+}
+
+/// How the TDX part is checked: a function verifying a TD quote and returning its REPORT_DATA. Supplied by
+/// the caller (the TDX verifier with its collateral), so this module needs no Intel collateral of its own.
+pub type TdQuoteCheck<'a> = &'a dyn Fn(&[u8]) -> Result<[u8; 64]>;
+
+/// Verifies Azure evidence against a nonce (the TPM quote's extraData).
+///
+/// # Errors
+/// Every failed check ([`Error::Checks`] when several).
+pub fn verify_azure(
+    ev: &AzureEvidence,
+    nonce: &[u8],
+    snp_cache: &EndorsementCache,
+    snp_policy: &SnpPolicy,
+    td_quote_check: Option<TdQuoteCheck<'_>>,
+    at: UnixTime,
+) -> Result<VerifiedAzure> {
+    let hcl = HclReport::parse(&ev.hcl_report)?;
+    let mut failures = Vec::new();
+    if let Err(e) = hcl.check_var_data_binding() {
+        failures.push(e);
+    }
+    // Hardware part.
+    let mut snp = None;
+    let mut td_report_data = None;
+    match hcl.report_type {
+        HwReportType::Snp => match &ev.vcek {
+            None => failures.push(Error::check(LAYER, "SNP evidence without a VCEK")),
+            Some(vcek) => match verify_report(
+                &hcl.hw_report,
+                Collateral { endorsement_der: vcek },
+                snp_cache,
+                snp_policy,
+                at,
+            ) {
+                Ok((_, c)) => snp = Some(c),
+                Err(e) => failures.push(e),
+            },
+        },
+        HwReportType::Tdx => match (&ev.td_quote, td_quote_check) {
+            (None, _) => failures.push(Error::check(LAYER, "TDX evidence without a TD quote")),
+            (Some(_), None) => {
+                failures.push(Error::check(LAYER, "TD quote not verified: no TDX verifier/collateral given"));
+            }
+            (Some(q), Some(check)) => match check(q) {
+                Ok(rd) => {
+                    let ours = hcl.report_data()?;
+                    if rd != ours {
+                        failures.push(Error::check(
+                            LAYER,
+                            "TD quote REPORT_DATA does not match the HCL TDREPORT",
+                        ));
+                    }
+                    td_report_data = Some(hex::encode(rd));
+                }
+                Err(e) => failures.push(e),
+            },
+        },
+    }
+    // vTPM part.
+    let claims_json = match RuntimeClaims::parse(&hcl.var_data) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            failures.push(e);
+            None
+        }
+    };
+    let mut pcrs = Vec::new();
+    let mut extra_data = String::new();
+    if let Some(rc) = &claims_json {
+        let exponent = rc.ak_exponent.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        match u32::try_from(exponent) {
+            Err(_) => failures.push(Error::check(LAYER, "HCLAkPub exponent too large")),
+            Ok(e) => {
+                if let Err(err) = verify_rsa_raw(&ev.quote.message, &ev.quote.signature, &rc.ak_modulus, e) {
+                    failures.push(err);
+                }
+            }
+        }
+        if let Some(ud) = &rc.user_data
+            && ud.iter().any(|b| *b != 0)
+        {
+            let mut want = nonce.to_vec();
+            want.resize(ud.len().max(nonce.len()), 0);
+            if *ud != want {
+                failures.push(Error::check(LAYER, "HCL user-data does not match the nonce"));
+            }
+        }
+    }
+    match Attest::parse(&ev.quote.message) {
+        Err(e) => failures.push(e),
+        Ok(attest) => {
+            if let Err(e) = check_extra_data(&attest, &ExpectedExtraData::Exact(nonce.to_vec())) {
+                failures.push(e);
+            }
+            let bank = PcrBank {
+                alg: HashAlg::Sha256,
+                values: (0u32..).zip(ev.quote.pcrs.iter().cloned()).collect(),
+            };
+            if let Err(e) = check_pcr_digest(&attest, std::slice::from_ref(&bank), HashAlg::Sha256) {
+                failures.push(e);
+            }
+            pcrs = quoted_banks(&attest, &[bank]);
+            extra_data = hex::encode(&attest.extra_data);
+        }
+    }
+    Error::from_all(failures)?;
+    let claims = AzureClaims {
+        hardware: hcl.report_type,
+        snp,
+        td_report_data,
+        vm_configuration: claims_json.map(|c| c.vm_configuration).unwrap_or_default(),
+        pcrs: pcrs
+            .first()
+            .map(|b| b.values.iter().map(|(i, v)| (*i, hex::encode(v))).collect())
+            .unwrap_or_default(),
+        extra_data,
+    };
+    Ok(VerifiedAzure { claims, pcrs })
+}
