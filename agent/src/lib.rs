@@ -2,6 +2,13 @@
 //! attestation over gRPC, fetches data keys from the broker and supervises the workload.
 #![forbid(unsafe_code)]
 
+pub mod attester;
 pub mod error;
+pub mod paths;
+pub mod runtime;
+pub mod server;
+pub mod service;
+pub mod tee_key;
+pub mod worker;
 
 pub use error::{Error, Result};

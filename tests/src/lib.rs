@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod swtpm;
+
 /// The repository root (the workspace directory).
 #[must_use]
 pub fn repo_root() -> PathBuf {

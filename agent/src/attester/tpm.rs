@@ -1,0 +1,453 @@
+//! TPM 2.0 attester (tss-esapi 7.7 over tpm2-tss): quotes every allocated PCR bank with an attestation key.
+//!
+//! AK choice: the GCE AK (template and certificate in NV, ECC preferred over RSA) when the platform provides
+//! one, otherwise an ECC P-256 restricted signing key created under the ECC endorsement key. The AK stays loaded
+//! for the agent's lifetime (one transient slot); every other transient object and session is flushed at once,
+//! because swtpm and /dev/tpm0 have no resource manager.
+//!
+//! PCR values are cached between quotes: each quote's `pcrDigest` is checked against the cached values, and on
+//! any difference (someone else extended a PCR) the values are read again and the quote retried, so the cached
+//! path costs one TPM command per request and a stale value is never returned.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use sealroom_measurements::binding::{Nonce, TeePublicKey, binding_digest};
+use sealroom_measurements::digest::Hasher;
+use sealroom_measurements::evidence::{HashAlg, PcrBank, Platform, TpmEvidence, limits};
+use tss_esapi::Context;
+use tss_esapi::abstraction::{ak, ek};
+use tss_esapi::constants::CapabilityType;
+use tss_esapi::handles::{KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, PcrHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{
+    AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
+};
+use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth};
+use tss_esapi::structures::{
+    AttestInfo, CapabilityData, Data, Digest, DigestValues, PcrSelectionList, PcrSlot, Public, Signature,
+    SignatureScheme,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall, UnMarshall};
+
+use super::{Attester, EventDigests, Part};
+use crate::error::{Error, Result};
+use crate::paths::{KernelPaths, read_optional};
+
+const NAME: &str = "tpm";
+/// GCE: RSA AK certificate, RSA AK template, ECC AK certificate, ECC AK template.
+const GCE_AK_CERT_RSA: u32 = 0x01c1_0000;
+const GCE_AK_TEMPLATE_RSA: u32 = 0x01c1_0001;
+const GCE_AK_CERT_ECC: u32 = 0x01c1_0002;
+const GCE_AK_TEMPLATE_ECC: u32 = 0x01c1_0003;
+/// PCR read returns at most 8 values per command.
+const PCRS_PER_READ: usize = 8;
+/// The runtime PCR (docs/architecture.md).
+pub const RUNTIME_PCR: PcrHandle = PcrHandle::Pcr15;
+
+fn tss(what: &'static str) -> impl Fn(tss_esapi::Error) -> Error {
+    move |e| Error::attester(NAME, format!("{what}: {e}"))
+}
+
+/// Where the attestation key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AkSource {
+    /// GCE ECC AK from NV 0x01c10003 (certificate 0x01c10002).
+    GceEcc,
+    /// GCE RSA AK from NV 0x01c10001 (certificate 0x01c10000).
+    GceRsa,
+    /// ECC P-256 AK created under the ECC EK by this agent (no certificate).
+    CreatedUnderEk,
+}
+
+/// A TPM hash algorithm as sealroom names it.
+fn to_hash_alg(h: HashingAlgorithm) -> Option<HashAlg> {
+    match h {
+        HashingAlgorithm::Sha1 => Some(HashAlg::Sha1),
+        HashingAlgorithm::Sha256 => Some(HashAlg::Sha256),
+        HashingAlgorithm::Sha384 => Some(HashAlg::Sha384),
+        HashingAlgorithm::Sha512 => Some(HashAlg::Sha512),
+        _ => None,
+    }
+}
+
+fn to_tss_alg(h: HashAlg) -> HashingAlgorithm {
+    match h {
+        HashAlg::Sha1 => HashingAlgorithm::Sha1,
+        HashAlg::Sha384 => HashingAlgorithm::Sha384,
+        HashAlg::Sha512 => HashingAlgorithm::Sha512,
+        _ => HashingAlgorithm::Sha256,
+    }
+}
+
+fn slot(index: u32) -> Result<PcrSlot> {
+    let bit = 1u32.checked_shl(index).ok_or_else(|| Error::attester(NAME, format!("PCR index {index}")))?;
+    PcrSlot::try_from(bit).map_err(tss("pcr slot"))
+}
+
+fn slot_index(slot: PcrSlot) -> u32 {
+    u32::from(slot).trailing_zeros()
+}
+
+/// The TPM attester. Owns the TPM context; dropping it flushes the AK.
+#[derive(Debug)]
+pub struct TpmAttester {
+    ctx: Context,
+    ak: KeyHandle,
+    ak_public: Vec<u8>,
+    ak_source: AkSource,
+    ak_cert_chain: Vec<Vec<u8>>,
+    /// Allocated banks and their PCR indices, in quote order.
+    banks: Vec<(HashAlg, Vec<u32>)>,
+    selection: PcrSelectionList,
+    /// PCR values believed current; checked against every quote's pcrDigest.
+    cache: Option<Vec<PcrBank>>,
+    uefi_event_log: Vec<u8>,
+}
+
+impl TpmAttester {
+    /// Opens the TPM named by a TCTI string (`device:/dev/tpmrm0`, `swtpm:host=127.0.0.1,port=2321`), picks or
+    /// creates the AK and reads the allocated banks and the UEFI event log under `paths`.
+    ///
+    /// # Errors
+    /// When the TPM cannot be reached or refuses a command.
+    pub fn open(tcti: &str, paths: &KernelPaths) -> Result<Self> {
+        let conf = TctiNameConf::from_str(tcti).map_err(tss("tcti"))?;
+        let mut ctx = Context::new(conf).map_err(tss("open"))?;
+        let banks = allocated_banks(&mut ctx)?;
+        let selection = selection_of(&banks)?;
+        let (ak, ak_source, ak_cert_chain) = load_ak(&mut ctx)?;
+        let ak_public = match ctx.execute_without_session(|c| c.read_public(ak)) {
+            Ok((public, _, _)) => public.marshall().map_err(tss("marshal AK public"))?,
+            Err(e) => {
+                let _ = ctx.flush_context(ak.into());
+                return Err(tss("read AK public")(e));
+            }
+        };
+        let uefi_event_log =
+            read_optional("uefi event log", &paths.uefi_event_log(), limits::EVENT_LOG)?.unwrap_or_default();
+        Ok(Self {
+            ctx,
+            ak,
+            ak_public,
+            ak_source,
+            ak_cert_chain,
+            banks,
+            selection,
+            cache: None,
+            uefi_event_log,
+        })
+    }
+
+    /// Where the AK came from.
+    #[must_use]
+    pub fn ak_source(&self) -> AkSource {
+        self.ak_source
+    }
+
+    /// The marshalled TPMT_PUBLIC of the AK (what a verifier pins when there is no AK certificate).
+    #[must_use]
+    pub fn ak_public(&self) -> &[u8] {
+        &self.ak_public
+    }
+
+    /// A bare TPM2_Quote with the AK over the allocated banks: the cost floor `GetEvidence` is measured against.
+    ///
+    /// # Errors
+    /// When the TPM refuses.
+    pub fn raw_quote(&mut self, extra_data: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+        let (attest, signature) = self.quote_once(extra_data)?;
+        Ok((
+            attest.marshall().map_err(tss("marshal attest"))?,
+            signature.marshall().map_err(tss("marshal sig"))?,
+        ))
+    }
+
+    fn quote_once(&mut self, extra_data: &[u8]) -> Result<(tss_esapi::structures::Attest, Signature)> {
+        let data = Data::try_from(extra_data.to_vec()).map_err(tss("extraData"))?;
+        let ak = self.ak;
+        let selection = self.selection.clone();
+        self.ctx
+            .execute_with_nullauth_session(|c| c.quote(ak, data, SignatureScheme::Null, selection))
+            .map_err(tss("quote"))
+    }
+
+    /// Reads every selected PCR (8 per command).
+    fn read_pcrs(&mut self) -> Result<Vec<PcrBank>> {
+        let mut out = Vec::with_capacity(self.banks.len());
+        for (alg, indices) in self.banks.clone() {
+            let mut values = BTreeMap::new();
+            for chunk in indices.chunks(PCRS_PER_READ) {
+                let slots = chunk.iter().map(|i| slot(*i)).collect::<Result<Vec<_>>>()?;
+                let sel = PcrSelectionList::builder()
+                    .with_selection(to_tss_alg(alg), &slots)
+                    .build()
+                    .map_err(tss("pcr selection"))?;
+                let (_, read, digests) =
+                    self.ctx.execute_without_session(|c| c.pcr_read(sel)).map_err(tss("pcr read"))?;
+                let read_slots: Vec<PcrSlot> = read
+                    .get_selections()
+                    .iter()
+                    .flat_map(tss_esapi::structures::PcrSelection::selected)
+                    .collect();
+                if read_slots.len() != digests.len() || read_slots.len() != chunk.len() {
+                    return Err(Error::attester(
+                        NAME,
+                        format!(
+                            "pcr read: {} bank returned {} of {} values",
+                            alg.name(),
+                            digests.len(),
+                            chunk.len()
+                        ),
+                    ));
+                }
+                for (s, d) in read_slots.into_iter().zip(digests.value()) {
+                    values.insert(slot_index(s), d.value().to_vec());
+                }
+            }
+            out.push(PcrBank { alg, values });
+        }
+        Ok(out)
+    }
+
+    /// The quote's pcrDigest recomputed from `banks` in the quote's own selection order (tss-esapi's selection
+    /// builder does not keep insertion order, so the echoed selection is the only authority).
+    fn pcr_digest(selection: &PcrSelectionList, banks: &[PcrBank], alg: HashAlg) -> Option<Vec<u8>> {
+        let mut h = Hasher::new(alg);
+        for sel in selection.get_selections() {
+            let bank_alg = to_hash_alg(sel.hashing_algorithm())?;
+            let bank = banks.iter().find(|b| b.alg == bank_alg)?;
+            let mut idx: Vec<u32> = sel.selected().into_iter().map(slot_index).collect();
+            idx.sort_unstable();
+            for i in idx {
+                h.update(bank.values.get(&i)?);
+            }
+        }
+        Some(h.finish())
+    }
+
+    /// A quote whose pcrDigest matches the returned PCR values (retried when PCRs moved between read and quote).
+    fn consistent_quote(&mut self, extra_data: &[u8]) -> Result<TpmEvidence> {
+        for _ in 0..4 {
+            let values = match self.cache.take() {
+                Some(v) => v,
+                None => self.read_pcrs()?,
+            };
+            let (attest, signature) = self.quote_once(extra_data)?;
+            let sig_hash = match &signature {
+                Signature::EcDsa(s) => s.hashing_algorithm(),
+                Signature::RsaSsa(s) | Signature::RsaPss(s) => s.hashing_algorithm(),
+                other => {
+                    return Err(Error::attester(
+                        NAME,
+                        format!("quote: unexpected signature {:?}", other.algorithm()),
+                    ));
+                }
+            };
+            let sig_hash = to_hash_alg(sig_hash).ok_or_else(|| {
+                Error::attester(NAME, format!("quote: signature hash {sig_hash:?} unsupported"))
+            })?;
+            let AttestInfo::Quote { info } = attest.attested() else {
+                return Err(Error::attester(NAME, "quote: TPM returned a non-quote attestation"));
+            };
+            if Self::pcr_digest(info.pcr_selection(), &values, sig_hash).as_deref()
+                == Some(info.pcr_digest().value())
+            {
+                let ev = TpmEvidence {
+                    attest: attest.marshall().map_err(tss("marshal attest"))?,
+                    signature: signature.marshall().map_err(tss("marshal signature"))?,
+                    ak_public: self.ak_public.clone(),
+                    ak_cert_chain: self.ak_cert_chain.clone(),
+                    pcr_banks: values.clone(),
+                    uefi_event_log: self.uefi_event_log.clone(),
+                };
+                self.cache = Some(values);
+                return Ok(ev);
+            }
+            // A PCR changed behind our back (firmware, kernel, another TPM user): read again.
+        }
+        Err(Error::attester(NAME, "quote: PCR values kept changing during the quote (4 attempts)"))
+    }
+}
+
+impl Drop for TpmAttester {
+    fn drop(&mut self) {
+        // No resource manager: a transient AK left behind would occupy a slot until the TPM is reset.
+        let _ = self.ctx.flush_context(self.ak.into());
+    }
+}
+
+impl Attester for TpmAttester {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn platform(&self) -> Platform {
+        Platform::Tpm
+    }
+
+    fn attest(&mut self, nonce: &Nonce, key: &TeePublicKey) -> Result<Part> {
+        self.consistent_quote(&binding_digest(nonce, key)).map(Part::Tpm)
+    }
+
+    fn runtime_algorithms(&self) -> Vec<HashAlg> {
+        self.banks.iter().map(|(a, _)| *a).collect()
+    }
+
+    fn extend_runtime(&mut self, digests: &EventDigests) -> Result<()> {
+        let mut values = DigestValues::new();
+        for (alg, _) in &self.banks {
+            let d = digests
+                .get(*alg)
+                .ok_or_else(|| Error::attester(NAME, format!("pcr 15 extend: no {} digest", alg.name())))?;
+            values.set(to_tss_alg(*alg), Digest::try_from(d.to_vec()).map_err(tss("pcr 15 digest"))?);
+        }
+        // Whatever happens next, the cached values are stale.
+        self.cache = None;
+        self.ctx
+            .execute_with_nullauth_session(|c| c.pcr_extend(RUNTIME_PCR, values))
+            .map_err(tss("pcr 15 extend"))
+    }
+
+    fn runtime_register(&mut self) -> Result<Vec<(HashAlg, Vec<u8>)>> {
+        let banks = self.read_pcrs()?;
+        Ok(banks.into_iter().filter_map(|b| b.values.get(&15).map(|v| (b.alg, v.clone()))).collect())
+    }
+
+    fn pcr_banks(&self) -> Vec<HashAlg> {
+        self.runtime_algorithms()
+    }
+
+    fn event_logs(&self) -> (Vec<u8>, Vec<u8>) {
+        (self.uefi_event_log.clone(), Vec::new())
+    }
+}
+
+/// The PCR banks the TPM has allocated (non-empty selections of hashes sealroom knows), at most 4.
+fn allocated_banks(ctx: &mut Context) -> Result<Vec<(HashAlg, Vec<u32>)>> {
+    let (data, _) = ctx
+        .execute_without_session(|c| c.get_capability(CapabilityType::AssignedPcr, 0, 8))
+        .map_err(tss("get capability PCRs"))?;
+    let CapabilityData::AssignedPcr(list) = data else {
+        return Err(Error::attester(NAME, "get capability PCRs: unexpected answer"));
+    };
+    let mut banks = Vec::new();
+    for sel in list.get_selections() {
+        let Some(alg) = to_hash_alg(sel.hashing_algorithm()) else { continue };
+        let mut idx: Vec<u32> = sel.selected().into_iter().map(slot_index).collect();
+        idx.sort_unstable();
+        if !idx.is_empty() && !banks.iter().any(|(a, _)| *a == alg) {
+            banks.push((alg, idx));
+        }
+    }
+    banks.truncate(limits::PCR_BANKS);
+    if banks.is_empty() {
+        return Err(Error::attester(NAME, "no PCR bank allocated"));
+    }
+    Ok(banks)
+}
+
+fn selection_of(banks: &[(HashAlg, Vec<u32>)]) -> Result<PcrSelectionList> {
+    let mut b = PcrSelectionList::builder();
+    for (alg, idx) in banks {
+        let slots = idx.iter().map(|i| slot(*i)).collect::<Result<Vec<_>>>()?;
+        b = b.with_selection(to_tss_alg(*alg), &slots);
+    }
+    b.build().map_err(tss("pcr selection"))
+}
+
+/// Reads a whole NV index with owner authorisation (empty), or `None` when it is not defined.
+///
+/// `tr_from_tpm_public` runs without any session set (it can crash tpm2-tss 3.2.1 with a password session).
+fn read_nv(ctx: &mut Context, index: u32) -> Result<Option<Vec<u8>>> {
+    let handle = NvIndexTpmHandle::new(index).map_err(tss("nv index"))?;
+    let mut obj: ObjectHandle =
+        match ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(handle))) {
+            Ok(h) => h,
+            Err(_) => return Ok(None),
+        };
+    let result = (|| {
+        let nv = NvIndexHandle::from(obj);
+        let (public, _) =
+            ctx.execute_without_session(|c| c.nv_read_public(nv)).map_err(tss("nv read public"))?;
+        let size = public.data_size();
+        let mut out = Vec::with_capacity(size);
+        while out.len() < size {
+            let chunk = u16::try_from((size - out.len()).min(512)).unwrap_or(512);
+            let offset = u16::try_from(out.len()).map_err(|_| Error::attester(NAME, "nv index too large"))?;
+            let buf = ctx
+                .execute_with_nullauth_session(|c| c.nv_read(NvAuth::Owner, nv, chunk, offset))
+                .map_err(tss("nv read"))?;
+            if buf.is_empty() {
+                break;
+            }
+            out.extend_from_slice(buf.value());
+        }
+        Ok(out)
+    })();
+    let _ = ctx.tr_close(&mut obj);
+    result.map(Some)
+}
+
+/// The GCE AK if its template is in NV, else an ECC P-256 AK created under the ECC EK.
+fn load_ak(ctx: &mut Context) -> Result<(KeyHandle, AkSource, Vec<Vec<u8>>)> {
+    for (template_index, cert_index, source) in [
+        (GCE_AK_TEMPLATE_ECC, GCE_AK_CERT_ECC, AkSource::GceEcc),
+        (GCE_AK_TEMPLATE_RSA, GCE_AK_CERT_RSA, AkSource::GceRsa),
+    ] {
+        let Some(template) = read_nv(ctx, template_index)? else { continue };
+        let public = Public::unmarshall(&template)
+            .map_err(|e| Error::attester(NAME, format!("GCE AK template {template_index:#x}: {e}")))?;
+        let key = ctx
+            .execute_with_nullauth_session(|c| {
+                c.create_primary(Hierarchy::Endorsement, public, None, None, None, None)
+            })
+            .map_err(tss("create GCE AK"))?
+            .key_handle;
+        let chain = match read_nv(ctx, cert_index) {
+            Ok(Some(cert)) if cert.len() <= limits::CERT_LEN => vec![trim_der(cert)],
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                let _ = ctx.flush_context(key.into());
+                return Err(e);
+            }
+        };
+        return Ok((key, source, chain));
+    }
+    let ek = ek::create_ek_object(ctx, AsymmetricAlgorithm::Ecc, None).map_err(tss("create EK"))?;
+    let created =
+        ak::create_ak(ctx, ek, HashingAlgorithm::Sha256, SignatureSchemeAlgorithm::EcDsa, None, None);
+    let loaded = created.and_then(|k| ak::load_ak(ctx, ek, None, k.out_private, k.out_public));
+    let _ = ctx.flush_context(ek.into());
+    let key = loaded.map_err(tss("create AK under EK"))?;
+    Ok((key, AkSource::CreatedUnderEk, Vec::new()))
+}
+
+/// NV certificates are often padded to the index size: keep only the DER SEQUENCE.
+fn trim_der(mut cert: Vec<u8>) -> Vec<u8> {
+    let mut r = sealroom_measurements::reader::Reader::new(&cert);
+    let len = (|| {
+        let tag = r.u8("der tag").ok()?;
+        if tag != 0x30 {
+            return None;
+        }
+        let first = r.u8("der length").ok()?;
+        let body = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 {
+                return None;
+            }
+            r.take(n, "der length").ok()?.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+        };
+        r.offset().checked_add(body)
+    })();
+    if let Some(len) = len
+        && len <= cert.len()
+    {
+        cert.truncate(len);
+    }
+    cert
+}

@@ -1,0 +1,173 @@
+//! Serving: the attestation service, gRPC health and reflection, on TCP and/or vsock.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sealroom_proto::attestation::v1::attestation_server::AttestationServer;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::error::{Error, Result};
+use crate::paths::KernelPaths;
+use crate::service::AttestationService;
+use crate::tee_key::TeeKey;
+use crate::worker::{AttestationHandle, WorkerConfig};
+
+/// Largest request message accepted (requests are a nonce and a key; anything bigger is garbage).
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Everything the agent's server needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// TCP listen address, e.g. `0.0.0.0:7443`; port 0 picks a free port.
+    pub tcp: Option<SocketAddr>,
+    /// vsock (CID, port) to listen on; CID `u32::MAX` (VMADDR_CID_ANY) for any.
+    pub vsock: Option<(u32, u32)>,
+    /// Probing and queueing.
+    pub worker: WorkerConfig,
+}
+
+impl Config {
+    /// Defaults for the VM: TCP 0.0.0.0:7443, vsock any:7443, kernel root `/`, log in `/run/sealroom`.
+    #[must_use]
+    pub fn vm_defaults() -> Self {
+        Self {
+            tcp: Some(SocketAddr::from(([0, 0, 0, 0], 7443))),
+            vsock: Some((u32::MAX, 7443)),
+            worker: WorkerConfig {
+                paths: KernelPaths::default(),
+                tcti: None,
+                no_tpm: false,
+                runtime_log_dir: PathBuf::from("/run/sealroom"),
+                queue_depth: 256,
+                request_timeout: Duration::from_secs(10),
+            },
+        }
+    }
+}
+
+/// A running server: its handle (for measuring events) and the TCP address it bound.
+#[derive(Debug)]
+pub struct Running {
+    /// The worker handle.
+    pub handle: AttestationHandle,
+    /// The bound TCP address.
+    pub tcp_addr: Option<SocketAddr>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// Stops serving and waits for the listeners to close.
+    ///
+    /// # Errors
+    /// When a listener failed.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await.map_err(|e| Error::Server(format!("server task: {e}")))?
+    }
+
+    /// Waits until serving ends (it does not, unless a listener fails).
+    ///
+    /// # Errors
+    /// When a listener failed.
+    pub async fn wait(self) -> Result<()> {
+        self.task.await.map_err(|e| Error::Server(format!("server task: {e}")))?
+    }
+}
+
+/// Starts the worker and serves on the configured listeners (inside a Tokio runtime).
+///
+/// # Errors
+/// When probing, the runtime log or binding a listener fails.
+pub async fn start(config: Config) -> Result<Running> {
+    let key = TeeKey::generate()?;
+    let worker_cfg = config.worker.clone();
+    let handle = tokio::task::spawn_blocking(move || AttestationHandle::start(&worker_cfg, key))
+        .await
+        .map_err(|e| Error::Server(format!("worker start: {e}")))??;
+    if let crate::runtime::LogState::Diverged(why) = handle.runtime_log().1 {
+        eprintln!("sealroom-agent: runtime log state: diverged: {why}");
+    }
+    let tcp = match config.tcp {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Server(format!("bind tcp {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    let vsock = match config.vsock {
+        Some((cid, port)) => Some(
+            tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(cid, port))
+                .map_err(|e| Error::Server(format!("bind vsock {cid}:{port}: {e}")))?,
+        ),
+        None => None,
+    };
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let svc = AttestationService::new(handle.clone());
+    let task = tokio::spawn(async move {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<AttestationServer<AttestationService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sealroom_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Server(format!("reflection: {e}")))?;
+        let router = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(AttestationServer::new(svc).max_decoding_message_size(MAX_REQUEST_BYTES));
+        let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut serving = tokio::task::JoinSet::new();
+        if let Some(l) = tcp {
+            let r = router.clone();
+            let mut stop = stop_tx.subscribe();
+            serving.spawn(async move {
+                r.serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+                    let _ = stop.recv().await;
+                })
+                .await
+                .map_err(|e| Error::Server(format!("tcp: {e}")))
+            });
+        }
+        if let Some(l) = vsock {
+            let r = router.clone();
+            let mut stop = stop_tx.subscribe();
+            serving.spawn(async move {
+                r.serve_with_incoming_shutdown(l.incoming(), async move {
+                    let _ = stop.recv().await;
+                })
+                .await
+                .map_err(|e| Error::Server(format!("vsock: {e}")))
+            });
+        }
+        let _ = shutdown_rx.await;
+        let _ = stop_tx.send(());
+        while let Some(r) = serving.join_next().await {
+            r.map_err(|e| Error::Server(format!("listener task: {e}")))??;
+        }
+        Ok(())
+    });
+    Ok(Running { handle, tcp_addr, shutdown: Some(shutdown_tx), task })
+}
+
+/// Runs the server until SIGINT/SIGTERM (the entry point `main` and PID 1 call).
+///
+/// # Errors
+/// As [`start`].
+pub async fn run(config: Config) -> Result<()> {
+    let running = start(config).await?;
+    if let Some(addr) = running.tcp_addr {
+        eprintln!("sealroom-agent: serving attestation on tcp {addr}");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Server(format!("signal: {e}")))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    running.stop().await
+}
