@@ -68,7 +68,6 @@ pub struct AdminRequest {
     /// Admin token, when configured.
     pub token: Option<String>,
     /// What to do.
-    #[serde(flatten)]
     pub operation: Operation,
 }
 

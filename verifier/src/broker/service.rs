@@ -216,7 +216,9 @@ impl Broker {
         if let Some((rule, reason)) = verdict.refusal() {
             return Ok(Err(Refused::new(rule, reason)));
         }
-        seal::seal(&evidence.tee_public_key, key_id, nonce, &key.material, self.rng.as_ref()).map(Ok)
+        // A TEE key that is not a valid point (or failing randomness) means this key cannot be sealed: refuse it.
+        Ok(seal::seal(&evidence.tee_public_key, key_id, nonce, &key.material, self.rng.as_ref())
+            .map_err(|e| Refused::from_error("hpke", &e)))
     }
 
     /// Handles one release request. Refusals are part of the result; `Err` means the broker itself failed (the

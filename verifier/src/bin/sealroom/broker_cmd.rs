@@ -79,16 +79,16 @@ struct ServeArgs {
 #[derive(Debug, clap::Args)]
 struct Target {
     /// The running broker's admin socket (default: STATE_DIR/admin.sock).
-    #[arg(long)]
+    #[arg(long, global = true)]
     socket: Option<PathBuf>,
     /// Broker state directory: with --kek and no running broker, operate on the store directly.
-    #[arg(long)]
+    #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
     /// Key-encryption key file, for direct access.
-    #[arg(long)]
+    #[arg(long, global = true)]
     kek: Option<PathBuf>,
     /// File holding the admin token.
-    #[arg(long)]
+    #[arg(long, global = true)]
     admin_token_file: Option<PathBuf>,
 }
 
@@ -236,8 +236,13 @@ fn serve(a: &ServeArgs) -> Result<()> {
                 eprintln!("sealroom broker: {e}");
             }
         });
-        println!("sealroom broker listening on {addr}");
-        println!("attestation result tokens are signed by the key in {}", jwk_path.display());
+        // One line on stdout (scripts and tests read the address from it); the rest goes to stderr.
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "sealroom broker listening on {addr}").and_then(|()| out.flush());
+        }
+        eprintln!("sealroom broker: attestation result tokens are signed by the key in {}", jwk_path.display());
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {

@@ -1,0 +1,300 @@
+//! The real `sealroom broker serve` process on loopback: gRPC Challenge/Release, key management over the admin
+//! socket, the published JWK, and crash safety under `kill -9`.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::missing_panics_doc)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sealroom_measurements::binding::{Kem, Nonce};
+use sealroom_measurements::evidence::{Evidence, Platform, TpmEvidence};
+use sealroom_proto::keybroker::v1 as pb;
+use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
+use sealroom_verifier::broker::audit::{self, AuditRecord, Decision};
+use sealroom_verifier::broker::{seal, token};
+use sha2::{Digest, Sha256};
+
+const POLICY: &str = r#"
+version = 1
+platforms = ["tpm"]
+tcb_statuses = "skip"
+minimum_tcb = "skip"
+debug = "forbidden"
+golden = "skip"
+image_digests = ["sha256:1111111111111111111111111111111111111111111111111111111111111111"]
+args = "skip"
+env = []
+"#;
+
+fn sealroom() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sealroom"))
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    state: PathBuf,
+    kek: PathBuf,
+    policy: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let kek = dir.path().join("kek");
+    std::fs::write(&kek, [0x17u8; 32]).unwrap();
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    Setup { _dir: dir, state, kek, policy }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?}: {text}");
+    text
+}
+
+/// A running broker process, killed by PID on drop.
+struct BrokerProcess {
+    child: Child,
+    addr: String,
+    /// Kept open so the broker never writes into a closed pipe.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl BrokerProcess {
+    fn start(s: &Setup) -> Self {
+        let mut child = sealroom()
+            .args(["broker", "serve", "--listen", "127.0.0.1:0", "--nonce-ttl", "30"])
+            .arg("--state-dir")
+            .arg(&s.state)
+            .arg("--kek")
+            .arg(&s.kek)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("sealroom broker listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self { child, addr, _stdout: stdout }
+    }
+
+    fn kill9(&mut self) {
+        // SIGKILL by PID: no chance to flush or clean up.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn evidence(nonce: Nonce, tee: &sealroom_measurements::binding::TeePublicKey) -> pb::ReleaseRequest {
+    let ev = Evidence {
+        nonce,
+        tee_public_key: tee.clone(),
+        platform: Platform::Tpm,
+        tpm: Some(TpmEvidence { attest: b"\xffTCG quote placeholder".to_vec(), ..TpmEvidence::default() }),
+        tdx: None,
+        sev_snp: None,
+        azure: None,
+        runtime_event_log: vec![],
+    };
+    pb::ReleaseRequest {
+        nonce: nonce.0.to_vec(),
+        evidence: Some(ev.into()),
+        key_ids: vec!["provider-a/data".into()],
+    }
+}
+
+async fn connect(addr: &str) -> Result<KeyBrokerClient<tonic::transport::Channel>, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await?;
+    Ok(KeyBrokerClient::new(channel))
+}
+
+fn audit_records(path: &Path) -> Vec<AuditRecord> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn serves_challenge_release_and_admin_over_loopback() {
+    let s = setup();
+    let p = s.policy.to_str().unwrap();
+    // Before the broker runs: direct store access with the KEK.
+    let st = s.state.to_str().unwrap();
+    let kek = s.kek.to_str().unwrap();
+    run_ok(
+        sealroom()
+            .args(["broker", "keys", "--state-dir", st, "--kek", kek, "add", "--id", "provider-a/data"])
+            .args(["--owner", "provider-a", "--policy", p]),
+    );
+    let broker = BrokerProcess::start(&s);
+    // While it runs: the admin socket (the store is locked by the broker process).
+    let sock = s.state.join("admin.sock");
+    let sock = sock.to_str().unwrap();
+    assert_eq!(std::fs::metadata(sock).unwrap().permissions().mode() & 0o777, 0o600);
+    run_ok(
+        sealroom()
+            .args(["broker", "keys", "--socket", sock, "add", "--id", "provider-b/data", "--owner"])
+            .args(["provider-b", "--policy", p]),
+    );
+    run_ok(sealroom().args(["broker", "keys", "--socket", sock, "rotate", "--id", "provider-b/data"]));
+    run_ok(sealroom().args(["broker", "keys", "--socket", sock, "revoke", "--id", "provider-b/data"]));
+    let listed = run_ok(sealroom().args(["broker", "keys", "--socket", sock, "list"]));
+    assert!(listed.contains("provider-a/data\towner=provider-a\tversion=1\tactive"), "{listed}");
+    assert!(listed.contains("provider-b/data\towner=provider-b\tversion=2\trevoked@"), "{listed}");
+    let only_b =
+        run_ok(sealroom().args(["broker", "keys", "--socket", sock, "list", "--owner", "provider-b"]));
+    assert!(!only_b.contains("provider-a"), "{only_b}");
+    let bad =
+        sealroom().args(["broker", "keys", "--socket", sock, "revoke", "--id", "nope"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("key store: unknown key id nope"));
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut client = connect(&broker.addr).await.unwrap();
+        let ch = client.challenge(pb::ChallengeRequest {}).await.unwrap().into_inner();
+        assert_eq!((ch.nonce.len(), ch.ttl_seconds), (32, 30));
+        let (_, tee) = seal::derive_keypair(Kem::X25519HkdfSha256, b"grpc test tee key").unwrap();
+        let nonce = Nonce::from_slice(&ch.nonce).unwrap();
+        let req = evidence(nonce, &tee);
+        let resp = client.release(req.clone()).await.unwrap().into_inner();
+        // Evidence appraisal is not wired into the broker yet: it fails closed.
+        assert!(resp.keys.is_empty());
+        assert_eq!(
+            resp.refusals[0].reason,
+            "verifier: Tpm evidence appraisal is not wired into the broker yet"
+        );
+        let jwk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.state.join("signing-key.jwk.json")).unwrap()).unwrap();
+        let claims = token::verify(&resp.attestation_result, &jwk).unwrap();
+        assert_eq!(claims["submods"]["sealroom"]["ear.status"], "contraindicated");
+        let replay = client.release(req).await.unwrap().into_inner();
+        assert_eq!(replay.refusals[0].reason, "nonce: already used (replay)");
+        let bad = client
+            .release(pb::ReleaseRequest { nonce: ch.nonce.clone(), evidence: None, key_ids: vec![] })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    });
+    drop(broker);
+    run_ok(sealroom().args(["audit", "verify"]).arg(s.state.join("audit.log")));
+    assert_eq!(audit_records(&s.state.join("audit.log")).len(), 2);
+}
+
+/// xorshift64*: a seeded, reproducible schedule of kill points.
+struct Schedule(u64);
+
+impl Schedule {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % below
+    }
+}
+
+#[test]
+fn kill_9_during_1000_releases_loses_no_acknowledged_decision() {
+    let s = setup();
+    run_ok(
+        sealroom()
+            .args(["broker", "keys", "add", "--id", "provider-a/data", "--owner", "provider-a", "--policy"])
+            .arg(&s.policy)
+            .arg("--state-dir")
+            .arg(&s.state)
+            .arg("--kek")
+            .arg(&s.kek),
+    );
+    let (_, tee) = seal::derive_keypair(Kem::X25519HkdfSha256, b"crash test tee key").unwrap();
+    let mut schedule = Schedule(0x5ea1_0000_0000_0001);
+    // evidence digest → the decision the client was told.
+    let mut acknowledged: HashMap<String, String> = HashMap::new();
+    let mut kills = 0u32;
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    while acknowledged.len() < 1000 {
+        assert!(started.elapsed() < Duration::from_secs(600), "crash test took too long");
+        let mut broker = BrokerProcess::start(&s);
+        let kill_after = Duration::from_millis(20 + schedule.next(250));
+        let addr = broker.addr.clone();
+        let tee = tee.clone();
+        let acks: Vec<(String, String)> = rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + kill_after;
+            let mut acks = Vec::new();
+            let Ok(client) = connect(&addr).await else { return acks };
+            // Four releases in flight at once, so kills land mid-append and mid-fsync, not only between calls.
+            let mut inflight = tokio::task::JoinSet::new();
+            loop {
+                while inflight.len() < 4 {
+                    let mut c = client.clone();
+                    let tee = tee.clone();
+                    inflight.spawn(async move {
+                        let ch = c.challenge(pb::ChallengeRequest {}).await.ok()?.into_inner();
+                        let req = evidence(Nonce::from_slice(&ch.nonce).ok()?, &tee);
+                        let digest = hex::encode(Sha256::digest(prost::Message::encode_to_vec(
+                            req.evidence.as_ref().unwrap(),
+                        )));
+                        let resp = c.release(req).await.ok()?.into_inner();
+                        Some((digest, resp.refusals.first()?.reason.clone()))
+                    });
+                }
+                match tokio::time::timeout_at(deadline, inflight.join_next()).await {
+                    Ok(Some(Ok(Some(ack)))) => acks.push(ack),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            // kill -9 while four releases are in flight; any reply that still arrived was acknowledged.
+            broker.kill9();
+            acks.extend(inflight.join_all().await.into_iter().flatten());
+            acks
+        });
+        broker.kill9();
+        kills += 1;
+        acknowledged.extend(acks);
+    }
+    // Restart once more: the broker must open the store and the log (cutting a torn, unacknowledged tail).
+    let broker = BrokerProcess::start(&s);
+    drop(broker);
+    let log = s.state.join("audit.log");
+    let verified = run_ok(sealroom().args(["audit", "verify"]).arg(&log));
+    let records = audit_records(&log);
+    assert!(verified.contains(&format!("audit log ok: {} records", records.len())), "{verified}");
+    let logged: HashMap<&str, &AuditRecord> =
+        records.iter().map(|r| (r.evidence_digest.as_str(), r)).collect();
+    for (digest, reason) in &acknowledged {
+        let rec = logged
+            .get(digest.as_str())
+            .unwrap_or_else(|| panic!("acknowledged release {digest} not in the log"));
+        assert_eq!(
+            (rec.decision, rec.reason.as_str(), rec.key_id.as_str()),
+            (Decision::Refused, reason.as_str(), "provider-a/data")
+        );
+    }
+    audit::verify(&std::fs::read(&log).unwrap()).unwrap();
+    let listed = run_ok(
+        sealroom().args(["broker", "keys", "list"]).arg("--state-dir").arg(&s.state).arg("--kek").arg(&s.kek),
+    );
+    assert!(listed.contains("provider-a/data\towner=provider-a\tversion=1\tactive"), "{listed}");
+    eprintln!(
+        "crash test: {} acknowledged releases across {kills} kill -9s; {} audit records",
+        acknowledged.len(),
+        records.len()
+    );
+    assert!(kills >= 3, "the schedule must actually kill the broker mid-run ({kills} kills)");
+}
