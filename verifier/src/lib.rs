@@ -4,8 +4,10 @@
 //! explicit reference values. Time is an input; nothing here reads the clock or uses randomness.
 #![forbid(unsafe_code)]
 
+pub mod appraisal;
 pub mod azure;
 pub mod broker;
+pub mod ear;
 pub mod error;
 pub mod snp;
 pub mod tpm;

@@ -19,7 +19,7 @@ const AT_2024: &str = "2024-01-01T00:00:00Z";
 
 fn run(ev: &AzureEvidence, nonce: &[u8], at: &str) -> Result<VerifiedAzure, Vec<String>> {
     let cache = EndorsementCache::default();
-    verify_azure(ev, nonce, &cache, &SnpPolicy::default(), None, parse_time(at).unwrap())
+    verify_azure(ev, Some(nonce), &cache, &SnpPolicy::default(), None, parse_time(at).unwrap())
         .map_err(|e| e.reasons())
 }
 

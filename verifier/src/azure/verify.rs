@@ -49,13 +49,13 @@ pub struct VerifiedAzure {
 /// the caller (the TDX verifier with its collateral), so this module needs no Intel collateral of its own.
 pub type TdQuoteCheck<'a> = &'a dyn Fn(&[u8]) -> Result<[u8; 64]>;
 
-/// Verifies Azure evidence against a nonce (the TPM quote's extraData).
+/// Verifies Azure evidence against a nonce (the TPM quote's extraData); `None` leaves freshness unchecked.
 ///
 /// # Errors
 /// Every failed check ([`Error::Checks`] when several).
 pub fn verify_azure(
     ev: &AzureEvidence,
-    nonce: &[u8],
+    nonce: Option<&[u8]>,
     snp_cache: &EndorsementCache,
     snp_policy: &SnpPolicy,
     td_quote_check: Option<TdQuoteCheck<'_>>,
@@ -124,6 +124,7 @@ pub fn verify_azure(
             }
         }
         if let Some(ud) = &rc.user_data
+            && let Some(nonce) = nonce
             && ud.iter().any(|b| *b != 0)
         {
             let mut want = nonce.to_vec();
@@ -136,7 +137,10 @@ pub fn verify_azure(
     match Attest::parse(&ev.quote.message) {
         Err(e) => failures.push(e),
         Ok(attest) => {
-            if let Err(e) = check_extra_data(&attest, &ExpectedExtraData::Exact(nonce.to_vec())) {
+            if let Err(e) = check_extra_data(
+                &attest,
+                &nonce.map_or(ExpectedExtraData::Unchecked, |n| ExpectedExtraData::Exact(n.to_vec())),
+            ) {
                 failures.push(e);
             }
             let bank = PcrBank {

@@ -6,4 +6,4 @@ pub mod verify;
 
 pub use endorsement::{EndorsementCache, KeyKind, Product};
 pub use report::{SnpReport, TcbVersion};
-pub use verify::{Collateral, SnpClaims, SnpPolicy, verify_report};
+pub use verify::{Collateral, SnpClaims, SnpOutcome, SnpPolicy, verify_report, verify_report_detailed};

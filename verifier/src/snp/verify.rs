@@ -92,20 +92,51 @@ pub fn verify_report(
     policy: &SnpPolicy,
     at: UnixTime,
 ) -> Result<(SnpReport, SnpClaims)> {
+    let out = verify_report_detailed(report, collateral, cache, policy, at)?;
+    let mut all = out.authenticity;
+    all.extend(out.configuration);
+    Error::from_all(all)?;
+    Ok((out.report, out.claims))
+}
+
+/// The outcome of every check, split into authenticity (signature, chain, TCB binding) and configuration
+/// (guest policy, VMPL, minimum TCB), so an attestation result can say which tier failed.
+#[derive(Debug)]
+pub struct SnpOutcome {
+    /// The parsed report.
+    pub report: SnpReport,
+    /// Its claims (meaningful only when `authenticity` is empty).
+    pub claims: SnpClaims,
+    /// Failed authenticity checks.
+    pub authenticity: Vec<Error>,
+    /// Failed configuration checks.
+    pub configuration: Vec<Error>,
+}
+
+/// Runs every check and returns them all.
+///
+/// # Errors
+/// Only when the report cannot be parsed or the endorsement chain does not verify.
+pub fn verify_report_detailed(
+    report: &[u8],
+    collateral: Collateral<'_>,
+    cache: &EndorsementCache,
+    policy: &SnpPolicy,
+    at: UnixTime,
+) -> Result<SnpOutcome> {
     let parsed = SnpReport::parse(report)?;
     let endorsement = cache.get(collateral.endorsement_der)?;
-    let mut failures = Vec::new();
+    let mut authenticity = Vec::new();
     if let Err(e) = endorsement.check_validity(at) {
-        failures.push(e);
+        authenticity.push(e);
     }
     if let Err(e) = check_signature(report, &parsed, &endorsement) {
-        failures.push(e);
+        authenticity.push(e);
     }
-    failures.extend(check_endorsed_tcb(&parsed, &endorsement));
-    failures.extend(check_policy(&parsed, &endorsement, policy));
-    Error::from_all(failures)?;
+    authenticity.extend(check_endorsed_tcb(&parsed, &endorsement));
+    let configuration = check_policy(&parsed, &endorsement, policy);
     let claims = claims(&parsed, &endorsement);
-    Ok((parsed, claims))
+    Ok(SnpOutcome { report: parsed, claims, authenticity, configuration })
 }
 
 /// The report signature: ECDSA P-384 SHA-384 over bytes 0x000..0x2A0 with the endorsement key.

@@ -122,6 +122,8 @@ pub enum ExpectedExtraData {
     Binding(Nonce, TeePublicKey),
     /// These exact bytes (a verifier challenge as other agents use it; empty for "no nonce").
     Exact(Vec<u8>),
+    /// Not checked: the caller reports freshness as unverified.
+    Unchecked,
 }
 
 /// Checks extraData.
@@ -132,6 +134,7 @@ pub fn check_extra_data(attest: &Attest, expected: &ExpectedExtraData) -> Result
     let want = match expected {
         ExpectedExtraData::Binding(nonce, key) => binding_digest(nonce, key).to_vec(),
         ExpectedExtraData::Exact(v) => v.clone(),
+        ExpectedExtraData::Unchecked => return Ok(()),
     };
     if attest.extra_data != want {
         return Err(Error::check(

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod audit_cmd;
 mod binding_cmd;
 mod broker_cmd;
+mod verify_cmd;
 
 /// sealroom: verify confidential-VM evidence, run the key broker, reproduce image measurements.
 #[derive(Debug, Parser)]
@@ -24,6 +25,8 @@ enum Command {
     Broker(broker_cmd::Args),
     /// Verify a key broker's hash-chained audit log.
     Audit(audit_cmd::Args),
+    /// Verify evidence offline (SEV-SNP, GCE vTPM, Azure vTPM, sealroom Evidence) and print the EAR.
+    Verify(verify_cmd::Args),
 }
 
 fn main() -> Result<()> {
@@ -32,5 +35,6 @@ fn main() -> Result<()> {
         Command::Binding(args) => binding_cmd::run(&args),
         Command::Broker(args) => broker_cmd::run(&args),
         Command::Audit(args) => audit_cmd::run(&args),
+        Command::Verify(args) => verify_cmd::run(&args),
     }
 }

@@ -1,0 +1,642 @@
+//! Evidence → layered verification → attestation result (EAR).
+//!
+//! Layers, in order: **platform** (the hardware or vTPM evidence is genuine: signatures, certificate chains,
+//! TCB, guest policy), **binding** (freshness: nonce / REPORT_DATA / extraData), **event log** (the logs replay
+//! to the quoted registers), then the measured layers **firmware**, **kernel** (image) and **workload**, each
+//! judged against explicit reference values: a set of allowed digests per register, or an explicit `skip`.
+//! A register belongs to exactly one measured layer (see `docs/architecture.md`, register allocation).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sealroom_measurements::binding::{check_report_data, check_tpm_extra_data};
+use sealroom_measurements::evidence::{Evidence, HashAlg, PcrBank, Platform};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::azure::evidence::{AzureEvidence, AzureQuote};
+use crate::azure::verify::verify_azure;
+use crate::ear::{Appraisal, Ear, LayerResult, Outcome, TrustworthinessVector, tier};
+use crate::error::{Error, Result};
+use crate::snp::{Collateral, EndorsementCache, SnpPolicy, verify_report_detailed};
+use crate::tpm::gce_proto::GceAttestation;
+use crate::tpm::quote::ExpectedExtraData;
+use crate::tpm::verify::{AkTrust, QuoteInput, verify_tpm};
+use crate::x509::UnixTime;
+
+/// Reference values of one measured layer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Reference {
+    /// Explicitly not checked (the string "skip").
+    Skip(SkipMarker),
+    /// Register name ("pcr11.sha256", "snp.measurement", "rtmr2") → allowed values (lower-case hex).
+    Digests(BTreeMap<String, BTreeSet<String>>),
+}
+
+/// The literal `"skip"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SkipMarker {
+    /// skip.
+    Skip,
+}
+
+impl Reference {
+    /// An explicit skip.
+    #[must_use]
+    pub fn skip() -> Self {
+        Self::Skip(SkipMarker::Skip)
+    }
+}
+
+/// Reference values per measured layer. Every layer must be given: digests or `"skip"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferenceValues {
+    /// Firmware: PCR 0–3, 5–7, MRTD, RTMR0, SNP MEASUREMENT.
+    pub firmware: Reference,
+    /// Kernel/image: PCR 4, 9, 11, 12, RTMR1, RTMR2.
+    pub kernel: Reference,
+    /// Workload: PCR 15, RTMR3.
+    pub workload: Reference,
+}
+
+impl ReferenceValues {
+    /// Every layer skipped, explicitly.
+    #[must_use]
+    pub fn skip_all() -> Self {
+        Self { firmware: Reference::skip(), kernel: Reference::skip(), workload: Reference::skip() }
+    }
+
+    /// Parses the JSON form: `{"firmware": {"snp.measurement": ["…"]}, "kernel": "skip", "workload": "skip"}`.
+    ///
+    /// # Errors
+    /// On malformed JSON, a missing layer, or a register placed in the wrong layer.
+    pub fn from_json(text: &[u8]) -> Result<Self> {
+        let v: Self =
+            serde_json::from_slice(text).map_err(|e| Error::Input(format!("reference values: {e}")))?;
+        for (layer, r) in
+            [(Layer::Firmware, &v.firmware), (Layer::Kernel, &v.kernel), (Layer::Workload, &v.workload)]
+        {
+            if let Reference::Digests(map) = r {
+                if map.is_empty() {
+                    return Err(Error::Input(format!(
+                        "reference values: {} has no registers; use \"skip\"",
+                        layer.name()
+                    )));
+                }
+                for reg in map.keys() {
+                    if layer_of(reg) != Some(layer) {
+                        return Err(Error::Input(format!(
+                            "reference values: register {reg} does not belong to the {} layer",
+                            layer.name()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(v)
+    }
+}
+
+/// A measured layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// Firmware.
+    Firmware,
+    /// Kernel / image.
+    Kernel,
+    /// Workload.
+    Workload,
+}
+
+impl Layer {
+    /// Its name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Firmware => "firmware",
+            Self::Kernel => "kernel",
+            Self::Workload => "workload",
+        }
+    }
+}
+
+/// Which measured layer a register belongs to (register allocation in `docs/architecture.md`).
+#[must_use]
+pub fn layer_of(register: &str) -> Option<Layer> {
+    let base = register.split('.').next().unwrap_or(register);
+    if register == "snp.measurement" {
+        return Some(Layer::Firmware);
+    }
+    match base {
+        "mrtd" | "rtmr0" | "pcr0" | "pcr1" | "pcr2" | "pcr3" | "pcr5" | "pcr6" | "pcr7" => {
+            Some(Layer::Firmware)
+        }
+        "rtmr1" | "rtmr2" | "pcr4" | "pcr9" | "pcr11" | "pcr12" => Some(Layer::Kernel),
+        "rtmr3" | "pcr15" => Some(Layer::Workload),
+        _ => None,
+    }
+}
+
+/// The appraisal policy: platform policy plus reference values.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// SEV-SNP guest policy and minimum TCB.
+    pub snp: SnpPolicy,
+    /// Reference values per measured layer.
+    pub references: ReferenceValues,
+    /// A name for the EAR's `ear.appraisal-policy-id`.
+    pub id: String,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            snp: SnpPolicy::default(),
+            references: ReferenceValues::skip_all(),
+            id: "sealroom/default".into(),
+        }
+    }
+}
+
+/// Evidence as the verifier receives it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum EvidenceInput {
+    /// sealroom's own `Evidence` (from the agent).
+    Sealroom(Box<Evidence>),
+    /// A raw SEV-SNP report with its VCEK/VLEK (DER).
+    SnpReport {
+        /// 1184 bytes.
+        report: Vec<u8>,
+        /// VCEK or VLEK, DER.
+        endorsement: Vec<u8>,
+    },
+    /// A go-tpm-tools GCE attestation.
+    Gce(Box<GceAttestation>),
+    /// Azure vTPM evidence.
+    Azure(Box<AzureEvidence>),
+}
+
+impl EvidenceInput {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Sealroom(_) => "sealroom evidence",
+            Self::SnpReport { .. } => "sev-snp report",
+            Self::Gce(_) => "gce vtpm attestation",
+            Self::Azure(a) if a.td_quote.is_some() => "azure tdx vtpm evidence",
+            Self::Azure(_) => "azure sev-snp vtpm evidence",
+        }
+    }
+}
+
+/// Verification context: the injected time, the expected nonce and shared caches.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// Verification time.
+    pub at: UnixTime,
+    /// The verifier's nonce, if freshness is to be checked.
+    pub nonce: Option<Vec<u8>>,
+    /// Verified AMD endorsement keys.
+    pub snp_cache: &'a EndorsementCache,
+}
+
+/// What the platform layer established.
+#[derive(Default)]
+struct Established {
+    layers: Vec<LayerResult>,
+    registers: BTreeMap<String, String>,
+    identity_ok: bool,
+    config_ok: bool,
+    hardware_ok: bool,
+    tee: bool,
+}
+
+fn layer(name: &str, reference: &str, claims: serde_json::Value, failures: Vec<String>) -> LayerResult {
+    let outcome = if failures.is_empty() { Outcome::Passed } else { Outcome::Failed };
+    LayerResult { layer: name.into(), outcome, reference: reference.into(), claims, failures }
+}
+
+fn reasons(errors: &[Error]) -> Vec<String> {
+    errors.iter().flat_map(Error::reasons).collect()
+}
+
+fn add_pcrs(registers: &mut BTreeMap<String, String>, banks: &[PcrBank]) {
+    for b in banks {
+        for (i, v) in &b.values {
+            registers.insert(format!("pcr{i}.{}", b.alg.name()), hex::encode(v));
+        }
+    }
+}
+
+fn nonce_for_report_data(nonce: &[u8]) -> Vec<u8> {
+    let mut v = nonce.to_vec();
+    if v.len() < 64 {
+        v.resize(64, 0);
+    }
+    v
+}
+
+fn snp_platform(
+    report: &[u8],
+    endorsement: &[u8],
+    policy: &Policy,
+    ctx: &Context<'_>,
+    est: &mut Established,
+) -> Option<[u8; 64]> {
+    match verify_report_detailed(
+        report,
+        Collateral { endorsement_der: endorsement },
+        ctx.snp_cache,
+        &policy.snp,
+        ctx.at,
+    ) {
+        Err(e) => {
+            est.layers.push(layer("platform", "policy", json!({}), e.reasons()));
+            None
+        }
+        Ok(out) => {
+            est.identity_ok = out.authenticity.is_empty();
+            est.hardware_ok = out.authenticity.is_empty();
+            est.config_ok = out.configuration.is_empty();
+            est.tee = true;
+            let mut failures = reasons(&out.authenticity);
+            failures.extend(reasons(&out.configuration));
+            est.registers.insert("snp.measurement".into(), out.claims.measurement.clone());
+            est.registers.insert("snp.host_data".into(), out.claims.host_data.clone());
+            let claims = serde_json::to_value(&out.claims).unwrap_or_default();
+            est.layers.push(layer("platform", "policy", claims, failures));
+            Some(out.report.report_data)
+        }
+    }
+}
+
+fn replay_event_log(log: &[u8], quoted: &[PcrBank], est: &mut Established) {
+    if log.is_empty() {
+        return;
+    }
+    let mut failures = Vec::new();
+    let mut checked = Vec::new();
+    match sealroom_measurements::tcg2::Tcg2Log::parse(log).and_then(|l| l.replay(true)) {
+        Err(e) => failures.push(format!("event log: {e}")),
+        Ok(replay) => {
+            for bank in quoted {
+                let Some(replayed) = replay.banks.get(&bank.alg) else { continue };
+                for (index, value) in replayed {
+                    if let Some(q) = bank.values.get(index) {
+                        checked.push(format!("pcr{index}.{}", bank.alg.name()));
+                        if q != value {
+                            failures.push(format!(
+                                "event log: pcr {index} ({}) replays to {}, quoted {}",
+                                bank.alg.name(),
+                                hex::encode(value),
+                                hex::encode(q)
+                            ));
+                        }
+                    }
+                }
+            }
+            if checked.is_empty() {
+                failures.push("event log: no bank of the log was quoted".into());
+            }
+        }
+    }
+    est.layers.push(layer("event log", "replay", json!({ "replayed": checked.len() }), failures));
+}
+
+fn tpm_binding_layer(extra: Result<()>, what: &str, est: &mut Established) {
+    let failures = match extra {
+        Ok(()) => vec![],
+        Err(e) => e.reasons(),
+    };
+    est.layers.push(layer("binding", "nonce", json!({ "checked": what }), failures));
+}
+
+fn platform_gce(att: &GceAttestation, ctx: &Context<'_>, est: &mut Established) {
+    let quotes: Vec<_> =
+        att.quotes.iter().map(|q| QuoteInput { attest: &q.attest, signature: &q.signature }).collect();
+    let banks: Vec<_> = att.quotes.iter().map(|q| q.bank.clone()).collect();
+    // Freshness is judged in its own layer: verify the quotes without it, then compare extraData.
+    match verify_tpm(
+        &att.ak_public,
+        &att.ak_cert_chain,
+        &quotes,
+        &banks,
+        &ExpectedExtraData::Unchecked,
+        &AkTrust::GoogleCa,
+        ctx.at,
+    ) {
+        Err(e) => est.layers.push(layer("platform", "google ak ca", json!({}), e.reasons())),
+        Ok(v) => {
+            est.identity_ok = true;
+            est.hardware_ok = true;
+            est.config_ok = true;
+            add_pcrs(&mut est.registers, &v.pcrs);
+            let claims = json!({ "ak": v.claims.ak, "ak_key": v.claims.ak_key, "firmware_version": v.claims.firmware_version, "reset_count": v.claims.reset_count });
+            est.layers.push(layer("platform", "google ak ca", claims, vec![]));
+            match &ctx.nonce {
+                None => est.layers.push(LayerResult {
+                    layer: "binding".into(),
+                    outcome: Outcome::Skipped,
+                    reference: "skip".into(),
+                    claims: json!({ "extra_data": v.claims.extra_data }),
+                    failures: vec![],
+                }),
+                Some(n) => {
+                    let r = if hex::decode(&v.claims.extra_data).ok().as_deref() == Some(n.as_slice()) {
+                        Ok(())
+                    } else {
+                        Err(Error::check(
+                            "tpm quote",
+                            format!(
+                                "extraData {} does not match the expected nonce {}",
+                                v.claims.extra_data,
+                                hex::encode(n)
+                            ),
+                        ))
+                    };
+                    tpm_binding_layer(r, "extraData", est);
+                }
+            }
+            replay_event_log(&att.event_log, &v.pcrs, est);
+        }
+    }
+}
+
+fn platform_azure(ev: &AzureEvidence, policy: &Policy, ctx: &Context<'_>, est: &mut Established) {
+    match verify_azure(ev, ctx.nonce.as_deref(), ctx.snp_cache, &policy.snp, None, ctx.at) {
+        Err(e) => est.layers.push(layer("platform", "policy", json!({}), e.reasons())),
+        Ok(v) => {
+            est.identity_ok = true;
+            est.hardware_ok = true;
+            est.config_ok = true;
+            est.tee = true;
+            add_pcrs(&mut est.registers, &v.pcrs);
+            if let Some(snp) = &v.claims.snp {
+                est.registers.insert("snp.measurement".into(), snp.measurement.clone());
+            }
+            let claims = serde_json::to_value(&v.claims).unwrap_or_default();
+            est.layers.push(layer("platform", "policy", claims, vec![]));
+            let (outcome, reference) =
+                if ctx.nonce.is_some() { (Outcome::Passed, "nonce") } else { (Outcome::Skipped, "skip") };
+            est.layers.push(LayerResult {
+                layer: "binding".into(),
+                outcome,
+                reference: reference.into(),
+                claims: json!({ "extra_data": v.claims.extra_data }),
+                failures: vec![],
+            });
+        }
+    }
+}
+
+fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Context<'_>, est: &mut Established) {
+    if let Some(n) = &ctx.nonce
+        && n.as_slice() != ev.nonce.0.as_slice()
+    {
+        est.layers.push(layer(
+            "binding",
+            "nonce",
+            json!({}),
+            vec![format!(
+                "binding: evidence nonce {} is not the expected nonce {}",
+                hex::encode(ev.nonce.0),
+                hex::encode(n)
+            )],
+        ));
+    }
+    match ev.platform {
+        Platform::SevSnp => {
+            let Some(snp) = &ev.sev_snp else { return };
+            let Some(vcek) = snp.cert_chain.first() else {
+                est.layers.push(layer(
+                    "platform",
+                    "policy",
+                    json!({}),
+                    vec!["snp: evidence carries no VCEK/VLEK".into()],
+                ));
+                return;
+            };
+            if let Some(rd) = snp_platform(&snp.report, vcek, policy, ctx, est) {
+                let r = check_report_data(&rd, &ev.nonce, &ev.tee_public_key).map_err(Error::from);
+                tpm_binding_layer(r, "REPORT_DATA", est);
+            }
+        }
+        Platform::Tpm => {
+            let Some(tpm) = &ev.tpm else { return };
+            let quotes = [QuoteInput { attest: &tpm.attest, signature: &tpm.signature }];
+            let expected = ExpectedExtraData::Binding(ev.nonce, ev.tee_public_key.clone());
+            match verify_tpm(
+                &tpm.ak_public,
+                &tpm.ak_cert_chain,
+                &quotes,
+                &tpm.pcr_banks,
+                &ExpectedExtraData::Unchecked,
+                &AkTrust::GoogleCa,
+                ctx.at,
+            ) {
+                Err(e) => est.layers.push(layer("platform", "google ak ca", json!({}), e.reasons())),
+                Ok(v) => {
+                    est.identity_ok = true;
+                    est.hardware_ok = true;
+                    est.config_ok = true;
+                    add_pcrs(&mut est.registers, &v.pcrs);
+                    est.layers.push(layer(
+                        "platform",
+                        "google ak ca",
+                        serde_json::to_value(&v.claims).unwrap_or_default(),
+                        vec![],
+                    ));
+                    let extra = hex::decode(&v.claims.extra_data).unwrap_or_default();
+                    let r = match &expected {
+                        ExpectedExtraData::Binding(n, k) => {
+                            check_tpm_extra_data(&extra, n, k).map_err(Error::from)
+                        }
+                        _ => Ok(()),
+                    };
+                    tpm_binding_layer(r, "extraData", est);
+                    replay_event_log(&tpm.uefi_event_log, &v.pcrs, est);
+                    replay_runtime_log(&ev.runtime_event_log, &v.pcrs, est);
+                }
+            }
+        }
+        Platform::AzureSnpVtpm | Platform::AzureTdxVtpm => {
+            let Some(az) = &ev.azure else { return };
+            let sha256 = az.vtpm.pcr_banks.iter().find(|b| b.alg == HashAlg::Sha256);
+            let pcrs = (0u32..24)
+                .map(|i| sha256.and_then(|b| b.values.get(&i).cloned()).unwrap_or_else(|| vec![0; 32]))
+                .collect();
+            let converted = AzureEvidence {
+                hcl_report: az.hcl_report.clone(),
+                quote: AzureQuote {
+                    message: az.vtpm.attest.clone(),
+                    signature: az.vtpm.signature.clone(),
+                    pcrs,
+                },
+                vcek: (!az.vcek.is_empty()).then(|| az.vcek.clone()),
+                td_quote: (!az.td_quote.is_empty()).then(|| az.td_quote.clone()),
+            };
+            let binding =
+                sealroom_measurements::binding::binding_digest(&ev.nonce, &ev.tee_public_key).to_vec();
+            let inner = Context { at: ctx.at, nonce: Some(binding), snp_cache: ctx.snp_cache };
+            platform_azure(&converted, policy, &inner, est);
+        }
+        Platform::Tdx => {
+            est.layers.push(layer(
+                "platform",
+                "policy",
+                json!({}),
+                vec!["tdx: TDX evidence is verified by the tdx module, not wired into this build".into()],
+            ));
+        }
+        _ => {
+            est.layers.push(layer(
+                "platform",
+                "policy",
+                json!({}),
+                vec!["evidence: unknown platform".into()],
+            ));
+        }
+    }
+}
+
+fn replay_runtime_log(log: &[u8], quoted: &[PcrBank], est: &mut Established) {
+    if log.is_empty() {
+        return;
+    }
+    let mut failures = Vec::new();
+    match sealroom_measurements::cel::CelLog::decode(log) {
+        Err(e) => failures.push(format!("runtime log: {e}")),
+        Ok(records) => {
+            for bank in quoted {
+                if let Some(v) = bank.values.get(&15)
+                    && let Err(e) = sealroom_measurements::cel::check_pcr(&records, bank.alg, v)
+                {
+                    failures.push(format!("runtime log: {e}"));
+                }
+            }
+        }
+    }
+    est.layers.push(layer("runtime log", "replay", json!({}), failures));
+}
+
+fn measured_layers(refs: &ReferenceValues, est: &mut Established) -> Vec<(Layer, Outcome)> {
+    let mut out = Vec::new();
+    for (l, r) in
+        [(Layer::Firmware, &refs.firmware), (Layer::Kernel, &refs.kernel), (Layer::Workload, &refs.workload)]
+    {
+        let present: BTreeMap<&String, &String> =
+            est.registers.iter().filter(|(k, _)| layer_of(k) == Some(l)).collect();
+        match r {
+            Reference::Skip(_) => {
+                est.layers.push(LayerResult {
+                    layer: l.name().into(),
+                    outcome: Outcome::Skipped,
+                    reference: "skip".into(),
+                    claims: json!(present),
+                    failures: vec![],
+                });
+                out.push((l, Outcome::Skipped));
+            }
+            Reference::Digests(map) => {
+                let mut failures = Vec::new();
+                for (reg, allowed) in map {
+                    match est.registers.get(reg) {
+                        None => failures
+                            .push(format!("{}: register {reg} is not in the verified evidence", l.name())),
+                        Some(v) if allowed.contains(&v.to_lowercase()) => {}
+                        Some(v) => {
+                            failures.push(format!("{}: {reg} is {v}, not a reference value", l.name()));
+                        }
+                    }
+                }
+                let res = layer(l.name(), "digests", json!(present), failures);
+                out.push((l, res.outcome));
+                est.layers.push(res);
+            }
+        }
+    }
+    out
+}
+
+/// Verifies `input` and returns the attestation result. Never panics, never fails: every problem becomes
+/// a failed layer with a one-line reason, and the status says contraindicated.
+#[must_use]
+pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ear {
+    let mut est = Established::default();
+    match input {
+        EvidenceInput::SnpReport { report, endorsement } => {
+            if let Some(rd) = snp_platform(report, endorsement, policy, ctx, &mut est) {
+                match &ctx.nonce {
+                    None => est.layers.push(LayerResult {
+                        layer: "binding".into(),
+                        outcome: Outcome::Skipped,
+                        reference: "skip".into(),
+                        claims: json!({ "report_data": hex::encode(rd) }),
+                        failures: vec![],
+                    }),
+                    Some(n) => {
+                        let want = nonce_for_report_data(n);
+                        let r = if want.as_slice() == rd.as_slice() {
+                            Ok(())
+                        } else {
+                            Err(Error::check(
+                                "snp",
+                                format!(
+                                    "REPORT_DATA {} does not carry the expected nonce {}",
+                                    hex::encode(rd),
+                                    hex::encode(n)
+                                ),
+                            ))
+                        };
+                        tpm_binding_layer(r, "REPORT_DATA", &mut est);
+                    }
+                }
+            }
+        }
+        EvidenceInput::Gce(att) => platform_gce(att, ctx, &mut est),
+        EvidenceInput::Azure(az) => platform_azure(az, policy, ctx, &mut est),
+        EvidenceInput::Sealroom(ev) => platform_sealroom(ev, policy, ctx, &mut est),
+    }
+    let measured = measured_layers(&policy.references, &mut est);
+    let any_failed = est.layers.iter().any(|l| l.outcome == Outcome::Failed);
+    let bound_failed = est.layers.iter().any(|l| {
+        l.outcome == Outcome::Failed && matches!(l.layer.as_str(), "binding" | "event log" | "runtime log")
+    });
+    let executables = if measured.iter().any(|(_, o)| *o == Outcome::Failed) {
+        tier::CONTRAINDICATED
+    } else if measured.iter().all(|(_, o)| *o == Outcome::Skipped) {
+        tier::NONE
+    } else if measured.iter().all(|(_, o)| *o == Outcome::Passed) {
+        tier::AFFIRMING
+    } else if measured.iter().any(|(l, o)| *l == Layer::Workload && *o == Outcome::Skipped) {
+        tier::APPROVED_BOOT
+    } else {
+        tier::UNRECOGNIZED
+    };
+    let tv = TrustworthinessVector {
+        instance_identity: if est.identity_ok && !bound_failed {
+            tier::AFFIRMING
+        } else {
+            tier::CONTRAINDICATED
+        },
+        configuration: if est.config_ok { tier::AFFIRMING } else { tier::CONTRAINDICATED },
+        executables,
+        hardware: if est.hardware_ok { tier::AFFIRMING } else { tier::UNRECOGNIZED_HARDWARE },
+        runtime_opaque: if est.tee && est.hardware_ok { tier::AFFIRMING } else { tier::NONE },
+        ..TrustworthinessVector::default()
+    };
+    let mut status = tv.status();
+    if any_failed {
+        status = crate::ear::Status::Contraindicated;
+    }
+    let appraisal = Appraisal {
+        status,
+        trust_vector: tv,
+        policy_id: policy.id.clone(),
+        evidence: input.kind().into(),
+        layers: est.layers,
+    };
+    Ear::single(ctx.at, "sealroom", appraisal)
+}

@@ -1,0 +1,178 @@
+//! `sealroom verify`: judge one piece of evidence offline and print the attestation result (EAR).
+//!
+//! The input kind is detected from the bytes: sealroom `Evidence` protobuf, a go-tpm-tools GCE `Attestation`
+//! protobuf, a raw SEV-SNP report (its VCEK/VLEK from `--vcek` or the collateral directory), or Azure vTPM
+//! evidence JSON. Exit status 0 means affirming; anything else prints the reasons and exits non-zero.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use sealroom_measurements::evidence::Evidence;
+use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, ReferenceValues, appraise};
+use sealroom_verifier::azure::evidence::AzureEvidence;
+use sealroom_verifier::ear::Status;
+use sealroom_verifier::snp::EndorsementCache;
+use sealroom_verifier::snp::endorsement::verify_endorsement;
+use sealroom_verifier::snp::report::{REPORT_LEN, SnpReport};
+use sealroom_verifier::snp::verify::check_signature;
+use sealroom_verifier::tpm::gce_proto::GceAttestation;
+use sealroom_verifier::x509::{Certificate, UnixTime, format_time, parse_time};
+
+/// Arguments of `sealroom verify`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The evidence file.
+    #[arg(long)]
+    evidence: PathBuf,
+    /// Directory with collateral (VCEK/VLEK certificates for SEV-SNP reports).
+    #[arg(long)]
+    collateral: Option<PathBuf>,
+    /// VCEK or VLEK certificate (DER or PEM) for a raw SEV-SNP report.
+    #[arg(long)]
+    vcek: Option<PathBuf>,
+    /// Verification time: RFC 3339 ("2025-06-01T00:00:00Z") or Unix seconds. Default: now.
+    #[arg(long)]
+    at: Option<String>,
+    /// The expected nonce (hex). Without it freshness is reported as not checked.
+    #[arg(long)]
+    nonce: Option<String>,
+    /// Reference values (JSON: {"firmware": {...} | "skip", "kernel": …, "workload": …}). Default: every
+    /// measured layer explicitly skipped.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Accept SEV-SNP guests whose policy allows debugging.
+    #[arg(long)]
+    allow_debug: bool,
+    /// Print the EAR as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_at(text: Option<&str>) -> Result<UnixTime> {
+    match text {
+        None => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))?),
+        Some(t) if !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()) => Ok(t.parse()?),
+        Some(t) => Ok(parse_time(t)?),
+    }
+}
+
+fn first_cert_der(bytes: &[u8]) -> Option<Vec<u8>> {
+    Certificate::chain_from_pem_or_der(bytes).ok()?.into_iter().next().map(|c| c.der().to_vec())
+}
+
+/// Finds the VCEK/VLEK: `--vcek`, else the certificate in the collateral directory that chains to an AMD root
+/// and whose key signed this report (the first that chains, when none did).
+fn find_endorsement(args: &Args, report: &[u8]) -> Result<Vec<u8>> {
+    if let Some(p) = &args.vcek {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        return first_cert_der(&bytes).with_context(|| format!("{}: no certificate", p.display()));
+    }
+    let Some(dir) = &args.collateral else {
+        bail!("a raw SEV-SNP report needs its VCEK/VLEK: pass --vcek or --collateral <dir>");
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    entries.sort();
+    let parsed = SnpReport::parse(report)?;
+    let mut chaining = None;
+    for p in &entries {
+        if let Ok(bytes) = std::fs::read(p)
+            && let Some(der) = first_cert_der(&bytes)
+            && let Ok(e) = verify_endorsement(&der)
+        {
+            if check_signature(report, &parsed, &e).is_ok() {
+                return Ok(der);
+            }
+            chaining.get_or_insert(der);
+        }
+    }
+    chaining.with_context(|| format!("no VCEK/VLEK chaining to an AMD root in {}", dir.display()))
+}
+
+fn detect(bytes: &[u8], args: &Args) -> Result<EvidenceInput> {
+    if AzureEvidence::looks_like(bytes) {
+        return Ok(EvidenceInput::Azure(Box::new(AzureEvidence::parse_json(bytes)?)));
+    }
+    if bytes.len() == REPORT_LEN
+        && matches!(bytes.first(), Some(2..=5))
+        && bytes.get(1..4) == Some(&[0, 0, 0])
+    {
+        return Ok(EvidenceInput::SnpReport {
+            report: bytes.to_vec(),
+            endorsement: find_endorsement(args, bytes)?,
+        });
+    }
+    if matches!(bytes.get(..2), Some([4 | 5, 0])) && bytes.get(4..8) == Some(&[0x81, 0, 0, 0]) {
+        bail!(
+            "this is a TDX quote: TDX verification is provided by the tdx module (`sealroom verify` support pending)"
+        );
+    }
+    let sealroom = Evidence::decode(bytes);
+    if let Ok(ev) = sealroom {
+        return Ok(EvidenceInput::Sealroom(Box::new(ev)));
+    }
+    if let Ok(att) = GceAttestation::decode(bytes) {
+        return Ok(EvidenceInput::Gce(Box::new(att)));
+    }
+    bail!(
+        "unrecognised evidence (not sealroom Evidence, a GCE attestation, an SNP report or Azure JSON): {}",
+        sealroom.err().map(|e| e.to_string()).unwrap_or_default()
+    )
+}
+
+fn load_policy(args: &Args) -> Result<Policy> {
+    let mut policy = Policy::default();
+    policy.snp.allow_debug = args.allow_debug;
+    if let Some(p) = &args.reference {
+        let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        policy.references = ReferenceValues::from_json(&text)?;
+        policy.id = format!(
+            "sealroom/{}",
+            p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        );
+    }
+    Ok(policy)
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let bytes = read(&args.evidence)?;
+    let input = detect(&bytes, args)?;
+    let at = parse_at(args.at.as_deref())?;
+    let nonce = args.nonce.as_deref().map(hex::decode).transpose().context("--nonce is not hex")?;
+    let policy = load_policy(args)?;
+    let cache = EndorsementCache::default();
+    let ctx = Context { at, nonce, snp_cache: &cache };
+    let ear = appraise(&input, &policy, &ctx);
+    if args.json {
+        println!("{}", ear.to_json());
+    } else {
+        print!("{}", ear.to_table());
+        if args.reference.is_none() {
+            println!(
+                "note: no --reference given: firmware, kernel and workload layers are explicitly skipped"
+            );
+        }
+        if args.nonce.is_none() {
+            println!("note: no --nonce given: freshness not checked");
+        }
+        println!("verified at {}", format_time(at));
+    }
+    match ear.status() {
+        Status::Affirming => Ok(()),
+        status => {
+            let reasons = ear.failures();
+            let first = reasons.first().cloned().unwrap_or_else(|| format!("status {status}"));
+            // One line saying why, then a non-zero exit (1: not affirming; anyhow errors above exit 1 too).
+            eprintln!("refused ({status}): {first}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn read(p: &Path) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+}
