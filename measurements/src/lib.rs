@@ -8,9 +8,12 @@ pub mod binding;
 pub mod ccel;
 pub mod cel;
 pub mod digest;
+pub mod disk;
 pub mod error;
 pub mod evidence;
+pub mod pe;
 pub mod reader;
 pub mod tcg2;
+pub mod uki;
 
 pub use error::{Error, Result};
