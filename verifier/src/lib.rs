@@ -10,6 +10,7 @@ pub mod broker;
 pub mod ear;
 pub mod error;
 pub mod snp;
+pub mod tdx;
 pub mod tpm;
 pub mod x509;
 

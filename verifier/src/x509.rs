@@ -364,6 +364,95 @@ pub fn parse_time(text: &str) -> Result<UnixTime> {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// PEM (strict: exact BEGIN/END lines with matching labels, base64 bodies; text between blocks is ignored)
+// ---------------------------------------------------------------------------------------------------------------
+
+fn base64_value(c: u8) -> Option<u32> {
+    match c {
+        b'A'..=b'Z' => Some(u32::from(c - b'A')),
+        b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+        b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    }
+}
+
+fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let body: Vec<u8> = text.iter().copied().filter(|c| !c.is_ascii_whitespace()).collect();
+    if !body.len().is_multiple_of(4) {
+        return None;
+    }
+    let pad = body.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return None;
+    }
+    let data = body.get(..body.len() - pad)?;
+    let mut out = Vec::with_capacity(data.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0u32;
+    for &c in data {
+        acc = (acc << 6) | base64_value(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((acc >> bits) & 0xff).ok()?);
+        }
+    }
+    // Leftover bits must be zero padding.
+    if acc & ((1 << bits) - 1) != 0 {
+        return None;
+    }
+    Some(out)
+}
+
+/// Every PEM block of `text` as (label, DER). Strict where lenient parsers let corruption through: a line
+/// starting with five dashes must be exactly `-----BEGIN <L>-----` outside a block or `-----END <L>-----` with
+/// the same label inside one, and bodies must be canonical base64.
+///
+/// # Errors
+/// When a block is malformed or unterminated.
+pub fn pem_blocks(text: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    let text = std::str::from_utf8(text.strip_suffix(&[0]).unwrap_or(text))
+        .map_err(|_| fail("PEM: not UTF-8 text"))?;
+    let mut out = Vec::new();
+    let mut open: Option<(String, String)> = None;
+    for raw in text.lines() {
+        let line = raw.trim_end();
+        match &mut open {
+            None => {
+                if let Some(rest) = line.strip_prefix("-----BEGIN ") {
+                    let label = rest
+                        .strip_suffix("-----")
+                        .filter(|l| !l.contains('-'))
+                        .ok_or_else(|| fail(format!("PEM: malformed BEGIN line {line:?}")))?;
+                    open = Some((label.to_owned(), String::new()));
+                } else if line.starts_with("-----") {
+                    return Err(fail(format!("PEM: unexpected line {line:?}")));
+                }
+            }
+            Some((label, body)) => {
+                if line.starts_with("-----") {
+                    if line != format!("-----END {label}-----") {
+                        return Err(fail(format!("PEM: malformed END line {line:?} for {label}")));
+                    }
+                    let der = base64_decode(body.as_bytes())
+                        .ok_or_else(|| fail(format!("PEM: {label} body is not valid base64")))?;
+                    out.push((std::mem::take(label), der));
+                    open = None;
+                } else {
+                    body.push_str(line);
+                }
+            }
+        }
+    }
+    if let Some((label, _)) = open {
+        return Err(fail(format!("PEM: {label} block not terminated")));
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Certificates
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -496,10 +585,9 @@ impl Certificate {
     /// When a block is malformed or there is none.
     pub fn chain_from_pem(pem: &[u8]) -> Result<Vec<Self>> {
         let mut out = Vec::new();
-        for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
-            let block = block.map_err(|e| fail(format!("PEM: {e}")))?;
-            if block.label == "CERTIFICATE" {
-                out.push(Self::from_der(&block.contents)?);
+        for (label, der) in pem_blocks(pem)? {
+            if label == "CERTIFICATE" {
+                out.push(Self::from_der(&der)?);
             }
         }
         if out.is_empty() {
@@ -797,10 +885,9 @@ impl Crl {
     /// When none of these parses.
     pub fn from_any(bytes: &[u8]) -> Result<Self> {
         if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-            for block in x509_parser::pem::Pem::iter_from_buffer(bytes) {
-                let block = block.map_err(|e| fail(format!("CRL PEM: {e}")))?;
-                if block.label == "X509 CRL" {
-                    return Self::from_der(&block.contents);
+            for (label, der) in pem_blocks(bytes)? {
+                if label == "X509 CRL" {
+                    return Self::from_der(&der);
                 }
             }
             return Err(fail("CRL PEM: no X509 CRL block"));
@@ -1004,6 +1091,11 @@ mod tests {
         assert!(Certificate::from_der(&[0x30, 0x82, 0xff, 0xff]).is_err());
         assert!(Crl::from_any(b"zz").is_err());
         assert!(Certificate::chain_from_pem(b"no pem here").is_err());
+        assert!(pem_blocks(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE--2--\n").is_err());
+        assert!(pem_blocks(b"-----BEGIN CERTIFICATE-----\nAAAA\n").is_err());
+        assert!(pem_blocks(b"-----BEGIN CERTIFICATE-----\nAA=A\n-----END CERTIFICATE-----\n").is_err());
+        assert_eq!(base64_decode(b"aGVsbG8="), Some(b"hello".to_vec()));
+        assert_eq!(base64_decode(b"aGVsbG9="), None);
         assert!(PublicKey::ec(Curve::P256, &[4; 10]).is_err());
         assert!(PublicKey::rsa(&[0, 0], &[1]).is_err());
     }

@@ -1,0 +1,401 @@
+//! Intel TDX and SGX DCAP quote verification, offline.
+//!
+//! Two steps, so repeated evidence from the same platforms is cheap:
+//! 1. [`Collateral::load`] + [`Collateral::verify`] → [`VerifiedCollateral`]: the root CA CRL, PCK CRLs, their
+//!    issuer chains, the TCB infos and QE identities with their signing chain, all verified once at a time.
+//! 2. [`verify_quote`] per quote: PCK leaf under a verified PCK CA and not revoked, QE report signature by the
+//!    PCK key, attestation-key binding in the QE report, quote signature by the attestation key (three ECDSA
+//!    P-256 checks), then QE identity, TCB level and status, and TD attributes.
+//!
+//! ```no_run
+//! # fn main() -> sealroom_verifier::Result<()> {
+//! use sealroom_verifier::tdx::{Collateral, VerifiedQuote, verify_quote};
+//! let at = sealroom_verifier::x509::parse_time("2025-07-19T10:00:34Z")?;
+//! let collateral = Collateral::load(std::path::Path::new("collateral.json"))?.verify(at)?;
+//! let quote = std::fs::read("quote.bin").map_err(|e| sealroom_verifier::Error::Input(e.to_string()))?;
+//! if let VerifiedQuote::Tdx(td) = verify_quote(&quote, &collateral, at)? {
+//!     println!("{} {}", td.tcb_status, hex::encode(td.mr_td));
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Every refusal is one line: "tdx: PCK certificate revoked (serial …)", "tdx: TD is in debug mode …".
+
+pub mod collateral;
+pub mod pck;
+pub mod quote;
+pub mod tcb;
+
+use aws_lc_rs::digest;
+
+pub use collateral::{Collateral, INTEL_SGX_ROOT_CA_PEM, VerifiedCollateral, intel_root};
+pub use pck::PckExtension;
+pub use quote::{Body, EnclaveReport, INTEL_QE_VENDOR_ID, Quote, TdReport, TeeType};
+pub use tcb::{QeIdentity, TcbInfo, TcbLevel, TcbStatus};
+
+use crate::x509::{Certificate, Curve, PublicKey, SignatureAlgorithm, UnixTime, verify_chain};
+use crate::{Error, Result};
+
+const LAYER: &str = "tdx";
+
+fn fail(reason: impl Into<String>) -> Error {
+    Error::check(LAYER, reason)
+}
+
+/// What a verified TDX quote proves about the TD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedTdxQuote {
+    /// Quote format version (4 or 5).
+    pub version: u16,
+    /// v5 body type (2 = TD 1.0, 3 = TD 1.5), `None` for v4.
+    pub body_type: Option<u16>,
+    /// Final TCB status (platform ⊕ TDX module ⊕ QE, and the TD 1.5 relaunch rule). Never `Revoked`.
+    pub tcb_status: TcbStatus,
+    /// Intel security advisories that apply, from every level that contributed.
+    pub advisory_ids: Vec<String>,
+    /// The platform TCB level's status alone (before converging with the QE).
+    pub platform_tcb_status: TcbStatus,
+    /// The QE's TCB status.
+    pub qe_tcb_status: TcbStatus,
+    /// tcbDate of the matched platform level (oldest of platform and module).
+    pub tcb_date: UnixTime,
+    /// TCB evaluation data number of the TCB info used.
+    pub tcb_evaluation_data_number: u32,
+    /// TEE_TCB_SVN.
+    pub tee_tcb_svn: [u8; 16],
+    /// TEE_TCB_SVN2 (TD 1.5).
+    pub tee_tcb_svn2: Option<[u8; 16]>,
+    /// MRSEAM (TDX module measurement).
+    pub mr_seam: [u8; 48],
+    /// MRTD: the TD's initial contents (firmware).
+    pub mr_td: [u8; 48],
+    /// RTMR0..3.
+    pub rtmr: [[u8; 48]; 4],
+    /// MRCONFIGID.
+    pub mr_config_id: [u8; 48],
+    /// MROWNER.
+    pub mr_owner: [u8; 48],
+    /// MROWNERCONFIG.
+    pub mr_owner_config: [u8; 48],
+    /// TDATTRIBUTES (checked: no debug, SEPT_VE_DISABLE set, not migratable, no reserved bits).
+    pub td_attributes: [u8; 8],
+    /// XFAM.
+    pub xfam: [u8; 8],
+    /// MRSERVICETD (TD 1.5; checked to be zero).
+    pub mr_service_td: Option<[u8; 48]>,
+    /// REPORTDATA: the 64 bytes the TD bound (nonce and key binding, see `sealroom_measurements::binding`).
+    pub report_data: [u8; 64],
+    /// The platform's FMSPC.
+    pub fmspc: [u8; 6],
+    /// Until when this verdict's inputs are valid: earliest of collateral expiry and PCK notAfter.
+    pub collateral_expiry: UnixTime,
+}
+
+/// What a verified SGX quote proves about the enclave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedSgxQuote {
+    /// Quote format version (3).
+    pub version: u16,
+    /// Final TCB status (platform ⊕ QE). Never `Revoked`.
+    pub tcb_status: TcbStatus,
+    /// Advisories.
+    pub advisory_ids: Vec<String>,
+    /// Platform level status alone.
+    pub platform_tcb_status: TcbStatus,
+    /// QE status.
+    pub qe_tcb_status: TcbStatus,
+    /// tcbDate of the matched level.
+    pub tcb_date: UnixTime,
+    /// TCB evaluation data number.
+    pub tcb_evaluation_data_number: u32,
+    /// MRENCLAVE.
+    pub mr_enclave: [u8; 32],
+    /// MRSIGNER.
+    pub mr_signer: [u8; 32],
+    /// ISVPRODID.
+    pub isv_prod_id: u16,
+    /// ISVSVN.
+    pub isv_svn: u16,
+    /// ATTRIBUTES (checked: not debug).
+    pub attributes: [u8; 16],
+    /// MISCSELECT.
+    pub misc_select: u32,
+    /// CPUSVN.
+    pub cpu_svn: [u8; 16],
+    /// REPORTDATA.
+    pub report_data: [u8; 64],
+    /// FMSPC.
+    pub fmspc: [u8; 6],
+    /// Earliest of collateral expiry and PCK notAfter.
+    pub collateral_expiry: UnixTime,
+}
+
+/// A verified DCAP quote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+#[allow(clippy::large_enum_variant, reason = "built once per quote and matched at once; boxing buys nothing")]
+pub enum VerifiedQuote {
+    /// A TD.
+    Tdx(VerifiedTdxQuote),
+    /// An SGX enclave.
+    Sgx(VerifiedSgxQuote),
+}
+
+/// A quote whose signatures verified (PCK chain, QE report, binding, quote) without TCB collateral.
+#[derive(Debug, Clone)]
+pub struct SignedQuote<'a> {
+    /// The parsed quote.
+    pub quote: Quote<'a>,
+    /// The PCK leaf certificate.
+    pub pck: Certificate,
+    /// The PCK's SGX extension.
+    pub pck_extension: PckExtension,
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// The checks every quote gets once its PCK leaf is trusted: QE report signature, attestation key binding,
+/// quote signature.
+fn check_quote_signatures(quote: &Quote<'_>, pck: &Certificate) -> Result<()> {
+    if quote.qe_vendor_id != INTEL_QE_VENDOR_ID {
+        return Err(fail(format!("QE vendor id {} is not Intel's", hex::encode(quote.qe_vendor_id))));
+    }
+    pck.public_key()
+        .verify(SignatureAlgorithm::EcdsaSha256Fixed, quote.qe_report_bytes, &quote.qe_report_signature)
+        .map_err(|_| fail("QE report signature invalid (not signed by the PCK key)"))?;
+    let binding = sha256(&[&quote.attestation_key, quote.qe_auth_data]);
+    let (head, tail) = quote.qe_report.report_data.split_at(32);
+    if head != binding || tail.iter().any(|&b| b != 0) {
+        return Err(fail(
+            "QE report does not bind the attestation key (REPORTDATA != SHA-256(attestation key || QE auth data) || 0^32)",
+        ));
+    }
+    let key = PublicKey::ec_from_xy(Curve::P256, &quote.attestation_key)
+        .map_err(|e| e.within(LAYER, "attestation key"))?;
+    key.verify(SignatureAlgorithm::EcdsaSha256Fixed, quote.signed_bytes, &quote.signature)
+        .map_err(|_| fail("quote signature invalid (header and body not signed by the attestation key)"))
+}
+
+fn pck_chain(quote: &Quote<'_>) -> Result<Vec<Certificate>> {
+    if quote.certification_data_type != 5 {
+        return Err(fail(format!(
+            "PCK certification data type {} not supported (expected 5 = PCK certificate chain)",
+            quote.certification_data_type
+        )));
+    }
+    let chain =
+        Certificate::chain_from_pem(quote.certification_data).map_err(|e| e.within(LAYER, "PCK chain"))?;
+    if chain.len() != 3 {
+        return Err(fail(format!("PCK chain has {} certificates, expected 3 (PCK, CA, root)", chain.len())));
+    }
+    Ok(chain)
+}
+
+/// Verifies a quote's signatures without TCB collateral: the embedded PCK chain to the pinned Intel SGX Root CA
+/// at `at` (no revocation check: that needs CRLs), the QE report signature, the attestation key binding and the
+/// quote signature. For evidence whose collateral is not available; a verdict needs [`verify_quote`].
+///
+/// # Errors
+/// The first failed check.
+pub fn verify_quote_signatures(bytes: &[u8], at: UnixTime) -> Result<SignedQuote<'_>> {
+    let quote = Quote::parse(bytes)?;
+    let chain = pck_chain(&quote)?;
+    verify_chain(&chain, &[intel_root()?], at).map_err(|e| e.within(LAYER, "PCK chain"))?;
+    let pck = chain.into_iter().next().ok_or_else(|| fail("PCK chain empty"))?;
+    check_quote_signatures(&quote, &pck)?;
+    let pck_extension =
+        PckExtension::from_certificate(&pck).map_err(|e| e.within(LAYER, "PCK certificate"))?;
+    Ok(SignedQuote { quote, pck, pck_extension })
+}
+
+/// TD attribute bits (Intel TDX module ABI 348551-008US, table 3.23).
+const TD_DEBUG: u64 = 1;
+const TD_TUD_OTHER: u64 = 0x70;
+const TD_SERVTD_EXT: u64 = 1 << 17;
+const TD_SEPT_VE_DISABLE: u64 = 1 << 28;
+const TD_MIGRATABLE: u64 = 1 << 29;
+const fn ones(lo: u32, hi: u32) -> u64 {
+    (u64::MAX << lo) & !((u64::MAX << hi) << 1)
+}
+const TD_RESERVED: u64 = ones(1, 3) | ones(7, 15) | ones(23, 26) | ones(32, 61);
+
+fn check_td_attributes(td: &TdReport) -> Result<()> {
+    let a = u64::from_le_bytes(td.td_attributes);
+    let hexa = hex::encode(td.td_attributes);
+    if a & TD_DEBUG != 0 {
+        return Err(fail(format!("TD is in debug mode (TDATTRIBUTES {hexa}: DEBUG set)")));
+    }
+    if a & TD_TUD_OTHER != 0 {
+        return Err(fail(format!("TD is under debug/profiling (TDATTRIBUTES {hexa}: TUD bits set)")));
+    }
+    if a & TD_RESERVED != 0 {
+        return Err(fail(format!("TDATTRIBUTES {hexa} has reserved bits set")));
+    }
+    if a & TD_MIGRATABLE != 0 {
+        return Err(fail(format!("TD is migratable (TDATTRIBUTES {hexa})")));
+    }
+    if a & TD_SERVTD_EXT != 0 {
+        return Err(fail(format!(
+            "TD has SERVTD_EXT set (TDATTRIBUTES {hexa}); service TDs are not accepted"
+        )));
+    }
+    if a & TD_SEPT_VE_DISABLE == 0 {
+        return Err(fail(format!("TD does not set SEPT_VE_DISABLE (TDATTRIBUTES {hexa})")));
+    }
+    if td.mr_service_td.is_some_and(|m| m != [0u8; 48]) {
+        return Err(fail("MRSERVICETD is not zero; service TDs are not accepted"));
+    }
+    Ok(())
+}
+
+/// Verifies a DCAP quote (TDX v4/v5 or SGX v3/v5) against verified collateral at `at`.
+///
+/// Checks, in order: collateral window contains `at`; quote structure; PCK chain = (leaf, a PCK CA verified
+/// in the collateral, the pinned root); PCK leaf validity, signature and revocation (PCK CRL); QE report
+/// signature; attestation key binding; quote signature; QE identity (MRSIGNER, ISVPRODID, MISCSELECT and
+/// ATTRIBUTES under masks, not debug) → QE TCB status; TCB info for the PCK's FMSPC → platform level (SGX
+/// components + PCESVN, and TDX components), TDX module identity and level, TD 1.5 current TCB; status
+/// convergence; `Revoked` refused; TD attributes (debug, SEPT_VE_DISABLE, migratable, reserved, service TD)
+/// or SGX debug enclaves refused.
+///
+/// A status other than `UpToDate` is returned, not refused: appraisal policy decides what to accept.
+///
+/// # Errors
+/// One line naming the failed check.
+pub fn verify_quote(bytes: &[u8], collateral: &VerifiedCollateral, at: UnixTime) -> Result<VerifiedQuote> {
+    collateral.check_time(at).map_err(|e| e.within(LAYER, "collateral"))?;
+    let quote = Quote::parse(bytes)?;
+    let chain = pck_chain(&quote)?;
+    let [pck, ca, root] = <[Certificate; 3]>::try_from(chain).map_err(|_| fail("PCK chain length"))?;
+    if root != collateral.root {
+        return Err(fail(format!(
+            "PCK chain root '{}' is not the pinned Intel SGX Root CA",
+            root.subject_cn()
+        )));
+    }
+    let verified_ca = collateral.pck_cas.iter().find(|v| v.ca == ca).ok_or_else(|| {
+        fail(format!(
+            "PCK issuer '{}' is not a CA verified with the collateral (no PCK CRL for it)",
+            ca.subject_cn()
+        ))
+    })?;
+    pck.check_validity(at).map_err(|e| e.within(LAYER, "PCK certificate"))?;
+    pck.verify_signed_by(&verified_ca.ca).map_err(|e| e.within(LAYER, "PCK certificate"))?;
+    if verified_ca.crl.is_revoked(pck.serial()) {
+        return Err(fail(format!("PCK certificate revoked (serial {})", hex::encode(pck.serial()))));
+    }
+    check_quote_signatures(&quote, &pck)?;
+    let pck_ext = PckExtension::from_certificate(&pck).map_err(|e| e.within(LAYER, "PCK certificate"))?;
+    let collateral_expiry = collateral.valid_until().min(pck.not_after());
+
+    let td = quote.td_report();
+    let (qe_id, tcb_id) = if td.is_some() { ("TD_QE", "TDX") } else { ("QE", "SGX") };
+    let qe_identity = collateral
+        .qe_identities
+        .iter()
+        .find(|q| q.id == qe_id)
+        .ok_or_else(|| fail(format!("collateral has no {qe_id} identity")))?;
+    let qe_level = qe_identity.evaluate(&quote.qe_report).map_err(|e| e.within(LAYER, "QE identity"))?;
+    let tcb_info =
+        collateral.tcb_infos.iter().find(|t| t.id == tcb_id && t.fmspc == pck_ext.fmspc).ok_or_else(
+            || fail(format!("collateral has no {tcb_id} TCB info for FMSPC {}", hex::encode(pck_ext.fmspc))),
+        )?;
+    let (platform, current) = tcb_info.evaluate(&pck_ext, td).map_err(|e| e.within(LAYER, "TCB"))?;
+
+    let mut status = platform.status.converge_with_component(qe_level.status);
+    let mut advisory_ids = platform.advisory_ids.clone();
+    for a in &qe_level.advisory_ids {
+        if !advisory_ids.contains(a) {
+            advisory_ids.push(a.clone());
+        }
+    }
+    let current_status = current.as_ref().map(|c| c.status.converge_with_component(qe_level.status));
+    if status == TcbStatus::Revoked || current_status == Some(TcbStatus::Revoked) {
+        return Err(fail(format!(
+            "TCB status Revoked (platform {}, QE {}; advisories {})",
+            platform.status,
+            qe_level.status,
+            advisory_ids.join(",")
+        )));
+    }
+    if let Some(c) = current_status {
+        status = status.check_for_relaunch(c);
+    }
+
+    match &quote.body {
+        Body::Td(td) => {
+            check_td_attributes(td)?;
+            Ok(VerifiedQuote::Tdx(VerifiedTdxQuote {
+                version: quote.version,
+                body_type: quote.body_type,
+                tcb_status: status,
+                advisory_ids,
+                platform_tcb_status: platform.status,
+                qe_tcb_status: qe_level.status,
+                tcb_date: platform.tcb_date,
+                tcb_evaluation_data_number: tcb_info.tcb_evaluation_data_number,
+                tee_tcb_svn: td.tee_tcb_svn,
+                tee_tcb_svn2: td.tee_tcb_svn2,
+                mr_seam: td.mr_seam,
+                mr_td: td.mr_td,
+                rtmr: td.rtmr,
+                mr_config_id: td.mr_config_id,
+                mr_owner: td.mr_owner,
+                mr_owner_config: td.mr_owner_config,
+                td_attributes: td.td_attributes,
+                xfam: td.xfam,
+                mr_service_td: td.mr_service_td,
+                report_data: td.report_data,
+                fmspc: pck_ext.fmspc,
+                collateral_expiry,
+            }))
+        }
+        Body::Sgx(e) => {
+            if e.attributes[0] & 0x02 != 0 {
+                return Err(fail("enclave is in debug mode (ATTRIBUTES.DEBUG set)"));
+            }
+            Ok(VerifiedQuote::Sgx(VerifiedSgxQuote {
+                version: quote.version,
+                tcb_status: status,
+                advisory_ids,
+                platform_tcb_status: platform.status,
+                qe_tcb_status: qe_level.status,
+                tcb_date: platform.tcb_date,
+                tcb_evaluation_data_number: tcb_info.tcb_evaluation_data_number,
+                mr_enclave: e.mr_enclave,
+                mr_signer: e.mr_signer,
+                isv_prod_id: e.isv_prod_id,
+                isv_svn: e.isv_svn,
+                attributes: e.attributes,
+                misc_select: e.misc_select,
+                cpu_svn: e.cpu_svn,
+                report_data: e.report_data,
+                fmspc: pck_ext.fmspc,
+                collateral_expiry,
+            }))
+        }
+    }
+}
+
+/// [`verify_quote`] for a TDX quote; an SGX quote is refused.
+///
+/// # Errors
+/// As [`verify_quote`], or "not a TDX quote".
+pub fn verify_tdx_quote(
+    bytes: &[u8],
+    collateral: &VerifiedCollateral,
+    at: UnixTime,
+) -> Result<VerifiedTdxQuote> {
+    match verify_quote(bytes, collateral, at)? {
+        VerifiedQuote::Tdx(t) => Ok(t),
+        VerifiedQuote::Sgx(_) => Err(fail("not a TDX quote (SGX enclave quote)")),
+    }
+}

@@ -1,0 +1,133 @@
+//! The Intel SGX extension (OID 1.2.840.113741.1.13.1) of PCK certificates: the platform's TCB (16 SGX
+//! component SVNs, PCESVN, CPUSVN), PCE-ID and FMSPC, which select and match the TCB info.
+
+use x509_parser::der_parser::ber::BerObject;
+use x509_parser::der_parser::der::parse_der;
+
+use crate::x509::Certificate;
+use crate::{Error, Result};
+
+const LAYER: &str = "tdx pck";
+const SGX_EXTENSION: &str = "1.2.840.113741.1.13.1";
+const TCB: &str = "1.2.840.113741.1.13.1.2";
+const PCESVN: &str = "1.2.840.113741.1.13.1.2.17";
+const CPUSVN: &str = "1.2.840.113741.1.13.1.2.18";
+const PCEID: &str = "1.2.840.113741.1.13.1.3";
+const FMSPC: &str = "1.2.840.113741.1.13.1.4";
+const SGX_TYPE: &str = "1.2.840.113741.1.13.1.5";
+
+/// What a PCK certificate says about its platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PckExtension {
+    /// SGX TCB component SVNs 1..16.
+    pub sgx_tcb_components: [u8; 16],
+    /// PCE SVN.
+    pub pce_svn: u16,
+    /// CPUSVN.
+    pub cpu_svn: [u8; 16],
+    /// PCE-ID.
+    pub pce_id: [u8; 2],
+    /// FMSPC: family-model-stepping-platform-customSKU, selects the TCB info.
+    pub fmspc: [u8; 6],
+    /// SGX type (0 standard, 1 scalable, 2 scalable with integrity).
+    pub sgx_type: u32,
+}
+
+fn fail(reason: impl Into<String>) -> Error {
+    Error::check(LAYER, reason)
+}
+
+fn pairs<'a>(obj: &'a BerObject<'a>, what: &str) -> Result<Vec<(String, &'a BerObject<'a>)>> {
+    let seq = obj.as_sequence().map_err(|_| fail(format!("SGX extension: {what} is not a SEQUENCE")))?;
+    let mut out = Vec::with_capacity(seq.len());
+    for item in seq {
+        let inner =
+            item.as_sequence().map_err(|_| fail(format!("SGX extension: {what} entry is not a SEQUENCE")))?;
+        let (Some(oid), Some(value), None) = (inner.first(), inner.get(1), inner.get(2)) else {
+            return Err(fail(format!("SGX extension: {what} entry is not (OID, value)")));
+        };
+        let oid =
+            oid.as_oid().map_err(|_| fail(format!("SGX extension: {what} entry has no OID")))?.to_id_string();
+        out.push((oid, value));
+    }
+    Ok(out)
+}
+
+fn octets<const N: usize>(v: &BerObject<'_>, what: &str) -> Result<[u8; N]> {
+    let s = v.as_slice().map_err(|_| fail(format!("SGX extension: {what} is not an OCTET STRING")))?;
+    s.try_into().map_err(|_| fail(format!("SGX extension: {what} is {} bytes, expected {N}", s.len())))
+}
+
+fn small_uint(v: &BerObject<'_>, what: &str) -> Result<u32> {
+    v.as_u32().map_err(|_| fail(format!("SGX extension: {what} is not a small INTEGER")))
+}
+
+impl PckExtension {
+    /// Reads the SGX extension of a PCK leaf certificate.
+    ///
+    /// # Errors
+    /// When the extension is missing, malformed, or lacks a required field.
+    pub fn from_certificate(cert: &Certificate) -> Result<Self> {
+        let ext = cert
+            .extension(SGX_EXTENSION)
+            .ok_or_else(|| fail(format!("certificate '{}' has no SGX extension", cert.subject_cn())))?;
+        let (rest, obj) = parse_der(&ext.value).map_err(|e| fail(format!("SGX extension: {e}")))?;
+        if !rest.is_empty() {
+            return Err(fail("SGX extension: trailing bytes"));
+        }
+        let mut sgx_tcb_components: Option<[u8; 16]> = None;
+        let mut pce_svn = None;
+        let mut cpu_svn = None;
+        let mut pce_id = None;
+        let mut fmspc = None;
+        let mut sgx_type = None;
+        for (oid, value) in pairs(&obj, "extension")? {
+            match oid.as_str() {
+                TCB => {
+                    let mut comps = [None::<u8>; 16];
+                    for (tcb_oid, v) in pairs(value, "TCB")? {
+                        if tcb_oid == PCESVN {
+                            pce_svn = Some(
+                                u16::try_from(small_uint(v, "PCESVN")?)
+                                    .map_err(|_| fail("SGX extension: PCESVN > 65535"))?,
+                            );
+                        } else if tcb_oid == CPUSVN {
+                            cpu_svn = Some(octets::<16>(v, "CPUSVN")?);
+                        } else if let Some(n) = tcb_oid.strip_prefix("1.2.840.113741.1.13.1.2.")
+                            && let Ok(n) = n.parse::<usize>()
+                            && (1..=16).contains(&n)
+                        {
+                            let svn = u8::try_from(small_uint(v, "TCB component SVN")?)
+                                .map_err(|_| fail(format!("SGX extension: TCB component {n} SVN > 255")))?;
+                            if let Some(slot) = comps.get_mut(n - 1) {
+                                *slot = Some(svn);
+                            }
+                        }
+                    }
+                    let mut all = [0u8; 16];
+                    for (i, (dst, src)) in all.iter_mut().zip(comps).enumerate() {
+                        *dst = src
+                            .ok_or_else(|| fail(format!("SGX extension: TCB component {} missing", i + 1)))?;
+                    }
+                    sgx_tcb_components = Some(all);
+                }
+                PCEID => pce_id = Some(octets::<2>(value, "PCE-ID")?),
+                FMSPC => fmspc = Some(octets::<6>(value, "FMSPC")?),
+                SGX_TYPE => {
+                    sgx_type = Some(
+                        value.as_u32().map_err(|_| fail("SGX extension: SGX type is not an ENUMERATED"))?,
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(Self {
+            sgx_tcb_components: sgx_tcb_components.ok_or_else(|| fail("SGX extension: TCB missing"))?,
+            pce_svn: pce_svn.ok_or_else(|| fail("SGX extension: PCESVN missing"))?,
+            cpu_svn: cpu_svn.ok_or_else(|| fail("SGX extension: CPUSVN missing"))?,
+            pce_id: pce_id.ok_or_else(|| fail("SGX extension: PCE-ID missing"))?,
+            fmspc: fmspc.ok_or_else(|| fail("SGX extension: FMSPC missing"))?,
+            sgx_type: sgx_type.ok_or_else(|| fail("SGX extension: SGX type missing"))?,
+        })
+    }
+}
