@@ -11,6 +11,7 @@ pub mod digest;
 pub mod disk;
 pub mod error;
 pub mod evidence;
+pub mod golden;
 pub mod pe;
 pub mod reader;
 pub mod tcg2;
