@@ -5,9 +5,11 @@
 pub mod attester;
 pub mod error;
 pub mod paths;
+pub mod pid1;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod sys;
 pub mod tee_key;
 pub mod worker;
 

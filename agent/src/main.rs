@@ -1,4 +1,4 @@
-//! `sealroom-agent`: the guest agent binary. Serves attestation.
+//! `sealroom-agent`: the guest agent binary. Serves attestation; PID-1 duties live in their own module.
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,6 +49,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Config> {
 }
 
 fn main() -> Result<()> {
+    // In the VM the agent is /init: PID 1 supervises, its child serves (image/mkosi, agent/src/pid1).
+    if sealroom_agent::pid1::is_pid1() {
+        sealroom_agent::pid1::run();
+    }
+    if sealroom_agent::pid1::is_pid1_child() {
+        return Ok(sealroom_agent::pid1::serve_in_vm()?);
+    }
     let config = parse_args(std::env::args().skip(1))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(server::run(config))?;

@@ -1,0 +1,281 @@
+//! The agent as PID 1 of the confidential VM: no systemd, no shell.
+//!
+//! PID 1 mounts the kernel file systems, loads the image's kernel modules (before mounting configfs,
+//! which is a module in Debian's cloud kernel), configures the network, then starts the agent proper
+//! as its child (`/init` again, with the arguments in `/etc/sealroom/agent.args`) and stays behind as
+//! a small supervisor: it reaps every orphan, and powers the VM off cleanly on SIGTERM, Ctrl-Alt-Del,
+//! the ACPI power button or when the agent ends (or restarts it, per `sealroom.agent_exit=`).
+//!
+//! PID 1 must never exit or panic (either is a kernel panic): every step logs its failure and goes
+//! on; a panic hook logs any panic and the last resort is to idle forever.
+
+pub mod cmdline;
+pub mod dhcp;
+pub mod modules;
+pub mod net;
+pub mod power;
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use nix::mount::MsFlags;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::sys;
+use cmdline::{OnAgentExit, Settings};
+
+/// Printed once PID 1 has started the agent; the boot test waits for it on the serial console.
+pub const READY_MARKER: &str = "sealroom-init: ready";
+/// The file listing the agent's arguments, one per line.
+pub const AGENT_ARGS: &str = "/etc/sealroom/agent.args";
+/// Set in the agent child's environment so that it knows PID 1 supervises it.
+pub const CHILD_ENV: &str = "SEALROOM_PID1_CHILD";
+
+/// How long the agent gets to stop after SIGTERM before everything is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How often the agent is restarted under `sealroom.agent_exit=restart` before giving up.
+const MAX_RESTARTS: u32 = 5;
+
+/// Writes one line to the console, prefixed `sealroom-init:`; never fails (there is nowhere to
+/// report a failing console).
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "sealroom-init: {args}");
+}
+
+macro_rules! log {
+    ($($arg:tt)*) => { $crate::pid1::write_line(format_args!($($arg)*)) };
+}
+pub(crate) use log;
+
+/// True when this process is PID 1.
+pub fn is_pid1() -> bool {
+    std::process::id() == 1
+}
+
+/// Runs PID 1. Never returns: the VM ends by powering off.
+pub fn run() -> ! {
+    std::panic::set_hook(Box::new(|info| log!("PANIC (PID 1 keeps running): {info}")));
+    if std::panic::catch_unwind(supervise).is_err() {
+        log!("the supervisor panicked; idling (power off from the hypervisor)");
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Mounts one file system, logging the outcome.
+fn mount(fstype: &str, target: &str, flags: MsFlags, data: Option<&str>) {
+    if let Err(e) = sys::mount_fs(fstype, Path::new(target), flags, data) {
+        log!("{e}");
+    }
+}
+
+fn supervise() {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755"));
+    if let Err(e) = sys::attach_console() {
+        // Nothing can be printed without a console; keep going regardless.
+        let _ = e;
+    }
+    log!("starting sealroom-agent {} as PID 1", env!("CARGO_PKG_VERSION"));
+    mount("proc", "/proc", hardened, None);
+    mount("sysfs", "/sys", hardened, None);
+    mount("securityfs", "/sys/kernel/security", hardened, None);
+    mount("tmpfs", "/run", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"));
+    mount("tmpfs", "/tmp", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"));
+
+    // Signals are taken synchronously from a signalfd: block them before any thread starts so that
+    // every thread inherits the mask (blocked signals are queued even for PID 1).
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGPWR, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    if let Err(e) = mask.thread_block() {
+        log!("sigprocmask: {e}");
+    }
+    if let Err(e) = sys::route_ctrl_alt_del_to_init() {
+        log!("{e}");
+    }
+
+    load_modules();
+    mount("configfs", "/sys/kernel/config", hardened, None);
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let settings = Settings::parse(&cmdline);
+    for w in &settings.warnings {
+        log!("cmdline: {w}");
+    }
+    power::watch_power_button();
+    net::configure(&settings.net);
+
+    let signals = match SignalFd::new(&mask) {
+        Ok(fd) => fd,
+        Err(e) => {
+            log!("signalfd: {e}; cannot supervise, starting the agent unsupervised");
+            let _ = start_agent();
+            return;
+        }
+    };
+    let mut agent = start_agent();
+    log!("{}", READY_MARKER.trim_start_matches("sealroom-init: "));
+    let mut restarts = 0u32;
+    loop {
+        let signo = next_signal(&signals, None);
+        match signo.and_then(|s| Signal::try_from(s).ok()) {
+            Some(Signal::SIGCHLD) => {
+                if let Some(status) = reap(agent.as_ref().map(Child::id)) {
+                    log!("agent exited: {status}");
+                    agent = match settings.on_agent_exit {
+                        OnAgentExit::Restart if restarts < MAX_RESTARTS => {
+                            restarts += 1;
+                            std::thread::sleep(Duration::from_secs(2));
+                            log!("restarting the agent ({restarts}/{MAX_RESTARTS})");
+                            start_agent()
+                        }
+                        _ => shutdown(&signals, None, "the agent ended"),
+                    };
+                }
+            }
+            Some(s @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGPWR)) => {
+                shutdown(&signals, agent.as_ref().map(Child::id), &format!("{s} received"));
+            }
+            Some(other) => log!("ignoring {other}"),
+            None => {}
+        }
+    }
+}
+
+fn load_modules() {
+    let dir = modules::modules_dir();
+    let deps = match std::fs::read_to_string(dir.join("modules.dep")) {
+        Ok(text) => modules::ModuleDeps::parse(&text),
+        Err(e) => return log!("modules: {}: {e}", dir.join("modules.dep").display()),
+    };
+    let started = Instant::now();
+    let mut loaded = Vec::new();
+    for module in deps.load_order() {
+        let name = Path::new(&module).file_stem().and_then(|s| s.to_str()).unwrap_or("?").to_owned();
+        match sys::load_module(&dir.join(&module)) {
+            Ok(_) => loaded.push(name),
+            // Drivers for absent hardware refuse to load (ENODEV): expected, say so briefly.
+            Err(e) if e.to_string().contains("ENODEV") => log!("modules: {name}: no such device here"),
+            Err(e) => log!("modules: {e}"),
+        }
+    }
+    log!("modules: loaded {} in {} ms", loaded.join(" "), started.elapsed().as_millis());
+}
+
+fn start_agent() -> Option<Child> {
+    let args: Vec<String> = std::fs::read_to_string(AGENT_ARGS)
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    match Command::new("/proc/self/exe").args(&args).env(CHILD_ENV, "1").spawn() {
+        Ok(child) => {
+            log!("agent started (pid {}, args {:?})", child.id(), args);
+            Some(child)
+        }
+        Err(e) => {
+            log!("cannot start the agent: {e}");
+            None
+        }
+    }
+}
+
+/// Waits for the next signal (up to `timeout`); `None` on timeout or error.
+fn next_signal(signals: &SignalFd, timeout: Option<Duration>) -> Option<i32> {
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
+        Some(t) => PollTimeout::try_from(t).unwrap_or(PollTimeout::MAX),
+    };
+    let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+    match nix::poll::poll(&mut fds, timeout) {
+        Ok(0) => None,
+        Ok(_) => match signals.read_signal() {
+            Ok(Some(info)) => i32::try_from(info.ssi_signo).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                log!("signalfd read: {e}");
+                None
+            }
+        },
+        Err(e) => {
+            log!("poll: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        }
+    }
+}
+
+/// Reaps every exited child; returns the agent's status if it was among them.
+fn reap(agent: Option<u32>) -> Option<String> {
+    let mut agent_status = None;
+    loop {
+        match nix::sys::wait::waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return agent_status,
+            Ok(status) => {
+                let pid = status.pid().map(Pid::as_raw);
+                if pid.is_some() && pid.and_then(|p| u32::try_from(p).ok()) == agent {
+                    agent_status = Some(format!("{status:?}"));
+                }
+            }
+        }
+    }
+}
+
+/// Stops the agent (SIGTERM, then SIGKILL for everything after the grace period), flushes and powers
+/// off. Never returns; if the kernel refuses to power off, idles.
+fn shutdown(signals: &SignalFd, agent: Option<u32>, why: &str) -> ! {
+    log!("shutting down: {why}");
+    if let Some(pid) = agent.and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        let mut gone = false;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+            if next_signal(signals, Some(left)) == Some(Signal::SIGCHLD as i32) && reap(agent).is_some() {
+                gone = true;
+                break;
+            }
+        }
+        if !gone {
+            log!("the agent did not stop within {} s; killing it", STOP_GRACE.as_secs());
+        }
+    }
+    // Everything else (workload leftovers): kill and reap.
+    let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+    let _ = reap(None);
+    log!("powering off");
+    let err = sys::power_off();
+    log!("{err}");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// True when this process is the agent child that PID 1 started.
+pub fn is_pid1_child() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
+}
+
+/// The agent child's job in the VM: serve attestation (TCP 0.0.0.0:7443 and vsock) until SIGTERM.
+///
+/// # Errors
+/// When the runtime or the server cannot start.
+pub fn serve_in_vm() -> crate::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Error::Server(format!("tokio runtime: {e}")))?;
+    runtime.block_on(crate::server::run(crate::server::Config::vm_defaults()))
+}
