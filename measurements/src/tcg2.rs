@@ -278,7 +278,7 @@ impl Tcg2Log {
     #[must_use]
     pub fn startup_locality(&self) -> Option<u8> {
         self.events.iter().find_map(|e| match e.details() {
-            EventDetails::StartupLocality(l) if e.index == 0 => Some(l),
+            EventDetails::StartupLocality { locality } if e.index == 0 => Some(locality),
             _ => None,
         })
     }
@@ -479,7 +479,10 @@ fn parse_spec_id(first: &Tcg2Event) -> Result<SpecIdEvent> {
 #[non_exhaustive]
 pub enum EventDetails {
     /// EV_NO_ACTION StartupLocality: the locality PCR 0 starts at.
-    StartupLocality(u8),
+    StartupLocality {
+        /// The locality (0..4).
+        locality: u8,
+    },
     /// Another EV_NO_ACTION event, by its 16-byte signature (e.g. "SP800-155 Event").
     NoAction {
         /// The signature, printable part.
@@ -585,7 +588,7 @@ impl Tcg2Event {
 impl fmt::Display for EventDetails {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::StartupLocality(l) => write!(f, "StartupLocality {l}"),
+            Self::StartupLocality { locality } => write!(f, "StartupLocality {locality}"),
             Self::NoAction { signature } => write!(f, "{signature:?}"),
             Self::Separator { value } => write!(f, "separator {value:#x}"),
             Self::Text { text } => write!(f, "{text:?}"),
@@ -613,7 +616,7 @@ fn details(ty: u32, data: &[u8]) -> std::result::Result<EventDetails, String> {
         t::NO_ACTION => {
             let sig = r.take(16, "no-action signature").map_err(err)?;
             if sig == STARTUP_LOCALITY_SIGNATURE {
-                EventDetails::StartupLocality(r.u8("locality").map_err(err)?)
+                EventDetails::StartupLocality { locality: r.u8("locality").map_err(err)? }
             } else {
                 EventDetails::NoAction { signature: printable(sig) }
             }

@@ -66,8 +66,11 @@ fn replays_to_manifest(name: &str) {
         assert!(!pcrs.is_empty());
         replay.check(*alg, pcrs).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    // Every event is kept and has a name or an explicit unknown marker.
-    assert!(log.events.iter().all(|e| !e.type_name().is_empty()));
+    // Every event is kept, has a name or an explicit unknown marker, and its details serialise (CLI --json).
+    for e in &log.events {
+        assert!(!e.type_name().is_empty());
+        serde_json::to_string(&e.details()).unwrap();
+    }
 }
 
 macro_rules! corpus_log {
@@ -185,4 +188,11 @@ fn typed_events_are_exposed() {
         |e| matches!(e.details(), EventDetails::Variable { ref name, data_len: 0, .. } if name == "SecureBoot")
     ));
     assert_eq!(arch.startup_locality(), None);
+    // glinux-alex starts PCR 0 at locality 3 (its expected PCR 0 only replays with that).
+    let glinux = parse("glinux-alex.bin");
+    assert_eq!(glinux.startup_locality(), Some(3));
+    let (alg, pcrs) = expected("glinux-alex.bin").banks.remove(0);
+    glinux.replay(true).unwrap().check(alg, &pcrs).unwrap();
+    let err = glinux.replay(false).unwrap().check(alg, &pcrs).unwrap_err().to_string();
+    assert!(err.starts_with(&format!("pcr 0 ({}) mismatch", alg.name())), "{err}");
 }

@@ -4,9 +4,12 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod attest_cmd;
 mod audit_cmd;
 mod binding_cmd;
 mod broker_cmd;
+mod eventlog_cmd;
+mod measure_cmd;
 mod verify_cmd;
 
 /// sealroom: verify confidential-VM evidence, run the key broker, reproduce image measurements.
@@ -23,10 +26,16 @@ enum Command {
     Binding(binding_cmd::Args),
     /// Run the key broker, manage its keys, explain its policy decisions.
     Broker(broker_cmd::Args),
+    /// Fetch fresh evidence from a running agent (random nonce) and print the verifier's verdict.
+    Attest(attest_cmd::Args),
     /// Verify a key broker's hash-chained audit log.
     Audit(audit_cmd::Args),
     /// Verify evidence offline (SEV-SNP, GCE vTPM, Azure vTPM, sealroom Evidence) and print the EAR.
     Verify(verify_cmd::Args),
+    /// Predict a UKI's or disk image's boot measurements; check or write a signed golden document.
+    Measure(measure_cmd::Args),
+    /// Print and replay an event log (TPM UEFI, TDX CCEL, sealroom runtime CEL; detected).
+    Eventlog(eventlog_cmd::Args),
 }
 
 fn main() -> Result<()> {
@@ -34,7 +43,10 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Binding(args) => binding_cmd::run(&args),
         Command::Broker(args) => broker_cmd::run(&args),
+        Command::Attest(args) => attest_cmd::run(&args),
         Command::Audit(args) => audit_cmd::run(&args),
         Command::Verify(args) => verify_cmd::run(&args),
+        Command::Measure(args) => measure_cmd::run(&args),
+        Command::Eventlog(args) => eventlog_cmd::run(&args),
     }
 }
