@@ -379,7 +379,8 @@ fn base64_value(c: u8) -> Option<u32> {
 }
 
 fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
-    let body: Vec<u8> = text.iter().copied().filter(|c| !c.is_ascii_whitespace()).collect();
+    // Whitespace (including vertical tab) between base64 characters carries nothing; anything else is refused.
+    let body: Vec<u8> = text.iter().copied().filter(|&c| !c.is_ascii_whitespace() && c != 0x0b).collect();
     if !body.len().is_multiple_of(4) {
         return None;
     }
@@ -933,7 +934,7 @@ impl Crl {
     }
 
     /// Verifies the CRL: issued by `issuer` (name and signature, cRLSign if keyUsage is present) and current at
-    /// `at` (`thisUpdate <= at <= nextUpdate`; a CRL without nextUpdate is refused).
+    /// `at` (`thisUpdate <= at < nextUpdate`; a CRL without nextUpdate is refused).
     ///
     /// # Errors
     /// The failed check, naming the CRL issuer.
@@ -959,7 +960,8 @@ impl Crl {
         }
         match self.next_update {
             None => Err(fail(format!("CRL of '{who}': has no nextUpdate"))),
-            Some(next) if at > next => Err(fail(format!(
+            // A CRL is stale from nextUpdate on (RFC 5280 §5.1.2.5; webpki agrees).
+            Some(next) if at >= next => Err(fail(format!(
                 "CRL of '{who}': expired (nextUpdate {}, time {})",
                 format_time(next),
                 format_time(at)

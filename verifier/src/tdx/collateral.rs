@@ -376,7 +376,8 @@ impl Window {
         self.dates(c.not_before(), c.not_after());
     }
     fn crl(&mut self, c: &Crl) {
-        self.dates(c.this_update(), c.next_update().unwrap_or(UnixTime::MIN));
+        // A CRL is current strictly before its nextUpdate.
+        self.dates(c.this_update(), c.next_update().map_or(UnixTime::MIN, |n| n.saturating_sub(1)));
     }
 }
 

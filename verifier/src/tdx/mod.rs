@@ -273,20 +273,32 @@ fn check_td_attributes(td: &TdReport) -> Result<()> {
 pub fn verify_quote(bytes: &[u8], collateral: &VerifiedCollateral, at: UnixTime) -> Result<VerifiedQuote> {
     collateral.check_time(at).map_err(|e| e.within(LAYER, "collateral"))?;
     let quote = Quote::parse(bytes)?;
-    let chain = pck_chain(&quote)?;
-    let [pck, ca, root] = <[Certificate; 3]>::try_from(chain).map_err(|_| fail("PCK chain length"))?;
-    if root != collateral.root {
+    if quote.certification_data_type != 5 {
         return Err(fail(format!(
-            "PCK chain root '{}' is not the pinned Intel SGX Root CA",
-            root.subject_cn()
+            "PCK certification data type {} not supported (expected 5 = PCK certificate chain)",
+            quote.certification_data_type
         )));
     }
-    let verified_ca = collateral.pck_cas.iter().find(|v| v.ca == ca).ok_or_else(|| {
-        fail(format!(
-            "PCK issuer '{}' is not a CA verified with the collateral (no PCK CRL for it)",
-            ca.subject_cn()
-        ))
-    })?;
+    // Only the leaf is new per quote: the CA and root must be byte-for-byte the ones verified with the
+    // collateral, so they are compared, not parsed again.
+    let blocks =
+        crate::x509::pem_blocks(quote.certification_data).map_err(|e| e.within(LAYER, "PCK chain"))?;
+    let [(l0, pck_der), (l1, ca_der), (l2, root_der)] = blocks.as_slice() else {
+        return Err(fail(format!("PCK chain has {} PEM blocks, expected 3 (PCK, CA, root)", blocks.len())));
+    };
+    if [l0, l1, l2].iter().any(|l| l.as_str() != "CERTIFICATE") {
+        return Err(fail("PCK chain has a PEM block that is not a CERTIFICATE"));
+    }
+    if root_der.as_slice() != collateral.root.der() {
+        return Err(fail("PCK chain root is not the pinned Intel SGX Root CA"));
+    }
+    let verified_ca =
+        collateral.pck_cas.iter().find(|v| v.ca.der() == ca_der.as_slice()).ok_or_else(|| {
+            let name = Certificate::from_der(ca_der)
+                .map_or_else(|_| "unparsable".to_owned(), |c| c.subject_cn().to_owned());
+            fail(format!("PCK issuer '{name}' is not a CA verified with the collateral (no PCK CRL for it)"))
+        })?;
+    let pck = Certificate::from_der(pck_der).map_err(|e| e.within(LAYER, "PCK certificate"))?;
     pck.check_validity(at).map_err(|e| e.within(LAYER, "PCK certificate"))?;
     pck.verify_signed_by(&verified_ca.ca).map_err(|e| e.within(LAYER, "PCK certificate"))?;
     if verified_ca.crl.is_revoked(pck.serial()) {
