@@ -173,11 +173,11 @@ fn serves_challenge_release_and_admin_over_loopback() {
         let nonce = Nonce::from_slice(&ch.nonce).unwrap();
         let req = evidence(nonce, &tee);
         let resp = client.release(req.clone()).await.unwrap().into_inner();
-        // Evidence appraisal is not wired into the broker yet: it fails closed.
+        // The placeholder quote is refused by the real verifier; genuine evidence comes from the agent (e2e test).
         assert!(resp.keys.is_empty());
         assert_eq!(
             resp.refusals[0].reason,
-            "verifier: Tpm evidence appraisal is not wired into the broker yet"
+            "verifier: tpmt_public: type at offset 0x0: needs 2 bytes, 0 left"
         );
         let jwk: serde_json::Value =
             serde_json::from_slice(&std::fs::read(s.state.join("signing-key.jwk.json")).unwrap()).unwrap();
@@ -297,4 +297,53 @@ fn kill_9_during_1000_releases_loses_no_acknowledged_decision() {
         records.len()
     );
     assert!(kills >= 3, "the schedule must actually kill the broker mid-run ({kills} kills)");
+}
+
+#[test]
+fn policy_check_explains_every_rule_per_key() {
+    use sealroom_measurements::cel::RuntimeEvent;
+    use sealroom_verifier::broker::appraisal::{Appraisal, SignedBinding};
+    let dir = tempfile::tempdir().unwrap();
+    let appraisal = Appraisal {
+        platform: Platform::Tpm,
+        tcb_status: None,
+        tcb_levels: std::collections::BTreeMap::new(),
+        debug: false,
+        registers: std::collections::BTreeMap::new(),
+        binding: SignedBinding::TpmExtraData("00".repeat(32)),
+        workload_events: vec![
+            RuntimeEvent::ManifestDigest(
+                "sha256:1111111111111111111111111111111111111111111111111111111111111111".into(),
+            ),
+            RuntimeEvent::Env("DEBUG=1".into()),
+            RuntimeEvent::LaunchSeparator,
+        ],
+    };
+    let a = dir.path().join("appraisal.json");
+    std::fs::write(&a, serde_json::to_vec(&appraisal).unwrap()).unwrap();
+    let strict = dir.path().join("strict.toml");
+    std::fs::write(&strict, POLICY).unwrap();
+    let lenient = dir.path().join("lenient.toml");
+    std::fs::write(&lenient, POLICY.replace("env = []", "env = [\"DEBUG=*\"]")).unwrap();
+    let out = sealroom()
+        .args(["broker", "policy", "check", "--appraisal"])
+        .arg(&a)
+        .arg("--policy")
+        .arg(&lenient)
+        .arg("--policy")
+        .arg(&strict)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    for line in [
+        "lenient: RELEASE",
+        "  allow   policy.platforms: platform tpm",
+        "  skip    policy.tcb_statuses",
+        "  allow   policy.env: 1 environment variables allowed",
+        "strict: REFUSE (policy.env: environment variable \"DEBUG=1\" not allowed)",
+        "  refuse  policy.env: environment variable \"DEBUG=1\" not allowed",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+    }
 }

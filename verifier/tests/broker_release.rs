@@ -1,11 +1,11 @@
 //! Release decisions of the key broker, one test per refusal, each asserting its one-line reason, plus the
 //! happy path (unsealed with the TEE's private key, token verified with the published JWK, audit log verified).
 //!
-//! The evidence verifier is not wired into the broker yet (see `appraisal::VerifierAppraiser`), so these tests
-//! give the broker a `StandInAppraiser` that returns the claims a verifier would have produced for this
-//! evidence: everything after appraisal (nonce, binding, key store, policy, sealing, token, audit) is the real
-//! broker code. Evidence-level refusals (quote signature, AK from another TPM, collateral) belong to the
-//! verifier's own tests and join here once it is wired in.
+//! Most tests give the broker a `StandInAppraiser` returning the claims the verifier would produce, so each
+//! policy, nonce, binding and key-store refusal can be caused precisely; everything after appraisal (nonce,
+//! binding, key store, policy, sealing, token, audit) is the real broker code. The tests named `*_gce_*`,
+//! `*another_tpm*`, `*forged*` and `*expired*` run the real verifier (`VerifierAppraiser`) on genuine GCE vTPM
+//! evidence from `verifier/testdata/tpm`.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::missing_panics_doc)]
 
 use std::collections::BTreeMap;
@@ -14,26 +14,71 @@ use std::sync::{Arc, Mutex};
 
 use sealroom_measurements::binding::{self, Kem, Nonce, TeePublicKey};
 use sealroom_measurements::cel::RuntimeEvent;
-use sealroom_measurements::evidence::{Evidence, Platform, TpmEvidence};
+use sealroom_measurements::evidence::{Evidence, HashAlg, Platform, TpmEvidence};
 use sealroom_proto::keybroker::v1 as pb;
 use sealroom_verifier::broker::appraisal::{Appraisal, Appraiser, SignedBinding, VerifierAppraiser};
 use sealroom_verifier::broker::audit::{self, AuditLog, Decision};
 use sealroom_verifier::broker::keystore::{Kek, KeyStore};
 use sealroom_verifier::broker::nonce::NonceBook;
-use sealroom_verifier::broker::policy::{GoldenDocument, GoldenSet};
+use sealroom_verifier::broker::policy::{GoldenFile, GoldenSet};
 use sealroom_verifier::broker::seal::{self, Sealed};
 use sealroom_verifier::broker::service::{Broker, BrokerParts, Released};
 use sealroom_verifier::broker::token::{self, Signer};
 use sealroom_verifier::broker::{Clock, Randomness};
+use sealroom_verifier::tpm::gce_proto::GceAttestation;
 use sha2::{Digest, Sha256};
 
 const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-const GOLDEN_DOC: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
-const SIGNER: &str = "ed25519:3333333333333333333333333333333333333333333333333333333333333333";
 const PCR11: &str = "4444444444444444444444444444444444444444444444444444444444444444";
 const TTL_MS: u64 = 30_000;
 
+/// A golden document for an image whose PCR 11 is `PCR11`, signed with a fixed-seed Ed25519 key.
+fn golden_document(seed: u8) -> (Vec<u8>, String, String) {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    let doc = sealroom_measurements::golden::GoldenDocument {
+        schema: sealroom_measurements::golden::SCHEMA.into(),
+        image: sealroom_measurements::golden::ImageInfo {
+            id: "sealroom-test".into(),
+            version: "0.1.0".into(),
+            disk_sha256: None,
+        },
+        uki: sealroom_measurements::golden::UkiInfo {
+            file_sha256: "0".repeat(64),
+            authenticode_sha256: "0".repeat(64),
+            authenticode_sha384: "0".repeat(96),
+            sections: vec![],
+        },
+        registers: vec![sealroom_measurements::uki::PredictedRegister {
+            register: "pcr11".into(),
+            alg: "sha256".into(),
+            events: vec![],
+            value: PCR11.into(),
+            complete: true,
+        }],
+        platforms: sealroom_measurements::golden::default_platforms(),
+        packages: BTreeMap::new(),
+    };
+    let bytes = doc.to_json().unwrap();
+    let key = Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap();
+    let sig = hex::encode(key.sign(&bytes).as_ref());
+    (bytes, sig, format!("ed25519:{}", hex::encode(key.public_key().as_ref())))
+}
+
+fn golden_file() -> GoldenFile {
+    let (bytes, sig, _) = golden_document(1);
+    GoldenFile::new(bytes, Some(sig))
+}
+
+fn golden_doc_digest() -> String {
+    golden_file().digest
+}
+
+fn golden_signer() -> String {
+    golden_document(1).2
+}
+
 fn policy() -> String {
+    let (golden_doc, signer) = (golden_doc_digest(), golden_signer());
     format!(
         r#"
 version = 1
@@ -41,7 +86,7 @@ platforms = ["tpm", "tdx"]
 tcb_statuses = ["UpToDate", "SWHardeningNeeded"]
 minimum_tcb = {{ "tdx.tee_tcb_svn.0" = 3 }}
 debug = "forbidden"
-golden = {{ signers = ["{SIGNER}"], documents = ["{GOLDEN_DOC}"] }}
+golden = {{ signers = ["{signer}"], documents = ["{golden_doc}"] }}
 image_digests = ["{IMAGE}"]
 args = ["--in", "/data"]
 env = ["MODE=batch", "THREADS=*"]
@@ -149,14 +194,7 @@ impl Fixture {
             .unwrap();
         let appraiser =
             Arc::new(StandInAppraiser { claims: Mutex::new(good_claims()), binding: Mutex::new(None) });
-        let golden = GoldenSet {
-            accepted: vec![GoldenDocument {
-                digest: GOLDEN_DOC.into(),
-                signer: SIGNER.into(),
-                registers: BTreeMap::from([("pcr11.sha256".to_owned(), PCR11.to_owned())]),
-            }],
-            rejected: BTreeMap::new(),
-        };
+        let golden = GoldenSet { files: vec![golden_file()] };
         let audit_path = dir.path().join("audit.log");
         let (audit, _) = AuditLog::open(&audit_path).unwrap();
         let signer = Signer::load_or_create(&dir.path().join("signing.pk8")).unwrap();
@@ -361,7 +399,10 @@ fn refuses_pcr11_not_golden() {
         &f,
         &r,
         "provider-a/data",
-        &format!("policy.golden: pcr11.sha256 not golden: expected {PCR11}, got {bad} ({GOLDEN_DOC})"),
+        &format!(
+            "policy.golden: pcr11.sha256 not golden: expected {PCR11}, got {bad} ({})",
+            golden_doc_digest()
+        ),
     );
 }
 
@@ -373,7 +414,114 @@ fn refuses_golden_register_missing_from_evidence() {
         &f,
         &r,
         "provider-a/data",
-        &format!("policy.golden: pcr11.sha256 not in the evidence ({GOLDEN_DOC})"),
+        &format!("policy.golden: no register of golden document {} is in the evidence", golden_doc_digest()),
+    );
+}
+
+#[test]
+fn refuses_golden_register_not_quoted() {
+    let f = Fixture::new();
+    // The quote covers other sha256 PCRs but not PCR 11: the golden register cannot be checked.
+    let r = refusal_for(&f, "provider-a/data", |a| {
+        a.registers.remove("pcr11.sha256");
+        a.registers.insert("pcr4.sha256".into(), "7".repeat(64));
+    });
+    assert_refused(
+        &f,
+        &r,
+        "provider-a/data",
+        &format!("policy.golden: pcr11.sha256 not in the evidence ({})", golden_doc_digest()),
+    );
+}
+
+fn with_golden(files: Vec<GoldenFile>) -> Fixture {
+    let f = Fixture::new();
+    let Fixture {
+        _dir,
+        audit_path,
+        clock,
+        rng,
+        appraiser,
+        store,
+        broker,
+        tee_private,
+        tee_public,
+        signer_jwk,
+    } = f;
+    drop(broker);
+    let (audit, _) = AuditLog::open(&audit_path).unwrap();
+    let broker = Broker::new(BrokerParts {
+        clock: clock.clone(),
+        rng: rng.clone(),
+        appraiser: appraiser.clone(),
+        store: store.clone(),
+        golden: GoldenSet { files },
+        signer: Signer::load_or_create(&_dir.path().join("signing.pk8")).unwrap(),
+        nonces: NonceBook::new(TTL_MS, 1000),
+        audit,
+    });
+    Fixture { _dir, audit_path, clock, rng, appraiser, store, broker, tee_private, tee_public, signer_jwk }
+}
+
+#[test]
+fn refuses_unsigned_golden_document() {
+    let (bytes, _, _) = golden_document(1);
+    let f = with_golden(vec![GoldenFile::new(bytes, None)]);
+    let r = f.release(&["provider-a/data"]);
+    assert_refused(
+        &f,
+        &r,
+        "provider-a/data",
+        &format!("policy.golden: golden document {} is unsigned (no .sig file)", golden_doc_digest()),
+    );
+}
+
+#[test]
+fn refuses_golden_document_signed_by_another_key() {
+    // Same document bytes, signed by a key the policy does not accept.
+    let (bytes, _, _) = golden_document(1);
+    let (_, other_sig, _) = {
+        use aws_lc_rs::signature::Ed25519KeyPair;
+        let key = Ed25519KeyPair::from_seed_unchecked(&[2; 32]).unwrap();
+        ((), hex::encode(key.sign(&bytes).as_ref()), ())
+    };
+    let f = with_golden(vec![GoldenFile::new(bytes, Some(other_sig))]);
+    let r = f.release(&["provider-a/data"]);
+    assert_refused(
+        &f,
+        &r,
+        "provider-a/data",
+        &format!(
+            "policy.golden: golden document {} signature does not verify under any accepted signer",
+            golden_doc_digest()
+        ),
+    );
+}
+
+#[test]
+fn refuses_tampered_golden_document() {
+    // The signature is genuine but the document was edited after signing (another PCR 11 value).
+    let (bytes, sig, _) = golden_document(1);
+    let edited = String::from_utf8(bytes).unwrap().replace(PCR11, &"5".repeat(64)).into_bytes();
+    let edited = GoldenFile::new(edited, Some(sig));
+    let digest = edited.digest.clone();
+    let f = with_golden(vec![edited]);
+    // The policy names the original digest, which the broker no longer has.
+    let r = f.release(&["provider-a/data"]);
+    assert_refused(
+        &f,
+        &r,
+        "provider-a/data",
+        &format!("policy.golden: golden document {} not loaded by the broker", golden_doc_digest()),
+    );
+    // And a policy naming the edited document's digest is refused on the signature.
+    f.store.set_policy("provider-a/data", &policy().replace(&golden_doc_digest(), &digest)).unwrap();
+    let r = f.release(&["provider-a/data"]);
+    assert_eq!(
+        r.refusals[0].1.reason,
+        format!(
+            "policy.golden: golden document {digest} signature does not verify under any accepted signer"
+        )
     );
 }
 
@@ -544,31 +692,104 @@ fn refuses_to_store_a_key_whose_policy_misses_a_rule() {
     assert_refused(&f, &r, "provider-c/data", "key store: unknown key id provider-c/data");
 }
 
-#[test]
-fn refuses_evidence_the_verifier_rejects_and_fails_closed_until_it_is_wired() {
-    // The real broker appraiser, today: no evidence is accepted, so nothing is released.
-    let dir = tempfile::tempdir().unwrap();
+/// A broker with the real verifier (`VerifierAppraiser`) and a permissive-but-complete policy, at `now_ms`.
+fn real_verifier_broker(dir: &std::path::Path, now_ms: u64) -> Broker {
     let rng = Arc::new(TestRandomness::default());
-    let store = Arc::new(
-        KeyStore::open(&dir.path().join("k"), Kek::from_bytes(&[9; 32]).unwrap(), rng.as_ref()).unwrap(),
-    );
+    let store =
+        Arc::new(KeyStore::open(&dir.join("k"), Kek::from_bytes(&[9; 32]).unwrap(), rng.as_ref()).unwrap());
     store.add("provider-a/data", "provider-a", &policy(), None, rng.as_ref(), 1).unwrap();
-    let (audit_log, _) = AuditLog::open(&dir.path().join("audit.log")).unwrap();
-    let broker = Broker::new(BrokerParts {
-        clock: Arc::new(TestClock::default()),
+    let (audit_log, _) = AuditLog::open(&dir.join("audit.log")).unwrap();
+    Broker::new(BrokerParts {
+        clock: Arc::new(TestClock(AtomicU64::new(now_ms))),
         rng,
-        appraiser: Arc::new(VerifierAppraiser),
+        appraiser: Arc::new(VerifierAppraiser::default()),
         store,
         golden: GoldenSet::default(),
-        signer: Signer::load_or_create(&dir.path().join("s")).unwrap(),
+        signer: Signer::load_or_create(&dir.join("s")).unwrap(),
         nonces: NonceBook::new(TTL_MS, 10),
         audit: audit_log,
-    });
+    })
+}
+
+fn testdata(path: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/testdata/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// Real GCE vTPM evidence (verifier/testdata/tpm, MANIFEST.md there): its quote's extraData is go-tpm-tools'
+/// nonce 0x9009, not a sealroom binding. AK certificate valid 2021-08-31..2051-08-24.
+fn gce_evidence(nonce: Nonce, tee: &TeePublicKey) -> Evidence {
+    let att = GceAttestation::decode(&testdata("tpm/attestations/gce-cos-85-nonce9009.pb")).unwrap();
+    let quote = att.quotes.iter().find(|q| q.bank.alg == HashAlg::Sha256).unwrap();
+    Evidence {
+        nonce,
+        tee_public_key: tee.clone(),
+        platform: Platform::Tpm,
+        tpm: Some(att.to_tpm_evidence(quote)),
+        tdx: None,
+        sev_snp: None,
+        azure: None,
+        runtime_event_log: vec![],
+    }
+}
+
+const JAN_2024_MS: u64 = 1_704_067_200_000;
+
+fn release_real(now_ms: u64, tweak: impl FnOnce(&mut Evidence)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = real_verifier_broker(dir.path(), now_ms);
     let (nonce, _) = broker.challenge().unwrap();
-    let f = Fixture::new();
-    let r = broker.release(&Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"])).unwrap();
+    let (_, tee) = seal::derive_keypair(Kem::X25519HkdfSha256, b"gce").unwrap();
+    let mut ev = gce_evidence(nonce, &tee);
+    tweak(&mut ev);
+    let r = broker.release(&Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
     assert!(r.keys.is_empty());
-    assert_eq!(r.refusals[0].1.reason, "verifier: Tpm evidence appraisal is not wired into the broker yet");
+    let audited = audit::verify(&std::fs::read(dir.path().join("audit.log")).unwrap()).unwrap();
+    assert_eq!(audited.records, 1);
+    r.refusals[0].1.reason.clone()
+}
+
+#[test]
+fn refuses_genuine_gce_quote_that_does_not_bind_nonce_and_tee_key() {
+    assert_eq!(
+        release_real(JAN_2024_MS, |_| {}),
+        "verifier: binding: TPM quote extraData is 2 bytes, expected 32"
+    );
+}
+
+#[test]
+fn refuses_evidence_from_another_tpm() {
+    // The AK certificate of another GCE vTPM: the chain is genuine but it does not certify this quote's AK.
+    let other = sealroom_verifier::x509::Certificate::chain_from_pem(&testdata(
+        "tpm/gce-ak-ek-certs/pca_tpm_rsa_sign_cert.pem",
+    ))
+    .unwrap()
+    .remove(0);
+    let reason =
+        release_real(JAN_2024_MS, |ev| ev.tpm.as_mut().unwrap().ak_cert_chain[0] = other.der().to_vec());
+    assert_eq!(
+        reason,
+        "verifier: tpm ak certificate: the AK certificate certifies another key than the quote's AK"
+    );
+}
+
+#[test]
+fn refuses_forged_quote_signature() {
+    let reason = release_real(JAN_2024_MS, |ev| {
+        let sig = &mut ev.tpm.as_mut().unwrap().signature;
+        let last = sig.len() - 1;
+        sig[last] ^= 1;
+    });
+    assert_eq!(reason, "verifier: tpm quote: AK signature over TPMS_ATTEST invalid");
+}
+
+#[test]
+fn refuses_evidence_whose_ak_certificate_expired_at_verification_time() {
+    // 2052-01-01: after the AK certificate's notAfter (2051-08-24). Time is the broker's injected clock.
+    assert_eq!(
+        release_real(2_587_680_000_000, |_| {}),
+        "verifier: tpm ak certificate: chain to Google EK/AK root: certificate '': expired (notAfter \
+         2051-08-24T23:16:05Z, time 2052-01-01T00:00:00Z)"
+    );
 }
 
 #[test]

@@ -39,7 +39,48 @@ pub struct Appraisal {
     /// The signed binding field, to be checked against the request's nonce and the TEE key.
     pub binding: SignedBinding,
     /// The runtime (workload) events, replayed against PCR 15 / RTMR3 by the verifier, in log order.
+    #[serde(with = "events_json")]
     pub workload_events: Vec<RuntimeEvent>,
+}
+
+/// JSON form of runtime events: `{"event": "<name>", "content": "<hex of the CEL content TLV>"}`, the exact bytes
+/// the digests cover (the event name is for readers and must agree with the content).
+mod events_json {
+    use sealroom_measurements::cel::RuntimeEvent;
+    use sealroom_measurements::reader::Reader;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Encoded {
+        event: String,
+        content: String,
+    }
+
+    pub fn serialize<S: Serializer>(events: &[RuntimeEvent], s: S) -> Result<S::Ok, S::Error> {
+        events
+            .iter()
+            .map(|e| Encoded { event: e.name().to_owned(), content: hex::encode(e.encode_content()) })
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RuntimeEvent>, D::Error> {
+        use serde::de::Error;
+        Vec::<Encoded>::deserialize(d)?
+            .into_iter()
+            .map(|e| {
+                let bytes = hex::decode(&e.content).map_err(D::Error::custom)?;
+                let mut r = Reader::new(&bytes);
+                let event = RuntimeEvent::decode_content(&mut r).map_err(D::Error::custom)?;
+                r.finish("event").map_err(D::Error::custom)?;
+                if event.name() != e.event {
+                    return Err(D::Error::custom(format!("event {} has {} content", e.event, event.name())));
+                }
+                Ok(event)
+            })
+            .collect()
+    }
 }
 
 /// The evidence verifier, as the broker sees it.
@@ -51,19 +92,120 @@ pub trait Appraiser: Send + Sync + std::fmt::Debug {
     fn appraise(&self, evidence: &Evidence, now_ms: u64) -> Result<Appraisal>;
 }
 
-/// The integration point with the evidence verifier (`crate::tdx`, `crate::snp`, `crate::tpm`, `crate::azure`),
-/// which is not wired yet: until it is, this appraiser refuses all evidence, so the broker fails closed and
-/// releases nothing.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct VerifierAppraiser;
+/// The broker's appraiser: the verifier's layered appraisal ([`crate::appraisal::appraise`]) of sealroom
+/// evidence, reduced to the claims policy needs.
+///
+/// The verifier checks the platform (signatures, certificate chains, TCB), the binding, and replays the event
+/// logs; it runs with every measured layer on `skip`, because each key's own policy judges registers (golden
+/// documents) and the workload. On top of the verifier's verdict this adapter fails closed when the appraisal
+/// does not prove what the broker relies on: a signed binding value, and runtime events replayed to a quoted
+/// PCR 15.
+#[derive(Debug, Default)]
+pub struct VerifierAppraiser {
+    snp_cache: crate::snp::EndorsementCache,
+}
+
+const VERIFIER: &str = "verifier";
+
+fn layer<'a>(sub: &'a crate::ear::Appraisal, name: &str) -> Option<&'a crate::ear::LayerResult> {
+    sub.layers.iter().find(|l| l.layer == name)
+}
+
+/// The signed value carrying the binding, as the verifier read it from the hardware-signed evidence.
+fn signed_binding(sub: &crate::ear::Appraisal) -> Option<SignedBinding> {
+    let claims = [layer(sub, "platform"), layer(sub, "binding")];
+    for c in claims.iter().flatten().map(|l| &l.claims) {
+        if let Some(rd) = c.get("report_data").and_then(serde_json::Value::as_str) {
+            return Some(SignedBinding::ReportData(rd.to_owned()));
+        }
+        if let Some(ed) = c.get("extra_data").and_then(serde_json::Value::as_str) {
+            return Some(SignedBinding::TpmExtraData(ed.to_owned()));
+        }
+    }
+    None
+}
+
+fn snp_tcb(platform: &serde_json::Value, levels: &mut BTreeMap<String, u64>) {
+    if let Some(tcb) = platform.get("reported_tcb").and_then(serde_json::Value::as_object) {
+        for (k, v) in tcb {
+            if let Some(n) = v.as_u64() {
+                levels.insert(format!("snp.{k}"), n);
+            }
+        }
+    }
+}
 
 impl Appraiser for VerifierAppraiser {
-    fn appraise(&self, evidence: &Evidence, _now_ms: u64) -> Result<Appraisal> {
-        // INTEGRATION POINT (issue 6 ↔ verifier): call the verifier's appraisal API here and map its verdict into
-        // `Appraisal`. Until then no evidence is accepted.
-        Err(Error::check(
-            "verifier",
-            format!("{:?} evidence appraisal is not wired into the broker yet", evidence.platform),
-        ))
+    fn appraise(&self, evidence: &Evidence, now_ms: u64) -> Result<Appraisal> {
+        use crate::appraisal::{Context, EvidenceInput, Policy, ReferenceValues, appraise};
+        let policy = Policy {
+            // Debug is a per-key policy rule in the broker, so the verifier reports it rather than refusing.
+            snp: crate::snp::SnpPolicy { allow_debug: true, ..crate::snp::SnpPolicy::default() },
+            references: ReferenceValues::skip_all(),
+            id: "sealroom.keybroker.v1".into(),
+        };
+        let ctx = Context {
+            at: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
+            nonce: Some(evidence.nonce.0.to_vec()),
+            snp_cache: &self.snp_cache,
+        };
+        let ear = appraise(&EvidenceInput::Sealroom(Box::new(evidence.clone())), &policy, &ctx);
+        let failures = ear.failures();
+        if let Some(first) = failures.first() {
+            let more = failures.len().saturating_sub(1);
+            let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+            return Err(Error::check(VERIFIER, format!("{first}{tail}")));
+        }
+        if ear.status() == crate::ear::Status::Contraindicated {
+            return Err(Error::check(VERIFIER, "evidence contraindicated"));
+        }
+        let sub =
+            ear.submods.values().next().ok_or_else(|| Error::check(VERIFIER, "appraisal has no result"))?;
+        if layer(sub, "binding").map(|l| l.outcome) != Some(crate::ear::Outcome::Passed) {
+            return Err(Error::check(VERIFIER, "the binding of nonce and TEE key was not checked"));
+        }
+        let binding = signed_binding(sub)
+            .ok_or_else(|| Error::check(VERIFIER, "appraisal carries no signed binding value"))?;
+        let mut registers = BTreeMap::new();
+        for name in ["firmware", "kernel", "workload"] {
+            if let Some(map) = layer(sub, name).and_then(|l| l.claims.as_object()) {
+                for (k, v) in map {
+                    if let Some(v) = v.as_str() {
+                        registers.insert(k.clone(), v.to_lowercase());
+                    }
+                }
+            }
+        }
+        let platform_claims = layer(sub, "platform").map(|l| l.claims.clone()).unwrap_or_default();
+        let mut tcb_levels = BTreeMap::new();
+        snp_tcb(&platform_claims, &mut tcb_levels);
+        let debug =
+            platform_claims.get("debug_allowed").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        let workload_events = if evidence.runtime_event_log.is_empty() {
+            Vec::new()
+        } else {
+            // The events count only when the verifier replayed them to a PCR 15 the quote covers.
+            let replayed = layer(sub, "runtime log").map(|l| l.outcome) == Some(crate::ear::Outcome::Passed);
+            if !replayed || !registers.keys().any(|r| r.starts_with("pcr15.")) {
+                return Err(Error::check(VERIFIER, "runtime log is not bound to a quoted PCR 15"));
+            }
+            let records = sealroom_measurements::cel::CelLog::decode(&evidence.runtime_event_log)?;
+            if let Some(r) = records.iter().find(|r| r.pcr != sealroom_measurements::cel::RUNTIME_PCR) {
+                return Err(Error::check(
+                    VERIFIER,
+                    format!("runtime log record {} extends PCR {}", r.recnum, r.pcr),
+                ));
+            }
+            records.into_iter().map(|r| r.event).collect()
+        };
+        Ok(Appraisal {
+            platform: evidence.platform,
+            tcb_status: None,
+            tcb_levels,
+            debug,
+            registers,
+            binding,
+            workload_events,
+        })
     }
 }

@@ -22,6 +22,8 @@ use std::collections::BTreeMap;
 use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::Platform;
 
+use sha2::Digest;
+
 use super::appraisal::Appraisal;
 use crate::error::{Error, Result};
 
@@ -189,24 +191,94 @@ impl Policy {
     }
 }
 
-/// A golden measurement document whose signature has been verified, reduced to what policy compares.
+/// A golden measurement document as the broker was given it: the exact bytes and, when present, the detached
+/// Ed25519 signature (`golden.json.sig`, hex). Signatures are checked per key, against that key's accepted signers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GoldenDocument {
-    /// `sha256:<hex>` of the document file.
+pub struct GoldenFile {
+    /// `sha256:<hex>` of `bytes`.
     pub digest: String,
-    /// `ed25519:<hex>` of the key whose signature verified.
-    pub signer: String,
-    /// Expected register values (names as in [`Appraisal::registers`]), lower-case hex.
-    pub registers: BTreeMap<String, String>,
+    /// The document.
+    pub bytes: Vec<u8>,
+    /// The signature file's contents, if there was one.
+    pub signature_hex: Option<String>,
 }
 
-/// The golden documents the broker was given: those whose signature verified, and those refused, with why.
+/// The golden documents the broker was given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GoldenSet {
-    /// Verified documents.
-    pub accepted: Vec<GoldenDocument>,
-    /// `sha256:<hex>` → why the document was not accepted (unsigned, bad signature, malformed).
-    pub rejected: BTreeMap<String, String>,
+    /// Every document, by digest.
+    pub files: Vec<GoldenFile>,
+}
+
+impl GoldenSet {
+    /// Loads every `*.json` in `dir` with its `*.json.sig` (a document without one is kept, and refused as
+    /// unsigned by any policy that names it).
+    ///
+    /// # Errors
+    /// When the directory cannot be read.
+    pub fn load_dir(dir: &std::path::Path) -> Result<Self> {
+        let io = |e: std::io::Error| Error::check("golden", format!("{}: {e}", dir.display()));
+        let mut files = Vec::new();
+        let mut entries: Vec<_> =
+            std::fs::read_dir(dir).map_err(io)?.collect::<std::io::Result<_>>().map_err(io)?;
+        entries.sort_by_key(std::fs::DirEntry::path);
+        for entry in entries {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(io)?;
+            let mut sig_path = path.clone().into_os_string();
+            sig_path.push(".sig");
+            let signature_hex = std::fs::read_to_string(&sig_path).ok();
+            files.push(GoldenFile::new(bytes, signature_hex));
+        }
+        Ok(Self { files })
+    }
+}
+
+impl GoldenFile {
+    /// A document with its optional signature.
+    #[must_use]
+    pub fn new(bytes: Vec<u8>, signature_hex: Option<String>) -> Self {
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+        Self { digest, bytes, signature_hex }
+    }
+
+    /// Verifies the signature under one of `signers` (`ed25519:<hex>`) and returns the expected registers
+    /// (names as in [`Appraisal::registers`]; only registers the document marks complete).
+    fn verified_registers(
+        &self,
+        signers: &[String],
+    ) -> std::result::Result<BTreeMap<String, String>, String> {
+        let sig = self.signature_hex.as_deref().ok_or("is unsigned (no .sig file)")?;
+        let doc = signers
+            .iter()
+            .filter_map(|s| s.strip_prefix("ed25519:"))
+            .find_map(|key| sealroom_measurements::golden::verify(&self.bytes, sig, key).ok())
+            .ok_or("signature does not verify under any accepted signer")?;
+        Ok(doc
+            .registers
+            .iter()
+            .filter(|r| r.complete)
+            .map(|r| {
+                let name = if r.register.starts_with("pcr") {
+                    format!("{}.{}", r.register, r.alg)
+                } else {
+                    r.register.clone()
+                };
+                (name, r.value.to_lowercase())
+            })
+            .collect())
+    }
+}
+
+/// The register family a name belongs to: "pcr.sha256" for "pcr11.sha256", "rtmr" for "rtmr2", "mrtd".
+fn family(register: &str) -> String {
+    match register.split_once('.') {
+        Some((base, alg)) if base.starts_with("pcr") => format!("pcr.{alg}"),
+        _ => register.trim_end_matches(|c: char| c.is_ascii_digit()).to_owned(),
+    }
 }
 
 /// The outcome of one rule.
@@ -405,24 +477,46 @@ impl Policy {
 
     fn evaluate_golden(&self, a: &Appraisal, golden: &GoldenSet) -> Outcome {
         let Rule::Require(rule) = &self.golden else { return Outcome::Skipped };
+        let families: std::collections::BTreeSet<String> = a.registers.keys().map(|r| family(r)).collect();
         let mut first_problem = None;
         for name in &rule.documents {
-            let problem = if let Some(why) = golden.rejected.get(name) {
-                format!("golden document {name} rejected: {why}")
-            } else if let Some(doc) = golden.accepted.iter().find(|d| &d.digest == name) {
-                if rule.signers.contains(&doc.signer) {
-                    match doc.registers.iter().find(|(r, v)| a.registers.get(*r) != Some(*v)) {
-                        None => return Outcome::Pass(format!("registers match golden document {name}")),
-                        Some((r, want)) => match a.registers.get(r) {
-                            Some(got) => format!("{r} not golden: expected {want}, got {got} ({name})"),
-                            None => format!("{r} not in the evidence ({name})"),
-                        },
+            let problem = match golden.files.iter().find(|d| &d.digest == name) {
+                None => format!("golden document {name} not loaded by the broker"),
+                Some(file) => match file.verified_registers(&rule.signers) {
+                    Err(why) => format!("golden document {name} {why}"),
+                    Ok(expected) => {
+                        let mut compared = 0usize;
+                        let mut mismatch = None;
+                        for (reg, want) in &expected {
+                            match a.registers.get(reg) {
+                                Some(got) if got == want => compared += 1,
+                                Some(got) => {
+                                    mismatch = Some(format!(
+                                        "{reg} not golden: expected {want}, got {got} ({name})"
+                                    ));
+                                    break;
+                                }
+                                // A register of a family the evidence has but not this one (not quoted): refuse.
+                                None if families.contains(&family(reg)) => {
+                                    mismatch = Some(format!("{reg} not in the evidence ({name})"));
+                                    break;
+                                }
+                                None => {}
+                            }
+                        }
+                        match mismatch {
+                            Some(m) => m,
+                            None if compared == 0 => {
+                                format!("no register of golden document {name} is in the evidence")
+                            }
+                            None => {
+                                return Outcome::Pass(format!(
+                                    "{compared} registers match golden document {name}"
+                                ));
+                            }
+                        }
                     }
-                } else {
-                    format!("golden document {name} signed by {}, not an accepted signer", doc.signer)
-                }
-            } else {
-                format!("golden document {name} not loaded by the broker")
+                },
             };
             first_problem.get_or_insert(problem);
         }

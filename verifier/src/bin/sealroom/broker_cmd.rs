@@ -74,6 +74,9 @@ struct ServeArgs {
     /// File holding an admin token every admin request must carry (besides the socket's uid check).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
+    /// Directory of golden measurement documents (`*.json` with `*.json.sig`) that key policies may name.
+    #[arg(long)]
+    golden: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -171,6 +174,9 @@ enum PolicyOp {
         /// Verification time, Unix milliseconds (collateral validity); required with --evidence.
         #[arg(long)]
         time_ms: Option<u64>,
+        /// Directory of golden measurement documents (`*.json` with `*.json.sig`).
+        #[arg(long)]
+        golden: Option<PathBuf>,
     },
 }
 
@@ -179,8 +185,11 @@ pub fn run(args: &Args) -> Result<()> {
         BrokerCommand::Serve(s) => serve(s),
         BrokerCommand::Keys(k) => keys(k),
         BrokerCommand::Policy(PolicyArgs {
-            op: PolicyOp::Check { policy, evidence, appraisal, time_ms },
-        }) => policy_check(policy, evidence.as_deref(), appraisal.as_deref(), *time_ms),
+            op: PolicyOp::Check { policy, evidence, appraisal, time_ms, golden },
+        }) => {
+            let golden = golden.as_deref().map(GoldenSet::load_dir).transpose()?.unwrap_or_default();
+            policy_check(policy, evidence.as_deref(), appraisal.as_deref(), *time_ms, &golden)
+        }
     }
 }
 
@@ -214,13 +223,12 @@ fn serve(a: &ServeArgs) -> Result<()> {
     let broker = Arc::new(Broker::new(BrokerParts {
         clock: Arc::clone(&clock),
         rng: Arc::clone(&rng),
-        // INTEGRATION POINT (issue 6 ↔ verifier): VerifierAppraiser refuses all evidence until the verifier's
-        // appraisal API is wired into it.
-        appraiser: Arc::new(VerifierAppraiser),
+        appraiser: Arc::new(VerifierAppraiser::default()),
         store: Arc::clone(&store),
-        // INTEGRATION POINT (issue 6 ↔ measurements): signed golden documents are loaded here once the
-        // measurements crate provides them; until then a policy that names golden documents refuses.
-        golden: GoldenSet::default(),
+        golden: match &a.golden {
+            Some(dir) => GoldenSet::load_dir(dir)?,
+            None => GoldenSet::default(),
+        },
         signer,
         nonces: NonceBook::new(a.nonce_ttl.saturating_mul(1000), 100_000),
         audit,
@@ -325,6 +333,7 @@ fn policy_check(
     evidence: Option<&Path>,
     appraisal: Option<&Path>,
     time_ms: Option<u64>,
+    golden: &GoldenSet,
 ) -> Result<()> {
     let appraisal: Appraisal = match (evidence, appraisal) {
         (_, Some(path)) => serde_json::from_slice(&std::fs::read(path)?)
@@ -332,18 +341,19 @@ fn policy_check(
         (Some(path), None) => {
             let time = time_ms.context("--time-ms is required with --evidence (verification time)")?;
             let ev = Evidence::decode(&std::fs::read(path)?)?;
-            VerifierAppraiser.appraise(&ev, time).map_err(|e| anyhow::anyhow!("evidence refused: {e}"))?
+            VerifierAppraiser::default()
+                .appraise(&ev, time)
+                .map_err(|e| anyhow::anyhow!("evidence refused: {e}"))?
         }
         (None, None) => bail!("give --evidence or --appraisal"),
     };
-    let golden = GoldenSet::default();
     let mut all_allowed = true;
     for path in policies {
         let name =
             path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
         let policy =
             Policy::parse(&std::fs::read_to_string(path)?).with_context(|| path.display().to_string())?;
-        let verdict = policy.evaluate(&appraisal, &golden);
+        let verdict = policy.evaluate(&appraisal, golden);
         match verdict.refusal() {
             None => println!("{name}: RELEASE"),
             Some((_, reason)) => {
