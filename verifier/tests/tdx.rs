@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use sealroom_verifier::tdx::{
-    Collateral, PckExtension, TcbInfo, TcbStatus, VerifiedCollateral, VerifiedQuote, verify_quote,
-    verify_quote_signatures,
+    Collateral, PckExtension, QeIdentity, TcbInfo, TcbStatus, VerifiedCollateral, VerifiedQuote,
+    verify_quote, verify_quote_signatures,
 };
 use sealroom_verifier::x509::{Certificate, SignatureAlgorithm, parse_time};
 
@@ -438,4 +438,97 @@ fn pck_extension_of_the_v4_quote() {
     assert_eq!(hex::encode(ext.fmspc), "b0c06f000000");
     assert_eq!(ext.pce_id, [0, 0]);
     assert_eq!(s.pck.subject_cn(), "Intel SGX PCK Certificate");
+}
+
+// ----- negatives listed for the go-tdx-guest QE identity and TCB info (TestNegativeVerifyUsing*V4) --------------
+
+fn spr_e4() -> (Vec<u8>, i64) {
+    (read("go-tdx-guest/tdx_prod_quote_SPR_E4.dat"), t(GO_TDX_AT))
+}
+
+fn qe_identity_with(edit: impl Fn(&mut serde_json::Value)) -> Result<TcbStatus, String> {
+    let raw = String::from_utf8(read("go-tdx-guest/qe_identity_td_qe.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(signed_object(&raw, "enclaveIdentity")).unwrap();
+    edit(&mut v);
+    let id = QeIdentity::from_json(&v.to_string()).unwrap();
+    let (quote, at) = spr_e4();
+    let s = verify_quote_signatures(&quote, at).unwrap();
+    id.evaluate(&s.quote.qe_report).map(|l| l.status).map_err(|e| e.to_string())
+}
+
+#[test]
+fn qe_identity_v4_unmodified_is_up_to_date() {
+    assert_eq!(qe_identity_with(|_| {}), Ok(TcbStatus::UpToDate));
+}
+
+#[test]
+fn negative_qe_identity_miscselect() {
+    let e = qe_identity_with(|v| v["miscselect"] = "01000000".into()).unwrap_err();
+    assert!(e.contains("QE MISCSELECT mismatch"), "{e}");
+}
+
+#[test]
+fn negative_qe_identity_attributes() {
+    let e = qe_identity_with(|v| v["attributes"] = "01000000000000000000000000000000".into()).unwrap_err();
+    assert!(e.contains("QE ATTRIBUTES mismatch"), "{e}");
+}
+
+#[test]
+fn negative_qe_identity_mrsigner() {
+    let e = qe_identity_with(|v| v["mrsigner"] = "00".repeat(32).into()).unwrap_err();
+    assert!(e.contains("QE MRSIGNER mismatch"), "{e}");
+}
+
+#[test]
+fn negative_qe_identity_isvprodid() {
+    let e = qe_identity_with(|v| v["isvprodid"] = 3.into()).unwrap_err();
+    assert!(e.contains("QE ISVPRODID mismatch: expected 3, got 2"), "{e}");
+}
+
+fn tcb_info_with(edit: impl Fn(&mut serde_json::Value)) -> String {
+    let raw = String::from_utf8(read("go-tdx-guest/tcbinfo_v4_fmspc_50806f000000.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(signed_object(&raw, "tcbInfo")).unwrap();
+    edit(&mut v);
+    let info = TcbInfo::from_json(&v.to_string()).unwrap();
+    let (quote, at) = spr_e4();
+    let s = verify_quote_signatures(&quote, at).unwrap();
+    info.evaluate(&s.pck_extension, s.quote.td_report()).unwrap_err().to_string()
+}
+
+#[test]
+fn tcb_info_v4_unmodified_matches_no_level() {
+    assert!(tcb_info_with(|_| {}).contains("no matching TCB level"));
+}
+
+#[test]
+fn negative_tcb_info_expired_in_2053() {
+    let e = go_tdx_collateral().verify(t("2053-07-01T01:00:00Z")).unwrap_err().to_string();
+    assert!(e.contains("expired"), "{e}");
+    // Certificates still valid; the CRLs and JSON documents are past their nextUpdate.
+    let e = go_tdx_collateral().verify(t("2023-07-18T08:43:00Z")).unwrap_err().to_string();
+    assert!(e.contains("expired"), "{e}");
+}
+
+#[test]
+fn negative_tcb_info_fmspc() {
+    let e = tcb_info_with(|v| v["fmspc"] = "50806f000001".into());
+    assert!(e.contains("TCB info FMSPC 50806f000001 does not match PCK FMSPC 50806f000000"), "{e}");
+}
+
+#[test]
+fn negative_tcb_info_pceid() {
+    let e = tcb_info_with(|v| v["pceId"] = "0100".into());
+    assert!(e.contains("TCB info PCE-ID 0100 does not match PCK PCE-ID 0000"), "{e}");
+}
+
+#[test]
+fn negative_tcb_info_mrsignerseam() {
+    let e = tcb_info_with(|v| v["tdxModule"]["mrsigner"] = "01".repeat(48).into());
+    assert!(e.contains("TDX module MRSIGNERSEAM mismatch"), "{e}");
+}
+
+#[test]
+fn negative_tcb_info_seam_attributes() {
+    let e = tcb_info_with(|v| v["tdxModule"]["attributes"] = "0100000000000000".into());
+    assert!(e.contains("TDX module SEAMATTRIBUTES mismatch"), "{e}");
 }

@@ -411,3 +411,110 @@ pub fn verify_tdx_quote(
         VerifiedQuote::Sgx(_) => Err(fail("not a TDX quote (SGX enclave quote)")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Checks that cannot be reached by mutating signed evidence (the signature check fires first): PCK
+    //! revocation, TCB statuses, TD attributes. The collateral is the real one, altered after verification.
+    use super::*;
+    use crate::x509::parse_time;
+
+    const QUOTE: &[u8] = include_bytes!("../../testdata/tdx/dcap-qvl/tdx_quote");
+    const COLLATERAL: &[u8] = include_bytes!("../../testdata/tdx/dcap-qvl/tdx_quote_collateral.json");
+
+    fn at() -> UnixTime {
+        parse_time("2025-07-19T10:00:34Z").unwrap()
+    }
+
+    fn verified() -> VerifiedCollateral {
+        let mut c = Collateral::default();
+        c.add_bytes(COLLATERAL, "test").unwrap();
+        c.verify(at()).unwrap()
+    }
+
+    fn err(c: &VerifiedCollateral) -> String {
+        verify_quote(QUOTE, c, at()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn revoked_pck_is_refused_with_its_serial() {
+        let mut c = verified();
+        let pck = verify_quote_signatures(QUOTE, at()).unwrap().pck;
+        let crl = c.pck_cas[0].crl.clone();
+        c.pck_cas[0].crl = crl.with_revoked_serial(pck.serial());
+        assert_eq!(err(&c), format!("tdx: PCK certificate revoked (serial {})", hex::encode(pck.serial())));
+    }
+
+    #[test]
+    fn revoked_platform_tcb_level_is_refused() {
+        let mut c = verified();
+        for l in &mut c.tcb_infos[0].levels {
+            l.status = TcbStatus::Revoked;
+        }
+        assert!(err(&c).starts_with("tdx: TCB status Revoked (platform Revoked, QE UpToDate"));
+    }
+
+    #[test]
+    fn revoked_qe_level_is_refused() {
+        let mut c = verified();
+        c.qe_identities[0].levels[0].status = TcbStatus::Revoked;
+        assert!(err(&c).starts_with("tdx: TCB status Revoked (platform UpToDate, QE Revoked"));
+    }
+
+    #[test]
+    fn out_of_date_platform_is_reported_not_refused() {
+        let mut c = verified();
+        for l in &mut c.tcb_infos[0].levels {
+            l.status = TcbStatus::OutOfDate;
+            l.advisory_ids = vec!["INTEL-SA-00999".into()];
+        }
+        let VerifiedQuote::Tdx(q) = verify_quote(QUOTE, &c, at()).unwrap() else { panic!() };
+        assert_eq!(q.tcb_status, TcbStatus::OutOfDate);
+        assert_eq!(q.advisory_ids, ["INTEL-SA-00999"]);
+    }
+
+    #[test]
+    fn out_of_date_qe_converges_configuration_needed() {
+        let mut c = verified();
+        for l in &mut c.tcb_infos[0].levels {
+            l.status = TcbStatus::ConfigurationNeeded;
+        }
+        c.qe_identities[0].levels[0].status = TcbStatus::OutOfDate;
+        let VerifiedQuote::Tdx(q) = verify_quote(QUOTE, &c, at()).unwrap() else { panic!() };
+        assert_eq!(q.tcb_status, TcbStatus::OutOfDateConfigurationNeeded);
+        assert_eq!(q.qe_tcb_status, TcbStatus::OutOfDate);
+    }
+
+    #[test]
+    fn qe_isvsvn_below_every_level_is_refused() {
+        let mut c = verified();
+        c.qe_identities[0].levels[0].isv_svn = 99;
+        assert!(err(&c).contains("QE ISVSVN 6 is below the minimum 99"), "{}", err(&c));
+    }
+
+    #[test]
+    fn td_attribute_checks() {
+        let quote = Quote::parse(QUOTE).unwrap();
+        let td = quote.td_report().unwrap().clone();
+        check_td_attributes(&td).unwrap();
+        let with = |f: &dyn Fn(&mut TdReport)| {
+            let mut t = td.clone();
+            f(&mut t);
+            check_td_attributes(&t).unwrap_err().to_string()
+        };
+        assert!(with(&|t| t.td_attributes[0] |= 0x01).contains("TD is in debug mode"));
+        assert!(with(&|t| t.td_attributes[0] |= 0x10).contains("under debug/profiling"));
+        assert!(with(&|t| t.td_attributes[3] &= !0x10).contains("does not set SEPT_VE_DISABLE"));
+        assert!(with(&|t| t.td_attributes[3] |= 0x20).contains("TD is migratable"));
+        assert!(with(&|t| t.td_attributes[2] |= 0x02).contains("SERVTD_EXT"));
+        assert!(with(&|t| t.td_attributes[5] |= 0x01).contains("reserved bits"));
+        assert!(with(&|t| t.mr_service_td = Some([1; 48])).contains("MRSERVICETD"));
+    }
+
+    #[test]
+    fn missing_tcb_info_for_the_fmspc_is_refused() {
+        let mut c = verified();
+        c.tcb_infos[0].fmspc = [0; 6];
+        assert!(err(&c).contains("collateral has no TDX TCB info for FMSPC b0c06f000000"));
+    }
+}

@@ -557,8 +557,8 @@ impl TcbInfo {
                 if self.id != "TDX" {
                     return Err(fail(format!("TDX quote with a {} TCB info", self.id)));
                 }
-                let launch = self.evaluate_tdx(pck, &td.tee_tcb_svn)?;
                 self.check_module_identity(td)?;
+                let launch = self.evaluate_tdx(pck, &td.tee_tcb_svn)?;
                 let current = td.tee_tcb_svn2.map(|svn2| self.evaluate_tdx(pck, &svn2)).transpose()?;
                 Ok((launch, current))
             }
