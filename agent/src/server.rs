@@ -66,7 +66,12 @@ impl Running {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task.await.map_err(|e| Error::Server(format!("server task: {e}")))?
+        let served = self.task.await.map_err(|e| Error::Server(format!("server task: {e}")))?;
+        // Let the worker flush its TPM handles before the caller tears the TPM down.
+        if !self.handle.shutdown(Duration::from_secs(5)).await {
+            eprintln!("sealroom-agent: attestation worker still busy after 5 s; leaving it");
+        }
+        served
     }
 
     /// Waits until serving ends (it does not, unless a listener fails).
@@ -100,11 +105,16 @@ pub async fn start(config: Config) -> Result<Running> {
         None => None,
     };
     let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+    // A guest without a vsock transport (no virtio-vsock device) still serves on TCP: say so and go on.
     let vsock = match config.vsock {
-        Some((cid, port)) => Some(
-            tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(cid, port))
-                .map_err(|e| Error::Server(format!("bind vsock {cid}:{port}: {e}")))?,
-        ),
+        Some((cid, port)) => match tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(cid, port)) {
+            Ok(l) => Some(l),
+            Err(e) if config.tcp.is_some() => {
+                eprintln!("sealroom-agent: vsock {cid}:{port} unavailable ({e}); serving on tcp only");
+                None
+            }
+            Err(e) => return Err(Error::Server(format!("bind vsock {cid}:{port}: {e}"))),
+        },
         None => None,
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
@@ -112,13 +122,21 @@ pub async fn start(config: Config) -> Result<Running> {
     let task = tokio::spawn(async move {
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<AttestationServer<AttestationService>>().await;
+        // Reflection v1 (grpcurl, tonic) and v1alpha (grpcio-reflection's Python client, older grpcurl).
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(sealroom_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
+            .map_err(|e| Error::Server(format!("reflection: {e}")))?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sealroom_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
             .map_err(|e| Error::Server(format!("reflection: {e}")))?;
         let router = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
+            .add_service(reflection_alpha)
             .add_service(AttestationServer::new(svc).max_decoding_message_size(MAX_REQUEST_BYTES));
         let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut serving = tokio::task::JoinSet::new();

@@ -67,6 +67,7 @@ pub struct AttestationHandle {
     key: Arc<TeeKey>,
     info: Arc<PlatformInfo>,
     runtime_log: Arc<RwLock<(Vec<u8>, LogState)>>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -179,7 +180,7 @@ impl AttestationHandle {
         let (init_tx, init_rx) = std::sync::mpsc::sync_channel(1);
         let cfg2 = cfg.clone();
         let key2 = Arc::clone(&key);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("sealroom-attest".into())
             .spawn(move || {
                 let init = (|| {
@@ -228,7 +229,18 @@ impl AttestationHandle {
             key,
             info: Arc::new(info),
             runtime_log,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
         })
+    }
+
+    /// Drops this handle and waits (up to `limit`) for the worker to exit and release the TPM (flushing the
+    /// AK). The worker exits once every clone of the handle is gone; returns whether it did in time.
+    pub async fn shutdown(self, limit: Duration) -> bool {
+        let thread = self.thread.lock().ok().and_then(|mut g| g.take());
+        drop(self);
+        let Some(thread) = thread else { return true };
+        let join = tokio::task::spawn_blocking(move || thread.join());
+        matches!(tokio::time::timeout(limit, join).await, Ok(Ok(Ok(()))))
     }
 
     /// What was probed.
@@ -259,6 +271,8 @@ impl AttestationHandle {
     async fn wait<T>(&self, deadline: Instant, rx: oneshot::Receiver<Result<T>>) -> Result<T> {
         match tokio::time::timeout_at(deadline, rx).await {
             Err(_) => Err(Error::Timeout(self.timeout)),
+            // The worker drops a request it finds past its deadline without answering it.
+            Ok(Err(_)) if Instant::now() >= deadline => Err(Error::Timeout(self.timeout)),
             Ok(Err(_)) => Err(Error::WorkerGone),
             Ok(Ok(r)) => r,
         }

@@ -200,3 +200,86 @@ fn a_power_cut_between_extend_and_append_is_reported_as_diverged() {
     assert!(why.contains("pcr 15"), "{why}");
     std::fs::remove_dir_all(&log_dir).unwrap();
 }
+
+/// Provisions NV like GCE does: the ECC AK template at 0x01c10003 and its certificate at 0x01c10002 (zero-padded,
+/// as the index is larger than the DER).
+fn provision_gce_nv(tcti: &str, template: &[u8], cert: &[u8]) {
+    use std::str::FromStr;
+    use tss_esapi::attributes::NvIndexAttributesBuilder;
+    use tss_esapi::handles::NvIndexTpmHandle;
+    use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+    use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
+    use tss_esapi::structures::{MaxNvBuffer, NvPublicBuilder};
+    let mut ctx =
+        tss_esapi::Context::new(tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti).unwrap()).unwrap();
+    for (index, data) in
+        [(0x01c1_0003u32, template.to_vec()), (0x01c1_0002, [cert, &[0u8; 300][..]].concat())]
+    {
+        let attrs = NvIndexAttributesBuilder::new()
+            .with_owner_write(true)
+            .with_owner_read(true)
+            .with_auth_read(true)
+            .with_no_da(true)
+            .build()
+            .unwrap();
+        let public = NvPublicBuilder::new()
+            .with_nv_index(NvIndexTpmHandle::new(index).unwrap())
+            .with_index_name_algorithm(HashingAlgorithm::Sha256)
+            .with_index_attributes(attrs)
+            .with_data_area_size(data.len())
+            .build()
+            .unwrap();
+        let nv =
+            ctx.execute_with_nullauth_session(|c| c.nv_define_space(Provision::Owner, None, public)).unwrap();
+        for (i, chunk) in data.chunks(512).enumerate() {
+            let buf = MaxNvBuffer::try_from(chunk.to_vec()).unwrap();
+            let offset = u16::try_from(i * 512).unwrap();
+            ctx.execute_with_nullauth_session(|c| c.nv_write(NvAuth::Owner, nv, buf, offset)).unwrap();
+        }
+        let mut obj = nv.into();
+        ctx.tr_close(&mut obj).unwrap();
+    }
+}
+
+/// An ECC P-256 restricted signing key template, made by the TPM itself (the public area of an AK).
+fn ak_template(tcti: &str) -> Vec<u8> {
+    use std::str::FromStr;
+    use tss_esapi::abstraction::{ak, ek};
+    use tss_esapi::interface_types::algorithm::{
+        AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
+    };
+    use tss_esapi::traits::Marshall;
+    let mut ctx =
+        tss_esapi::Context::new(tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti).unwrap()).unwrap();
+    let ekh = ek::create_ek_object(&mut ctx, AsymmetricAlgorithm::Ecc, None).unwrap();
+    let k =
+        ak::create_ak(&mut ctx, ekh, HashingAlgorithm::Sha256, SignatureSchemeAlgorithm::EcDsa, None, None)
+            .unwrap();
+    ctx.flush_context(ekh.into()).unwrap();
+    k.out_public.marshall().unwrap()
+}
+
+#[test]
+fn the_gce_ak_from_nv_is_used_with_its_certificate() {
+    let tpm = Swtpm::start().unwrap();
+    let cert = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tpm/uca_tpm_ecc_sign_cert.der"),
+    )
+    .unwrap();
+    provision_gce_nv(&tpm.tcti(), &ak_template(&tpm.tcti()), &cert);
+    let mut att = TpmAttester::open(&tpm.tcti(), &empty_root()).unwrap();
+    assert_eq!(att.ak_source(), AkSource::GceEcc);
+    let key = TeeKey::generate().unwrap();
+    let nonce = Nonce([3; 32]);
+    let ev = quote(&mut att, &nonce, &key);
+    // The NV padding is cut: the chain holds exactly the DER certificate.
+    assert_eq!(ev.ak_cert_chain, vec![cert]);
+    let ak = Public::parse(&ev.ak_public).unwrap();
+    assert!(ak.is_attestation_key());
+    verify(&ev, &ev.ak_public, &nonce, &key).unwrap();
+    // The AK is a primary derived from the template: reopening gives the same key.
+    let first = ev.ak_public.clone();
+    drop(att);
+    let att = TpmAttester::open(&tpm.tcti(), &empty_root()).unwrap();
+    assert_eq!(att.ak_public(), first.as_slice());
+}

@@ -362,6 +362,15 @@ fn selection_of(banks: &[(HashAlg, Vec<u32>)]) -> Result<PcrSelectionList> {
 /// `tr_from_tpm_public` runs without any session set (it can crash tpm2-tss 3.2.1 with a password session).
 fn read_nv(ctx: &mut Context, index: u32) -> Result<Option<Vec<u8>>> {
     let handle = NvIndexTpmHandle::new(index).map_err(tss("nv index"))?;
+    // Ask first, so an absent index (every non-GCE TPM) is not an error logged by tpm2-tss.
+    let (data, _) = ctx
+        .execute_without_session(|c| c.get_capability(CapabilityType::Handles, index, 1))
+        .map_err(tss("get capability handles"))?;
+    let defined = matches!(&data, CapabilityData::Handles(list)
+        if list.contains(&TpmHandle::NvIndex(handle)));
+    if !defined {
+        return Ok(None);
+    }
     let mut obj: ObjectHandle =
         match ctx.execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(handle))) {
             Ok(h) => h,
