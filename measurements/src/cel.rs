@@ -181,10 +181,12 @@ impl RuntimeEvent {
     /// The encoded content TLV (what the digests cover).
     #[must_use]
     pub fn encode_content(&self) -> Vec<u8> {
-        let mut inner = Vec::new();
-        put_tlv(&mut inner, self.type_byte(), &self.encode_value());
-        let mut out = Vec::new();
-        put_tlv(&mut out, TYPE_SEALROOM_EVENT, &inner);
+        let value = self.encode_value();
+        let inner_len = u32::try_from(value.len().saturating_add(5)).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(value.len() + 10);
+        out.push(TYPE_SEALROOM_EVENT);
+        out.extend_from_slice(&inner_len.to_be_bytes());
+        put_tlv(&mut out, self.type_byte(), &value);
         out
     }
 

@@ -186,8 +186,22 @@ impl<'a> PeImage<'a> {
     /// systemd-stub measures).
     ///
     /// # Errors
-    /// When the raw data is outside the file.
+    /// When the raw data is outside the file or the section is larger than the file.
     pub fn section_memory(&self, s: &Section) -> Result<Vec<u8>> {
+        // Zero-fill is for alignment slack; a section claiming more memory than the whole file holds is refused
+        // rather than allocated (untrusted sizes).
+        if u32_usize(s.virtual_size) > self.bytes.len() {
+            return Err(Error::invalid(
+                LAYER,
+                "section virtual size",
+                format!(
+                    "{} claims {} bytes, more than the {}-byte file",
+                    s.name,
+                    s.virtual_size,
+                    self.bytes.len()
+                ),
+            ));
+        }
         let raw_len = u32_usize(s.size_of_raw_data.min(s.virtual_size));
         let mut r = Reader::new(self.bytes);
         r.skip(u32_usize(s.pointer_to_raw_data), "section data").map_err(Error::malformed(LAYER))?;

@@ -1,0 +1,6 @@
+//! Fuzz target `golden_document`: see `sealroom_measurements::fuzzing::golden_document` (shared with the corpus-replay test).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| sealroom_measurements::fuzzing::golden_document(data));
