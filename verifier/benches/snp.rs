@@ -5,7 +5,7 @@
 //!   policy) with the VCEK chain already in the cache: repeated reports from one platform;
 //! - `verify_report_cold`: a fresh cache each time (chain verified: 2 RSA-4096 PSS signatures extra);
 //! - `ring_p384_verify` is not measured here (ring is not a dependency); the field notes give 964/s.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
 
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED, ParsedPublicKey};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -34,13 +34,15 @@ fn bench(c: &mut Criterion) {
     g.bench_function("raw_p384_verify", |b| b.iter(|| key.verify_sig(&report[..SIGNED_LEN], &sig).unwrap()));
     let cache = EndorsementCache::default();
     g.bench_function("verify_report_cached", |b| {
-        b.iter(|| verify_report(&report, Collateral { endorsement_der: &vcek }, &cache, &policy, at).unwrap())
+        b.iter(|| {
+            verify_report(&report, Collateral { endorsement_der: &vcek }, &cache, &policy, at).unwrap()
+        });
     });
     g.bench_function("verify_report_cold", |b| {
         b.iter(|| {
             let cold = EndorsementCache::default();
             verify_report(&report, Collateral { endorsement_der: &vcek }, &cold, &policy, at).unwrap()
-        })
+        });
     });
     g.finish();
 }

@@ -18,6 +18,7 @@ use crate::azure::verify::verify_azure;
 use crate::ear::{Appraisal, Ear, LayerResult, Outcome, TrustworthinessVector, tier};
 use crate::error::{Error, Result};
 use crate::snp::{Collateral, EndorsementCache, SnpPolicy, verify_report_detailed};
+use crate::tdx::{TdReport, VerifiedCollateral, verify_quote_signatures, verify_tdx_quote};
 use crate::tpm::gce_proto::GceAttestation;
 use crate::tpm::quote::ExpectedExtraData;
 use crate::tpm::verify::{AkTrust, QuoteInput, verify_tpm};
@@ -177,6 +178,8 @@ pub enum EvidenceInput {
     Gce(Box<GceAttestation>),
     /// Azure vTPM evidence.
     Azure(Box<AzureEvidence>),
+    /// A raw TDX DCAP quote (v4/v5).
+    TdxQuote(Vec<u8>),
 }
 
 impl EvidenceInput {
@@ -187,12 +190,13 @@ impl EvidenceInput {
             Self::Gce(_) => "gce vtpm attestation",
             Self::Azure(a) if a.td_quote.is_some() => "azure tdx vtpm evidence",
             Self::Azure(_) => "azure sev-snp vtpm evidence",
+            Self::TdxQuote(_) => "tdx quote",
         }
     }
 }
 
 /// Verification context: the injected time, the expected nonce and shared caches.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Context<'a> {
     /// Verification time.
     pub at: UnixTime,
@@ -200,7 +204,12 @@ pub struct Context<'a> {
     pub nonce: Option<Vec<u8>>,
     /// Verified AMD endorsement keys.
     pub snp_cache: &'a EndorsementCache,
+    /// Verified Intel collateral for TDX quotes; without it only the quote's signatures and PCK chain are
+    /// checked and the TCB status is unknown (a warning).
+    pub tdx_collateral: Option<&'a VerifiedCollateral>,
 }
+
+type Ctx<'a> = Context<'a>;
 
 /// What the platform layer established.
 #[derive(Default)]
@@ -210,6 +219,8 @@ struct Established {
     identity_ok: bool,
     config_ok: bool,
     hardware_ok: bool,
+    /// Genuine, but the TCB is not known to be up to date.
+    hardware_warning: bool,
     tee: bool,
 }
 
@@ -242,7 +253,7 @@ fn snp_platform(
     report: &[u8],
     endorsement: &[u8],
     policy: &Policy,
-    ctx: &Context<'_>,
+    ctx: &Ctx<'_>,
     est: &mut Established,
 ) -> Option<[u8; 64]> {
     match verify_report_detailed(
@@ -268,6 +279,78 @@ fn snp_platform(
             let claims = serde_json::to_value(&out.claims).unwrap_or_default();
             est.layers.push(layer("platform", "policy", claims, failures));
             Some(out.report.report_data)
+        }
+    }
+}
+
+fn add_td_registers(registers: &mut BTreeMap<String, String>, mr_td: &[u8; 48], rtmr: &[[u8; 48]; 4]) {
+    registers.insert("mrtd".into(), hex::encode(mr_td));
+    for (i, r) in rtmr.iter().enumerate() {
+        registers.insert(format!("rtmr{i}"), hex::encode(r));
+    }
+}
+
+/// Verifies a TD quote: with collateral fully (TCB status), without only signatures and the PCK chain.
+fn tdx_platform(quote: &[u8], ctx: &Ctx<'_>, est: &mut Established) -> Option<[u8; 64]> {
+    if let Some(collateral) = ctx.tdx_collateral {
+        match verify_tdx_quote(quote, collateral, ctx.at) {
+            Err(e) => {
+                est.layers.push(layer("platform", "intel collateral", json!({}), e.reasons()));
+                None
+            }
+            Ok(td) => {
+                est.identity_ok = true;
+                est.hardware_ok = true;
+                est.config_ok = true;
+                est.tee = true;
+                est.hardware_warning = td.tcb_status.as_str() != "UpToDate";
+                add_td_registers(&mut est.registers, &td.mr_td, &td.rtmr);
+                let claims = json!({
+                    "version": td.version,
+                    "tcb_status": td.tcb_status.as_str(),
+                    "advisory_ids": td.advisory_ids,
+                    "fmspc": hex::encode(td.fmspc),
+                    "mr_seam": hex::encode(td.mr_seam),
+                    "td_attributes": hex::encode(td.td_attributes),
+                    "report_data": hex::encode(td.report_data),
+                });
+                est.layers.push(layer("platform", "intel collateral", claims, vec![]));
+                Some(td.report_data)
+            }
+        }
+    } else {
+        match verify_quote_signatures(quote, ctx.at) {
+            Err(e) => {
+                est.layers.push(layer("platform", "intel root", json!({}), e.reasons()));
+                None
+            }
+            Ok(signed) => {
+                let crate::tdx::Body::Td(td) = &signed.quote.body else {
+                    est.layers.push(layer(
+                        "platform",
+                        "intel root",
+                        json!({}),
+                        vec!["tdx: not a TD quote".into()],
+                    ));
+                    return None;
+                };
+                let td: &TdReport = td;
+                est.identity_ok = true;
+                est.hardware_ok = true;
+                est.config_ok = true;
+                est.tee = true;
+                est.hardware_warning = true;
+                add_td_registers(&mut est.registers, &td.mr_td, &td.rtmr);
+                let claims = json!({
+                    "version": signed.quote.version,
+                    "tcb_status": "unknown: no Intel collateral given (signatures and PCK chain verified, no CRLs)",
+                    "fmspc": hex::encode(signed.pck_extension.fmspc),
+                    "td_attributes": hex::encode(td.td_attributes),
+                    "report_data": hex::encode(td.report_data),
+                });
+                est.layers.push(layer("platform", "intel root", claims, vec![]));
+                Some(td.report_data)
+            }
         }
     }
 }
@@ -313,7 +396,7 @@ fn tpm_binding_layer(extra: Result<()>, what: &str, est: &mut Established) {
     est.layers.push(layer("binding", "nonce", json!({ "checked": what }), failures));
 }
 
-fn platform_gce(att: &GceAttestation, ctx: &Context<'_>, est: &mut Established) {
+fn platform_gce(att: &GceAttestation, ctx: &Ctx<'_>, est: &mut Established) {
     let quotes: Vec<_> =
         att.quotes.iter().map(|q| QuoteInput { attest: &q.attest, signature: &q.signature }).collect();
     let banks: Vec<_> = att.quotes.iter().map(|q| q.bank.clone()).collect();
@@ -364,8 +447,25 @@ fn platform_gce(att: &GceAttestation, ctx: &Context<'_>, est: &mut Established) 
     }
 }
 
-fn platform_azure(ev: &AzureEvidence, policy: &Policy, ctx: &Context<'_>, est: &mut Established) {
-    match verify_azure(ev, ctx.nonce.as_deref(), ctx.snp_cache, &policy.snp, None, ctx.at) {
+fn platform_azure(ev: &AzureEvidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut Established) {
+    let tdx_warning = std::cell::Cell::new(false);
+    let td_check = |q: &[u8]| -> Result<[u8; 64]> {
+        if let Some(c) = ctx.tdx_collateral {
+            let td = verify_tdx_quote(q, c, ctx.at)?;
+            tdx_warning.set(td.tcb_status.as_str() != "UpToDate");
+            Ok(td.report_data)
+        } else {
+            let signed = verify_quote_signatures(q, ctx.at)?;
+            tdx_warning.set(true);
+            match &signed.quote.body {
+                crate::tdx::Body::Td(td) => Ok(td.report_data),
+                _ => Err(Error::check("tdx", "not a TD quote")),
+            }
+        }
+    };
+    let result = verify_azure(ev, ctx.nonce.as_deref(), ctx.snp_cache, &policy.snp, Some(&td_check), ctx.at);
+    est.hardware_warning = tdx_warning.get();
+    match result {
         Err(e) => est.layers.push(layer("platform", "policy", json!({}), e.reasons())),
         Ok(v) => {
             est.identity_ok = true;
@@ -391,7 +491,7 @@ fn platform_azure(ev: &AzureEvidence, policy: &Policy, ctx: &Context<'_>, est: &
     }
 }
 
-fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Context<'_>, est: &mut Established) {
+fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut Established) {
     if let Some(n) = &ctx.nonce
         && n.as_slice() != ev.nonce.0.as_slice()
     {
@@ -479,16 +579,17 @@ fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Context<'_>, est: &mu
             };
             let binding =
                 sealroom_measurements::binding::binding_digest(&ev.nonce, &ev.tee_public_key).to_vec();
-            let inner = Context { at: ctx.at, nonce: Some(binding), snp_cache: ctx.snp_cache };
+            let inner = Ctx { nonce: Some(binding), ..ctx.clone() };
             platform_azure(&converted, policy, &inner, est);
         }
         Platform::Tdx => {
-            est.layers.push(layer(
-                "platform",
-                "policy",
-                json!({}),
-                vec!["tdx: TDX evidence is verified by the tdx module, not wired into this build".into()],
-            ));
+            let Some(tdx) = &ev.tdx else { return };
+            if let Some(rd) = tdx_platform(&tdx.quote, ctx, est) {
+                let r = check_report_data(&rd, &ev.nonce, &ev.tee_public_key).map_err(Error::from);
+                tpm_binding_layer(r, "REPORT_DATA", est);
+                replay_ccel(&tdx.ccel_log, est);
+                replay_runtime_rtmr3(&ev.runtime_event_log, est);
+            }
         }
         _ => {
             est.layers.push(layer(
@@ -499,6 +600,45 @@ fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Context<'_>, est: &mu
             ));
         }
     }
+}
+
+fn replay_ccel(log: &[u8], est: &mut Established) {
+    if log.is_empty() {
+        return;
+    }
+    let mut failures = Vec::new();
+    match sealroom_measurements::ccel::CcelLog::parse(log).and_then(|l| l.replay()) {
+        Err(e) => failures.push(format!("ccel log: {e}")),
+        Ok(replayed) => {
+            for (i, value) in replayed.0.iter().enumerate().take(3) {
+                let name = format!("rtmr{i}");
+                if let Some(quoted) = est.registers.get(&name)
+                    && *quoted != hex::encode(value)
+                {
+                    failures
+                        .push(format!("ccel log: {name} replays to {}, quoted {quoted}", hex::encode(value)));
+                }
+            }
+        }
+    }
+    est.layers.push(layer("event log", "replay", json!({ "registers": "rtmr0..rtmr2" }), failures));
+}
+
+fn replay_runtime_rtmr3(log: &[u8], est: &mut Established) {
+    if log.is_empty() {
+        return;
+    }
+    let mut failures = Vec::new();
+    let quoted = est.registers.get("rtmr3").and_then(|h| hex::decode(h).ok()).unwrap_or_default();
+    match sealroom_measurements::cel::CelLog::decode(log) {
+        Err(e) => failures.push(format!("runtime log: {e}")),
+        Ok(records) => {
+            if let Err(e) = sealroom_measurements::cel::check_rtmr3(&records, &quoted) {
+                failures.push(format!("runtime log: {e}"));
+            }
+        }
+    }
+    est.layers.push(layer("runtime log", "replay", json!({ "register": "rtmr3" }), failures));
 }
 
 fn replay_runtime_log(log: &[u8], quoted: &[PcrBank], est: &mut Established) {
@@ -598,6 +738,34 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ea
         EvidenceInput::Gce(att) => platform_gce(att, ctx, &mut est),
         EvidenceInput::Azure(az) => platform_azure(az, policy, ctx, &mut est),
         EvidenceInput::Sealroom(ev) => platform_sealroom(ev, policy, ctx, &mut est),
+        EvidenceInput::TdxQuote(q) => {
+            if let Some(rd) = tdx_platform(q, ctx, &mut est) {
+                match &ctx.nonce {
+                    None => est.layers.push(LayerResult {
+                        layer: "binding".into(),
+                        outcome: Outcome::Skipped,
+                        reference: "skip".into(),
+                        claims: json!({ "report_data": hex::encode(rd) }),
+                        failures: vec![],
+                    }),
+                    Some(n) => {
+                        let r = if nonce_for_report_data(n).as_slice() == rd.as_slice() {
+                            Ok(())
+                        } else {
+                            Err(Error::check(
+                                "tdx",
+                                format!(
+                                    "REPORT_DATA {} does not carry the expected nonce {}",
+                                    hex::encode(rd),
+                                    hex::encode(n)
+                                ),
+                            ))
+                        };
+                        tpm_binding_layer(r, "REPORT_DATA", &mut est);
+                    }
+                }
+            }
+        }
     }
     let measured = measured_layers(&policy.references, &mut est);
     let any_failed = est.layers.iter().any(|l| l.outcome == Outcome::Failed);
@@ -623,7 +791,13 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ea
         },
         configuration: if est.config_ok { tier::AFFIRMING } else { tier::CONTRAINDICATED },
         executables,
-        hardware: if est.hardware_ok { tier::AFFIRMING } else { tier::UNRECOGNIZED_HARDWARE },
+        hardware: if !est.hardware_ok {
+            tier::UNRECOGNIZED_HARDWARE
+        } else if est.hardware_warning {
+            tier::OUTDATED_TCB
+        } else {
+            tier::AFFIRMING
+        },
         runtime_opaque: if est.tee && est.hardware_ok { tier::AFFIRMING } else { tier::NONE },
         ..TrustworthinessVector::default()
     };

@@ -58,6 +58,8 @@ pub mod tier {
     pub const AFFIRMING: i8 = 2;
     /// executables: only the boot chain was approved (the workload layer was skipped).
     pub const APPROVED_BOOT: i8 = 3;
+    /// hardware: genuine, but its TCB is not known to be up to date (out of date, or no collateral).
+    pub const OUTDATED_TCB: i8 = 32;
     /// executables: not recognised (some layer skipped and none approved beyond firmware).
     pub const UNRECOGNIZED: i8 = 33;
     /// Contraindicated (a check failed).

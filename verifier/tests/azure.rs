@@ -188,7 +188,7 @@ fn tdx_evidence_binds_and_quote_verifies_but_needs_the_tdx_verifier() {
         let cache = EndorsementCache::default();
         let v = verify_azure(
             &ev,
-            CHALLENGE,
+            Some(CHALLENGE),
             &cache,
             &SnpPolicy::default(),
             Some(&check),

@@ -199,3 +199,128 @@ fn unrecognised_input_is_an_error() {
     assert!(!o.status.success());
     assert!(text(&o).1.contains("unrecognised evidence"), "{:?}", text(&o));
 }
+
+#[test]
+fn tdx_quote_with_collateral_affirming_and_expired_collateral_refused() {
+    // Manifest: dcap-qvl tdx_quote is VALID, UpToDate, at 2025-07-19T10:00:34Z with its collateral.
+    let q = td("tdx/dcap-qvl/tdx_quote");
+    let c = td("tdx/dcap-qvl/tdx_quote_collateral.json");
+    let o = sealroom(&["--evidence", &q, "--collateral", &c, "--at", "2025-07-19T10:00:34Z"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("[tdx quote]") && out.contains("tcb_status=UpToDate"), "{out}");
+    assert!(out.contains("mrtd=91eb2b44"), "{out}");
+    // The collateral's CRLs expire right after: refused with the reason.
+    let o = sealroom(&["--evidence", &q, "--collateral", &c, "--at", "2025-08-19T10:00:34Z"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("expired"), "{:?}", text(&o));
+    // Without collateral: signatures and PCK chain verified, TCB unknown -> warning, exit 1.
+    let o = sealroom(&["--evidence", &q, "--at", "2025-07-19T10:00:34Z", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["submods"]["sealroom"]["ear.status"], "warning");
+    assert_eq!(v["submods"]["sealroom"]["ear.trustworthiness-vector"]["hardware"], 32);
+}
+
+#[test]
+fn azure_tdx_evidence_is_genuine_but_tcb_unknown_without_collateral() {
+    let f = td("azure/az-tdx-vtpm/evidence-v1.json");
+    let o = sealroom(&[
+        "--evidence",
+        &f,
+        "--at",
+        "2026-01-01T00:00:00Z",
+        "--nonce",
+        &hex::encode("challenge"),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = &v["submods"]["sealroom"];
+    assert_eq!(s["ear.status"], "warning");
+    assert_eq!(s["sealroom.layers"][0]["outcome"], "passed");
+    assert_eq!(
+        s["sealroom.layers"][0]["claims"]["pcrs"]["0"],
+        "782b20b10f55cc46e2142cc2145d548698073e5beb82752c8d7f9279f0d8a273"
+    );
+    // A reversed nonce is refused.
+    let o =
+        sealroom(&["--evidence", &f, "--at", "2026-01-01T00:00:00Z", "--nonce", &hex::encode("egnellahc")]);
+    assert!(text(&o).1.contains("refused (contraindicated): tpm quote: extraData"), "{:?}", text(&o));
+}
+
+/// sealroom `Evidence` protobuf built around real hardware evidence: the platform layer verifies, and the
+/// binding layer refuses because that hardware evidence was not made for this nonce and TEE key.
+#[test]
+fn sealroom_evidence_protobuf_checks_the_binding() {
+    use sealroom_measurements::binding::{Kem, Nonce, TeePublicKey};
+    use sealroom_measurements::evidence::{Evidence, Platform, SevSnpEvidence, TpmEvidence};
+    let dir = std::env::temp_dir().join(format!("sealroom-verify-ev-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let snp = Evidence {
+        nonce: Nonce([7; 32]),
+        tee_public_key: TeePublicKey::new(Kem::X25519HkdfSha256, vec![9; 32]).unwrap(),
+        platform: Platform::SevSnp,
+        tpm: None,
+        tdx: None,
+        sev_snp: Some(SevSnpEvidence {
+            report: std::fs::read(td("snp/trustee/test-report.bin")).unwrap(),
+            cert_chain: vec![std::fs::read(td("snp/trustee/test-vcek.der")).unwrap()],
+        }),
+        azure: None,
+        runtime_event_log: vec![],
+    };
+    let f = dir.join("snp.pb");
+    std::fs::write(&f, snp.clone().encode()).unwrap();
+    let o = sealroom(&["--evidence", f.to_str().unwrap(), "--at", "2024-01-01T00:00:00Z", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let layers = &v["submods"]["sealroom"]["sealroom.layers"];
+    assert_eq!(layers[0]["layer"], "platform");
+    assert_eq!(layers[0]["outcome"], "passed");
+    assert_eq!(layers[1]["layer"], "binding");
+    assert!(
+        layers[1]["failures"][0]
+            .as_str()
+            .unwrap()
+            .contains("REPORT_DATA does not carry the sealroom binding tag"),
+        "{layers}"
+    );
+    // The expected nonce must be the evidence's.
+    let o = sealroom(&[
+        "--evidence",
+        f.to_str().unwrap(),
+        "--at",
+        "2024-01-01T00:00:00Z",
+        "--nonce",
+        &"08".repeat(32),
+    ]);
+    assert!(text(&o).1.contains("binding: evidence nonce 0707"), "{:?}", text(&o));
+
+    let gce = sealroom_verifier::tpm::gce_proto::GceAttestation::decode(
+        &std::fs::read(td("tpm/attestations/gce-cos-85-nonce9009.pb")).unwrap(),
+    )
+    .unwrap();
+    let q = &gce.quotes[1];
+    let tpm = Evidence {
+        platform: Platform::Tpm,
+        tpm: Some(TpmEvidence {
+            attest: q.attest.clone(),
+            signature: q.signature.clone(),
+            ak_public: gce.ak_public.clone(),
+            ak_cert_chain: gce.ak_cert_chain.clone(),
+            pcr_banks: vec![q.bank.clone()],
+            uefi_event_log: gce.event_log.clone(),
+        }),
+        sev_snp: None,
+        ..snp
+    };
+    let f = dir.join("tpm.pb");
+    std::fs::write(&f, tpm.encode()).unwrap();
+    let o = sealroom(&["--evidence", f.to_str().unwrap(), "--at", "2024-01-01T00:00:00Z"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(out.contains("platform     passed") && out.contains("event log    passed"), "{out}");
+    assert!(err.contains("binding: TPM quote extraData is 2 bytes, expected 32"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

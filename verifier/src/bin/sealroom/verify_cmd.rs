@@ -14,6 +14,7 @@ use sealroom_verifier::snp::EndorsementCache;
 use sealroom_verifier::snp::endorsement::verify_endorsement;
 use sealroom_verifier::snp::report::{REPORT_LEN, SnpReport};
 use sealroom_verifier::snp::verify::check_signature;
+use sealroom_verifier::tdx;
 use sealroom_verifier::tpm::gce_proto::GceAttestation;
 use sealroom_verifier::x509::{Certificate, UnixTime, format_time, parse_time};
 
@@ -23,7 +24,8 @@ pub struct Args {
     /// The evidence file.
     #[arg(long)]
     evidence: PathBuf,
-    /// Directory with collateral (VCEK/VLEK certificates for SEV-SNP reports).
+    /// Collateral: for SEV-SNP reports a directory holding the VCEK/VLEK; for TDX quotes Intel collateral (a
+    /// dcap-qvl QuoteCollateralV3 JSON file or a directory of PCS files).
     #[arg(long)]
     collateral: Option<PathBuf>,
     /// VCEK or VLEK certificate (DER or PEM) for a raw SEV-SNP report.
@@ -107,9 +109,7 @@ fn detect(bytes: &[u8], args: &Args) -> Result<EvidenceInput> {
         });
     }
     if matches!(bytes.get(..2), Some([4 | 5, 0])) && bytes.get(4..8) == Some(&[0x81, 0, 0, 0]) {
-        bail!(
-            "this is a TDX quote: TDX verification is provided by the tdx module (`sealroom verify` support pending)"
-        );
+        return Ok(EvidenceInput::TdxQuote(bytes.to_vec()));
     }
     let sealroom = Evidence::decode(bytes);
     if let Ok(ev) = sealroom {
@@ -122,6 +122,17 @@ fn detect(bytes: &[u8], args: &Args) -> Result<EvidenceInput> {
         "unrecognised evidence (not sealroom Evidence, a GCE attestation, an SNP report or Azure JSON): {}",
         sealroom.err().map(|e| e.to_string()).unwrap_or_default()
     )
+}
+
+fn needs_tdx(input: &EvidenceInput) -> bool {
+    match input {
+        EvidenceInput::TdxQuote(_) => true,
+        EvidenceInput::Azure(a) => a.td_quote.is_some(),
+        EvidenceInput::Sealroom(e) => {
+            e.tdx.is_some() || e.azure.as_ref().is_some_and(|a| !a.td_quote.is_empty())
+        }
+        _ => false,
+    }
 }
 
 fn load_policy(args: &Args) -> Result<Policy> {
@@ -145,7 +156,15 @@ pub fn run(args: &Args) -> Result<()> {
     let nonce = args.nonce.as_deref().map(hex::decode).transpose().context("--nonce is not hex")?;
     let policy = load_policy(args)?;
     let cache = EndorsementCache::default();
-    let ctx = Context { at, nonce, snp_cache: &cache };
+    let tdx_collateral = match (&input, &args.collateral) {
+        (EvidenceInput::TdxQuote(_) | EvidenceInput::Azure(_) | EvidenceInput::Sealroom(_), Some(dir))
+            if needs_tdx(&input) =>
+        {
+            Some(tdx::Collateral::load(dir)?.verify(at)?)
+        }
+        _ => None,
+    };
+    let ctx = Context { at, nonce, snp_cache: &cache, tdx_collateral: tdx_collateral.as_ref() };
     let ear = appraise(&input, &policy, &ctx);
     if args.json {
         println!("{}", ear.to_json());
