@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod attest_cmd;
 mod audit_cmd;
 mod binding_cmd;
 mod broker_cmd;
@@ -25,6 +26,8 @@ enum Command {
     Binding(binding_cmd::Args),
     /// Run the key broker, manage its keys, explain its policy decisions.
     Broker(broker_cmd::Args),
+    /// Fetch fresh evidence from a running agent (random nonce) and print the verifier's verdict.
+    Attest(attest_cmd::Args),
     /// Verify a key broker's hash-chained audit log.
     Audit(audit_cmd::Args),
     /// Verify evidence offline (SEV-SNP, GCE vTPM, Azure vTPM, sealroom Evidence) and print the EAR.
@@ -40,6 +43,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Binding(args) => binding_cmd::run(&args),
         Command::Broker(args) => broker_cmd::run(&args),
+        Command::Attest(args) => attest_cmd::run(&args),
         Command::Audit(args) => audit_cmd::run(&args),
         Command::Verify(args) => verify_cmd::run(&args),
         Command::Measure(args) => measure_cmd::run(&args),

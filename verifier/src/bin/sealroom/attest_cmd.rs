@@ -1,0 +1,118 @@
+//! `sealroom attest`: ask a running agent for fresh evidence and print the verifier's verdict.
+//!
+//! A fresh 32-byte nonce comes from the OS random generator; the agent binds it (with its TEE key) into the
+//! quote/report, and the appraisal checks that binding together with every other layer. Exit status 0 means
+//! affirming; otherwise the first reason is printed and the exit status is 1.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use sealroom_measurements::evidence::Evidence;
+use sealroom_proto::attestation::v1 as pb;
+use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
+use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, ReferenceValues, appraise};
+use sealroom_verifier::ear::Status;
+use sealroom_verifier::snp::EndorsementCache;
+use sealroom_verifier::tdx;
+use sealroom_verifier::x509::format_time;
+
+/// Arguments of `sealroom attest`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The agent's gRPC endpoint, e.g. http://127.0.0.1:7443.
+    #[arg(long)]
+    agent: String,
+    /// Golden reference values (JSON: {"firmware": {...} | "skip", "kernel": …, "workload": …}). Default:
+    /// every measured layer explicitly skipped.
+    #[arg(long)]
+    golden: Option<PathBuf>,
+    /// Intel collateral for TDX evidence (a dcap-qvl QuoteCollateralV3 JSON file or a directory of PCS files).
+    #[arg(long)]
+    collateral: Option<PathBuf>,
+    /// Write the evidence received (protobuf) here, for a later `sealroom verify`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seconds to wait for the agent.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Print the EAR as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+async fn fetch(agent: &str, nonce: &[u8; 32], timeout: Duration) -> Result<pb::Evidence> {
+    let channel = tonic::transport::Channel::from_shared(agent.to_owned())
+        .with_context(|| format!("--agent {agent} is not a URI"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {agent}"))?;
+    let mut client = AttestationClient::new(channel);
+    let resp = client
+        .get_evidence(pb::GetEvidenceRequest { nonce: nonce.to_vec(), tee_public_key: Vec::new() })
+        .await
+        .map_err(|s| anyhow::anyhow!("agent refused GetEvidence: {:?}: {}", s.code(), s.message()))?;
+    resp.into_inner().evidence.context("agent answered without evidence")
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let mut nonce = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| anyhow::anyhow!("no randomness for the nonce"))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let msg = rt.block_on(fetch(&args.agent, &nonce, Duration::from_secs(args.timeout)))?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, prost::Message::encode_to_vec(&msg))
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    let evidence = Evidence::try_from(msg).context("agent evidence is malformed")?;
+    if evidence.nonce.0 != nonce {
+        bail!(
+            "refused: the agent echoed nonce {} instead of {}",
+            hex::encode(evidence.nonce.0),
+            hex::encode(nonce)
+        );
+    }
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))?;
+    let mut policy = Policy::default();
+    if let Some(p) = &args.golden {
+        let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        policy.references = ReferenceValues::from_json(&text)?;
+        policy.id = format!(
+            "sealroom/{}",
+            p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        );
+    }
+    let tdx_collateral = match &args.collateral {
+        Some(dir) if evidence.tdx.is_some() => Some(tdx::Collateral::load(dir)?.verify(at)?),
+        _ => None,
+    };
+    let cache = EndorsementCache::default();
+    let ctx = Context {
+        at,
+        nonce: Some(nonce.to_vec()),
+        snp_cache: &cache,
+        tdx_collateral: tdx_collateral.as_ref(),
+    };
+    let ear = appraise(&EvidenceInput::Sealroom(Box::new(evidence)), &policy, &ctx);
+    if args.json {
+        println!("{}", ear.to_json());
+    } else {
+        println!("agent {} nonce {}", args.agent, hex::encode(nonce));
+        print!("{}", ear.to_table());
+        if args.golden.is_none() {
+            println!("note: no --golden given: firmware, kernel and workload layers are explicitly skipped");
+        }
+        println!("verified at {}", format_time(at));
+    }
+    match ear.status() {
+        Status::Affirming => Ok(()),
+        status => {
+            let first = ear.failures().first().cloned().unwrap_or_else(|| format!("status {status}"));
+            eprintln!("refused ({status}): {first}");
+            std::process::exit(1)
+        }
+    }
+}
