@@ -22,6 +22,7 @@
 //! Every refusal is one line: "tdx: PCK certificate revoked (serial …)", "tdx: TD is in debug mode …".
 
 pub mod collateral;
+pub mod fuzzing;
 pub mod pck;
 pub mod quote;
 pub mod tcb;
