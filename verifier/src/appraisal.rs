@@ -814,3 +814,49 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ea
     };
     Ear::single(ctx.at, "sealroom", appraisal)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_values_parse_skip_and_digests() {
+        let r = ReferenceValues::from_json(
+            br#"{"firmware": {"snp.measurement": ["aa"], "pcr0.sha256": ["bb", "cc"]}, "kernel": "skip", "workload": {"rtmr3": ["dd"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.kernel, Reference::skip());
+        let Reference::Digests(fw) = &r.firmware else { panic!() };
+        assert_eq!(fw["pcr0.sha256"].len(), 2);
+        // Every layer is required; "skip" is the only string; registers must be in their layer; no empty maps.
+        for bad in [
+            r#"{"firmware": "skip", "kernel": "skip"}"#,
+            r#"{"firmware": "none", "kernel": "skip", "workload": "skip"}"#,
+            r#"{"firmware": {"pcr11.sha256": ["aa"]}, "kernel": "skip", "workload": "skip"}"#,
+            r#"{"firmware": {}, "kernel": "skip", "workload": "skip"}"#,
+            r#"{"firmware": "skip", "kernel": "skip", "workload": "skip", "extra": 1}"#,
+        ] {
+            assert!(ReferenceValues::from_json(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn registers_belong_to_one_layer() {
+        for (reg, layer) in [
+            ("pcr0.sha256", Some(Layer::Firmware)),
+            ("pcr7.sha1", Some(Layer::Firmware)),
+            ("mrtd", Some(Layer::Firmware)),
+            ("rtmr0", Some(Layer::Firmware)),
+            ("snp.measurement", Some(Layer::Firmware)),
+            ("pcr4.sha256", Some(Layer::Kernel)),
+            ("pcr11.sha384", Some(Layer::Kernel)),
+            ("rtmr2", Some(Layer::Kernel)),
+            ("pcr15.sha256", Some(Layer::Workload)),
+            ("rtmr3", Some(Layer::Workload)),
+            ("pcr8.sha256", None),
+            ("snp.host_data", None),
+        ] {
+            assert_eq!(layer_of(reg), layer, "{reg}");
+        }
+    }
+}

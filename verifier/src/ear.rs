@@ -273,3 +273,47 @@ fn summarize(v: &serde_json::Value) -> String {
         _ => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_the_worst_claim() {
+        assert_eq!(TrustworthinessVector::default().status(), Status::None);
+        let mut tv = TrustworthinessVector { hardware: tier::AFFIRMING, ..TrustworthinessVector::default() };
+        assert_eq!(tv.status(), Status::Affirming);
+        tv.executables = tier::UNRECOGNIZED;
+        assert_eq!(tv.status(), Status::Warning);
+        tv.configuration = tier::CONTRAINDICATED;
+        assert_eq!(tv.status(), Status::Contraindicated);
+        assert_eq!(Status::of_claim(-1), Status::Contraindicated);
+    }
+
+    #[test]
+    fn json_has_the_ear_names_and_is_deterministic() {
+        let a = Appraisal {
+            status: Status::Affirming,
+            trust_vector: TrustworthinessVector { hardware: 2, ..TrustworthinessVector::default() },
+            policy_id: "p".into(),
+            evidence: "e".into(),
+            layers: vec![LayerResult {
+                layer: "platform".into(),
+                outcome: Outcome::Passed,
+                reference: "policy".into(),
+                claims: serde_json::json!({}),
+                failures: vec![],
+            }],
+        };
+        let ear = Ear::single(1_700_000_000, "sealroom", a);
+        let json = ear.to_json();
+        assert_eq!(json, ear.clone().to_json());
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["iat"], 1_700_000_000);
+        assert_eq!(v["eat_profile"], EAR_PROFILE);
+        assert_eq!(v["ear.verifier-id"]["developer"], "sealroom");
+        assert_eq!(v["submods"]["sealroom"]["ear.status"], "affirming");
+        assert_eq!(v["submods"]["sealroom"]["ear.trustworthiness-vector"]["instance-identity"], 0);
+        assert!(ear.to_table().starts_with("verdict: affirming   (at 2023-11-14T22:13:20Z)"));
+    }
+}

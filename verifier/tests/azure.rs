@@ -236,3 +236,81 @@ fn hcl_parse_mutations() {
         assert!(HclReport::parse(&good[..cut]).is_err());
     }
 }
+
+fn tdx_pair() -> AzureEvidence {
+    let q: serde_json::Value = serde_json::from_slice(&data("az-tdx-vtpm/tpm-quote-v1.json")).unwrap();
+    let hex = |v: &serde_json::Value| hex::decode(v.as_str().unwrap()).unwrap();
+    AzureEvidence {
+        hcl_report: data("az-tdx-vtpm/hcl-report.bin"),
+        quote: AzureQuote {
+            message: hex(&q["message"]),
+            signature: hex(&q["signature"]),
+            pcrs: q["pcrs"].as_array().unwrap().iter().map(hex).collect(),
+        },
+        vcek: None,
+        td_quote: Some(data("az-tdx-vtpm/td-quote.bin")),
+    }
+}
+
+fn tdx_check(q: &[u8]) -> sealroom_verifier::Result<[u8; 64]> {
+    // The real TDX verifier without collateral: PCK chain to the Intel root, QE report, quote signature.
+    let signed = sealroom_verifier::tdx::verify_quote_signatures(q, parse_time(AT_2026).unwrap())?;
+    match signed.quote.body {
+        sealroom_verifier::tdx::Body::Td(td) => Ok(td.report_data),
+        _ => panic!("not a TD quote"),
+    }
+}
+
+fn run_tdx(ev: &AzureEvidence, nonce: &[u8]) -> Result<VerifiedAzure, Vec<String>> {
+    let cache = EndorsementCache::default();
+    verify_azure(
+        ev,
+        Some(nonce),
+        &cache,
+        &SnpPolicy::default(),
+        Some(&tdx_check),
+        parse_time(AT_2026).unwrap(),
+    )
+    .map_err(|e| e.reasons())
+}
+
+#[test]
+fn tdx_td_quote_signatures_verify_and_bind_the_hcl_report() {
+    // td-quote.bin: parses, PCK chain/QE/quote signatures verify, REPORT_DATA equals the HCL TDREPORT's.
+    let rd = tdx_check(&data("az-tdx-vtpm/td-quote.bin")).unwrap();
+    let hcl = HclReport::parse(&data("az-tdx-vtpm/hcl-report.bin")).unwrap();
+    assert_eq!(rd, hcl.report_data().unwrap());
+}
+
+#[test]
+fn tdx_hcl_report_and_quote_pair_is_valid() {
+    let v = run_tdx(&tdx_pair(), CHALLENGE).unwrap();
+    assert_eq!(v.claims.hardware, HwReportType::Tdx);
+    assert_eq!(v.claims.extra_data, hex::encode(CHALLENGE));
+    assert!(v.claims.td_report_data.is_some());
+}
+
+#[test]
+fn tdx_quote_negatives() {
+    let mut ev = tdx_pair();
+    ev.quote.signature[0] ^= 1;
+    assert_reason(run_tdx(&ev, CHALLENGE), "tpm quote: AK signature over TPMS_ATTEST invalid");
+    let reversed: Vec<u8> = CHALLENGE.iter().rev().copied().collect();
+    assert_reason(run_tdx(&tdx_pair(), &reversed), "tpm quote: extraData");
+    let mut ev = tdx_pair();
+    ev.quote.pcrs[0][0] ^= 1;
+    assert_reason(run_tdx(&ev, CHALLENGE), "tpm quote: PCR digest mismatch");
+    // byte[0x880] += 1 (var data): no longer bound to the TDREPORT.
+    let mut ev = tdx_pair();
+    ev.hcl_report[0x880] = ev.hcl_report[0x880].wrapping_add(1);
+    assert_reason(run_tdx(&ev, CHALLENGE), "azure hcl report: variable data digest");
+    // A flipped TD quote byte (inside the signed body): the quote signature fails.
+    let mut ev = tdx_pair();
+    let q = ev.td_quote.as_mut().unwrap();
+    q[200] ^= 1;
+    assert_reason(run_tdx(&ev, CHALLENGE), "tdx");
+    // The TDREPORT changed (REPORT_DATA): no longer the TD quote's.
+    let mut ev = tdx_pair();
+    ev.hcl_report[0x20 + 0x80 + 40] ^= 1;
+    assert_reason(run_tdx(&ev, CHALLENGE), "azure: TD quote REPORT_DATA does not match the HCL TDREPORT");
+}

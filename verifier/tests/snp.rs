@@ -347,3 +347,46 @@ fn cache_reuses_verified_endorsements() {
     assert!(cache.get(&data("snp/trustee/test-vcek-invalid-new.der")).is_err());
     assert_eq!(cache.len(), 1);
 }
+
+// --- certs/amd: every shipped ASK/ASVK/ARK file ----------------------------------------------------------
+
+#[test]
+fn amd_root_files_chain_and_match_the_embedded_roots() {
+    use sealroom_verifier::snp::endorsement::amd_roots;
+    let roots = amd_roots().unwrap();
+    assert_eq!(roots.len(), 3);
+    for (file, ark_cn, issued_cn) in [
+        ("ask_ark_milan.pem", "ARK-Milan", "SEV-Milan"),
+        ("ask_ark_milan_vlek.pem", "ARK-Milan", "SEV-VLEK-Milan"),
+        ("ask_ark_genoa.pem", "ARK-Genoa", "SEV-Genoa"),
+        ("ask_ark_genoa_vlek.pem", "ARK-Genoa", "SEV-VLEK-Genoa"),
+        ("ask_ark_turin_vcek.pem", "ARK-Turin", "SEV-Turin"),
+        ("ask_ark_turin_vlek.pem", "ARK-Turin", "SEV-VLEK-Turin"),
+        ("trustee_milan_ask_ark_asvk.pem", "ARK-Milan", "SEV-Milan"),
+        ("trustee_genoa_ask_ark_asvk.pem", "ARK-Genoa", "SEV-Genoa"),
+        ("trustee_turin_ask_ark_asvk.pem", "ARK-Turin", "SEV-Turin"),
+    ] {
+        let certs = Certificate::chain_from_pem(&data(&format!("certs/amd/{file}"))).unwrap();
+        let ark = certs.iter().find(|c| c.subject_cn() == ark_cn).unwrap();
+        let issued = certs.iter().find(|c| c.subject_cn() == issued_cn).unwrap();
+        ark.verify_signed_by(ark).unwrap();
+        issued.verify_signed_by(ark).unwrap();
+        // Valid at the manifest's windows (Milan 2020..2045, Genoa 2022..2047, Turin 2023..2048).
+        for c in [ark, issued] {
+            c.check_validity(t("2030-01-01T00:00:00Z")).unwrap();
+        }
+        // Byte for byte the certificates compiled into the verifier.
+        let embedded = roots.iter().find(|r| r.ark.subject_cn() == ark_cn).unwrap();
+        assert_eq!(&embedded.ark, ark, "{file}");
+        assert!(embedded.ask == *issued || embedded.asvk == *issued, "{file}");
+    }
+}
+
+#[test]
+fn amd_chain_rejects_an_ask_from_another_product() {
+    // A Milan VCEK checked against Genoa's ASK fails on the issuer name; against its own, it verifies.
+    let vcek = Certificate::from_der(&data("snp/trustee/test-vcek.der")).unwrap();
+    let genoa = Certificate::chain_from_pem(&data("certs/amd/ask_ark_genoa.pem")).unwrap();
+    let err = vcek.verify_signed_by(&genoa[0]).unwrap_err().to_string();
+    assert!(err.contains("issuer 'SEV-Milan' is not 'SEV-Genoa'"), "{err}");
+}

@@ -196,3 +196,27 @@ fn gce_ak_ek_certificates_parse_and_chain() {
         }
     }
 }
+
+#[test]
+fn google_ca_files_parse_and_intermediates_chain_to_roots() {
+    use sealroom_verifier::tpm::ak_cert::google_cas;
+    use sealroom_verifier::x509::{Certificate, verify_chain};
+    let cas = google_cas().unwrap();
+    let at = parse_time("2030-01-01T00:00:00Z").unwrap();
+    for f in [
+        "gcp_ek_ak_ca_intermediate_v3.crt",
+        "gcp_ek_ak_ca_root.crt",
+        "tpm_ek_intermediate_2.crt",
+        "tpm_ek_intermediate_3.crt",
+        "tpm_ek_root_1.cer",
+    ] {
+        let c = Certificate::chain_from_pem_or_der(&data(&format!("certs/google/{f}"))).unwrap().remove(0);
+        if c.is_self_issued() {
+            c.verify_signed_by(&c).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert!(cas.roots.contains(&c), "{f}");
+        } else {
+            verify_chain(std::slice::from_ref(&c), &cas.roots, at).unwrap_or_else(|e| panic!("{f}: {e}"));
+            assert!(cas.intermediates.contains(&c), "{f}");
+        }
+    }
+}
