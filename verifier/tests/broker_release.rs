@@ -309,7 +309,7 @@ fn refuses_wrong_workload_digest() {
     let f = Fixture::new();
     let other = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
     let r = refusal_for(&f, "provider-a/data", |a| {
-        a.workload_events[1] = RuntimeEvent::ManifestDigest(other.into())
+        a.workload_events[1] = RuntimeEvent::ManifestDigest(other.into());
     });
     assert_refused(
         &f,
@@ -332,7 +332,7 @@ fn refuses_workload_without_image_digest() {
 fn refuses_extra_env_var() {
     let f = Fixture::new();
     let r = refusal_for(&f, "provider-a/data", |a| {
-        a.workload_events.insert(6, RuntimeEvent::Env("LD_PRELOAD=/x.so".into()))
+        a.workload_events.insert(6, RuntimeEvent::Env("LD_PRELOAD=/x.so".into()));
     });
     assert_refused(
         &f,
@@ -358,7 +358,7 @@ fn refuses_changed_args() {
 fn refuses_extra_arg() {
     let f = Fixture::new();
     let r = refusal_for(&f, "provider-a/data", |a| {
-        a.workload_events.insert(4, RuntimeEvent::Arg("--debug".into()))
+        a.workload_events.insert(4, RuntimeEvent::Arg("--debug".into()));
     });
     assert_refused(&f, &r, "provider-a/data", "policy.args: 3 arguments, policy requires 2");
 }

@@ -103,6 +103,93 @@ pub trait Appraiser: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default)]
 pub struct VerifierAppraiser {
     snp_cache: crate::snp::EndorsementCache,
+    pinned_tpm_aks: Vec<Vec<u8>>,
+}
+
+impl VerifierAppraiser {
+    /// Also accepts TPM evidence whose AK (marshalled TPMT_PUBLIC) is one of `aks`, enrolled out of band (an
+    /// on-premises TPM, or swtpm in tests): such evidence has no certificate chain to a vendor CA.
+    #[must_use]
+    pub fn with_pinned_tpm_aks(aks: Vec<Vec<u8>>) -> Self {
+        Self { snp_cache: crate::snp::EndorsementCache::default(), pinned_tpm_aks: aks }
+    }
+
+    /// TPM evidence from an enrolled AK: the verifier's TPM layer with `AkTrust::Pinned`, the UEFI log replayed
+    /// to the quoted PCRs, and the runtime log replayed to every quoted PCR 15 (at least one must be quoted).
+    ///
+    /// Replace with `crate::appraisal::appraise` once its context can carry enrolled AKs (it trusts Google's CA
+    /// only today).
+    fn appraise_pinned_tpm(&self, ev: &Evidence, now_ms: u64) -> Result<Appraisal> {
+        use crate::tpm::quote::ExpectedExtraData;
+        use crate::tpm::verify::{AkTrust, QuoteInput, verify_tpm};
+        let tpm = ev.tpm.as_ref().ok_or_else(|| Error::check(VERIFIER, "evidence has no TPM part"))?;
+        let quotes = [QuoteInput { attest: &tpm.attest, signature: &tpm.signature }];
+        let v = verify_tpm(
+            &tpm.ak_public,
+            &tpm.ak_cert_chain,
+            &quotes,
+            &tpm.pcr_banks,
+            &ExpectedExtraData::Binding(ev.nonce, ev.tee_public_key.clone()),
+            &AkTrust::Pinned(tpm.ak_public.clone()),
+            i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
+        )
+        .map_err(|e| Error::check(VERIFIER, e.reasons().join("; ")))?;
+        let mut registers = BTreeMap::new();
+        for b in &v.pcrs {
+            for (i, val) in &b.values {
+                registers.insert(format!("pcr{i}.{}", b.alg.name()), hex::encode(val));
+            }
+        }
+        if !tpm.uefi_event_log.is_empty() {
+            let replay = sealroom_measurements::tcg2::Tcg2Log::parse(&tpm.uefi_event_log)
+                .and_then(|l| l.replay(true))
+                .map_err(|e| Error::check(VERIFIER, format!("event log: {e}")))?;
+            for b in &v.pcrs {
+                for (i, want) in replay.banks.get(&b.alg).into_iter().flatten() {
+                    if b.values.get(i).is_some_and(|q| q != want) {
+                        return Err(Error::check(
+                            VERIFIER,
+                            format!(
+                                "event log: pcr {i} ({}) does not replay to the quoted value",
+                                b.alg.name()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut workload_events = Vec::new();
+        if !ev.runtime_event_log.is_empty() {
+            let records = sealroom_measurements::cel::CelLog::decode(&ev.runtime_event_log)?;
+            let mut replayed = 0usize;
+            for b in &v.pcrs {
+                if let Some(q) = b.values.get(&u32::from(sealroom_measurements::cel::RUNTIME_PCR)) {
+                    sealroom_measurements::cel::check_pcr(&records, b.alg, q)
+                        .map_err(|e| Error::check(VERIFIER, format!("runtime log: {e}")))?;
+                    replayed += 1;
+                }
+            }
+            if replayed == 0 {
+                return Err(Error::check(VERIFIER, "runtime log is not bound to a quoted PCR 15"));
+            }
+            if let Some(r) = records.iter().find(|r| r.pcr != sealroom_measurements::cel::RUNTIME_PCR) {
+                return Err(Error::check(
+                    VERIFIER,
+                    format!("runtime log record {} extends PCR {}", r.recnum, r.pcr),
+                ));
+            }
+            workload_events = records.into_iter().map(|r| r.event).collect();
+        }
+        Ok(Appraisal {
+            platform: ev.platform,
+            tcb_status: None,
+            tcb_levels: BTreeMap::new(),
+            debug: false,
+            registers,
+            binding: SignedBinding::TpmExtraData(v.claims.extra_data.clone()),
+            workload_events,
+        })
+    }
 }
 
 const VERIFIER: &str = "verifier";
@@ -137,6 +224,11 @@ fn snp_tcb(platform: &serde_json::Value, levels: &mut BTreeMap<String, u64>) {
 
 impl Appraiser for VerifierAppraiser {
     fn appraise(&self, evidence: &Evidence, now_ms: u64) -> Result<Appraisal> {
+        if evidence.platform == sealroom_measurements::evidence::Platform::Tpm
+            && evidence.tpm.as_ref().is_some_and(|t| self.pinned_tpm_aks.contains(&t.ak_public))
+        {
+            return self.appraise_pinned_tpm(evidence, now_ms);
+        }
         use crate::appraisal::{Context, EvidenceInput, Policy, ReferenceValues, appraise};
         let policy = Policy {
             // Debug is a per-key policy rule in the broker, so the verifier reports it rather than refusing.
@@ -148,6 +240,9 @@ impl Appraiser for VerifierAppraiser {
             at: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
             nonce: Some(evidence.nonce.0.to_vec()),
             snp_cache: &self.snp_cache,
+            // INTEGRATION POINT: Intel collateral (TCB info, QE identity) for TDX TCB status; until the broker
+            // is given it, TDX evidence has no TCB status and policies requiring one refuse.
+            tdx_collateral: None,
         };
         let ear = appraise(&EvidenceInput::Sealroom(Box::new(evidence.clone())), &policy, &ctx);
         let failures = ear.failures();

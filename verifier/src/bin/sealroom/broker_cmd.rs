@@ -77,6 +77,10 @@ struct ServeArgs {
     /// Directory of golden measurement documents (`*.json` with `*.json.sig`) that key policies may name.
     #[arg(long)]
     golden: Option<PathBuf>,
+    /// An enrolled TPM attestation key (marshalled TPMT_PUBLIC file) whose quotes are trusted without a vendor
+    /// certificate (on-premises TPMs, swtpm). Repeatable.
+    #[arg(long)]
+    tpm_ak: Vec<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -223,7 +227,9 @@ fn serve(a: &ServeArgs) -> Result<()> {
     let broker = Arc::new(Broker::new(BrokerParts {
         clock: Arc::clone(&clock),
         rng: Arc::clone(&rng),
-        appraiser: Arc::new(VerifierAppraiser::default()),
+        appraiser: Arc::new(VerifierAppraiser::with_pinned_tpm_aks(
+            a.tpm_ak.iter().map(std::fs::read).collect::<std::io::Result<_>>().context("reading --tpm-ak")?,
+        )),
         store: Arc::clone(&store),
         golden: match &a.golden {
             Some(dir) => GoldenSet::load_dir(dir)?,

@@ -1,0 +1,235 @@
+//! Key broker release cost, side by side with the bare verifier on the same evidence, in one run:
+//! - `verifier_appraise_gce`: `appraisal::appraise` on real GCE vTPM evidence (AK chain to Google's roots,
+//!   RSA quote signature, PCR digest, event-log replay): the peer;
+//! - `broker_release_gce`: `Broker::release` on the same evidence with the real verifier (nonce, appraisal,
+//!   binding check → refusal, audit append + fdatasync, ES256 token): the broker's full cost per request;
+//! - `broker_release_sealed`: a release that passes (stand-in appraisal, so policy, HPKE sealing of 2 keys, audit
+//!   fdatasync and token all run);
+//! - `grpc_round_trip`: Challenge + Release over loopback gRPC (tonic), the agent's view, p50 from criterion;
+//! - `grpc_32_concurrent`: 32 agents' Challenge + Release at once; throughput in releases/s.
+//!
+//! State lives in `CARGO_TARGET_TMPDIR` (the target directory's disk), so fdatasync costs what a real disk costs.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sealroom_measurements::binding::{self, Kem, Nonce, TeePublicKey};
+use sealroom_measurements::cel::RuntimeEvent;
+use sealroom_measurements::evidence::{Evidence, HashAlg, Platform};
+use sealroom_proto::keybroker::v1 as pb;
+use sealroom_verifier::broker::appraisal::{Appraisal, Appraiser, SignedBinding, VerifierAppraiser};
+use sealroom_verifier::broker::audit::AuditLog;
+use sealroom_verifier::broker::keystore::{Kek, KeyStore};
+use sealroom_verifier::broker::nonce::NonceBook;
+use sealroom_verifier::broker::policy::GoldenSet;
+use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
+use sealroom_verifier::broker::token::Signer;
+use sealroom_verifier::broker::{Clock, Randomness, seal};
+use sealroom_verifier::tpm::gce_proto::GceAttestation;
+
+const JAN_2024_MS: u64 = 1_704_067_200_000;
+const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const POLICY: &str = r#"
+version = 1
+platforms = ["tpm"]
+tcb_statuses = "skip"
+minimum_tcb = "skip"
+debug = "forbidden"
+golden = "skip"
+image_digests = ["sha256:1111111111111111111111111111111111111111111111111111111111111111"]
+args = ["--in", "/data"]
+env = ["MODE=batch"]
+"#;
+
+#[derive(Debug)]
+struct FixedClock;
+
+impl Clock for FixedClock {
+    fn now_ms(&self) -> u64 {
+        JAN_2024_MS
+    }
+}
+
+#[derive(Debug)]
+struct OsRandomness(aws_lc_rs::rand::SystemRandom);
+
+impl Randomness for OsRandomness {
+    fn fill(&self, out: &mut [u8]) -> sealroom_verifier::Result<()> {
+        aws_lc_rs::rand::SecureRandom::fill(&self.0, out)
+            .map_err(|_| sealroom_verifier::Error::check("randomness", "failed"))
+    }
+}
+
+/// Stands in for the verifier in the passing release (real GCE evidence cannot bind a sealroom nonce).
+#[derive(Debug)]
+struct StandIn;
+
+impl Appraiser for StandIn {
+    fn appraise(&self, e: &Evidence, _now_ms: u64) -> sealroom_verifier::Result<Appraisal> {
+        Ok(Appraisal {
+            platform: Platform::Tpm,
+            tcb_status: None,
+            tcb_levels: BTreeMap::new(),
+            debug: false,
+            registers: BTreeMap::new(),
+            binding: SignedBinding::TpmExtraData(hex::encode(binding::binding_digest(
+                &e.nonce,
+                &e.tee_public_key,
+            ))),
+            workload_events: vec![
+                RuntimeEvent::ManifestDigest(IMAGE.into()),
+                RuntimeEvent::Arg("--in".into()),
+                RuntimeEvent::Arg("/data".into()),
+                RuntimeEvent::Env("MODE=batch".into()),
+                RuntimeEvent::LaunchSeparator,
+            ],
+        })
+    }
+}
+
+fn broker(dir: &std::path::Path, appraiser: Arc<dyn Appraiser>) -> Broker {
+    let rng: Arc<dyn Randomness> = Arc::new(OsRandomness(aws_lc_rs::rand::SystemRandom::new()));
+    let store = Arc::new(
+        KeyStore::open(&dir.join("keys.redb"), Kek::from_bytes(&[7; 32]).unwrap(), rng.as_ref()).unwrap(),
+    );
+    for id in ["provider-a/data", "provider-b/data"] {
+        store.add(id, "provider", POLICY, None, rng.as_ref(), 0).unwrap();
+    }
+    Broker::new(BrokerParts {
+        clock: Arc::new(FixedClock),
+        rng,
+        appraiser,
+        store,
+        golden: GoldenSet::default(),
+        signer: Signer::load_or_create(&dir.join("signing.pk8")).unwrap(),
+        nonces: NonceBook::new(60_000, 1_000_000),
+        audit: AuditLog::open(&dir.join("audit.log")).unwrap().0,
+    })
+}
+
+fn gce_evidence(nonce: Nonce, tee: &TeePublicKey) -> Evidence {
+    let bytes = std::fs::read(format!(
+        "{}/testdata/tpm/attestations/gce-cos-85-nonce9009.pb",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let att = GceAttestation::decode(&bytes).unwrap();
+    let quote = att.quotes.iter().find(|q| q.bank.alg == HashAlg::Sha256).unwrap();
+    Evidence {
+        nonce,
+        tee_public_key: tee.clone(),
+        platform: Platform::Tpm,
+        tpm: Some(att.to_tpm_evidence(quote)),
+        tdx: None,
+        sev_snp: None,
+        azure: None,
+        runtime_event_log: vec![],
+    }
+}
+
+fn request(nonce: &Nonce, ev: Evidence, keys: &[&str]) -> pb::ReleaseRequest {
+    pb::ReleaseRequest {
+        nonce: nonce.0.to_vec(),
+        evidence: Some(ev.into()),
+        key_ids: keys.iter().map(|k| (*k).to_owned()).collect(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (_, tee) = seal::derive_keypair(Kem::X25519HkdfSha256, b"bench tee key").unwrap();
+
+    let mut g = c.benchmark_group("broker");
+    g.throughput(Throughput::Elements(1));
+
+    // Peer: the bare verifier on the same evidence.
+    let cache = sealroom_verifier::snp::EndorsementCache::default();
+    let appraisal_policy = sealroom_verifier::appraisal::Policy::default();
+    let fixed_nonce = Nonce([3; 32]);
+    let ev = gce_evidence(fixed_nonce, &tee);
+    g.bench_function("verifier_appraise_gce", |b| {
+        b.iter(|| {
+            let ctx = sealroom_verifier::appraisal::Context {
+                at: i64::try_from(JAN_2024_MS / 1000).unwrap(),
+                nonce: Some(fixed_nonce.0.to_vec()),
+                snp_cache: &cache,
+                tdx_collateral: None,
+            };
+            sealroom_verifier::appraisal::appraise(
+                &sealroom_verifier::appraisal::EvidenceInput::Sealroom(Box::new(ev.clone())),
+                &appraisal_policy,
+                &ctx,
+            )
+        });
+    });
+
+    let real = broker(&tmp.path().join("real"), Arc::new(VerifierAppraiser::default()));
+    g.bench_function("broker_release_gce", |b| {
+        b.iter(|| {
+            let (nonce, _) = real.challenge().unwrap();
+            let r = real.release(&request(&nonce, gce_evidence(nonce, &tee), &["provider-a/data"])).unwrap();
+            assert!(r.keys.is_empty());
+        });
+    });
+
+    let standin = Arc::new(broker(&tmp.path().join("standin"), Arc::new(StandIn)));
+    g.bench_function("broker_release_sealed", |b| {
+        b.iter(|| {
+            let (nonce, _) = standin.challenge().unwrap();
+            let r = standin
+                .release(&request(&nonce, gce_evidence(nonce, &tee), &["provider-a/data", "provider-b/data"]))
+                .unwrap();
+            assert_eq!(r.keys.len(), 2);
+        });
+    });
+
+    // gRPC over loopback, the agent's view.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let addr = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = pb::key_broker_server::KeyBrokerServer::new(KeyBrokerService(Arc::clone(&standin)));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    });
+    let client = rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        pb::key_broker_client::KeyBrokerClient::new(ch)
+    });
+    let one = |mut c: pb::key_broker_client::KeyBrokerClient<tonic::transport::Channel>,
+               tee: TeePublicKey| async move {
+        let ch = c.challenge(pb::ChallengeRequest {}).await.unwrap().into_inner();
+        let nonce = Nonce::from_slice(&ch.nonce).unwrap();
+        let r = c.release(request(&nonce, gce_evidence(nonce, &tee), &["provider-a/data"])).await.unwrap();
+        assert_eq!(r.into_inner().keys.len(), 1);
+    };
+    g.bench_function("grpc_round_trip", |b| {
+        b.iter(|| rt.block_on(one(client.clone(), tee.clone())));
+    });
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("grpc_32_concurrent", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut set = tokio::task::JoinSet::new();
+                for _ in 0..32 {
+                    set.spawn(one(client.clone(), tee.clone()));
+                }
+                set.join_all().await;
+            });
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
