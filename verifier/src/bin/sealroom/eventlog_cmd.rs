@@ -216,3 +216,45 @@ fn print_cel(bytes: &[u8], json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealroom_measurements::cel::{RUNTIME_PCR, RuntimeEvent};
+
+    fn testdata(rel: &str) -> Vec<u8> {
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../measurements/testdata").join(rel))
+            .unwrap()
+    }
+
+    #[test]
+    fn formats_are_detected() {
+        // debian-10 starts with bytes that look like a CEL recnum TLV: it must still be read as a TPM log.
+        for (rel, ccel) in [
+            ("tpm/eventlogs/debian-10.bin", false),
+            ("tpm/eventlogs/glinux-alex.bin", false),
+            ("tdx/ccel/ccel_data.dat", true),
+            ("tdx/trustee-ccel/CCEL_data_csv", true),
+        ] {
+            let bytes = testdata(rel);
+            assert!(!looks_like_cel(&bytes), "{rel}");
+            assert_eq!(looks_like_ccel(&Tcg2Log::parse(&bytes).unwrap()), ccel, "{rel}");
+        }
+        let mut log = CelLog::new();
+        log.append(RUNTIME_PCR, &[HashAlg::Sha256, HashAlg::Sha384], &RuntimeEvent::Arg("x".into())).unwrap();
+        assert!(looks_like_cel(&log.encode()));
+    }
+
+    #[test]
+    fn prints_every_corpus_log() {
+        for rel in ["tpm/eventlogs/gdc-host.bin", "tdx/trustee-ccel/CCEL_AAEL_alibabacloud"] {
+            let args = Args {
+                file: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../measurements/testdata").join(rel),
+                format: None,
+                ccel_table: None,
+                json: true,
+            };
+            run(&args).unwrap();
+        }
+    }
+}

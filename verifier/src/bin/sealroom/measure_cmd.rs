@@ -197,3 +197,58 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(rel: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../measurements").join(rel)
+    }
+
+    fn args(input: &str, check: Option<PathBuf>) -> Args {
+        Args {
+            input: Some(path(input)),
+            json: false,
+            banks: vec!["sha256".into(), "sha384".into()],
+            check,
+            public_key: None,
+            write_golden: None,
+            image_id: None,
+            image_version: None,
+            signing_key: None,
+            packages: None,
+            generate_signing_key: None,
+        }
+    }
+
+    #[test]
+    fn check_accepts_the_published_fixture_and_refuses_a_tampered_copy() {
+        let golden = path("golden/fixture-uki/golden.json");
+        run(&args("testdata/uki/disk-fat16.raw", Some(golden.clone()))).unwrap();
+        let err = run(&args("testdata/uki/disk-fat12.raw", Some(golden.clone()))).unwrap_err().to_string();
+        assert!(err.starts_with("golden: disk sha256 mismatch"), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("sealroom-measure-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut doc = std::fs::read(&golden).unwrap();
+        let i = doc.len() / 2;
+        doc[i] ^= 1;
+        let copy = dir.join("golden.json");
+        std::fs::write(&copy, &doc).unwrap();
+        std::fs::copy(sig_path(&golden), sig_path(&copy)).unwrap();
+        let err = run(&args("testdata/uki/disk-fat16.raw", Some(copy))).unwrap_err().to_string();
+        assert_eq!(err, "golden: invalid signature: does not verify under the pinned key");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn measures_a_uki_and_a_disk() {
+        let uki = measure(&path("testdata/uki/uki.efi"), &[HashAlg::Sha256]).unwrap();
+        assert_eq!(uki.source, "uki");
+        let disk = measure(&path("testdata/uki/disk-fat12.raw"), &[HashAlg::Sha256]).unwrap();
+        assert!(disk.source.contains("FAT12"));
+        assert_eq!(uki.prediction.authenticode_sha256, disk.prediction.authenticode_sha256);
+        assert!(measure(&path("golden/README.md"), &[HashAlg::Sha256]).is_err());
+    }
+}
