@@ -71,6 +71,16 @@ pub struct AdminRequest {
     pub operation: Operation,
 }
 
+impl AdminRequest {
+    /// Parses one request line.
+    ///
+    /// # Errors
+    /// Malformed JSON or an unknown operation or field.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| Error::check(LAYER, format!("bad request: {e}")))
+    }
+}
+
 /// The answer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -133,9 +143,9 @@ pub struct AdminContext {
 
 impl AdminContext {
     fn handle_line(&self, line: &str) -> AdminResponse {
-        let req: AdminRequest = match serde_json::from_str(line) {
+        let req = match AdminRequest::from_json(line.as_bytes()) {
             Ok(r) => r,
-            Err(e) => return AdminResponse::Error { message: format!("admin: bad request: {e}") },
+            Err(e) => return AdminResponse::Error { message: e.to_string() },
         };
         if let Some(want) = &self.token
             && !req.token.as_deref().is_some_and(|got| tokens_equal(got, want))

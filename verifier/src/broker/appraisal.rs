@@ -43,6 +43,16 @@ pub struct Appraisal {
     pub workload_events: Vec<RuntimeEvent>,
 }
 
+impl Appraisal {
+    /// Parses the JSON form (as `sealroom broker policy check --appraisal` reads it).
+    ///
+    /// # Errors
+    /// Malformed JSON, unknown fields, or runtime events whose content does not decode.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Input(format!("appraisal: {e}")))
+    }
+}
+
 /// JSON form of runtime events: `{"event": "<name>", "content": "<hex of the CEL content TLV>"}`, the exact bytes
 /// the digests cover (the event name is for readers and must agree with the content).
 mod events_json {

@@ -342,8 +342,7 @@ fn policy_check(
     golden: &GoldenSet,
 ) -> Result<()> {
     let appraisal: Appraisal = match (evidence, appraisal) {
-        (_, Some(path)) => serde_json::from_slice(&std::fs::read(path)?)
-            .with_context(|| format!("{} is not an appraisal", path.display()))?,
+        (_, Some(path)) => Appraisal::from_json(&std::fs::read(path)?)?,
         (Some(path), None) => {
             let time = time_ms.context("--time-ms is required with --evidence (verification time)")?;
             let ev = Evidence::decode(&std::fs::read(path)?)?;

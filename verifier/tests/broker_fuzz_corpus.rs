@@ -1,0 +1,114 @@
+//! Replays the checked-in `broker_inputs` fuzz corpus (and simple mutations: truncations, byte flips) through
+//! the broker's parsers of outside input, as the fuzz target does, so CI proves no corpus input panics.
+//! `SEALROOM_WRITE_BROKER_CORPUS=1` regenerates the seed files from the real code.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::path::PathBuf;
+
+use sealroom_verifier::broker::admin::AdminRequest;
+use sealroom_verifier::broker::appraisal::Appraisal;
+use sealroom_verifier::broker::audit::{self, AuditEntry, AuditLog, Decision};
+use sealroom_verifier::broker::policy::Policy;
+
+fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/broker_inputs")
+}
+
+fn mutations(input: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![input.to_vec()];
+    let step = (input.len() / 64).max(1);
+    for cut in (0..input.len()).step_by(step) {
+        out.push(input[..cut].to_vec());
+    }
+    for at in (0..input.len()).step_by(step) {
+        for mask in [0x01u8, 0x20, 0x80, 0xff] {
+            let mut m = input.to_vec();
+            m[at] ^= mask;
+            out.push(m);
+        }
+    }
+    out
+}
+
+fn feed(data: &[u8]) {
+    let _ = audit::verify(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = Policy::parse(text);
+    }
+    let _ = Appraisal::from_json(data);
+    let _ = AdminRequest::from_json(data);
+}
+
+fn write_seeds() {
+    let dir = corpus_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("audit.log");
+    let (mut log, _) = AuditLog::open(&path).unwrap();
+    for (i, decision) in [Decision::Released, Decision::Refused, Decision::Refused].into_iter().enumerate() {
+        log.append(
+            &[AuditEntry {
+                decision,
+                key_id: format!("provider-a/key-{i}"),
+                evidence_digest: [u8::try_from(i).unwrap(); 32],
+                rule: "policy.env".into(),
+                reason: "policy.env: environment variable \"X=1\" not allowed".into(),
+            }],
+            1_700_000_000_000,
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("audit.log"), std::fs::read(&path).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("policy.toml"),
+        r#"version = 1
+platforms = ["tpm", "tdx"]
+tcb_statuses = ["UpToDate"]
+minimum_tcb = { "snp.microcode" = 213 }
+debug = "forbidden"
+golden = { signers = ["ed25519:3333333333333333333333333333333333333333333333333333333333333333"], documents = ["sha256:2222222222222222222222222222222222222222222222222222222222222222"] }
+image_digests = ["sha256:1111111111111111111111111111111111111111111111111111111111111111"]
+args = ["--in", "/data"]
+env = ["MODE=batch", "THREADS=*"]
+"#,
+    )
+    .unwrap();
+    let appraisal = Appraisal {
+        platform: sealroom_measurements::evidence::Platform::Tpm,
+        tcb_status: Some("UpToDate".into()),
+        tcb_levels: [("snp.microcode".to_owned(), 213)].into(),
+        debug: false,
+        registers: [("pcr11.sha256".to_owned(), "44".repeat(32))].into(),
+        binding: sealroom_verifier::broker::appraisal::SignedBinding::TpmExtraData("00".repeat(32)),
+        workload_events: vec![
+            sealroom_measurements::cel::RuntimeEvent::Arg("--in".into()),
+            sealroom_measurements::cel::RuntimeEvent::LaunchSeparator,
+        ],
+    };
+    std::fs::write(dir.join("appraisal.json"), serde_json::to_vec_pretty(&appraisal).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("admin-add.json"),
+        r#"{"token":null,"operation":{"op":"add","key_id":"a/1","owner":"provider-a","policy":"version = 1","material_hex":"00ff"}}"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn broker_inputs_corpus() {
+    if std::env::var_os("SEALROOM_WRITE_BROKER_CORPUS").is_some() {
+        write_seeds();
+    }
+    let mut files: Vec<_> = std::fs::read_dir(corpus_dir()).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 4, "corpus missing: {files:?}");
+    for f in &files {
+        let input = std::fs::read(f).unwrap();
+        for m in mutations(&input) {
+            feed(&m);
+        }
+    }
+    // The seeds themselves are valid inputs of their parser.
+    audit::verify(&std::fs::read(corpus_dir().join("audit.log")).unwrap()).unwrap();
+    Policy::parse(&std::fs::read_to_string(corpus_dir().join("policy.toml")).unwrap()).unwrap();
+    Appraisal::from_json(&std::fs::read(corpus_dir().join("appraisal.json")).unwrap()).unwrap();
+    AdminRequest::from_json(&std::fs::read(corpus_dir().join("admin-add.json")).unwrap()).unwrap();
+}
