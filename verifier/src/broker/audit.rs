@@ -267,6 +267,9 @@ pub struct AuditLog {
     path: PathBuf,
     file: File,
     head: ChainHead,
+    /// Set when a write or fsync failed: the file may end in a partial record, so nothing more is appended
+    /// (and nothing released) until a restart cuts the torn tail in [`AuditLog::open`].
+    failed: bool,
 }
 
 /// What [`AuditLog::open`] had to repair.
@@ -314,7 +317,7 @@ impl AuditLog {
             Err(brk) => return Err(Error::check(LAYER, brk.to_string())),
         };
         file.seek(SeekFrom::End(0)).map_err(|e| io("cannot seek", e))?;
-        Ok((Self { path: path.to_path_buf(), file, head }, recovery))
+        Ok((Self { path: path.to_path_buf(), file, head, failed: false }, recovery))
     }
 
     /// The current head.
@@ -334,6 +337,12 @@ impl AuditLog {
     /// # Errors
     /// When writing or syncing fails; the broker then must not reply with keys.
     pub fn append(&mut self, entries: &[AuditEntry], time_ms: u64) -> Result<Vec<AuditRecord>> {
+        if self.failed {
+            return Err(Error::check(
+                LAYER,
+                "an earlier write failed; restart the broker to recover the log",
+            ));
+        }
         let mut out = Vec::new();
         let mut records = Vec::with_capacity(entries.len());
         let mut head = self.head;
@@ -376,8 +385,12 @@ impl AuditLog {
         let io = |what: &str, e: std::io::Error| {
             Error::check(LAYER, format!("{what} {}: {e}", self.path.display()))
         };
-        self.file.write_all(&out).map_err(|e| io("cannot write", e))?;
-        self.file.sync_data().map_err(|e| io("cannot fsync", e))?;
+        let written = self.file.write_all(&out).map_err(|e| io("cannot write", e));
+        let synced = written.and_then(|()| self.file.sync_data().map_err(|e| io("cannot fsync", e)));
+        if let Err(e) = synced {
+            self.failed = true;
+            return Err(e);
+        }
         self.head = head;
         Ok(records)
     }
