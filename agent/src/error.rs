@@ -58,12 +58,26 @@ pub enum Error {
         /// Its target and the OS error, in one line.
         reason: String,
     },
+    /// The workload could not be specified, fetched, verified, admitted by its launch policy, unpacked, run or
+    /// measured; `stage` names the step ("spec", "fetch", "launch policy", "unpack", "runtime", "output", …).
+    #[error("workload {stage}: {reason}")]
+    Workload {
+        /// The step that failed.
+        stage: &'static str,
+        /// One line saying why.
+        reason: String,
+    },
 }
 
 impl Error {
     /// An [`Error::Attester`].
     pub fn attester(attester: &'static str, reason: impl Into<String>) -> Self {
         Self::Attester { attester, reason: reason.into() }
+    }
+
+    /// An [`Error::Workload`].
+    pub fn workload(stage: &'static str, reason: impl Into<String>) -> Self {
+        Self::Workload { stage, reason: reason.into() }
     }
 
     /// An [`Error::Io`] builder for `map_err`.

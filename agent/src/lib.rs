@@ -12,5 +12,6 @@ pub mod service;
 pub mod sys;
 pub mod tee_key;
 pub mod worker;
+pub mod workload;
 
 pub use error::{Error, Result};

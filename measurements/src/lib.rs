@@ -13,6 +13,7 @@ pub mod error;
 pub mod evidence;
 pub mod fuzzing;
 pub mod golden;
+pub mod output;
 pub mod pe;
 pub mod reader;
 pub mod tcg2;

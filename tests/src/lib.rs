@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod oci_image;
+pub mod registry;
 pub mod swtpm;
 
 /// The repository root (the workspace directory).

@@ -1,0 +1,608 @@
+//! The workload specification the operator gives: which image (pinned by digest), its arguments and
+//! environment, the restart policy, log redirection, the key broker and the key ids.
+//!
+//! Three sources, exactly one per boot:
+//! - the kernel command line: `sealroom.workload.image=REF` plus optional `sealroom.workload.arg=…` (repeated, in
+//!   order; any `arg` replaces the image's CMD), `sealroom.workload.env=NAME=value` (repeated),
+//!   `sealroom.workload.restart=never|on-failure:N`, `sealroom.workload.log_redirect=true|false`,
+//!   `sealroom.workload.broker=URL`, `sealroom.workload.key=ID` (repeated),
+//!   `sealroom.workload.insecure_registry=HOST[:PORT]` (repeated). Values may be double-quoted to hold spaces.
+//! - `sealroom.workload=metadata`: the JSON document in the GCE instance attribute `sealroom-workload`.
+//! - `sealroom.workload=file:PATH`: the JSON document in a file or a raw block device (a QEMU
+//!   `-drive if=virtio,format=raw,file=spec.json` disk: trailing NUL padding is ignored).
+//!
+//! The JSON document (unknown fields are refused):
+//! ```json
+//! {"image": "registry.example/app@sha256:…", "args": ["--x"], "env": ["NAME=value"],
+//!  "restart": "on-failure:3", "log_redirect": true, "broker": "https://broker:8443",
+//!  "key_ids": ["dataset-key"], "insecure_registries": ["10.0.2.2:5000"],
+//!  "registry_auth": {"username": "u", "password": "p"}}
+//! ```
+//! Parsing is strict and every error is one line naming the field. Nothing here is trusted: what matters (the
+//! image, args, env, launch policy) is measured before the workload runs, and the image's launch policy limits
+//! what the operator may override. Registry credentials and the broker address are not measured: the image is
+//! pinned by digest and the broker checks the evidence itself.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::digest::Sha256Digest;
+use crate::error::{Error, Result};
+
+/// Longest spec document accepted (metadata attribute or config disk).
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+/// Most args / env vars / key ids accepted.
+pub const MAX_ITEMS: usize = 256;
+/// Longest single arg, env entry or key id.
+pub const MAX_ITEM_BYTES: usize = 16 * 1024;
+/// Highest `on-failure:N` bound.
+pub const MAX_RESTARTS: u32 = 100;
+/// The GCE metadata server.
+pub const GCE_METADATA_BASE: &str = "http://metadata.google.internal";
+/// The instance attribute holding the JSON spec on GCE.
+pub const GCE_ATTRIBUTE: &str = "sealroom-workload";
+
+const STAGE: &str = "spec";
+
+fn err(reason: impl Into<String>) -> Error {
+    Error::workload(STAGE, reason)
+}
+
+/// Where the image comes from: a registry, or an OCI image layout directory (an attached disk).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// `registry/repository[:tag]@sha256:…`.
+    Registry {
+        /// The parsed reference (registry, repository, digest).
+        reference: oci_client::Reference,
+        /// The pinned digest (of a manifest or an index).
+        digest: Sha256Digest,
+    },
+    /// `oci-layout:/path/to/layout@sha256:…`.
+    Layout {
+        /// The layout directory (holding `oci-layout` and `blobs/sha256/`).
+        dir: PathBuf,
+        /// The pinned digest of the manifest (or index) inside it.
+        digest: Sha256Digest,
+    },
+}
+
+impl ImageSource {
+    /// Parses an image reference; anything not pinned by a `sha256:` digest is refused.
+    ///
+    /// # Errors
+    /// No digest (a tag alone can move), a malformed reference or digest.
+    pub fn parse(image: &str) -> Result<Self> {
+        if let Some(rest) = image.strip_prefix("oci-layout:") {
+            let (dir, digest) = rest.rsplit_once('@').ok_or_else(|| {
+                err(format!("image {image:?}: an OCI layout must be pinned as oci-layout:DIR@sha256:…"))
+            })?;
+            if dir.is_empty() || !dir.starts_with('/') {
+                return Err(err(format!("image {image:?}: the layout directory must be an absolute path")));
+            }
+            let digest = Sha256Digest::parse(digest, "image digest")
+                .map_err(|e| err(format!("image {image:?}: {e}")))?;
+            return Ok(Self::Layout { dir: PathBuf::from(dir), digest });
+        }
+        let reference: oci_client::Reference =
+            image.parse().map_err(|e| err(format!("image {image:?}: not an image reference: {e}")))?;
+        let Some(d) = reference.digest() else {
+            return Err(err(format!(
+                "image {image:?}: not pinned by digest (a tag can be moved); use REPOSITORY@sha256:…"
+            )));
+        };
+        let digest =
+            Sha256Digest::parse(d, "image digest").map_err(|e| err(format!("image {image:?}: {e}")))?;
+        Ok(Self::Registry { reference, digest })
+    }
+
+    /// The pinned digest.
+    #[must_use]
+    pub fn digest(&self) -> Sha256Digest {
+        match self {
+            Self::Registry { digest, .. } | Self::Layout { digest, .. } => *digest,
+        }
+    }
+}
+
+/// What happens when the workload ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Run once.
+    Never,
+    /// Run again after a non-zero exit, at most this many times.
+    OnFailure(u32),
+}
+
+impl RestartPolicy {
+    /// Parses `never` or `on-failure:N` (1 ≤ N ≤ [`MAX_RESTARTS`]).
+    ///
+    /// # Errors
+    /// Anything else.
+    pub fn parse(s: &str) -> Result<Self> {
+        if s == "never" {
+            return Ok(Self::Never);
+        }
+        let n = s
+            .strip_prefix("on-failure:")
+            .ok_or_else(|| err(format!("restart {s:?}: expected never or on-failure:N")))?;
+        let n: u32 = n.parse().map_err(|_| err(format!("restart {s:?}: N must be a number")))?;
+        if n == 0 || n > MAX_RESTARTS {
+            return Err(err(format!("restart {s:?}: N must be between 1 and {MAX_RESTARTS}")));
+        }
+        Ok(Self::OnFailure(n))
+    }
+
+    /// Canonical text (as measured in the launch policy event).
+    #[must_use]
+    pub fn as_text(&self) -> String {
+        match self {
+            Self::Never => "never".into(),
+            Self::OnFailure(n) => format!("on-failure:{n}"),
+        }
+    }
+}
+
+/// Registry credentials (never measured, never printed).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentials {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials").field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+/// The operator's workload specification, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    /// The image reference exactly as given (this string is measured).
+    pub image: String,
+    /// Where the image comes from (parsed from `image`).
+    pub source: ImageSource,
+    /// Operator override of the image's CMD (`None`: the image's own).
+    pub args: Option<Vec<String>>,
+    /// Operator environment variables, in order, names unique.
+    pub env: Vec<(String, String)>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Whether the operator asks for the workload's stdout/stderr on the console (the image must allow it).
+    pub log_redirect: bool,
+    /// The key broker's address.
+    pub broker: Option<String>,
+    /// Key ids to request from the broker after the workload is measured.
+    pub key_ids: Vec<String>,
+    /// Registries (`host[:port]`) reached over plain HTTP (content is still verified by digest).
+    pub insecure_registries: Vec<String>,
+    /// Registry credentials.
+    pub registry_auth: Option<RegistryCredentials>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecDocument {
+    image: String,
+    #[serde(default)]
+    args: Option<Vec<String>>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    restart: Option<String>,
+    #[serde(default)]
+    log_redirect: bool,
+    #[serde(default)]
+    broker: Option<String>,
+    #[serde(default)]
+    key_ids: Vec<String>,
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+    #[serde(default)]
+    registry_auth: Option<RegistryCredentials>,
+}
+
+fn check_item(what: &str, s: &str) -> Result<()> {
+    if s.len() > MAX_ITEM_BYTES {
+        return Err(err(format!("{what}: {} bytes, limit {MAX_ITEM_BYTES}", s.len())));
+    }
+    if s.contains('\0') {
+        return Err(err(format!("{what}: contains a NUL byte")));
+    }
+    Ok(())
+}
+
+fn check_count(what: &str, n: usize) -> Result<()> {
+    if n > MAX_ITEMS {
+        return Err(err(format!("{what}: {n} entries, limit {MAX_ITEMS}")));
+    }
+    Ok(())
+}
+
+/// Splits `NAME=value` and checks the name (`[A-Za-z_][A-Za-z0-9_]*`).
+///
+/// # Errors
+/// No `=`, or a bad name.
+pub fn parse_env(entry: &str) -> Result<(String, String)> {
+    let (name, value) =
+        entry.split_once('=').ok_or_else(|| err(format!("env {entry:?}: expected NAME=value")))?;
+    let mut chars = name.chars();
+    let ok_first = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !ok_first || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(err(format!("env {entry:?}: name {name:?} must match [A-Za-z_][A-Za-z0-9_]*")));
+    }
+    check_item("env", entry)?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+fn check_registry_host(h: &str) -> Result<()> {
+    let ok = !h.is_empty()
+        && h.len() <= 255
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
+    if ok { Ok(()) } else { Err(err(format!("insecure_registries: {h:?} is not HOST[:PORT]"))) }
+}
+
+impl WorkloadSpec {
+    fn build(doc: SpecDocument) -> Result<Self> {
+        let source = ImageSource::parse(&doc.image)?;
+        if let Some(args) = &doc.args {
+            check_count("args", args.len())?;
+            for a in args {
+                check_item("arg", a)?;
+            }
+        }
+        check_count("env", doc.env.len())?;
+        let mut env: Vec<(String, String)> = Vec::new();
+        for e in &doc.env {
+            let (name, value) = parse_env(e)?;
+            if env.iter().any(|(n, _)| *n == name) {
+                return Err(err(format!("env: {name} given twice")));
+            }
+            env.push((name, value));
+        }
+        let restart = match &doc.restart {
+            None => RestartPolicy::Never,
+            Some(r) => RestartPolicy::parse(r)?,
+        };
+        check_count("key_ids", doc.key_ids.len())?;
+        for k in &doc.key_ids {
+            check_item("key id", k)?;
+            if k.is_empty() || k.contains('/') || k.starts_with('.') {
+                return Err(err(format!(
+                    "key id {k:?}: must be non-empty, without '/' and not start with '.'"
+                )));
+            }
+        }
+        if !doc.key_ids.is_empty() && doc.broker.is_none() {
+            return Err(err("key_ids given without a broker"));
+        }
+        if let Some(b) = &doc.broker {
+            if !(b.starts_with("https://") || b.starts_with("http://")) {
+                return Err(err(format!("broker {b:?}: expected an http:// or https:// URL")));
+            }
+            check_item("broker", b)?;
+        }
+        for h in &doc.insecure_registries {
+            check_registry_host(h)?;
+        }
+        Ok(Self {
+            image: doc.image,
+            source,
+            args: doc.args,
+            env,
+            restart,
+            log_redirect: doc.log_redirect,
+            broker: doc.broker,
+            key_ids: doc.key_ids,
+            insecure_registries: doc.insecure_registries,
+            registry_auth: doc.registry_auth,
+        })
+    }
+
+    /// Parses the JSON document (from metadata or a config disk); trailing NUL/whitespace padding is ignored.
+    ///
+    /// # Errors
+    /// Oversized, not UTF-8, not the schema, or any field invalid.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() > MAX_SPEC_BYTES {
+            return Err(err(format!("document is {} bytes, limit {MAX_SPEC_BYTES}", bytes.len())));
+        }
+        let end =
+            bytes.iter().rposition(|b| !matches!(b, 0 | b' ' | b'\n' | b'\r' | b'\t')).map_or(0, |i| i + 1);
+        let trimmed = bytes.get(..end).unwrap_or_default();
+        if trimmed.is_empty() {
+            return Err(err("document is empty"));
+        }
+        let doc: SpecDocument = serde_json::from_slice(trimmed).map_err(|e| err(format!("json: {e}")))?;
+        Self::build(doc)
+    }
+
+    /// Parses the `sealroom.workload.*` keys of a kernel command line. `Ok(None)` when there are none.
+    ///
+    /// # Errors
+    /// Unknown `sealroom.workload.*` keys, a repeated single-valued key, or any invalid field.
+    pub fn from_cmdline_keys(cmdline: &str) -> Result<Option<Self>> {
+        let mut doc = SpecDocument {
+            image: String::new(),
+            args: None,
+            env: Vec::new(),
+            restart: None,
+            log_redirect: false,
+            broker: None,
+            key_ids: Vec::new(),
+            insecure_registries: Vec::new(),
+            registry_auth: None,
+        };
+        let mut any = false;
+        let mut image = None;
+        let mut log_redirect = None;
+        for word in kernel_words(cmdline) {
+            let Some((key, value)) = word.split_once('=') else { continue };
+            let Some(field) = key.strip_prefix("sealroom.workload.") else { continue };
+            any = true;
+            let once = |slot: &mut Option<String>| {
+                if slot.replace(value.to_owned()).is_some() {
+                    Err(err(format!("sealroom.workload.{field} given twice")))
+                } else {
+                    Ok(())
+                }
+            };
+            match field {
+                "image" => once(&mut image)?,
+                "arg" => doc.args.get_or_insert_with(Vec::new).push(value.to_owned()),
+                "env" => doc.env.push(value.to_owned()),
+                "restart" => once(&mut doc.restart)?,
+                "log_redirect" => once(&mut log_redirect)?,
+                "broker" => once(&mut doc.broker)?,
+                "key" => doc.key_ids.push(value.to_owned()),
+                "insecure_registry" => doc.insecure_registries.push(value.to_owned()),
+                other => return Err(err(format!("unknown kernel parameter sealroom.workload.{other}"))),
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        doc.image = image.ok_or_else(|| err("sealroom.workload.* given without sealroom.workload.image"))?;
+        doc.log_redirect = match log_redirect.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(err(format!("sealroom.workload.log_redirect={other}: expected true or false")));
+            }
+        };
+        Self::build(doc).map(Some)
+    }
+}
+
+/// Splits a kernel command line the way the kernel does: whitespace separates words, double quotes group
+/// (and are removed).
+#[must_use]
+pub fn kernel_words(cmdline: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut in_word = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    words
+}
+
+/// Where the spec comes from, chosen by the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecSource {
+    /// No workload configured.
+    None,
+    /// `sealroom.workload.*` keys.
+    Cmdline(Box<WorkloadSpec>),
+    /// `sealroom.workload=metadata`.
+    Metadata,
+    /// `sealroom.workload=file:PATH`.
+    File(PathBuf),
+}
+
+impl SpecSource {
+    /// Reads the selector (and the inline spec) from a kernel command line.
+    ///
+    /// # Errors
+    /// A bad selector, both a selector and inline keys, or an invalid inline spec.
+    pub fn from_cmdline(cmdline: &str) -> Result<Self> {
+        let mut selector = None;
+        for word in kernel_words(cmdline) {
+            if let Some(v) = word.strip_prefix("sealroom.workload=")
+                && selector.replace(v.to_owned()).is_some()
+            {
+                return Err(err("sealroom.workload= given twice"));
+            }
+        }
+        let inline = WorkloadSpec::from_cmdline_keys(cmdline)?;
+        match (selector.as_deref(), inline) {
+            (None, None) | (Some("none"), None) => Ok(Self::None),
+            (None | Some("cmdline"), Some(spec)) => Ok(Self::Cmdline(Box::new(spec))),
+            (Some("cmdline"), None) => Err(err("sealroom.workload=cmdline without sealroom.workload.image")),
+            (Some(_), Some(_)) => {
+                Err(err("sealroom.workload= selects another source but sealroom.workload.* keys are set"))
+            }
+            (Some("metadata"), None) => Ok(Self::Metadata),
+            (Some(v), None) => match v.strip_prefix("file:") {
+                Some(p) if p.starts_with('/') => Ok(Self::File(PathBuf::from(p))),
+                _ => {
+                    Err(err(format!("sealroom.workload={v}: expected metadata, file:/PATH, cmdline or none")))
+                }
+            },
+        }
+    }
+}
+
+/// Reads a spec file or raw block device (at most [`MAX_SPEC_BYTES`]).
+///
+/// # Errors
+/// Unreadable, or an invalid spec.
+pub fn read_file(path: &Path) -> Result<WorkloadSpec> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| err(format!("config {}: {e}", path.display())))?;
+    let mut buf = Vec::new();
+    // A block device may be large; only the first MiB (plus one byte to detect oversize) is read.
+    f.take(u64::try_from(MAX_SPEC_BYTES).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| err(format!("config {}: {e}", path.display())))?;
+    if buf.len() > MAX_SPEC_BYTES && buf.get(MAX_SPEC_BYTES..).is_some_and(|t| t.iter().any(|b| *b != 0)) {
+        return Err(err(format!("config {}: larger than {MAX_SPEC_BYTES} bytes", path.display())));
+    }
+    buf.truncate(MAX_SPEC_BYTES);
+    WorkloadSpec::from_json(&buf).map_err(|e| match e {
+        Error::Workload { stage, reason } => {
+            Error::workload(stage, format!("config {}: {reason}", path.display()))
+        }
+        other => other,
+    })
+}
+
+/// Fetches the spec from the GCE metadata server at `base` (normally [`GCE_METADATA_BASE`]; tests pass a
+/// loopback server). `Ok(None)` when the attribute is absent (404).
+///
+/// # Errors
+/// Unreachable server, another HTTP status, or an invalid spec.
+pub async fn fetch_metadata(base: &str, timeout: Duration) -> Result<Option<WorkloadSpec>> {
+    let url =
+        format!("{}/computeMetadata/v1/instance/attributes/{GCE_ATTRIBUTE}", base.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .no_proxy()
+        .build()
+        .map_err(|e| err(format!("metadata client: {e}")))?;
+    let resp = client
+        .get(&url)
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+        .map_err(|e| err(format!("metadata {url}: unreachable: {e}")))?;
+    match resp.status() {
+        reqwest::StatusCode::NOT_FOUND => return Ok(None),
+        s if s.is_success() => {}
+        s => return Err(err(format!("metadata {url}: HTTP {s}"))),
+    }
+    if resp.headers().get("Metadata-Flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
+        return Err(err(format!("metadata {url}: answer lacks Metadata-Flavor: Google")));
+    }
+    if resp.content_length().is_some_and(|l| l > u64::try_from(MAX_SPEC_BYTES).unwrap_or(u64::MAX)) {
+        return Err(err(format!("metadata {url}: larger than {MAX_SPEC_BYTES} bytes")));
+    }
+    let body = resp.bytes().await.map_err(|e| err(format!("metadata {url}: {e}")))?;
+    WorkloadSpec::from_json(&body).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pinned() -> String {
+        format!("127.0.0.1:5000/test/app@sha256:{}", "0123456789abcdef".repeat(4))
+    }
+
+    #[test]
+    fn references_must_be_pinned() {
+        assert!(matches!(ImageSource::parse(&pinned()).unwrap(), ImageSource::Registry { .. }));
+        let tagged_and_pinned = format!("docker.io/library/busybox:1.36@sha256:{}", "ab".repeat(32));
+        assert!(ImageSource::parse(&tagged_and_pinned).is_ok());
+        let e = ImageSource::parse("docker.io/library/busybox:1.36").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "workload spec: image \"docker.io/library/busybox:1.36\": not pinned by digest (a tag can be moved); \
+             use REPOSITORY@sha256:…"
+        );
+        assert!(ImageSource::parse(&format!("busybox@sha512:{}", "ab".repeat(64))).is_err());
+        let layout = format!("oci-layout:/mnt/img@sha256:{}", "ab".repeat(32));
+        assert!(matches!(ImageSource::parse(&layout).unwrap(), ImageSource::Layout { .. }));
+        assert!(ImageSource::parse("oci-layout:/mnt/img").is_err());
+        assert!(ImageSource::parse(&format!("oci-layout:rel@sha256:{}", "ab".repeat(32))).is_err());
+    }
+
+    #[test]
+    fn json_is_strict() {
+        let doc = format!(
+            r#"{{"image":"{}","args":["-c","echo hi"],"env":["A=1","B=x=y"],"restart":"on-failure:3",
+               "log_redirect":true,"broker":"http://10.0.2.2:8443","key_ids":["k1"],
+               "insecure_registries":["127.0.0.1:5000"]}}"#,
+            pinned()
+        );
+        let mut padded = doc.clone().into_bytes();
+        padded.resize(4096, 0);
+        let s = WorkloadSpec::from_json(&padded).unwrap();
+        assert_eq!(s.args, Some(vec!["-c".to_owned(), "echo hi".to_owned()]));
+        assert_eq!(s.env, vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]);
+        assert_eq!(s.restart, RestartPolicy::OnFailure(3));
+        assert!(s.log_redirect);
+
+        let unknown = doc.replace("\"log_redirect\"", "\"log_redirekt\"");
+        assert!(
+            WorkloadSpec::from_json(unknown.as_bytes()).unwrap_err().to_string().contains("unknown field")
+        );
+        let dup = doc.replace("\"B=x=y\"", "\"A=2\"");
+        assert_eq!(
+            WorkloadSpec::from_json(dup.as_bytes()).unwrap_err().to_string(),
+            "workload spec: env: A given twice"
+        );
+        let bad_env = doc.replace("\"B=x=y\"", "\"1B=x\"");
+        assert!(WorkloadSpec::from_json(bad_env.as_bytes()).is_err());
+        let bad_restart = doc.replace("on-failure:3", "always");
+        assert!(WorkloadSpec::from_json(bad_restart.as_bytes()).is_err());
+        let zero = doc.replace("on-failure:3", "on-failure:0");
+        assert!(WorkloadSpec::from_json(zero.as_bytes()).is_err());
+        let no_broker = doc.replace("\"broker\":\"http://10.0.2.2:8443\",", "");
+        assert_eq!(
+            WorkloadSpec::from_json(no_broker.as_bytes()).unwrap_err().to_string(),
+            "workload spec: key_ids given without a broker"
+        );
+        assert!(WorkloadSpec::from_json(b"\0\0\0").is_err());
+        assert!(WorkloadSpec::from_json(b"{\"image\":\"busybox:latest\"}").is_err());
+    }
+
+    #[test]
+    fn kernel_command_line() {
+        let cl = format!(
+            "console=ttyS0 sealroom.workload.image={} \"sealroom.workload.arg=-c\" sealroom.workload.arg=\"echo a  b\" \
+             sealroom.workload.env=X=1 sealroom.workload.restart=on-failure:2 quiet",
+            pinned()
+        );
+        let SpecSource::Cmdline(s) = SpecSource::from_cmdline(&cl).unwrap() else { panic!() };
+        assert_eq!(s.args, Some(vec!["-c".to_owned(), "echo a  b".to_owned()]));
+        assert_eq!(s.env, vec![("X".into(), "1".into())]);
+        assert_eq!(s.restart, RestartPolicy::OnFailure(2));
+        assert_eq!(SpecSource::from_cmdline("quiet").unwrap(), SpecSource::None);
+        assert_eq!(SpecSource::from_cmdline("sealroom.workload=metadata").unwrap(), SpecSource::Metadata);
+        assert_eq!(
+            SpecSource::from_cmdline("sealroom.workload=file:/dev/vdb").unwrap(),
+            SpecSource::File(PathBuf::from("/dev/vdb"))
+        );
+        assert!(SpecSource::from_cmdline("sealroom.workload=floppy").is_err());
+        assert!(SpecSource::from_cmdline(&format!("{cl} sealroom.workload.imag=x")).is_err());
+        assert!(SpecSource::from_cmdline(&format!("{cl} sealroom.workload=metadata")).is_err());
+        assert!(SpecSource::from_cmdline(&format!("{cl} sealroom.workload.image=y")).is_err());
+        assert!(SpecSource::from_cmdline("sealroom.workload.arg=x").is_err());
+    }
+}
