@@ -10,8 +10,10 @@
 //!   the section name with its trailing NUL, then the section contents (`VirtualSize` bytes). `.pcrsig` is never
 //!   measured. This is what `systemd-measure calculate` computes.
 //! - PCR 9: the kernel's EFI stub measures its load options (the command line systemd-stub passes: UTF-16LE with a
-//!   NUL terminator) as `EV_EVENT_TAG` "LOADED_IMAGE::LoadOptions", then the initrd it loads (systemd-stub's
-//!   combined initrd: `.initrd` padded with zeros to a multiple of 4) as "Linux initrd".
+//!   NUL terminator) as `EV_EVENT_TAG` "LOADED_IMAGE::LoadOptions", then the initrd it loads as "Linux initrd":
+//!   systemd-stub's combined initrd (`.ucode`, `.initrd`, then cpio archives of `.pcrsig`, `.pcrpkey` and, from
+//!   systemd 257, `.osrel`; each padded to 4 bytes). Checked against a real boot (QEMU + OVMF + swtpm, Debian
+//!   trixie systemd-stub 257): PCR 4, 9, 11 and 12 predicted from the disk image equalled the quoted PCRs.
 //! - PCR 12: nothing when no command-line override, add-on or credential is used: it stays zero, and sealroom
 //!   requires that.
 //! - RTMR2 (TDX maps PCR 8–15 there): PCR 11's events, then PCR 9's, in that order.
@@ -166,11 +168,20 @@ fn load(uki: &[u8]) -> Result<Uki> {
         out.extend_from_slice(&[0, 0]);
         out
     });
-    let initrd = sections.iter().find(|(n, _)| n == ".initrd").map(|(_, d)| {
-        let mut padded = d.clone();
-        padded.resize(d.len().div_ceil(4) * 4, 0);
-        padded
-    });
+    let stub_major = stub_major_version(&pe);
+    let memory = |name: &str| -> Result<Option<Vec<u8>>> {
+        pe.section(name).map(|s| pe.section_memory(s)).transpose()
+    };
+    let initrd = combined_initrd(
+        memory(".ucode")?.as_deref(),
+        memory(".initrd")?.as_deref(),
+        &[
+            (memory(".pcrsig")?, "tpm2-pcr-signature.json"),
+            (memory(".pcrpkey")?, "tpm2-pcr-public-key.pem"),
+            // systemd-stub 257 added the os-release cpio; older stubs pass only the signature and key.
+            (if stub_major.is_none_or(|v| v >= 257) { memory(".osrel")? } else { None }, "os-release"),
+        ],
+    );
     let mut authenticode = Vec::new();
     let mut linux_authenticode = Vec::new();
     for alg in ALGS {
@@ -178,6 +189,73 @@ fn load(uki: &[u8]) -> Result<Uki> {
         linux_authenticode.push((alg, linux_pe.authenticode(alg)?));
     }
     Ok(Uki { authenticode, linux_authenticode, sections, load_options, initrd })
+}
+
+/// The major version of the systemd-stub a UKI was built with, from its `.sdmagic` section
+/// ("#### LoaderInfo: systemd-stub 257.13-1 ####"); `None` when absent (then the newest behaviour is assumed).
+fn stub_major_version(pe: &PeImage<'_>) -> Option<u32> {
+    let magic = pe.section_memory(pe.section(".sdmagic")?).ok()?;
+    let text = String::from_utf8_lossy(&magic);
+    let version = text.split("systemd-stub ").nth(1)?;
+    version.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+fn pad4(v: &mut Vec<u8>) {
+    v.resize(v.len().div_ceil(4) * 4, 0);
+}
+
+fn cpio_header(out: &mut Vec<u8>, inode: u32, mode: u32, size: usize, name: &str) {
+    out.extend_from_slice(b"070701");
+    let name_size = name.len() + 1;
+    for v in [inode, mode, 0, 0, 1, 0, u32::try_from(size).unwrap_or(u32::MAX), 0, 0, 0, 0] {
+        out.extend_from_slice(format!("{v:08x}").as_bytes());
+    }
+    out.extend_from_slice(format!("{:08x}", u32::try_from(name_size).unwrap_or(u32::MAX)).as_bytes());
+    out.extend_from_slice(b"00000000");
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    pad4(out);
+}
+
+/// The cpio archive systemd-stub generates for one embedded file: directory `.extra` (0555), the file
+/// `.extra/<name>` (0444), the trailer; mtimes zero, inodes from 1 (its `pack_cpio_literal`).
+#[must_use]
+pub fn stub_cpio(name: &str, contents: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(contents.len() + 512);
+    cpio_header(&mut out, 1, 0o040_555, 0, ".extra");
+    cpio_header(&mut out, 2, 0o100_444, contents.len(), &format!(".extra/{name}"));
+    out.extend_from_slice(contents);
+    pad4(&mut out);
+    out.extend_from_slice(b"070701");
+    for v in [0u32, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x0b, 0] {
+        out.extend_from_slice(format!("{v:08X}").as_bytes());
+    }
+    out.extend_from_slice(b"TRAILER!!!\0\0\0\0");
+    out
+}
+
+/// The initrd systemd-stub hands to the kernel (which measures it into PCR 9): `.ucode`, `.initrd`, then the
+/// cpio archives it generates from embedded sections, each padded with zeros to a multiple of 4 bytes.
+fn combined_initrd(
+    ucode: Option<&[u8]>,
+    initrd: Option<&[u8]>,
+    generated: &[(Option<Vec<u8>>, &str)],
+) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut any = false;
+    for part in [ucode, initrd].into_iter().flatten() {
+        out.extend_from_slice(part);
+        pad4(&mut out);
+        any = true;
+    }
+    for (data, name) in generated {
+        if let Some(d) = data {
+            out.extend_from_slice(&stub_cpio(name, d));
+            pad4(&mut out);
+            any = true;
+        }
+    }
+    any.then_some(out)
 }
 
 /// The command line systemd-stub derives from `.cmdline`: up to the first NUL, control characters turned into
@@ -337,7 +415,9 @@ mod tests {
         let pcr9 = p.register("pcr9", HashAlg::Sha256).unwrap();
         let opts: Vec<u8> = "rdinit=/init\0".encode_utf16().flat_map(u16::to_le_bytes).collect();
         assert_eq!(pcr9.events[0].digest, hex::encode(digest::hash(HashAlg::Sha256, &opts)));
-        assert_eq!(pcr9.events[1].digest, hex::encode(digest::hash(HashAlg::Sha256, b"12345\0\0\0")));
+        // No .sdmagic: the newest stub behaviour, so the os-release cpio follows the padded initrd.
+        let combined = [b"12345\0\0\0".as_slice(), &stub_cpio("os-release", b"ID=sealroom\n")].concat();
+        assert_eq!(pcr9.events[1].digest, hex::encode(digest::hash(HashAlg::Sha256, &combined)));
 
         let pcr4 = p.register("pcr4", HashAlg::Sha256).unwrap();
         assert_eq!(pcr4.events.len(), 4);
@@ -357,6 +437,34 @@ mod tests {
             with_disk.register("rtmr1", HashAlg::Sha384).unwrap().events[2].event_type,
             "EV_EFI_GPT_EVENT"
         );
+    }
+
+    /// The cpio layout is pinned to the bytes an independent implementation produced, which reproduced the PCR 9
+    /// of a real boot (systemd-stub 257).
+    #[test]
+    fn stub_cpio_is_pinned() {
+        let c = stub_cpio("os-release", b"ID=sealroom\n");
+        assert_eq!(c.len(), 384);
+        assert_eq!(
+            hex::encode(digest::sha256(&c)),
+            "d9e58590eff889133c225a28b42f8134da2c24009f19afc27d84a8441906a399"
+        );
+        assert!(c.starts_with(b"070701000000010000416d"));
+    }
+
+    #[test]
+    fn old_stubs_pass_no_os_release_cpio() {
+        let kernel = build_pe(&[(".text", b"k")], b"", b"");
+        let sdmagic = b"#### LoaderInfo: systemd-stub 254.26-1~bpo12+1 ####\0";
+        let uki = build_pe(
+            &[(".sdmagic", sdmagic), (".initrd", b"12345"), (".linux", &kernel), (".osrel", b"ID=x\n")],
+            b"",
+            b"",
+        );
+        let p = predict(&uki, &[HashAlg::Sha256], &BootContext::default()).unwrap();
+        let pcr9 = p.register("pcr9", HashAlg::Sha256).unwrap();
+        assert_eq!(pcr9.events.len(), 1); // no .cmdline: no load options
+        assert_eq!(pcr9.events[0].digest, hex::encode(digest::hash(HashAlg::Sha256, b"12345\0\0\0")));
     }
 
     #[test]
