@@ -90,6 +90,7 @@ impl Appraiser for StandIn {
 }
 
 fn broker(dir: &std::path::Path, appraiser: Arc<dyn Appraiser>) -> Broker {
+    std::fs::create_dir_all(dir).unwrap();
     let rng: Arc<dyn Randomness> = Arc::new(OsRandomness(aws_lc_rs::rand::SystemRandom::new()));
     let store = Arc::new(
         KeyStore::open(&dir.join("keys.redb"), Kek::from_bytes(&[7; 32]).unwrap(), rng.as_ref()).unwrap(),
