@@ -18,6 +18,7 @@
 //!
 //! Whatever fails, the agent's attestation service keeps answering: this runs beside it.
 
+pub mod broker;
 pub mod bundle;
 pub mod digest;
 pub mod fetch;
@@ -27,6 +28,7 @@ pub mod rootfs;
 pub mod runner;
 pub mod seccomp;
 pub mod spec;
+pub mod vm;
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
