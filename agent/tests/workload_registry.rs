@@ -374,6 +374,8 @@ async fn a_real_container_runs_hardened_in_crun_with_keys_output_and_restarts() 
     assert_eq!(read("key-copy"), "0123456789abcdef");
     assert!(read("keys-ls").contains("-r--------"), "{}", read("keys-ls"));
     assert!(read("rofs").contains("Read-only file system"), "{}", read("rofs"));
+    // An empty network namespace: the loopback interface only (two lines of `ip link`).
+    assert_eq!(read("links").trim(), "2", "network interfaces seen by the workload");
 
     // Measured: the launch events, then the key release, then the output, in that order.
     let recs = records(&h);
