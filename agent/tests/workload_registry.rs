@@ -341,6 +341,16 @@ fn host_crun(state_dir: &Path) -> RuntimeConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_container_runs_hardened_in_crun_with_keys_output_and_restarts() {
+    hardened_run(false).await;
+}
+
+/// As in the VM, whose root is the initramfs (pivot_root refused): crun `--no-pivot`, same guarantees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_container_without_pivot_root_as_in_the_initramfs() {
+    hardened_run(true).await;
+}
+
+async fn hardened_run(no_pivot: bool) {
     if !nix_is_root() {
         eprintln!("SKIPPED: crun needs root to create namespaces; run the tests as root (CI does)");
         return;
@@ -359,7 +369,11 @@ async fn a_real_container_runs_hardened_in_crun_with_keys_output_and_restarts() 
         "log_redirect": true, "restart": "on-failure:1", "broker": "http://127.0.0.1:9", "key_ids": ["dataset-key"],
     }));
     let base = unique_temp_dir("wl-run");
-    let cfg = config("wl-run", host_crun(&base.join("crun-state")));
+    let mut runtime = host_crun(&base.join("crun-state"));
+    if no_pivot {
+        runtime.run_args.push("--no-pivot".into());
+    }
+    let cfg = config("wl-run", runtime);
     let outcome = workload::run(&s, &cfg, &h, &FixedKey).await.unwrap();
     assert_eq!(outcome.exit_code, 3);
     assert_eq!(outcome.runs, 2, "on-failure:1 runs a failing workload twice");

@@ -118,7 +118,7 @@ impl WorkloadConfig {
             work_dir: PathBuf::from("/run/sealroom/workload"),
             keys_dir: PathBuf::from("/run/sealroom/keys"),
             output_dir: PathBuf::from("/run/sealroom/output"),
-            runtime: RuntimeConfig::crun(&PathBuf::from("/run/sealroom/crun")),
+            runtime: RuntimeConfig::guest(&PathBuf::from("/run/sealroom/crun")),
             fetch: FetchOptions::default(),
         }
     }

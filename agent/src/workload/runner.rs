@@ -26,6 +26,9 @@ pub struct RuntimeConfig {
     pub global_args: Vec<String>,
     /// The runtime's state directory.
     pub state_dir: PathBuf,
+    /// Extra arguments of `run` (`--no-pivot` when the host root is an initramfs, where pivot_root(2)
+    /// is refused by the kernel; the container then gets MS_MOVE + chroot, and has no capability to leave it).
+    pub run_args: Vec<String>,
 }
 
 impl RuntimeConfig {
@@ -37,8 +40,32 @@ impl RuntimeConfig {
             program: PathBuf::from("crun"),
             global_args: vec!["--cgroup-manager=disabled".into()],
             state_dir: state_dir.to_path_buf(),
+            run_args: Vec::new(),
         }
     }
+
+    /// crun as installed in the guest image (`/usr/bin/crun`), with `--no-pivot` when `/` is the initramfs.
+    #[must_use]
+    pub fn guest(state_dir: &Path) -> Self {
+        let mut c = Self::crun(state_dir);
+        c.program = PathBuf::from("/usr/bin/crun");
+        if root_is_initramfs() {
+            c.run_args.push("--no-pivot".into());
+        }
+        c
+    }
+}
+
+/// True when `/` is the initramfs (`rootfs` in /proc/self/mounts), where pivot_root(2) fails.
+#[must_use]
+pub fn root_is_initramfs() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let (_, mountpoint, fstype) = (f.next(), f.next(), f.next());
+            mountpoint == Some("/") && fstype == Some("rootfs")
+        })
+    })
 }
 
 /// How the workload ended.
@@ -86,7 +113,9 @@ async fn run_once(cfg: &RuntimeConfig, bundle: &Path, id: &str, forward_logs: bo
         .arg("--root")
         .arg(&cfg.state_dir)
         .arg(format!("--log={}", log.display()))
-        .args(["run", "--bundle"])
+        .arg("run")
+        .args(&cfg.run_args)
+        .arg("--bundle")
         .arg(bundle)
         .arg(id)
         .stdin(Stdio::null())
