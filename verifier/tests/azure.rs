@@ -314,3 +314,18 @@ fn tdx_quote_negatives() {
     ev.hcl_report[0x20 + 0x80 + 40] ^= 1;
     assert_reason(run_tdx(&ev, CHALLENGE), "azure: TD quote REPORT_DATA does not match the HCL TDREPORT");
 }
+
+#[test]
+fn quote_signature_as_tpmt_signature_is_accepted_too() {
+    // sealroom's agent ships the marshalled TPMT_SIGNATURE (RSASSA, SHA-256) instead of the bare signature.
+    let mut ev = snp_pair();
+    let raw = ev.quote.signature.clone();
+    let mut tpmt = vec![0x00, 0x14, 0x00, 0x0b];
+    tpmt.extend_from_slice(&u16::try_from(raw.len()).unwrap().to_be_bytes());
+    tpmt.extend_from_slice(&raw);
+    ev.quote.signature = tpmt.clone();
+    run(&ev, CHALLENGE, AT_2024).unwrap();
+    let n = tpmt.len();
+    ev.quote.signature[n - 1] ^= 1;
+    assert_reason(run(&ev, CHALLENGE, AT_2024), "tpm quote: AK signature over TPMS_ATTEST invalid");
+}

@@ -11,10 +11,11 @@ use super::evidence::AzureEvidence;
 use super::hcl::{HclReport, HwReportType, RuntimeClaims};
 use crate::error::{Error, Result};
 use crate::snp::{Collateral, EndorsementCache, SnpClaims, SnpPolicy, verify_report};
+use crate::tpm::quote::verify_signature;
 use crate::tpm::quote::{
     ExpectedExtraData, check_extra_data, check_pcr_digest, quoted_banks, verify_rsa_raw,
 };
-use crate::tpm::structures::Attest;
+use crate::tpm::structures::{Attest, PublicKey, Signature};
 use crate::x509::UnixTime;
 
 const LAYER: &str = "azure";
@@ -118,7 +119,15 @@ pub fn verify_azure(
         match u32::try_from(exponent) {
             Err(_) => failures.push(Error::check(LAYER, "HCLAkPub exponent too large")),
             Ok(e) => {
-                if let Err(err) = verify_rsa_raw(&ev.quote.message, &ev.quote.signature, &rc.ak_modulus, e) {
+                // Azure tooling ships the bare RSA signature; sealroom's agent ships the TPMT_SIGNATURE.
+                let result = match Signature::parse(&ev.quote.signature) {
+                    Ok(sig) => {
+                        let ak = PublicKey::Rsa { modulus: rc.ak_modulus.clone(), exponent: e };
+                        verify_signature(&ev.quote.message, &sig, &ak)
+                    }
+                    Err(_) => verify_rsa_raw(&ev.quote.message, &ev.quote.signature, &rc.ak_modulus, e),
+                };
+                if let Err(err) = result {
                     failures.push(err);
                 }
             }
