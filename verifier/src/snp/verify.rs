@@ -284,6 +284,9 @@ fn claims(parsed: &SnpReport, endorsement: &Endorsement) -> SnpClaims {
         policy: parsed.policy.0,
         debug_allowed: parsed.policy.debug_allowed(),
         chip_id: hex::encode(parsed.chip_id),
-        endorsement_serial: hex::encode(endorsement.chain[0].serial()),
+        endorsement_serial: match hex::encode(endorsement.chain[0].serial()) {
+            s if s.is_empty() => "00".into(),
+            s => s,
+        },
     }
 }

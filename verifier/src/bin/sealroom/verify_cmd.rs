@@ -192,6 +192,14 @@ pub fn run(args: &Args) -> Result<()> {
     }
 }
 
+/// Evidence files larger than this are refused before reading (the largest evidence, with a 1 MiB event log
+/// and a runtime log, stays far below).
+const MAX_EVIDENCE: u64 = 16 * 1024 * 1024;
+
 fn read(p: &Path) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?.len();
+    if len > MAX_EVIDENCE {
+        bail!("{}: {len} bytes, evidence is at most {MAX_EVIDENCE}", p.display());
+    }
     std::fs::read(p).with_context(|| format!("reading {}", p.display()))
 }
