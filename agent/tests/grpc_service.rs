@@ -291,3 +291,32 @@ async fn sixty_four_clients_fifty_requests_each_zero_errors_bounded_memory_and_g
     assert_eq!(load(addr, 4, 5).await, 0);
     drop(half_open);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vsock_is_served_when_the_kernel_has_it_and_tcp_goes_on_when_it_has_not() {
+    let tpm = Swtpm::start().unwrap();
+    // VMADDR_CID_LOCAL (1): loopback vsock, present with the vsock_loopback transport.
+    let port = 20_000 + (std::process::id() % 20_000);
+    let running = server::start(Config {
+        tcp: Some("127.0.0.1:0".parse().unwrap()),
+        vsock: Some((1, port)),
+        worker: worker_config(Some(tpm.tcti()), 8, Duration::from_secs(10)),
+    })
+    .await
+    .unwrap();
+    let mut tcp = connect(running.tcp_addr.unwrap()).await;
+    tcp.get_evidence(request(&[4; 32])).await.unwrap();
+    if let Ok(stream) = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(1, port)).await {
+        // A vsock transport exists here: the same service answers over it.
+        let mut stream = Some(stream);
+        let channel = tonic::transport::Endpoint::from_static("http://vsock.invalid")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let s = stream.take();
+                async move { s.map(hyper_util::rt::TokioIo::new).ok_or_else(|| std::io::Error::other("used")) }
+            }))
+            .await
+            .unwrap();
+        AttestationClient::new(channel).get_evidence(request(&[5; 32])).await.unwrap();
+    }
+    running.stop().await.unwrap();
+}
