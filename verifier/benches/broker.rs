@@ -192,11 +192,9 @@ fn bench(c: &mut Criterion) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let svc = pb::key_broker_server::KeyBrokerServer::new(KeyBrokerService(Arc::clone(&standin)));
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        ));
         addr
     });
     let client = rt.block_on(async {

@@ -264,11 +264,13 @@ fn serve(a: &ServeArgs) -> Result<()> {
                 () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
+        // No Nagle delay: a Release reply is one small write the agent waits for.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .add_service(sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer::new(KeyBrokerService(
                 broker,
             )))
-            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("serving")
     })
