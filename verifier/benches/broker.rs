@@ -157,6 +157,7 @@ fn bench(c: &mut Criterion) {
                 nonce: Some(fixed_nonce.0.to_vec()),
                 snp_cache: &cache,
                 tdx_collateral: None,
+                enrolled_tpm_aks: &[],
             };
             sealroom_verifier::appraisal::appraise(
                 &sealroom_verifier::appraisal::EvidenceInput::Sealroom(Box::new(ev.clone())),

@@ -207,6 +207,9 @@ pub struct Context<'a> {
     /// Verified Intel collateral for TDX quotes; without it only the quote's signatures and PCK chain are
     /// checked and the TCB status is unknown (a warning).
     pub tdx_collateral: Option<&'a VerifiedCollateral>,
+    /// TPM attestation keys (marshalled TPMT_PUBLIC) enrolled out of band: swtpm, on-premises TPMs. Sealroom TPM
+    /// evidence whose AK equals one of these is trusted through the enrolment instead of Google's AK CA.
+    pub enrolled_tpm_aks: &'a [Vec<u8>],
 }
 
 type Ctx<'a> = Context<'a>;
@@ -527,16 +530,21 @@ fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut Es
             let Some(tpm) = &ev.tpm else { return };
             let quotes = [QuoteInput { attest: &tpm.attest, signature: &tpm.signature }];
             let expected = ExpectedExtraData::Binding(ev.nonce, ev.tee_public_key.clone());
+            let (trust, trust_name) = if ctx.enrolled_tpm_aks.contains(&tpm.ak_public) {
+                (AkTrust::Pinned(tpm.ak_public.clone()), "enrolled ak")
+            } else {
+                (AkTrust::GoogleCa, "google ak ca")
+            };
             match verify_tpm(
                 &tpm.ak_public,
                 &tpm.ak_cert_chain,
                 &quotes,
                 &tpm.pcr_banks,
                 &ExpectedExtraData::Unchecked,
-                &AkTrust::GoogleCa,
+                &trust,
                 ctx.at,
             ) {
-                Err(e) => est.layers.push(layer("platform", "google ak ca", json!({}), e.reasons())),
+                Err(e) => est.layers.push(layer("platform", trust_name, json!({}), e.reasons())),
                 Ok(v) => {
                     est.identity_ok = true;
                     est.hardware_ok = true;
@@ -544,7 +552,7 @@ fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut Es
                     add_pcrs(&mut est.registers, &v.pcrs);
                     est.layers.push(layer(
                         "platform",
-                        "google ak ca",
+                        trust_name,
                         serde_json::to_value(&v.claims).unwrap_or_default(),
                         vec![],
                     ));

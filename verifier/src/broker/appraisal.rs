@@ -253,6 +253,7 @@ impl Appraiser for VerifierAppraiser {
             // INTEGRATION POINT: Intel collateral (TCB info, QE identity) for TDX TCB status; until the broker
             // is given it, TDX evidence has no TCB status and policies requiring one refuse.
             tdx_collateral: None,
+            enrolled_tpm_aks: &[],
         };
         let ear = appraise(&EvidenceInput::Sealroom(Box::new(evidence.clone())), &policy, &ctx);
         let failures = ear.failures();

@@ -38,6 +38,10 @@ pub struct Args {
     /// Print the EAR as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// An enrolled TPM attestation key (marshalled TPMT_PUBLIC file) to trust instead of Google's AK CA, e.g. a
+    /// swtpm's or an on-premises TPM's; repeatable.
+    #[arg(long = "tpm-ak")]
+    tpm_ak: Vec<PathBuf>,
 }
 
 async fn fetch(agent: &str, nonce: &[u8; 32], timeout: Duration) -> Result<pb::Evidence> {
@@ -90,11 +94,13 @@ pub fn run(args: &Args) -> Result<()> {
         _ => None,
     };
     let cache = EndorsementCache::default();
+    let enrolled = super::verify_cmd::read_enrolled_aks(&args.tpm_ak)?;
     let ctx = Context {
         at,
         nonce: Some(nonce.to_vec()),
         snp_cache: &cache,
         tdx_collateral: tdx_collateral.as_ref(),
+        enrolled_tpm_aks: &enrolled,
     };
     let ear = appraise(&EvidenceInput::Sealroom(Box::new(evidence)), &policy, &ctx);
     if args.json {

@@ -47,6 +47,24 @@ pub struct Args {
     /// Print the EAR as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// An enrolled TPM attestation key (marshalled TPMT_PUBLIC file) to trust instead of Google's AK CA, e.g. a
+    /// swtpm's or an on-premises TPM's; repeatable.
+    #[arg(long = "tpm-ak")]
+    tpm_ak: Vec<PathBuf>,
+}
+
+/// Reads enrolled TPM AK public areas (marshalled TPMT_PUBLIC, at most 1 KiB each).
+pub fn read_enrolled_aks(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
+    paths
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).with_context(|| format!("reading TPM AK {}", p.display()))?;
+            if bytes.is_empty() || bytes.len() > 1024 {
+                bail!("TPM AK {}: {} bytes is not a TPMT_PUBLIC", p.display(), bytes.len());
+            }
+            Ok(bytes)
+        })
+        .collect()
 }
 
 fn parse_at(text: Option<&str>) -> Result<UnixTime> {
@@ -164,7 +182,14 @@ pub fn run(args: &Args) -> Result<()> {
         }
         _ => None,
     };
-    let ctx = Context { at, nonce, snp_cache: &cache, tdx_collateral: tdx_collateral.as_ref() };
+    let enrolled = read_enrolled_aks(&args.tpm_ak)?;
+    let ctx = Context {
+        at,
+        nonce,
+        snp_cache: &cache,
+        tdx_collateral: tdx_collateral.as_ref(),
+        enrolled_tpm_aks: &enrolled,
+    };
     let ear = appraise(&input, &policy, &ctx);
     if args.json {
         println!("{}", ear.to_json());

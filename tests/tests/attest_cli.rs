@@ -1,0 +1,86 @@
+//! `sealroom attest` as an orchestrator runs it: a live agent on a real TPM (swtpm) over loopback, a fresh random
+//! nonce chosen by the CLI, and the verifier's verdict. The swtpm AK has no certificate, so it is trusted only
+//! when enrolled with `--tpm-ak`; without the enrolment the CLI must refuse and say why.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use sealroom_agent::paths::KernelPaths;
+use sealroom_agent::server::{self, Config};
+use sealroom_agent::worker::WorkerConfig;
+use sealroom_measurements::cel::RuntimeEvent;
+use sealroom_proto::attestation::v1 as apb;
+use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
+use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
+use tonic::transport::Channel;
+
+/// The `sealroom` binary of this build: `cargo test/nextest --workspace` builds it next to the test's deps dir.
+fn sealroom() -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(std::path::Path::parent).unwrap().join("sealroom");
+    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace) first", bin.display());
+    Command::new(bin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attest_verifies_a_live_agent_with_an_enrolled_ak_and_refuses_without() {
+    let tpm = Swtpm::start().unwrap();
+    let root = unique_temp_dir("attest-cli-root");
+    std::fs::create_dir_all(&root).unwrap();
+    let worker = WorkerConfig {
+        paths: KernelPaths::new(root),
+        tcti: Some(tpm.tcti()),
+        no_tpm: false,
+        runtime_log_dir: unique_temp_dir("attest-cli-rtlog"),
+        queue_depth: 16,
+        request_timeout: Duration::from_secs(10),
+    };
+    let agent = server::start(Config { tcp: Some("127.0.0.1:0".parse().unwrap()), vsock: None, worker })
+        .await
+        .unwrap();
+    agent
+        .handle
+        .measure(RuntimeEvent::ImageReference("registry.example/job@sha256:00".into()))
+        .await
+        .unwrap();
+    agent.handle.measure(RuntimeEvent::LaunchSeparator).await.unwrap();
+    let addr = agent.tcp_addr.unwrap();
+
+    // Enrolment out of band: record this TPM's AK public area once.
+    let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let ev = AttestationClient::new(ch)
+        .get_evidence(apb::GetEvidenceRequest { nonce: vec![7; 32], tee_public_key: Vec::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .evidence
+        .unwrap();
+    let ak_file = unique_temp_dir("attest-cli-ak");
+    std::fs::write(&ak_file, &ev.tpm.unwrap().ak_public).unwrap();
+
+    let url = format!("http://{addr}");
+    let ok = tokio::task::spawn_blocking({
+        let (url, ak) = (url.clone(), ak_file.clone());
+        move || {
+            sealroom().args(["attest", "--agent", &url, "--tpm-ak"]).arg(ak).arg("--json").output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&ok.stderr));
+    let ear: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let text = ear.to_string();
+    assert!(text.contains("affirming"), "{text}");
+    assert!(text.contains("enrolled ak"), "{text}");
+
+    let refused =
+        tokio::task::spawn_blocking(move || sealroom().args(["attest", "--agent", &url]).output().unwrap())
+            .await
+            .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("refused") && stderr.contains("AK certificate"), "{stderr}");
+    agent.stop().await.unwrap();
+}
