@@ -532,3 +532,20 @@ fn negative_tcb_info_seam_attributes() {
     let e = tcb_info_with(|v| v["tdxModule"]["attributes"] = "0100000000000000".into());
     assert!(e.contains("TDX module SEAMATTRIBUTES mismatch"), "{e}");
 }
+
+/// Repeated quotes from one platform take the cached path (PCK and QE report signatures remembered per
+/// collateral set); every per-quote check must still refuse with the cache warm.
+#[test]
+fn warm_platform_cache_still_checks_every_per_quote_field() {
+    let f = fixture();
+    verify_quote(&f.quote, &f.collateral, t(TDX_AT)).unwrap();
+    verify_quote(&f.quote, &f.collateral, t(TDX_AT)).unwrap();
+    assert!(mutated(&f, QUOTE_SIG + 10).contains("tdx: quote signature invalid"));
+    assert!(mutated(&f, BODY + 20).contains("quote signature invalid"));
+    assert!(mutated(&f, ATT_KEY + 3).contains("does not bind the attestation key"));
+    assert!(mutated(&f, QE_REPORT + 100).contains("tdx: QE report signature invalid"));
+    assert!(mutated(&f, QE_REPORT_SIG + 5).contains("tdx: QE report signature invalid"));
+    // Expiry is judged per quote, not remembered: the same quote after the collateral window is refused.
+    assert!(verify_quote(&f.quote, &f.collateral, t("2030-01-01T00:00:00Z")).is_err());
+    verify_quote(&f.quote, &f.collateral, t(TDX_AT)).unwrap();
+}

@@ -340,7 +340,36 @@ impl Collateral {
             qe_identities,
             valid_from: window.from,
             valid_until: window.until,
+            platform_signatures: PlatformSignatureCache::default(),
         })
+    }
+}
+
+/// Platform signatures already verified against this collateral: SHA-256 over (PCK certificate DER, its CA's
+/// DER, QE report, QE report signature). Repeated quotes from one platform carry the same PCK certificate and QE
+/// report, so after the first quote only the quote's own signature is checked. The PCK's validity window and
+/// revocation are still checked for every quote; only the two pure signature checks are remembered.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PlatformSignatureCache(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>>,
+);
+
+/// Bound on remembered platforms; the cache is emptied when it is full (a fleet larger than this just pays the
+/// two extra signature checks again).
+const PLATFORM_CACHE_LIMIT: usize = 4096;
+
+impl PlatformSignatureCache {
+    pub(crate) fn contains(&self, key: &[u8; 32]) -> bool {
+        self.0.lock().is_ok_and(|set| set.contains(key))
+    }
+
+    pub(crate) fn insert(&self, key: [u8; 32]) {
+        if let Ok(mut set) = self.0.lock() {
+            if set.len() >= PLATFORM_CACHE_LIMIT {
+                set.clear();
+            }
+            set.insert(key);
+        }
     }
 }
 
@@ -401,6 +430,7 @@ pub struct VerifiedCollateral {
     pub(crate) qe_identities: Vec<QeIdentity>,
     valid_from: UnixTime,
     valid_until: UnixTime,
+    pub(crate) platform_signatures: PlatformSignatureCache,
 }
 
 impl VerifiedCollateral {

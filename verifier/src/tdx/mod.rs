@@ -166,12 +166,23 @@ fn sha256(parts: &[&[u8]]) -> [u8; 32] {
 /// The checks every quote gets once its PCK leaf is trusted: QE report signature, attestation key binding,
 /// quote signature.
 fn check_quote_signatures(quote: &Quote<'_>, pck: &Certificate) -> Result<()> {
-    if quote.qe_vendor_id != INTEL_QE_VENDOR_ID {
-        return Err(fail(format!("QE vendor id {} is not Intel's", hex::encode(quote.qe_vendor_id))));
-    }
+    check_vendor(quote)?;
     pck.public_key()
         .verify(SignatureAlgorithm::EcdsaSha256Fixed, quote.qe_report_bytes, &quote.qe_report_signature)
         .map_err(|_| fail("QE report signature invalid (not signed by the PCK key)"))?;
+    check_attestation_key(quote)
+}
+
+fn check_vendor(quote: &Quote<'_>) -> Result<()> {
+    if quote.qe_vendor_id != INTEL_QE_VENDOR_ID {
+        return Err(fail(format!("QE vendor id {} is not Intel's", hex::encode(quote.qe_vendor_id))));
+    }
+    Ok(())
+}
+
+/// The per-quote part: the QE report binds the attestation key, which signed the quote's header and body.
+fn check_attestation_key(quote: &Quote<'_>) -> Result<()> {
+    check_vendor(quote)?;
     let binding = sha256(&[&quote.attestation_key, quote.qe_auth_data]);
     let (head, tail) = quote.qe_report.report_data.split_at(32);
     if head != binding || tail.iter().any(|&b| b != 0) {
@@ -301,11 +312,18 @@ pub fn verify_quote(bytes: &[u8], collateral: &VerifiedCollateral, at: UnixTime)
         })?;
     let pck = Certificate::from_der(pck_der).map_err(|e| e.within(LAYER, "PCK certificate"))?;
     pck.check_validity(at).map_err(|e| e.within(LAYER, "PCK certificate"))?;
-    pck.verify_signed_by(&verified_ca.ca).map_err(|e| e.within(LAYER, "PCK certificate"))?;
     if verified_ca.crl.is_revoked(pck.serial()) {
         return Err(fail(format!("PCK certificate revoked (serial {})", hex::encode(pck.serial()))));
     }
-    check_quote_signatures(&quote, &pck)?;
+    let platform_key =
+        sha256(&[pck_der, ca_der, quote.qe_report_bytes, quote.qe_report_signature.as_slice()]);
+    if collateral.platform_signatures.contains(&platform_key) {
+        check_attestation_key(&quote)?;
+    } else {
+        pck.verify_signed_by(&verified_ca.ca).map_err(|e| e.within(LAYER, "PCK certificate"))?;
+        check_quote_signatures(&quote, &pck)?;
+        collateral.platform_signatures.insert(platform_key);
+    }
     let pck_ext = PckExtension::from_certificate(&pck).map_err(|e| e.within(LAYER, "PCK certificate"))?;
     let collateral_expiry = collateral.valid_until().min(pck.not_after());
 
