@@ -708,6 +708,35 @@ fn measured_layers(refs: &ReferenceValues, est: &mut Established) -> Vec<(Layer,
     out
 }
 
+/// The binding layer of a raw quote or report (not sealroom Evidence): REPORT_DATA must carry the caller's
+/// nonce, zero-padded to 64 bytes; without a nonce freshness is explicitly skipped.
+fn raw_report_data_binding(layer_name: &'static str, rd: &[u8; 64], ctx: &Ctx<'_>, est: &mut Established) {
+    match &ctx.nonce {
+        None => est.layers.push(LayerResult {
+            layer: "binding".into(),
+            outcome: Outcome::Skipped,
+            reference: "skip".into(),
+            claims: json!({ "report_data": hex::encode(rd) }),
+            failures: vec![],
+        }),
+        Some(n) => {
+            let r = if nonce_for_report_data(n).as_slice() == rd.as_slice() {
+                Ok(())
+            } else {
+                Err(Error::check(
+                    layer_name,
+                    format!(
+                        "REPORT_DATA {} does not carry the expected nonce {}",
+                        hex::encode(rd),
+                        hex::encode(n)
+                    ),
+                ))
+            };
+            tpm_binding_layer(r, "REPORT_DATA", est);
+        }
+    }
+}
+
 /// Verifies `input` and returns the attestation result. Never panics, never fails: every problem becomes
 /// a failed layer with a one-line reason, and the status says contraindicated.
 #[must_use]
@@ -716,31 +745,7 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ea
     match input {
         EvidenceInput::SnpReport { report, endorsement } => {
             if let Some(rd) = snp_platform(report, endorsement, policy, ctx, &mut est) {
-                match &ctx.nonce {
-                    None => est.layers.push(LayerResult {
-                        layer: "binding".into(),
-                        outcome: Outcome::Skipped,
-                        reference: "skip".into(),
-                        claims: json!({ "report_data": hex::encode(rd) }),
-                        failures: vec![],
-                    }),
-                    Some(n) => {
-                        let want = nonce_for_report_data(n);
-                        let r = if want.as_slice() == rd.as_slice() {
-                            Ok(())
-                        } else {
-                            Err(Error::check(
-                                "snp",
-                                format!(
-                                    "REPORT_DATA {} does not carry the expected nonce {}",
-                                    hex::encode(rd),
-                                    hex::encode(n)
-                                ),
-                            ))
-                        };
-                        tpm_binding_layer(r, "REPORT_DATA", &mut est);
-                    }
-                }
+                raw_report_data_binding("snp", &rd, ctx, &mut est);
             }
         }
         EvidenceInput::Gce(att) => platform_gce(att, ctx, &mut est),
@@ -748,30 +753,7 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ea
         EvidenceInput::Sealroom(ev) => platform_sealroom(ev, policy, ctx, &mut est),
         EvidenceInput::TdxQuote(q) => {
             if let Some(rd) = tdx_platform(q, ctx, &mut est) {
-                match &ctx.nonce {
-                    None => est.layers.push(LayerResult {
-                        layer: "binding".into(),
-                        outcome: Outcome::Skipped,
-                        reference: "skip".into(),
-                        claims: json!({ "report_data": hex::encode(rd) }),
-                        failures: vec![],
-                    }),
-                    Some(n) => {
-                        let r = if nonce_for_report_data(n).as_slice() == rd.as_slice() {
-                            Ok(())
-                        } else {
-                            Err(Error::check(
-                                "tdx",
-                                format!(
-                                    "REPORT_DATA {} does not carry the expected nonce {}",
-                                    hex::encode(rd),
-                                    hex::encode(n)
-                                ),
-                            ))
-                        };
-                        tpm_binding_layer(r, "REPORT_DATA", &mut est);
-                    }
-                }
+                raw_report_data_binding("tdx", &rd, ctx, &mut est);
             }
         }
     }
