@@ -14,7 +14,6 @@ use tokio::time::Instant;
 
 use crate::attester::snp::SnpAttester;
 use crate::attester::tdx::TdxAttester;
-use crate::attester::tpm::TpmAttester;
 use crate::attester::{Attester, Part};
 use crate::error::{Error, Result};
 use crate::paths::KernelPaths;
@@ -79,7 +78,8 @@ impl std::fmt::Debug for Job {
     }
 }
 
-/// Finds the attesters of this platform: a TEE (TDX, SEV-SNP) first, then the TPM.
+/// Finds the attesters of this platform: a TEE (TDX, SEV-SNP) first, then the TPM (Azure's vTPM when its HCL
+/// report is in NV, else the plain TPM).
 ///
 /// # Errors
 /// When an interface that is present fails to open (a present but broken TPM is an error, not an absence).
@@ -100,7 +100,8 @@ pub fn probe(cfg: &WorkerConfig) -> Result<Vec<Box<dyn Attester>>> {
             None => None,
         };
         if let Some(tcti) = tcti {
-            out.push(Box::new(TpmAttester::open(&tcti, p)?));
+            // Azure (HCL report NV index present) before the plain TPM: same TPM, the paravisor's AK.
+            out.push(crate::attester::azure::open_tpm(&tcti, p)?);
         }
     }
     Ok(out)
@@ -134,6 +135,7 @@ impl Worker {
                 Part::Tpm(t) => ev.tpm = Some(t),
                 Part::Tdx(t) => ev.tdx = Some(t),
                 Part::SevSnp(s) => ev.sev_snp = Some(s),
+                Part::Azure(a) => ev.azure = Some(a),
             }
         }
         Ok(ev)

@@ -204,6 +204,14 @@ fn a_power_cut_between_extend_and_append_is_reported_as_diverged() {
 /// Provisions NV like GCE does: the ECC AK template at 0x01c10003 and its certificate at 0x01c10002 (zero-padded,
 /// as the index is larger than the DER).
 fn provision_gce_nv(tcti: &str, template: &[u8], cert: &[u8]) {
+    provision_nv(
+        tcti,
+        &[(0x01c1_0003u32, template.to_vec()), (0x01c1_0002, [cert, &[0u8; 300][..]].concat())],
+    );
+}
+
+/// Defines owner-readable/writable NV indices holding `data`, written in 512-byte chunks.
+fn provision_nv(tcti: &str, indices: &[(u32, Vec<u8>)]) {
     use std::str::FromStr;
     use tss_esapi::attributes::NvIndexAttributesBuilder;
     use tss_esapi::handles::NvIndexTpmHandle;
@@ -212,9 +220,7 @@ fn provision_gce_nv(tcti: &str, template: &[u8], cert: &[u8]) {
     use tss_esapi::structures::{MaxNvBuffer, NvPublicBuilder};
     let mut ctx =
         tss_esapi::Context::new(tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti).unwrap()).unwrap();
-    for (index, data) in
-        [(0x01c1_0003u32, template.to_vec()), (0x01c1_0002, [cert, &[0u8; 300][..]].concat())]
-    {
+    for (index, data) in indices.iter().cloned() {
         let attrs = NvIndexAttributesBuilder::new()
             .with_owner_write(true)
             .with_owner_read(true)
@@ -282,4 +288,150 @@ fn the_gce_ak_from_nv_is_used_with_its_certificate() {
     drop(att);
     let att = TpmAttester::open(&tpm.tcti(), &empty_root()).unwrap();
     assert_eq!(att.ak_public(), first.as_slice());
+}
+
+/// Makes the vTPM AK like Azure's paravisor does: an RSA-2048 restricted signing key (RSASSA SHA-256) under
+/// the RSA EK, made persistent at 0x81000003. Returns its marshalled TPMT_PUBLIC.
+fn provision_azure_ak(tcti: &str) -> Vec<u8> {
+    use std::str::FromStr;
+    use tss_esapi::abstraction::{ak, ek};
+    use tss_esapi::handles::PersistentTpmHandle;
+    use tss_esapi::interface_types::algorithm::{
+        AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
+    };
+    use tss_esapi::interface_types::dynamic_handles::Persistent;
+    use tss_esapi::interface_types::resource_handles::Provision;
+    use tss_esapi::traits::Marshall;
+    let mut ctx =
+        tss_esapi::Context::new(tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti).unwrap()).unwrap();
+    let ekh = ek::create_ek_object(&mut ctx, AsymmetricAlgorithm::Rsa, None).unwrap();
+    let k =
+        ak::create_ak(&mut ctx, ekh, HashingAlgorithm::Sha256, SignatureSchemeAlgorithm::RsaSsa, None, None)
+            .unwrap();
+    let public = k.out_public.clone();
+    let loaded = ak::load_ak(&mut ctx, ekh, None, k.out_private, k.out_public).unwrap();
+    ctx.flush_context(ekh.into()).unwrap();
+    let persistent = Persistent::Persistent(PersistentTpmHandle::new(0x8100_0003).unwrap());
+    let mut obj = ctx
+        .execute_with_nullauth_session(|c| c.evict_control(Provision::Owner, loaded.into(), persistent))
+        .unwrap();
+    ctx.flush_context(loaded.into()).unwrap();
+    ctx.tr_close(&mut obj).unwrap();
+    public.marshall().unwrap()
+}
+
+fn azure_testdata(rel: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../verifier/testdata/azure").join(rel),
+    )
+    .unwrap()
+}
+
+/// The probe picks the Azure attester when NV 0x01400001 exists; its evidence carries the NV bytes, the persistent
+/// AK with its certificate, and a quote of SHA-256 PCRs 0..=23 bound to nonce and key. libtpms caps an NV index
+/// at 2048 bytes, so the index holds the first 2048 bytes of a real (2600-byte) SNP HCL report.
+#[test]
+fn azure_vtpm_is_probed_before_the_plain_tpm_and_reads_its_nv_report_and_persistent_ak() {
+    use sealroom_agent::attester::azure::{self, HCL_REPORT_NV_INDEX};
+    let tpm = Swtpm::start().unwrap();
+    let hcl = azure_testdata("az-snp-vtpm/hcl-report.bin");
+    let stored = hcl[..2048].to_vec();
+    let cert = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tpm/uca_tpm_ecc_sign_cert.der"),
+    )
+    .unwrap();
+    // Without the NV index the plain TPM attester is chosen.
+    assert_eq!(azure::open_tpm(&tpm.tcti(), &empty_root()).unwrap().name(), "tpm");
+    let ak_public = provision_azure_ak(&tpm.tcti());
+    // Without the report the AK alone does not make an Azure VM.
+    assert_eq!(azure::open_tpm(&tpm.tcti(), &empty_root()).unwrap().name(), "tpm");
+    provision_nv(
+        &tpm.tcti(),
+        &[(HCL_REPORT_NV_INDEX, stored.clone()), (0x01c1_01d0, [&cert[..], &[0u8; 100][..]].concat())],
+    );
+
+    let mut att = azure::open_tpm(&tpm.tcti(), &empty_root()).unwrap();
+    assert_eq!(att.name(), "azure-vtpm");
+    assert_eq!(att.platform(), sealroom_measurements::evidence::Platform::AzureSnpVtpm);
+    let key = TeeKey::generate().unwrap();
+    let nonce = Nonce([0x5a; 32]);
+    let Part::Azure(ev) = att.attest(&nonce, key.public()).unwrap() else { panic!("not an azure part") };
+    assert_eq!(ev.hcl_report, stored, "the whole NV index, read across the 1024-byte NV buffer limit");
+    assert_eq!(ev.vtpm.ak_public, ak_public, "the persistent AK at 0x81000003");
+    assert_eq!(ev.vtpm.ak_cert_chain, vec![cert], "the AK certificate from NV 0x01c101d0, padding cut");
+    assert_eq!(ev.vtpm.pcr_banks.len(), 1);
+    assert_eq!(ev.vtpm.pcr_banks[0].alg, HashAlg::Sha256);
+    assert_eq!(ev.vtpm.pcr_banks[0].values.keys().copied().collect::<Vec<_>>(), (0..24).collect::<Vec<_>>());
+    verify(&ev.vtpm, &ak_public, &nonce, &key).unwrap();
+    assert!(
+        verify(&ev.vtpm, &ak_public, &Nonce([0x5b; 32]), &key).unwrap_err().to_string().contains("extraData")
+    );
+    // Runtime events still extend PCR 15 in every allocated bank, and the persistent AK survives the attester.
+    assert!(att.runtime_algorithms().len() >= 2, "{:?}", att.runtime_algorithms());
+    drop(att);
+    let again = azure::open_tpm(&tpm.tcti(), &empty_root()).unwrap();
+    assert_eq!(again.name(), "azure-vtpm");
+}
+
+/// The full verification chain with a real, complete HCL report (SNP, Milan) and its VCEK: everything the
+/// verifier can check passes (HCL var-data digest = REPORT_DATA, VCEK signature over the SNP report, nonce in
+/// extraData, PCR digest), and it refuses for exactly one reason: the quote is signed by the swtpm AK, not by the
+/// HCLAkPub the hardware report vouches for.
+#[test]
+fn azure_evidence_passes_every_check_but_the_hcl_ak_binding_which_a_swtpm_ak_cannot_meet() {
+    use sealroom_agent::attester::azure::{AzureTee, AzureVtpmAttester};
+    use sealroom_agent::attester::tpm::connect;
+    use sealroom_measurements::evidence::{Evidence, Platform};
+    use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, appraise};
+    use sealroom_verifier::snp::EndorsementCache;
+    use sealroom_verifier::x509::{Certificate, parse_time};
+    let tpm = Swtpm::start().unwrap();
+    let ak_public = provision_azure_ak(&tpm.tcti());
+    let hcl = azure_testdata("az-snp-vtpm/hcl-report.bin");
+    let vcek = Certificate::chain_from_pem(&azure_testdata("az-snp-vtpm/vcek.pem"))
+        .unwrap()
+        .remove(0)
+        .der()
+        .to_vec();
+    let mut att =
+        AzureVtpmAttester::with_report(connect(&tpm.tcti()).unwrap(), &empty_root(), hcl.clone()).unwrap();
+    assert_eq!(att.tee(), AzureTee::SevSnp);
+    att.set_collateral(vcek.clone(), Vec::new());
+    let key = TeeKey::generate().unwrap();
+    let nonce = Nonce([0x77; 32]);
+    let Part::Azure(az) = att.attest(&nonce, key.public()).unwrap() else { panic!("not an azure part") };
+    assert_eq!(
+        (az.hcl_report.as_slice(), az.vcek.as_slice(), az.vtpm.ak_public.as_slice()),
+        (&hcl[..], &vcek[..], &ak_public[..])
+    );
+    let ev = Evidence {
+        nonce,
+        tee_public_key: key.public().clone(),
+        platform: Platform::AzureSnpVtpm,
+        tpm: None,
+        tdx: None,
+        sev_snp: None,
+        azure: Some(az),
+        runtime_event_log: Vec::new(),
+    };
+    // Through protobuf and back, as the gRPC service ships it (size limits included).
+    let pb = sealroom_proto::attestation::v1::Evidence::from(ev.clone());
+    let ev = Evidence::try_from(pb).unwrap();
+    let cache = EndorsementCache::default();
+    // The VCEK of hcl-report.bin is valid 2023-05-02..2030-05-02 (verifier/testdata/azure/MANIFEST.md).
+    let ctx = Context {
+        at: parse_time("2024-01-01T00:00:00Z").unwrap(),
+        nonce: None,
+        snp_cache: &cache,
+        tdx_collateral: None,
+        enrolled_tpm_aks: &[],
+    };
+    let ear = appraise(&EvidenceInput::Sealroom(Box::new(ev)), &Policy::default(), &ctx);
+    let appraisal = ear.submods.values().next().unwrap();
+    let failures: Vec<String> = appraisal.layers.iter().flat_map(|l| l.failures.clone()).collect();
+    assert_eq!(
+        failures,
+        vec!["tpm quote: AK signature over TPMS_ATTEST invalid".to_string()],
+        "{appraisal:#?}"
+    );
 }

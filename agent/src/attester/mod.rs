@@ -5,10 +5,13 @@
 use std::collections::BTreeMap;
 
 use sealroom_measurements::binding::{Nonce, TeePublicKey};
-use sealroom_measurements::evidence::{HashAlg, Platform, SevSnpEvidence, TdxEvidence, TpmEvidence};
+use sealroom_measurements::evidence::{
+    AzureVtpmEvidence, HashAlg, Platform, SevSnpEvidence, TdxEvidence, TpmEvidence,
+};
 
 use crate::error::Result;
 
+pub mod azure;
 pub mod snp;
 pub mod tdx;
 pub mod tpm;
@@ -24,6 +27,8 @@ pub enum Part {
     Tdx(TdxEvidence),
     /// An SEV-SNP report with its certificates.
     SevSnp(SevSnpEvidence),
+    /// Azure: the HCL report and the vTPM quote by the paravisor's AK.
+    Azure(AzureVtpmEvidence),
 }
 
 /// The digests of one runtime event under every algorithm an attester may need.

@@ -59,7 +59,14 @@ pub enum AkSource {
     GceRsa,
     /// ECC P-256 AK created under the ECC EK by this agent (no certificate).
     CreatedUnderEk,
+    /// Azure CVM: the paravisor's persistent RSA AK at 0x81000003 (HCLAkPub; certificate at NV 0x01c101d0).
+    AzureVtpm,
 }
+
+/// Azure vTPM: persistent AK handle and the NV index of its certificate.
+pub const AZURE_AK_HANDLE: u32 = 0x8100_0003;
+/// Azure vTPM: NV index of the AK certificate (issued by Azure, when provisioned).
+pub const AZURE_AK_CERT: u32 = 0x01c1_01d0;
 
 /// A TPM hash algorithm as sealroom names it.
 fn to_hash_alg(h: HashingAlgorithm) -> Option<HashAlg> {
@@ -98,8 +105,10 @@ pub struct TpmAttester {
     ak_public: Vec<u8>,
     ak_source: AkSource,
     ak_cert_chain: Vec<Vec<u8>>,
-    /// Allocated banks and their PCR indices, in quote order.
+    /// Allocated banks and their PCR indices: every one is extended by runtime events.
     banks: Vec<(HashAlg, Vec<u32>)>,
+    /// The banks quoted and returned (all allocated ones, or Azure's SHA-256 PCRs 0..=23).
+    quoted: Vec<(HashAlg, Vec<u32>)>,
     selection: PcrSelectionList,
     /// PCR values believed current; checked against every quote's pcrDigest.
     cache: Option<Vec<PcrBank>>,
@@ -113,15 +122,32 @@ impl TpmAttester {
     /// # Errors
     /// When the TPM cannot be reached or refuses a command.
     pub fn open(tcti: &str, paths: &KernelPaths) -> Result<Self> {
-        let conf = TctiNameConf::from_str(tcti).map_err(tss("tcti"))?;
-        let mut ctx = Context::new(conf).map_err(tss("open"))?;
+        Self::with_context(connect(tcti)?, paths, false)
+    }
+
+    /// Like [`TpmAttester::open`] on an open context; `azure` uses the paravisor's persistent AK
+    /// ([`AZURE_AK_HANDLE`]) and quotes only SHA-256 PCRs 0..=23, the selection Azure verifiers expect.
+    ///
+    /// # Errors
+    /// When the TPM refuses a command or (Azure) the persistent AK is absent.
+    pub fn with_context(mut ctx: Context, paths: &KernelPaths, azure: bool) -> Result<Self> {
         let banks = allocated_banks(&mut ctx)?;
-        let selection = selection_of(&banks)?;
-        let (ak, ak_source, ak_cert_chain) = load_ak(&mut ctx)?;
+        let quoted = if azure {
+            let sha256 = banks
+                .iter()
+                .find(|(a, _)| *a == HashAlg::Sha256)
+                .ok_or_else(|| Error::attester(NAME, "azure vtpm: no SHA-256 PCR bank allocated"))?;
+            vec![sha256.clone()]
+        } else {
+            banks.clone()
+        };
+        let selection = selection_of(&quoted)?;
+        let (ak, ak_source, ak_cert_chain) =
+            if azure { load_azure_ak(&mut ctx)? } else { load_ak(&mut ctx)? };
         let ak_public = match ctx.execute_without_session(|c| c.read_public(ak)) {
             Ok((public, _, _)) => public.marshall().map_err(tss("marshal AK public"))?,
             Err(e) => {
-                let _ = ctx.flush_context(ak.into());
+                release_ak(&mut ctx, ak, ak_source);
                 return Err(tss("read AK public")(e));
             }
         };
@@ -134,6 +160,7 @@ impl TpmAttester {
             ak_source,
             ak_cert_chain,
             banks,
+            quoted,
             selection,
             cache: None,
             uefi_event_log,
@@ -173,10 +200,10 @@ impl TpmAttester {
             .map_err(tss("quote"))
     }
 
-    /// Reads every selected PCR (8 per command).
-    fn read_pcrs(&mut self) -> Result<Vec<PcrBank>> {
-        let mut out = Vec::with_capacity(self.banks.len());
-        for (alg, indices) in self.banks.clone() {
+    /// Reads every PCR of `banks` (8 per command).
+    fn read_pcrs(&mut self, banks: &[(HashAlg, Vec<u32>)]) -> Result<Vec<PcrBank>> {
+        let mut out = Vec::with_capacity(banks.len());
+        for (alg, indices) in banks.iter().cloned() {
             let mut values = BTreeMap::new();
             for chunk in indices.chunks(PCRS_PER_READ) {
                 let slots = chunk.iter().map(|i| slot(*i)).collect::<Result<Vec<_>>>()?;
@@ -232,7 +259,7 @@ impl TpmAttester {
         for _ in 0..4 {
             let values = match self.cache.take() {
                 Some(v) => v,
-                None => self.read_pcrs()?,
+                None => self.read_pcrs(&self.quoted.clone())?,
             };
             let (attest, signature) = self.quote_once(extra_data)?;
             let sig_hash = match &signature {
@@ -274,7 +301,7 @@ impl TpmAttester {
 impl Drop for TpmAttester {
     fn drop(&mut self) {
         // No resource manager: a transient AK left behind would occupy a slot until the TPM is reset.
-        let _ = self.ctx.flush_context(self.ak.into());
+        release_ak(&mut self.ctx, self.ak, self.ak_source);
     }
 }
 
@@ -311,7 +338,8 @@ impl Attester for TpmAttester {
     }
 
     fn runtime_register(&mut self) -> Result<Vec<(HashAlg, Vec<u8>)>> {
-        let banks = self.read_pcrs()?;
+        let pcr15: Vec<(HashAlg, Vec<u32>)> = self.banks.iter().map(|(a, _)| (*a, vec![15])).collect();
+        let banks = self.read_pcrs(&pcr15)?;
         Ok(banks.into_iter().filter_map(|b| b.values.get(&15).map(|v| (b.alg, v.clone()))).collect())
     }
 
@@ -357,10 +385,65 @@ fn selection_of(banks: &[(HashAlg, Vec<u32>)]) -> Result<PcrSelectionList> {
     b.build().map_err(tss("pcr selection"))
 }
 
+/// Opens a TPM by TCTI string.
+///
+/// # Errors
+/// When the TCTI is malformed or the TPM cannot be reached.
+pub fn connect(tcti: &str) -> Result<Context> {
+    let conf = TctiNameConf::from_str(tcti).map_err(tss("tcti"))?;
+    Context::new(conf).map_err(tss("open"))
+}
+
+/// Flushes a transient AK; only closes the ESYS handle of a persistent one (it must stay in the TPM).
+fn release_ak(ctx: &mut Context, ak: KeyHandle, source: AkSource) {
+    if source == AkSource::AzureVtpm {
+        let mut obj = ObjectHandle::from(ak);
+        let _ = ctx.tr_close(&mut obj);
+    } else {
+        let _ = ctx.flush_context(ak.into());
+    }
+}
+
+/// Whether a TPM handle (NV index or persistent object) is defined, asked through TPM2_GetCapability so an
+/// absent one is not an error logged by tpm2-tss.
+///
+/// # Errors
+/// When the TPM refuses the capability query.
+pub fn handle_defined(ctx: &mut Context, raw: u32) -> Result<bool> {
+    let handle = TpmHandle::try_from(raw).map_err(tss("tpm handle"))?;
+    let (data, _) = ctx
+        .execute_without_session(|c| c.get_capability(CapabilityType::Handles, raw, 1))
+        .map_err(tss("get capability handles"))?;
+    Ok(matches!(&data, CapabilityData::Handles(list) if list.contains(&handle)))
+}
+
+/// The paravisor's persistent AK and, when provisioned, its certificate.
+fn load_azure_ak(ctx: &mut Context) -> Result<(KeyHandle, AkSource, Vec<Vec<u8>>)> {
+    if !handle_defined(ctx, AZURE_AK_HANDLE)? {
+        return Err(Error::attester(
+            NAME,
+            format!("azure vtpm: no AK at persistent handle {AZURE_AK_HANDLE:#x}"),
+        ));
+    }
+    let handle = TpmHandle::try_from(AZURE_AK_HANDLE).map_err(tss("azure AK handle"))?;
+    let obj =
+        ctx.execute_without_session(|c| c.tr_from_tpm_public(handle)).map_err(tss("azure AK 0x81000003"))?;
+    let key = KeyHandle::from(obj);
+    let chain = match read_nv(ctx, AZURE_AK_CERT) {
+        Ok(Some(cert)) if cert.len() <= limits::CERT_LEN => vec![trim_der(cert)],
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            release_ak(ctx, key, AkSource::AzureVtpm);
+            return Err(e);
+        }
+    };
+    Ok((key, AkSource::AzureVtpm, chain))
+}
+
 /// Reads a whole NV index with owner authorisation (empty), or `None` when it is not defined.
 ///
 /// `tr_from_tpm_public` runs without any session set (it can crash tpm2-tss 3.2.1 with a password session).
-fn read_nv(ctx: &mut Context, index: u32) -> Result<Option<Vec<u8>>> {
+pub(crate) fn read_nv(ctx: &mut Context, index: u32) -> Result<Option<Vec<u8>>> {
     let handle = NvIndexTpmHandle::new(index).map_err(tss("nv index"))?;
     // Ask first, so an absent index (every non-GCE TPM) is not an error logged by tpm2-tss.
     let (data, _) = ctx
