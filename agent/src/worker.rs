@@ -89,7 +89,8 @@ pub fn probe(cfg: &WorkerConfig) -> Result<Vec<Box<dyn Attester>>> {
     let tsm = p.tsm_report().is_dir();
     if tsm && p.tdx_guest_device().exists() {
         out.push(Box::new(TdxAttester::open(p)?));
-    } else if tsm && p.sev_guest_device().exists() {
+    } else if p.sev_guest_device().exists() {
+        // configfs-tsm when present, else /dev/sev-guest through the sev crate.
         out.push(Box::new(SnpAttester::open(p)?));
     }
     if !cfg.no_tpm {

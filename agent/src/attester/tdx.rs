@@ -1,8 +1,15 @@
 //! Intel TDX attester: quotes through configfs-tsm, RTMR3 extend through sysfs, CCEL from ACPI.
 //!
-//! RTMR extend uses `/sys/class/misc/tdx_guest/measurements/rtmr3:sha384` (Linux ≥ 6.16). The older
-//! `TDX_CMD_EXTEND_RTMR` ioctl was never merged upstream, so there is no ioctl fallback: on an older kernel the
-//! agent refuses to measure rather than leave RTMR3 unextended.
+//! RTMR extend uses `/sys/class/misc/tdx_guest/measurements/rtmr3:sha384` (Linux ≥ 6.16, the TSM
+//! measurement-register sysfs): write the 48-byte SHA-384 digest, the kernel issues TDG.MR.RTMR.EXTEND.
+//!
+//! No ioctl fallback, because upstream has none: upstream `drivers/virt/coco/tdx-guest/tdx-guest.c` answers only
+//! `TDX_CMD_GET_REPORT0` (every other command is `-ENOTTY`) and upstream `uapi/linux/tdx-guest.h` defines no
+//! `TDX_CMD_EXTEND_RTMR`. That ioctl (`_IOR('T', 3, struct tdx_extend_rtmr_req)`, with VERIFY_REPORT and GET_QUOTE)
+//! exists only in Intel's downstream TDX guest kernels and in an RFC series ("virt: tdx-guest: Add RTMR based
+//! measurement update support", 2024) that was superseded by the sysfs interface. Issuing it on an upstream kernel
+//! would fail anyway, and on a downstream one it would be an ABI upstream never promised, so on a kernel without
+//! the sysfs file the agent refuses to measure (with that reason) rather than leave RTMR3 unextended.
 
 use sealroom_measurements::binding::{Nonce, TeePublicKey, report_data};
 use sealroom_measurements::evidence::{HashAlg, Platform, TdxEvidence, limits};
