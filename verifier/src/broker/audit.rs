@@ -35,8 +35,10 @@ const MAX_LINE: usize = 64 * 1024;
 pub enum Decision {
     /// The key was sealed to the TEE key and returned.
     Released,
-    /// The key was not released.
+    /// The key was not released (or, for a receipt request, no receipt was issued).
     Refused,
+    /// An output receipt was issued for a workload that this key's policy allows.
+    Receipt,
 }
 
 impl Decision {
@@ -44,6 +46,7 @@ impl Decision {
         match self {
             Self::Released => 1,
             Self::Refused => 2,
+            Self::Receipt => 3,
         }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! One module per part: [`nonce`] (single-use challenges), [`keystore`] (keys encrypted at rest in redb),
 //! [`policy`] (declarative per-key rules over an [`appraisal::Appraisal`]), [`seal`] (RFC 9180 HPKE),
-//! [`token`] (the EAR JWT), [`audit`] (the log), [`service`] (the gRPC `KeyBroker`), [`admin`] (key
+//! [`token`] (the EAR JWT), [`receipt`] (output receipts), [`audit`] (the log), [`service`] (the gRPC
+//! `KeyBroker`), [`admin`] (key
 //! management over a local socket). Time and randomness are injected through [`Clock`] and [`Randomness`], so
 //! the library never reads the wall clock or the system RNG itself; the `sealroom broker` binary supplies both.
 
@@ -14,6 +15,7 @@ pub mod audit;
 pub mod keystore;
 pub mod nonce;
 pub mod policy;
+pub mod receipt;
 pub mod seal;
 pub mod service;
 pub mod token;

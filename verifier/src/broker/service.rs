@@ -38,7 +38,7 @@ pub struct Refused {
 }
 
 impl Refused {
-    fn new(rule: &str, reason: impl Into<String>) -> Self {
+    pub(super) fn new(rule: &str, reason: impl Into<String>) -> Self {
         Self { rule: rule.to_owned(), reason: reason.into() }
     }
 
@@ -63,14 +63,14 @@ pub struct Released {
 /// The key broker's state and decisions, independent of gRPC.
 #[derive(Debug)]
 pub struct Broker {
-    clock: Arc<dyn Clock>,
+    pub(super) clock: Arc<dyn Clock>,
     rng: Arc<dyn Randomness>,
     appraiser: Arc<dyn Appraiser>,
-    store: Arc<KeyStore>,
-    golden: GoldenSet,
-    signer: Signer,
+    pub(super) store: Arc<KeyStore>,
+    pub(super) golden: GoldenSet,
+    pub(super) signer: Signer,
     nonces: Mutex<NonceBook>,
-    audit: Mutex<AuditLog>,
+    pub(super) audit: Mutex<AuditLog>,
 }
 
 /// Everything a broker is made of.
@@ -94,7 +94,7 @@ pub struct BrokerParts {
     pub audit: AuditLog,
 }
 
-fn poisoned(what: &'static str) -> Error {
+pub(super) fn poisoned(what: &'static str) -> Error {
     Error::check("broker", format!("{what} lock poisoned by an earlier panic"))
 }
 
@@ -144,7 +144,7 @@ impl Broker {
     }
 
     /// Steps shared by all keys: nonce, evidence decoding, appraisal, binding.
-    fn appraise(
+    pub(super) fn appraise(
         &self,
         req: &pb::ReleaseRequest,
         now: u64,
@@ -343,5 +343,12 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
                 .collect(),
             attestation_result: released.attestation_result,
         }))
+    }
+
+    async fn receipt(
+        &self,
+        request: tonic::Request<pb::ReceiptRequest>,
+    ) -> std::result::Result<tonic::Response<pb::ReceiptResponse>, tonic::Status> {
+        super::receipt::serve(Arc::clone(&self.0), request.into_inner()).await
     }
 }

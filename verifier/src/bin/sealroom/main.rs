@@ -10,6 +10,7 @@ mod binding_cmd;
 mod broker_cmd;
 mod eventlog_cmd;
 mod measure_cmd;
+mod receipt_cmd;
 mod verify_cmd;
 
 /// sealroom: verify confidential-VM evidence, run the key broker, reproduce image measurements.
@@ -36,6 +37,9 @@ enum Command {
     Measure(measure_cmd::Args),
     /// Print and replay an event log (TPM UEFI, TDX CCEL, sealroom runtime CEL; detected).
     Eventlog(eventlog_cmd::Args),
+    /// Check a workload's result directory and its output receipt offline (output digest, broker signature,
+    /// golden registers, evidence).
+    VerifyReceipt(receipt_cmd::Args),
 }
 
 fn main() -> Result<()> {
@@ -48,5 +52,6 @@ fn main() -> Result<()> {
         Command::Verify(args) => verify_cmd::run(&args),
         Command::Measure(args) => measure_cmd::run(&args),
         Command::Eventlog(args) => eventlog_cmd::run(&args),
+        Command::VerifyReceipt(args) => receipt_cmd::run(&args),
     }
 }

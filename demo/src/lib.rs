@@ -1,0 +1,126 @@
+//! The seed demo's building blocks, shared by the `ci/demo` driver and the host-level test: the data provider's
+//! sealed dataset, the researcher's job image, the data provider's key policy and the operator's workload spec.
+//!
+//! The job image holds one static binary (`sealroom-demo-job`, built with `+crt-static`) and nothing else;
+//! the dataset never enters it: the data provider's ciphertext reaches the VM on its own disk and is opened
+//! inside the container with the key the broker releases.
+
+use std::io::Read;
+use std::path::Path;
+
+use sealroom_tests::oci_image::{Entry, ImageSettings, Layer, OciImage};
+
+/// The key id the data provider registers.
+pub const KEY_ID: &str = "diabetes-2004";
+/// Where the dataset appears in the container (the spec's `inputs`).
+pub const INPUT_NAME: &str = "dataset";
+/// The job's fixed arguments (the policy requires exactly these).
+pub const JOB_ARGS: [&str; 8] = [
+    "--input",
+    "/input/dataset",
+    "--key",
+    "/run/sealroom/keys/diabetes-2004",
+    "--output",
+    "/output",
+    "--lambda",
+    "1.0",
+];
+/// The features of the table the data provider holds (see `demo/data/MANIFEST.md`).
+pub const FEATURES_GZ: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/diabetes_data_raw.csv.gz");
+/// The target column.
+pub const TARGET_GZ: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/diabetes_target.csv.gz");
+/// The sealed dataset's magic (sealroom-demo-job's `MAGIC`).
+pub const MAGIC: &[u8; 8] = b"SRDSET01";
+
+fn gunzip(path: &str) -> std::io::Result<String> {
+    let gz = std::fs::read(path)?;
+    let mut out = String::new();
+    flate2::read::GzDecoder::new(gz.as_slice()).read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The provider's table: each row's 10 features, then its target, space-separated.
+///
+/// # Errors
+/// I/O or gzip errors, or files whose row counts differ.
+pub fn dataset() -> std::io::Result<Vec<u8>> {
+    let features = gunzip(FEATURES_GZ)?;
+    let target = gunzip(TARGET_GZ)?;
+    let (f, t): (Vec<&str>, Vec<&str>) = (features.lines().collect(), target.lines().collect());
+    if f.len() != t.len() {
+        return Err(std::io::Error::other(format!("{} feature rows, {} targets", f.len(), t.len())));
+    }
+    Ok(f.iter().zip(&t).map(|(a, b)| format!("{} {}\n", a.trim(), b.trim())).collect::<String>().into_bytes())
+}
+
+/// Fills `out` from the kernel's CSPRNG.
+///
+/// # Errors
+/// When /dev/urandom cannot be read.
+pub fn random(out: &mut [u8]) -> std::io::Result<()> {
+    std::fs::File::open("/dev/urandom")?.read_exact(out)
+}
+
+/// Seals `plain` with AES-256-GCM (aws-lc-rs): `MAGIC || u64 BE length || nonce || ciphertext+tag`.
+///
+/// # Errors
+/// A key that is not 32 bytes.
+pub fn seal_dataset(plain: &[u8], key: &[u8; 32], nonce: [u8; 12]) -> Result<Vec<u8>, String> {
+    use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let k = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| "bad key")?);
+    let mut ct = plain.to_vec();
+    k.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(MAGIC), &mut ct)
+        .map_err(|_| "AES-GCM seal failed")?;
+    let mut out = MAGIC.to_vec();
+    out.extend(u64::try_from(ct.len()).map_err(|_| "too large")?.to_be_bytes());
+    out.extend(nonce);
+    out.extend(ct);
+    Ok(out)
+}
+
+/// The job image: the static job binary as its entrypoint with the fixed args as CMD; a launch policy that
+/// allows no overrides.
+///
+/// # Errors
+/// When the binary cannot be read.
+pub fn job_image(job_binary: &Path, variant: Option<&str>) -> std::io::Result<OciImage> {
+    let bin = std::fs::read(job_binary)?;
+    let mut entries = vec![
+        Entry::Dir("usr/"),
+        Entry::Dir("usr/bin/"),
+        Entry::File("usr/bin/sealroom-demo-job".into(), bin, 0o755),
+        Entry::Dir("input/"),
+        Entry::Dir("output/"),
+    ];
+    if let Some(v) = variant {
+        // The "modified job": one more file, hence another image digest.
+        entries.push(Entry::File("usr/share-variant".into(), v.as_bytes().to_vec(), 0o644));
+    }
+    let layer = Layer::build(&entries, true);
+    Ok(OciImage::new(
+        &ImageSettings {
+            entrypoint: vec!["/usr/bin/sealroom-demo-job".into()],
+            cmd: JOB_ARGS.iter().map(|s| (*s).to_owned()).collect(),
+            env: vec![],
+            user: "1000:1000".into(),
+            labels: std::collections::BTreeMap::new(),
+        },
+        vec![layer],
+    ))
+}
+
+/// The data provider's policy for [`KEY_ID`]: the given platforms, golden rule (`None` = skip), image digest
+/// and the fixed args.
+#[must_use]
+pub fn policy(platforms: &str, golden: Option<(&str, &str)>, image_digest: &str) -> String {
+    let golden = match golden {
+        Some((signer, doc)) => format!("{{ signers = [\"ed25519:{signer}\"], documents = [\"{doc}\"] }}"),
+        None => "\"skip\"".into(),
+    };
+    let args: Vec<String> = JOB_ARGS.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        "version = 1\nplatforms = [{platforms}]\ntcb_statuses = \"skip\"\nminimum_tcb = \"skip\"\n\
+         debug = \"forbidden\"\ngolden = {golden}\nimage_digests = [\"{image_digest}\"]\nargs = [{}]\nenv = []\n",
+        args.join(", ")
+    )
+}

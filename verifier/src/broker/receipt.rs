@@ -1,0 +1,384 @@
+//! Output receipts: after a workload ended, the agent measures the digest of its output directory (the runtime
+//! `output` event) and presents fresh evidence; the broker appraises it exactly as for a key release (nonce,
+//! verifier, binding, then the key's policy) and signs an EAR JWT that names what ran and what it produced:
+//! the verified registers and the golden documents the policy accepts, the workload image (reference, manifest
+//! and config digests), its args and env, and the output digest. Anyone holding the broker's published key can
+//! then check a result offline (`sealroom verify-receipt`, [`check`]).
+//!
+//! The receipt is only issued when the evidence's runtime log has the shape of a finished job: the launch
+//! events, the separator, a `key_release` of the key named in the request (this boot received that key), and,
+//! last, exactly one `output` event whose digest is the one the agent presents. Every issued or refused receipt
+//! is appended to the audit log before the reply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sealroom_measurements::cel::RuntimeEvent;
+use sealroom_proto::keybroker::v1 as pb;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::audit::{AuditEntry, AuditRecord, Decision};
+use super::check_key_id;
+use super::keystore::Unreleasable;
+use super::policy::{Outcome, Policy, Rule};
+use super::service::{Broker, Refused, poisoned};
+use super::token::EAR_PROFILE;
+use crate::error::{Error, Result};
+
+const LAYER: &str = "receipt";
+/// The appraisal policy id the receipt's EAR names.
+pub const RECEIPT_POLICY_ID: &str = "sealroom.keybroker.v1/receipt";
+/// The name of the output event the agent measures (agent `workload::OUTPUT_NAME`).
+pub const OUTPUT_EVENT_NAME: &str = "output";
+
+/// A receipt decision.
+#[derive(Debug)]
+pub struct Receipted {
+    /// The signed receipt, or why none was issued.
+    pub receipt: std::result::Result<String, Refused>,
+    /// The audit record written for it.
+    pub audit: Vec<AuditRecord>,
+}
+
+/// The workload, as measured before it ran (the launch events).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadClaims {
+    /// The image reference the operator gave.
+    pub image_reference: String,
+    /// The manifest digest (what policies call the image digest).
+    pub image_digest: String,
+    /// The image config digest.
+    pub config_digest: String,
+    /// The exact argument list.
+    pub args: Vec<String>,
+    /// The environment.
+    pub env: Vec<String>,
+}
+
+impl WorkloadClaims {
+    /// The claims from the launch events of a runtime log (events before the separator).
+    #[must_use]
+    pub fn from_events(events: &[RuntimeEvent]) -> Self {
+        let mut w = Self::default();
+        for e in events.iter().take_while(|e| !matches!(e, RuntimeEvent::LaunchSeparator)) {
+            match e {
+                RuntimeEvent::ImageReference(s) => w.image_reference.clone_from(s),
+                RuntimeEvent::ManifestDigest(s) => w.image_digest.clone_from(s),
+                RuntimeEvent::ConfigDigest(s) => w.config_digest.clone_from(s),
+                RuntimeEvent::Arg(s) => w.args.push(s.clone()),
+                RuntimeEvent::Env(s) => w.env.push(s.clone()),
+                _ => {}
+            }
+        }
+        w
+    }
+}
+
+fn check_output_digest(d: &str) -> Result<()> {
+    let hex_part = d
+        .strip_prefix("sha256:")
+        .ok_or_else(|| Error::check(LAYER, format!("output digest {d:?} is not sha256:<hex>")))?;
+    if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(Error::check(LAYER, format!("output digest {d:?} is not sha256:<64 lower-case hex>")));
+    }
+    Ok(())
+}
+
+/// The runtime log of a finished job: the last event is the only `output` event, named
+/// [`OUTPUT_EVENT_NAME`], with the presented digest; `key_id` was released after the separator.
+fn check_finished_job(
+    events: &[RuntimeEvent],
+    key_id: &str,
+    output_digest: &str,
+) -> std::result::Result<(), String> {
+    let outputs = events.iter().filter(|e| matches!(e, RuntimeEvent::Output { .. })).count();
+    match events.last() {
+        Some(RuntimeEvent::Output { name, digest }) if outputs == 1 => {
+            if name != OUTPUT_EVENT_NAME {
+                return Err(format!("the output event is named {name:?}, expected {OUTPUT_EVENT_NAME:?}"));
+            }
+            if digest != output_digest {
+                return Err(format!(
+                    "the measured output digest is {digest}, the request presents {output_digest}"
+                ));
+            }
+        }
+        Some(RuntimeEvent::Output { .. }) => {
+            return Err(format!("{outputs} output events in the runtime log, expected exactly one"));
+        }
+        Some(e) => return Err(format!("the runtime log's last event is {}, not an output event", e.name())),
+        None => return Err("the evidence has no runtime log".into()),
+    }
+    let sep = events
+        .iter()
+        .position(|e| matches!(e, RuntimeEvent::LaunchSeparator))
+        .ok_or("no launch separator in the runtime log")?;
+    let released =
+        events.iter().skip(sep).any(|e| matches!(e, RuntimeEvent::KeyRelease { key_id: k } if k == key_id));
+    if !released {
+        return Err(format!("key {key_id} was not released to this workload (no key_release event)"));
+    }
+    Ok(())
+}
+
+fn outcome_text(o: &Outcome) -> String {
+    match o {
+        Outcome::Pass(why) => format!("pass: {why}"),
+        Outcome::Skipped => "skip".into(),
+        Outcome::Fail(why) => format!("fail: {why}"),
+    }
+}
+
+impl Broker {
+    /// Handles one receipt request. A refusal is part of the result; `Err` means a malformed request or a
+    /// broker failure (the audit log could not be written): no receipt then.
+    ///
+    /// # Errors
+    /// A malformed key id or output digest, or an internal failure.
+    pub fn receipt(&self, req: &pb::ReceiptRequest) -> Result<Receipted> {
+        check_key_id(&req.key_id)?;
+        check_output_digest(&req.output_digest)?;
+        let now = self.clock.now_ms();
+        let evidence_digest: [u8; 32] = match &req.evidence {
+            Some(e) => Sha256::digest(prost::Message::encode_to_vec(e)).into(),
+            None => [0; 32],
+        };
+        let as_release = pb::ReleaseRequest {
+            nonce: req.nonce.clone(),
+            evidence: req.evidence.clone(),
+            key_ids: vec![req.key_id.clone()],
+        };
+        let decided = self.appraise(&as_release, now).and_then(|(_, evidence, appraisal)| {
+            check_finished_job(&appraisal.workload_events, &req.key_id, &req.output_digest)
+                .map_err(|why| Refused::new(LAYER, format!("{LAYER}: {why}")))?;
+            let key = match self.store.get_for_release(&req.key_id) {
+                Ok(k) => k,
+                Err(Ok(Unreleasable::Unknown)) => {
+                    return Err(Refused::new("key store", format!("key store: unknown key id {}", req.key_id)));
+                }
+                Err(Ok(Unreleasable::Revoked { time_ms })) => {
+                    return Err(Refused::new(
+                        "key store",
+                        format!("key store: key {} was revoked at {time_ms} ms", req.key_id),
+                    ));
+                }
+                Err(Err(e)) => return Err(Refused::new("key store", e.to_string().replace('\n', " "))),
+            };
+            let policy = Policy::parse(&key.info.policy).map_err(|e| {
+                Refused::new("policy", format!("{e} (stored policy of key {})", req.key_id))
+            })?;
+            let verdict = policy.evaluate(&appraisal, &self.golden);
+            if let Some((rule, reason)) = verdict.refusal() {
+                return Err(Refused::new(rule, reason));
+            }
+            let golden_documents = match &policy.golden {
+                Rule::Skip => json!("skip"),
+                Rule::Require(g) => json!(g.documents),
+            };
+            let rules: BTreeMap<&str, String> =
+                verdict.rules.iter().map(|(rule, o)| (*rule, outcome_text(o))).collect();
+            let claims = json!({
+                "ear.status": "affirming",
+                "ear.appraisal-policy-id": RECEIPT_POLICY_ID,
+                "sealroom.platform": format!("{:?}", evidence.platform),
+                "sealroom.tee_public_key": hex::encode(evidence.tee_public_key.as_bytes()),
+                "sealroom.evidence_digest": hex::encode(evidence_digest),
+                "sealroom.registers": appraisal.registers,
+                "sealroom.golden_documents": golden_documents,
+                "sealroom.workload": WorkloadClaims::from_events(&appraisal.workload_events),
+                "sealroom.output_digest": req.output_digest,
+                "sealroom.key_id": req.key_id,
+                "sealroom.policy_digest": format!("sha256:{}", hex::encode(Sha256::digest(key.info.policy.as_bytes()))),
+                "sealroom.policy_rules": rules,
+            });
+            Ok(claims)
+        });
+        let entry = match &decided {
+            Ok(_) => AuditEntry {
+                decision: Decision::Receipt,
+                key_id: req.key_id.clone(),
+                evidence_digest,
+                rule: LAYER.into(),
+                reason: format!("receipt issued for output {}", req.output_digest),
+            },
+            Err(r) => AuditEntry {
+                decision: Decision::Refused,
+                key_id: req.key_id.clone(),
+                evidence_digest,
+                rule: format!("receipt/{}", r.rule),
+                reason: r.reason.clone(),
+            },
+        };
+        let (records, head) = {
+            let mut log = self.audit.lock().map_err(|_| poisoned("audit log"))?;
+            let records = log.append(&[entry], now)?;
+            (records, log.head())
+        };
+        let receipt = match decided {
+            Ok(sub) => {
+                let claims = json!({
+                    "eat_profile": EAR_PROFILE,
+                    "iat": now / 1000,
+                    "eat_nonce": hex::encode(&req.nonce),
+                    "ear.verifier-id": {"developer": "sealroom", "build": concat!("sealroom-broker ", env!("CARGO_PKG_VERSION"))},
+                    "submods": {"sealroom": sub},
+                    "sealroom.audit": {"records": head.records, "head": hex::encode(head.hash)},
+                });
+                Ok(self.signer.sign(&claims)?)
+            }
+            Err(r) => Err(r),
+        };
+        Ok(Receipted { receipt, audit: records })
+    }
+}
+
+/// The gRPC handler (`KeyBroker.Receipt`).
+pub(super) async fn serve(
+    broker: Arc<Broker>,
+    req: pb::ReceiptRequest,
+) -> std::result::Result<tonic::Response<pb::ReceiptResponse>, tonic::Status> {
+    check_key_id(&req.key_id).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    check_output_digest(&req.output_digest).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    // Appraisal and the audit fsync block: keep them off the async workers.
+    let r = tokio::task::spawn_blocking(move || broker.receipt(&req))
+        .await
+        .map_err(|e| tonic::Status::internal(format!("broker: receipt task failed: {e}")))?
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok(tonic::Response::new(match r.receipt {
+        Ok(receipt) => pb::ReceiptResponse { receipt, refusal: String::new() },
+        Err(refused) => pb::ReceiptResponse { receipt: String::new(), refusal: refused.reason },
+    }))
+}
+
+/// What an offline check of a receipt established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedReceipt {
+    /// The receipt's claims (verified signature).
+    pub claims: Value,
+    /// The workload it names.
+    pub workload: WorkloadClaims,
+    /// The output digest it names (and the files have).
+    pub output_digest: String,
+    /// Registers compared against the golden document.
+    pub golden_registers: usize,
+}
+
+/// What [`check`] needs.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckInput<'a> {
+    /// The JWT.
+    pub token: &'a str,
+    /// The broker's published JWK.
+    pub broker_jwk: &'a Value,
+    /// The output digest recomputed from the files (`sha256:<hex>`).
+    pub output_digest: &'a str,
+    /// The golden registers (names as in the appraisal, e.g. "pcr11.sha256"; complete registers only).
+    pub golden_registers: &'a BTreeMap<String, String>,
+    /// SHA-256 of the evidence file, when one is checked against the receipt.
+    pub evidence_digest: Option<[u8; 32]>,
+}
+
+/// Checks a receipt offline: the signature under the broker's key, an affirming receipt of this kind, the
+/// output digest, and every golden register that the receipt's registers have (at least one must be compared,
+/// and a register family the receipt has may not lack a golden register), and optionally the evidence digest.
+///
+/// # Errors
+/// The first failed check, one line.
+pub fn check(input: &CheckInput<'_>) -> Result<CheckedReceipt> {
+    let claims = super::token::verify(input.token, input.broker_jwk)?;
+    let sub = claims
+        .pointer("/submods/sealroom")
+        .ok_or_else(|| Error::check(LAYER, "token has no submods.sealroom claims"))?;
+    let s = |name: &str| sub.get(name).and_then(Value::as_str).unwrap_or_default();
+    if s("ear.appraisal-policy-id") != RECEIPT_POLICY_ID {
+        return Err(Error::check(
+            LAYER,
+            format!("token is not an output receipt (policy id {:?})", s("ear.appraisal-policy-id")),
+        ));
+    }
+    if s("ear.status") != "affirming" {
+        return Err(Error::check(LAYER, format!("receipt status is {:?}, not affirming", s("ear.status"))));
+    }
+    if s("sealroom.output_digest") != input.output_digest {
+        return Err(Error::check(
+            LAYER,
+            format!(
+                "output digest mismatch: the receipt names {}, the files digest to {}",
+                s("sealroom.output_digest"),
+                input.output_digest
+            ),
+        ));
+    }
+    if let Some(d) = input.evidence_digest
+        && s("sealroom.evidence_digest") != hex::encode(d)
+    {
+        return Err(Error::check(LAYER, "the evidence file is not the evidence the receipt was issued for"));
+    }
+    let registers: BTreeMap<String, String> = sub
+        .get("sealroom.registers")
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| Error::check(LAYER, format!("registers claim: {e}")))?
+        .unwrap_or_default();
+    let family = |r: &str| match r.split_once('.') {
+        Some((base, alg)) if base.starts_with("pcr") => format!("pcr.{alg}"),
+        _ => r.trim_end_matches(|c: char| c.is_ascii_digit()).to_owned(),
+    };
+    let families: std::collections::BTreeSet<String> = registers.keys().map(|r| family(r)).collect();
+    let mut compared = 0usize;
+    for (reg, want) in input.golden_registers {
+        match registers.get(reg) {
+            Some(got) if got.eq_ignore_ascii_case(want) => compared += 1,
+            Some(got) => {
+                return Err(Error::check(
+                    LAYER,
+                    format!("{reg} not golden: expected {want}, receipt has {got}"),
+                ));
+            }
+            None if families.contains(&family(reg)) => {
+                return Err(Error::check(
+                    LAYER,
+                    format!("{reg} of the golden document is not in the receipt"),
+                ));
+            }
+            None => {}
+        }
+    }
+    if compared == 0 {
+        return Err(Error::check(LAYER, "no register of the golden document is in the receipt"));
+    }
+    let workload: WorkloadClaims = sub
+        .get("sealroom.workload")
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| Error::check(LAYER, format!("workload claim: {e}")))?
+        .ok_or_else(|| Error::check(LAYER, "receipt has no workload claim"))?;
+    Ok(CheckedReceipt {
+        claims: claims.clone(),
+        workload,
+        output_digest: input.output_digest.to_owned(),
+        golden_registers: compared,
+    })
+}
+
+/// The registers a verified golden document expects, named as in the appraisal ("pcr11.sha256", "rtmr2"); only
+/// registers the document marks complete (the same reading as the broker's golden rule).
+#[must_use]
+pub fn golden_registers(doc: &sealroom_measurements::golden::GoldenDocument) -> BTreeMap<String, String> {
+    doc.registers
+        .iter()
+        .filter(|r| r.complete)
+        .map(|r| {
+            let name = if r.register.starts_with("pcr") {
+                format!("{}.{}", r.register, r.alg)
+            } else {
+                r.register.clone()
+            };
+            (name, r.value.to_lowercase())
+        })
+        .collect()
+}
