@@ -637,16 +637,16 @@ fn replay_runtime_rtmr3(log: &[u8], est: &mut Established) {
         return;
     }
     let mut failures = Vec::new();
+    let mut claims = json!({ "register": "rtmr3" });
     let quoted = est.registers.get("rtmr3").and_then(|h| hex::decode(h).ok()).unwrap_or_default();
     match sealroom_measurements::cel::CelLog::decode(log) {
         Err(e) => failures.push(format!("runtime log: {e}")),
-        Ok(records) => {
-            if let Err(e) = sealroom_measurements::cel::check_rtmr3(&records, &quoted) {
-                failures.push(format!("runtime log: {e}"));
-            }
-        }
+        Ok(records) => match sealroom_measurements::cel::check_rtmr3(&records, &quoted) {
+            Err(e) => failures.push(format!("runtime log: {e}")),
+            Ok(()) => claims = json!({ "register": "rtmr3", "workload": workload_claims(&records) }),
+        },
     }
-    est.layers.push(layer("runtime log", "replay", json!({ "register": "rtmr3" }), failures));
+    est.layers.push(layer("runtime log", "replay", claims, failures));
 }
 
 fn replay_runtime_log(log: &[u8], quoted: &[PcrBank], est: &mut Established) {
@@ -654,19 +654,66 @@ fn replay_runtime_log(log: &[u8], quoted: &[PcrBank], est: &mut Established) {
         return;
     }
     let mut failures = Vec::new();
+    let mut claims = json!({});
     match sealroom_measurements::cel::CelLog::decode(log) {
         Err(e) => failures.push(format!("runtime log: {e}")),
         Ok(records) => {
+            let mut replayed = Vec::new();
             for bank in quoted {
-                if let Some(v) = bank.values.get(&15)
-                    && let Err(e) = sealroom_measurements::cel::check_pcr(&records, bank.alg, v)
-                {
-                    failures.push(format!("runtime log: {e}"));
+                if let Some(v) = bank.values.get(&15) {
+                    match sealroom_measurements::cel::check_pcr(&records, bank.alg, v) {
+                        Err(e) => failures.push(format!("runtime log: {e}")),
+                        Ok(()) => replayed.push(format!("pcr15.{}", bank.alg.name())),
+                    }
                 }
+            }
+            // The events are claims only once they replayed to a quoted register.
+            if failures.is_empty() && !replayed.is_empty() {
+                claims = json!({ "registers": replayed, "workload": workload_claims(&records) });
             }
         }
     }
-    est.layers.push(layer("runtime log", "replay", json!({}), failures));
+    est.layers.push(layer("runtime log", "replay", claims, failures));
+}
+
+/// The workload the replayed runtime log describes: the launch events before the launch separator (image
+/// reference and digests, args, env, mounts, launch policy) and what happened after it (keys released, outputs).
+fn workload_claims(records: &[sealroom_measurements::cel::CelRecord]) -> serde_json::Value {
+    use sealroom_measurements::cel::RuntimeEvent as E;
+    let mut launch = serde_json::Map::new();
+    let (mut args, mut env, mut mounts, mut keys, mut outputs) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut launched = false;
+    for r in records {
+        match &r.event {
+            E::ImageReference(s) => {
+                launch.insert("image_reference".into(), json!(s));
+            }
+            E::ManifestDigest(s) => {
+                launch.insert("image_digest".into(), json!(s));
+            }
+            E::ConfigDigest(s) => {
+                launch.insert("config_digest".into(), json!(s));
+            }
+            E::Arg(s) => args.push(json!(s)),
+            E::Env(s) => env.push(json!(s)),
+            E::Mount(m) => mounts.push(json!(m)),
+            E::LaunchPolicy(s) => {
+                launch.insert("launch_policy".into(), json!(s));
+            }
+            E::LaunchSeparator => launched = true,
+            E::KeyRelease { key_id } => keys.push(json!(key_id)),
+            E::Output { name, digest } => outputs.push(json!({ "name": name, "digest": digest })),
+            // Event kinds this verifier does not know yet still replayed; they claim nothing here.
+            _ => {}
+        }
+    }
+    launch.insert("args".into(), json!(args));
+    launch.insert("env".into(), json!(env));
+    launch.insert("mounts".into(), json!(mounts));
+    launch.insert("launched".into(), json!(launched));
+    launch.insert("key_releases".into(), json!(keys));
+    launch.insert("outputs".into(), json!(outputs));
+    serde_json::Value::Object(launch)
 }
 
 fn measured_layers(refs: &ReferenceValues, est: &mut Established) -> Vec<(Layer, Outcome)> {
@@ -828,6 +875,49 @@ mod tests {
         ] {
             assert!(ReferenceValues::from_json(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_replayed_runtime_log_claims_its_workload_and_a_mismatched_one_claims_nothing() {
+        use sealroom_measurements::cel::{CelRecord, RuntimeEvent as E, encode_records, replay_pcr};
+        let events = [
+            E::ImageReference("r.example/app@sha256:aa".into()),
+            E::ManifestDigest("sha256:aa".into()),
+            E::ConfigDigest("sha256:bb".into()),
+            E::Arg("/bin/app".into()),
+            E::Arg("--fast".into()),
+            E::Env("PATH=/bin".into()),
+            E::LaunchPolicy("log_redirect=never\n".into()),
+            E::LaunchSeparator,
+            E::KeyRelease { key_id: "k".into() },
+            E::Output { name: "output".into(), digest: "sha256:cc".into() },
+        ];
+        let records: Vec<CelRecord> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| CelRecord::new(i as u64, 15, &[HashAlg::Sha256], e))
+            .collect();
+        let log = encode_records(&records);
+        let good = replay_pcr(&records, HashAlg::Sha256).unwrap();
+        let bank = |v: Vec<u8>| PcrBank { alg: HashAlg::Sha256, values: [(15u32, v)].into_iter().collect() };
+
+        let mut est = Established::default();
+        replay_runtime_log(&log, &[bank(good)], &mut est);
+        let l = &est.layers[0];
+        assert_eq!(l.outcome, Outcome::Passed, "{:?}", l.failures);
+        let w = &l.claims["workload"];
+        assert_eq!(w["image_digest"], "sha256:aa");
+        assert_eq!(w["image_reference"], "r.example/app@sha256:aa");
+        assert_eq!(w["args"], json!(["/bin/app", "--fast"]));
+        assert_eq!(w["env"], json!(["PATH=/bin"]));
+        assert_eq!(w["launched"], json!(true));
+        assert_eq!(w["key_releases"], json!(["k"]));
+        assert_eq!(w["outputs"], json!([{"name": "output", "digest": "sha256:cc"}]));
+
+        let mut est = Established::default();
+        replay_runtime_log(&log, &[bank(vec![0; 32])], &mut est);
+        assert_eq!(est.layers[0].outcome, Outcome::Failed);
+        assert!(est.layers[0].claims.get("workload").is_none(), "no claims from a log that does not replay");
     }
 
     #[test]

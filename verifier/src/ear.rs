@@ -246,6 +246,16 @@ impl Ear {
                 for f in &l.failures {
                     let _ = writeln!(out, "  {:<12} ! {f}", "");
                 }
+                // The verified workload (runtime log replayed to a quoted register): one line per claim, in full.
+                if let Some(w) = l.claims.get("workload").and_then(serde_json::Value::as_object) {
+                    for (k, v) in w {
+                        let text = match v {
+                            serde_json::Value::String(s) => s.trim_end().replace('\n', "; "),
+                            other => other.to_string(),
+                        };
+                        let _ = writeln!(out, "  {:<12}   workload.{k}: {text}", "");
+                    }
+                }
             }
         }
         out

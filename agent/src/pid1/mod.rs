@@ -268,7 +268,13 @@ pub fn is_pid1_child() -> bool {
     std::env::var_os(CHILD_ENV).is_some()
 }
 
-/// The agent child's job in the VM: serve attestation (TCP 0.0.0.0:7443 and vsock) until SIGTERM.
+/// Printed by the agent child once its gRPC server listens (the boot tests wait for it).
+pub const SERVING_MARKER: &str = "sealroom-agent: serving attestation on tcp";
+
+/// The agent child's job in the VM: serve attestation (TCP 0.0.0.0:7443 and vsock) and, beside it, run the
+/// operator's workload if one is configured (`crate::workload::vm`). Serving goes on after the workload ends or
+/// fails, until SIGTERM; when the workload ended and its spec says `"on_exit": "poweroff"`, PID 1 is asked to
+/// power the VM off (SIGTERM to PID 1, which stops this process cleanly first).
 ///
 /// # Errors
 /// When the runtime or the server cannot start.
@@ -277,5 +283,60 @@ pub fn serve_in_vm() -> crate::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| crate::Error::Server(format!("tokio runtime: {e}")))?;
-    runtime.block_on(crate::server::run(crate::server::Config::vm_defaults()))
+    runtime.block_on(serve_and_run_workload())
+}
+
+async fn serve_and_run_workload() -> crate::Result<()> {
+    use crate::workload::spec::OnExit;
+    let running = crate::server::start(crate::server::Config::vm_defaults()).await?;
+    if let Some(addr) = running.tcp_addr {
+        eprintln!("{SERVING_MARKER} {addr}");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| crate::Error::Server(format!("signal: {e}")))?;
+    // The workload runs in its own task: a panic there ends the task, never the agent.
+    let mut workload = tokio::spawn(crate::workload::vm::run_in_vm(running.handle.clone()));
+    let mut workload_done = false;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            ended = &mut workload, if !workload_done => {
+                workload_done = true;
+                match ended {
+                    Ok(Some(done)) if done.on_exit == OnExit::PowerOff => {
+                        crate::workload::console(format_args!(
+                            "workload finished (exit code {}); on_exit=poweroff: asking PID 1 to power off",
+                            done.outcome.exit_code
+                        ));
+                        request_poweroff();
+                    }
+                    Ok(Some(done)) => crate::workload::console(format_args!(
+                        "workload finished (exit code {}); the agent keeps serving attestation",
+                        done.outcome.exit_code
+                    )),
+                    Ok(None) => crate::workload::console(format_args!(
+                        "no workload running; the agent keeps serving attestation"
+                    )),
+                    Err(e) => crate::workload::console(format_args!(
+                        "FAILED: the workload task ended abnormally ({e}); the agent keeps serving attestation"
+                    )),
+                }
+            }
+        }
+    }
+    if !workload_done {
+        workload.abort();
+    }
+    running.stop().await
+}
+
+/// Asks PID 1 to shut down and power off (its SIGTERM path); only as PID 1's child in the VM.
+fn request_poweroff() {
+    if !is_pid1_child() {
+        return crate::workload::console(format_args!("not PID 1's child: not powering off"));
+    }
+    if let Err(e) = nix::sys::signal::kill(Pid::from_raw(1), Signal::SIGTERM) {
+        crate::workload::console(format_args!("cannot ask PID 1 to power off: {e}"));
+    }
 }

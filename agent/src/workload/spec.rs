@@ -6,18 +6,26 @@
 //!   order; any `arg` replaces the image's CMD), `sealroom.workload.env=NAME=value` (repeated),
 //!   `sealroom.workload.restart=never|on-failure:N`, `sealroom.workload.log_redirect=true|false`,
 //!   `sealroom.workload.broker=URL`, `sealroom.workload.key=ID` (repeated),
-//!   `sealroom.workload.insecure_registry=HOST[:PORT]` (repeated). Values may be double-quoted to hold spaces.
+//!   `sealroom.workload.insecure_registry=HOST[:PORT]` (repeated), `sealroom.workload.on_exit=serve|poweroff`.
+//!   Values may be double-quoted to hold spaces.
 //! - `sealroom.workload=metadata`: the JSON document in the GCE instance attribute `sealroom-workload`.
 //! - `sealroom.workload=file:PATH`: the JSON document in a file or a raw block device (a QEMU
 //!   `-drive if=virtio,format=raw,file=spec.json` disk: trailing NUL padding is ignored).
+//! - `sealroom.workload=auto` (the image's own command line): a virtio config disk whose serial is
+//!   `sealroom-workload` if one is attached, else the GCE metadata attribute on Google Compute Engine, else none
+//!   (resolved in the VM by [`super::vm`]).
 //!
 //! The JSON document (unknown fields are refused):
 //! ```json
 //! {"image": "registry.example/app@sha256:…", "args": ["--x"], "env": ["NAME=value"],
 //!  "restart": "on-failure:3", "log_redirect": true, "broker": "https://broker:8443",
 //!  "key_ids": ["dataset-key"], "insecure_registries": ["10.0.2.2:5000"],
-//!  "registry_auth": {"username": "u", "password": "p"}}
+//!  "registry_auth": {"username": "u", "password": "p"}, "on_exit": "poweroff",
+//!  "inputs": {"dataset": "serial:sealroom-data"}}
 //! ```
+//! `inputs` names files or disks copied in and mounted read-only at `/input/<name>` ([`super::inputs`]).
+//! `on_exit` says what the VM does once the workload has ended and its output is measured: `serve` (the
+//! default: keep answering attestation calls) or `poweroff`. It does not change what runs, so it is not measured.
 //! Parsing is strict and every error is one line naming the field. Nothing here is trusted: what matters (the
 //! image, args, env, launch policy) is measured before the workload runs, and the image's launch policy limits
 //! what the operator may override. Registry credentials and the broker address are not measured: the image is
@@ -145,6 +153,30 @@ impl RestartPolicy {
     }
 }
 
+/// What the VM does after the workload ended (its output measured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnExit {
+    /// Keep serving attestation (the output event can then be attested).
+    #[default]
+    Serve,
+    /// Power the VM off.
+    PowerOff,
+}
+
+impl OnExit {
+    /// Parses `serve` or `poweroff`.
+    ///
+    /// # Errors
+    /// Anything else.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "serve" => Ok(Self::Serve),
+            "poweroff" => Ok(Self::PowerOff),
+            other => Err(err(format!("on_exit {other:?}: expected serve or poweroff"))),
+        }
+    }
+}
+
 /// Registry credentials (never measured, never printed).
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -184,6 +216,10 @@ pub struct WorkloadSpec {
     pub insecure_registries: Vec<String>,
     /// Registry credentials.
     pub registry_auth: Option<RegistryCredentials>,
+    /// What the VM does after the workload ended.
+    pub on_exit: OnExit,
+    /// Input files or disks by name, mounted read-only at `/input/<name>` ([`super::inputs`]).
+    pub inputs: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -206,6 +242,10 @@ struct SpecDocument {
     insecure_registries: Vec<String>,
     #[serde(default)]
     registry_auth: Option<RegistryCredentials>,
+    #[serde(default)]
+    on_exit: Option<String>,
+    #[serde(default)]
+    inputs: std::collections::BTreeMap<String, String>,
 }
 
 fn check_item(what: &str, s: &str) -> Result<()> {
@@ -291,6 +331,8 @@ impl WorkloadSpec {
         for h in &doc.insecure_registries {
             check_registry_host(h)?;
         }
+        let on_exit = doc.on_exit.as_deref().map(OnExit::parse).transpose()?.unwrap_or_default();
+        super::inputs::check(&doc.inputs)?;
         Ok(Self {
             image: doc.image,
             source,
@@ -302,6 +344,8 @@ impl WorkloadSpec {
             key_ids: doc.key_ids,
             insecure_registries: doc.insecure_registries,
             registry_auth: doc.registry_auth,
+            on_exit,
+            inputs: doc.inputs,
         })
     }
 
@@ -338,6 +382,8 @@ impl WorkloadSpec {
             key_ids: Vec::new(),
             insecure_registries: Vec::new(),
             registry_auth: None,
+            on_exit: None,
+            inputs: std::collections::BTreeMap::new(),
         };
         let mut any = false;
         let mut image = None;
@@ -362,6 +408,7 @@ impl WorkloadSpec {
                 "broker" => once(&mut doc.broker)?,
                 "key" => doc.key_ids.push(value.to_owned()),
                 "insecure_registry" => doc.insecure_registries.push(value.to_owned()),
+                "on_exit" => once(&mut doc.on_exit)?,
                 other => return Err(err(format!("unknown kernel parameter sealroom.workload.{other}"))),
             }
         }
@@ -423,6 +470,8 @@ pub enum SpecSource {
     Metadata,
     /// `sealroom.workload=file:PATH`.
     File(PathBuf),
+    /// `sealroom.workload=auto`: a config disk, else GCE metadata, else none (decided in the VM).
+    Auto,
 }
 
 impl SpecSource {
@@ -448,11 +497,12 @@ impl SpecSource {
                 Err(err("sealroom.workload= selects another source but sealroom.workload.* keys are set"))
             }
             (Some("metadata"), None) => Ok(Self::Metadata),
+            (Some("auto"), None) => Ok(Self::Auto),
             (Some(v), None) => match v.strip_prefix("file:") {
                 Some(p) if p.starts_with('/') => Ok(Self::File(PathBuf::from(p))),
-                _ => {
-                    Err(err(format!("sealroom.workload={v}: expected metadata, file:/PATH, cmdline or none")))
-                }
+                _ => Err(err(format!(
+                    "sealroom.workload={v}: expected auto, metadata, file:/PATH, cmdline or none"
+                ))),
             },
         }
     }
@@ -557,6 +607,14 @@ mod tests {
         assert_eq!(s.env, vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]);
         assert_eq!(s.restart, RestartPolicy::OnFailure(3));
         assert!(s.log_redirect);
+        assert_eq!(s.on_exit, OnExit::Serve);
+        let off = doc.replace("\"log_redirect\":true", "\"log_redirect\":true,\"on_exit\":\"poweroff\"");
+        assert_eq!(WorkloadSpec::from_json(off.as_bytes()).unwrap().on_exit, OnExit::PowerOff);
+        let bad_exit = doc.replace("\"log_redirect\":true", "\"log_redirect\":true,\"on_exit\":\"reboot\"");
+        assert_eq!(
+            WorkloadSpec::from_json(bad_exit.as_bytes()).unwrap_err().to_string(),
+            "workload spec: on_exit \"reboot\": expected serve or poweroff"
+        );
 
         let unknown = doc.replace("\"log_redirect\"", "\"log_redirekt\"");
         assert!(
@@ -595,6 +653,7 @@ mod tests {
         assert_eq!(s.restart, RestartPolicy::OnFailure(2));
         assert_eq!(SpecSource::from_cmdline("quiet").unwrap(), SpecSource::None);
         assert_eq!(SpecSource::from_cmdline("sealroom.workload=metadata").unwrap(), SpecSource::Metadata);
+        assert_eq!(SpecSource::from_cmdline("sealroom.workload=auto").unwrap(), SpecSource::Auto);
         assert_eq!(
             SpecSource::from_cmdline("sealroom.workload=file:/dev/vdb").unwrap(),
             SpecSource::File(PathBuf::from("/dev/vdb"))
