@@ -14,7 +14,9 @@ use sealroom_tests::oci_image::{Entry, ImageSettings, Layer, OciImage};
 pub const KEY_ID: &str = "diabetes-2004";
 /// Where the dataset appears in the container (the spec's `inputs`).
 pub const INPUT_NAME: &str = "dataset";
-/// The job's fixed arguments (the policy requires exactly these).
+/// The job's program (the image's entrypoint).
+pub const JOB_PROGRAM: &str = "/usr/bin/sealroom-demo-job";
+/// The job's fixed arguments (the image's CMD; the policy requires exactly the program and these).
 pub const JOB_ARGS: [&str; 8] = [
     "--input",
     "/input/dataset",
@@ -78,6 +80,15 @@ pub fn seal_dataset(plain: &[u8], key: &[u8; 32], nonce: [u8; 12]) -> Result<Vec
     Ok(out)
 }
 
+/// The job's only environment variable (the image's; the policy allows exactly it).
+pub const JOB_ENV: &str = "PATH=/usr/bin";
+
+/// The measured argument list: the program, then [`JOB_ARGS`].
+#[must_use]
+pub fn job_argv() -> Vec<String> {
+    std::iter::once(JOB_PROGRAM).chain(JOB_ARGS).map(String::from).collect()
+}
+
 /// The job image: the static job binary as its entrypoint with the fixed args as CMD; a launch policy that
 /// allows no overrides.
 ///
@@ -99,9 +110,9 @@ pub fn job_image(job_binary: &Path, variant: Option<&str>) -> std::io::Result<Oc
     let layer = Layer::build(&entries, true);
     Ok(OciImage::new(
         &ImageSettings {
-            entrypoint: vec!["/usr/bin/sealroom-demo-job".into()],
+            entrypoint: vec![JOB_PROGRAM.into()],
             cmd: JOB_ARGS.iter().map(|s| (*s).to_owned()).collect(),
-            env: vec![],
+            env: vec![JOB_ENV.into()],
             user: "1000:1000".into(),
             labels: std::collections::BTreeMap::new(),
         },
@@ -117,10 +128,41 @@ pub fn policy(platforms: &str, golden: Option<(&str, &str)>, image_digest: &str)
         Some((signer, doc)) => format!("{{ signers = [\"ed25519:{signer}\"], documents = [\"{doc}\"] }}"),
         None => "\"skip\"".into(),
     };
-    let args: Vec<String> = JOB_ARGS.iter().map(|a| format!("{a:?}")).collect();
+    let args: Vec<String> = job_argv().iter().map(|a| format!("{a:?}")).collect();
     format!(
         "version = 1\nplatforms = [{platforms}]\ntcb_statuses = \"skip\"\nminimum_tcb = \"skip\"\n\
-         debug = \"forbidden\"\ngolden = {golden}\nimage_digests = [\"{image_digest}\"]\nargs = [{}]\nenv = []\n",
+         debug = \"forbidden\"\ngolden = {golden}\nimage_digests = [\"{image_digest}\"]\nargs = [{}]\nenv = [\"{JOB_ENV}\"]\n",
         args.join(", ")
     )
+}
+
+/// Builds the job binary statically (`+crt-static`, glibc) in release mode and returns its path: the image
+/// holds no libc, so the binary must not need one.
+///
+/// # Errors
+/// When cargo fails.
+pub fn build_job_binary() -> Result<std::path::PathBuf, String> {
+    let root = sealroom_tests::repo_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), std::path::PathBuf::from);
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "sealroom-demo-job",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&root)
+        .status()
+        .map_err(|e| format!("cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building sealroom-demo-job failed: {status}"));
+    }
+    Ok(target.join("x86_64-unknown-linux-gnu/release/sealroom-demo-job"))
 }

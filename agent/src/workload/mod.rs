@@ -23,7 +23,9 @@ pub mod bundle;
 pub mod digest;
 pub mod fetch;
 pub mod image;
+pub mod inputs;
 pub mod policy;
+pub mod receipt;
 pub mod rootfs;
 pub mod runner;
 pub mod seccomp;
@@ -179,7 +181,8 @@ pub async fn prepare<M: Measurer>(
     );
     let policy = LaunchPolicy::from_labels(&image.config.labels)?;
     policy.check(spec)?;
-    let plan = bundle::plan(spec, &image, &cfg.keys_dir, &cfg.output_dir)?;
+    let mut plan = bundle::plan(spec, &image, &cfg.keys_dir, &cfg.output_dir)?;
+    plan.mounts.extend(inputs::mounts(&spec.inputs, &cfg.work_dir));
     for event in launch_events(spec, &image, &plan, &policy) {
         let rec = measurer.measure(event).await?;
         say!("measured record {}: {}", rec.recnum, rec.event);
@@ -229,6 +232,7 @@ async fn run_inner<M: Measurer, K: KeyProvider>(
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::workload("bundle", format!("{}: {e}", dir.display())))?;
     }
+    inputs::copy_all(&spec.inputs, &cfg.work_dir, uid, gid)?;
     if !spec.key_ids.is_empty() {
         let broker = spec.broker.as_deref().unwrap_or_default();
         let released = keys.release(broker, &spec.key_ids).await?;

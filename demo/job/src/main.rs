@@ -36,9 +36,12 @@ fn run(args: &[String]) -> Result<(), String> {
         let text = serde_json::to_string_pretty(doc).map_err(|e| e.to_string())? + "\n";
         std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
     }
+    let get = |p: &str| metrics.pointer(p).cloned().unwrap_or_default();
     println!(
         "trained on {} rows: test R² {}, RMSE {}",
-        metrics["rows"]["train"], metrics["test"]["r2"], metrics["test"]["rmse"]
+        get("/rows/train"),
+        get("/test/r2"),
+        get("/test/rmse")
     );
     Ok(())
 }

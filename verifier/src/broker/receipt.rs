@@ -141,13 +141,13 @@ impl Broker {
         check_key_id(&req.key_id)?;
         check_output_digest(&req.output_digest)?;
         let now = self.clock.now_ms();
-        let evidence_digest: [u8; 32] = match &req.evidence {
-            Some(e) => Sha256::digest(prost::Message::encode_to_vec(e)).into(),
-            None => [0; 32],
-        };
+        let evidence_digest: [u8; 32] = Sha256::digest(&req.evidence).into();
+        // A decoding failure leaves the evidence out; appraisal then refuses it as missing.
+        let decoded: Option<sealroom_proto::attestation::v1::Evidence> =
+            prost::Message::decode(req.evidence.as_slice()).ok();
         let as_release = pb::ReleaseRequest {
             nonce: req.nonce.clone(),
-            evidence: req.evidence.clone(),
+            evidence: decoded,
             key_ids: vec![req.key_id.clone()],
         };
         let decided = self.appraise(&as_release, now).and_then(|(_, evidence, appraisal)| {

@@ -1,0 +1,224 @@
+//! The output receipt: after the workload ended and its `output` event was measured, the agent asks the key
+//! broker for a receipt with fresh evidence (`Challenge`, then `KeyBroker.Receipt`). The broker appraises it
+//! like a key release and signs an EAR JWT naming the image measurements, the workload and the output digest.
+//!
+//! The result directory the operator collects ([`write_result`]):
+//! ```text
+//! output/          the workload's files, exactly as measured
+//! output.sha256    the listing the output digest covers (`sha256sum` format, sorted by path bytes;
+//!                  sealroom_measurements::output): sha256(output.sha256) is the output digest
+//! receipt.jwt      the broker's receipt (compact JWS, ES256)
+//! evidence.pb      the evidence the receipt was issued for (protobuf sealroom.attestation.v1.Evidence, as
+//!                  `sealroom attest --out` writes it)
+//! ```
+//! In a VM the directory leaves through a raw disk ([`export_tar`]): the agent writes it as a plain ustar
+//! archive from sector 0 of the operator's output disk, which the host reads with `tar -xf disk.raw` (the
+//! zero-filled rest of the disk ends the archive). No file system, no network path to the host is needed.
+
+use std::io::Write;
+use std::path::Path;
+
+use sealroom_measurements::binding::Nonce;
+use sealroom_proto::keybroker::v1 as kb;
+use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
+
+use super::digest::Sha256Digest;
+use crate::error::{Error, Result};
+use crate::worker::AttestationHandle;
+
+const STAGE: &str = "receipt";
+/// Largest evidence + response exchanged with the broker.
+const MAX_MESSAGE: usize = 4 << 20;
+/// Largest result archive written to an output disk.
+pub const MAX_EXPORT_BYTES: u64 = 256 << 20;
+
+/// File names in the result directory.
+pub mod names {
+    /// The workload's output files.
+    pub const OUTPUT_DIR: &str = "output";
+    /// The output listing.
+    pub const LISTING: &str = "output.sha256";
+    /// The receipt JWT.
+    pub const RECEIPT: &str = "receipt.jwt";
+    /// The evidence.
+    pub const EVIDENCE: &str = "evidence.pb";
+}
+
+fn err(reason: impl Into<String>) -> Error {
+    Error::workload(STAGE, reason)
+}
+
+/// A receipt and the evidence it was issued for.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// The EAR JWT.
+    pub token: String,
+    /// The evidence, protobuf-encoded.
+    pub evidence: Vec<u8>,
+}
+
+/// Obtains a receipt for the measured output `output_digest` from `broker`, judged by `key_id`'s policy.
+/// Must be called after the `output` event was measured (the evidence's runtime log then ends with it).
+///
+/// # Errors
+/// An unreachable broker, failing evidence, or the broker's refusal (its one-line reason).
+pub async fn obtain(
+    handle: &AttestationHandle,
+    broker: &str,
+    key_id: &str,
+    output_digest: &Sha256Digest,
+) -> Result<Receipt> {
+    let channel = tonic::transport::Endpoint::from_shared(broker.to_owned())
+        .map_err(|e| err(format!("broker {broker:?}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(60))
+        .connect()
+        .await
+        .map_err(|e| err(format!("broker {broker}: unreachable: {e}")))?;
+    let mut client = KeyBrokerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let challenge = client
+        .challenge(kb::ChallengeRequest {})
+        .await
+        .map_err(|s| err(format!("broker {broker}: challenge: {}", s.message())))?
+        .into_inner();
+    let nonce = Nonce::from_slice(&challenge.nonce).map_err(|e| err(format!("broker nonce: {e}")))?;
+    let evidence: sealroom_proto::attestation::v1::Evidence = handle.evidence(nonce).await?.into();
+    let encoded = prost::Message::encode_to_vec(&evidence);
+    let response = client
+        .receipt(kb::ReceiptRequest {
+            nonce: nonce.0.to_vec(),
+            evidence: encoded.clone(),
+            key_id: key_id.to_owned(),
+            output_digest: output_digest.to_string(),
+        })
+        .await
+        .map_err(|s| err(format!("broker {broker}: receipt: {}", s.message())))?
+        .into_inner();
+    if !response.refusal.is_empty() || response.receipt.is_empty() {
+        return Err(err(format!("broker refused the receipt: {}", response.refusal)));
+    }
+    Ok(Receipt { token: response.receipt, evidence: encoded })
+}
+
+fn io(path: &Path, e: &std::io::Error) -> Error {
+    err(format!("{}: {e}", path.display()))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| io(to, &e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| io(from, &e))? {
+        let entry = entry.map_err(|e| io(from, &e))?;
+        let ty = entry.file_type().map_err(|e| io(&entry.path(), &e))?;
+        let dest = to.join(entry.file_name());
+        if ty.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else if ty.is_file() {
+            std::fs::copy(entry.path(), &dest).map_err(|e| io(&dest, &e))?;
+        } else {
+            // The output digest already refused anything else; never follow a link here.
+            return Err(err(format!("{}: not a regular file", entry.path().display())));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the result directory (see the module documentation) into `dir`: a copy of `output_dir`, the
+/// listing and, when there is one, the receipt and its evidence.
+///
+/// # Errors
+/// I/O failures.
+pub fn write_result(dir: &Path, output_dir: &Path, listing: &str, receipt: Option<&Receipt>) -> Result<()> {
+    copy_tree(output_dir, &dir.join(names::OUTPUT_DIR))?;
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).map_err(|e| io(&p, &e))
+    };
+    write(names::LISTING, listing.as_bytes())?;
+    if let Some(r) = receipt {
+        write(names::RECEIPT, r.token.as_bytes())?;
+        write(names::EVIDENCE, &r.evidence)?;
+    }
+    Ok(())
+}
+
+/// Writes `dir` as a ustar archive (entries named relative to `dir`, sorted, deterministic headers) from the
+/// start of `device` (a raw disk or a file), followed by the archive's end blocks, and syncs it.
+///
+/// # Errors
+/// I/O failures, or an archive larger than [`MAX_EXPORT_BYTES`] or than the device.
+pub fn export_tar(dir: &Path, device: &Path) -> Result<u64> {
+    let mut entries = Vec::new();
+    collect(dir, Path::new(""), &mut entries)?;
+    entries.sort();
+    let mut b = tar::Builder::new(Vec::new());
+    b.mode(tar::HeaderMode::Deterministic);
+    for rel in &entries {
+        let full = dir.join(rel);
+        b.append_path_with_name(&full, rel).map_err(|e| io(&full, &e))?;
+    }
+    let bytes = b.into_inner().map_err(|e| io(device, &e))?;
+    let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if len > MAX_EXPORT_BYTES {
+        return Err(err(format!("result archive is {len} bytes, more than {MAX_EXPORT_BYTES}")));
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).open(device).map_err(|e| io(device, &e))?;
+    f.write_all(&bytes).map_err(|e| io(device, &e))?;
+    f.sync_all().map_err(|e| io(device, &e))?;
+    Ok(len)
+}
+
+fn collect(root: &Path, rel: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
+    let here = root.join(rel);
+    for entry in std::fs::read_dir(&here).map_err(|e| io(&here, &e))? {
+        let entry = entry.map_err(|e| io(&here, &e))?;
+        let ty = entry.file_type().map_err(|e| io(&entry.path(), &e))?;
+        let r = rel.join(entry.file_name());
+        if ty.is_dir() {
+            out.push(r.clone());
+            collect(root, &r, out)?;
+        } else if ty.is_file() {
+            out.push(r);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_directory_round_trips_through_a_raw_disk_tar() {
+        let base = tempfile::tempdir().unwrap();
+        let out = base.path().join("out");
+        std::fs::create_dir_all(out.join("sub")).unwrap();
+        std::fs::write(out.join("metrics.json"), b"{\"r2\": 0.5}\n").unwrap();
+        std::fs::write(out.join("sub/model.txt"), b"w=1\n").unwrap();
+        let (d, listing) = sealroom_measurements::output::digest_dir(&out).unwrap();
+        let result = base.path().join("result");
+        let receipt = Receipt { token: "a.b.c".into(), evidence: vec![1, 2, 3] };
+        write_result(&result, &out, &listing, Some(&receipt)).unwrap();
+        // A zero-filled "disk" larger than the archive, as QEMU's raw output disk.
+        let disk = base.path().join("disk.raw");
+        std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+        let n = export_tar(&result, &disk).unwrap();
+        assert!(n < 1 << 20);
+        let extracted = base.path().join("x");
+        std::fs::create_dir_all(&extracted).unwrap();
+        let st = std::process::Command::new("tar")
+            .arg("-xf")
+            .arg(&disk)
+            .arg("-C")
+            .arg(&extracted)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let (d2, listing2) = sealroom_measurements::output::digest_dir(&extracted.join("output")).unwrap();
+        assert_eq!((d2, listing2.as_str()), (d, listing.as_str()));
+        assert_eq!(std::fs::read_to_string(extracted.join("output.sha256")).unwrap(), listing);
+        assert_eq!(std::fs::read(extracted.join("evidence.pb")).unwrap(), vec![1, 2, 3]);
+        assert_eq!(std::fs::read_to_string(extracted.join("receipt.jwt")).unwrap(), "a.b.c");
+    }
+}
