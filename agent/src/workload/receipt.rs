@@ -185,6 +185,51 @@ fn collect(root: &Path, rel: &Path, out: &mut Vec<std::path::PathBuf>) -> Result
     Ok(())
 }
 
+/// The virtio serial of the operator's output disk (QEMU `-device virtio-blk-pci,drive=…,serial=sealroom-output`).
+pub const OUTPUT_DISK_SERIAL: &str = "sealroom-output";
+
+/// In the VM, after the workload's output was measured: obtain the receipt (judged by the spec's first key),
+/// write the result directory under the work directory and, when an output disk is attached, export it there.
+/// Every step says on the console what happened; nothing here stops the agent.
+pub async fn finish_in_vm(
+    handle: &AttestationHandle,
+    spec: &super::spec::WorkloadSpec,
+    cfg: &super::WorkloadConfig,
+    outcome: &super::Outcome,
+) {
+    let say = |a: std::fmt::Arguments<'_>| super::console(format_args!("receipt: {a}"));
+    let receipt = match (spec.broker.as_deref(), spec.key_ids.first()) {
+        (Some(broker), Some(key)) => match obtain(handle, broker, key, &outcome.output_digest).await {
+            Ok(r) => {
+                say(format_args!("issued by the broker for output {}", outcome.output_digest));
+                Some(r)
+            }
+            Err(e) => {
+                say(format_args!("REFUSED/FAILED: {e}"));
+                None
+            }
+        },
+        _ => {
+            say(format_args!("no broker or key in the spec: the result has no receipt"));
+            None
+        }
+    };
+    let dir = cfg.work_dir.join("result");
+    if let Err(e) = write_result(&dir, &cfg.output_dir, &outcome.output_listing, receipt.as_ref()) {
+        return say(format_args!("FAILED: {e}"));
+    }
+    match super::inputs::resolve(&format!("serial:{OUTPUT_DISK_SERIAL}"), Path::new("/sys/block")) {
+        Ok(disk) => match export_tar(&dir, &disk) {
+            Ok(n) => say(format_args!("result ({n} bytes) written to {} as a tar archive", disk.display())),
+            Err(e) => say(format_args!("FAILED: {e}")),
+        },
+        Err(_) => say(format_args!(
+            "no output disk (serial {OUTPUT_DISK_SERIAL}); result kept in {}",
+            dir.display()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -168,7 +168,9 @@ pub async fn run_in_vm(handle: AttestationHandle) -> Option<VmOutcome> {
     };
     ensure_cgroup2();
     let keys = RetryUnreachable::new(BrokerKeys::new(handle.clone()), BROKER_RETRY_WINDOW);
-    let outcome = super::run(&spec, &WorkloadConfig::vm_defaults(), &handle, &keys).await.ok()?;
+    let cfg = WorkloadConfig::vm_defaults();
+    let outcome = super::run(&spec, &cfg, &handle, &keys).await.ok()?;
+    super::receipt::finish_in_vm(&handle, &spec, &cfg, &outcome).await;
     Some(VmOutcome { outcome, on_exit: spec.on_exit })
 }
 
