@@ -27,7 +27,7 @@ pub const JOB_ARGS: [&str; 8] = [
     "--lambda",
     "1.0",
 ];
-/// The features of the table the data provider holds (see `demo/data/MANIFEST.md`).
+/// The features of the table the data provider holds (see `tests/demo/data/MANIFEST.md`).
 pub const FEATURES_GZ: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/diabetes_data_raw.csv.gz");
 /// The target column.
 pub const TARGET_GZ: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/diabetes_target.csv.gz");

@@ -225,7 +225,7 @@ mod tests {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// The same table the demo seals (demo/data: features, then the target), decompressed by the system's gzip.
+    /// The same table the demo seals (tests/demo/data: features, then the target), decompressed by the system's gzip.
     fn table() -> String {
         let f = gunzip("diabetes_data_raw.csv.gz");
         let t = gunzip("diabetes_target.csv.gz");
