@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+pub mod agent;
+pub mod broker;
 pub mod oci_image;
 pub mod registry;
 pub mod swtpm;

@@ -6,18 +6,15 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
 
-use sealroom_agent::paths::KernelPaths;
-use sealroom_agent::server::{self, Config, Running};
-use sealroom_agent::worker::WorkerConfig;
+use sealroom_agent::server::Running;
 use sealroom_measurements::binding::Nonce;
 use sealroom_measurements::cel::{self, CelLog, RuntimeEvent};
 use sealroom_measurements::evidence::{Evidence, HashAlg};
 use sealroom_proto::attestation::v1 as pb;
 use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
 use sealroom_tests::repo_root;
-use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
+use sealroom_tests::swtpm::Swtpm;
 use sealroom_verifier::tpm::quote::ExpectedExtraData;
 use sealroom_verifier::tpm::verify::{AkTrust, QuoteInput, verify_tpm};
 use sealroom_verifier::x509::UnixTime;
@@ -26,30 +23,19 @@ use tonic::transport::Channel;
 /// Any fixed time: swtpm AKs carry no certificate, so no validity window is consulted.
 const AT: UnixTime = 1_760_000_000;
 
-async fn start_agent(tpm: &Swtpm) -> Running {
-    let root = unique_temp_dir("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let worker = WorkerConfig {
-        paths: KernelPaths::new(root),
-        tcti: Some(tpm.tcti()),
-        no_tpm: false,
-        runtime_log_dir: unique_temp_dir("rtlog"),
-        queue_depth: 64,
-        request_timeout: Duration::from_secs(10),
-    };
-    let running = server::start(Config { tcp: Some("127.0.0.1:0".parse().unwrap()), vsock: None, worker })
-        .await
-        .unwrap();
-    for e in [
+/// The runtime events of the workload this agent pretends to have launched.
+fn launch_events() -> [RuntimeEvent; 5] {
+    [
         RuntimeEvent::ImageReference("registry.example/analytics@sha256:0123".into()),
         RuntimeEvent::ConfigDigest("sha256:4567".into()),
         RuntimeEvent::Arg("--input=/data/in.parquet".into()),
         RuntimeEvent::Env("THREADS=2".into()),
         RuntimeEvent::LaunchSeparator,
-    ] {
-        running.handle.measure(e).await.unwrap();
-    }
-    running
+    ]
+}
+
+async fn start_agent(tpm: &Swtpm) -> Running {
+    sealroom_tests::agent::start_agent(tpm, &launch_events()).await.unwrap()
 }
 
 async fn client(addr: SocketAddr) -> AttestationClient<Channel> {

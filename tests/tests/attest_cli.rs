@@ -3,48 +3,22 @@
 //! when enrolled with `--tpm-ak`; without the enrolment the CLI must refuse and say why.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
-use std::process::Command;
-use std::time::Duration;
-
-use sealroom_agent::paths::KernelPaths;
-use sealroom_agent::server::{self, Config};
-use sealroom_agent::worker::WorkerConfig;
 use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_proto::attestation::v1 as apb;
 use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
+use sealroom_tests::agent::start_agent;
+use sealroom_tests::broker::sealroom;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
 use tonic::transport::Channel;
-
-/// The `sealroom` binary of this build: `cargo test/nextest --workspace` builds it next to the test's deps dir.
-fn sealroom() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(std::path::Path::parent).unwrap().join("sealroom");
-    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace) first", bin.display());
-    Command::new(bin)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attest_verifies_a_live_agent_with_an_enrolled_ak_and_refuses_without() {
     let tpm = Swtpm::start().unwrap();
-    let root = unique_temp_dir("attest-cli-root");
-    std::fs::create_dir_all(&root).unwrap();
-    let worker = WorkerConfig {
-        paths: KernelPaths::new(root),
-        tcti: Some(tpm.tcti()),
-        no_tpm: false,
-        runtime_log_dir: unique_temp_dir("attest-cli-rtlog"),
-        queue_depth: 16,
-        request_timeout: Duration::from_secs(10),
-    };
-    let agent = server::start(Config { tcp: Some("127.0.0.1:0".parse().unwrap()), vsock: None, worker })
-        .await
-        .unwrap();
-    agent
-        .handle
-        .measure(RuntimeEvent::ImageReference("registry.example/job@sha256:00".into()))
-        .await
-        .unwrap();
-    agent.handle.measure(RuntimeEvent::LaunchSeparator).await.unwrap();
+    let events = [
+        RuntimeEvent::ImageReference("registry.example/job@sha256:00".into()),
+        RuntimeEvent::LaunchSeparator,
+    ];
+    let agent = start_agent(&tpm, &events).await.unwrap();
     let addr = agent.tcp_addr.unwrap();
 
     // Enrolment out of band: record this TPM's AK public area once.

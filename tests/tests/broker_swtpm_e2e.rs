@@ -2,6 +2,11 @@
 //! → key broker (gRPC Challenge/Release, the real verifier with the swtpm AK enrolled) → the agent's key opens
 //! the sealed data key. Refusals with genuine swtpm evidence: a workload the policy does not allow, evidence from
 //! another (not enrolled) TPM, a replayed nonce.
+//!
+//! And the production path with real processes: the workload launcher on swtpm asks a `sealroom broker serve`
+//! process (keys added with `sealroom broker keys add`, a policy pinning the image digest, args, env and a signed
+//! golden document of the TPM's boot state) for its key, and crun runs the workload, which reads it; a changed
+//! image digest gets no key, the reason comes back, and `sealroom audit verify` passes with the refusal logged.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::net::SocketAddr;
@@ -9,17 +14,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sealroom_agent::paths::KernelPaths;
-use sealroom_agent::server::{self, Config, Running};
-use sealroom_agent::worker::WorkerConfig;
-use sealroom_measurements::cel::RuntimeEvent;
+use sealroom_agent::server::Running;
+use sealroom_agent::workload::broker::BrokerKeys;
+use sealroom_agent::workload::fetch::FetchOptions;
+use sealroom_agent::workload::spec::WorkloadSpec;
+use sealroom_agent::workload::{self, WorkloadConfig};
+use sealroom_measurements::cel::{CelLog, RuntimeEvent};
 use sealroom_proto::attestation::v1 as apb;
 use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
 use sealroom_proto::keybroker::v1 as kpb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
+use sealroom_tests::agent::{host_crun, is_root};
+use sealroom_tests::broker::{BrokerProcess, run_sealroom, sealroom};
+use sealroom_tests::oci_image::{Entry, ImageSettings, Layer, OciImage};
+use sealroom_tests::registry::Registry;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
 use sealroom_verifier::broker::appraisal::VerifierAppraiser;
-use sealroom_verifier::broker::audit::{self, AuditLog};
+use sealroom_verifier::broker::audit::{self, AuditLog, AuditRecord, Decision};
 use sealroom_verifier::broker::keystore::{Kek, KeyStore};
 use sealroom_verifier::broker::nonce::NonceBook;
 use sealroom_verifier::broker::policy::GoldenSet;
@@ -69,29 +80,14 @@ impl Randomness for OsRandomness {
 }
 
 async fn start_agent(tpm: &Swtpm) -> Running {
-    let root = unique_temp_dir("broker-e2e-root");
-    std::fs::create_dir_all(&root).unwrap();
-    let worker = WorkerConfig {
-        paths: KernelPaths::new(root),
-        tcti: Some(tpm.tcti()),
-        no_tpm: false,
-        runtime_log_dir: unique_temp_dir("broker-e2e-rtlog"),
-        queue_depth: 64,
-        request_timeout: Duration::from_secs(10),
-    };
-    let running = server::start(Config { tcp: Some("127.0.0.1:0".parse().unwrap()), vsock: None, worker })
-        .await
-        .unwrap();
-    for e in [
+    let events = [
         RuntimeEvent::ImageReference(format!("registry.example/analytics@{IMAGE}")),
         RuntimeEvent::ManifestDigest(IMAGE.into()),
         RuntimeEvent::Arg("--input=/data/in.parquet".into()),
         RuntimeEvent::Env("THREADS=2".into()),
         RuntimeEvent::LaunchSeparator,
-    ] {
-        running.handle.measure(e).await.unwrap();
-    }
-    running
+    ];
+    sealroom_tests::agent::start_agent(tpm, &events).await.unwrap()
 }
 
 async fn evidence(agent: SocketAddr, nonce: &[u8]) -> apb::Evidence {
@@ -224,4 +220,260 @@ async fn agent_on_swtpm_receives_its_data_key_and_refusals_say_why() {
     let head = audit::verify(&std::fs::read(&broker.audit_path).unwrap()).unwrap();
     // 2 keys in the first release, 2 in the replay, 1 for the other TPM, 1 for the revoked key.
     assert_eq!(head.records, 6);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The production path with real processes: the agent's workload launcher (`workload::run`, as PID 1's agent
+// child runs it in the VM) on swtpm, its broker client (`BrokerKeys`) against a `sealroom broker serve` process,
+// and crun running the workload that reads the released key.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The data key the provider registers (`sealroom broker keys add --material-file`).
+const DATA_KEY: &[u8] = b"provider-a's 32-byte dataset key";
+/// No `/` in it: the agent writes `<keys dir>/<id>` without creating subdirectories (see the report).
+const KEY_ID: &str = "provider-a.dataset";
+/// What the workload does with its key: proof for the test that it saw exactly the released bytes, and how the
+/// key file looked from inside the container.
+const WORKLOAD_SCRIPT: &str = "sha256sum /run/sealroom/keys/provider-a.dataset > /output/key.sha256 && \
+                               ls -ln /run/sealroom/keys > /output/keys-ls";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
+/// The stand-in for a boot: the digest "systemd-stub" extends into PCR 11 (SHA-256 bank) on every test TPM.
+fn boot_digest() -> [u8; 32] {
+    let d =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"sealroom test UKI: .linux .osrel .cmdline");
+    d.as_ref().try_into().unwrap()
+}
+
+/// A TPM in the "booted" state the golden document describes: fresh, then PCR 11 extended once (tpm2-tools).
+fn booted_swtpm() -> Swtpm {
+    let tpm = Swtpm::start().unwrap();
+    let out = std::process::Command::new("tpm2_pcrextend")
+        .arg(format!("11:sha256={}", hex::encode(boot_digest())))
+        .env("TPM2TOOLS_TCTI", tpm.tcti())
+        .output()
+        .expect("tpm2_pcrextend (tpm2-tools, installed by ci/setup)");
+    assert!(out.status.success(), "tpm2_pcrextend: {}", String::from_utf8_lossy(&out.stderr));
+    tpm
+}
+
+/// The golden document for the booted test TPM, predicted without looking at it: PCRs 0–7 untouched (no
+/// firmware ran), PCR 11 = SHA-256(0³² ‖ boot digest). Signed with a fresh Ed25519 key; written with its `.sig`
+/// into `dir`. Returns (`sha256:` digest of the document, `ed25519:` signer).
+fn write_golden(dir: &std::path::Path) -> (String, String) {
+    use sealroom_measurements::golden::{self, GoldenDocument, ImageInfo, SCHEMA, UkiInfo};
+    use sealroom_measurements::uki::PredictedRegister;
+    let mut pcr11 = vec![0u8; 32];
+    pcr11.extend_from_slice(&boot_digest());
+    let register = |n: u32, value: String| PredictedRegister {
+        register: format!("pcr{n}"),
+        alg: "sha256".into(),
+        events: vec![],
+        value,
+        complete: true,
+    };
+    let mut registers: Vec<PredictedRegister> = (0..8).map(|n| register(n, "00".repeat(32))).collect();
+    registers.push(register(11, sha256_hex(&pcr11)));
+    let doc = GoldenDocument {
+        schema: SCHEMA.into(),
+        image: ImageInfo { id: "swtpm-test-boot".into(), version: "1".into(), disk_sha256: None },
+        uki: UkiInfo {
+            file_sha256: "0".repeat(64),
+            authenticode_sha256: "0".repeat(64),
+            authenticode_sha384: "0".repeat(96),
+            sections: vec![],
+        },
+        registers,
+        platforms: golden::default_platforms(),
+        packages: std::collections::BTreeMap::new(),
+    };
+    let bytes = doc.to_json().unwrap();
+    let (pkcs8, public) = golden::generate_signing_key().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("boot.json"), &bytes).unwrap();
+    std::fs::write(dir.join("boot.json.sig"), golden::sign(&bytes, &pkcs8).unwrap()).unwrap();
+    (format!("sha256:{}", sha256_hex(&bytes)), format!("ed25519:{public}"))
+}
+
+/// The analytics image: busybox running `WORKLOAD_SCRIPT` as the unprivileged `worker`; `variant` changes one
+/// file (and so the manifest digest) without changing what is launched.
+fn analytics_image(variant: &str) -> OciImage {
+    let extra = Layer::build(
+        &[Entry::Dir("etc/"), Entry::File("etc/build-id".into(), variant.as_bytes().to_vec(), 0o644)],
+        false,
+    );
+    OciImage::new(
+        &ImageSettings {
+            entrypoint: vec!["/bin/busybox".into()],
+            cmd: vec!["sh".into(), "-c".into(), WORKLOAD_SCRIPT.into()],
+            env: vec!["PATH=/bin".into()],
+            user: "worker".into(),
+            labels: std::collections::BTreeMap::new(),
+        },
+        vec![Layer::busybox(), extra],
+    )
+}
+
+/// Provider A's policy: this TPM platform, the golden boot state, exactly this image, its arguments and env.
+fn workload_policy(image_digest: &str, golden_doc: &str, signer: &str) -> String {
+    let args = serde_json::to_string(&["/bin/busybox", "sh", "-c", WORKLOAD_SCRIPT]).unwrap();
+    format!(
+        r#"
+version = 1
+platforms = ["tpm"]
+tcb_statuses = "skip"
+minimum_tcb = "skip"
+debug = "forbidden"
+golden = {{ signers = ["{signer}"], documents = ["{golden_doc}"] }}
+image_digests = ["{image_digest}"]
+args = {args}
+env = ["PATH=/bin"]
+"#
+    )
+}
+
+async fn ak_of(agent: &Running) -> Vec<u8> {
+    let ev = evidence(agent.tcp_addr.unwrap(), &[0x42; 32]).await;
+    ev.tpm.unwrap().ak_public
+}
+
+fn workload_config(tag: &str) -> WorkloadConfig {
+    let dir = unique_temp_dir(tag);
+    WorkloadConfig {
+        work_dir: dir.join("work"),
+        // /run/sealroom/keys (a tmpfs) in the VM; a directory of the test here.
+        keys_dir: dir.join("keys"),
+        output_dir: dir.join("output"),
+        runtime: host_crun(&dir.join("crun-state")).unwrap(),
+        fetch: FetchOptions {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
+        },
+    }
+}
+
+fn workload_spec(reference: &str, registry: &Registry, broker: &BrokerProcess) -> WorkloadSpec {
+    let doc = serde_json::json!({
+        "image": reference, "insecure_registries": [registry.host()],
+        "broker": broker.url(), "key_ids": [KEY_ID],
+    });
+    WorkloadSpec::from_json(doc.to_string().as_bytes()).unwrap()
+}
+
+fn audit_records(path: &std::path::Path) -> Vec<AuditRecord> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_in_crun_reads_the_key_a_broker_process_released_and_a_changed_image_gets_none() {
+    assert!(
+        is_root(),
+        "crun needs root to create the container's namespaces: run this test as root (CI does)"
+    );
+    let registry = Registry::start().unwrap();
+    let approved = analytics_image("approved build");
+    let approved_ref = registry.push("provider-a/analytics", "v1", &approved).unwrap();
+    let changed = analytics_image("changed build");
+    let changed_ref = registry.push("provider-a/analytics", "v2", &changed).unwrap();
+    assert_ne!(approved.manifest_digest(), changed.manifest_digest());
+
+    // Two booted VMs' TPMs and agents, both enrolled with the provider (their AKs).
+    let (tpm_a, tpm_b) = (booted_swtpm(), booted_swtpm());
+    let agent_a = sealroom_tests::agent::start_agent(&tpm_a, &[]).await.unwrap();
+    let agent_b = sealroom_tests::agent::start_agent(&tpm_b, &[]).await.unwrap();
+
+    // The provider's side, with the CLI: KEK, golden document, policy, key, then the broker process.
+    let dir = unique_temp_dir("broker-process-e2e");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kek = dir.join("kek");
+    std::fs::write(&kek, hex::encode([0x2a; 32])).unwrap();
+    std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (golden_doc, signer) = write_golden(&dir.join("golden"));
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, workload_policy(&approved.manifest_digest(), &golden_doc, &signer)).unwrap();
+    let material = dir.join("dataset.key");
+    std::fs::write(&material, DATA_KEY).unwrap();
+    let state = dir.join("state");
+    run_sealroom(
+        sealroom()
+            .args(["broker", "keys", "add", "--id", KEY_ID, "--owner", "provider-a", "--policy"])
+            .arg(&policy)
+            .arg("--material-file")
+            .arg(&material)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--kek")
+            .arg(&kek),
+    )
+    .unwrap();
+    let mut aks = Vec::new();
+    for (name, agent) in [("ak-a", &agent_a), ("ak-b", &agent_b)] {
+        let path = dir.join(name);
+        std::fs::write(&path, ak_of(agent).await).unwrap();
+        aks.push(path);
+    }
+    let golden_dir = dir.join("golden");
+    let broker = BrokerProcess::start(
+        &state,
+        &kek,
+        &[
+            "--golden".as_ref(),
+            golden_dir.as_os_str(),
+            "--tpm-ak".as_ref(),
+            aks[0].as_os_str(),
+            "--tpm-ak".as_ref(),
+            aks[1].as_os_str(),
+        ],
+    )
+    .unwrap();
+
+    // Agent A runs the approved image: measured, key released by the broker process, run by crun.
+    let cfg = workload_config("broker-e2e-approved");
+    let spec = workload_spec(&approved_ref, &registry, &broker);
+    let keys = BrokerKeys::new(agent_a.handle.clone());
+    let outcome = workload::run(&spec, &cfg, &agent_a.handle, &keys).await.unwrap();
+    assert_eq!(outcome.exit_code, 0, "listing: {}", outcome.output_listing);
+    let proof = std::fs::read_to_string(cfg.output_dir.join("key.sha256")).unwrap();
+    assert_eq!(proof.split_whitespace().next(), Some(sha256_hex(DATA_KEY).as_str()), "{proof}");
+    let key_file = cfg.keys_dir.join(KEY_ID);
+    let meta = std::fs::metadata(&key_file).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o400);
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000, "owned by the workload's user");
+    let listing = std::fs::read_to_string(cfg.output_dir.join("keys-ls")).unwrap();
+    assert!(listing.contains("-r--------") && listing.contains(" 1000 "), "{listing}");
+    let events: Vec<RuntimeEvent> =
+        CelLog::decode(&agent_a.handle.runtime_log().0).unwrap().into_iter().map(|r| r.event).collect();
+    let sep = events.iter().position(|e| *e == RuntimeEvent::LaunchSeparator).unwrap();
+    assert_eq!(events[1], RuntimeEvent::ManifestDigest(approved.manifest_digest()));
+    assert_eq!(events[sep + 1], RuntimeEvent::KeyRelease { key_id: KEY_ID.into() });
+
+    // Agent B runs a changed image: the broker refuses, the agent says why, the workload never runs.
+    let cfg_b = workload_config("broker-e2e-changed");
+    let spec_b = workload_spec(&changed_ref, &registry, &broker);
+    let keys_b = BrokerKeys::new(agent_b.handle.clone());
+    let err = workload::run(&spec_b, &cfg_b, &agent_b.handle, &keys_b).await.unwrap_err().to_string();
+    let reason =
+        format!("policy.image_digests: workload image digest {} not allowed", changed.manifest_digest());
+    assert_eq!(err, format!("workload keys: broker refused key {KEY_ID}: {reason}"));
+    assert!(!cfg_b.keys_dir.join(KEY_ID).exists(), "no key for a refused workload");
+    assert!(std::fs::read_dir(&cfg_b.output_dir).unwrap().next().is_none(), "the workload must not have run");
+
+    // The audit log verifies with the CLI and holds both decisions, in order.
+    drop(broker);
+    let log = state.join("audit.log");
+    let verified = run_sealroom(sealroom().args(["audit", "verify"]).arg(&log)).unwrap();
+    assert!(verified.contains("audit log ok: 2 records"), "{verified}");
+    let records = audit_records(&log);
+    assert_eq!(
+        records.iter().map(|r| (r.decision, r.key_id.as_str(), r.reason.as_str())).collect::<Vec<_>>(),
+        [
+            (Decision::Released, KEY_ID, "every rule of the key's policy allowed"),
+            (Decision::Refused, KEY_ID, reason.as_str()),
+        ]
+    );
+    agent_a.stop().await.unwrap();
+    agent_b.stop().await.unwrap();
 }
