@@ -68,12 +68,17 @@ struct BrokerProcess {
 
 impl BrokerProcess {
     fn start(s: &Setup) -> Self {
+        Self::start_with(s, &[])
+    }
+
+    fn start_with(s: &Setup, extra: &[&str]) -> Self {
         let mut child = sealroom()
             .args(["broker", "serve", "--listen", "127.0.0.1:0", "--nonce-ttl", "30"])
             .arg("--state-dir")
             .arg(&s.state)
             .arg("--kek")
             .arg(&s.kek)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -346,4 +351,95 @@ fn policy_check_explains_every_rule_per_key() {
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
     }
+}
+
+fn testdata(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(rel).to_str().unwrap().to_owned()
+}
+
+/// TDX through the broker process: the real dcap-qvl sample quote with its Intel collateral (MANIFEST: VALID,
+/// UpToDate at 2025-07-19T10:00:34Z). The quote's REPORT_DATA was made long before this broker's challenge, so
+/// it cannot bind the broker's nonce and TEE key: the refusal must be exactly that binding, and nothing else
+/// (no "(and N more)"): the quote, QE report, PCK chain, CRLs, TCB info and QE identity all verified. With
+/// collateral for another platform the same quote is refused by the platform layer instead.
+#[test]
+fn tdx_quote_with_collateral_passes_platform_checks_and_is_refused_for_the_binding_only() {
+    let s = setup();
+    std::fs::write(&s.policy, POLICY.replace(r#"platforms = ["tpm"]"#, r#"platforms = ["tdx"]"#)).unwrap();
+    run_ok(
+        sealroom()
+            .args(["broker", "keys", "add", "--id", "provider-a/data", "--owner", "provider-a", "--policy"])
+            .arg(&s.policy)
+            .arg("--state-dir")
+            .arg(&s.state)
+            .arg("--kek")
+            .arg(&s.kek),
+    );
+    let collateral = testdata("tdx/dcap-qvl/tdx_quote_collateral.json");
+    let quote = std::fs::read(testdata("tdx/dcap-qvl/tdx_quote")).unwrap();
+    let broker = BrokerProcess::start_with(
+        &s,
+        &["--tdx-collateral", &collateral, "--verification-time", "2025-07-19T10:00:34Z"],
+    );
+    let reason = release_tdx(&broker.addr, &quote);
+    assert_eq!(reason, "verifier: binding: REPORT_DATA does not carry the sealroom binding tag");
+    drop(broker);
+    let log = s.state.join("audit.log");
+    run_ok(sealroom().args(["audit", "verify"]).arg(&log));
+    let records = audit_records(&log);
+    assert_eq!((records[0].decision, records[0].reason.as_str()), (Decision::Refused, reason.as_str()));
+
+    // The same collateral a month later (CRLs past nextUpdate): the broker will not start on it.
+    let out = sealroom()
+        .args(["broker", "serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&s.state)
+        .arg("--kek")
+        .arg(&s.kek)
+        .args(["--tdx-collateral", &collateral, "--verification-time", "2025-08-19T10:00:34Z"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--tdx-collateral") && stderr.contains("2025-08-19"), "{stderr}");
+
+    // Collateral for another platform (valid at its own time): the platform layer refuses first.
+    let other = testdata("tdx/dcap-qvl/tdx_quote_outdated_collateral.json");
+    let broker = BrokerProcess::start_with(
+        &s,
+        &["--tdx-collateral", &other, "--verification-time", "2026-03-20T10:41:14Z"],
+    );
+    let reason = release_tdx(&broker.addr, &std::fs::read(testdata("tdx/dcap-qvl/tdx_quote")).unwrap());
+    assert_eq!(reason, "verifier: tdx: collateral has no TDX TCB info for FMSPC b0c06f000000");
+}
+
+/// One Challenge + Release of `quote` as TDX evidence for a fresh TEE key; the first refusal's reason.
+fn release_tdx(addr: &str, quote: &[u8]) -> String {
+    let (_, tee) = seal::derive_keypair(Kem::X25519HkdfSha256, b"tdx test tee key").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut client = connect(addr).await.unwrap();
+        let ch = client.challenge(pb::ChallengeRequest {}).await.unwrap().into_inner();
+        let nonce = Nonce::from_slice(&ch.nonce).unwrap();
+        let ev = Evidence {
+            nonce,
+            tee_public_key: tee.clone(),
+            platform: Platform::Tdx,
+            tpm: None,
+            tdx: Some(sealroom_measurements::evidence::TdxEvidence {
+                quote: quote.to_vec(),
+                ..Default::default()
+            }),
+            sev_snp: None,
+            azure: None,
+            runtime_event_log: vec![],
+        };
+        let req = pb::ReleaseRequest {
+            nonce: nonce.0.to_vec(),
+            evidence: Some(ev.into()),
+            key_ids: vec!["provider-a/data".into()],
+        };
+        let resp = client.release(req).await.unwrap().into_inner();
+        assert!(resp.keys.is_empty());
+        resp.refusals[0].reason.clone()
+    })
 }

@@ -114,6 +114,8 @@ pub trait Appraiser: Send + Sync + std::fmt::Debug {
 pub struct VerifierAppraiser {
     snp_cache: crate::snp::EndorsementCache,
     pinned_tpm_aks: Vec<Vec<u8>>,
+    tdx_collateral: Option<crate::tdx::VerifiedCollateral>,
+    verification_time_ms: Option<u64>,
 }
 
 impl VerifierAppraiser {
@@ -121,7 +123,25 @@ impl VerifierAppraiser {
     /// on-premises TPM, or swtpm in tests): such evidence has no certificate chain to a vendor CA.
     #[must_use]
     pub fn with_pinned_tpm_aks(aks: Vec<Vec<u8>>) -> Self {
-        Self { snp_cache: crate::snp::EndorsementCache::default(), pinned_tpm_aks: aks }
+        Self { pinned_tpm_aks: aks, ..Self::default() }
+    }
+
+    /// Appraises TDX quotes (bare or inside Azure vTPM evidence) against Intel collateral verified once, here:
+    /// the TCB status then comes from Intel's TCB info and QE identity, and each quote is checked against the
+    /// collateral's CRLs and validity window at its own verification time. Without collateral a TDX quote's
+    /// signatures and PCK chain are still verified, but it has no TCB status (policies requiring one refuse).
+    #[must_use]
+    pub fn with_tdx_collateral(mut self, collateral: crate::tdx::VerifiedCollateral) -> Self {
+        self.tdx_collateral = Some(collateral);
+        self
+    }
+
+    /// Verifies all evidence at this fixed time (Unix milliseconds) instead of the broker's clock: for tests
+    /// and replays with recorded collateral, which expires. Nonce lifetimes still follow the broker's clock.
+    #[must_use]
+    pub fn with_verification_time_ms(mut self, time_ms: u64) -> Self {
+        self.verification_time_ms = Some(time_ms);
+        self
     }
 
     /// TPM evidence from an enrolled AK: the verifier's TPM layer with `AkTrust::Pinned`, the UEFI log replayed
@@ -234,6 +254,7 @@ fn snp_tcb(platform: &serde_json::Value, levels: &mut BTreeMap<String, u64>) {
 
 impl Appraiser for VerifierAppraiser {
     fn appraise(&self, evidence: &Evidence, now_ms: u64) -> Result<Appraisal> {
+        let now_ms = self.verification_time_ms.unwrap_or(now_ms);
         if evidence.platform == sealroom_measurements::evidence::Platform::Tpm
             && evidence.tpm.as_ref().is_some_and(|t| self.pinned_tpm_aks.contains(&t.ak_public))
         {
@@ -250,9 +271,7 @@ impl Appraiser for VerifierAppraiser {
             at: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
             nonce: Some(evidence.nonce.0.to_vec()),
             snp_cache: &self.snp_cache,
-            // INTEGRATION POINT: Intel collateral (TCB info, QE identity) for TDX TCB status; until the broker
-            // is given it, TDX evidence has no TCB status and policies requiring one refuse.
-            tdx_collateral: None,
+            tdx_collateral: self.tdx_collateral.as_ref(),
             enrolled_tpm_aks: &[],
         };
         let ear = appraise(&EvidenceInput::Sealroom(Box::new(evidence.clone())), &policy, &ctx);
@@ -304,9 +323,16 @@ impl Appraiser for VerifierAppraiser {
             }
             records.into_iter().map(|r| r.event).collect()
         };
+        // Only a vendor-evaluated status counts (TDX with collateral: "UpToDate", "SWHardeningNeeded", …); the
+        // verifier's "unknown: …" note when it had no collateral is no status.
+        let tcb_status = platform_claims
+            .get("tcb_status")
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.starts_with("unknown"))
+            .map(str::to_owned);
         Ok(Appraisal {
             platform: evidence.platform,
-            tcb_status: None,
+            tcb_status,
             tcb_levels,
             debug,
             registers,

@@ -81,6 +81,15 @@ struct ServeArgs {
     /// certificate (on-premises TPMs, swtpm). Repeatable.
     #[arg(long)]
     tpm_ak: Vec<PathBuf>,
+    /// Intel PCS collateral for TDX quotes: a directory of PCS files (TCB info, QE identity, CRLs, issuer
+    /// chains) or a dcap-qvl collateral JSON. Verified once at start; each quote is then checked against it
+    /// (TCB status, revocation, validity window). Without it TDX evidence has no TCB status.
+    #[arg(long)]
+    tdx_collateral: Option<PathBuf>,
+    /// Verify evidence at this fixed time (RFC 3339 or Unix seconds) instead of the clock: for tests and
+    /// replays with recorded collateral. Nonces still expire by the clock.
+    #[arg(long)]
+    verification_time: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -224,12 +233,11 @@ fn serve(a: &ServeArgs) -> Result<()> {
     let jwk_path = a.state_dir.join("signing-key.jwk.json");
     std::fs::write(&jwk_path, serde_json::to_string_pretty(&signer.jwk())?)?;
     let admin_token = read_token(a.admin_token_file.as_deref())?;
+    let appraiser = appraiser(a, clock.as_ref())?;
     let broker = Arc::new(Broker::new(BrokerParts {
         clock: Arc::clone(&clock),
         rng: Arc::clone(&rng),
-        appraiser: Arc::new(VerifierAppraiser::with_pinned_tpm_aks(
-            a.tpm_ak.iter().map(std::fs::read).collect::<std::io::Result<_>>().context("reading --tpm-ak")?,
-        )),
+        appraiser: Arc::new(appraiser),
         store: Arc::clone(&store),
         golden: match &a.golden {
             Some(dir) => GoldenSet::load_dir(dir)?,
@@ -274,6 +282,41 @@ fn serve(a: &ServeArgs) -> Result<()> {
             .await
             .context("serving")
     })
+}
+
+/// The verifier as `serve` is configured: enrolled TPM AKs, TDX collateral (verified now, at the verification
+/// time), and the pinned verification time.
+fn appraiser(a: &ServeArgs, clock: &dyn Clock) -> Result<VerifierAppraiser> {
+    let aks =
+        a.tpm_ak.iter().map(std::fs::read).collect::<std::io::Result<_>>().context("reading --tpm-ak")?;
+    let mut appraiser = VerifierAppraiser::with_pinned_tpm_aks(aks);
+    let fixed_ms = match &a.verification_time {
+        Some(t) => {
+            let secs = if !t.is_empty() && t.bytes().all(|c| c.is_ascii_digit()) {
+                t.parse::<i64>().context("--verification-time")?
+            } else {
+                sealroom_verifier::x509::parse_time(t).context("--verification-time")?
+            };
+            let ms = u64::try_from(secs).context("--verification-time before 1970")?.saturating_mul(1000);
+            appraiser = appraiser.with_verification_time_ms(ms);
+            Some(ms)
+        }
+        None => None,
+    };
+    if let Some(path) = &a.tdx_collateral {
+        let at_ms = fixed_ms.unwrap_or_else(|| clock.now_ms());
+        let at = i64::try_from(at_ms / 1000).unwrap_or(i64::MAX);
+        let verified = sealroom_verifier::tdx::Collateral::load(path)
+            .and_then(|c| c.verify(at))
+            .with_context(|| format!("--tdx-collateral {}", path.display()))?;
+        eprintln!(
+            "sealroom broker: TDX collateral verified; valid {} .. {}",
+            sealroom_verifier::x509::format_time(verified.valid_from()),
+            sealroom_verifier::x509::format_time(verified.valid_until())
+        );
+        appraiser = appraiser.with_tdx_collateral(verified);
+    }
+    Ok(appraiser)
 }
 
 fn keys(k: &KeysArgs) -> Result<()> {
