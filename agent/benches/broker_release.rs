@@ -1,0 +1,245 @@
+//! The agent's key release against the broker, on swtpm, side by side with the bare verifier on the same
+//! evidence, in one run: `cargo bench -p sealroom-agent --bench broker_release`.
+//!
+//! - `release/swtpm_round_trip`: what the agent does at boot for one key ([`BrokerKeys`]): Challenge, evidence
+//!   from the TPM (a fresh quote over the broker's nonce), Release (nonce, real verifier with the enrolled AK,
+//!   binding, policy, HPKE seal, audit append + fdatasync, ES256 token), HPKE open. gRPC over loopback TCP.
+//! - `release/verifier_appraise_swtpm`: the broker's verifier alone on one piece of that evidence: the peer.
+//! - `release/broker_32_concurrent`: 32 agents' Release requests at once, each with its own nonce and fresh
+//!   swtpm evidence made beforehand (untimed: the broker's throughput, not the TPM's).
+//!
+//! Before criterion's runs a percentile pass prints p50/p99 of the round trip (goal p50 ≤ 10 ms) and the
+//! 32-concurrent throughput as a ratio to the bare verifier's throughput on both cores.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    missing_docs
+)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sealroom_agent::workload::KeyProvider;
+use sealroom_agent::workload::broker::BrokerKeys;
+use sealroom_measurements::binding::Nonce;
+use sealroom_measurements::cel::RuntimeEvent;
+use sealroom_measurements::evidence::Evidence;
+use sealroom_proto::keybroker::v1 as pb;
+use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
+use sealroom_verifier::broker::appraisal::{Appraiser, VerifierAppraiser};
+use sealroom_verifier::broker::audit::AuditLog;
+use sealroom_verifier::broker::keystore::{Kek, KeyStore};
+use sealroom_verifier::broker::nonce::NonceBook;
+use sealroom_verifier::broker::policy::GoldenSet;
+use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
+use sealroom_verifier::broker::token::Signer;
+use sealroom_verifier::broker::{Clock, Randomness};
+
+const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const POLICY: &str = r#"
+version = 1
+platforms = ["tpm"]
+tcb_statuses = "skip"
+minimum_tcb = "skip"
+debug = "forbidden"
+golden = "skip"
+image_digests = ["sha256:1111111111111111111111111111111111111111111111111111111111111111"]
+args = ["--in", "/data"]
+env = ["MODE=batch"]
+"#;
+const KEY: &str = "provider-a/data";
+const AGENTS: usize = 32;
+
+#[derive(Debug)]
+struct WallClock;
+
+impl Clock for WallClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    }
+}
+
+#[derive(Debug)]
+struct OsRandomness(aws_lc_rs::rand::SystemRandom);
+
+impl Randomness for OsRandomness {
+    fn fill(&self, out: &mut [u8]) -> sealroom_verifier::Result<()> {
+        aws_lc_rs::rand::SecureRandom::fill(&self.0, out)
+            .map_err(|_| sealroom_verifier::Error::check("randomness", "failed"))
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn broker(dir: &std::path::Path, appraiser: Arc<dyn Appraiser>) -> Arc<Broker> {
+    std::fs::create_dir_all(dir).unwrap();
+    let rng: Arc<dyn Randomness> = Arc::new(OsRandomness(aws_lc_rs::rand::SystemRandom::new()));
+    let store = Arc::new(
+        KeyStore::open(&dir.join("keys.redb"), Kek::from_bytes(&[7; 32]).unwrap(), rng.as_ref()).unwrap(),
+    );
+    store.add(KEY, "provider-a", POLICY, None, rng.as_ref(), 0).unwrap();
+    Arc::new(Broker::new(BrokerParts {
+        clock: Arc::new(WallClock),
+        rng,
+        appraiser,
+        store,
+        golden: GoldenSet::default(),
+        signer: Signer::load_or_create(&dir.join("signing.pk8")).unwrap(),
+        nonces: NonceBook::new(600_000, 1_000_000),
+        audit: AuditLog::open(&dir.join("audit.log")).unwrap().0,
+    }))
+}
+
+type Client = pb::key_broker_client::KeyBrokerClient<tonic::transport::Channel>;
+
+/// `AGENTS` Release requests, each over its own fresh challenge and swtpm evidence (made now, untimed).
+async fn prepared_requests(
+    client: &Client,
+    agent: &sealroom_agent::worker::AttestationHandle,
+) -> Vec<pb::ReleaseRequest> {
+    let mut out = Vec::with_capacity(AGENTS);
+    for _ in 0..AGENTS {
+        let ch = client.clone().challenge(pb::ChallengeRequest {}).await.unwrap().into_inner();
+        let nonce = Nonce::from_slice(&ch.nonce).unwrap();
+        let ev = agent.evidence(nonce).await.unwrap();
+        out.push(pb::ReleaseRequest {
+            nonce: nonce.0.to_vec(),
+            evidence: Some(ev.into()),
+            key_ids: vec![KEY.into()],
+        });
+    }
+    out
+}
+
+async fn release_all(client: &Client, requests: Vec<pb::ReleaseRequest>) {
+    let mut set = tokio::task::JoinSet::new();
+    for req in requests {
+        let mut c = client.clone();
+        set.spawn(async move {
+            let r = c.release(req).await.unwrap().into_inner();
+            assert_eq!(r.keys.len(), 1, "{:?}", r.refusals);
+        });
+    }
+    set.join_all().await;
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let tpm = Swtpm::start().unwrap();
+    let events = [
+        RuntimeEvent::ManifestDigest(IMAGE.into()),
+        RuntimeEvent::Arg("--in".into()),
+        RuntimeEvent::Arg("/data".into()),
+        RuntimeEvent::Env("MODE=batch".into()),
+        RuntimeEvent::LaunchSeparator,
+    ];
+    let agent = rt.block_on(sealroom_tests::agent::start_agent(&tpm, &events)).unwrap();
+    let sample: Evidence = rt.block_on(agent.handle.evidence(Nonce([3; 32]))).unwrap();
+    let ak = sample.tpm.as_ref().unwrap().ak_public.clone();
+    let appraiser = Arc::new(VerifierAppraiser::with_pinned_tpm_aks(vec![ak]));
+    let state = unique_temp_dir("bench-broker-state");
+    let broker = broker(&state, Arc::clone(&appraiser) as Arc<dyn Appraiser>);
+    let addr = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = pb::key_broker_server::KeyBrokerServer::new(KeyBrokerService(Arc::clone(&broker)));
+        tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        ));
+        addr
+    });
+    let url = format!("http://{addr}");
+    let keys = BrokerKeys::new(agent.handle.clone());
+    let client: Client = rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
+        pb::key_broker_client::KeyBrokerClient::new(ch)
+    });
+    let key_ids = vec![KEY.to_owned()];
+    let round_trip = || rt.block_on(keys.release(&url, &key_ids)).unwrap();
+
+    // Percentile pass.
+    for _ in 0..20 {
+        round_trip();
+    }
+    let mut lat: Vec<Duration> = (0..400)
+        .map(|_| {
+            let t = Instant::now();
+            let k = round_trip();
+            let d = t.elapsed();
+            assert_eq!(k.len(), 1);
+            d
+        })
+        .collect();
+    lat.sort();
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    let now_ms = WallClock.now_ms();
+    let verify_rate = |threads: usize| -> f64 {
+        let per = 400usize;
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    for _ in 0..per {
+                        appraiser.appraise(&sample, now_ms).unwrap();
+                    }
+                });
+            }
+        });
+        (threads * per) as f64 / t.elapsed().as_secs_f64()
+    };
+    let (v1, v2) = (verify_rate(1), verify_rate(2));
+    let mut busy = Duration::ZERO;
+    let rounds = 15;
+    for _ in 0..rounds {
+        let reqs = rt.block_on(prepared_requests(&client, &agent.handle));
+        let t = Instant::now();
+        rt.block_on(release_all(&client, reqs));
+        busy += t.elapsed();
+    }
+    let broker_rate = (rounds * AGENTS) as f64 / busy.as_secs_f64();
+    eprintln!(
+        "release round trip on swtpm (Challenge + quote + Release + open): p50 {:.2} ms, p99 {:.2} ms (goal p50 ≤ 10 ms)",
+        ms(p50),
+        ms(p99)
+    );
+    eprintln!(
+        "bare verifier on the same evidence: {v1:.0}/s on 1 thread, {v2:.0}/s on 2 threads; broker with {AGENTS} \
+         concurrent agents: {broker_rate:.0} releases/s = {:.2} × the 2-thread verifier ({:.2} × 1 thread)",
+        broker_rate / v2,
+        broker_rate / v1
+    );
+
+    let mut g = c.benchmark_group("release");
+    g.sample_size(20);
+    g.bench_function("swtpm_round_trip", |b| b.iter(round_trip));
+    g.bench_function("verifier_appraise_swtpm", |b| b.iter(|| appraiser.appraise(&sample, now_ms).unwrap()));
+    g.throughput(criterion::Throughput::Elements(AGENTS as u64));
+    g.bench_function("broker_32_concurrent", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let reqs = rt.block_on(prepared_requests(&client, &agent.handle));
+                let t = Instant::now();
+                rt.block_on(release_all(&client, reqs));
+                total += t.elapsed();
+            }
+            total
+        });
+    });
+    g.finish();
+    rt.block_on(agent.handle.shutdown(Duration::from_secs(5)));
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
