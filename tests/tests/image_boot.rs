@@ -1,14 +1,21 @@
-//! Boots the built guest image (`ci/image` → `target/image/out/disk.raw`) under QEMU (TCG) + OVMF +
-//! swtpm with user networking, asks the agent (PID 1's child) for evidence over gRPC with a fresh
-//! nonce, and checks the measured boot: the UEFI event log replays to the quoted PCRs; PCR 4, 11 and
-//! 12 equal `sealroom_measurements::uki::predict` (what the golden document holds); PCR 11 also
-//! equals `systemd-measure calculate` over the UKI's sections; PCR 9's load-options event equals the
-//! prediction. Then flips one byte of the UKI's command line, re-assembles the disk, boots it and
-//! shows PCR 4, 9 and 11 no longer match the original's predictions. Each VM is powered off through
-//! the ACPI power button and must power off cleanly.
+//! Boots the guest image `ci/test` builds (`ci/image` → `target/image/out`: disk.raw, sealroom.efi and the
+//! signed golden.json) under QEMU (TCG) + OVMF + swtpm with user networking, and checks the measured boot the
+//! way a user does: `sealroom attest --golden golden.json --golden-key <publisher key>` fetches evidence with a
+//! fresh nonce and the verifier judges PCR 4, 9, 11 and 12 against the signed golden document. The test also
+//! checks, independently, that the UEFI log replays to the quoted PCRs, that every PCR 4/9/11/12 event equals
+//! `sealroom_measurements::uki::predict`'s, and that PCR 11 equals `systemd-measure calculate`.
+//!
+//! Then one byte of the UKI's `.cmdline` changes (`sealroom.image=1` → `=2`, same size: the UKI reassembled
+//! with that section replaced), the disk is reassembled (image/assemble-disk), booted, and `sealroom verify`
+//! refuses its evidence against the original golden document, naming PCR 11 (and PCR 4, 9); the changed
+//! boot matches its own prediction, so the refusal is about the command line and nothing else.
+//! Two boots in all; each VM powers off through the ACPI power button and must do so cleanly.
 //!
 //! Always TCG: the /dev/kvm on our machines opens but cannot run guests, so KVM is never assumed.
-//! Skipped (loudly) only when the image has not been built.
+//! Skipped (loudly) only when the image has not been built. `SEALROOM_IMAGE_DIR` points the test at
+//! another `ci/image --out` directory, `SEALROOM_GOLDEN_SIGNING_KEY` at the PKCS#8 key that signed its
+//! golden.json (default: the throwaway key ci/test signs with, target/image/ci-test-key.pk8); the test uses
+//! only its public half.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -26,11 +33,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use sealroom_measurements::evidence::HashAlg;
-use sealroom_measurements::tcg2::Tcg2Log;
-use sealroom_measurements::uki::{self as uki_prediction, BootContext};
+use sealroom_measurements::golden::{self, GoldenDocument};
+use sealroom_measurements::tcg2::{Tcg2Log, event_type};
+use sealroom_measurements::uki::{self as uki_prediction, BootContext, PredictedRegister};
 use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
-use sealroom_proto::attestation::v1::{GetEvidenceRequest, HashAlgorithm, TpmEvidence};
+use sealroom_proto::attestation::v1::{Evidence, GetEvidenceRequest, HashAlgorithm, TpmEvidence};
 
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -45,7 +54,29 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const CMDLINE_TOKEN: &[u8] = b"sealroom.image=1";
 
 fn image_dir() -> PathBuf {
-    sealroom_tests::repo_root().join("target/image/out")
+    std::env::var_os("SEALROOM_IMAGE_DIR")
+        .map_or_else(|| sealroom_tests::repo_root().join("target/image/out"), PathBuf::from)
+}
+
+/// The golden document's signer, as a verifier knows it: the public half of the key ci/image signed with.
+fn golden_public_key_hex() -> String {
+    let path = std::env::var_os("SEALROOM_GOLDEN_SIGNING_KEY")
+        .map_or_else(|| sealroom_tests::repo_root().join("target/image/ci-test-key.pk8"), PathBuf::from);
+    let pkcs8 = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (ci/test passes its key to ci/image --golden-key; set SEALROOM_GOLDEN_SIGNING_KEY)",
+            path.display()
+        )
+    });
+    hex::encode(Ed25519KeyPair::from_pkcs8(&pkcs8).expect("Ed25519 PKCS#8").public_key().as_ref())
+}
+
+/// The `sealroom` binary of this build: `cargo test/nextest --workspace` builds it next to the test's deps dir.
+fn sealroom() -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(Path::parent).unwrap().join("sealroom");
+    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace) first", bin.display());
+    Command::new(bin)
 }
 
 fn unique_dir(tag: &str) -> PathBuf {
@@ -202,13 +233,17 @@ impl Vm {
         assert!(!text.contains("Kernel panic"), "kernel panic during power-off");
     }
 
-    /// GetEvidence with a fresh random nonce; returns the TPM evidence, checking the nonce echo.
-    fn tpm_evidence(&self) -> TpmEvidence {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// GetEvidence with a fresh random nonce; returns the evidence after checking the nonce echo.
+    fn evidence(&self) -> Evidence {
         let mut nonce = vec![0u8; 32];
         std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut nonce).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let evidence = rt.block_on(async {
-            let url = format!("http://127.0.0.1:{}", self.port);
+            let url = self.url();
             // The server logs before user networking has forwarded its first connection: retry briefly.
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut client = loop {
@@ -230,7 +265,7 @@ impl Vm {
             reply.into_inner().evidence.expect("no evidence in the reply")
         });
         assert_eq!(evidence.nonce, nonce, "the evidence does not echo our nonce");
-        evidence.tpm.expect("no TPM evidence from a VM with a TPM")
+        evidence
     }
 }
 
@@ -246,31 +281,22 @@ fn sha256_bank(tpm: &TpmEvidence) -> BTreeMap<u32, Vec<u8>> {
         .collect()
 }
 
-/// The host's predictions for one UKI: PCR 4, 9, 11 and 12 (SHA-256) from
-/// `sealroom_measurements::uki::predict` (what the golden document holds), and PCR 11 a second time,
-/// independently, from `systemd-measure calculate` over the UKI's sections.
+/// The host's predictions for one UKI: PCR 4, 9, 11 and 12 (SHA-256, with their events) from
+/// `sealroom_measurements::uki::predict`, and PCR 11 a second time, independently, from
+/// `systemd-measure calculate` over the UKI's sections.
 struct Predicted {
-    pcrs: BTreeMap<u32, Vec<u8>>,
-    /// The kernel's `LOADED_IMAGE::LoadOptions` event (PCR 9): the command line systemd-stub passes.
-    load_options_digest: String,
+    pcrs: BTreeMap<u32, PredictedRegister>,
     pcr11_systemd_measure: Vec<u8>,
 }
 
 fn predict(uki: &Path, work: &Path) -> Predicted {
     let bytes = std::fs::read(uki).unwrap();
     let prediction = uki_prediction::predict(&bytes, &[HashAlg::Sha256], &BootContext::default()).unwrap();
-    let pcr9 = prediction.register("pcr9", HashAlg::Sha256).unwrap();
-    let load_options_digest = pcr9
-        .events
-        .iter()
-        .find(|e| e.description == "LOADED_IMAGE::LoadOptions")
-        .map(|e| e.digest.clone())
-        .expect("predicted LoadOptions event");
     let mut pcrs = BTreeMap::new();
     for i in [4u32, 9, 11, 12] {
         let reg = prediction.register(&format!("pcr{i}"), HashAlg::Sha256).unwrap();
         assert!(reg.complete, "pcr{i} prediction incomplete");
-        pcrs.insert(i, hex::decode(&reg.value).unwrap());
+        pcrs.insert(i, reg.clone());
     }
 
     let sections = ["linux", "osrel", "cmdline", "initrd", "uname", "sbat"];
@@ -290,14 +316,27 @@ fn predict(uki: &Path, work: &Path) -> Predicted {
     let entries = json["sha256"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "systemd-measure: expected one PCR 11 value, got {json}");
     let pcr11_systemd_measure = hex::decode(entries[0]["hash"].as_str().unwrap()).unwrap();
-    Predicted { pcrs, load_options_digest, pcr11_systemd_measure }
+    Predicted { pcrs, pcr11_systemd_measure }
 }
 
-/// Boots `disk`, fetches evidence, checks the event log against the quoted PCRs and the host's
-/// predictions for `uki`; returns the quoted SHA-256 PCRs.
-fn boot_and_check(disk: &Path, uki: &Path, tag: &str) -> (BTreeMap<u32, Vec<u8>>, Predicted) {
-    let work = unique_dir(&format!("{tag}-predict"));
-    let predicted = predict(uki, &work);
+/// What one boot left for the verifier: the evidence (protobuf) and the AK, in `work`.
+struct Booted {
+    pcrs: BTreeMap<u32, Vec<u8>>,
+    evidence_file: PathBuf,
+    ak_file: PathBuf,
+    nonce_hex: String,
+}
+
+/// Boots `disk`, fetches evidence, checks the event log against the quoted PCRs and, event by event, the
+/// host's predictions for `uki`; `with_vm` then runs while the VM still serves; the VM powers off.
+fn boot_and_check(
+    disk: &Path,
+    uki: &Path,
+    tag: &str,
+    work: &Path,
+    with_vm: impl FnOnce(&Vm, &Booted),
+) -> Booted {
+    let predicted = predict(uki, work);
     let mut vm = Vm::boot(disk, tag);
     let ready = vm.wait_for("sealroom-init: ready", BOOT_TIMEOUT);
     let serving = vm.wait_for(SERVING_MARKER, BOOT_TIMEOUT);
@@ -306,8 +345,9 @@ fn boot_and_check(disk: &Path, uki: &Path, tag: &str) -> (BTreeMap<u32, Vec<u8>>
         ready.as_secs_f64(),
         serving.as_secs_f64()
     );
-    let tpm = vm.tpm_evidence();
+    let evidence = vm.evidence();
     eprintln!("[{tag}] evidence after {:.1} s", vm.started.elapsed().as_secs_f64());
+    let tpm = evidence.tpm.clone().expect("no TPM evidence from a VM with a TPM");
     let pcrs = sha256_bank(&tpm);
     for i in [4u32, 9, 11, 12] {
         assert!(pcrs.contains_key(&i), "PCR {i} not quoted");
@@ -323,35 +363,56 @@ fn boot_and_check(disk: &Path, uki: &Path, tag: &str) -> (BTreeMap<u32, Vec<u8>>
         );
     }
     assert_eq!(pcrs[&12], vec![0u8; 32], "PCR 12 must stay zero (no cmdline overrides or credentials)");
-    for i in [4u32, 11, 12] {
-        assert_eq!(hex::encode(&pcrs[&i]), hex::encode(&predicted.pcrs[&i]), "PCR {i}: booted != predicted");
+    // Every event of PCR 4, 9, 11 and 12 as predicted, in order, and so the values. PCR 9 included: the
+    // kernel's LoadOptions (the command line) and the initrd as systemd-stub 257 hands it over (.initrd plus
+    // its generated cpio of .extra/os-release), which `uki::predict` models.
+    for (i, want) in &predicted.pcrs {
+        let booted: Vec<String> = log
+            .events
+            .iter()
+            .filter(|e| e.index == *i && e.event_type != event_type::NO_ACTION)
+            .map(|e| hex::encode(e.digest(HashAlg::Sha256).unwrap()))
+            .collect();
+        let predicted_events: Vec<String> = want.events.iter().map(|e| e.digest.clone()).collect();
+        assert_eq!(booted, predicted_events, "PCR {i}: booted events != predicted events");
+        assert_eq!(hex::encode(&pcrs[i]), want.value, "PCR {i}: booted != predicted");
     }
-    // PCR 9: the kernel measures its load options (predicted exactly), then the initrd as systemd-stub
-    // hands it over. systemd-stub 257 appends a small generated cpio to `.initrd` (the booted initrd is
-    // 435..4531 bytes longer, per the kernel's RAMDISK range), which the predictor does not model yet,
-    // so the initrd event is checked for presence and the register through the log replay above.
-    let pcr9_events: Vec<_> = log.events.iter().filter(|e| e.index == 9).collect();
-    assert_eq!(pcr9_events.len(), 2, "PCR 9: expected LoadOptions and initrd events");
-    assert_eq!(
-        hex::encode(pcr9_events[0].digest(HashAlg::Sha256).unwrap()),
-        predicted.load_options_digest,
-        "PCR 9: LoadOptions (kernel command line) != predicted"
-    );
-    assert!(pcr9_events[1].data.ends_with(b"Linux initrd\0"), "PCR 9: second event is not the initrd");
     assert_eq!(
         hex::encode(&pcrs[&11]),
         hex::encode(&predicted.pcr11_systemd_measure),
         "PCR 11 != systemd-measure's prediction"
     );
+
+    // Trust in the swtpm's AK: no CA certifies it, so it is enrolled on first contact (the platform layer is
+    // not what this test is about; the measured boot is).
+    let ak_file = work.join(format!("{tag}-ak.tpmt_public"));
+    std::fs::write(&ak_file, &tpm.ak_public).unwrap();
+    let evidence_file = work.join(format!("{tag}-evidence.pb"));
+    std::fs::write(&evidence_file, prost::Message::encode_to_vec(&evidence)).unwrap();
+    let booted = Booted { pcrs, evidence_file, ak_file, nonce_hex: hex::encode(&evidence.nonce) };
+    with_vm(&vm, &booted);
     vm.power_off();
-    let _ = std::fs::remove_dir_all(&work);
-    (pcrs, predicted)
+    booted
+}
+
+/// The EAR's layer `name` (from `--json` output).
+fn ear_layer<'a>(ear: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    ear["submods"]["sealroom"]["sealroom.layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["layer"] == name)
+        .unwrap_or_else(|| panic!("no {name} layer in {ear}"))
+}
+
+fn golden_register(doc: &GoldenDocument, pcr: u32) -> &str {
+    &doc.register(&format!("pcr{pcr}"), HashAlg::Sha256).expect("golden PCR").value
 }
 
 #[test]
-fn built_image_boots_attests_and_a_changed_cmdline_moves_the_measurements() {
+fn built_image_boots_attests_against_its_golden_document_and_a_changed_cmdline_is_refused() {
     let out = image_dir();
-    let (disk, uki) = (out.join("disk.raw"), out.join("sealroom.efi"));
+    let (disk, uki, golden_json) = (out.join("disk.raw"), out.join("sealroom.efi"), out.join("golden.json"));
     if !disk.exists() || !uki.exists() {
         eprintln!(
             "\n!!!!!!!!!! SKIPPED image_boot: no built image at {} — run ci/image first (ci/test does) !!!!!!!!!!\n",
@@ -359,9 +420,58 @@ fn built_image_boots_attests_and_a_changed_cmdline_moves_the_measurements() {
         );
         return;
     }
-    let (original, golden) = boot_and_check(&disk, &uki, "image");
+    assert!(golden_json.exists(), "{} missing: ci/image writes it with --golden-key", golden_json.display());
+    let key = golden_public_key_hex();
+    let doc_bytes = std::fs::read(&golden_json).unwrap();
+    let sig = std::fs::read_to_string(out.join("golden.json.sig")).unwrap();
+    let doc = golden::verify(&doc_bytes, &sig, &key).expect("golden.json is signed by the CI key");
+    let golden_args = |cmd: &mut Command| {
+        cmd.arg("--golden").arg(&golden_json).args(["--golden-key", &key]);
+    };
+    let work = unique_dir("image-boot");
 
-    let work = unique_dir("image-changed");
+    // 1. The built image: `sealroom attest` against the signed golden document, while the VM serves.
+    let original = boot_and_check(&disk, &uki, "image", &work, |vm, booted| {
+        let mut attest = sealroom();
+        attest.args(["attest", "--agent", &vm.url(), "--json", "--tpm-ak"]).arg(&booted.ak_file);
+        golden_args(&mut attest);
+        let outp = attest.output().unwrap();
+        let stdout = String::from_utf8_lossy(&outp.stdout);
+        assert!(
+            outp.status.success(),
+            "sealroom attest --golden refused the built image:\n{stdout}\n{}",
+            String::from_utf8_lossy(&outp.stderr)
+        );
+        let ear: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        let kernel = ear_layer(&ear, "kernel");
+        assert_eq!(kernel["outcome"], "passed", "{ear}");
+        assert_eq!(kernel["reference"], "digests", "{ear}");
+        for i in [4u32, 9, 11, 12] {
+            assert_eq!(kernel["claims"][format!("pcr{i}.sha256")], golden_register(&doc, i), "{ear}");
+        }
+        assert_eq!(ear_layer(&ear, "binding")["outcome"], "passed", "{ear}");
+        let policy = ear["submods"]["sealroom"]["ear.appraisal-policy-id"].as_str().unwrap();
+        assert!(policy.starts_with("sealroom/golden/sealroom@"), "{policy}");
+    });
+    // The golden document holds exactly what booted (and what the host predicted from the UKI).
+    for i in [4u32, 9, 11, 12] {
+        assert_eq!(golden_register(&doc, i), hex::encode(&original.pcrs[&i]), "PCR {i}: golden != booted");
+    }
+    // `sealroom verify` of the same evidence, offline, agrees.
+    let mut verify = sealroom();
+    verify.args(["verify", "--evidence"]).arg(&original.evidence_file);
+    verify.args(["--nonce", &original.nonce_hex, "--tpm-ak"]).arg(&original.ak_file);
+    golden_args(&mut verify);
+    let outp = verify.output().unwrap();
+    assert!(
+        outp.status.success(),
+        "sealroom verify --golden refused the built image's evidence:\n{}{}",
+        String::from_utf8_lossy(&outp.stdout),
+        String::from_utf8_lossy(&outp.stderr)
+    );
+
+    // 2. One byte of the command line changed: the same UKI with `.cmdline` replaced by a section of the
+    // same size, so nothing else in the file moves.
     let mut bytes = std::fs::read(&uki).unwrap();
     let hits: Vec<usize> = bytes
         .windows(CMDLINE_TOKEN.len())
@@ -372,20 +482,49 @@ fn built_image_boots_attests_and_a_changed_cmdline_moves_the_measurements() {
     assert_eq!(hits.len(), 1, "the UKI must hold {:?} exactly once", String::from_utf8_lossy(CMDLINE_TOKEN));
     let last = hits[0] + CMDLINE_TOKEN.len() - 1;
     bytes[last] = b'2';
-    let changed_uki = work.join("sealroom.efi");
+    let changed_dir = work.join("changed");
+    std::fs::create_dir_all(&changed_dir).unwrap();
+    let changed_uki = changed_dir.join("sealroom.efi");
     std::fs::write(&changed_uki, &bytes).unwrap();
-    run(Command::new(sealroom_tests::repo_root().join("image/assemble-disk")).arg(&changed_uki).arg(&work));
-    let (changed, _) = boot_and_check(&work.join("disk.raw"), &changed_uki, "image-changed");
-    // Against the original image's predictions (its golden values) the changed image is refused:
-    // PCR 11 (.cmdline), PCR 4 (the UKI's Authenticode digest) and PCR 9 (the kernel's load options)
-    // all differ from the original's.
-    for i in [4u32, 9, 11] {
-        assert_ne!(
-            changed[&i], golden.pcrs[&i],
-            "PCR {i} of the changed image matches the original's golden value"
-        );
-        assert_ne!(changed[&i], original[&i], "PCR {i} must change with the command line");
+    run(Command::new(sealroom_tests::repo_root().join("image/assemble-disk"))
+        .arg(&changed_uki)
+        .arg(&changed_dir));
+    let changed =
+        boot_and_check(&changed_dir.join("disk.raw"), &changed_uki, "image-changed", &work, |_, _| {});
+
+    // The verifier refuses the changed image's real evidence against the original golden document, first
+    // for PCR 11 (systemd-stub measured the new .cmdline), and also for PCR 4 (the UKI's Authenticode digest)
+    // and PCR 9 (the kernel's load options); PCR 12 still matches.
+    let mut verify = sealroom();
+    verify.args(["verify", "--json", "--evidence"]).arg(&changed.evidence_file);
+    verify.args(["--nonce", &changed.nonce_hex, "--tpm-ak"]).arg(&changed.ak_file);
+    golden_args(&mut verify);
+    let outp = verify.output().unwrap();
+    let stdout = String::from_utf8_lossy(&outp.stdout);
+    let stderr = String::from_utf8_lossy(&outp.stderr);
+    assert_eq!(outp.status.code(), Some(1), "the changed image was not refused:\n{stdout}\n{stderr}");
+    let reason = format!(
+        "refused (contraindicated): kernel: pcr11.sha256 is {}, not a reference value",
+        hex::encode(&changed.pcrs[&11])
+    );
+    assert_eq!(stderr.trim(), reason);
+    eprintln!("[image-changed] sealroom verify --golden (original golden.json): {}", stderr.trim());
+    let ear: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    for layer in ["platform", "binding", "event log"] {
+        assert_eq!(ear_layer(&ear, layer)["outcome"], "passed", "{layer}: {ear}");
     }
-    assert_eq!(changed[&12], golden.pcrs[&12]);
+    let kernel = ear_layer(&ear, "kernel");
+    assert_eq!(kernel["outcome"], "failed", "{ear}");
+    let failures: Vec<&str> =
+        kernel["failures"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    let expected: Vec<String> = [11u32, 4, 9]
+        .iter()
+        .map(|i| format!("kernel: pcr{i}.sha256 is {}, not a reference value", hex::encode(&changed.pcrs[i])))
+        .collect();
+    assert_eq!(failures, expected, "{ear}");
+    for i in [4u32, 9, 11] {
+        assert_ne!(changed.pcrs[&i], original.pcrs[&i], "PCR {i} must change with the command line");
+    }
+    assert_eq!(changed.pcrs[&12], original.pcrs[&12]);
     let _ = std::fs::remove_dir_all(&work);
 }

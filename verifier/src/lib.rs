@@ -9,6 +9,7 @@ pub mod azure;
 pub mod broker;
 pub mod ear;
 pub mod error;
+pub mod golden_refs;
 pub mod snp;
 pub mod tdx;
 pub mod tpm;

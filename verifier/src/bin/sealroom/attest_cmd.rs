@@ -22,10 +22,18 @@ pub struct Args {
     /// The agent's gRPC endpoint, e.g. http://127.0.0.1:7443.
     #[arg(long)]
     agent: String,
-    /// Golden reference values (JSON: {"firmware": {...} | "skip", "kernel": …, "workload": …}). Default:
-    /// every measured layer explicitly skipped.
-    #[arg(long)]
+    /// A signed golden measurement document (`golden.json`, its signature in `<FILE>.sig`): the registers it
+    /// predicts become the kernel layer's reference values; firmware and workload are skipped explicitly.
+    #[arg(long, value_name = "GOLDEN_JSON", conflicts_with = "reference")]
     golden: Option<PathBuf>,
+    /// The golden document's signer: a raw Ed25519 public key (hex) or a file holding it. Default: the release
+    /// key pinned in this build.
+    #[arg(long, value_name = "HEX_OR_FILE", requires = "golden")]
+    golden_key: Option<String>,
+    /// Reference values (JSON: {"firmware": {...} | "skip", "kernel": …, "workload": …}). Default (without
+    /// --golden): every measured layer explicitly skipped.
+    #[arg(long)]
+    reference: Option<PathBuf>,
     /// Intel collateral for TDX evidence (a dcap-qvl QuoteCollateralV3 JSON file or a directory of PCS files).
     #[arg(long)]
     collateral: Option<PathBuf>,
@@ -80,8 +88,14 @@ pub fn run(args: &Args) -> Result<()> {
     let at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))?;
+    let input = EvidenceInput::Sealroom(Box::new(evidence));
     let mut policy = Policy::default();
     if let Some(p) = &args.golden {
+        let golden = super::verify_cmd::load_golden(p, args.golden_key.as_deref())?;
+        policy.references = golden.reference_values(&input)?;
+        policy.id = golden.policy_id();
+    }
+    if let Some(p) = &args.reference {
         let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
         policy.references = ReferenceValues::from_json(&text)?;
         policy.id = format!(
@@ -89,8 +103,9 @@ pub fn run(args: &Args) -> Result<()> {
             p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
         );
     }
+    let has_tdx = matches!(&input, EvidenceInput::Sealroom(e) if e.tdx.is_some());
     let tdx_collateral = match &args.collateral {
-        Some(dir) if evidence.tdx.is_some() => Some(tdx::Collateral::load(dir)?.verify(at)?),
+        Some(dir) if has_tdx => Some(tdx::Collateral::load(dir)?.verify(at)?),
         _ => None,
     };
     let cache = EndorsementCache::default();
@@ -102,14 +117,17 @@ pub fn run(args: &Args) -> Result<()> {
         tdx_collateral: tdx_collateral.as_ref(),
         enrolled_tpm_aks: &enrolled,
     };
-    let ear = appraise(&EvidenceInput::Sealroom(Box::new(evidence)), &policy, &ctx);
+    let ear = appraise(&input, &policy, &ctx);
     if args.json {
         println!("{}", ear.to_json());
     } else {
         println!("agent {} nonce {}", args.agent, hex::encode(nonce));
         print!("{}", ear.to_table());
-        if args.golden.is_none() {
-            println!("note: no --golden given: firmware, kernel and workload layers are explicitly skipped");
+        if args.golden.is_none() && args.reference.is_none() {
+            println!(
+                "note: no --golden or --reference given: firmware, kernel and workload layers are explicitly \
+                 skipped"
+            );
         }
         println!("verified at {}", format_time(at));
     }

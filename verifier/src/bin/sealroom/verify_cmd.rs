@@ -10,6 +10,7 @@ use sealroom_measurements::evidence::Evidence;
 use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, ReferenceValues, appraise};
 use sealroom_verifier::azure::evidence::AzureEvidence;
 use sealroom_verifier::ear::Status;
+use sealroom_verifier::golden_refs::GoldenReferences;
 use sealroom_verifier::snp::EndorsementCache;
 use sealroom_verifier::snp::endorsement::verify_endorsement;
 use sealroom_verifier::snp::report::{REPORT_LEN, SnpReport};
@@ -41,6 +42,15 @@ pub struct Args {
     /// measured layer explicitly skipped.
     #[arg(long)]
     reference: Option<PathBuf>,
+    /// A signed golden measurement document (`golden.json`, its signature in `<FILE>.sig`): the registers it
+    /// predicts (PCR 4, 9, 11, 12 of each quoted bank; RTMR1, RTMR2) become the kernel layer's reference values;
+    /// firmware and workload are skipped explicitly.
+    #[arg(long, value_name = "GOLDEN_JSON", conflicts_with = "reference")]
+    golden: Option<PathBuf>,
+    /// The golden document's signer: a raw Ed25519 public key (hex) or a file holding it. Default: the release
+    /// key pinned in this build.
+    #[arg(long, value_name = "HEX_OR_FILE", requires = "golden")]
+    golden_key: Option<String>,
     /// Accept SEV-SNP guests whose policy allows debugging.
     #[arg(long)]
     allow_debug: bool,
@@ -153,9 +163,36 @@ fn needs_tdx(input: &EvidenceInput) -> bool {
     }
 }
 
-fn load_policy(args: &Args) -> Result<Policy> {
+/// Reads a signed golden document (signature in `<FILE>.sig`) and checks its signature under `key` (hex or a
+/// file holding hex), or under the pinned release key.
+pub fn load_golden(path: &Path, key: Option<&str>) -> Result<GoldenReferences> {
+    let doc = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut sig_path = path.as_os_str().to_owned();
+    sig_path.push(".sig");
+    let sig_path = PathBuf::from(sig_path);
+    let sig =
+        std::fs::read_to_string(&sig_path).with_context(|| format!("reading {}", sig_path.display()))?;
+    let golden = match key {
+        None => GoldenReferences::verify_pinned(&doc, &sig),
+        Some(k) if k.len() == 64 && k.bytes().all(|c| c.is_ascii_hexdigit()) => {
+            GoldenReferences::verify(&doc, &sig, k)
+        }
+        Some(file) => {
+            let k = std::fs::read_to_string(file).with_context(|| format!("reading --golden-key {file}"))?;
+            GoldenReferences::verify(&doc, &sig, k.trim())
+        }
+    };
+    golden.with_context(|| format!("{}", path.display()))
+}
+
+fn load_policy(args: &Args, input: &EvidenceInput) -> Result<Policy> {
     let mut policy = Policy::default();
     policy.snp.allow_debug = args.allow_debug;
+    if let Some(p) = &args.golden {
+        let golden = load_golden(p, args.golden_key.as_deref())?;
+        policy.references = golden.reference_values(input)?;
+        policy.id = golden.policy_id();
+    }
     if let Some(p) = &args.reference {
         let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
         policy.references = ReferenceValues::from_json(&text)?;
@@ -172,7 +209,7 @@ pub fn run(args: &Args) -> Result<()> {
     let input = detect(&bytes, args)?;
     let at = parse_at(args.at.as_deref())?;
     let nonce = args.nonce.as_deref().map(hex::decode).transpose().context("--nonce is not hex")?;
-    let policy = load_policy(args)?;
+    let policy = load_policy(args, &input)?;
     let cache = EndorsementCache::default();
     let tdx_collateral = match (&input, &args.collateral) {
         (EvidenceInput::TdxQuote(_) | EvidenceInput::Azure(_) | EvidenceInput::Sealroom(_), Some(dir))
@@ -195,9 +232,10 @@ pub fn run(args: &Args) -> Result<()> {
         println!("{}", ear.to_json());
     } else {
         print!("{}", ear.to_table());
-        if args.reference.is_none() {
+        if args.reference.is_none() && args.golden.is_none() {
             println!(
-                "note: no --reference given: firmware, kernel and workload layers are explicitly skipped"
+                "note: no --reference or --golden given: firmware, kernel and workload layers are explicitly \
+                 skipped"
             );
         }
         if args.nonce.is_none() {
