@@ -237,7 +237,12 @@ async fn run_inner<M: Measurer, K: KeyProvider>(
         let broker = spec.broker.as_deref().unwrap_or_default();
         let released = keys.release(broker, &spec.key_ids).await?;
         for (id, secret) in released {
+            // The spec admitted only plain-name components, so the path stays under keys_dir.
             let path = cfg.keys_dir.join(&id);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::workload("keys", format!("{}: {e}", parent.display())))?;
+            }
             std::fs::write(&path, &secret)
                 .map_err(|e| Error::workload("keys", format!("{}: {e}", path.display())))?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))

@@ -258,6 +258,25 @@ fn check_item(what: &str, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// A key id becomes a file under the keys directory: the broker's grammar (`[A-Za-z0-9._/-]`, 1..=128 bytes,
+/// keybroker.proto), where `/` separates a data provider's namespace (`provider-a/dataset`) and so nests a
+/// directory; every component must be a plain name (not empty, not starting with `.`), so no id escapes the
+/// keys directory or hides as a dotfile.
+fn check_key_id(k: &str) -> Result<()> {
+    if k.is_empty() || k.len() > 128 {
+        return Err(err(format!("key id {k:?}: must be 1..=128 bytes")));
+    }
+    if let Some(c) = k.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-'))) {
+        return Err(err(format!("key id {k:?}: character {c:?} not allowed (use [A-Za-z0-9._/-])")));
+    }
+    if k.split('/').any(|part| part.is_empty() || part.starts_with('.')) {
+        return Err(err(format!(
+            "key id {k:?}: each '/'-separated part must be non-empty and not start with '.'"
+        )));
+    }
+    Ok(())
+}
+
 fn check_count(what: &str, n: usize) -> Result<()> {
     if n > MAX_ITEMS {
         return Err(err(format!("{what}: {n} entries, limit {MAX_ITEMS}")));
@@ -313,11 +332,7 @@ impl WorkloadSpec {
         check_count("key_ids", doc.key_ids.len())?;
         for k in &doc.key_ids {
             check_item("key id", k)?;
-            if k.is_empty() || k.contains('/') || k.starts_with('.') {
-                return Err(err(format!(
-                    "key id {k:?}: must be non-empty, without '/' and not start with '.'"
-                )));
-            }
+            check_key_id(k)?;
         }
         if !doc.key_ids.is_empty() && doc.broker.is_none() {
             return Err(err("key_ids given without a broker"));
@@ -636,6 +651,19 @@ mod tests {
             WorkloadSpec::from_json(no_broker.as_bytes()).unwrap_err().to_string(),
             "workload spec: key_ids given without a broker"
         );
+        for good in ["provider-a/dataset", "k.v2", "a/b/c"] {
+            let d = doc.replace("\"k1\"", &format!("{good:?}"));
+            assert_eq!(
+                WorkloadSpec::from_json(d.as_bytes()).unwrap().key_ids,
+                vec![good.to_owned()],
+                "{good}"
+            );
+        }
+        for bad in ["", "../k", "a/../k", "a//k", "/k", "k/", ".hidden", "a/.k", "k id", "k\\x"] {
+            let d = doc.replace("\"k1\"", &format!("{bad:?}"));
+            let e = WorkloadSpec::from_json(d.as_bytes()).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("workload spec: key id {bad:?}: ")), "{bad}: {e}");
+        }
         assert!(WorkloadSpec::from_json(b"\0\0\0").is_err());
         assert!(WorkloadSpec::from_json(b"{\"image\":\"busybox:latest\"}").is_err());
     }
