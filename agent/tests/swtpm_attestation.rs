@@ -350,12 +350,17 @@ fn azure_vtpm_is_probed_before_the_plain_tpm_and_reads_its_nv_report_and_persist
         &[(HCL_REPORT_NV_INDEX, stored.clone()), (0x01c1_01d0, [&cert[..], &[0u8; 100][..]].concat())],
     );
 
-    let mut att = azure::open_tpm(&tpm.tcti(), &empty_root()).unwrap();
+    // The probe asks IMDS for the VCEK once; this one answers 404, so the evidence has none (fail closed).
+    let imds = LoopbackHttp::start(|_| http_response(404, "text/plain", b"not here"));
+    let mut att = azure::open_tpm_with_imds(&tpm.tcti(), &empty_root(), &imds.client()).unwrap();
+    assert_eq!(imds.requests().len(), 1, "asked once, at start-up");
     assert_eq!(att.name(), "azure-vtpm");
     assert_eq!(att.platform(), sealroom_measurements::evidence::Platform::AzureSnpVtpm);
     let key = TeeKey::generate().unwrap();
     let nonce = Nonce([0x5a; 32]);
     let Part::Azure(ev) = att.attest(&nonce, key.public()).unwrap() else { panic!("not an azure part") };
+    assert!(ev.vcek.is_empty() && ev.td_quote.is_empty());
+    assert_eq!(imds.requests().len(), 1, "evidence does not ask IMDS again");
     assert_eq!(ev.hcl_report, stored, "the whole NV index, read across the 1024-byte NV buffer limit");
     assert_eq!(ev.vtpm.ak_public, ak_public, "the persistent AK at 0x81000003");
     assert_eq!(ev.vtpm.ak_cert_chain, vec![cert], "the AK certificate from NV 0x01c101d0, padding cut");
@@ -369,14 +374,14 @@ fn azure_vtpm_is_probed_before_the_plain_tpm_and_reads_its_nv_report_and_persist
     // Runtime events still extend PCR 15 in every allocated bank, and the persistent AK survives the attester.
     assert!(att.runtime_algorithms().len() >= 2, "{:?}", att.runtime_algorithms());
     drop(att);
-    let again = azure::open_tpm(&tpm.tcti(), &empty_root()).unwrap();
+    let again = azure::open_tpm_with_imds(&tpm.tcti(), &empty_root(), &imds.client()).unwrap();
     assert_eq!(again.name(), "azure-vtpm");
 }
 
-/// The full verification chain with a real, complete HCL report (SNP, Milan) and its VCEK: everything the
-/// verifier can check passes (HCL var-data digest = REPORT_DATA, VCEK signature over the SNP report, nonce in
-/// extraData, PCR digest), and it refuses for exactly one reason: the quote is signed by the swtpm AK, not by the
-/// HCLAkPub the hardware report vouches for.
+/// The full verification chain with a real, complete HCL report (SNP, Milan) and its VCEK fetched from a
+/// loopback IMDS: everything the verifier can check passes (HCL var-data digest = REPORT_DATA, VCEK signature
+/// over the SNP report, nonce in extraData, PCR digest), and it refuses for exactly one reason: the quote is
+/// signed by the swtpm AK, not by the HCLAkPub the hardware report vouches for.
 #[test]
 fn azure_evidence_passes_every_check_but_the_hcl_ak_binding_which_a_swtpm_ak_cannot_meet() {
     use sealroom_agent::attester::azure::{AzureTee, AzureVtpmAttester};
@@ -396,7 +401,16 @@ fn azure_evidence_passes_every_check_but_the_hcl_ak_binding_which_a_swtpm_ak_can
     let mut att =
         AzureVtpmAttester::with_report(connect(&tpm.tcti()).unwrap(), &empty_root(), hcl.clone()).unwrap();
     assert_eq!(att.tee(), AzureTee::SevSnp);
-    att.set_collateral(vcek.clone(), Vec::new());
+    // The VCEK and its chain as Azure's IMDS serves them, over HTTP on loopback.
+    let imds = LoopbackHttp::start(|_| http_response(200, "application/json", &amd_certification_body()));
+    att.fetch_collateral(&imds.client()).unwrap();
+    let asked = imds.requests();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        (asked[0].method.as_str(), asked[0].path.as_str()),
+        ("GET", "/metadata/THIM/amd/certification")
+    );
+    assert_eq!(asked[0].header("metadata"), Some("true"), "IMDS refuses requests without Metadata: true");
     let key = TeeKey::generate().unwrap();
     let nonce = Nonce([0x77; 32]);
     let Part::Azure(az) = att.attest(&nonce, key.public()).unwrap() else { panic!("not an azure part") };
@@ -429,9 +443,281 @@ fn azure_evidence_passes_every_check_but_the_hcl_ak_binding_which_a_swtpm_ak_can
     let ear = appraise(&EvidenceInput::Sealroom(Box::new(ev)), &Policy::default(), &ctx);
     let appraisal = ear.submods.values().next().unwrap();
     let failures: Vec<String> = appraisal.layers.iter().flat_map(|l| l.failures.clone()).collect();
-    assert_eq!(
-        failures,
-        vec!["tpm quote: AK signature over TPMS_ATTEST invalid".to_string()],
-        "{appraisal:#?}"
+    assert_eq!(failures, vec![AK_MISMATCH.to_string()], "{appraisal:#?}");
+}
+
+/// The verifier's reason when the quote's AK is not the HCLAkPub the hardware report vouches for: the only one
+/// left for swtpm-made Azure evidence (swtpm cannot hold the paravisor's AK).
+const AK_MISMATCH: &str = "azure vtpm: quote AK is not the HCL report's HCLAkPub";
+
+/// One request as the loopback server saw it.
+#[derive(Debug, Clone)]
+struct HttpRequest {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl HttpRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP/1.1 server on loopback (std sockets, one connection at a time) standing in for Azure's IMDS:
+/// `respond` returns the raw response bytes, or `None` to hold the connection open without answering.
+struct LoopbackHttp {
+    addr: std::net::SocketAddr,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<HttpRequest>>>,
+}
+
+type Respond = dyn Fn(&HttpRequest) -> Option<Vec<u8>> + Send + Sync;
+
+impl LoopbackHttp {
+    fn start(respond: impl Fn(&HttpRequest) -> Vec<u8> + Send + Sync + 'static) -> Self {
+        Self::start_raw(Box::new(move |r| Some(respond(r))))
+    }
+
+    fn start_raw(respond: Box<Respond>) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&requests);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break Some(i);
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let Some(head_end) = head_end else { continue };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let mut lines = head.split("\r\n");
+                let mut first = lines.next().unwrap().split(' ');
+                let (method, path) = (first.next().unwrap().to_owned(), first.next().unwrap().to_owned());
+                let headers: Vec<(String, String)> = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                    .collect();
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .map_or(0, |(_, v)| v.parse().unwrap());
+                let mut body = buf[head_end + 4..].to_vec();
+                while body.len() < len {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let request = HttpRequest { method, path, headers, body };
+                let answer = respond(&request);
+                seen.lock().unwrap().push(request);
+                match answer {
+                    Some(bytes) => {
+                        let _ = stream.write_all(&bytes);
+                    }
+                    None => held.push(stream),
+                }
+            }
+        });
+        Self { addr, requests }
+    }
+
+    fn client(&self) -> sealroom_agent::attester::azure_imds::Imds {
+        self.client_with_timeout(std::time::Duration::from_secs(5))
+    }
+
+    fn client_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> sealroom_agent::attester::azure_imds::Imds {
+        sealroom_agent::attester::azure_imds::Imds::new(format!("http://{}", self.addr), timeout)
+    }
+
+    fn requests(&self) -> Vec<HttpRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn http_response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// The AMD certification JSON as IMDS serves it, from the real bundle of hcl-report.bin's VCEK, ASK and ARK.
+fn amd_certification_body() -> Vec<u8> {
+    let pem = String::from_utf8(azure_testdata("az-snp-vtpm/vcek.pem")).unwrap();
+    let end = "-----END CERTIFICATE-----";
+    let blocks: Vec<&str> = pem.split_inclusive(end).filter(|b| b.contains("BEGIN")).collect();
+    assert_eq!(blocks.len(), 3);
+    serde_json::json!({
+        "vcekCert": blocks[0].trim_start(),
+        "tcbm": "DB18000000000004",
+        "certificateChain": blocks[1..].concat().trim_start(),
+        "cacheControl": "86400",
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Appraises one Azure evidence part at `at` and returns every failure.
+fn appraise_azure(
+    az: sealroom_measurements::evidence::AzureVtpmEvidence,
+    platform: sealroom_measurements::evidence::Platform,
+    nonce: Nonce,
+    key: &TeeKey,
+    at: &str,
+) -> Vec<String> {
+    use sealroom_measurements::evidence::Evidence;
+    use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, appraise};
+    use sealroom_verifier::snp::EndorsementCache;
+    let ev = Evidence {
+        nonce,
+        tee_public_key: key.public().clone(),
+        platform,
+        tpm: None,
+        tdx: None,
+        sev_snp: None,
+        azure: Some(az),
+        runtime_event_log: Vec::new(),
+    };
+    let ev = Evidence::try_from(sealroom_proto::attestation::v1::Evidence::from(ev)).unwrap();
+    let cache = EndorsementCache::default();
+    let ctx = Context {
+        at: sealroom_verifier::x509::parse_time(at).unwrap(),
+        nonce: None,
+        snp_cache: &cache,
+        tdx_collateral: None,
+        enrolled_tpm_aks: &[],
+    };
+    let ear = appraise(&EvidenceInput::Sealroom(Box::new(ev)), &Policy::default(), &ctx);
+    let appraisal = ear.submods.values().next().unwrap();
+    appraisal.layers.iter().flat_map(|l| l.failures.clone()).collect()
+}
+
+/// Azure TDX: the agent posts the HCL report's TDREPORT to the loopback IMDS `/acc/tdquote` as Azure's tooling
+/// does and ships the TD quote it gets back (the real one from that VM); the verifier checks the TD quote's
+/// signatures and that its REPORT_DATA is the HCL TDREPORT's, and refuses only the swtpm AK.
+#[test]
+fn azure_tdx_evidence_carries_the_imds_td_quote_over_the_hcl_tdreport() {
+    use base64::Engine as _;
+    use sealroom_agent::attester::azure::{AzureTee, AzureVtpmAttester};
+    use sealroom_agent::attester::tpm::connect;
+    let b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let tpm = Swtpm::start().unwrap();
+    provision_azure_ak(&tpm.tcti());
+    let hcl = azure_testdata("az-tdx-vtpm/hcl-report.bin");
+    let td_quote = azure_testdata("az-tdx-vtpm/td-quote.bin");
+    let mut att =
+        AzureVtpmAttester::with_report(connect(&tpm.tcti()).unwrap(), &empty_root(), hcl.clone()).unwrap();
+    assert_eq!(att.tee(), AzureTee::Tdx);
+    let reply = serde_json::json!({ "quote": b64url.encode(&td_quote) }).to_string().into_bytes();
+    let imds = LoopbackHttp::start(move |_| http_response(200, "application/json", &reply));
+    att.fetch_collateral(&imds.client()).unwrap();
+    let asked = imds.requests();
+    assert_eq!(asked.len(), 1);
+    assert_eq!((asked[0].method.as_str(), asked[0].path.as_str()), ("POST", "/acc/tdquote"));
+    assert_eq!(asked[0].header("content-type"), Some("application/json"));
+    let sent: serde_json::Value = serde_json::from_slice(&asked[0].body).unwrap();
+    assert_eq!(b64url.decode(sent["report"].as_str().unwrap()).unwrap(), &hcl[0x20..0x420], "the TDREPORT");
+
+    let key = TeeKey::generate().unwrap();
+    let nonce = Nonce([0x78; 32]);
+    let Part::Azure(az) = att.attest(&nonce, key.public()).unwrap() else { panic!("not an azure part") };
+    assert_eq!((az.td_quote.as_slice(), az.vcek.is_empty()), (td_quote.as_slice(), true));
+    // PCK certificate valid 2023-09-13..2030-09-13 (verifier/testdata/azure/MANIFEST.md).
+    let failures = appraise_azure(
+        az,
+        sealroom_measurements::evidence::Platform::AzureTdxVtpm,
+        nonce,
+        &key,
+        "2024-01-01T00:00:00Z",
     );
+    assert_eq!(failures, vec![AK_MISMATCH.to_string()]);
+}
+
+/// IMDS answers that must not become collateral: each is refused with one line naming the URL and the cause,
+/// never a panic, and leaves the attester's evidence without collateral.
+#[test]
+fn imds_failures_are_one_line_reasons() {
+    use sealroom_agent::attester::azure_imds::Imds;
+    let json = |body: &'static [u8]| move |_: &HttpRequest| http_response(200, "application/json", body);
+    let hcl_tdx = azure_testdata("az-tdx-vtpm/hcl-report.bin");
+    let cases: Vec<(LoopbackHttp, &str)> = vec![
+        (LoopbackHttp::start(|_| http_response(404, "text/plain", b"no")), "HTTP status 404 Not Found"),
+        (LoopbackHttp::start(json(b"<html>hello</html>")), "not the AMD certification JSON"),
+        (LoopbackHttp::start(json(br#"{"vcekCert": "x", "certificateChain": "y"}"#)), "vcekCert: line 1"),
+        (
+            LoopbackHttp::start(json(
+                b"{\"vcekCert\": \"-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\", \"certificateChain\": \"\"}",
+            )),
+            "vcekCert: certificate 1: DER",
+        ),
+        (
+            LoopbackHttp::start(|_| http_response(200, "application/json", &vec![b' '; 70 * 1024])),
+            "response larger than 65536 bytes",
+        ),
+        (
+            // No Content-Length: the limit holds while streaming.
+            LoopbackHttp::start(|_| {
+                let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+                for _ in 0..20 {
+                    out.extend_from_slice(format!("{:x}\r\n", 4096).as_bytes());
+                    out.extend_from_slice(&[b'{'; 4096]);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+                out
+            }),
+            "response larger than 65536 bytes",
+        ),
+        (LoopbackHttp::start(|_| b"garbage, not HTTP\r\n\r\n".to_vec()), "error sending request: "),
+    ];
+    for (server, want) in &cases {
+        let e = server.client().amd_certificates().unwrap_err().to_string();
+        assert!(e.contains(want), "{want:?} not in {e:?}");
+        assert!(e.starts_with("azure-vtpm: imds: http://127.0.0.1:"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e:?}");
+    }
+    // TD quote answers: not base64url, not a TDX quote, too large.
+    let tdx_cases: Vec<(Vec<u8>, &str)> = vec![
+        (br#"{"quote": "***"}"#.to_vec(), "quote is not base64url"),
+        (br#"{"quote": "AAAAAAAAAAAAAAAA"}"#.to_vec(), "not a TDX quote (version 0"),
+        (br#"{"report": "AAAA"}"#.to_vec(), "not the TD quote JSON"),
+        (serde_json::json!({ "quote": "A".repeat(30_000) }).to_string().into_bytes(), "exceeds 16384 bytes"),
+    ];
+    for (body, want) in tdx_cases {
+        let server = LoopbackHttp::start(move |_| http_response(200, "application/json", &body));
+        let e = server.client().td_quote(&hcl_tdx).unwrap_err().to_string();
+        assert!(e.contains(want), "{want:?} not in {e:?}");
+    }
+    // Nobody listening, and a server that never answers (bounded by the timeout).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let e = Imds::new(format!("http://{closed}"), std::time::Duration::from_secs(5))
+        .amd_certificates()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("onnection refused"), "{e}");
+    let silent = LoopbackHttp::start_raw(Box::new(|_| None));
+    let started = std::time::Instant::now();
+    let e = silent.client_with_timeout(std::time::Duration::from_millis(300)).amd_certificates().unwrap_err();
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }

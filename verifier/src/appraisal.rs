@@ -584,6 +584,7 @@ fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut Es
                 },
                 vcek: (!az.vcek.is_empty()).then(|| az.vcek.clone()),
                 td_quote: (!az.td_quote.is_empty()).then(|| az.td_quote.clone()),
+                ak_public: Some(az.vtpm.ak_public.clone()),
             };
             let binding =
                 sealroom_measurements::binding::binding_digest(&ev.nonce, &ev.tee_public_key).to_vec();

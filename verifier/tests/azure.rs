@@ -43,6 +43,7 @@ fn snp_pair() -> AzureEvidence {
             Certificate::chain_from_pem(&data("az-snp-vtpm/vcek.pem")).unwrap().remove(0).der().to_vec(),
         ),
         td_quote: None,
+        ak_public: None,
     }
 }
 
@@ -249,6 +250,7 @@ fn tdx_pair() -> AzureEvidence {
         },
         vcek: None,
         td_quote: Some(data("az-tdx-vtpm/td-quote.bin")),
+        ak_public: None,
     }
 }
 
@@ -328,4 +330,44 @@ fn quote_signature_as_tpmt_signature_is_accepted_too() {
     let n = tpmt.len();
     ev.quote.signature[n - 1] ^= 1;
     assert_reason(run(&ev, CHALLENGE, AT_2024), "tpm quote: AK signature over TPMS_ATTEST invalid");
+}
+
+/// A marshalled TPMT_PUBLIC of an RSA-2048 restricted signing key (RSASSA SHA-256), as a vTPM AK is.
+fn rsa_tpmt_public(modulus: &[u8], exponent: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0x0001u16.to_be_bytes()); // TPM_ALG_RSA
+    out.extend_from_slice(&0x000Bu16.to_be_bytes()); // nameAlg SHA-256
+    out.extend_from_slice(&0x0005_0072u32.to_be_bytes()); // fixedTPM|fixedParent|sensitiveDataOrigin|userWithAuth|restricted|sign
+    out.extend_from_slice(&0u16.to_be_bytes()); // authPolicy (empty)
+    out.extend_from_slice(&0x0010u16.to_be_bytes()); // symmetric NULL
+    out.extend_from_slice(&0x0014u16.to_be_bytes()); // RSASSA
+    out.extend_from_slice(&0x000Bu16.to_be_bytes()); // SHA-256
+    out.extend_from_slice(&2048u16.to_be_bytes());
+    out.extend_from_slice(&exponent.to_be_bytes());
+    out.extend_from_slice(&u16::try_from(modulus.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(modulus);
+    out
+}
+
+/// When the evidence names its AK (sealroom's agent does), an AK other than HCLAkPub is refused by name, before
+/// and instead of the generic signature failure; the real HCLAkPub (exponent written as 0 = 65537 or 65537)
+/// passes; an AK that does not parse is refused as such.
+#[test]
+fn quote_ak_other_than_hcl_akpub_is_refused_by_name() {
+    let hcl = HclReport::parse(&data("az-snp-vtpm/hcl-report.bin")).unwrap();
+    let claims = RuntimeClaims::parse(&hcl.var_data).unwrap();
+    let mut ev = snp_pair();
+    for exponent in [0, 65_537] {
+        ev.ak_public = Some(rsa_tpmt_public(&claims.ak_modulus, exponent));
+        run(&ev, CHALLENGE, AT_2024).unwrap();
+    }
+    let mut other = claims.ak_modulus.clone();
+    other[17] ^= 0x40;
+    ev.ak_public = Some(rsa_tpmt_public(&other, 0));
+    let reasons = run(&ev, CHALLENGE, AT_2024).unwrap_err();
+    assert_eq!(reasons, vec!["azure vtpm: quote AK is not the HCL report's HCLAkPub".to_string()]);
+    ev.ak_public = Some(rsa_tpmt_public(&claims.ak_modulus, 3));
+    assert_eq!(run(&ev, CHALLENGE, AT_2024).unwrap_err(), reasons, "same modulus, other exponent");
+    ev.ak_public = Some(vec![0, 1, 0]);
+    assert_reason(run(&ev, CHALLENGE, AT_2024), "azure vtpm: quote AK: ");
 }

@@ -20,12 +20,14 @@
 //! The HCL report is read once, when the agent starts (before any workload runs): it only changes when someone
 //! writes a new user-data to NV 0x01400002, and freshness comes from the quote's extraData, not from the report.
 //! It is returned with user-data as the paravisor left it (zero at boot); the verifier compares a non-zero
-//! user-data with the nonce.
+//! user-data with the nonce. The collateral that lets a verifier check the hardware report (the VCEK, or a TD
+//! quote over the TDREPORT) comes from Azure's IMDS, also once at start-up (`azure_imds`).
 
 use sealroom_measurements::binding::{Nonce, TeePublicKey};
 use sealroom_measurements::evidence::{AzureVtpmEvidence, HashAlg, Platform, limits};
 use sealroom_measurements::reader::Reader;
 
+use super::azure_imds::Imds;
 use super::tpm::{self, TpmAttester};
 use super::{Attester, EventDigests, Part};
 use crate::error::{Error, Result};
@@ -139,17 +141,60 @@ impl AzureVtpmAttester {
         self.vcek = vcek;
         self.td_quote = td_quote;
     }
+
+    /// Fetches this VM's collateral from IMDS and ships it with every evidence from now on: the VCEK (SNP) or
+    /// the TD quote over the HCL report's TDREPORT (TDX). Called once at start-up; on failure the collateral
+    /// stays empty (the verifier then refuses with its own reason).
+    ///
+    /// # Errors
+    /// One line naming the URL and the cause (see [`Imds`]).
+    pub fn fetch_collateral(&mut self, imds: &Imds) -> Result<()> {
+        match self.tee {
+            AzureTee::SevSnp => {
+                let certs = imds.amd_certificates()?;
+                self.set_collateral(certs.vcek, Vec::new());
+            }
+            AzureTee::Tdx => {
+                let quote = imds.td_quote(&self.hcl_report)?;
+                self.set_collateral(Vec::new(), quote);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::fetch_collateral`], logging a failure as one line instead of returning it: an Azure VM whose
+    /// IMDS does not answer still serves evidence, which verifiers refuse for want of the collateral.
+    pub fn fetch_collateral_or_log(&mut self, imds: &Imds) {
+        if let Err(e) = self.fetch_collateral(imds) {
+            let missing = match self.tee {
+                AzureTee::SevSnp => "VCEK",
+                AzureTee::Tdx => "TD quote",
+            };
+            eprintln!("sealroom-agent: {e}; evidence carries no {missing}, so verifiers will refuse it");
+        }
+    }
 }
 
 /// Opens the TPM behind `tcti` and returns the Azure attester when the HCL report's NV index exists, else the
-/// plain TPM attester (one TPM context either way).
+/// plain TPM attester (one TPM context either way). The Azure attester fetches its collateral from IMDS at
+/// `$SEALROOM_AZURE_IMDS_URL`, else the link-local address (see [`super::azure_imds`]).
 ///
 /// # Errors
 /// When the TPM cannot be reached or the chosen attester fails to open.
 pub fn open_tpm(tcti: &str, paths: &KernelPaths) -> Result<Box<dyn Attester>> {
+    open_tpm_with_imds(tcti, paths, &Imds::from_env())
+}
+
+/// [`open_tpm`] asking `imds` for the Azure collateral (once, here) when the Azure attester is chosen.
+///
+/// # Errors
+/// As [`open_tpm`]; an IMDS failure is logged, not returned.
+pub fn open_tpm_with_imds(tcti: &str, paths: &KernelPaths, imds: &Imds) -> Result<Box<dyn Attester>> {
     let mut ctx = tpm::connect(tcti)?;
     if tpm::handle_defined(&mut ctx, HCL_REPORT_NV_INDEX)? {
-        Ok(Box::new(AzureVtpmAttester::with_context(ctx, paths)?))
+        let mut att = AzureVtpmAttester::with_context(ctx, paths)?;
+        att.fetch_collateral_or_log(imds);
+        Ok(Box::new(att))
     } else {
         Ok(Box::new(TpmAttester::with_context(ctx, paths, false)?))
     }

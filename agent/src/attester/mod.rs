@@ -12,6 +12,7 @@ use sealroom_measurements::evidence::{
 use crate::error::Result;
 
 pub mod azure;
+pub mod azure_imds;
 pub mod snp;
 pub mod tdx;
 pub mod tpm;

@@ -31,6 +31,9 @@ pub struct AzureEvidence {
     pub vcek: Option<Vec<u8>>,
     /// TDX: the TD quote.
     pub td_quote: Option<Vec<u8>>,
+    /// The quoting AK as a marshalled TPMT_PUBLIC, when the evidence names it (sealroom's agent does; Azure's
+    /// JSON shapes do not). Lets the verifier say "wrong AK" instead of "bad signature".
+    pub ak_public: Option<Vec<u8>>,
 }
 
 fn bytes(v: &Value, field: &str) -> Result<Vec<u8>> {
@@ -103,7 +106,7 @@ impl AzureEvidence {
         )?;
         let vcek = v.get("vcek").map(|x| pem_or_der(x, "vcek")).transpose()?;
         let td_quote = v.get("td_quote").map(|x| bytes(x, "td_quote")).transpose()?;
-        Ok(Self { hcl_report, quote, vcek, td_quote })
+        Ok(Self { hcl_report, quote, vcek, td_quote, ak_public: None })
     }
 
     /// Whether `text` looks like Azure evidence JSON (for input auto-detection).

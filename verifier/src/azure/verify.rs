@@ -15,7 +15,7 @@ use crate::tpm::quote::verify_signature;
 use crate::tpm::quote::{
     ExpectedExtraData, check_extra_data, check_pcr_digest, quoted_banks, verify_rsa_raw,
 };
-use crate::tpm::structures::{Attest, PublicKey, Signature};
+use crate::tpm::structures::{Attest, Public, PublicKey, Signature};
 use crate::x509::UnixTime;
 
 const LAYER: &str = "azure";
@@ -119,13 +119,19 @@ pub fn verify_azure(
         match u32::try_from(exponent) {
             Err(_) => failures.push(Error::check(LAYER, "HCLAkPub exponent too large")),
             Ok(e) => {
+                // When the evidence names its AK, a key other than HCLAkPub is refused by name: the generic
+                // signature failure would not say that the quote came from a key the hardware never vouched for.
+                let ak_mismatch = ev.ak_public.as_deref().map(|ak| quote_ak_is_hcl_ak(ak, &rc.ak_modulus, e));
                 // Azure tooling ships the bare RSA signature; sealroom's agent ships the TPMT_SIGNATURE.
-                let result = match Signature::parse(&ev.quote.signature) {
-                    Ok(sig) => {
-                        let ak = PublicKey::Rsa { modulus: rc.ak_modulus.clone(), exponent: e };
-                        verify_signature(&ev.quote.message, &sig, &ak)
-                    }
-                    Err(_) => verify_rsa_raw(&ev.quote.message, &ev.quote.signature, &rc.ak_modulus, e),
+                let result = match ak_mismatch {
+                    Some(Err(err)) => Err(err),
+                    Some(Ok(())) | None => match Signature::parse(&ev.quote.signature) {
+                        Ok(sig) => {
+                            let ak = PublicKey::Rsa { modulus: rc.ak_modulus.clone(), exponent: e };
+                            verify_signature(&ev.quote.message, &sig, &ak)
+                        }
+                        Err(_) => verify_rsa_raw(&ev.quote.message, &ev.quote.signature, &rc.ak_modulus, e),
+                    },
                 };
                 if let Err(err) = result {
                     failures.push(err);
@@ -176,4 +182,19 @@ pub fn verify_azure(
         extra_data,
     };
     Ok(VerifiedAzure { claims, pcrs })
+}
+
+/// Checks that the quote's AK (a marshalled TPMT_PUBLIC) is the RSA key HCLAkPub (TPM exponent 0 = 65537).
+fn quote_ak_is_hcl_ak(ak_public: &[u8], hcl_modulus: &[u8], hcl_exponent: u32) -> Result<()> {
+    let normalise = |e: u32| if e == 0 { 65_537 } else { e };
+    let strip = |m: &[u8]| -> Vec<u8> { m.iter().copied().skip_while(|b| *b == 0).collect() };
+    let ak = Public::parse(ak_public).map_err(|e| e.within("azure vtpm", "quote AK"))?;
+    match ak.key {
+        PublicKey::Rsa { modulus, exponent }
+            if strip(&modulus) == strip(hcl_modulus) && normalise(exponent) == normalise(hcl_exponent) =>
+        {
+            Ok(())
+        }
+        _ => Err(Error::check("azure vtpm", "quote AK is not the HCL report's HCLAkPub")),
+    }
 }
