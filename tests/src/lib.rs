@@ -8,6 +8,7 @@ pub mod broker;
 pub mod oci_image;
 pub mod registry;
 pub mod swtpm;
+pub mod vm;
 
 /// The repository root (the workspace directory).
 #[must_use]

@@ -1,0 +1,392 @@
+//! The workload inside the booted guest image, end to end, in one VM boot (QEMU TCG + OVMF + swtpm):
+//!
+//! 1. the test builds a busybox workload image and pushes it to a loopback `docker-registry`;
+//! 2. the VM boots the built image (`ci/image`) with a config disk (virtio serial `sealroom-workload`) holding
+//!    the workload spec: the image pinned by digest at `10.0.2.2:PORT` (QEMU user networking's host address),
+//!    the key broker's address and the key id;
+//! 3. once the agent serves, the test enrols the VM's TPM attestation key with a real `sealroom broker serve`
+//!    process (the agent retries the broker meanwhile), which releases the data key only for evidence whose
+//!    runtime log shows exactly the approved image, args and env;
+//! 4. the workload reads its key from `/run/sealroom/keys/<id>`, writes `/output`, and its output appears on
+//!    the serial console; the agent measures the output event and keeps serving;
+//! 5. the test fetches evidence with a fresh nonce: the runtime log replays to the quoted PCR 15 and holds
+//!    the launch events, the key release and the output digest the host computes from the key it released;
+//!    `sealroom verify` shows the image digest and args as verified claims; the broker refuses the same
+//!    VM a key whose policy names another image; finally the ACPI power button powers the VM off cleanly.
+//!
+//! Skipped (loudly) only when the image has not been built.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::missing_panics_doc
+)]
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use sealroom_measurements::cel::{CelLog, RuntimeEvent};
+use sealroom_measurements::evidence::HashAlg;
+use sealroom_proto::attestation::v1 as apb;
+use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
+use sealroom_proto::keybroker::v1 as kpb;
+use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
+use sealroom_tests::broker::{run_sealroom, sealroom};
+use sealroom_tests::oci_image::{Entry, ImageSettings, Layer, OciImage};
+use sealroom_tests::registry::Registry;
+use sealroom_tests::swtpm::unique_temp_dir;
+use sealroom_tests::vm::{self, Vm};
+
+const KEY_ID: &str = "provider-a.dataset";
+const OTHER_KEY_ID: &str = "provider-b.dataset";
+const DATA_KEY: &[u8] = b"provider-a's 32-byte dataset key";
+/// Proves to the host that the workload saw exactly the released key, and says so on the console.
+const WORKLOAD_SCRIPT: &str = "sha256sum /run/sealroom/keys/provider-a.dataset > /output/key.sha256 && \
+                               echo workload-vm-test: key digest written";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(300);
+const WORKLOAD_ENDED: &str = "sealroom-workload: workload ended: exit code 0";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
+fn workload_image() -> OciImage {
+    let labels = [
+        ("tee.launch_policy.log_redirect".to_owned(), "always".to_owned()),
+        ("tee.launch_policy.allow_cmd_override".to_owned(), "false".to_owned()),
+    ];
+    let extra = Layer::build(
+        &[Entry::Dir("etc/"), Entry::File("etc/build-id".into(), b"workload_vm test".to_vec(), 0o644)],
+        false,
+    );
+    OciImage::new(
+        &ImageSettings {
+            entrypoint: vec!["/bin/busybox".into()],
+            cmd: vec!["sh".into(), "-c".into(), WORKLOAD_SCRIPT.into()],
+            env: vec!["PATH=/bin".into()],
+            user: "worker".into(),
+            labels: labels.into_iter().collect(),
+        },
+        vec![Layer::busybox(), extra],
+    )
+}
+
+fn workload_args() -> Vec<String> {
+    ["/bin/busybox", "sh", "-c", WORKLOAD_SCRIPT].map(str::to_owned).to_vec()
+}
+
+fn policy(image_digest: &str) -> String {
+    let args = serde_json::to_string(&workload_args()).unwrap();
+    format!(
+        r#"
+version = 1
+platforms = ["tpm"]
+tcb_statuses = "skip"
+minimum_tcb = "skip"
+debug = "forbidden"
+golden = "skip"
+image_digests = ["{image_digest}"]
+args = {args}
+env = ["PATH=/bin"]
+"#
+    )
+}
+
+/// `sealroom broker serve` on a fixed loopback port (the VM's spec names it before the broker can start: it
+/// needs the VM's AK first), killed by PID on drop.
+struct Broker(Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_broker(dir: &Path, state: &Path, kek: &Path, port: u16, ak: &Path) -> Broker {
+    let out = dir.join("broker.out");
+    let child = sealroom()
+        .args(["broker", "serve", "--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
+        .arg(state)
+        .arg("--kek")
+        .arg(kek)
+        .arg("--tpm-ak")
+        .arg(ak)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut broker = Broker(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains("listening on") {
+        assert!(broker.0.try_wait().unwrap().is_none(), "the broker exited");
+        assert!(Instant::now() < deadline, "the broker did not start within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker
+}
+
+fn fresh_nonce() -> Vec<u8> {
+    let mut nonce = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut nonce).unwrap();
+    nonce
+}
+
+async fn evidence(url: &str, nonce: &[u8]) -> apb::Evidence {
+    // The server logs before user networking has forwarded its first connection: retry briefly.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        match tonic::transport::Channel::from_shared(url.to_owned()).unwrap().connect().await {
+            Ok(channel) => break AttestationClient::new(channel),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot connect to the agent at {url}: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let reply = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.get_evidence(apb::GetEvidenceRequest { nonce: nonce.to_vec(), tee_public_key: Vec::new() }),
+    )
+    .await
+    .expect("GetEvidence timed out")
+    .expect("GetEvidence failed");
+    let ev = reply.into_inner().evidence.expect("no evidence in the reply");
+    assert_eq!(ev.nonce, nonce, "the evidence does not echo our nonce");
+    ev
+}
+
+/// The config disk: the spec JSON, NUL-padded to whole sectors.
+fn write_spec_disk(path: &Path, spec: &serde_json::Value) {
+    let mut bytes = serde_json::to_vec(spec).unwrap();
+    bytes.resize(bytes.len().div_ceil(4096) * 4096, 0);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn booted_image_runs_the_measured_workload_with_its_released_key_and_the_verifier_sees_it() {
+    let test_started = Instant::now();
+    let out = vm::image_dir();
+    let disk = out.join("disk.raw");
+    if !disk.exists() {
+        eprintln!(
+            "\n!!!!!!!!!! SKIPPED workload_vm: no built image at {} — run ci/image first (ci/test does) !!!!!!!!!!\n",
+            out.display()
+        );
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = unique_temp_dir("workload-vm");
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // The workload image, in a registry the VM reaches at 10.0.2.2 (QEMU user networking → host loopback).
+    let registry = Registry::start().unwrap();
+    let image = workload_image();
+    registry.push("provider-a/analytics", "v1", &image).unwrap();
+    let guest_registry = format!("10.0.2.2:{}", registry.port());
+    let reference = format!("{guest_registry}/provider-a/analytics@{}", image.manifest_digest());
+
+    // The provider's side, with the CLI: KEK, policy, key; the broker process starts once the AK is known.
+    let kek = dir.join("kek");
+    std::fs::write(&kek, hex::encode([0x2a; 32])).unwrap();
+    std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let state = dir.join("state");
+    let material = dir.join("dataset.key");
+    std::fs::write(&material, DATA_KEY).unwrap();
+    let other_digest = format!("sha256:{}", "9".repeat(64));
+    for (id, owner, digest) in
+        [(KEY_ID, "provider-a", image.manifest_digest()), (OTHER_KEY_ID, "provider-b", other_digest.clone())]
+    {
+        let policy_path = dir.join(format!("{owner}.toml"));
+        std::fs::write(&policy_path, policy(&digest)).unwrap();
+        run_sealroom(
+            sealroom()
+                .args(["broker", "keys", "add", "--id", id, "--owner", owner, "--policy"])
+                .arg(&policy_path)
+                .arg("--material-file")
+                .arg(&material)
+                .arg("--state-dir")
+                .arg(&state)
+                .arg("--kek")
+                .arg(&kek),
+        )
+        .unwrap();
+    }
+    let broker_port = vm::free_port().unwrap();
+
+    let spec_disk = dir.join("spec.img");
+    write_spec_disk(
+        &spec_disk,
+        &serde_json::json!({
+            "image": reference,
+            "insecure_registries": [guest_registry],
+            "log_redirect": true,
+            "broker": format!("http://10.0.2.2:{broker_port}"),
+            "key_ids": [KEY_ID],
+        }),
+    );
+    let mut vm = Vm::boot(
+        &disk,
+        "workload-vm",
+        &[
+            "-drive".into(),
+            format!("if=none,id=spec,format=raw,readonly=on,file={}", spec_disk.display()),
+            "-device".into(),
+            // A PCI slot after the boot disk, so that OVMF does not try to boot the config disk first.
+            "virtio-blk-pci,drive=spec,serial=sealroom-workload,addr=0x10".into(),
+        ],
+    )
+    .unwrap();
+    let serving = vm.wait_for(vm::SERVING_MARKER, BOOT_TIMEOUT).unwrap();
+    let url = vm.agent_url();
+
+    // Enrolment, out of band: the provider records this VM's TPM AK (from one GetEvidence), then serves.
+    let enrol = rt.block_on(evidence(&url, &[0x42; 32]));
+    let ak = dir.join("ak.tpmt_public");
+    std::fs::write(&ak, &enrol.tpm.as_ref().unwrap().ak_public).unwrap();
+    let broker = start_broker(&dir, &state, &kek, broker_port, &ak);
+    let broker_up = vm.started.elapsed();
+
+    let ended = vm.wait_for(WORKLOAD_ENDED, WORKLOAD_TIMEOUT).unwrap();
+    vm.wait_for("the agent keeps serving attestation", Duration::from_secs(30)).unwrap();
+    let console = vm.serial_text();
+    eprintln!(
+        "[workload_vm] VM start → agent serving {:.1} s, broker up {:.1} s, workload ended {:.1} s",
+        serving.as_secs_f64(),
+        broker_up.as_secs_f64(),
+        ended.as_secs_f64()
+    );
+    for line in [
+        format!("sealroom-workload: key {KEY_ID} released to the workload"),
+        "workload| stdout: workload-vm-test: key digest written".to_owned(),
+    ] {
+        assert!(console.contains(&line), "no {line:?} on the console");
+    }
+    let key_events = console.matches("measured record").count();
+    assert!(key_events >= 8, "expected the launch events on the console, saw {key_events}");
+
+    // Fresh evidence after the workload ended: the runtime log holds the launch, key release and output.
+    let nonce = fresh_nonce();
+    let ev = rt.block_on(evidence(&url, &nonce));
+    let records = CelLog::decode(&ev.runtime_event_log).unwrap();
+    let events: Vec<RuntimeEvent> = records.iter().map(|r| r.event.clone()).collect();
+    assert_eq!(events[0], RuntimeEvent::ImageReference(reference.clone()));
+    assert_eq!(events[1], RuntimeEvent::ManifestDigest(image.manifest_digest()));
+    assert_eq!(events[2], RuntimeEvent::ConfigDigest(image.config_digest()));
+    let args: Vec<String> = events
+        .iter()
+        .filter_map(|e| if let RuntimeEvent::Arg(a) = e { Some(a.clone()) } else { None })
+        .collect();
+    assert_eq!(args, workload_args());
+    let sep = events.iter().position(|e| *e == RuntimeEvent::LaunchSeparator).unwrap();
+    assert!(matches!(events[sep - 1], RuntimeEvent::LaunchPolicy(_)), "{events:?}");
+    assert_eq!(events[sep + 1], RuntimeEvent::KeyRelease { key_id: KEY_ID.into() });
+    // The output event: the digest of /output as the host predicts it from the key it released.
+    let expected_out = dir.join("expected-output");
+    std::fs::create_dir_all(&expected_out).unwrap();
+    let key_file = format!("{}  /run/sealroom/keys/{KEY_ID}\n", sha256_hex(DATA_KEY));
+    std::fs::write(expected_out.join("key.sha256"), key_file).unwrap();
+    let (digest, _) = sealroom_measurements::output::digest_dir(&expected_out).unwrap();
+    assert_eq!(
+        events[sep + 2],
+        RuntimeEvent::Output { name: "output".into(), digest: format!("sha256:{}", hex::encode(digest)) }
+    );
+    assert_eq!(events.len(), sep + 3, "{events:?}");
+    // …and replays to the quoted PCR 15 of every bank.
+    let tpm = ev.tpm.as_ref().unwrap();
+    let mut banks = 0;
+    for bank in &tpm.pcr_banks {
+        let alg = match apb::HashAlgorithm::try_from(bank.algorithm).unwrap() {
+            apb::HashAlgorithm::Sha256 => HashAlg::Sha256,
+            apb::HashAlgorithm::Sha384 => HashAlg::Sha384,
+            _ => continue,
+        };
+        let quoted = bank.values.get(&15).expect("PCR 15 is quoted");
+        sealroom_measurements::cel::check_pcr(&records, alg, quoted).unwrap();
+        banks += 1;
+    }
+    assert!(banks >= 1);
+
+    // `sealroom verify` on that evidence: affirming for the enrolled AK, and the workload as verified claims.
+    let ev_file = dir.join("evidence.pb");
+    std::fs::write(&ev_file, ev.encode_to_vec()).unwrap();
+    let verify = |json: bool| {
+        let mut cmd = sealroom();
+        cmd.args(["verify", "--evidence"])
+            .arg(&ev_file)
+            .args(["--nonce", &hex::encode(&nonce), "--tpm-ak"])
+            .arg(&ak);
+        if json {
+            cmd.arg("--json");
+        }
+        run_sealroom(&mut cmd).unwrap()
+    };
+    let table = verify(false);
+    eprintln!("[workload_vm] sealroom verify:\n{table}");
+    assert!(table.contains(&format!("workload.image_digest: {}", image.manifest_digest())), "{table}");
+    assert!(
+        table.contains(&format!("workload.args: {}", serde_json::to_string(&workload_args()).unwrap())),
+        "{table}"
+    );
+    let ear: serde_json::Value = serde_json::from_str(verify(true).trim()).unwrap();
+    let runtime = ear["submods"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|s| s["sealroom.layers"].as_array().unwrap().iter())
+        .find(|l| l["layer"] == "runtime log")
+        .expect("a runtime log layer")
+        .clone();
+    assert_eq!(runtime["outcome"], "passed", "{runtime}");
+    let w = &runtime["claims"]["workload"];
+    assert_eq!(w["image_digest"], image.manifest_digest());
+    assert_eq!(w["image_reference"], reference);
+    assert_eq!(w["args"], serde_json::json!(workload_args()));
+    assert_eq!(w["key_releases"], serde_json::json!([KEY_ID]));
+
+    // The broker refuses this VM a key whose policy names another image, and says why.
+    let refusal = rt.block_on(async {
+        let ch = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{broker_port}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut c = KeyBrokerClient::new(ch);
+        let nonce = c.challenge(kpb::ChallengeRequest {}).await.unwrap().into_inner().nonce;
+        let ev = evidence(&url, &nonce).await;
+        c.release(kpb::ReleaseRequest { nonce, evidence: Some(ev), key_ids: vec![OTHER_KEY_ID.into()] })
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    assert!(refusal.keys.is_empty());
+    assert_eq!(
+        refusal.refusals[0].reason,
+        format!("policy.image_digests: workload image digest {} not allowed", image.manifest_digest())
+    );
+    drop(broker);
+    let audit_log = state.join("audit.log");
+    let audit = run_sealroom(sealroom().args(["audit", "verify"]).arg(&audit_log)).unwrap();
+    assert!(audit.contains("audit log ok"), "{audit}");
+    // The decisions about data keys, in order (receipts for the output, if any, are other records).
+    let decisions: Vec<(String, String)> = std::fs::read_to_string(&audit_log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["decision"] != "receipt")
+        .map(|r| (r["decision"].as_str().unwrap().to_owned(), r["key_id"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(
+        decisions,
+        [("released".to_owned(), KEY_ID.to_owned()), ("refused".to_owned(), OTHER_KEY_ID.to_owned())]
+    );
+
+    vm.power_off().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("[workload_vm] test wall time {:.1} s", test_started.elapsed().as_secs_f64());
+}
