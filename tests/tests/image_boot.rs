@@ -471,8 +471,12 @@ fn built_image_boots_attests_against_its_golden_document_and_a_changed_cmdline_i
     );
 
     // 2. One byte of the command line changed: the same UKI with `.cmdline` replaced by a section of the
-    // same size, so nothing else in the file moves.
+    // same size, so nothing else in the file moves. ukify leaves the PE checksum at zero, so these bytes are
+    // what reassembling the UKI with the changed `.cmdline` gives.
     let mut bytes = std::fs::read(&uki).unwrap();
+    let pe_header = u32::from_le_bytes(bytes[0x3c..0x40].try_into().unwrap()) as usize;
+    let checksum = pe_header + 24 + 64; // PE signature + COFF header, then OptionalHeader.CheckSum
+    assert_eq!(bytes[checksum..checksum + 4], [0; 4], "the UKI carries a PE checksum: recompute it here");
     let hits: Vec<usize> = bytes
         .windows(CMDLINE_TOKEN.len())
         .enumerate()
