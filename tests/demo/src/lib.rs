@@ -90,7 +90,7 @@ pub fn job_argv() -> Vec<String> {
 }
 
 /// The job image: the static job binary as its entrypoint with the fixed args as CMD; a launch policy that
-/// allows no overrides.
+/// allows no overrides (only log redirection).
 ///
 /// # Errors
 /// When the binary cannot be read.
@@ -114,7 +114,11 @@ pub fn job_image(job_binary: &Path, variant: Option<&str>) -> std::io::Result<Oc
             cmd: JOB_ARGS.iter().map(|s| (*s).to_owned()).collect(),
             env: vec![JOB_ENV.into()],
             user: "1000:1000".into(),
-            labels: std::collections::BTreeMap::new(),
+            // The launch policy lets the operator redirect the job's stdout/stderr to the console (its one
+            // summary line); everything else stays at the defaults (no env or cmd overrides).
+            labels: [("tee.launch_policy.log_redirect".to_owned(), "always".to_owned())]
+                .into_iter()
+                .collect(),
         },
         vec![layer],
     ))
