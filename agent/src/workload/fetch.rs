@@ -240,7 +240,10 @@ impl Registry {
             platform_resolver: None,
             ..ClientConfig::default()
         };
-        let client = oci_client::Client::new(config);
+        // Not `Client::new`: on a build error (no usable TLS roots, say) it falls back to a default client whose
+        // construction panics; the agent must report the reason instead.
+        let client =
+            oci_client::Client::try_from(config).map_err(|e| err(format!("registry client: {e}")))?;
         let http = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.read_timeout)
