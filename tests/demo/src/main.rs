@@ -110,7 +110,10 @@ fn sealroom() -> Result<Command> {
         "{} missing: build it (cargo build -p sealroom-verifier --bin sealroom)",
         bin.display()
     );
-    Ok(Command::new(bin))
+    let mut cmd = Command::new(bin);
+    // Its refusals are one line; no anyhow backtrace even when RUST_BACKTRACE is set.
+    cmd.env("RUST_LIB_BACKTRACE", "0");
+    Ok(cmd)
 }
 
 /// Runs a `sealroom` command; returns (success, stdout + stderr).
@@ -410,6 +413,27 @@ fn follow(
     failure: Option<&str>,
     timeout: Duration,
 ) -> Result<()> {
+    let r = follow_inner(vm, tag, seen, marker, failure, timeout);
+    if r.is_err() {
+        // The VM's directory goes with it: show the end of its console now.
+        let text = vm.serial_text();
+        let lines: Vec<&str> = text.lines().collect();
+        println!("[demo]   --- last console lines of {tag} ---");
+        for l in lines.iter().skip(lines.len().saturating_sub(40)) {
+            println!("         {tag}| {}", l.trim_end());
+        }
+    }
+    r
+}
+
+fn follow_inner(
+    vm: &mut Vm,
+    tag: &str,
+    seen: &mut usize,
+    marker: &str,
+    failure: Option<&str>,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         echo_console(vm, tag, seen);
@@ -538,6 +562,34 @@ fn approved_run(p: &Prepared) -> Result<PathBuf> {
         ])?;
         print!("{}", indent(&out));
         ensure!(ok, "the receipt did not verify");
+        Ok(())
+    })?;
+    step("anyone: a result whose metrics were edited afterwards is refused", || {
+        let tampered = p.work.join("result-edited");
+        let st = Command::new("cp").arg("-a").arg(&result).arg(&tampered).status()?;
+        ensure!(st.success(), "cp -a {} failed", result.display());
+        let metrics = tampered.join("output/metrics.json");
+        let text = std::fs::read_to_string(&metrics)?;
+        let r2 = text.split("\"r2\": ").nth(1).and_then(|t| t.split([',', '\n']).next()).unwrap_or_default();
+        ensure!(!r2.is_empty(), "no r2 in {}", metrics.display());
+        write(&metrics, text.replacen(&format!("\"r2\": {r2}"), "\"r2\": 0.99", 1))?;
+        let jwk = p.state.join("signing-key.jwk.json");
+        let (ok, out) = sealroom_output(&[
+            "verify-receipt".as_ref(),
+            tampered.as_os_str(),
+            "--golden".as_ref(),
+            p.golden.as_os_str(),
+            "--golden-key".as_ref(),
+            p.golden_key_hex.as_ref(),
+            "--broker-key".as_ref(),
+            jwk.as_os_str(),
+        ])?;
+        println!("[demo]   test R² {r2} → 0.99 in a copy; sealroom verify-receipt on it:");
+        print!("{}", indent(&out));
+        ensure!(
+            !ok && out.contains("output file changed: metrics.json"),
+            "the edited result was not refused: {out}"
+        );
         Ok(())
     })?;
     step("researcher: the result", || {
