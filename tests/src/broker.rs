@@ -1,4 +1,5 @@
-//! The real `sealroom broker serve` process for end-to-end tests, and the `sealroom` binary of this build.
+//! The real `sealroom broker serve` process for end-to-end tests, the provider's side set up with the CLI
+//! (KEK, policies, `sealroom broker keys add`, `sealroom audit verify`), and the `sealroom` binary of this build.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -47,8 +48,22 @@ impl BrokerProcess {
     /// # Errors
     /// When the process cannot start or does not announce its address.
     pub fn start(state_dir: &Path, kek: &Path, extra: &[&std::ffi::OsStr]) -> Result<Self, String> {
+        Self::start_on("127.0.0.1:0", state_dir, kek, extra)
+    }
+
+    /// [`BrokerProcess::start`] on a given `--listen` address, e.g. a port a VM's spec named before the broker
+    /// could start.
+    ///
+    /// # Errors
+    /// When the process cannot start or does not announce its address.
+    pub fn start_on(
+        listen: &str,
+        state_dir: &Path,
+        kek: &Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<Self, String> {
         let mut child = sealroom()
-            .args(["broker", "serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .args(["broker", "serve", "--listen", listen, "--state-dir"])
             .arg(state_dir)
             .arg("--kek")
             .arg(kek)
@@ -95,5 +110,108 @@ impl Drop for BrokerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A key policy (TOML) for TPM platforms with TCB checks skipped and debugging forbidden, pinning the
+/// workload's image digest, args and env patterns; `golden` is `Some((document digest, signer))` to pin the
+/// boot state to a signed golden document, or `None` for `golden = "skip"`.
+#[must_use]
+pub fn tpm_policy(image_digest: &str, args: &[&str], env: &[&str], golden: Option<(&str, &str)>) -> String {
+    // JSON string arrays are TOML string arrays (the same escapes for what these tests pass).
+    let toml_array = |items: &[&str]| serde_json::to_string(items).unwrap_or_default();
+    let golden = golden.map_or_else(
+        || "\"skip\"".to_owned(),
+        |(document, signer)| format!("{{ signers = [\"{signer}\"], documents = [\"{document}\"] }}"),
+    );
+    format!(
+        "version = 1\nplatforms = [\"tpm\"]\ntcb_statuses = \"skip\"\nminimum_tcb = \"skip\"\ndebug = \"forbidden\"\n\
+         golden = {golden}\nimage_digests = [\"{image_digest}\"]\nargs = {}\nenv = {}\n",
+        toml_array(args),
+        toml_array(env)
+    )
+}
+
+/// The data provider's side of a broker, set up with the CLI as a provider does: a KEK file and a state
+/// directory in `dir`, keys added with `sealroom broker keys add`, `sealroom broker serve` over that state,
+/// and `sealroom audit verify` of its audit log afterwards.
+#[derive(Debug)]
+pub struct Provider {
+    dir: PathBuf,
+    /// The key-encryption key file (hex, mode 0600).
+    pub kek: PathBuf,
+    /// The broker's state directory (`--state-dir`).
+    pub state: PathBuf,
+}
+
+impl Provider {
+    /// Writes a KEK to `dir/kek` (the directory is created); the state directory is `dir/state`.
+    ///
+    /// # Errors
+    /// When the files cannot be written.
+    pub fn new(dir: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let kek = dir.join("kek");
+        std::fs::write(&kek, hex::encode([0x2a; 32]))
+            .and_then(|()| {
+                std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            })
+            .map_err(|e| format!("{}: {e}", kek.display()))?;
+        Ok(Self { dir: dir.to_path_buf(), kek, state: dir.join("state") })
+    }
+
+    /// `sealroom broker keys add --id ID --owner OWNER --policy P --material-file M`, the policy and the key
+    /// material written to files in the provider's directory first; returns the command's output.
+    ///
+    /// # Errors
+    /// When a file cannot be written or the command fails.
+    pub fn add_key(
+        &self,
+        id: &str,
+        owner: &str,
+        policy_toml: &str,
+        material: &[u8],
+    ) -> Result<String, String> {
+        let stem: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        let policy = self.dir.join(format!("{stem}.policy.toml"));
+        let material_file = self.dir.join(format!("{stem}.material"));
+        std::fs::write(&policy, policy_toml).map_err(|e| format!("{}: {e}", policy.display()))?;
+        std::fs::write(&material_file, material).map_err(|e| format!("{}: {e}", material_file.display()))?;
+        run_sealroom(
+            sealroom()
+                .args(["broker", "keys", "add", "--id", id, "--owner", owner, "--policy"])
+                .arg(&policy)
+                .arg("--material-file")
+                .arg(&material_file)
+                .arg("--state-dir")
+                .arg(&self.state)
+                .arg("--kek")
+                .arg(&self.kek),
+        )
+    }
+
+    /// `sealroom broker serve --listen LISTEN` over this provider's state and KEK, with `extra` arguments
+    /// (`--tpm-ak`, `--golden`, …); `127.0.0.1:0` picks a free port.
+    ///
+    /// # Errors
+    /// When the broker does not start.
+    pub fn serve(&self, listen: &str, extra: &[&std::ffi::OsStr]) -> Result<BrokerProcess, String> {
+        BrokerProcess::start_on(listen, &self.state, &self.kek, extra)
+    }
+
+    /// The broker's audit log.
+    #[must_use]
+    pub fn audit_log(&self) -> PathBuf {
+        self.state.join("audit.log")
+    }
+
+    /// `sealroom audit verify` of the audit log (after the broker stopped); returns its output, which says
+    /// `audit log ok: N records`.
+    ///
+    /// # Errors
+    /// When the command fails (a broken chain, a bad signature, no log) or does not say the log is ok.
+    pub fn verify_audit(&self) -> Result<String, String> {
+        let out = run_sealroom(sealroom().args(["audit", "verify"]).arg(self.audit_log()))?;
+        if out.contains("audit log ok") { Ok(out) } else { Err(format!("sealroom audit verify: {out}")) }
     }
 }

@@ -25,7 +25,7 @@ use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
 use sealroom_proto::keybroker::v1 as kpb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
 use sealroom_tests::agent::{host_crun, is_root};
-use sealroom_tests::broker::{BrokerProcess, run_sealroom, sealroom};
+use sealroom_tests::broker::{BrokerProcess, Provider, tpm_policy};
 use sealroom_tests::oci_image::{Entry, ImageSettings, Layer, OciImage};
 use sealroom_tests::registry::Registry;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
@@ -41,20 +41,9 @@ use tonic::transport::Channel;
 
 const IMAGE: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+/// The in-process broker's policy: this image, its argument, any THREADS.
 fn policy(image: &str) -> String {
-    format!(
-        r#"
-version = 1
-platforms = ["tpm"]
-tcb_statuses = "skip"
-minimum_tcb = "skip"
-debug = "forbidden"
-golden = "skip"
-image_digests = ["{image}"]
-args = ["--input=/data/in.parquet"]
-env = ["THREADS=*"]
-"#
-    )
+    tpm_policy(image, &["--input=/data/in.parquet"], &["THREADS=*"], None)
 }
 
 #[derive(Debug)]
@@ -319,19 +308,11 @@ fn analytics_image(variant: &str) -> OciImage {
 
 /// Provider A's policy: this TPM platform, the golden boot state, exactly this image, its arguments and env.
 fn workload_policy(image_digest: &str, golden_doc: &str, signer: &str) -> String {
-    let args = serde_json::to_string(&["/bin/busybox", "sh", "-c", WORKLOAD_SCRIPT]).unwrap();
-    format!(
-        r#"
-version = 1
-platforms = ["tpm"]
-tcb_statuses = "skip"
-minimum_tcb = "skip"
-debug = "forbidden"
-golden = {{ signers = ["{signer}"], documents = ["{golden_doc}"] }}
-image_digests = ["{image_digest}"]
-args = {args}
-env = ["PATH=/bin"]
-"#
+    tpm_policy(
+        image_digest,
+        &["/bin/busybox", "sh", "-c", WORKLOAD_SCRIPT],
+        &["PATH=/bin"],
+        Some((golden_doc, signer)),
     )
 }
 
@@ -387,28 +368,10 @@ async fn workload_in_crun_reads_the_key_a_broker_process_released_and_a_changed_
 
     // The provider's side, with the CLI: KEK, golden document, policy, key, then the broker process.
     let dir = unique_temp_dir("broker-process-e2e");
-    std::fs::create_dir_all(&dir).unwrap();
-    let kek = dir.join("kek");
-    std::fs::write(&kek, hex::encode([0x2a; 32])).unwrap();
-    std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let provider = Provider::new(&dir).unwrap();
     let (golden_doc, signer) = write_golden(&dir.join("golden"));
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, workload_policy(&approved.manifest_digest(), &golden_doc, &signer)).unwrap();
-    let material = dir.join("dataset.key");
-    std::fs::write(&material, DATA_KEY).unwrap();
-    let state = dir.join("state");
-    run_sealroom(
-        sealroom()
-            .args(["broker", "keys", "add", "--id", KEY_ID, "--owner", "provider-a", "--policy"])
-            .arg(&policy)
-            .arg("--material-file")
-            .arg(&material)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--kek")
-            .arg(&kek),
-    )
-    .unwrap();
+    let policy = workload_policy(&approved.manifest_digest(), &golden_doc, &signer);
+    provider.add_key(KEY_ID, "provider-a", &policy, DATA_KEY).unwrap();
     let mut aks = Vec::new();
     for (name, agent) in [("ak-a", &agent_a), ("ak-b", &agent_b)] {
         let path = dir.join(name);
@@ -416,19 +379,19 @@ async fn workload_in_crun_reads_the_key_a_broker_process_released_and_a_changed_
         aks.push(path);
     }
     let golden_dir = dir.join("golden");
-    let broker = BrokerProcess::start(
-        &state,
-        &kek,
-        &[
-            "--golden".as_ref(),
-            golden_dir.as_os_str(),
-            "--tpm-ak".as_ref(),
-            aks[0].as_os_str(),
-            "--tpm-ak".as_ref(),
-            aks[1].as_os_str(),
-        ],
-    )
-    .unwrap();
+    let broker = provider
+        .serve(
+            "127.0.0.1:0",
+            &[
+                "--golden".as_ref(),
+                golden_dir.as_os_str(),
+                "--tpm-ak".as_ref(),
+                aks[0].as_os_str(),
+                "--tpm-ak".as_ref(),
+                aks[1].as_os_str(),
+            ],
+        )
+        .unwrap();
 
     // Agent A runs the approved image: measured, key released by the broker process, run by crun.
     let cfg = workload_config("broker-e2e-approved");
@@ -463,10 +426,9 @@ async fn workload_in_crun_reads_the_key_a_broker_process_released_and_a_changed_
 
     // The audit log verifies with the CLI and holds both decisions, in order.
     drop(broker);
-    let log = state.join("audit.log");
-    let verified = run_sealroom(sealroom().args(["audit", "verify"]).arg(&log)).unwrap();
+    let verified = provider.verify_audit().unwrap();
     assert!(verified.contains("audit log ok: 2 records"), "{verified}");
-    let records = audit_records(&log);
+    let records = audit_records(&provider.audit_log());
     assert_eq!(
         records.iter().map(|r| (r.decision, r.key_id.as_str(), r.reason.as_str())).collect::<Vec<_>>(),
         [
