@@ -199,6 +199,13 @@ fn prepare(args: &Args) -> Result<Prepared> {
         );
     }
     let golden_key_hex = golden_public_key(&args.golden_key)?;
+    let sig = std::fs::read_to_string(args.image_dir.join("golden.json.sig"))?;
+    sealroom_measurements::golden::verify(&std::fs::read(&golden)?, sig.trim(), &golden_key_hex).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not signed by {golden_key_hex} ({e}): rebuild the image with that key (ci/demo --rebuild-image)",
+            golden.display()
+        )
+    })?;
     let work = args.work.clone();
     if work.exists() {
         std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
