@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
+use sealroom_proto::attestation::v1::{Evidence, GetEvidenceRequest};
+
 /// OVMF firmware code (Debian's `ovmf`).
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// OVMF variable store template (copied per VM).
@@ -52,6 +55,49 @@ pub fn run_checked(cmd: &mut Command) -> Result<Vec<u8>, String> {
     } else {
         Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)))
     }
+}
+
+/// 32 bytes from the kernel's CSPRNG: a fresh nonce for each evidence request.
+///
+/// # Errors
+/// When /dev/urandom cannot be read.
+pub fn fresh_nonce() -> Result<Vec<u8>, String> {
+    let mut nonce = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut nonce))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    Ok(nonce)
+}
+
+/// `GetEvidence` with `nonce` from the agent at `url` (e.g. [`Vm::agent_url`]); checks that the evidence
+/// echoes the nonce. The agent logs that it serves before QEMU's user networking forwards its first
+/// connection, so connecting is retried for 30 s; the request itself may take 60 s (a TPM quote under TCG).
+///
+/// # Errors
+/// No connection, a failed or timed-out request, no evidence, a nonce that is not echoed.
+pub async fn get_evidence(url: &str, nonce: &[u8]) -> Result<Evidence, String> {
+    let endpoint =
+        tonic::transport::Channel::from_shared(url.to_owned()).map_err(|e| format!("{url}: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        match endpoint.connect().await {
+            Ok(channel) => break AttestationClient::new(channel),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("cannot connect to the agent at {url}: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let request = GetEvidenceRequest { nonce: nonce.to_vec(), tee_public_key: Vec::new() };
+    let reply = tokio::time::timeout(Duration::from_secs(60), client.get_evidence(request))
+        .await
+        .map_err(|_| format!("GetEvidence from {url} timed out after 60 s"))?
+        .map_err(|e| format!("GetEvidence from {url} failed: {e}"))?;
+    let evidence = reply.into_inner().evidence.ok_or("no evidence in the GetEvidence reply")?;
+    if evidence.nonce != nonce {
+        return Err("the evidence does not echo our nonce".into());
+    }
+    Ok(evidence)
 }
 
 /// A booted VM: QEMU and its swtpm.

@@ -13,9 +13,9 @@
 //!
 //! Always TCG: the /dev/kvm on our machines opens but cannot run guests, so KVM is never assumed.
 //! Skipped (loudly) only when the image has not been built. `SEALROOM_IMAGE_DIR` points the test at
-//! another `ci/image --out` directory, `SEALROOM_GOLDEN_SIGNING_KEY` at the PKCS#8 key that signed its
-//! golden.json (default: the throwaway key ci/test signs with, target/image/ci-test-key.pk8); the test uses
-//! only its public half.
+//! another `ci/image --out` directory. The golden document's signer is the public key ci/image wrote beside
+//! it (golden.pub, as a verifier receives it from the publisher), passed to the CLI as that file.
+//! QEMU, OVMF and swtpm come from the shared launcher, `sealroom_tests::vm`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -26,58 +26,22 @@
 )]
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use sealroom_measurements::evidence::HashAlg;
 use sealroom_measurements::golden::{self, GoldenDocument};
 use sealroom_measurements::tcg2::{Tcg2Log, event_type};
 use sealroom_measurements::uki::{self as uki_prediction, BootContext, PredictedRegister};
-use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
-use sealroom_proto::attestation::v1::{Evidence, GetEvidenceRequest, HashAlgorithm, TpmEvidence};
+use sealroom_proto::attestation::v1::{HashAlgorithm, TpmEvidence};
+use sealroom_tests::broker::sealroom;
+use sealroom_tests::vm::{self, Vm, fresh_nonce, get_evidence, run_checked};
 
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-const AGENT_PORT: u16 = 7443;
-/// Printed by the agent child once its gRPC server listens.
-const SERVING_MARKER: &str = "sealroom-agent: serving attestation on tcp";
-/// Printed by PID 1 right before it powers off.
-const POWEROFF_MARKER: &str = "sealroom-init: powering off";
 /// Normal boot to serving is ~20 s under TCG; generous for a loaded CI machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// The kernel command line token the negative test changes (see image/mkosi/mkosi.conf).
 const CMDLINE_TOKEN: &[u8] = b"sealroom.image=1";
-
-fn image_dir() -> PathBuf {
-    std::env::var_os("SEALROOM_IMAGE_DIR")
-        .map_or_else(|| sealroom_tests::repo_root().join("target/image/out"), PathBuf::from)
-}
-
-/// The golden document's signer, as a verifier knows it: the public half of the key ci/image signed with.
-fn golden_public_key_hex() -> String {
-    let path = std::env::var_os("SEALROOM_GOLDEN_SIGNING_KEY")
-        .map_or_else(|| sealroom_tests::repo_root().join("target/image/ci-test-key.pk8"), PathBuf::from);
-    let pkcs8 = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (ci/test passes its key to ci/image --golden-key; set SEALROOM_GOLDEN_SIGNING_KEY)",
-            path.display()
-        )
-    });
-    hex::encode(Ed25519KeyPair::from_pkcs8(&pkcs8).expect("Ed25519 PKCS#8").public_key().as_ref())
-}
-
-/// The `sealroom` binary of this build: `cargo test/nextest --workspace` builds it next to the test's deps dir.
-fn sealroom() -> Command {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(Path::parent).unwrap().join("sealroom");
-    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace) first", bin.display());
-    Command::new(bin)
-}
 
 fn unique_dir(tag: &str) -> PathBuf {
     let dir = sealroom_tests::swtpm::unique_temp_dir(tag);
@@ -85,188 +49,8 @@ fn unique_dir(tag: &str) -> PathBuf {
     dir
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
-}
-
 fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
-
-/// A booted VM: QEMU and its swtpm, both killed (by PID) and their directory removed on drop.
-struct Vm {
-    qemu: Child,
-    swtpm: Child,
-    dir: PathBuf,
-    serial: PathBuf,
-    qmp: PathBuf,
-    port: u16,
-    started: Instant,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        let _ = self.qemu.kill();
-        let _ = self.qemu.wait();
-        let _ = self.swtpm.kill();
-        let _ = self.swtpm.wait();
-        if std::thread::panicking() {
-            eprintln!("--- serial console of the failed VM ---\n{}", self.serial_text());
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Vm {
-    fn boot(disk: &Path, tag: &str) -> Self {
-        let dir = unique_dir(tag);
-        let tpm_state = dir.join("tpm");
-        std::fs::create_dir_all(&tpm_state).unwrap();
-        run(Command::new("swtpm_setup")
-            .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
-            .arg(&tpm_state));
-        let tpm_sock = dir.join("swtpm.sock");
-        let swtpm = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--tpmstate"])
-            .arg(format!("dir={}", tpm_state.display()))
-            .arg("--ctrl")
-            .arg(format!("type=unixio,path={}", tpm_sock.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("swtpm");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !tpm_sock.exists() {
-            assert!(Instant::now() < deadline, "swtpm did not create {}", tpm_sock.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let vars = dir.join("OVMF_VARS.fd");
-        std::fs::copy(OVMF_VARS, &vars).unwrap();
-        let serial = dir.join("serial.log");
-        let qmp = dir.join("qmp.sock");
-        let port = free_port();
-        let started = Instant::now();
-        let qemu = Command::new("qemu-system-x86_64")
-            // -nodefaults: no default CD-ROM, whose failed boot attempt would add events to PCR 4.
-            .args([
-                "-nodefaults",
-                "-accel",
-                "tcg",
-                "-machine",
-                "q35",
-                "-m",
-                "1024",
-                "-smp",
-                "1",
-                "-no-reboot",
-            ])
-            .args(["-display", "none", "-monitor", "none"])
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"))
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()))
-            .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio,snapshot=on", disk.display()))
-            .arg("-chardev")
-            .arg(format!("socket,id=chrtpm,path={}", tpm_sock.display()))
-            .args(["-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"])
-            .arg("-netdev")
-            .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:{AGENT_PORT}"))
-            .args(["-device", "virtio-net-pci,netdev=n0"])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("qemu-system-x86_64");
-        Self { qemu, swtpm, dir, serial, qmp, port, started }
-    }
-
-    fn serial_text(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
-    }
-
-    /// Waits for `marker` on the serial console; fails at once on a kernel panic or QEMU exit.
-    fn wait_for(&mut self, marker: &str, timeout: Duration) -> Duration {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = self.serial_text();
-            if text.contains(marker) {
-                return self.started.elapsed();
-            }
-            assert!(!text.contains("Kernel panic"), "kernel panic before {marker:?}");
-            if let Some(status) = self.qemu.try_wait().unwrap() {
-                panic!("QEMU exited ({status}) before {marker:?}");
-            }
-            assert!(Instant::now() < deadline, "no {marker:?} on the serial console within {timeout:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Presses the ACPI power button (QMP `system_powerdown`) and requires PID 1 to power off cleanly.
-    fn power_off(mut self) {
-        let mut qmp = UnixStream::connect(&self.qmp).unwrap();
-        qmp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        qmp.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"system_powerdown\"}\n").unwrap();
-        let mut buf = [0u8; 512];
-        let _ = qmp.read(&mut buf);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.qemu.try_wait().unwrap() {
-                assert!(status.success(), "QEMU exit status {status}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "the VM did not power off within 60 s of the power button");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let text = self.serial_text();
-        assert!(
-            text.contains("sealroom-init: power: power button pressed"),
-            "PID 1 did not see the power button"
-        );
-        assert!(text.contains(POWEROFF_MARKER), "PID 1 did not power off cleanly");
-        assert!(!text.contains("Kernel panic"), "kernel panic during power-off");
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// GetEvidence with a fresh random nonce; returns the evidence after checking the nonce echo.
-    fn evidence(&self) -> Evidence {
-        let mut nonce = vec![0u8; 32];
-        std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut nonce).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let evidence = rt.block_on(async {
-            let url = self.url();
-            // The server logs before user networking has forwarded its first connection: retry briefly.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let mut client = loop {
-                match tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await {
-                    Ok(channel) => break AttestationClient::new(channel),
-                    Err(e) => {
-                        assert!(Instant::now() < deadline, "cannot connect to the agent at {url}: {e}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            };
-            let reply = tokio::time::timeout(
-                Duration::from_secs(60),
-                client.get_evidence(GetEvidenceRequest { nonce: nonce.clone(), tee_public_key: Vec::new() }),
-            )
-            .await
-            .expect("GetEvidence timed out")
-            .expect("GetEvidence failed");
-            reply.into_inner().evidence.expect("no evidence in the reply")
-        });
-        assert_eq!(evidence.nonce, nonce, "the evidence does not echo our nonce");
-        evidence
-    }
+    run_checked(cmd).unwrap()
 }
 
 /// PCR values of the SHA-256 bank in the evidence.
@@ -337,15 +121,17 @@ fn boot_and_check(
     with_vm: impl FnOnce(&Vm, &Booted),
 ) -> Booted {
     let predicted = predict(uki, work);
-    let mut vm = Vm::boot(disk, tag);
-    let ready = vm.wait_for("sealroom-init: ready", BOOT_TIMEOUT);
-    let serving = vm.wait_for(SERVING_MARKER, BOOT_TIMEOUT);
+    let mut vm = Vm::boot(disk, tag, &[]).unwrap();
+    let ready = vm.wait_for(vm::READY_MARKER, BOOT_TIMEOUT).unwrap();
+    let serving = vm.wait_for(vm::SERVING_MARKER, BOOT_TIMEOUT).unwrap();
     eprintln!(
         "[{tag}] VM start → PID 1 ready {:.1} s, agent serving gRPC {:.1} s",
         ready.as_secs_f64(),
         serving.as_secs_f64()
     );
-    let evidence = vm.evidence();
+    let nonce = fresh_nonce().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let evidence = rt.block_on(get_evidence(&vm.agent_url(), &nonce)).unwrap();
     eprintln!("[{tag}] evidence after {:.1} s", vm.started.elapsed().as_secs_f64());
     let tpm = evidence.tpm.clone().expect("no TPM evidence from a VM with a TPM");
     let pcrs = sha256_bank(&tpm);
@@ -391,7 +177,7 @@ fn boot_and_check(
     std::fs::write(&evidence_file, prost::Message::encode_to_vec(&evidence)).unwrap();
     let booted = Booted { pcrs, evidence_file, ak_file, nonce_hex: hex::encode(&evidence.nonce) };
     with_vm(&vm, &booted);
-    vm.power_off();
+    vm.power_off().unwrap();
     booted
 }
 
@@ -411,7 +197,7 @@ fn golden_register(doc: &GoldenDocument, pcr: u32) -> &str {
 
 #[test]
 fn built_image_boots_attests_against_its_golden_document_and_a_changed_cmdline_is_refused() {
-    let out = image_dir();
+    let out = vm::image_dir();
     let (disk, uki, golden_json) = (out.join("disk.raw"), out.join("sealroom.efi"), out.join("golden.json"));
     if !disk.exists() || !uki.exists() {
         eprintln!(
@@ -420,20 +206,25 @@ fn built_image_boots_attests_against_its_golden_document_and_a_changed_cmdline_i
         );
         return;
     }
-    assert!(golden_json.exists(), "{} missing: ci/image writes it with --golden-key", golden_json.display());
-    let key = golden_public_key_hex();
+    let golden_pub = out.join("golden.pub");
+    for f in [&golden_json, &golden_pub] {
+        assert!(f.exists(), "{} missing: ci/image writes it with --golden-key", f.display());
+    }
+    // The publisher's key as a verifier has it: golden.pub (hex), given to the CLI as the file.
+    let key = std::fs::read_to_string(&golden_pub).unwrap();
     let doc_bytes = std::fs::read(&golden_json).unwrap();
     let sig = std::fs::read_to_string(out.join("golden.json.sig")).unwrap();
-    let doc = golden::verify(&doc_bytes, &sig, &key).expect("golden.json is signed by the CI key");
+    let doc =
+        golden::verify(&doc_bytes, &sig, key.trim()).expect("golden.json is signed by golden.pub's key");
     let golden_args = |cmd: &mut Command| {
-        cmd.arg("--golden").arg(&golden_json).args(["--golden-key", &key]);
+        cmd.arg("--golden").arg(&golden_json).arg("--golden-key").arg(&golden_pub);
     };
     let work = unique_dir("image-boot");
 
     // 1. The built image: `sealroom attest` against the signed golden document, while the VM serves.
     let original = boot_and_check(&disk, &uki, "image", &work, |vm, booted| {
         let mut attest = sealroom();
-        attest.args(["attest", "--agent", &vm.url(), "--json", "--tpm-ak"]).arg(&booted.ak_file);
+        attest.args(["attest", "--agent", &vm.agent_url(), "--json", "--tpm-ak"]).arg(&booted.ak_file);
         golden_args(&mut attest);
         let outp = attest.output().unwrap();
         let stdout = String::from_utf8_lossy(&outp.stdout);

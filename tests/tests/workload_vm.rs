@@ -23,23 +23,20 @@
     clippy::missing_panics_doc
 )]
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use prost::Message;
 use sealroom_measurements::cel::{CelLog, RuntimeEvent};
 use sealroom_measurements::evidence::HashAlg;
 use sealroom_proto::attestation::v1 as apb;
-use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
 use sealroom_proto::keybroker::v1 as kpb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
-use sealroom_tests::broker::{run_sealroom, sealroom};
+use sealroom_tests::broker::{Provider, run_sealroom, sealroom, tpm_policy};
 use sealroom_tests::oci_image::{Entry, ImageSettings, Layer, OciImage};
 use sealroom_tests::registry::Registry;
 use sealroom_tests::swtpm::unique_temp_dir;
-use sealroom_tests::vm::{self, Vm};
+use sealroom_tests::vm::{self, Vm, fresh_nonce, get_evidence};
 
 const KEY_ID: &str = "provider-a.dataset";
 const OTHER_KEY_ID: &str = "provider-b.dataset";
@@ -76,89 +73,13 @@ fn workload_image() -> OciImage {
     )
 }
 
-fn workload_args() -> Vec<String> {
-    ["/bin/busybox", "sh", "-c", WORKLOAD_SCRIPT].map(str::to_owned).to_vec()
+fn workload_args() -> [&'static str; 4] {
+    ["/bin/busybox", "sh", "-c", WORKLOAD_SCRIPT]
 }
 
-fn policy(image_digest: &str) -> String {
-    let args = serde_json::to_string(&workload_args()).unwrap();
-    format!(
-        r#"
-version = 1
-platforms = ["tpm"]
-tcb_statuses = "skip"
-minimum_tcb = "skip"
-debug = "forbidden"
-golden = "skip"
-image_digests = ["{image_digest}"]
-args = {args}
-env = ["PATH=/bin"]
-"#
-    )
-}
-
-/// `sealroom broker serve` on a fixed loopback port (the VM's spec names it before the broker can start: it
-/// needs the VM's AK first), killed by PID on drop.
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_broker(dir: &Path, state: &Path, kek: &Path, port: u16, ak: &Path) -> Broker {
-    let out = dir.join("broker.out");
-    let child = sealroom()
-        .args(["broker", "serve", "--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
-        .arg(state)
-        .arg("--kek")
-        .arg(kek)
-        .arg("--tpm-ak")
-        .arg(ak)
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut broker = Broker(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&out).unwrap_or_default().contains("listening on") {
-        assert!(broker.0.try_wait().unwrap().is_none(), "the broker exited");
-        assert!(Instant::now() < deadline, "the broker did not start within 30 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    broker
-}
-
-fn fresh_nonce() -> Vec<u8> {
-    let mut nonce = vec![0u8; 32];
-    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut nonce).unwrap();
-    nonce
-}
-
+/// GetEvidence from the VM's agent, failing the test on any error.
 async fn evidence(url: &str, nonce: &[u8]) -> apb::Evidence {
-    // The server logs before user networking has forwarded its first connection: retry briefly.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut client = loop {
-        match tonic::transport::Channel::from_shared(url.to_owned()).unwrap().connect().await {
-            Ok(channel) => break AttestationClient::new(channel),
-            Err(e) => {
-                assert!(Instant::now() < deadline, "cannot connect to the agent at {url}: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
-    let reply = tokio::time::timeout(
-        Duration::from_secs(60),
-        client.get_evidence(apb::GetEvidenceRequest { nonce: nonce.to_vec(), tee_public_key: Vec::new() }),
-    )
-    .await
-    .expect("GetEvidence timed out")
-    .expect("GetEvidence failed");
-    let ev = reply.into_inner().evidence.expect("no evidence in the reply");
-    assert_eq!(ev.nonce, nonce, "the evidence does not echo our nonce");
-    ev
+    get_evidence(url, nonce).await.unwrap()
 }
 
 /// The config disk: the spec JSON, NUL-padded to whole sectors.
@@ -192,30 +113,13 @@ fn booted_image_runs_the_measured_workload_with_its_released_key_and_the_verifie
     let reference = format!("{guest_registry}/provider-a/analytics@{}", image.manifest_digest());
 
     // The provider's side, with the CLI: KEK, policy, key; the broker process starts once the AK is known.
-    let kek = dir.join("kek");
-    std::fs::write(&kek, hex::encode([0x2a; 32])).unwrap();
-    std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let state = dir.join("state");
-    let material = dir.join("dataset.key");
-    std::fs::write(&material, DATA_KEY).unwrap();
+    let provider = Provider::new(&dir.join("provider")).unwrap();
     let other_digest = format!("sha256:{}", "9".repeat(64));
     for (id, owner, digest) in
         [(KEY_ID, "provider-a", image.manifest_digest()), (OTHER_KEY_ID, "provider-b", other_digest.clone())]
     {
-        let policy_path = dir.join(format!("{owner}.toml"));
-        std::fs::write(&policy_path, policy(&digest)).unwrap();
-        run_sealroom(
-            sealroom()
-                .args(["broker", "keys", "add", "--id", id, "--owner", owner, "--policy"])
-                .arg(&policy_path)
-                .arg("--material-file")
-                .arg(&material)
-                .arg("--state-dir")
-                .arg(&state)
-                .arg("--kek")
-                .arg(&kek),
-        )
-        .unwrap();
+        let policy = tpm_policy(&digest, &workload_args(), &["PATH=/bin"], None);
+        provider.add_key(id, owner, &policy, DATA_KEY).unwrap();
     }
     let broker_port = vm::free_port().unwrap();
 
@@ -249,7 +153,8 @@ fn booted_image_runs_the_measured_workload_with_its_released_key_and_the_verifie
     let enrol = rt.block_on(evidence(&url, &[0x42; 32]));
     let ak = dir.join("ak.tpmt_public");
     std::fs::write(&ak, &enrol.tpm.as_ref().unwrap().ak_public).unwrap();
-    let broker = start_broker(&dir, &state, &kek, broker_port, &ak);
+    let broker =
+        provider.serve(&format!("127.0.0.1:{broker_port}"), &["--tpm-ak".as_ref(), ak.as_os_str()]).unwrap();
     let broker_up = vm.started.elapsed();
 
     let ended = vm.wait_for(WORKLOAD_ENDED, WORKLOAD_TIMEOUT).unwrap();
@@ -271,7 +176,7 @@ fn booted_image_runs_the_measured_workload_with_its_released_key_and_the_verifie
     assert!(key_events >= 8, "expected the launch events on the console, saw {key_events}");
 
     // Fresh evidence after the workload ended: the runtime log holds the launch, key release and output.
-    let nonce = fresh_nonce();
+    let nonce = fresh_nonce().unwrap();
     let ev = rt.block_on(evidence(&url, &nonce));
     let records = CelLog::decode(&ev.runtime_event_log).unwrap();
     let events: Vec<RuntimeEvent> = records.iter().map(|r| r.event.clone()).collect();
@@ -351,11 +256,7 @@ fn booted_image_runs_the_measured_workload_with_its_released_key_and_the_verifie
 
     // The broker refuses this VM a key whose policy names another image, and says why.
     let refusal = rt.block_on(async {
-        let ch = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{broker_port}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let ch = tonic::transport::Channel::from_shared(broker.url()).unwrap().connect().await.unwrap();
         let mut c = KeyBrokerClient::new(ch);
         let nonce = c.challenge(kpb::ChallengeRequest {}).await.unwrap().into_inner().nonce;
         let ev = evidence(&url, &nonce).await;
@@ -370,9 +271,8 @@ fn booted_image_runs_the_measured_workload_with_its_released_key_and_the_verifie
         format!("policy.image_digests: workload image digest {} not allowed", image.manifest_digest())
     );
     drop(broker);
-    let audit_log = state.join("audit.log");
-    let audit = run_sealroom(sealroom().args(["audit", "verify"]).arg(&audit_log)).unwrap();
-    assert!(audit.contains("audit log ok"), "{audit}");
+    provider.verify_audit().unwrap();
+    let audit_log = provider.audit_log();
     // The decisions about data keys, in order (receipts for the output, if any, are other records).
     let decisions: Vec<(String, String)> = std::fs::read_to_string(&audit_log)
         .unwrap()
