@@ -22,7 +22,7 @@ use super::audit::{AuditEntry, AuditRecord, Decision};
 use super::check_key_id;
 use super::keystore::Unreleasable;
 use super::policy::{Outcome, Policy, Rule};
-use super::service::{Broker, Refused, poisoned};
+use super::service::{Broker, Refused};
 use super::token::EAR_PROFILE;
 use crate::error::{Error, Result};
 
@@ -211,11 +211,7 @@ impl Broker {
                 reason: r.reason.clone(),
             },
         };
-        let (records, head) = {
-            let mut log = self.audit.lock().map_err(|_| poisoned("audit log"))?;
-            let records = log.append(&[entry], now)?;
-            (records, log.head())
-        };
+        let (records, head) = self.audit.append(&[entry], now)?;
         let receipt = match decided {
             Ok(sub) => {
                 let claims = json!({

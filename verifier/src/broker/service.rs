@@ -4,8 +4,8 @@
 //! redeemed (single use, within its TTL); the evidence is decoded and must carry the request's nonce; the
 //! verifier appraises it ([`Appraiser`]); the signed binding must bind this nonce and the TEE key; then per key:
 //! the key must exist and not be revoked, its owner's policy must allow the appraisal, and the key is sealed to
-//! the TEE key. Every decision is appended to the audit log and fsync'd *before* the reply; when the log cannot
-//! be written nothing is released.
+//! the TEE key. Every decision is appended to the audit log and fsync'd *before* the reply (decisions arriving
+//! together share one fsync: [`GroupCommitLog`]); when the log cannot be written nothing is released.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::appraisal::{Appraisal, Appraiser, SignedBinding};
-use super::audit::{AuditEntry, AuditLog, AuditRecord, Decision};
+use super::audit::{AuditEntry, AuditLog, AuditRecord, Decision, GroupCommitLog};
 use super::keystore::{KeyStore, Unreleasable};
 use super::nonce::NonceBook;
 use super::policy::{GoldenSet, Policy};
@@ -70,7 +70,7 @@ pub struct Broker {
     pub(super) golden: GoldenSet,
     pub(super) signer: Signer,
     nonces: Mutex<NonceBook>,
-    pub(super) audit: Mutex<AuditLog>,
+    pub(super) audit: GroupCommitLog,
 }
 
 /// Everything a broker is made of.
@@ -110,7 +110,7 @@ impl Broker {
             golden: p.golden,
             signer: p.signer,
             nonces: Mutex::new(p.nonces),
-            audit: Mutex::new(p.audit),
+            audit: GroupCommitLog::new(p.audit),
         }
     }
 
@@ -266,11 +266,8 @@ impl Broker {
                 reason: r.reason.clone(),
             }))
             .collect();
-        let (records, head) = {
-            let mut log = self.audit.lock().map_err(|_| poisoned("audit log"))?;
-            let records = log.append(&entries, now)?;
-            (records, log.head())
-        };
+        // Durable before the reply; concurrent releases share one fsync (group commit).
+        let (records, head) = self.audit.append(&entries, now)?;
         let claims = json!({
             "eat_profile": EAR_PROFILE,
             "iat": now / 1000,
