@@ -41,7 +41,8 @@ pub async fn start_agent(tpm: &Swtpm, events: &[RuntimeEvent]) -> Result<Running
         no_tpm: false,
         runtime_log_dir: unique_temp_dir("agent-rtlog"),
         queue_depth: 64,
-        request_timeout: Duration::from_secs(10),
+        // Generous: CI has 2 cores shared with QEMU and compilers; a timeout here is a harness limit, not a result.
+        request_timeout: Duration::from_secs(60),
     };
     let tcp = "127.0.0.1:0".parse().map_err(|e| AgentError(format!("address: {e}")))?;
     let running = server::start(Config { tcp: Some(tcp), vsock: None, worker })
