@@ -14,11 +14,37 @@ use crate::worker::AttestationHandle;
 const STAGE: &str = "keys";
 /// The HPKE `info` prefix (keybroker.proto).
 const INFO_PREFIX: &[u8] = b"sealroom.keybroker.v1/key";
-/// Largest evidence + response accepted from the broker.
+/// Largest evidence + response exchanged with the broker (key release and receipt).
 const MAX_MESSAGE: usize = 4 << 20;
 
 fn err(reason: impl Into<String>) -> Error {
     Error::workload(STAGE, reason)
+}
+
+/// A gRPC client of `broker` (its URL) and a fresh nonce from its `Challenge`: the start of every exchange
+/// that presents evidence (key release here, the output receipt in [`super::receipt`]). Errors name `stage`.
+pub(super) async fn connect_and_challenge(
+    broker: &str,
+    stage: &'static str,
+) -> Result<(KeyBrokerClient<tonic::transport::Channel>, Nonce)> {
+    let err = |reason: String| Error::workload(stage, reason);
+    let channel = tonic::transport::Endpoint::from_shared(broker.to_owned())
+        .map_err(|e| err(format!("broker {broker:?}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(60))
+        .connect()
+        .await
+        .map_err(|e| err(format!("broker {broker}: unreachable: {e}")))?;
+    let mut client = KeyBrokerClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let challenge = client
+        .challenge(kb::ChallengeRequest {})
+        .await
+        .map_err(|s| err(format!("broker {broker}: challenge: {}", s.message())))?
+        .into_inner();
+    let nonce = Nonce::from_slice(&challenge.nonce).map_err(|e| err(format!("broker nonce: {e}")))?;
+    Ok((client, nonce))
 }
 
 /// Releases keys through the broker's gRPC API, with evidence from the agent's worker.
@@ -44,22 +70,7 @@ fn info(key_id: &str) -> Vec<u8> {
 
 impl KeyProvider for BrokerKeys {
     async fn release(&self, broker: &str, key_ids: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
-        let channel = tonic::transport::Endpoint::from_shared(broker.to_owned())
-            .map_err(|e| err(format!("broker {broker:?}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .timeout(std::time::Duration::from_secs(60))
-            .connect()
-            .await
-            .map_err(|e| err(format!("broker {broker}: unreachable: {e}")))?;
-        let mut client = KeyBrokerClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
-        let challenge = client
-            .challenge(kb::ChallengeRequest {})
-            .await
-            .map_err(|s| err(format!("broker {broker}: challenge: {}", s.message())))?
-            .into_inner();
-        let nonce = Nonce::from_slice(&challenge.nonce).map_err(|e| err(format!("broker nonce: {e}")))?;
+        let (mut client, nonce) = connect_and_challenge(broker, STAGE).await?;
         let evidence = self.handle.evidence(nonce).await?;
         let response = client
             .release(kb::ReleaseRequest {

@@ -18,17 +18,13 @@
 use std::io::Write;
 use std::path::Path;
 
-use sealroom_measurements::binding::Nonce;
 use sealroom_proto::keybroker::v1 as kb;
-use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
 
 use super::digest::Sha256Digest;
 use crate::error::{Error, Result};
 use crate::worker::AttestationHandle;
 
 const STAGE: &str = "receipt";
-/// Largest evidence + response exchanged with the broker.
-const MAX_MESSAGE: usize = 4 << 20;
 /// Largest result archive written to an output disk.
 pub const MAX_EXPORT_BYTES: u64 = 256 << 20;
 
@@ -68,22 +64,7 @@ pub async fn obtain(
     key_id: &str,
     output_digest: &Sha256Digest,
 ) -> Result<Receipt> {
-    let channel = tonic::transport::Endpoint::from_shared(broker.to_owned())
-        .map_err(|e| err(format!("broker {broker:?}: {e}")))?
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .timeout(std::time::Duration::from_secs(60))
-        .connect()
-        .await
-        .map_err(|e| err(format!("broker {broker}: unreachable: {e}")))?;
-    let mut client = KeyBrokerClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
-    let challenge = client
-        .challenge(kb::ChallengeRequest {})
-        .await
-        .map_err(|s| err(format!("broker {broker}: challenge: {}", s.message())))?
-        .into_inner();
-    let nonce = Nonce::from_slice(&challenge.nonce).map_err(|e| err(format!("broker nonce: {e}")))?;
+    let (mut client, nonce) = super::broker::connect_and_challenge(broker, STAGE).await?;
     let evidence: sealroom_proto::attestation::v1::Evidence = handle.evidence(nonce).await?.into();
     let encoded = prost::Message::encode_to_vec(&evidence);
     let response = client
