@@ -114,8 +114,11 @@ impl GoldenReferences {
     }
 }
 
-/// The complete registers of `doc`, named as the appraisal names them ("pcr11.sha256", "rtmr2").
-fn golden_registers(doc: &GoldenDocument) -> BTreeMap<String, String> {
+/// The registers a golden document expects, named as the appraisal names them ("pcr11.sha256", "rtmr2"):
+/// only those it marks complete. The one reading of a document's registers, shared by these references, the
+/// broker's golden rule and the receipt check, so they cannot disagree.
+#[must_use]
+pub fn golden_registers(doc: &GoldenDocument) -> BTreeMap<String, String> {
     doc.registers
         .iter()
         .filter(|r| r.complete)

@@ -257,19 +257,7 @@ impl GoldenFile {
             .filter_map(|s| s.strip_prefix("ed25519:"))
             .find_map(|key| sealroom_measurements::golden::verify(&self.bytes, sig, key).ok())
             .ok_or("signature does not verify under any accepted signer")?;
-        Ok(doc
-            .registers
-            .iter()
-            .filter(|r| r.complete)
-            .map(|r| {
-                let name = if r.register.starts_with("pcr") {
-                    format!("{}.{}", r.register, r.alg)
-                } else {
-                    r.register.clone()
-                };
-                (name, r.value.to_lowercase())
-            })
-            .collect())
+        Ok(crate::golden_refs::golden_registers(&doc))
     }
 }
 

@@ -360,21 +360,3 @@ pub fn check(input: &CheckInput<'_>) -> Result<CheckedReceipt> {
         golden_registers: compared,
     })
 }
-
-/// The registers a verified golden document expects, named as in the appraisal ("pcr11.sha256", "rtmr2"); only
-/// registers the document marks complete (the same reading as the broker's golden rule).
-#[must_use]
-pub fn golden_registers(doc: &sealroom_measurements::golden::GoldenDocument) -> BTreeMap<String, String> {
-    doc.registers
-        .iter()
-        .filter(|r| r.complete)
-        .map(|r| {
-            let name = if r.register.starts_with("pcr") {
-                format!("{}.{}", r.register, r.alg)
-            } else {
-                r.register.clone()
-            };
-            (name, r.value.to_lowercase())
-        })
-        .collect()
-}

@@ -54,7 +54,7 @@ fn golden_registers(args: &Args) -> Result<std::collections::BTreeMap<String, St
         }
     }
     .with_context(|| format!("golden document {}", args.golden.display()))?;
-    Ok(receipt::golden_registers(&verified))
+    Ok(sealroom_verifier::golden_refs::golden_registers(&verified))
 }
 
 pub fn run(args: &Args) -> Result<()> {
