@@ -81,8 +81,9 @@ pub fn mounts(inputs: &BTreeMap<String, String>, work_dir: &Path) -> Vec<Mount> 
         .collect()
 }
 
-/// The block device whose `SYS_BLOCK/NAME/serial` is `serial`.
-fn find_by_serial(sys_block: &Path, serial: &str) -> Option<PathBuf> {
+/// The block device (`/dev/NAME`) whose `SYS_BLOCK/NAME/serial` is `serial` (the first by name), if any.
+#[must_use]
+pub fn find_by_serial(sys_block: &Path, serial: &str) -> Option<PathBuf> {
     let mut names: Vec<String> = std::fs::read_dir(sys_block)
         .ok()?
         .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))

@@ -24,15 +24,7 @@ const BROKER_RETRY_PAUSE: Duration = Duration::from_secs(2);
 /// The block device (`/dev/NAME`) whose `SYS_BLOCK/NAME/serial` is [`CONFIG_DISK_SERIAL`], if any.
 #[must_use]
 pub fn find_config_disk(sys_block: &Path) -> Option<PathBuf> {
-    let mut names: Vec<String> = std::fs::read_dir(sys_block)
-        .ok()?
-        .filter_map(|e| e.ok().and_then(|e| e.file_name().into_string().ok()))
-        .collect();
-    names.sort();
-    names.into_iter().find_map(|name| {
-        let serial = std::fs::read_to_string(sys_block.join(&name).join("serial")).ok()?;
-        (serial.trim_end_matches(['\n', '\0']) == CONFIG_DISK_SERIAL).then(|| Path::new("/dev").join(name))
-    })
+    super::inputs::find_by_serial(sys_block, CONFIG_DISK_SERIAL)
 }
 
 /// True on Google Compute Engine (the DMI product name firmware reports).
