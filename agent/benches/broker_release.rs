@@ -30,27 +30,16 @@ use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::Evidence;
 use sealroom_proto::keybroker::v1 as pb;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
+use sealroom_verifier::broker::Clock;
 use sealroom_verifier::broker::appraisal::{Appraiser, VerifierAppraiser};
-use sealroom_verifier::broker::audit::AuditLog;
-use sealroom_verifier::broker::keystore::{Kek, KeyStore};
-use sealroom_verifier::broker::nonce::NonceBook;
-use sealroom_verifier::broker::policy::GoldenSet;
-use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
-use sealroom_verifier::broker::token::Signer;
-use sealroom_verifier::broker::{Clock, Randomness};
+use sealroom_verifier::broker::service::KeyBrokerService;
 
-const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-const POLICY: &str = r#"
-version = 1
-platforms = ["tpm"]
-tcb_statuses = "skip"
-minimum_tcb = "skip"
-debug = "forbidden"
-golden = "skip"
-image_digests = ["sha256:1111111111111111111111111111111111111111111111111111111111111111"]
-args = ["--in", "/data"]
-env = ["MODE=batch"]
-"#;
+/// The broker set up as in the verifier's broker bench.
+#[path = "../../verifier/benches/common/broker.rs"]
+mod in_process;
+
+use in_process::IMAGE;
+
 const KEY: &str = "provider-a/data";
 const AGENTS: usize = 32;
 
@@ -63,16 +52,6 @@ impl Clock for WallClock {
     }
 }
 
-#[derive(Debug)]
-struct OsRandomness(aws_lc_rs::rand::SystemRandom);
-
-impl Randomness for OsRandomness {
-    fn fill(&self, out: &mut [u8]) -> sealroom_verifier::Result<()> {
-        aws_lc_rs::rand::SecureRandom::fill(&self.0, out)
-            .map_err(|_| sealroom_verifier::Error::check("randomness", "failed"))
-    }
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
@@ -80,25 +59,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn broker(dir: &std::path::Path, appraiser: Arc<dyn Appraiser>) -> Arc<Broker> {
-    std::fs::create_dir_all(dir).unwrap();
-    let rng: Arc<dyn Randomness> = Arc::new(OsRandomness(aws_lc_rs::rand::SystemRandom::new()));
-    let store = Arc::new(
-        KeyStore::open(&dir.join("keys.redb"), Kek::from_bytes(&[7; 32]).unwrap(), rng.as_ref()).unwrap(),
-    );
-    store.add(KEY, "provider-a", POLICY, None, rng.as_ref(), 0).unwrap();
-    Arc::new(Broker::new(BrokerParts {
-        clock: Arc::new(WallClock),
-        rng,
-        appraiser,
-        store,
-        golden: GoldenSet::default(),
-        signer: Signer::load_or_create(&dir.join("signing.pk8")).unwrap(),
-        nonces: NonceBook::new(600_000, 1_000_000),
-        audit: AuditLog::open(&dir.join("audit.log")).unwrap().0,
-    }))
 }
 
 type Client = pb::key_broker_client::KeyBrokerClient<tonic::transport::Channel>;
@@ -149,7 +109,12 @@ fn bench(c: &mut Criterion) {
     let ak = sample.tpm.as_ref().unwrap().ak_public.clone();
     let appraiser = Arc::new(VerifierAppraiser::with_pinned_tpm_aks(vec![ak]));
     let state = unique_temp_dir("bench-broker-state");
-    let broker = broker(&state, Arc::clone(&appraiser) as Arc<dyn Appraiser>);
+    let broker = Arc::new(in_process::broker(
+        &state,
+        Arc::new(WallClock),
+        Arc::clone(&appraiser) as Arc<dyn Appraiser>,
+        &[KEY],
+    ));
     let addr = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

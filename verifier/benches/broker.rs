@@ -20,28 +20,18 @@ use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::{Evidence, HashAlg, Platform};
 use sealroom_proto::keybroker::v1 as pb;
 use sealroom_verifier::broker::appraisal::{Appraisal, Appraiser, SignedBinding, VerifierAppraiser};
-use sealroom_verifier::broker::audit::AuditLog;
-use sealroom_verifier::broker::keystore::{Kek, KeyStore};
-use sealroom_verifier::broker::nonce::NonceBook;
-use sealroom_verifier::broker::policy::GoldenSet;
-use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
-use sealroom_verifier::broker::token::Signer;
-use sealroom_verifier::broker::{Clock, Randomness, seal};
+use sealroom_verifier::broker::service::KeyBrokerService;
+use sealroom_verifier::broker::{Clock, seal};
 use sealroom_verifier::tpm::gce_proto::GceAttestation;
 
+#[path = "common/broker.rs"]
+mod in_process;
+
+use in_process::{IMAGE, broker};
+
 const JAN_2024_MS: u64 = 1_704_067_200_000;
-const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-const POLICY: &str = r#"
-version = 1
-platforms = ["tpm"]
-tcb_statuses = "skip"
-minimum_tcb = "skip"
-debug = "forbidden"
-golden = "skip"
-image_digests = ["sha256:1111111111111111111111111111111111111111111111111111111111111111"]
-args = ["--in", "/data"]
-env = ["MODE=batch"]
-"#;
+/// The keys the broker holds.
+const KEYS: [&str; 2] = ["provider-a/data", "provider-b/data"];
 
 #[derive(Debug)]
 struct FixedClock;
@@ -49,16 +39,6 @@ struct FixedClock;
 impl Clock for FixedClock {
     fn now_ms(&self) -> u64 {
         JAN_2024_MS
-    }
-}
-
-#[derive(Debug)]
-struct OsRandomness(aws_lc_rs::rand::SystemRandom);
-
-impl Randomness for OsRandomness {
-    fn fill(&self, out: &mut [u8]) -> sealroom_verifier::Result<()> {
-        aws_lc_rs::rand::SecureRandom::fill(&self.0, out)
-            .map_err(|_| sealroom_verifier::Error::check("randomness", "failed"))
     }
 }
 
@@ -87,27 +67,6 @@ impl Appraiser for StandIn {
             ],
         })
     }
-}
-
-fn broker(dir: &std::path::Path, appraiser: Arc<dyn Appraiser>) -> Broker {
-    std::fs::create_dir_all(dir).unwrap();
-    let rng: Arc<dyn Randomness> = Arc::new(OsRandomness(aws_lc_rs::rand::SystemRandom::new()));
-    let store = Arc::new(
-        KeyStore::open(&dir.join("keys.redb"), Kek::from_bytes(&[7; 32]).unwrap(), rng.as_ref()).unwrap(),
-    );
-    for id in ["provider-a/data", "provider-b/data"] {
-        store.add(id, "provider", POLICY, None, rng.as_ref(), 0).unwrap();
-    }
-    Broker::new(BrokerParts {
-        clock: Arc::new(FixedClock),
-        rng,
-        appraiser,
-        store,
-        golden: GoldenSet::default(),
-        signer: Signer::load_or_create(&dir.join("signing.pk8")).unwrap(),
-        nonces: NonceBook::new(60_000, 1_000_000),
-        audit: AuditLog::open(&dir.join("audit.log")).unwrap().0,
-    })
 }
 
 fn gce_evidence(nonce: Nonce, tee: &TeePublicKey) -> Evidence {
@@ -167,7 +126,8 @@ fn bench(c: &mut Criterion) {
         });
     });
 
-    let real = broker(&tmp.path().join("real"), Arc::new(VerifierAppraiser::default()));
+    let real =
+        broker(&tmp.path().join("real"), Arc::new(FixedClock), Arc::new(VerifierAppraiser::default()), &KEYS);
     g.bench_function("broker_release_gce", |b| {
         b.iter(|| {
             let (nonce, _) = real.challenge().unwrap();
@@ -176,7 +136,8 @@ fn bench(c: &mut Criterion) {
         });
     });
 
-    let standin = Arc::new(broker(&tmp.path().join("standin"), Arc::new(StandIn)));
+    let standin =
+        Arc::new(broker(&tmp.path().join("standin"), Arc::new(FixedClock), Arc::new(StandIn), &KEYS));
     g.bench_function("broker_release_sealed", |b| {
         b.iter(|| {
             let (nonce, _) = standin.challenge().unwrap();

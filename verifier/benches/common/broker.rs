@@ -1,0 +1,63 @@
+//! The key broker in-process for benchmarks: a fresh key store, audit log and signing key in a directory, each
+//! key under one policy approving [`IMAGE`] with `--in /data` and `MODE=batch`. Shared by
+//! `verifier/benches/broker.rs` and `agent/benches/broker_release.rs` (each includes it with `#[path]`), so
+//! the broker both measure is set up the same way.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sealroom_verifier::broker::appraisal::Appraiser;
+use sealroom_verifier::broker::audit::AuditLog;
+use sealroom_verifier::broker::keystore::{Kek, KeyStore};
+use sealroom_verifier::broker::nonce::NonceBook;
+use sealroom_verifier::broker::policy::GoldenSet;
+use sealroom_verifier::broker::service::{Broker, BrokerParts};
+use sealroom_verifier::broker::token::Signer;
+use sealroom_verifier::broker::{Clock, Randomness};
+
+/// The workload image the policy approves.
+pub const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const POLICY: &str = r#"
+version = 1
+platforms = ["tpm"]
+tcb_statuses = "skip"
+minimum_tcb = "skip"
+debug = "forbidden"
+golden = "skip"
+image_digests = ["sha256:1111111111111111111111111111111111111111111111111111111111111111"]
+args = ["--in", "/data"]
+env = ["MODE=batch"]
+"#;
+
+#[derive(Debug)]
+struct OsRandomness(aws_lc_rs::rand::SystemRandom);
+
+impl Randomness for OsRandomness {
+    fn fill(&self, out: &mut [u8]) -> sealroom_verifier::Result<()> {
+        aws_lc_rs::rand::SecureRandom::fill(&self.0, out)
+            .map_err(|_| sealroom_verifier::Error::check("randomness", "failed"))
+    }
+}
+
+/// A broker with its state in `dir` (created), holding `key_ids` under the policy, judging evidence with
+/// `appraiser` at `clock`'s time. Nonces live 10 minutes, so requests prepared ahead of a timed run stay valid.
+pub fn broker(dir: &Path, clock: Arc<dyn Clock>, appraiser: Arc<dyn Appraiser>, key_ids: &[&str]) -> Broker {
+    std::fs::create_dir_all(dir).unwrap();
+    let rng: Arc<dyn Randomness> = Arc::new(OsRandomness(aws_lc_rs::rand::SystemRandom::new()));
+    let store = Arc::new(
+        KeyStore::open(&dir.join("keys.redb"), Kek::from_bytes(&[7; 32]).unwrap(), rng.as_ref()).unwrap(),
+    );
+    for id in key_ids {
+        store.add(id, "provider", POLICY, None, rng.as_ref(), 0).unwrap();
+    }
+    Broker::new(BrokerParts {
+        clock,
+        rng,
+        appraiser,
+        store,
+        golden: GoldenSet::default(),
+        signer: Signer::load_or_create(&dir.join("signing.pk8")).unwrap(),
+        nonces: NonceBook::new(600_000, 1_000_000),
+        audit: AuditLog::open(&dir.join("audit.log")).unwrap().0,
+    })
+}
