@@ -171,6 +171,30 @@ impl OciImage {
         Self { config, layers, manifest }
     }
 
+    /// A busybox workload: `/bin/busybox sh -c SCRIPT` as the unprivileged `worker`, `PATH=/bin`, with `labels`
+    /// (its launch policy) and a second layer holding `/etc/build-id` = `build_id`, so that images differing
+    /// only in `build_id` have different manifest digests but launch the same thing.
+    ///
+    /// # Panics
+    /// When /bin/busybox is missing (install busybox-static with ci/setup).
+    #[must_use]
+    pub fn busybox_script(script: &str, build_id: &[u8], labels: BTreeMap<String, String>) -> Self {
+        let extra = Layer::build(
+            &[Entry::Dir("etc/"), Entry::File("etc/build-id".into(), build_id.to_vec(), 0o644)],
+            false,
+        );
+        Self::new(
+            &ImageSettings {
+                entrypoint: vec!["/bin/busybox".into()],
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                env: vec!["PATH=/bin".into()],
+                user: "worker".into(),
+                labels,
+            },
+            vec![Layer::busybox(), extra],
+        )
+    }
+
     /// The manifest digest.
     #[must_use]
     pub fn manifest_digest(&self) -> String {

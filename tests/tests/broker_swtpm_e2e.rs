@@ -26,7 +26,7 @@ use sealroom_proto::keybroker::v1 as kpb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
 use sealroom_tests::agent::{host_crun, is_root};
 use sealroom_tests::broker::{BrokerProcess, Provider, tpm_policy};
-use sealroom_tests::oci_image::{Entry, ImageSettings, Layer, OciImage};
+use sealroom_tests::oci_image::OciImage;
 use sealroom_tests::registry::Registry;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
 use sealroom_verifier::broker::appraisal::VerifierAppraiser;
@@ -290,20 +290,7 @@ fn write_golden(dir: &std::path::Path) -> (String, String) {
 /// The analytics image: busybox running `WORKLOAD_SCRIPT` as the unprivileged `worker`; `variant` changes one
 /// file (and so the manifest digest) without changing what is launched.
 fn analytics_image(variant: &str) -> OciImage {
-    let extra = Layer::build(
-        &[Entry::Dir("etc/"), Entry::File("etc/build-id".into(), variant.as_bytes().to_vec(), 0o644)],
-        false,
-    );
-    OciImage::new(
-        &ImageSettings {
-            entrypoint: vec!["/bin/busybox".into()],
-            cmd: vec!["sh".into(), "-c".into(), WORKLOAD_SCRIPT.into()],
-            env: vec!["PATH=/bin".into()],
-            user: "worker".into(),
-            labels: std::collections::BTreeMap::new(),
-        },
-        vec![Layer::busybox(), extra],
-    )
+    OciImage::busybox_script(WORKLOAD_SCRIPT, variant.as_bytes(), std::collections::BTreeMap::new())
 }
 
 /// Provider A's policy: this TPM platform, the golden boot state, exactly this image, its arguments and env.

@@ -33,7 +33,7 @@ use sealroom_proto::attestation::v1 as apb;
 use sealroom_proto::keybroker::v1 as kpb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
 use sealroom_tests::broker::{Provider, run_sealroom, sealroom, tpm_policy};
-use sealroom_tests::oci_image::{Entry, ImageSettings, Layer, OciImage};
+use sealroom_tests::oci_image::OciImage;
 use sealroom_tests::registry::Registry;
 use sealroom_tests::swtpm::unique_temp_dir;
 use sealroom_tests::vm::{self, Vm, fresh_nonce, get_evidence};
@@ -57,20 +57,7 @@ fn workload_image() -> OciImage {
         ("tee.launch_policy.log_redirect".to_owned(), "always".to_owned()),
         ("tee.launch_policy.allow_cmd_override".to_owned(), "false".to_owned()),
     ];
-    let extra = Layer::build(
-        &[Entry::Dir("etc/"), Entry::File("etc/build-id".into(), b"workload_vm test".to_vec(), 0o644)],
-        false,
-    );
-    OciImage::new(
-        &ImageSettings {
-            entrypoint: vec!["/bin/busybox".into()],
-            cmd: vec!["sh".into(), "-c".into(), WORKLOAD_SCRIPT.into()],
-            env: vec!["PATH=/bin".into()],
-            user: "worker".into(),
-            labels: labels.into_iter().collect(),
-        },
-        vec![Layer::busybox(), extra],
-    )
+    OciImage::busybox_script(WORKLOAD_SCRIPT, b"workload_vm test", labels.into_iter().collect())
 }
 
 fn workload_args() -> [&'static str; 4] {
