@@ -247,20 +247,28 @@ fn provision_nv(tcti: &str, indices: &[(u32, Vec<u8>)]) {
     }
 }
 
-/// An ECC P-256 restricted signing key template, made by the TPM itself (the public area of an AK).
-fn ak_template(tcti: &str) -> Vec<u8> {
+/// A new AK made by the TPM at `tcti` itself: a restricted SHA-256 signing key with `scheme` under the EK of
+/// `ek_alg`. Returns the context, the EK (still loaded) and the AK's private and public parts.
+fn create_ak(
+    tcti: &str,
+    ek_alg: tss_esapi::interface_types::algorithm::AsymmetricAlgorithm,
+    scheme: tss_esapi::interface_types::algorithm::SignatureSchemeAlgorithm,
+) -> (tss_esapi::Context, tss_esapi::handles::KeyHandle, tss_esapi::structures::CreateKeyResult) {
     use std::str::FromStr;
     use tss_esapi::abstraction::{ak, ek};
-    use tss_esapi::interface_types::algorithm::{
-        AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
-    };
-    use tss_esapi::traits::Marshall;
+    use tss_esapi::interface_types::algorithm::HashingAlgorithm;
     let mut ctx =
         tss_esapi::Context::new(tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti).unwrap()).unwrap();
-    let ekh = ek::create_ek_object(&mut ctx, AsymmetricAlgorithm::Ecc, None).unwrap();
-    let k =
-        ak::create_ak(&mut ctx, ekh, HashingAlgorithm::Sha256, SignatureSchemeAlgorithm::EcDsa, None, None)
-            .unwrap();
+    let ekh = ek::create_ek_object(&mut ctx, ek_alg, None).unwrap();
+    let k = ak::create_ak(&mut ctx, ekh, HashingAlgorithm::Sha256, scheme, None, None).unwrap();
+    (ctx, ekh, k)
+}
+
+/// An ECC P-256 restricted signing key template, made by the TPM itself (the public area of an AK).
+fn ak_template(tcti: &str) -> Vec<u8> {
+    use tss_esapi::interface_types::algorithm::{AsymmetricAlgorithm, SignatureSchemeAlgorithm};
+    use tss_esapi::traits::Marshall;
+    let (mut ctx, ekh, k) = create_ak(tcti, AsymmetricAlgorithm::Ecc, SignatureSchemeAlgorithm::EcDsa);
     ctx.flush_context(ekh.into()).unwrap();
     k.out_public.marshall().unwrap()
 }
@@ -293,21 +301,13 @@ fn the_gce_ak_from_nv_is_used_with_its_certificate() {
 /// Makes the vTPM AK like Azure's paravisor does: an RSA-2048 restricted signing key (RSASSA SHA-256) under
 /// the RSA EK, made persistent at 0x81000003. Returns its marshalled TPMT_PUBLIC.
 fn provision_azure_ak(tcti: &str) -> Vec<u8> {
-    use std::str::FromStr;
-    use tss_esapi::abstraction::{ak, ek};
+    use tss_esapi::abstraction::ak;
     use tss_esapi::handles::PersistentTpmHandle;
-    use tss_esapi::interface_types::algorithm::{
-        AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
-    };
+    use tss_esapi::interface_types::algorithm::{AsymmetricAlgorithm, SignatureSchemeAlgorithm};
     use tss_esapi::interface_types::dynamic_handles::Persistent;
     use tss_esapi::interface_types::resource_handles::Provision;
     use tss_esapi::traits::Marshall;
-    let mut ctx =
-        tss_esapi::Context::new(tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti).unwrap()).unwrap();
-    let ekh = ek::create_ek_object(&mut ctx, AsymmetricAlgorithm::Rsa, None).unwrap();
-    let k =
-        ak::create_ak(&mut ctx, ekh, HashingAlgorithm::Sha256, SignatureSchemeAlgorithm::RsaSsa, None, None)
-            .unwrap();
+    let (mut ctx, ekh, k) = create_ak(tcti, AsymmetricAlgorithm::Rsa, SignatureSchemeAlgorithm::RsaSsa);
     let public = k.out_public.clone();
     let loaded = ak::load_ak(&mut ctx, ekh, None, k.out_private, k.out_public).unwrap();
     ctx.flush_context(ekh.into()).unwrap();
