@@ -32,7 +32,6 @@ use sealroom_proto::keybroker::v1 as pb;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
 use sealroom_verifier::broker::Clock;
 use sealroom_verifier::broker::appraisal::{Appraiser, VerifierAppraiser};
-use sealroom_verifier::broker::service::KeyBrokerService;
 
 /// The broker set up as in the verifier's broker bench.
 #[path = "../../verifier/benches/common/broker.rs"]
@@ -115,15 +114,7 @@ fn bench(c: &mut Criterion) {
         Arc::clone(&appraiser) as Arc<dyn Appraiser>,
         &[KEY],
     ));
-    let addr = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let svc = pb::key_broker_server::KeyBrokerServer::new(KeyBrokerService(Arc::clone(&broker)));
-        tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        ));
-        addr
-    });
+    let addr = rt.block_on(in_process::serve(Arc::clone(&broker)));
     let url = format!("http://{addr}");
     let keys = BrokerKeys::new(agent.handle.clone());
     let client: Client = rt.block_on(async {

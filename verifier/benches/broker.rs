@@ -20,7 +20,6 @@ use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::{Evidence, HashAlg, Platform};
 use sealroom_proto::keybroker::v1 as pb;
 use sealroom_verifier::broker::appraisal::{Appraisal, Appraiser, SignedBinding, VerifierAppraiser};
-use sealroom_verifier::broker::service::KeyBrokerService;
 use sealroom_verifier::broker::{Clock, seal};
 use sealroom_verifier::tpm::gce_proto::GceAttestation;
 
@@ -150,15 +149,7 @@ fn bench(c: &mut Criterion) {
 
     // gRPC over loopback, the agent's view.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let addr = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let svc = pb::key_broker_server::KeyBrokerServer::new(KeyBrokerService(Arc::clone(&standin)));
-        tokio::spawn(tonic::transport::Server::builder().add_service(svc).serve_with_incoming(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        ));
-        addr
-    });
+    let addr = rt.block_on(in_process::serve(Arc::clone(&standin)));
     let client = rt.block_on(async {
         let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()

@@ -6,12 +6,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer;
 use sealroom_verifier::broker::appraisal::Appraiser;
 use sealroom_verifier::broker::audit::AuditLog;
 use sealroom_verifier::broker::keystore::{Kek, KeyStore};
 use sealroom_verifier::broker::nonce::NonceBook;
 use sealroom_verifier::broker::policy::GoldenSet;
-use sealroom_verifier::broker::service::{Broker, BrokerParts};
+use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
 use sealroom_verifier::broker::token::Signer;
 use sealroom_verifier::broker::{Clock, Randomness};
 
@@ -37,6 +38,19 @@ impl Randomness for OsRandomness {
         aws_lc_rs::rand::SecureRandom::fill(&self.0, out)
             .map_err(|_| sealroom_verifier::Error::check("randomness", "failed"))
     }
+}
+
+/// Serves `broker`'s gRPC API on a fresh loopback port (TCP_NODELAY, as the agent connects) and returns it.
+pub async fn serve(broker: Arc<Broker>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = KeyBrokerServer::new(KeyBrokerService(broker));
+    tokio::spawn(
+        tonic::transport::Server::builder().add_service(svc).serve_with_incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        ),
+    );
+    addr
 }
 
 /// A broker with its state in `dir` (created), holding `key_ids` under the policy, judging evidence with
