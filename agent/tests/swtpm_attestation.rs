@@ -386,10 +386,8 @@ fn azure_vtpm_is_probed_before_the_plain_tpm_and_reads_its_nv_report_and_persist
 fn azure_evidence_passes_every_check_but_the_hcl_ak_binding_which_a_swtpm_ak_cannot_meet() {
     use sealroom_agent::attester::azure::{AzureTee, AzureVtpmAttester};
     use sealroom_agent::attester::tpm::connect;
-    use sealroom_measurements::evidence::{Evidence, Platform};
-    use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, appraise};
-    use sealroom_verifier::snp::EndorsementCache;
-    use sealroom_verifier::x509::{Certificate, parse_time};
+    use sealroom_measurements::evidence::Platform;
+    use sealroom_verifier::x509::Certificate;
     let tpm = Swtpm::start().unwrap();
     let ak_public = provision_azure_ak(&tpm.tcti());
     let hcl = azure_testdata("az-snp-vtpm/hcl-report.bin");
@@ -418,32 +416,10 @@ fn azure_evidence_passes_every_check_but_the_hcl_ak_binding_which_a_swtpm_ak_can
         (az.hcl_report.as_slice(), az.vcek.as_slice(), az.vtpm.ak_public.as_slice()),
         (&hcl[..], &vcek[..], &ak_public[..])
     );
-    let ev = Evidence {
-        nonce,
-        tee_public_key: key.public().clone(),
-        platform: Platform::AzureSnpVtpm,
-        tpm: None,
-        tdx: None,
-        sev_snp: None,
-        azure: Some(az),
-        runtime_event_log: Vec::new(),
-    };
-    // Through protobuf and back, as the gRPC service ships it (size limits included).
-    let pb = sealroom_proto::attestation::v1::Evidence::from(ev.clone());
-    let ev = Evidence::try_from(pb).unwrap();
-    let cache = EndorsementCache::default();
-    // The VCEK of hcl-report.bin is valid 2023-05-02..2030-05-02 (verifier/testdata/azure/MANIFEST.md).
-    let ctx = Context {
-        at: parse_time("2024-01-01T00:00:00Z").unwrap(),
-        nonce: None,
-        snp_cache: &cache,
-        tdx_collateral: None,
-        enrolled_tpm_aks: &[],
-    };
-    let ear = appraise(&EvidenceInput::Sealroom(Box::new(ev)), &Policy::default(), &ctx);
-    let appraisal = ear.submods.values().next().unwrap();
-    let failures: Vec<String> = appraisal.layers.iter().flat_map(|l| l.failures.clone()).collect();
-    assert_eq!(failures, vec![AK_MISMATCH.to_string()], "{appraisal:#?}");
+    // Through protobuf and back, as the gRPC service ships it (size limits included). The VCEK of
+    // hcl-report.bin is valid 2023-05-02..2030-05-02 (verifier/testdata/azure/MANIFEST.md).
+    let failures = appraise_azure(az, Platform::AzureSnpVtpm, nonce, &key, "2024-01-01T00:00:00Z");
+    assert_eq!(failures, vec![AK_MISMATCH.to_string()]);
 }
 
 /// The verifier's reason when the quote's AK is not the HCLAkPub the hardware report vouches for: the only one
