@@ -30,8 +30,8 @@ use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::Evidence;
 use sealroom_proto::keybroker::v1 as pb;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
-use sealroom_verifier::broker::Clock;
 use sealroom_verifier::broker::appraisal::{Appraiser, VerifierAppraiser};
+use sealroom_verifier::broker::{Clock, SystemClock};
 
 /// The broker set up as in the verifier's broker bench.
 #[path = "../../verifier/benches/common/broker.rs"]
@@ -41,15 +41,6 @@ use in_process::IMAGE;
 
 const KEY: &str = "provider-a/data";
 const AGENTS: usize = 32;
-
-#[derive(Debug)]
-struct WallClock;
-
-impl Clock for WallClock {
-    fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
-    }
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -110,7 +101,7 @@ fn bench(c: &mut Criterion) {
     let state = unique_temp_dir("bench-broker-state");
     let broker = Arc::new(in_process::broker(
         &state,
-        Arc::new(WallClock),
+        Arc::new(SystemClock),
         Arc::clone(&appraiser) as Arc<dyn Appraiser>,
         &[KEY],
     ));
@@ -139,7 +130,7 @@ fn bench(c: &mut Criterion) {
         .collect();
     lat.sort();
     let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
-    let now_ms = WallClock.now_ms();
+    let now_ms = SystemClock.now_ms();
     let verify_rate = |threads: usize| -> f64 {
         let per = 400usize;
         let t = Instant::now();

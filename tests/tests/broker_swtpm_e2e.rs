@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sealroom_agent::server::Running;
@@ -36,7 +35,7 @@ use sealroom_verifier::broker::nonce::NonceBook;
 use sealroom_verifier::broker::policy::GoldenSet;
 use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
 use sealroom_verifier::broker::token::{self, Signer};
-use sealroom_verifier::broker::{Clock, Randomness, seal};
+use sealroom_verifier::broker::{ManualClock, Randomness, SystemRandomness, seal};
 use tonic::transport::Channel;
 
 const IMAGE: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -44,28 +43,6 @@ const IMAGE: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123
 /// The in-process broker's policy: this image, its argument, any THREADS.
 fn policy(image: &str) -> String {
     tpm_policy(image, &["--input=/data/in.parquet"], &["THREADS=*"], None)
-}
-
-#[derive(Debug)]
-struct TestClock(AtomicU64);
-
-impl Clock for TestClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// The kernel's CSPRNG.
-#[derive(Debug)]
-struct OsRandomness;
-
-impl Randomness for OsRandomness {
-    fn fill(&self, out: &mut [u8]) -> sealroom_verifier::Result<()> {
-        use std::io::Read;
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(out))
-            .map_err(|e| sealroom_verifier::Error::check("randomness", e.to_string()))
-    }
 }
 
 async fn start_agent(tpm: &Swtpm) -> Running {
@@ -98,7 +75,7 @@ struct RunningBroker {
 async fn start_broker(enrolled_ak: Vec<u8>) -> RunningBroker {
     let dir = unique_temp_dir("broker-e2e-state");
     std::fs::create_dir_all(&dir).unwrap();
-    let rng: Arc<dyn Randomness> = Arc::new(OsRandomness);
+    let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness::new());
     let store = Arc::new(
         KeyStore::open(&dir.join("keys.redb"), Kek::from_bytes(&[5; 32]).unwrap(), rng.as_ref()).unwrap(),
     );
@@ -112,7 +89,7 @@ async fn start_broker(enrolled_ak: Vec<u8>) -> RunningBroker {
     let jwk = signer.jwk();
     let broker = Arc::new(Broker::new(BrokerParts {
         // swtpm AKs carry no certificate: no validity window depends on the time.
-        clock: Arc::new(TestClock(AtomicU64::new(1_760_000_000_000))),
+        clock: Arc::new(ManualClock::at(1_760_000_000_000)),
         rng,
         appraiser: Arc::new(VerifierAppraiser::with_pinned_tpm_aks(vec![enrolled_ak])),
         store: Arc::clone(&store),

@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::missing_panics_doc)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sealroom_measurements::binding::{self, Kem, Nonce, TeePublicKey};
@@ -24,7 +23,7 @@ use sealroom_verifier::broker::policy::{GoldenFile, GoldenSet};
 use sealroom_verifier::broker::seal::{self, Sealed};
 use sealroom_verifier::broker::service::{Broker, BrokerParts, Released};
 use sealroom_verifier::broker::token::{self, Signer};
-use sealroom_verifier::broker::{Clock, Randomness};
+use sealroom_verifier::broker::{ManualClock, Randomness};
 use sealroom_verifier::tpm::gce_proto::GceAttestation;
 use sha2::{Digest, Sha256};
 
@@ -94,15 +93,6 @@ env = ["MODE=batch", "THREADS=*"]
     )
 }
 
-#[derive(Debug, Default)]
-struct TestClock(AtomicU64);
-
-impl Clock for TestClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// Deterministic randomness: a SHA-256 counter stream.
 #[derive(Debug, Default)]
 struct TestRandomness(Mutex<u64>);
@@ -163,7 +153,7 @@ fn good_claims() -> Appraisal {
 struct Fixture {
     _dir: tempfile::TempDir,
     audit_path: std::path::PathBuf,
-    clock: Arc<TestClock>,
+    clock: Arc<ManualClock>,
     rng: Arc<TestRandomness>,
     appraiser: Arc<StandInAppraiser>,
     store: Arc<KeyStore>,
@@ -180,7 +170,7 @@ impl Fixture {
 
     fn with_appraiser_and_kem(kem: Kem) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(TestClock(AtomicU64::new(1_700_000_000_000)));
+        let clock = Arc::new(ManualClock::at(1_700_000_000_000));
         let rng = Arc::new(TestRandomness::default());
         let store = Arc::new(
             KeyStore::open(&dir.path().join("keys.redb"), Kek::from_bytes(&[9; 32]).unwrap(), rng.as_ref())
@@ -590,7 +580,7 @@ fn refuses_replayed_nonce() {
 fn refuses_expired_nonce() {
     let f = Fixture::new();
     let (nonce, _) = f.broker.challenge().unwrap();
-    f.clock.0.fetch_add(TTL_MS + 5, Ordering::SeqCst);
+    f.clock.advance(TTL_MS + 5);
     let r = f.broker.release(&Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"])).unwrap();
     assert_refused(&f, &r, "provider-a/data", "nonce: expired 5 ms ago");
 }
@@ -700,7 +690,7 @@ fn real_verifier_broker(dir: &std::path::Path, now_ms: u64) -> Broker {
     store.add("provider-a/data", "provider-a", &policy(), None, rng.as_ref(), 1).unwrap();
     let (audit_log, _) = AuditLog::open(&dir.join("audit.log")).unwrap();
     Broker::new(BrokerParts {
-        clock: Arc::new(TestClock(AtomicU64::new(now_ms))),
+        clock: Arc::new(ManualClock::at(now_ms)),
         rng,
         appraiser: Arc::new(VerifierAppraiser::default()),
         store,

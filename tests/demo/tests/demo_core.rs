@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sealroom_agent::paths::KernelPaths;
@@ -32,25 +31,7 @@ use sealroom_verifier::broker::policy::GoldenSet;
 use sealroom_verifier::broker::receipt::{CheckInput, check};
 use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
 use sealroom_verifier::broker::token::Signer;
-use sealroom_verifier::broker::{Clock, Randomness};
-
-#[derive(Debug)]
-struct TestClock(AtomicU64);
-
-impl Clock for TestClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-#[derive(Debug)]
-struct OsRandomness;
-
-impl Randomness for OsRandomness {
-    fn fill(&self, out: &mut [u8]) -> sealroom_verifier::Result<()> {
-        sealroom_demo::random(out).map_err(|e| sealroom_verifier::Error::check("randomness", e.to_string()))
-    }
-}
+use sealroom_verifier::broker::{ManualClock, Randomness, SystemRandomness};
 
 async fn handle(tpm: &Swtpm) -> AttestationHandle {
     let root = unique_temp_dir("demo-root");
@@ -119,7 +100,7 @@ async fn the_seed_scenario_on_this_host_key_job_receipt_and_refusals() {
         h2.evidence(sealroom_measurements::binding::Nonce([1; 32])).await.unwrap().tpm.unwrap().ak_public;
     let state = unique_temp_dir("demo-broker");
     std::fs::create_dir_all(&state).unwrap();
-    let rng: Arc<dyn Randomness> = Arc::new(OsRandomness);
+    let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness::new());
     let store = Arc::new(
         KeyStore::open(&state.join("keys.redb"), Kek::from_bytes(&[5; 32]).unwrap(), rng.as_ref()).unwrap(),
     );
@@ -137,7 +118,7 @@ async fn the_seed_scenario_on_this_host_key_job_receipt_and_refusals() {
     let jwk = signer.jwk();
     let audit_path = state.join("audit.log");
     let broker = Arc::new(Broker::new(BrokerParts {
-        clock: Arc::new(TestClock(AtomicU64::new(1_760_000_000_000))),
+        clock: Arc::new(ManualClock::at(1_760_000_000_000)),
         rng,
         appraiser: Arc::new(VerifierAppraiser::with_pinned_tpm_aks(vec![ak.clone(), ak2])),
         store,

@@ -14,7 +14,7 @@ use sealroom_verifier::broker::nonce::NonceBook;
 use sealroom_verifier::broker::policy::GoldenSet;
 use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
 use sealroom_verifier::broker::token::Signer;
-use sealroom_verifier::broker::{Clock, Randomness};
+use sealroom_verifier::broker::{Clock, Randomness, SystemRandomness};
 
 /// The workload image the policy approves.
 pub const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -29,16 +29,6 @@ image_digests = ["sha256:1111111111111111111111111111111111111111111111111111111
 args = ["--in", "/data"]
 env = ["MODE=batch"]
 "#;
-
-#[derive(Debug)]
-struct OsRandomness(aws_lc_rs::rand::SystemRandom);
-
-impl Randomness for OsRandomness {
-    fn fill(&self, out: &mut [u8]) -> sealroom_verifier::Result<()> {
-        aws_lc_rs::rand::SecureRandom::fill(&self.0, out)
-            .map_err(|_| sealroom_verifier::Error::check("randomness", "failed"))
-    }
-}
 
 /// Serves `broker`'s gRPC API on a fresh loopback port (TCP_NODELAY, as the agent connects) and returns it.
 pub async fn serve(broker: Arc<Broker>) -> std::net::SocketAddr {
@@ -57,7 +47,7 @@ pub async fn serve(broker: Arc<Broker>) -> std::net::SocketAddr {
 /// `appraiser` at `clock`'s time. Nonces live 10 minutes, so requests prepared ahead of a timed run stay valid.
 pub fn broker(dir: &Path, clock: Arc<dyn Clock>, appraiser: Arc<dyn Appraiser>, key_ids: &[&str]) -> Broker {
     std::fs::create_dir_all(dir).unwrap();
-    let rng: Arc<dyn Randomness> = Arc::new(OsRandomness(aws_lc_rs::rand::SystemRandom::new()));
+    let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness::new());
     let store = Arc::new(
         KeyStore::open(&dir.join("keys.redb"), Kek::from_bytes(&[7; 32]).unwrap(), rng.as_ref()).unwrap(),
     );

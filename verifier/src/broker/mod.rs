@@ -7,7 +7,8 @@
 //! [`token`] (the EAR JWT), [`receipt`] (output receipts), [`audit`] (the log), [`service`] (the gRPC
 //! `KeyBroker`), [`admin`] (key
 //! management over a local socket). Time and randomness are injected through [`Clock`] and [`Randomness`], so
-//! the library never reads the wall clock or the system RNG itself; the `sealroom broker` binary supplies both.
+//! the library never reads the wall clock or the system RNG itself; the `sealroom broker` binary supplies both
+//! ([`SystemClock`], [`SystemRandomness`]; tests pin time with [`ManualClock`]).
 
 pub mod admin;
 pub mod appraisal;
@@ -53,6 +54,62 @@ pub fn check_key_id(id: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The wall clock. The library never uses it itself; the `sealroom broker` binary, benches and tests that
+/// run a broker against real agents choose it explicitly.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that moves only when told: the time a test or a replay of recorded evidence pins.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicU64);
+
+impl ManualClock {
+    /// A clock standing at `now_ms` (milliseconds since the Unix epoch).
+    #[must_use]
+    pub fn at(now_ms: u64) -> Self {
+        Self(std::sync::atomic::AtomicU64::new(now_ms))
+    }
+
+    /// Moves the clock forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The operating system's CSPRNG (through aws-lc-rs); like [`SystemClock`], chosen by the caller.
+#[derive(Debug, Default)]
+pub struct SystemRandomness(aws_lc_rs::rand::SystemRandom);
+
+impl SystemRandomness {
+    /// The system random source.
+    #[must_use]
+    pub fn new() -> Self {
+        Self(aws_lc_rs::rand::SystemRandom::new())
+    }
+}
+
+impl Randomness for SystemRandomness {
+    fn fill(&self, out: &mut [u8]) -> Result<()> {
+        aws_lc_rs::rand::SecureRandom::fill(&self.0, out)
+            .map_err(|_| crate::error::Error::check("randomness", "system random source failed"))
+    }
 }
 
 /// Deterministic sources for unit tests.

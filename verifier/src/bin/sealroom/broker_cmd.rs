@@ -14,31 +14,7 @@ use sealroom_verifier::broker::nonce::NonceBook;
 use sealroom_verifier::broker::policy::{GoldenSet, Outcome, Policy};
 use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
 use sealroom_verifier::broker::token::Signer;
-use sealroom_verifier::broker::{Clock, Randomness};
-
-/// The wall clock: only the binary reads it; the library takes time as an input.
-#[derive(Debug)]
-struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
-    }
-}
-
-/// The operating system's CSPRNG through aws-lc-rs.
-#[derive(Debug)]
-struct SystemRandomness(aws_lc_rs::rand::SystemRandom);
-
-impl Randomness for SystemRandomness {
-    fn fill(&self, out: &mut [u8]) -> sealroom_verifier::Result<()> {
-        aws_lc_rs::rand::SecureRandom::fill(&self.0, out)
-            .map_err(|_| sealroom_verifier::Error::check("randomness", "system random source failed"))
-    }
-}
+use sealroom_verifier::broker::{Clock, Randomness, SystemClock, SystemRandomness};
 
 /// Arguments of `sealroom broker`.
 #[derive(Debug, clap::Args)]
@@ -221,7 +197,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
         .mode(0o700)
         .create(&a.state_dir)
         .with_context(|| format!("creating {}", a.state_dir.display()))?;
-    let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness(aws_lc_rs::rand::SystemRandom::new()));
+    let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let kek = Kek::load(&a.kek)?;
     let store = Arc::new(KeyStore::open(&a.state_dir.join("keys.redb"), kek, rng.as_ref())?);
@@ -342,7 +318,7 @@ fn keys(k: &KeysArgs) -> Result<()> {
     let t = &k.target;
     let response = match (&t.socket, &t.state_dir, &t.kek) {
         (None, Some(dir), Some(kek)) => {
-            let rng = SystemRandomness(aws_lc_rs::rand::SystemRandom::new());
+            let rng = SystemRandomness::new();
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
             let store = KeyStore::open(&dir.join("keys.redb"), Kek::load(kek)?, &rng)?;
             admin::apply(&store, &rng, &SystemClock, &operation)
