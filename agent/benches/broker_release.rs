@@ -36,20 +36,14 @@ use sealroom_verifier::broker::{Clock, SystemClock};
 /// The broker set up as in the verifier's broker bench.
 #[path = "../../verifier/benches/common/broker.rs"]
 mod in_process;
+#[path = "common/stats.rs"]
+mod stats;
 
 use in_process::IMAGE;
+use stats::{ms, percentile};
 
 const KEY: &str = "provider-a/data";
 const AGENTS: usize = 32;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 type Client = pb::key_broker_client::KeyBrokerClient<tonic::transport::Channel>;
 

@@ -32,16 +32,12 @@ use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
 use tonic::transport::Channel;
 
+#[path = "common/stats.rs"]
+mod stats;
+
+use stats::{ms, percentile};
+
 const CLIENTS: usize = 64;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 async fn connect(addr: SocketAddr) -> AttestationClient<Channel> {
     AttestationClient::new(Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap())

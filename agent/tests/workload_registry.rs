@@ -15,10 +15,11 @@ use sealroom_agent::workload::spec::WorkloadSpec;
 use sealroom_agent::workload::{self, KeyProvider, NoKeys, WorkloadConfig};
 use sealroom_measurements::binding::Nonce;
 use sealroom_measurements::cel::{self, CelLog, CelRecord, RuntimeEvent};
+use sealroom_measurements::evidence::Evidence;
 use sealroom_tests::oci_image::{Entry, ImageSettings, Layer, OciImage};
 use sealroom_tests::registry::Registry;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
-use sealroom_verifier::tpm::quote::{ExpectedExtraData, verify_quote};
+use sealroom_verifier::tpm::quote::{ExpectedExtraData, VerifiedQuote, verify_quote};
 use sealroom_verifier::tpm::structures::Public;
 
 async fn handle(tcti: Option<String>) -> AttestationHandle {
@@ -40,6 +41,23 @@ async fn handle(tcti: Option<String>) -> AttestationHandle {
 
 fn records(h: &AttestationHandle) -> Vec<CelRecord> {
     CelLog::decode(&h.runtime_log().0).unwrap()
+}
+
+/// Fresh evidence for nonce `[n; 32]` and its TPM quote, verified against the evidence's own AK.
+async fn quoted(h: &AttestationHandle, n: u8) -> (Evidence, VerifiedQuote) {
+    let nonce = Nonce([n; 32]);
+    let ev = h.evidence(nonce).await.unwrap();
+    let tpm_ev = ev.tpm.as_ref().unwrap();
+    let ak = Public::parse(&tpm_ev.ak_public).unwrap();
+    let verified = verify_quote(
+        &tpm_ev.attest,
+        &tpm_ev.signature,
+        &ak,
+        &tpm_ev.pcr_banks,
+        &ExpectedExtraData::Binding(nonce, ev.tee_public_key.clone()),
+    )
+    .unwrap();
+    (ev, verified)
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -127,18 +145,7 @@ async fn registry_pull_is_verified_and_measured_in_order_and_replays_to_pcr15() 
     assert!(dests.contains(&"/run/sealroom/keys") && dests.contains(&"/output"), "{dests:?}");
 
     // The log replays to PCR 15 as a real TPM quotes it, in every bank.
-    let nonce = Nonce([7; 32]);
-    let ev = h.evidence(nonce).await.unwrap();
-    let tpm_ev = ev.tpm.as_ref().unwrap();
-    let ak = Public::parse(&tpm_ev.ak_public).unwrap();
-    let verified = verify_quote(
-        &tpm_ev.attest,
-        &tpm_ev.signature,
-        &ak,
-        &tpm_ev.pcr_banks,
-        &ExpectedExtraData::Binding(nonce, ev.tee_public_key.clone()),
-    )
-    .unwrap();
+    let (ev, verified) = quoted(&h, 7).await;
     let from_evidence = CelLog::decode(&ev.runtime_event_log).unwrap();
     assert_eq!(from_evidence, recs);
     assert!(!verified.pcrs.is_empty());
@@ -412,18 +419,7 @@ async fn hardened_run(no_pivot: bool) {
     assert_eq!(format!("sha256:{}", &coreutils[..64]), outcome.output_digest.to_string());
 
     // And the PCR 15 value the TPM quotes replays from the log.
-    let nonce = Nonce([9; 32]);
-    let ev = h.evidence(nonce).await.unwrap();
-    let tpm_ev = ev.tpm.as_ref().unwrap();
-    let ak = Public::parse(&tpm_ev.ak_public).unwrap();
-    let verified = verify_quote(
-        &tpm_ev.attest,
-        &tpm_ev.signature,
-        &ak,
-        &tpm_ev.pcr_banks,
-        &ExpectedExtraData::Binding(nonce, ev.tee_public_key.clone()),
-    )
-    .unwrap();
+    let (_, verified) = quoted(&h, 9).await;
     for bank in &verified.pcrs {
         cel::check_pcr(&recs, bank.alg, &bank.values[&15]).unwrap();
     }

@@ -494,12 +494,15 @@ fn enrol(vm: &Vm, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A zero-filled (sparse) output disk of OUTPUT_DISK_BYTES at `path`, for the agent to write its result tar on.
+fn blank_disk(path: &Path) -> Result<PathBuf> {
+    std::fs::File::create(path)?.set_len(OUTPUT_DISK_BYTES)?;
+    Ok(path.to_path_buf())
+}
+
 fn approved_run(p: &Prepared) -> Result<PathBuf> {
     println!("[demo] ===== run 1: the approved job =====");
-    let out_disk = p.work.join("approved-output.raw");
-    let f = std::fs::File::create(&out_disk)?;
-    f.set_len(OUTPUT_DISK_BYTES)?;
-    drop(f);
+    let out_disk = blank_disk(&p.work.join("approved-output.raw"))?;
     let ak = p.work.join("approved-vm.ak");
     let tag = "vm1";
     let mut seen = 0;
@@ -613,10 +616,7 @@ fn approved_run(p: &Prepared) -> Result<PathBuf> {
 
 fn modified_run(p: &Prepared) -> Result<String> {
     println!("[demo] ===== run 2: the same with a modified job (another image digest) =====");
-    let out_disk = p.work.join("modified-output.raw");
-    let f = std::fs::File::create(&out_disk)?;
-    f.set_len(OUTPUT_DISK_BYTES)?;
-    drop(f);
+    let out_disk = blank_disk(&p.work.join("modified-output.raw"))?;
     let ak = p.work.join("modified-vm.ak");
     let tag = "vm2";
     let mut seen = 0;
