@@ -20,8 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::audit::{AuditEntry, AuditRecord, Decision};
 use super::check_key_id;
-use super::keystore::Unreleasable;
-use super::policy::{Outcome, Policy, Rule};
+use super::policy::{Outcome, Rule};
 use super::service::{Broker, Refused};
 use super::token::EAR_PROFILE;
 use crate::error::{Error, Result};
@@ -153,26 +152,10 @@ impl Broker {
         let decided = self.appraise(&as_release, now).and_then(|(_, evidence, appraisal)| {
             check_finished_job(&appraisal.workload_events, &req.key_id, &req.output_digest)
                 .map_err(|why| Refused::new(LAYER, format!("{LAYER}: {why}")))?;
-            let key = match self.store.get_for_release(&req.key_id) {
-                Ok(k) => k,
-                Err(Ok(Unreleasable::Unknown)) => {
-                    return Err(Refused::new("key store", format!("key store: unknown key id {}", req.key_id)));
-                }
-                Err(Ok(Unreleasable::Revoked { time_ms })) => {
-                    return Err(Refused::new(
-                        "key store",
-                        format!("key store: key {} was revoked at {time_ms} ms", req.key_id),
-                    ));
-                }
-                Err(Err(e)) => return Err(Refused::new("key store", e.to_string().replace('\n', " "))),
-            };
-            let policy = Policy::parse(&key.info.policy).map_err(|e| {
-                Refused::new("policy", format!("{e} (stored policy of key {})", req.key_id))
-            })?;
-            let verdict = policy.evaluate(&appraisal, &self.golden);
-            if let Some((rule, reason)) = verdict.refusal() {
-                return Err(Refused::new(rule, reason));
-            }
+            // A key-store failure refuses the receipt with its reason (the release path fails the call instead).
+            let (key, policy, verdict) = self
+                .key_verdict(&req.key_id, &appraisal)
+                .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))??;
             let golden_documents = match &policy.golden {
                 Rule::Skip => json!("skip"),
                 Rule::Require(g) => json!(g.documents),

@@ -17,9 +17,9 @@ use sha2::{Digest, Sha256};
 
 use super::appraisal::{Appraisal, Appraiser, SignedBinding};
 use super::audit::{AuditEntry, AuditLog, AuditRecord, Decision, GroupCommitLog};
-use super::keystore::{KeyStore, Unreleasable};
+use super::keystore::{KeyStore, ReleasableKey, Unreleasable};
 use super::nonce::NonceBook;
-use super::policy::{GoldenSet, Policy};
+use super::policy::{GoldenSet, Policy, Verdict};
 use super::seal;
 use super::token::{EAR_PROFILE, Signer};
 use super::{Clock, Randomness, check_key_id};
@@ -187,14 +187,14 @@ impl Broker {
         Ok((nonce, evidence, appraisal))
     }
 
-    /// Decides one key for accepted evidence.
-    fn decide(
+    /// The key, its stored policy and that policy's verdict on `appraisal`, for a release or a receipt. A
+    /// refusal when the key is unknown or revoked, its stored policy unreadable, or a rule refuses; `Err` only
+    /// when the key store itself fails.
+    pub(super) fn key_verdict(
         &self,
         key_id: &str,
-        nonce: &Nonce,
-        evidence: &Evidence,
         appraisal: &Appraisal,
-    ) -> std::result::Result<std::result::Result<seal::Sealed, Refused>, Error> {
+    ) -> std::result::Result<std::result::Result<(ReleasableKey, Policy, Verdict), Refused>, Error> {
         let key = match self.store.get_for_release(key_id) {
             Ok(k) => k,
             Err(Ok(Unreleasable::Unknown)) => {
@@ -216,6 +216,21 @@ impl Broker {
         if let Some((rule, reason)) = verdict.refusal() {
             return Ok(Err(Refused::new(rule, reason)));
         }
+        Ok(Ok((key, policy, verdict)))
+    }
+
+    /// Decides one key for accepted evidence.
+    fn decide(
+        &self,
+        key_id: &str,
+        nonce: &Nonce,
+        evidence: &Evidence,
+        appraisal: &Appraisal,
+    ) -> std::result::Result<std::result::Result<seal::Sealed, Refused>, Error> {
+        let (key, _, _) = match self.key_verdict(key_id, appraisal)? {
+            Ok(k) => k,
+            Err(refused) => return Ok(Err(refused)),
+        };
         // A TEE key that is not a valid point (or failing randomness) means this key cannot be sealed: refuse it.
         Ok(seal::seal(&evidence.tee_public_key, key_id, nonce, &key.material, self.rng.as_ref())
             .map_err(|e| Refused::from_error("hpke", &e)))
