@@ -6,6 +6,7 @@ use std::path::PathBuf;
 pub mod agent;
 pub mod broker;
 pub mod oci_image;
+pub mod postgres;
 pub mod registry;
 pub mod swtpm;
 pub mod vm;

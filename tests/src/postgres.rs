@@ -1,0 +1,338 @@
+//! A real PostgreSQL server for tests: `initdb` into a fresh temporary directory, `pg_ctl start` on a free
+//! loopback port (and a unix socket in the same directory), stopped and removed when dropped.
+//!
+//! PostgreSQL refuses to run as root. When the tests run as root (CI containers), the data directory is
+//! handed to the unprivileged `nobody` user and every server command runs as that user through `setpriv`
+//! (util-linux); otherwise the server runs as the current user. Clients connect as the superuser
+//! `postgres` with a random password (SCRAM-SHA-256 on every connection, no `trust` entries), so a test that
+//! creates roles for different data providers exercises real authentication.
+//!
+//! The binaries come from Debian's `postgresql` package (installed by `ci/setup`):
+//! `/usr/lib/postgresql/<major>/bin`, the newest major found, or the directory named by `SEALROOM_PG_BIN`.
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::swtpm::unique_temp_dir;
+
+/// The unprivileged account the server runs as when the tests run as root.
+const UNPRIVILEGED_USER: &str = "nobody";
+/// The superuser created by `initdb`.
+pub const SUPERUSER: &str = "postgres";
+
+/// Why PostgreSQL could not be started or controlled.
+#[derive(Debug)]
+pub struct PostgresError(pub String);
+
+impl std::fmt::Display for PostgresError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "postgresql: {}", self.0)
+    }
+}
+
+impl std::error::Error for PostgresError {}
+
+fn err(m: impl Into<String>) -> PostgresError {
+    PostgresError(m.into())
+}
+
+/// A running PostgreSQL server in its own temporary directory. Dropping it stops the server (`pg_ctl stop
+/// -m immediate`) and removes the directory.
+#[derive(Debug)]
+pub struct Postgres {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    password: String,
+    run_as: Option<(u32, u32)>,
+}
+
+/// The directory holding `initdb`, `pg_ctl` and `postgres`.
+///
+/// # Errors
+/// When PostgreSQL is not installed (run `ci/setup`).
+pub fn bin_dir() -> Result<PathBuf, PostgresError> {
+    if let Some(dir) = std::env::var_os("SEALROOM_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let root = Path::new("/usr/lib/postgresql");
+    let mut majors: Vec<u32> = std::fs::read_dir(root)
+        .map_err(|e| err(format!("{}: {e}; install the postgresql package (run ci/setup)", root.display())))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|m: &u32| root.join(m.to_string()).join("bin/initdb").exists())
+        .collect();
+    majors.sort_unstable();
+    majors.last().map(|m| root.join(m.to_string()).join("bin")).ok_or_else(|| {
+        err("no /usr/lib/postgresql/<major>/bin/initdb; install the postgresql package (run ci/setup)")
+    })
+}
+
+fn free_port() -> Result<u16, PostgresError> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| err(format!("free port: {e}")))?;
+    l.local_addr().map(|a| a.port()).map_err(|e| err(format!("free port: {e}")))
+}
+
+/// uid and gid of `user` from /etc/passwd.
+fn lookup_user(user: &str) -> Result<(u32, u32), PostgresError> {
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| err(format!("/etc/passwd: {e}")))?;
+    passwd
+        .lines()
+        .find_map(|line| {
+            let mut f = line.split(':');
+            (f.next()? == user).then_some(())?;
+            let uid = f.nth(1)?.parse().ok()?;
+            let gid = f.next()?.parse().ok()?;
+            Some((uid, gid))
+        })
+        .ok_or_else(|| {
+            err(format!("no user {user} in /etc/passwd to run the server as (PostgreSQL refuses root)"))
+        })
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn random_password() -> Result<String, PostgresError> {
+    let mut b = [0u8; 18];
+    aws_lc_rs::rand::fill(&mut b).map_err(|_| err("random password: system random source failed"))?;
+    Ok(hex::encode(b))
+}
+
+impl Postgres {
+    /// Creates a cluster in a fresh temporary directory and starts the server on a free loopback port.
+    ///
+    /// # Errors
+    /// When PostgreSQL is not installed, `initdb` fails, or the server does not accept connections in 30 s.
+    pub fn start() -> Result<Self, PostgresError> {
+        let bin = bin_dir()?;
+        let dir = unique_temp_dir("postgres");
+        std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+        let run_as = if is_root() { Some(lookup_user(UNPRIVILEGED_USER)?) } else { None };
+        let password = random_password()?;
+        let pg = Self { bin, dir, port: free_port()?, password, run_as };
+        pg.init()?;
+        pg.start_server()?;
+        Ok(pg)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn own(&self, path: &Path) -> Result<(), PostgresError> {
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(|e| err(format!("chown {}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// A command for a PostgreSQL binary, run as the unprivileged user when we are root.
+    fn command(&self, tool: &str) -> Command {
+        let exe = self.bin.join(tool);
+        match self.run_as {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups")
+                    .arg("--")
+                    .arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        }
+    }
+
+    fn run(&self, what: &str, cmd: &mut Command) -> Result<Output, PostgresError> {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| err(format!("{what}: {e} (is util-linux's setpriv installed?)")))?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "{what} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(out)
+    }
+
+    fn init(&self) -> Result<(), PostgresError> {
+        // The directory must be traversable by the server's user; the data dir itself is made 0700 by initdb.
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err(format!("chmod {}: {e}", self.dir.display())))?;
+        self.own(&self.dir)?;
+        let pwfile = self.dir.join("pwfile");
+        std::fs::write(&pwfile, format!("{}\n", self.password)).map_err(|e| err(format!("pwfile: {e}")))?;
+        self.own(&pwfile)?;
+        self.run(
+            "initdb",
+            self.command("initdb")
+                .arg("--pgdata")
+                .arg(self.data_dir())
+                .arg(format!("--username={SUPERUSER}"))
+                .arg("--auth=scram-sha-256")
+                .arg("--pwfile")
+                .arg(&pwfile)
+                .arg("--encoding=UTF8")
+                .arg("--locale=C")
+                .arg("--no-instructions"),
+        )?;
+        std::fs::remove_file(&pwfile).map_err(|e| err(format!("pwfile: {e}")))?;
+        // Only loopback and our own socket directory; fsync stays on (the crash tests rely on durability).
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nmax_connections = 200\n\
+             fsync = on\nsynchronous_commit = on\nlogging_collector = off\n",
+            self.port,
+            self.dir.display()
+        );
+        let auto = self.data_dir().join("postgresql.auto.conf");
+        let mut existing = std::fs::read_to_string(&auto).unwrap_or_default();
+        existing.push_str(&conf);
+        std::fs::write(&auto, existing).map_err(|e| err(format!("{}: {e}", auto.display())))?;
+        self.own(&auto)
+    }
+
+    fn start_server(&self) -> Result<(), PostgresError> {
+        let log = self.dir.join("server.log");
+        self.run(
+            "pg_ctl start",
+            self.command("pg_ctl")
+                .arg("start")
+                .arg("--pgdata")
+                .arg(self.data_dir())
+                .arg("--log")
+                .arg(&log)
+                .arg("--wait")
+                .arg("--timeout=30"),
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
+            if Instant::now() > deadline {
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(err(format!(
+                    "no connection on port {} after 30 s; server log:\n{tail}",
+                    self.port
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn stop_server(&self, mode: &str) -> Result<(), PostgresError> {
+        self.run(
+            "pg_ctl stop",
+            self.command("pg_ctl")
+                .arg("stop")
+                .arg("--pgdata")
+                .arg(self.data_dir())
+                .arg(format!("--mode={mode}"))
+                .arg("--wait")
+                .arg("--timeout=30"),
+        )
+        .map(|_| ())
+    }
+
+    /// Stops the server the way a crash would (`pg_ctl stop -m immediate`: no checkpoint, recovery from WAL on
+    /// the next start) and starts it again on the same port with the same data.
+    ///
+    /// # Errors
+    /// When either step fails.
+    pub fn restart_after_crash(&self) -> Result<(), PostgresError> {
+        self.stop_server("immediate")?;
+        self.start_server()
+    }
+
+    /// Stops the server (immediate mode) and leaves it stopped until [`Postgres::start_again`].
+    ///
+    /// # Errors
+    /// When `pg_ctl stop` fails.
+    pub fn stop(&self) -> Result<(), PostgresError> {
+        self.stop_server("immediate")
+    }
+
+    /// Starts a server stopped with [`Postgres::stop`] again.
+    ///
+    /// # Errors
+    /// When `pg_ctl start` fails.
+    pub fn start_again(&self) -> Result<(), PostgresError> {
+        self.start_server()
+    }
+
+    /// The loopback TCP port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The superuser's password.
+    #[must_use]
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// The directory holding the server's unix socket (`.s.PGSQL.<port>`).
+    #[must_use]
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A libpq-style URL for `user`/`password` on database `db` over loopback TCP.
+    #[must_use]
+    pub fn url_for(&self, user: &str, password: &str, db: &str) -> String {
+        format!("postgres://{user}:{password}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The superuser's URL for database `db`.
+    #[must_use]
+    pub fn superuser_url(&self, db: &str) -> String {
+        self.url_for(SUPERUSER, &self.password, db)
+    }
+
+    /// Runs SQL through `psql` as the superuser on database `db` (`ON_ERROR_STOP`), returning its stdout
+    /// (unaligned, tuples only).
+    ///
+    /// # Errors
+    /// When psql fails; the message carries its stderr.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, PostgresError> {
+        let out = self.run(
+            "psql",
+            Command::new(self.bin.join("psql"))
+                .env("PGPASSWORD", &self.password)
+                .arg("--no-psqlrc")
+                .arg("--quiet")
+                .arg("--tuples-only")
+                .arg("--no-align")
+                .arg("--set=ON_ERROR_STOP=1")
+                .arg(format!("--host={}", Ipv4Addr::LOCALHOST))
+                .arg(format!("--port={}", self.port))
+                .arg(format!("--username={SUPERUSER}"))
+                .arg(format!("--dbname={db}"))
+                .arg("--command")
+                .arg(sql),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Immediate: the test is over, nothing needs a checkpoint. Errors are ignored: the server may already
+        // be stopped (a test that called stop()).
+        let _ = self.stop_server("immediate");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
