@@ -108,7 +108,12 @@ fn bench(c: &mut Criterion) {
         request_timeout: Duration::from_secs(30),
     };
     let running = rt
-        .block_on(server::start(Config { tcp: Some("127.0.0.1:0".parse().unwrap()), vsock: None, worker }))
+        .block_on(server::start(Config {
+            tcp: Some("127.0.0.1:0".parse().unwrap()),
+            vsock: None,
+            worker,
+            limits: server::agent_limits(),
+        }))
         .unwrap();
     let addr = running.tcp_addr.unwrap();
     let mut one = rt.block_on(connect(addr));

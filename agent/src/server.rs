@@ -1,10 +1,15 @@
-//! Serving: the attestation service, gRPC health and reflection, on TCP and/or vsock.
+//! Serving: the attestation service, gRPC health and reflection, on TCP and/or vsock, each listener under
+//! [`agent_limits`] (connection cap, preface deadline, HTTP/2 stream/header/frame bounds, keepalive, request
+//! timeout, request size): anyone who can reach the port may call it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use sealroom_proto::attestation::v1::attestation_server::AttestationServer;
+use sealroom_proto::limits::{LimitStats, ServerLimits};
 
 use crate::error::{Error, Result};
 use crate::paths::KernelPaths;
@@ -15,6 +20,14 @@ use crate::worker::{AttestationHandle, WorkerConfig};
 /// Largest request message accepted (requests are a nonce and a key; anything bigger is garbage).
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
+/// The agent's server limits: sealroom's defaults with requests capped at [`MAX_REQUEST_BYTES`] and at most
+/// 512 connections per listener (each open connection costs some 10-30 KiB; 512 keep the agent's memory small
+/// in a VM that also runs the workload).
+#[must_use]
+pub fn agent_limits() -> ServerLimits {
+    ServerLimits { max_request_bytes: MAX_REQUEST_BYTES, max_connections: 512, ..ServerLimits::default() }
+}
+
 /// Everything the agent's server needs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -24,6 +37,8 @@ pub struct Config {
     pub vsock: Option<(u32, u32)>,
     /// Probing and queueing.
     pub worker: WorkerConfig,
+    /// Bounds on connections and requests ([`agent_limits`] by default).
+    pub limits: ServerLimits,
 }
 
 impl Config {
@@ -41,6 +56,7 @@ impl Config {
                 queue_depth: 256,
                 request_timeout: Duration::from_secs(10),
             },
+            limits: agent_limits(),
         }
     }
 }
@@ -52,6 +68,8 @@ pub struct Running {
     pub handle: AttestationHandle,
     /// The bound TCP address.
     pub tcp_addr: Option<SocketAddr>,
+    /// What the connection limits refused so far (both listeners).
+    pub limit_stats: Arc<LimitStats>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -118,6 +136,10 @@ pub async fn start(config: Config) -> Result<Running> {
     };
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let svc = AttestationService::new(handle.clone());
+    let limits = config.limits;
+    let limit_stats = Arc::new(LimitStats::default());
+    let stats = Arc::clone(&limit_stats);
+    let stats_vsock = Arc::clone(&limit_stats);
     let task = tokio::spawn(async move {
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<AttestationServer<AttestationService>>().await;
@@ -132,11 +154,12 @@ pub async fn start(config: Config) -> Result<Running> {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| Error::Server(format!("reflection: {e}")))?;
-        let router = tonic::transport::Server::builder()
+        let router = limits
+            .apply(tonic::transport::Server::builder())
             .add_service(health)
             .add_service(reflection)
             .add_service(reflection_alpha)
-            .add_service(AttestationServer::new(svc).max_decoding_message_size(MAX_REQUEST_BYTES));
+            .add_service(AttestationServer::new(svc).max_decoding_message_size(limits.max_request_bytes));
         let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut serving = tokio::task::JoinSet::new();
         if let Some(l) = tcp {
@@ -145,6 +168,7 @@ pub async fn start(config: Config) -> Result<Running> {
             serving.spawn(async move {
                 // TCP_NODELAY: without it small gRPC replies wait for the peer's delayed ACK (~40 ms).
                 let incoming = tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+                let incoming = limits.incoming(incoming, stats);
                 r.serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.recv().await;
                 })
@@ -155,8 +179,9 @@ pub async fn start(config: Config) -> Result<Running> {
         if let Some(l) = vsock {
             let r = router.clone();
             let mut stop = stop_tx.subscribe();
+            let incoming = limits.incoming(Box::pin(l.incoming()), Arc::clone(&stats_vsock));
             serving.spawn(async move {
-                r.serve_with_incoming_shutdown(l.incoming(), async move {
+                r.serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.recv().await;
                 })
                 .await
@@ -170,7 +195,7 @@ pub async fn start(config: Config) -> Result<Running> {
         }
         Ok(())
     });
-    Ok(Running { handle, tcp_addr, shutdown: Some(shutdown_tx), task })
+    Ok(Running { handle, tcp_addr, limit_stats, shutdown: Some(shutdown_tx), task })
 }
 
 /// Runs the server until SIGINT/SIGTERM (the entry point `main` and PID 1 call).

@@ -35,9 +35,14 @@ fn worker_config(tcti: Option<String>, depth: usize, timeout: Duration) -> Worke
 }
 
 async fn start(worker: WorkerConfig) -> (Running, AttestationClient<Channel>) {
-    let running = server::start(Config { tcp: Some("127.0.0.1:0".parse().unwrap()), vsock: None, worker })
-        .await
-        .unwrap();
+    let running = server::start(Config {
+        tcp: Some("127.0.0.1:0".parse().unwrap()),
+        vsock: None,
+        worker,
+        limits: server::agent_limits(),
+    })
+    .await
+    .unwrap();
     let addr = running.tcp_addr.unwrap();
     let client = connect(addr).await;
     (running, client)
@@ -301,6 +306,7 @@ async fn vsock_is_served_when_the_kernel_has_it_and_tcp_goes_on_when_it_has_not(
         tcp: Some("127.0.0.1:0".parse().unwrap()),
         vsock: Some((1, port)),
         worker: worker_config(Some(tpm.tcti()), 8, Duration::from_secs(10)),
+        limits: server::agent_limits(),
     })
     .await
     .unwrap();

@@ -23,3 +23,5 @@ pub mod keybroker {
 
 /// The encoded `FileDescriptorSet` of every sealroom proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sealroom_descriptor.bin"));
+
+pub mod limits;

@@ -45,9 +45,10 @@ pub async fn start_agent(tpm: &Swtpm, events: &[RuntimeEvent]) -> Result<Running
         request_timeout: Duration::from_secs(60),
     };
     let tcp = "127.0.0.1:0".parse().map_err(|e| AgentError(format!("address: {e}")))?;
-    let running = server::start(Config { tcp: Some(tcp), vsock: None, worker })
-        .await
-        .map_err(|e| AgentError(format!("start: {e}")))?;
+    let running =
+        server::start(Config { tcp: Some(tcp), vsock: None, worker, limits: server::agent_limits() })
+            .await
+            .map_err(|e| AgentError(format!("start: {e}")))?;
     for e in events {
         running.handle.measure(e.clone()).await.map_err(|err| AgentError(format!("measure {e:?}: {err}")))?;
     }
