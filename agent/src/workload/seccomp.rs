@@ -5,6 +5,13 @@
 //! `userfaultfd`, `io_uring_*`. `clone` is allowed only without namespace flags, `clone3` reports ENOSYS
 //! (libc then falls back to `clone`), and `socket` is refused for AF_VSOCK (vsock would bypass the
 //! workload's empty network namespace).
+//!
+//! Only the native system call ABI is allowed (x86-64, or AArch64): no i386 (`int 0x80`) and no x32 calls,
+//! so none of the socket-family rules can be bypassed through i386's multiplexed `socketcall`, nor any
+//! argument check through another ABI's numbering. A call from a foreign ABI is not in the filter's
+//! architecture list, so libseccomp's bad-architecture action applies: the calling thread is killed with
+//! SIGSYS; an x32 call (native architecture, bit 30 set in the call number) is refused the same way by the
+//! x32 check libseccomp emits for an x86-64-only filter.
 
 use serde_json::{Value, json};
 
@@ -299,8 +306,8 @@ pub fn allowed_syscalls() -> &'static [&'static str] {
 #[must_use]
 pub fn default_profile() -> Value {
     let architectures: &[&str] = match std::env::consts::ARCH {
-        "x86_64" => &["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "aarch64" => &["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
+        "x86_64" => &["SCMP_ARCH_X86_64"],
+        "aarch64" => &["SCMP_ARCH_AARCH64"],
         _ => &[],
     };
     json!({
