@@ -10,6 +10,7 @@ pub mod broker;
 pub mod ear;
 pub mod error;
 pub mod golden_refs;
+pub mod gpu;
 pub mod snp;
 pub mod tdx;
 pub mod tpm;
