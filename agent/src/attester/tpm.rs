@@ -18,14 +18,18 @@ use sealroom_measurements::evidence::{HashAlg, PcrBank, Platform, TpmEvidence, l
 use tss_esapi::Context;
 use tss_esapi::abstraction::{ak, ek};
 use tss_esapi::constants::CapabilityType;
-use tss_esapi::handles::{KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, PcrHandle, TpmHandle};
+use tss_esapi::constants::SessionType;
+use tss_esapi::handles::{
+    AuthHandle, KeyHandle, NvIndexHandle, NvIndexTpmHandle, ObjectHandle, PcrHandle, SessionHandle, TpmHandle,
+};
 use tss_esapi::interface_types::algorithm::{
     AsymmetricAlgorithm, HashingAlgorithm, SignatureSchemeAlgorithm,
 };
 use tss_esapi::interface_types::resource_handles::{Hierarchy, NvAuth};
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    AttestInfo, CapabilityData, Data, Digest, DigestValues, PcrSelectionList, PcrSlot, Public, Signature,
-    SignatureScheme,
+    AttestInfo, CapabilityData, Data, Digest, DigestValues, EncryptedSecret, IdObject, Nonce as TpmNonce,
+    PcrSelectionList, PcrSlot, Public, Signature, SignatureScheme, SymmetricDefinition,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -40,6 +44,10 @@ const GCE_AK_CERT_RSA: u32 = 0x01c1_0000;
 const GCE_AK_TEMPLATE_RSA: u32 = 0x01c1_0001;
 const GCE_AK_CERT_ECC: u32 = 0x01c1_0002;
 const GCE_AK_TEMPLATE_ECC: u32 = 0x01c1_0003;
+/// TCG EK Credential Profile: NV indices of the EK certificates for the default (low-range) templates, RSA 2048
+/// first (swtpm, GCE, Azure and most discrete TPMs provision it), then ECC P-256.
+const EK_CERT_RSA_2048: u32 = 0x01c0_0002;
+const EK_CERT_ECC_P256: u32 = 0x01c0_000a;
 /// PCR read returns at most 8 values per command.
 const PCRS_PER_READ: usize = 8;
 /// The runtime PCR (docs/architecture.md).
@@ -105,6 +113,8 @@ pub struct TpmAttester {
     ak_public: Vec<u8>,
     ak_source: AkSource,
     ak_cert_chain: Vec<Vec<u8>>,
+    /// The EK certificate from NV and the EK's algorithm, when the TPM was provisioned with one.
+    ek_cert: Option<(AsymmetricAlgorithm, Vec<u8>)>,
     /// Allocated banks and their PCR indices: every one is extended by runtime events.
     banks: Vec<(HashAlg, Vec<u32>)>,
     /// The banks quoted and returned (all allocated ones, or Azure's SHA-256 PCRs 0..=23).
@@ -151,6 +161,13 @@ impl TpmAttester {
                 return Err(tss("read AK public")(e));
             }
         };
+        let ek_cert = match read_ek_certificate(&mut ctx) {
+            Ok(c) => c,
+            Err(e) => {
+                release_ak(&mut ctx, ak, ak_source);
+                return Err(e);
+            }
+        };
         let uefi_event_log =
             read_optional("uefi event log", &paths.uefi_event_log(), limits::EVENT_LOG)?.unwrap_or_default();
         Ok(Self {
@@ -159,6 +176,7 @@ impl TpmAttester {
             ak_public,
             ak_source,
             ak_cert_chain,
+            ek_cert,
             banks,
             quoted,
             selection,
@@ -177,6 +195,74 @@ impl TpmAttester {
     #[must_use]
     pub fn ak_public(&self) -> &[u8] {
         &self.ak_public
+    }
+
+    /// The EK certificate (DER) the TPM was provisioned with, if any.
+    #[must_use]
+    pub fn ek_certificate(&self) -> Option<&[u8]> {
+        self.ek_cert.as_ref().map(|(_, c)| c.as_slice())
+    }
+
+    /// TPM2_ActivateCredential: recovers the secret a verifier encrypted to this TPM's certified EK for this
+    /// agent's AK (see sealroom-verifier `tpm::credential`). The TPM only decrypts it when the credential names
+    /// the loaded AK and was made for its own EK, so a wrong TPM or a wrong AK fails here.
+    ///
+    /// The EK is re-created from its default template (the key its certificate certifies), used once under a
+    /// PolicySecret(endorsement) session, and flushed together with the session.
+    ///
+    /// # Errors
+    /// Without an EK certificate, or when the TPM refuses the credential.
+    pub fn activate_credential(&mut self, id_object: &[u8], encrypted_secret: &[u8]) -> Result<Vec<u8>> {
+        let Some((alg, _)) = &self.ek_cert else {
+            return Err(Error::attester(NAME, "activate credential: this TPM has no EK certificate"));
+        };
+        let id_object = IdObject::try_from(id_object.to_vec()).map_err(tss("credential blob"))?;
+        let secret = EncryptedSecret::try_from(encrypted_secret.to_vec()).map_err(tss("encrypted secret"))?;
+        let ctx = &mut self.ctx;
+        let ek = ek::create_ek_object(ctx, *alg, None).map_err(tss("create EK"))?;
+        let session = match ctx.start_auth_session(
+            None,
+            None,
+            None,
+            SessionType::Policy,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        ) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                let _ = ctx.flush_context(ek.into());
+                return Err(Error::attester(NAME, "activate credential: no policy session"));
+            }
+            Err(e) => {
+                let _ = ctx.flush_context(ek.into());
+                return Err(tss("policy session")(e));
+            }
+        };
+        let ak = self.ak;
+        let result = PolicySession::try_from(session)
+            .map_err(tss("policy session"))
+            .and_then(|policy| {
+                ctx.execute_with_nullauth_session(|c| {
+                    c.policy_secret(
+                        policy,
+                        AuthHandle::Endorsement,
+                        TpmNonce::default(),
+                        Digest::default(),
+                        TpmNonce::default(),
+                        None,
+                    )
+                })
+                .map_err(tss("policy secret (endorsement)"))
+            })
+            .and_then(|_| {
+                ctx.set_sessions((Some(AuthSession::Password), Some(session), None));
+                let r = ctx.activate_credential(ak, ek, id_object, secret);
+                ctx.clear_sessions();
+                r.map_err(tss("activate credential"))
+            });
+        let _ = ctx.flush_context(ek.into());
+        let _ = ctx.flush_context(SessionHandle::from(session).into());
+        result.map(|d| d.value().to_vec())
     }
 
     /// A bare TPM2_Quote with the AK over the allocated banks: the cost floor `GetEvidence` is measured against.
@@ -480,6 +566,25 @@ pub(crate) fn read_nv(ctx: &mut Context, index: u32) -> Result<Option<Vec<u8>>> 
     })();
     let _ = ctx.tr_close(&mut obj);
     result.map(Some)
+}
+
+/// The first EK certificate provisioned in NV (RSA 2048, then ECC P-256), trimmed to its DER.
+fn read_ek_certificate(ctx: &mut Context) -> Result<Option<(AsymmetricAlgorithm, Vec<u8>)>> {
+    for (index, alg) in
+        [(EK_CERT_RSA_2048, AsymmetricAlgorithm::Rsa), (EK_CERT_ECC_P256, AsymmetricAlgorithm::Ecc)]
+    {
+        if let Some(cert) = read_nv(ctx, index)? {
+            let cert = trim_der(cert);
+            if cert.len() > limits::CERT_LEN {
+                return Err(Error::attester(
+                    NAME,
+                    format!("EK certificate at {index:#x} exceeds {} bytes", limits::CERT_LEN),
+                ));
+            }
+            return Ok(Some((alg, cert)));
+        }
+    }
+    Ok(None)
 }
 
 /// The GCE AK if its template is in NV, else an ECC P-256 AK created under the ECC EK.

@@ -5,6 +5,8 @@ use sealroom_measurements::evidence::PcrBank;
 use serde::Serialize;
 
 use super::ak_cert::{AkIdentity, verify_ak_certificate};
+use super::credential::ActivatedAk;
+use super::ek::EkIdentity;
 use super::quote::{ExpectedExtraData, verify_quote};
 use super::structures::Public;
 use crate::error::{Error, Result};
@@ -20,6 +22,9 @@ pub enum AkTrust {
     GoogleCa,
     /// The AK's TPMT_PUBLIC must equal this one (swtpm, or an AK enrolled out of band).
     Pinned(Vec<u8>),
+    /// The AK was proven resident in a TPM whose EK certificate chains to a configured EK CA (credential
+    /// activation, `super::credential::accept_activation`); the quote's AK must be that one.
+    EkCertified(ActivatedAk),
 }
 
 /// One quote with the PCR values it covers.
@@ -36,6 +41,8 @@ pub struct QuoteInput<'a> {
 pub struct TpmClaims {
     /// The AK certificate's identity, when trusted through a CA.
     pub ak: Option<AkIdentity>,
+    /// The EK certificate that vouched for the AK through credential activation, when trusted that way.
+    pub ek: Option<EkIdentity>,
     /// AK name algorithm and key type, for display.
     pub ak_key: String,
     /// TPM firmware version from the quote.
@@ -72,6 +79,7 @@ pub fn verify_tpm(
 ) -> Result<VerifiedTpm> {
     let ak = Public::parse(ak_public)?;
     let mut failures = Vec::new();
+    let mut ek = None;
     let identity = match trust {
         AkTrust::GoogleCa => match verify_ak_certificate(ak_cert_chain, &ak.key, at) {
             Ok(id) => Some(id),
@@ -83,6 +91,14 @@ pub fn verify_tpm(
         AkTrust::Pinned(pinned) => {
             if pinned.as_slice() != ak_public {
                 failures.push(Error::check(LAYER, "AK public key is not the pinned AK"));
+            }
+            None
+        }
+        AkTrust::EkCertified(activated) => {
+            if activated.ak_public() == ak_public {
+                ek = Some(activated.ek().clone());
+            } else {
+                failures.push(Error::check(LAYER, "AK public key is not the AK activated against the EK"));
             }
             None
         }
@@ -111,6 +127,7 @@ pub fn verify_tpm(
     let first = first.ok_or_else(|| Error::check(LAYER, "no quote"))?;
     let claims = TpmClaims {
         ak: identity,
+        ek,
         ak_key: match &ak.key {
             super::structures::PublicKey::Rsa { modulus, .. } => format!("RSA-{}", modulus.len() * 8),
             super::structures::PublicKey::Ecc { curve, .. } => format!("ECC curve {curve:#06x}"),
