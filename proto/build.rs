@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     // The encoded descriptor set is served by gRPC reflection so ordinary clients can discover the API.
     std::fs::write(out.join("sealroom_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    // Without the `grpc` feature only the messages are generated: the verifier library decodes evidence
+    // without pulling in tonic and tokio.
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
+    tonic_prost_build::configure().build_client(grpc).build_server(grpc).compile_fds(fds)?;
     Ok(())
 }

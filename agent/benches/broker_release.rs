@@ -25,16 +25,16 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sealroom_agent::workload::KeyProvider;
 use sealroom_agent::workload::broker::BrokerKeys;
+use sealroom_broker::appraisal::{Appraiser, VerifierAppraiser};
+use sealroom_broker::{Clock, SystemClock};
 use sealroom_measurements::binding::Nonce;
 use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::Evidence;
 use sealroom_proto::keybroker::v1 as pb;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
-use sealroom_verifier::broker::appraisal::{Appraiser, VerifierAppraiser};
-use sealroom_verifier::broker::{Clock, SystemClock};
 
 /// The broker set up as in the verifier's broker bench.
-#[path = "../../verifier/benches/common/broker.rs"]
+#[path = "../../verifier/broker/benches/common/broker.rs"]
 mod in_process;
 #[path = "common/stats.rs"]
 mod stats;

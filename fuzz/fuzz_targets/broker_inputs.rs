@@ -3,10 +3,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sealroom_verifier::broker::admin::AdminRequest;
-use sealroom_verifier::broker::appraisal::Appraisal;
-use sealroom_verifier::broker::audit;
-use sealroom_verifier::broker::policy::Policy;
+use sealroom_broker::admin::AdminRequest;
+use sealroom_broker::appraisal::Appraisal;
+use sealroom_broker::audit;
+use sealroom_broker::policy::Policy;
 
 fuzz_target!(|data: &[u8]| {
     let _ = audit::verify(data);

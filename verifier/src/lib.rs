@@ -6,7 +6,6 @@
 
 pub mod appraisal;
 pub mod azure;
-pub mod broker;
 pub mod ear;
 pub mod error;
 pub mod golden_refs;

@@ -105,11 +105,7 @@ fn sealroom() -> Result<Command> {
         Some(b) => PathBuf::from(b),
         None => std::env::current_exe()?.with_file_name("sealroom"),
     };
-    ensure!(
-        bin.exists(),
-        "{} missing: build it (cargo build -p sealroom-verifier --bin sealroom)",
-        bin.display()
-    );
+    ensure!(bin.exists(), "{} missing: build it (cargo build -p sealroom-cli --bin sealroom)", bin.display());
     let mut cmd = Command::new(bin);
     // Its refusals are one line; no anyhow backtrace even when RUST_BACKTRACE is set.
     cmd.env("RUST_LIB_BACKTRACE", "0");

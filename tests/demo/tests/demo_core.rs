@@ -19,19 +19,20 @@ use sealroom_agent::workload::fetch::FetchOptions;
 use sealroom_agent::workload::receipt::{self, names};
 use sealroom_agent::workload::spec::WorkloadSpec;
 use sealroom_agent::workload::{self, WorkloadConfig};
+use sealroom_broker::appraisal::VerifierAppraiser;
+use sealroom_broker::audit::AuditLog;
+use sealroom_broker::grpc::KeyBrokerService;
+use sealroom_broker::keystore::{Kek, KeyStore};
+use sealroom_broker::nonce::NonceBook;
+use sealroom_broker::policy::GoldenSet;
+use sealroom_broker::receipt::{CheckInput, check};
+use sealroom_broker::service::{Broker, BrokerParts};
+use sealroom_broker::token::Signer;
+use sealroom_broker::{ManualClock, Randomness, SystemRandomness};
 use sealroom_demo::{KEY_ID, job_image, policy, seal_dataset};
 use sealroom_proto::keybroker::v1 as kpb;
 use sealroom_tests::registry::Registry;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
-use sealroom_verifier::broker::appraisal::VerifierAppraiser;
-use sealroom_verifier::broker::audit::AuditLog;
-use sealroom_verifier::broker::keystore::{Kek, KeyStore};
-use sealroom_verifier::broker::nonce::NonceBook;
-use sealroom_verifier::broker::policy::GoldenSet;
-use sealroom_verifier::broker::receipt::{CheckInput, check};
-use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
-use sealroom_verifier::broker::token::Signer;
-use sealroom_verifier::broker::{ManualClock, Randomness, SystemRandomness};
 
 async fn handle(tpm: &Swtpm) -> AttestationHandle {
     let root = unique_temp_dir("demo-root");
@@ -164,7 +165,7 @@ async fn the_seed_scenario_on_this_host_key_job_receipt_and_refusals() {
         let ev: sealroom_proto::attestation::v1::Evidence =
             prost_decode(&std::fs::read(result.join(names::EVIDENCE)).unwrap());
         let ev = sealroom_measurements::evidence::Evidence::try_from(ev).unwrap();
-        let a = sealroom_verifier::broker::appraisal::Appraiser::appraise(
+        let a = sealroom_broker::appraisal::Appraiser::appraise(
             &VerifierAppraiser::with_pinned_tpm_aks(vec![ak.clone()]),
             &ev,
             1_760_000_000_000,

@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sealroom_broker::appraisal::{Appraisal, Appraiser, SignedBinding, VerifierAppraiser};
+use sealroom_broker::{Clock, seal};
 use sealroom_measurements::binding::{self, Kem, Nonce, TeePublicKey};
 use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::{Evidence, HashAlg, Platform};
 use sealroom_proto::keybroker::v1 as pb;
-use sealroom_verifier::broker::appraisal::{Appraisal, Appraiser, SignedBinding, VerifierAppraiser};
-use sealroom_verifier::broker::{Clock, seal};
 use sealroom_verifier::tpm::gce_proto::GceAttestation;
 
 #[path = "common/broker.rs"]
@@ -70,7 +70,7 @@ impl Appraiser for StandIn {
 
 fn gce_evidence(nonce: Nonce, tee: &TeePublicKey) -> Evidence {
     let bytes = std::fs::read(format!(
-        "{}/testdata/tpm/attestations/gce-cos-85-nonce9009.pb",
+        "{}/../testdata/tpm/attestations/gce-cos-85-nonce9009.pb",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();

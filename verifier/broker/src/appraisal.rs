@@ -102,7 +102,7 @@ pub trait Appraiser: Send + Sync + std::fmt::Debug {
     fn appraise(&self, evidence: &Evidence, now_ms: u64) -> Result<Appraisal>;
 }
 
-/// The broker's appraiser: the verifier's layered appraisal ([`crate::appraisal::appraise`]) of sealroom
+/// The broker's appraiser: the verifier's layered appraisal ([`sealroom_verifier::appraisal::appraise`]) of sealroom
 /// evidence, reduced to the claims policy needs.
 ///
 /// The verifier checks the platform (signatures, certificate chains, TCB), the binding, and replays the event
@@ -112,9 +112,9 @@ pub trait Appraiser: Send + Sync + std::fmt::Debug {
 /// PCR 15.
 #[derive(Debug, Default)]
 pub struct VerifierAppraiser {
-    snp_cache: crate::snp::EndorsementCache,
+    snp_cache: sealroom_verifier::snp::EndorsementCache,
     pinned_tpm_aks: Vec<Vec<u8>>,
-    tdx_collateral: Option<crate::tdx::VerifiedCollateral>,
+    tdx_collateral: Option<sealroom_verifier::tdx::VerifiedCollateral>,
     verification_time_ms: Option<u64>,
 }
 
@@ -131,7 +131,7 @@ impl VerifierAppraiser {
     /// collateral's CRLs and validity window at its own verification time. Without collateral a TDX quote's
     /// signatures and PCK chain are still verified, but it has no TCB status (policies requiring one refuse).
     #[must_use]
-    pub fn with_tdx_collateral(mut self, collateral: crate::tdx::VerifiedCollateral) -> Self {
+    pub fn with_tdx_collateral(mut self, collateral: sealroom_verifier::tdx::VerifiedCollateral) -> Self {
         self.tdx_collateral = Some(collateral);
         self
     }
@@ -147,11 +147,11 @@ impl VerifierAppraiser {
     /// TPM evidence from an enrolled AK: the verifier's TPM layer with `AkTrust::Pinned`, the UEFI log replayed
     /// to the quoted PCRs, and the runtime log replayed to every quoted PCR 15 (at least one must be quoted).
     ///
-    /// Replace with `crate::appraisal::appraise` once its context can carry enrolled AKs (it trusts Google's CA
+    /// Replace with `sealroom_verifier::appraisal::appraise` once its context can carry enrolled AKs (it trusts Google's CA
     /// only today).
     fn appraise_pinned_tpm(&self, ev: &Evidence, now_ms: u64) -> Result<Appraisal> {
-        use crate::tpm::quote::ExpectedExtraData;
-        use crate::tpm::verify::{AkTrust, QuoteInput, verify_tpm};
+        use sealroom_verifier::tpm::quote::ExpectedExtraData;
+        use sealroom_verifier::tpm::verify::{AkTrust, QuoteInput, verify_tpm};
         let tpm = ev.tpm.as_ref().ok_or_else(|| Error::check(VERIFIER, "evidence has no TPM part"))?;
         let quotes = [QuoteInput { attest: &tpm.attest, signature: &tpm.signature }];
         let v = verify_tpm(
@@ -224,12 +224,15 @@ impl VerifierAppraiser {
 
 const VERIFIER: &str = "verifier";
 
-fn layer<'a>(sub: &'a crate::ear::Appraisal, name: &str) -> Option<&'a crate::ear::LayerResult> {
+fn layer<'a>(
+    sub: &'a sealroom_verifier::ear::Appraisal,
+    name: &str,
+) -> Option<&'a sealroom_verifier::ear::LayerResult> {
     sub.layers.iter().find(|l| l.layer == name)
 }
 
 /// The signed value carrying the binding, as the verifier read it from the hardware-signed evidence.
-fn signed_binding(sub: &crate::ear::Appraisal) -> Option<SignedBinding> {
+fn signed_binding(sub: &sealroom_verifier::ear::Appraisal) -> Option<SignedBinding> {
     let claims = [layer(sub, "platform"), layer(sub, "binding")];
     for c in claims.iter().flatten().map(|l| &l.claims) {
         if let Some(rd) = c.get("report_data").and_then(serde_json::Value::as_str) {
@@ -260,10 +263,13 @@ impl Appraiser for VerifierAppraiser {
         {
             return self.appraise_pinned_tpm(evidence, now_ms);
         }
-        use crate::appraisal::{Context, EvidenceInput, Policy, ReferenceValues, appraise};
+        use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, ReferenceValues, appraise};
         let policy = Policy {
             // Debug is a per-key policy rule in the broker, so the verifier reports it rather than refusing.
-            snp: crate::snp::SnpPolicy { allow_debug: true, ..crate::snp::SnpPolicy::default() },
+            snp: sealroom_verifier::snp::SnpPolicy {
+                allow_debug: true,
+                ..sealroom_verifier::snp::SnpPolicy::default()
+            },
             references: ReferenceValues::skip_all(),
             id: "sealroom.keybroker.v1".into(),
         };
@@ -281,12 +287,12 @@ impl Appraiser for VerifierAppraiser {
             let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
             return Err(Error::check(VERIFIER, format!("{first}{tail}")));
         }
-        if ear.status() == crate::ear::Status::Contraindicated {
+        if ear.status() == sealroom_verifier::ear::Status::Contraindicated {
             return Err(Error::check(VERIFIER, "evidence contraindicated"));
         }
         let sub =
             ear.submods.values().next().ok_or_else(|| Error::check(VERIFIER, "appraisal has no result"))?;
-        if layer(sub, "binding").map(|l| l.outcome) != Some(crate::ear::Outcome::Passed) {
+        if layer(sub, "binding").map(|l| l.outcome) != Some(sealroom_verifier::ear::Outcome::Passed) {
             return Err(Error::check(VERIFIER, "the binding of nonce and TEE key was not checked"));
         }
         let binding = signed_binding(sub)
@@ -310,7 +316,8 @@ impl Appraiser for VerifierAppraiser {
             Vec::new()
         } else {
             // The events count only when the verifier replayed them to a PCR 15 the quote covers.
-            let replayed = layer(sub, "runtime log").map(|l| l.outcome) == Some(crate::ear::Outcome::Passed);
+            let replayed =
+                layer(sub, "runtime log").map(|l| l.outcome) == Some(sealroom_verifier::ear::Outcome::Passed);
             if !replayed || !registers.keys().any(|r| r.starts_with("pcr15.")) {
                 return Err(Error::check(VERIFIER, "runtime log is not bound to a quoted PCR 15"));
             }

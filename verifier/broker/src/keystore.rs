@@ -428,7 +428,7 @@ fn decode(bytes: &[u8]) -> Result<KeyInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::testing::CountingRandomness;
+    use crate::testing::CountingRandomness;
 
     const POLICY: &str = r#"
 version = 1

@@ -4,15 +4,18 @@
 //!
 //! One module per part: [`nonce`] (single-use challenges), [`keystore`] (keys encrypted at rest in redb),
 //! [`policy`] (declarative per-key rules over an [`appraisal::Appraisal`]), [`seal`] (RFC 9180 HPKE),
-//! [`token`] (the EAR JWT), [`receipt`] (output receipts), [`audit`] (the log), [`service`] (the gRPC
-//! `KeyBroker`), [`admin`] (key
-//! management over a local socket). Time and randomness are injected through [`Clock`] and [`Randomness`], so
-//! the library never reads the wall clock or the system RNG itself; the `sealroom broker` binary supplies both
-//! ([`SystemClock`], [`SystemRandomness`]; tests pin time with [`ManualClock`]).
+//! [`token`] (the EAR JWT), [`service`] (challenge and release), [`receipt`] (output receipts), [`grpc`] (the
+//! gRPC `KeyBroker` over both), [`audit`] (the log), [`admin`] (key management over a local socket). Evidence
+//! is appraised by the `sealroom-verifier` library. Time and randomness are injected through [`Clock`] and
+//! [`Randomness`], so the broker's logic never reads the wall clock or the system RNG itself; the `sealroom
+//! broker` binary supplies both ([`SystemClock`], [`SystemRandomness`]; tests pin time with [`ManualClock`]).
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod appraisal;
 pub mod audit;
+pub mod error;
+pub mod grpc;
 pub mod keystore;
 pub mod nonce;
 pub mod policy;
@@ -21,7 +24,7 @@ pub mod seal;
 pub mod service;
 pub mod token;
 
-use crate::error::Result;
+pub use error::{Error, Result};
 
 /// The broker's notion of now.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -56,7 +59,7 @@ pub fn check_key_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The wall clock. The library never uses it itself; the `sealroom broker` binary, benches and tests that
+/// The wall clock. The broker's logic never uses it itself; the `sealroom broker` binary, benches and tests that
 /// run a broker against real agents choose it explicitly.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;

@@ -127,7 +127,7 @@ impl NonceBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::testing::CountingRandomness;
+    use crate::testing::CountingRandomness;
 
     #[test]
     fn single_use_within_ttl() {

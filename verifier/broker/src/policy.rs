@@ -257,7 +257,7 @@ impl GoldenFile {
             .filter_map(|s| s.strip_prefix("ed25519:"))
             .find_map(|key| sealroom_measurements::golden::verify(&self.bytes, sig, key).ok())
             .ok_or("signature does not verify under any accepted signer")?;
-        Ok(crate::golden_refs::golden_registers(&doc))
+        Ok(sealroom_verifier::golden_refs::golden_registers(&doc))
     }
 }
 

@@ -178,7 +178,7 @@ pub fn derive_keypair(kem: Kem, ikm: &[u8]) -> Option<(Vec<u8>, TeePublicKey)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::testing::{CountingRandomness, FailingRandomness};
+    use crate::testing::{CountingRandomness, FailingRandomness};
 
     #[test]
     fn round_trips_for_both_kems_and_binds_id_and_nonce() {

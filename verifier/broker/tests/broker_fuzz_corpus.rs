@@ -5,13 +5,13 @@
 
 use std::path::PathBuf;
 
-use sealroom_verifier::broker::admin::AdminRequest;
-use sealroom_verifier::broker::appraisal::Appraisal;
-use sealroom_verifier::broker::audit::{self, AuditEntry, AuditLog, Decision};
-use sealroom_verifier::broker::policy::Policy;
+use sealroom_broker::admin::AdminRequest;
+use sealroom_broker::appraisal::Appraisal;
+use sealroom_broker::audit::{self, AuditEntry, AuditLog, Decision};
+use sealroom_broker::policy::Policy;
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/broker_inputs")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/broker_inputs")
 }
 
 fn mutations(input: &[u8]) -> Vec<Vec<u8>> {
@@ -78,7 +78,7 @@ env = ["MODE=batch", "THREADS=*"]
         tcb_levels: [("snp.microcode".to_owned(), 213)].into(),
         debug: false,
         registers: [("pcr11.sha256".to_owned(), "44".repeat(32))].into(),
-        binding: sealroom_verifier::broker::appraisal::SignedBinding::TpmExtraData("00".repeat(32)),
+        binding: sealroom_broker::appraisal::SignedBinding::TpmExtraData("00".repeat(32)),
         workload_events: vec![
             sealroom_measurements::cel::RuntimeEvent::Arg("--in".into()),
             sealroom_measurements::cel::RuntimeEvent::LaunchSeparator,

@@ -11,19 +11,19 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use sealroom_broker::appraisal::{Appraisal, Appraiser, SignedBinding, VerifierAppraiser};
+use sealroom_broker::audit::{self, AuditLog, Decision};
+use sealroom_broker::keystore::{Kek, KeyStore};
+use sealroom_broker::nonce::NonceBook;
+use sealroom_broker::policy::{GoldenFile, GoldenSet};
+use sealroom_broker::seal::{self, Sealed};
+use sealroom_broker::service::{Broker, BrokerParts, Released};
+use sealroom_broker::token::{self, Signer};
+use sealroom_broker::{ManualClock, Randomness};
 use sealroom_measurements::binding::{self, Kem, Nonce, TeePublicKey};
 use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::{Evidence, HashAlg, Platform, TpmEvidence};
 use sealroom_proto::keybroker::v1 as pb;
-use sealroom_verifier::broker::appraisal::{Appraisal, Appraiser, SignedBinding, VerifierAppraiser};
-use sealroom_verifier::broker::audit::{self, AuditLog, Decision};
-use sealroom_verifier::broker::keystore::{Kek, KeyStore};
-use sealroom_verifier::broker::nonce::NonceBook;
-use sealroom_verifier::broker::policy::{GoldenFile, GoldenSet};
-use sealroom_verifier::broker::seal::{self, Sealed};
-use sealroom_verifier::broker::service::{Broker, BrokerParts, Released};
-use sealroom_verifier::broker::token::{self, Signer};
-use sealroom_verifier::broker::{ManualClock, Randomness};
 use sealroom_verifier::tpm::gce_proto::GceAttestation;
 use sha2::{Digest, Sha256};
 
@@ -702,7 +702,7 @@ fn real_verifier_broker(dir: &std::path::Path, now_ms: u64) -> Broker {
 }
 
 fn testdata(path: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/testdata/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!("{}/../testdata/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 /// Real GCE vTPM evidence (verifier/testdata/tpm, MANIFEST.md there): its quote's extraData is go-tpm-tools'

@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use sealroom_verifier::broker::audit::{self, ChainHead};
+use sealroom_broker::audit::{self, ChainHead};
 
 /// Arguments of `sealroom audit`.
 #[derive(Debug, clap::Args)]

@@ -5,16 +5,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use sealroom_broker::admin::{self, AdminContext, AdminRequest, AdminResponse, Operation};
+use sealroom_broker::appraisal::{Appraisal, Appraiser, VerifierAppraiser};
+use sealroom_broker::audit::{AuditLog, Recovery};
+use sealroom_broker::grpc::KeyBrokerService;
+use sealroom_broker::keystore::{Kek, KeyStore};
+use sealroom_broker::nonce::NonceBook;
+use sealroom_broker::policy::{GoldenSet, Outcome, Policy};
+use sealroom_broker::service::{Broker, BrokerParts};
+use sealroom_broker::token::Signer;
+use sealroom_broker::{Clock, Randomness, SystemClock, SystemRandomness};
 use sealroom_measurements::evidence::Evidence;
-use sealroom_verifier::broker::admin::{self, AdminContext, AdminRequest, AdminResponse, Operation};
-use sealroom_verifier::broker::appraisal::{Appraisal, Appraiser, VerifierAppraiser};
-use sealroom_verifier::broker::audit::{AuditLog, Recovery};
-use sealroom_verifier::broker::keystore::{Kek, KeyStore};
-use sealroom_verifier::broker::nonce::NonceBook;
-use sealroom_verifier::broker::policy::{GoldenSet, Outcome, Policy};
-use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
-use sealroom_verifier::broker::token::Signer;
-use sealroom_verifier::broker::{Clock, Randomness, SystemClock, SystemRandomness};
 
 /// Arguments of `sealroom broker`.
 #[derive(Debug, clap::Args)]
@@ -342,8 +343,8 @@ fn keys(k: &KeysArgs) -> Result<()> {
         AdminResponse::Ok { keys } => {
             for key in keys {
                 let state = match key.state {
-                    sealroom_verifier::broker::keystore::KeyState::Active => "active".to_owned(),
-                    sealroom_verifier::broker::keystore::KeyState::Revoked { time_ms } => {
+                    sealroom_broker::keystore::KeyState::Active => "active".to_owned(),
+                    sealroom_broker::keystore::KeyState::Revoked { time_ms } => {
                         format!("revoked@{time_ms}")
                     }
                 };

@@ -223,7 +223,7 @@ mod tests {
     use sealroom_measurements::cel::{RUNTIME_PCR, RuntimeEvent};
 
     fn testdata(rel: &str) -> Vec<u8> {
-        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../measurements/testdata").join(rel))
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../measurements/testdata").join(rel))
             .unwrap()
     }
 
@@ -249,7 +249,7 @@ mod tests {
     fn prints_every_corpus_log() {
         for rel in ["tpm/eventlogs/gdc-host.bin", "tdx/trustee-ccel/CCEL_AAEL_alibabacloud"] {
             let args = Args {
-                file: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../measurements/testdata").join(rel),
+                file: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../measurements/testdata").join(rel),
                 format: None,
                 ccel_table: None,
                 json: true,

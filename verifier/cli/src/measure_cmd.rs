@@ -203,7 +203,7 @@ mod tests {
     use super::*;
 
     fn path(rel: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../measurements").join(rel)
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../measurements").join(rel)
     }
 
     fn args(input: &str, check: Option<PathBuf>) -> Args {

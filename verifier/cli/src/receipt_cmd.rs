@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use sealroom_broker::appraisal::{Appraiser, VerifierAppraiser};
+use sealroom_broker::receipt::{self, CheckInput};
 use sealroom_measurements::cel::RuntimeEvent;
-use sealroom_verifier::broker::appraisal::{Appraiser, VerifierAppraiser};
-use sealroom_verifier::broker::receipt::{self, CheckInput};
 
 /// Arguments of `sealroom verify-receipt`.
 #[derive(Debug, clap::Args)]

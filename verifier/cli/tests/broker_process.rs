@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sealroom_broker::audit::{self, AuditRecord, Decision};
+use sealroom_broker::{seal, token};
 use sealroom_measurements::binding::{Kem, Nonce};
 use sealroom_measurements::evidence::{Evidence, Platform, TpmEvidence};
 use sealroom_proto::keybroker::v1 as pb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
-use sealroom_verifier::broker::audit::{self, AuditRecord, Decision};
-use sealroom_verifier::broker::{seal, token};
 use sha2::{Digest, Sha256};
 
 const POLICY: &str = r#"
@@ -306,8 +306,8 @@ fn kill_9_during_1000_releases_loses_no_acknowledged_decision() {
 
 #[test]
 fn policy_check_explains_every_rule_per_key() {
+    use sealroom_broker::appraisal::{Appraisal, SignedBinding};
     use sealroom_measurements::cel::RuntimeEvent;
-    use sealroom_verifier::broker::appraisal::{Appraisal, SignedBinding};
     let dir = tempfile::tempdir().unwrap();
     let appraisal = Appraisal {
         platform: Platform::Tpm,
@@ -354,7 +354,7 @@ fn policy_check_explains_every_rule_per_key() {
 }
 
 fn testdata(rel: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(rel).to_str().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata").join(rel).to_str().unwrap().to_owned()
 }
 
 /// TDX through the broker process: the real dcap-qvl sample quote with its Intel collateral (MANIFEST: VALID,

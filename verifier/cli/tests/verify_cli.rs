@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 
 fn td(path: &str) -> String {
-    format!("{}/testdata/{path}", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/../testdata/{path}", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn sealroom(args: &[&str]) -> Output {

@@ -1,20 +1,21 @@
 //! The key broker in-process for benchmarks: a fresh key store, audit log and signing key in a directory, each
 //! key under one policy approving [`IMAGE`] with `--in /data` and `MODE=batch`. Shared by
-//! `verifier/benches/broker.rs` and `agent/benches/broker_release.rs` (each includes it with `#[path]`), so
+//! `verifier/broker/benches/broker.rs` and `agent/benches/broker_release.rs` (each includes it with `#[path]`), so
 //! the broker both measure is set up the same way.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use sealroom_broker::appraisal::Appraiser;
+use sealroom_broker::audit::AuditLog;
+use sealroom_broker::grpc::KeyBrokerService;
+use sealroom_broker::keystore::{Kek, KeyStore};
+use sealroom_broker::nonce::NonceBook;
+use sealroom_broker::policy::GoldenSet;
+use sealroom_broker::service::{Broker, BrokerParts};
+use sealroom_broker::token::Signer;
+use sealroom_broker::{Clock, Randomness, SystemRandomness};
 use sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer;
-use sealroom_verifier::broker::appraisal::Appraiser;
-use sealroom_verifier::broker::audit::AuditLog;
-use sealroom_verifier::broker::keystore::{Kek, KeyStore};
-use sealroom_verifier::broker::nonce::NonceBook;
-use sealroom_verifier::broker::policy::GoldenSet;
-use sealroom_verifier::broker::service::{Broker, BrokerParts, KeyBrokerService};
-use sealroom_verifier::broker::token::Signer;
-use sealroom_verifier::broker::{Clock, Randomness, SystemRandomness};
 
 /// The workload image the policy approves.
 pub const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use sealroom_verifier::broker::audit::{AuditEntry, AuditLog, Decision};
+use sealroom_broker::audit::{AuditEntry, AuditLog, Decision};
 
 fn write_log(path: &Path, records: u8) -> Vec<u8> {
     let (mut log, _) = AuditLog::open(path).unwrap();

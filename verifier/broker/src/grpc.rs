@@ -1,0 +1,69 @@
+//! The gRPC face of the broker: `sealroom.keybroker.v1.KeyBroker` (`Challenge`, `Release`, `Receipt`) over a
+//! shared [`Broker`]. Kept apart from [`crate::service`] and [`crate::receipt`] so both depend on the broker
+//! core and neither on the other.
+
+use std::sync::Arc;
+
+use sealroom_proto::keybroker::v1 as pb;
+
+use crate::error::Error;
+use crate::service::Broker;
+
+/// The gRPC face of a [`Broker`].
+#[derive(Debug, Clone)]
+pub struct KeyBrokerService(pub Arc<Broker>);
+
+fn internal(e: &Error) -> tonic::Status {
+    tonic::Status::internal(e.to_string())
+}
+
+#[tonic::async_trait]
+impl pb::key_broker_server::KeyBroker for KeyBrokerService {
+    async fn challenge(
+        &self,
+        _request: tonic::Request<pb::ChallengeRequest>,
+    ) -> std::result::Result<tonic::Response<pb::ChallengeResponse>, tonic::Status> {
+        let (nonce, ttl_seconds) =
+            self.0.challenge().map_err(|e| tonic::Status::resource_exhausted(e.to_string()))?;
+        Ok(tonic::Response::new(pb::ChallengeResponse { nonce: nonce.0.to_vec(), ttl_seconds }))
+    }
+
+    async fn release(
+        &self,
+        request: tonic::Request<pb::ReleaseRequest>,
+    ) -> std::result::Result<tonic::Response<pb::ReleaseResponse>, tonic::Status> {
+        let req = request.into_inner();
+        Broker::check_request(&req.key_ids).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        let broker = Arc::clone(&self.0);
+        // Appraisal and the audit fsync block: keep them off the async workers.
+        let released = tokio::task::spawn_blocking(move || broker.release(&req))
+            .await
+            .map_err(|e| tonic::Status::internal(format!("broker: release task failed: {e}")))?
+            .map_err(|e| internal(&e))?;
+        Ok(tonic::Response::new(pb::ReleaseResponse {
+            keys: released
+                .keys
+                .into_iter()
+                .map(|(key_id, s)| pb::SealedKey {
+                    key_id,
+                    kem: sealroom_proto::attestation::v1::KemId::from(s.kem).into(),
+                    encapsulated_key: s.encapsulated_key,
+                    ciphertext: s.ciphertext,
+                })
+                .collect(),
+            refusals: released
+                .refusals
+                .into_iter()
+                .map(|(key_id, r)| pb::Refusal { key_id, reason: r.reason })
+                .collect(),
+            attestation_result: released.attestation_result,
+        }))
+    }
+
+    async fn receipt(
+        &self,
+        request: tonic::Request<pb::ReceiptRequest>,
+    ) -> std::result::Result<tonic::Response<pb::ReceiptResponse>, tonic::Status> {
+        crate::receipt::serve(Arc::clone(&self.0), request.into_inner()).await
+    }
+}
