@@ -1,10 +1,12 @@
 //! Thin, typed wrappers over the Linux system calls PID 1 needs (mounts, module loading, console,
-//! signals, power-off) and the rtnetlink messages that configure interfaces.
+//! signals, power-off), the rtnetlink messages that configure interfaces, and link-proof mode/owner changes
+//! inside the workload's root file system ([`beneath`]).
 //!
 //! This is the one module of the agent allowed to talk to the kernel below std. Everything here goes
 //! through `nix`'s safe wrappers or plain sockets, so no `unsafe` is needed (the crate keeps
 //! `forbid(unsafe_code)`); every call returns the crate's [`Error`] naming the call and its target.
 
+pub mod beneath;
 pub mod netlink;
 
 use std::ffi::CString;

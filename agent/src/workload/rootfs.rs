@@ -7,6 +7,12 @@
 //! starts at the root, `..` stops at the root), so no layer can write outside it, however its links point.
 //! Device nodes are skipped (the runtime provides `/dev`). The tar format is parsed by the `tar` crate; what
 //! is done with each entry is decided here.
+//!
+//! Modes and owners are changed through descriptors that never follow a symbolic link
+//! ([`crate::sys::beneath`]): regular files through the handle that wrote them, directories (whose modes are
+//! applied last) by re-opening them beneath the root with symbolic links refused and checking they are still
+//! the directory that was created. A layer that lists a directory and then replaces it (with a link to a host
+//! path, say) is refused: a layer built from a file system snapshot never holds both.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -16,6 +22,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::image::{Compression, Descriptor};
 use crate::error::{Error, Result};
+use crate::sys::beneath::{Beneath, BeneathError};
 
 const STAGE: &str = "unpack";
 /// Symbolic links followed while resolving one path (as the kernel's limit).
@@ -158,11 +165,25 @@ fn ensure_dir(path: &Path) -> Result<()> {
     }
 }
 
+/// `path` relative to `root` (every target is built as `root` joined with resolved components).
+fn relative<'a>(root: &Path, path: &'a Path) -> Result<&'a Path> {
+    path.strip_prefix(root).map_err(|_| err(format!("{}: outside the root", path.display())))
+}
+
+fn beneath_err(e: BeneathError) -> Error {
+    match e {
+        BeneathError::Failed(e) => e,
+        other => err(other.to_string()),
+    }
+}
+
 fn apply_layer(reader: Box<dyn Read>, root: &Path, stats: &mut UnpackStats) -> Result<()> {
     let is_root = nix::unistd::geteuid().is_root();
+    let tree = Beneath::open(root)?;
     let mut archive = tar::Archive::new(reader);
     let mut created: HashSet<PathBuf> = HashSet::new();
-    let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
+    // (directory relative to the root, mode, inode when created)
+    let mut dir_modes: Vec<(PathBuf, u32, u64)> = Vec::new();
     let entries = archive.entries().map_err(|e| err(format!("tar: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| err(format!("tar: {e}")))?;
@@ -211,7 +232,9 @@ fn apply_layer(reader: Box<dyn Read>, root: &Path, stats: &mut UnpackStats) -> R
                     remove_any(&target)?;
                     std::fs::create_dir(&target).map_err(|e| err(format!("{}: {e}", target.display())))?;
                 }
-                dir_modes.push((target.clone(), mode));
+                let rel = relative(root, &target)?.to_path_buf();
+                let ino = tree.dir_inode(&rel).map_err(beneath_err)?;
+                dir_modes.push((rel, mode, ino));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 remove_any(&target)?;
@@ -226,8 +249,15 @@ fn apply_layer(reader: Box<dyn Read>, root: &Path, stats: &mut UnpackStats) -> R
                 if stats.bytes > MAX_UNPACKED_BYTES {
                     return Err(err(format!("more than {MAX_UNPACKED_BYTES} bytes unpacked")));
                 }
+                // Owner first, then mode, both on the handle (chown clears setuid/setgid bits).
+                if is_root {
+                    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                        .map_err(|e| err(format!("{}: fchown: {e}", target.display())))?;
+                }
                 f.set_permissions(std::fs::Permissions::from_mode(mode))
                     .map_err(|e| err(format!("{}: {e}", target.display())))?;
+                created.insert(target);
+                continue;
             }
             tar::EntryType::Symlink => {
                 let link = entry
@@ -270,15 +300,19 @@ fn apply_layer(reader: Box<dyn Read>, root: &Path, stats: &mut UnpackStats) -> R
             }
         }
         if is_root {
-            std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
-                .map_err(|e| err(format!("{}: chown: {e}", target.display())))?;
+            tree.chown(relative(root, &target)?, uid, gid).map_err(beneath_err)?;
         }
         created.insert(target);
     }
-    // Directory modes last (a read-only directory must not stop its own entries from being written).
-    for (dir, mode) in dir_modes.into_iter().rev() {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| err(format!("{}: {e}", dir.display())))?;
+    // Directory modes last (a read-only directory must not stop its own entries from being written), each
+    // through a descriptor of the very directory created, opened without following links.
+    for (dir, mode, ino) in dir_modes.into_iter().rev() {
+        tree.chmod_dir(&dir, mode, ino).map_err(|e| {
+            err(format!(
+                "directory {:?} (mode {mode:o}) was replaced later in the same layer, refusing: {e}",
+                dir.display()
+            ))
+        })?;
     }
     Ok(())
 }
@@ -381,5 +415,69 @@ mod tests {
         // A hard link to a host file is refused.
         let l = tar_layer(&[("hl", T::Link, b"", "etc/passwd")]);
         assert!(unpack(&[layer(tmp.path(), 3, &l)], &root).is_err());
+    }
+
+    /// Issue 14 finding 6: a directory `x/` with mode 7777, then a symbolic link `x` to a host directory, in
+    /// one layer. The delayed chmod used to follow the link and make the host directory world-writable.
+    #[test]
+    fn attack_directory_mode_applied_through_a_later_symlink_to_a_host_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let host_dir = tmp.path().join("host-dir");
+        std::fs::create_dir(&host_dir).unwrap();
+        std::fs::set_permissions(&host_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(T::Directory);
+        dir.set_mode(0o7777);
+        dir.set_size(0);
+        dir.set_path("x/").unwrap();
+        dir.set_cksum();
+        b.append(&dir, &b""[..]).unwrap();
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(T::Symlink);
+        link.set_mode(0o777);
+        link.set_size(0);
+        link.set_path("x").unwrap();
+        link.set_link_name(&host_dir).unwrap();
+        link.set_cksum();
+        b.append(&link, &b""[..]).unwrap();
+        let bytes = b.into_inner().unwrap();
+
+        let e = unpack(&[layer(tmp.path(), 0, &bytes)], &root).unwrap_err().to_string();
+        assert!(
+            e.contains("directory \"x\" (mode 7777) was replaced later in the same layer, refusing"),
+            "{e}"
+        );
+        assert!(e.contains("a symbolic link is in the way (not followed)"), "{e}");
+        let mode = std::fs::metadata(&host_dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "the host directory's mode changed");
+    }
+
+    #[test]
+    fn directory_modes_and_setuid_files_are_applied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, mode) in [("d/", T::Directory, 0o1750), ("d/f", T::Regular, 0o4755)] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(0);
+            h.set_uid(1000);
+            h.set_gid(1000);
+            h.set_path(path).unwrap();
+            h.set_cksum();
+            b.append(&h, &b""[..]).unwrap();
+        }
+        unpack(&[layer(tmp.path(), 0, &b.into_inner().unwrap())], &root).unwrap();
+        let mode = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("d"), 0o1750);
+        assert_eq!(mode("d/f"), 0o4755);
+        if nix::unistd::geteuid().is_root() {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(std::fs::metadata(root.join("d/f")).unwrap().uid(), 1000);
+            assert_eq!(std::fs::metadata(root.join("d")).unwrap().gid(), 1000);
+        }
     }
 }
