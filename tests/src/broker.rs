@@ -99,6 +99,12 @@ impl BrokerProcess {
         format!("http://{}", self.addr)
     }
 
+    /// Kills the process with SIGKILL (`kill -9`: no cleanup, no flush) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The audit log's path.
     #[must_use]
     pub fn audit_log(&self) -> PathBuf {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use super::keystore::{KeyInfo, KeyStore};
+use super::keystore::KeyInfo;
+use super::store::KeyRecords;
 use super::{Clock, Randomness};
 use crate::error::{Error, Result};
 
@@ -105,7 +106,12 @@ fn material(hex_text: Option<&String>) -> Result<Option<Vec<u8>>> {
 
 /// Applies one operation to the store.
 #[must_use]
-pub fn apply(store: &KeyStore, rng: &dyn Randomness, clock: &dyn Clock, op: &Operation) -> AdminResponse {
+pub fn apply(
+    store: &dyn KeyRecords,
+    rng: &dyn Randomness,
+    clock: &dyn Clock,
+    op: &Operation,
+) -> AdminResponse {
     let now = clock.now_ms();
     let result = match op {
         Operation::Add { key_id, owner, policy, material_hex } => material(material_hex.as_ref())
@@ -132,7 +138,7 @@ fn tokens_equal(a: &str, b: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct AdminContext {
     /// The key store.
-    pub store: Arc<KeyStore>,
+    pub store: Arc<dyn KeyRecords>,
     /// Randomness for generated keys and encryption nonces.
     pub rng: Arc<dyn Randomness>,
     /// Time.
@@ -152,7 +158,7 @@ impl AdminContext {
         {
             return AdminResponse::Error { message: "admin: missing or wrong admin token".into() };
         }
-        apply(&self.store, self.rng.as_ref(), self.clock.as_ref(), &req.operation)
+        apply(self.store.as_ref(), self.rng.as_ref(), self.clock.as_ref(), &req.operation)
     }
 }
 

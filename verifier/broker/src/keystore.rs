@@ -24,8 +24,8 @@ const LAYER: &str = "key store";
 const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
 const MATERIAL: TableDefinition<'_, (&str, u32), &[u8]> = TableDefinition::new("material");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
-const KEK_CHECK: &str = "kek_check";
-const KEK_CHECK_PLAINTEXT: &[u8] = b"sealroom key store: key-encryption key check";
+pub(crate) const KEK_CHECK: &str = "kek_check";
+pub(crate) const KEK_CHECK_PLAINTEXT: &[u8] = b"sealroom key store: key-encryption key check";
 const AAD_DOMAIN: &[u8] = b"sealroom.keystore.v1\0";
 /// Size of generated data keys.
 pub const GENERATED_KEY_LEN: usize = 32;
@@ -54,32 +54,9 @@ impl Kek {
     /// # Errors
     /// When the file is missing, readable by others, or not 32 bytes.
     pub fn load(path: &Path) -> Result<Self> {
-        let what = |m: String| Error::check(LAYER, format!("key-encryption key {}: {m}", path.display()));
-        let meta = std::fs::symlink_metadata(path).map_err(|e| what(e.to_string()))?;
-        if !meta.file_type().is_file() {
-            return Err(what("not a regular file".into()));
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode != 0o600 && mode != 0o400 {
-            return Err(what(format!("mode {mode:04o}, must be 0600 (readable by its owner only)")));
-        }
-        let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-        if uid.is_some_and(|u| u != meta.uid()) {
-            return Err(what(format!("owned by uid {}, not by the broker's user", meta.uid())));
-        }
-        let raw = std::fs::read(path).map_err(|e| what(e.to_string()))?;
-        Self::from_file_bytes(&raw).map_err(what)
-    }
-
-    fn from_file_bytes(raw: &[u8]) -> std::result::Result<Self, String> {
-        let bytes = if raw.len() == 32 {
-            raw.to_vec()
-        } else {
-            let text = std::str::from_utf8(raw).map_err(|_| format!("{} bytes, expected 32", raw.len()))?;
-            hex::decode(text.trim_end_matches('\n'))
-                .map_err(|_| format!("{} bytes, expected 32 raw bytes or 64 hex digits", raw.len()))?
-        };
+        let bytes = read_secret(path, "key-encryption key")?;
         Self::from_bytes(&bytes)
+            .map_err(|m| Error::check(LAYER, format!("key-encryption key {}: {m}", path.display())))
     }
 
     /// A KEK from 32 bytes.
@@ -94,7 +71,7 @@ impl Kek {
         Ok(Self(LessSafeKey::new(key)))
     }
 
-    fn seal(&self, rng: &dyn Randomness, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) fn seal(&self, rng: &dyn Randomness, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill(&mut nonce)?;
         let mut buf = plaintext.to_vec();
@@ -106,7 +83,7 @@ impl Kek {
         Ok(out)
     }
 
-    fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
         let (nonce, ct) = sealed.split_at_checked(NONCE_LEN)?;
         let nonce = AeadNonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buf = ct.to_vec();
@@ -115,7 +92,45 @@ impl Kek {
     }
 }
 
-fn material_aad(key_id: &str, version: u32) -> Vec<u8> {
+/// Reads a 32-byte secret (the KEK, the replicas' nonce MAC key): a regular file (not a symlink) of mode 0600
+/// or 0400 owned by this process's user, holding 32 raw bytes or 64 hex digits (an optional trailing newline
+/// allowed).
+///
+/// # Errors
+/// When the file is missing, readable by others, owned by another user, or not 32 bytes.
+pub fn read_secret(path: &Path, what: &str) -> Result<Vec<u8>> {
+    let what = |m: String| Error::check(LAYER, format!("{what} {}: {m}", path.display()));
+    let meta = std::fs::symlink_metadata(path).map_err(|e| what(e.to_string()))?;
+    if !meta.file_type().is_file() {
+        return Err(what("not a regular file".into()));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode != 0o600 && mode != 0o400 {
+        return Err(what(format!("mode {mode:04o}, must be 0600 (readable by its owner only)")));
+    }
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    if uid.is_some_and(|u| u != meta.uid()) {
+        return Err(what(format!("owned by uid {}, not by the broker's user", meta.uid())));
+    }
+    let raw = std::fs::read(path).map_err(|e| what(e.to_string()))?;
+    secret_from_file_bytes(&raw).map_err(what)
+}
+
+fn secret_from_file_bytes(raw: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let bytes = if raw.len() == 32 {
+        raw.to_vec()
+    } else {
+        let text = std::str::from_utf8(raw).map_err(|_| format!("{} bytes, expected 32", raw.len()))?;
+        hex::decode(text.trim_end_matches('\n'))
+            .map_err(|_| format!("{} bytes, expected 32 raw bytes or 64 hex digits", raw.len()))?
+    };
+    if bytes.len() != 32 {
+        return Err(format!("{} bytes, expected 32", bytes.len()));
+    }
+    Ok(bytes)
+}
+
+pub(crate) fn material_aad(key_id: &str, version: u32) -> Vec<u8> {
     let mut aad = AAD_DOMAIN.to_vec();
     aad.extend_from_slice(key_id.as_bytes());
     aad.push(0);
@@ -387,12 +402,12 @@ impl KeyStore {
     }
 }
 
-fn check_owner(owner: &str) -> Result<()> {
+pub(crate) fn check_owner(owner: &str) -> Result<()> {
     // Owners are ids too: same alphabet, so they print safely in listings and audit records.
     check_key_id(owner).map_err(|e| Error::check(LAYER, format!("owner: {e}")))
 }
 
-fn check_policy(policy: &str) -> Result<()> {
+pub(crate) fn check_policy(policy: &str) -> Result<()> {
     if policy.len() > MAX_POLICY_LEN {
         return Err(Error::check(
             LAYER,
@@ -402,7 +417,7 @@ fn check_policy(policy: &str) -> Result<()> {
     super::policy::Policy::parse(policy).map(|_| ())
 }
 
-fn material_or_generated(material: Option<Vec<u8>>, rng: &dyn Randomness) -> Result<Vec<u8>> {
+pub(crate) fn material_or_generated(material: Option<Vec<u8>>, rng: &dyn Randomness) -> Result<Vec<u8>> {
     match material {
         Some(m) if m.is_empty() || m.len() > MAX_MATERIAL_LEN => Err(Error::check(
             LAYER,

@@ -18,10 +18,13 @@ pub mod error;
 pub mod grpc;
 pub mod keystore;
 pub mod nonce;
+pub mod nonce_mac;
+pub mod pg;
 pub mod policy;
 pub mod receipt;
 pub mod seal;
 pub mod service;
+pub mod store;
 pub mod token;
 
 pub use error::{Error, Result};

@@ -20,8 +20,10 @@ use sha2::{Digest, Sha256};
 
 use super::audit::{AuditEntry, AuditRecord, Decision};
 use super::check_key_id;
+use super::nonce::NonceRefusal;
 use super::policy::{Outcome, Rule};
-use super::service::{Broker, Refused};
+use super::service::{Broker, Refused, audit_claim};
+use super::store::Recorded;
 use super::token::EAR_PROFILE;
 use crate::error::{Error, Result};
 
@@ -149,7 +151,8 @@ impl Broker {
             evidence: decoded,
             key_ids: vec![req.key_id.clone()],
         };
-        let decided = self.appraise(&as_release, now).and_then(|(_, evidence, appraisal)| {
+        let redeemed = self.check_nonce(&req.nonce, now);
+        let mut decided = redeemed.clone().and_then(|nonce| self.appraise(nonce, &as_release, now)).and_then(|(_, evidence, appraisal)| {
             check_finished_job(&appraisal.workload_events, &req.key_id, &req.output_digest)
                 .map_err(|why| Refused::new(LAYER, format!("{LAYER}: {why}")))?;
             // A key-store failure refuses the receipt with its reason (the release path fails the call instead).
@@ -178,7 +181,7 @@ impl Broker {
             });
             Ok(claims)
         });
-        let entry = match &decided {
+        let entry_for = |decided: &std::result::Result<serde_json::Value, Refused>| match decided {
             Ok(_) => AuditEntry {
                 decision: Decision::Receipt,
                 key_id: req.key_id.clone(),
@@ -194,7 +197,22 @@ impl Broker {
                 reason: r.reason.clone(),
             },
         };
-        let (records, head) = self.audit.append(&[entry], now)?;
+        // Durable before the reply, with the nonce's single use in the same commit.
+        let (records, head) = match self.ledger.record(redeemed.as_ref().ok(), &[entry_for(&decided)], now)? {
+            Recorded::Committed(records, head) => (records, head),
+            Recorded::Replay => {
+                decided = Err(Refused::new("nonce", NonceRefusal::AlreadyUsed.to_string()));
+                match self.ledger.record(None, &[entry_for(&decided)], now)? {
+                    Recorded::Committed(records, head) => (records, head),
+                    Recorded::Replay => {
+                        return Err(crate::error::Error::check(
+                            "broker",
+                            "audit: a record without nonce was refused as a replay",
+                        ));
+                    }
+                }
+            }
+        };
         let receipt = match decided {
             Ok(sub) => {
                 let claims = json!({
@@ -203,7 +221,7 @@ impl Broker {
                     "eat_nonce": hex::encode(&req.nonce),
                     "ear.verifier-id": {"developer": "sealroom", "build": concat!("sealroom-broker ", env!("CARGO_PKG_VERSION"))},
                     "submods": {"sealroom": sub},
-                    "sealroom.audit": {"records": head.records, "head": hex::encode(head.hash)},
+                    "sealroom.audit": audit_claim(&head),
                 });
                 Ok(self.signer.sign(&claims)?)
             }

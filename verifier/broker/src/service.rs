@@ -7,7 +7,7 @@
 //! the TEE key. Every decision is appended to the audit log and fsync'd *before* the reply (decisions arriving
 //! together share one fsync: [`GroupCommitLog`]); when the log cannot be written nothing is released.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use sealroom_measurements::binding::{self, Nonce};
 use sealroom_measurements::evidence::Evidence;
@@ -18,9 +18,10 @@ use sha2::{Digest, Sha256};
 use super::appraisal::{Appraisal, Appraiser, SignedBinding};
 use super::audit::{AuditEntry, AuditLog, AuditRecord, Decision, GroupCommitLog};
 use super::keystore::{KeyStore, ReleasableKey, Unreleasable};
-use super::nonce::NonceBook;
+use super::nonce::{NonceBook, NonceRefusal};
 use super::policy::{GoldenSet, Policy, Verdict};
 use super::seal;
+use super::store::{AnchoredHead, EmbeddedLedger, KeyRecords, Ledger, Recorded};
 use super::token::{EAR_PROFILE, Signer};
 use super::{Clock, Randomness, check_key_id};
 use crate::error::{Error, Result};
@@ -66,11 +67,10 @@ pub struct Broker {
     pub(super) clock: Arc<dyn Clock>,
     rng: Arc<dyn Randomness>,
     appraiser: Arc<dyn Appraiser>,
-    pub(super) store: Arc<KeyStore>,
+    pub(super) store: Arc<dyn KeyRecords>,
     pub(super) golden: GoldenSet,
     pub(super) signer: Signer,
-    nonces: Mutex<NonceBook>,
-    pub(super) audit: GroupCommitLog,
+    pub(super) ledger: Arc<dyn Ledger>,
 }
 
 /// Everything a broker is made of.
@@ -94,14 +94,53 @@ pub struct BrokerParts {
     pub audit: AuditLog,
 }
 
-pub(super) fn poisoned(what: &'static str) -> Error {
-    Error::check("broker", format!("{what} lock poisoned by an earlier panic"))
+/// A broker over any store: the embedded one ([`BrokerParts`]) or a replica's on PostgreSQL
+/// ([`super::pg`]).
+#[derive(Debug)]
+pub struct StoreParts {
+    /// Time source.
+    pub clock: Arc<dyn Clock>,
+    /// Randomness source.
+    pub rng: Arc<dyn Randomness>,
+    /// The evidence verifier.
+    pub appraiser: Arc<dyn Appraiser>,
+    /// Keys and policies (shared with the admin endpoint).
+    pub store: Arc<dyn KeyRecords>,
+    /// Verified golden documents.
+    pub golden: GoldenSet,
+    /// The token signer.
+    pub signer: Signer,
+    /// Nonces and the audit chain.
+    pub ledger: Arc<dyn Ledger>,
+}
+
+/// The `sealroom.audit` claim of a token: the chain head after this decision (and whose chain it is).
+pub(super) fn audit_claim(head: &AnchoredHead) -> serde_json::Value {
+    let mut claim = json!({"records": head.head.records, "head": hex::encode(head.head.hash)});
+    if let (Some(replica), Some(map)) = (&head.replica, claim.as_object_mut()) {
+        map.insert("replica".into(), json!(replica));
+    }
+    claim
 }
 
 impl Broker {
     /// Assembles a broker.
     #[must_use]
     pub fn new(p: BrokerParts) -> Self {
+        Self::on_store(StoreParts {
+            clock: p.clock,
+            rng: p.rng,
+            appraiser: p.appraiser,
+            store: p.store,
+            golden: p.golden,
+            signer: p.signer,
+            ledger: Arc::new(EmbeddedLedger::new(p.nonces, GroupCommitLog::new(p.audit))),
+        })
+    }
+
+    /// Assembles a broker over any store.
+    #[must_use]
+    pub fn on_store(p: StoreParts) -> Self {
         Self {
             clock: p.clock,
             rng: p.rng,
@@ -109,8 +148,7 @@ impl Broker {
             store: p.store,
             golden: p.golden,
             signer: p.signer,
-            nonces: Mutex::new(p.nonces),
-            audit: GroupCommitLog::new(p.audit),
+            ledger: p.ledger,
         }
     }
 
@@ -119,11 +157,7 @@ impl Broker {
     /// # Errors
     /// When randomness fails or too many challenges are outstanding.
     pub fn challenge(&self) -> Result<(Nonce, u32)> {
-        let now = self.clock.now_ms();
-        let mut book = self.nonces.lock().map_err(|_| poisoned("nonce"))?;
-        let nonce = book.issue(self.rng.as_ref(), now)?;
-        let ttl = u32::try_from(book.ttl_ms() / 1000).unwrap_or(u32::MAX);
-        Ok((nonce, ttl))
+        self.ledger.issue(self.rng.as_ref(), self.clock.now_ms())
     }
 
     /// Checks the request's shape: 1..=64 key ids, each a valid id, no duplicates.
@@ -143,18 +177,21 @@ impl Broker {
         Ok(())
     }
 
-    /// Steps shared by all keys: nonce, evidence decoding, appraisal, binding.
+    /// The first step: the presented nonce must be one this broker (or a fellow replica) issued, unexpired and
+    /// not used. Its single use is final once the decision is recorded ([`Ledger::record`]).
+    pub(super) fn check_nonce(&self, raw: &[u8], now: u64) -> std::result::Result<Nonce, Refused> {
+        let nonce = Nonce::from_slice(raw).map_err(|e| Refused::from_error("nonce", &e))?;
+        self.ledger.check(&nonce, now).map_err(|r| Refused::new("nonce", r.to_string()))?;
+        Ok(nonce)
+    }
+
+    /// Steps shared by all keys after the nonce: evidence decoding, appraisal, binding.
     pub(super) fn appraise(
         &self,
+        nonce: Nonce,
         req: &pb::ReleaseRequest,
         now: u64,
     ) -> std::result::Result<(Nonce, Evidence, Appraisal), Refused> {
-        let nonce = Nonce::from_slice(&req.nonce).map_err(|e| Refused::from_error("nonce", &e))?;
-        self.nonces
-            .lock()
-            .map_err(|_| Refused::new("broker", "nonce lock poisoned"))?
-            .redeem(&nonce, now)
-            .map_err(|r| Refused::new("nonce", r.to_string()))?;
         let pb_evidence =
             req.evidence.clone().ok_or_else(|| Refused::new("evidence", "evidence: missing"))?;
         let evidence = Evidence::try_from(pb_evidence).map_err(|e| Refused::from_error("evidence", &e))?;
@@ -250,7 +287,8 @@ impl Broker {
         };
         let mut keys = Vec::new();
         let mut refusals = Vec::new();
-        let accepted = self.appraise(req, now);
+        let redeemed = self.check_nonce(&req.nonce, now);
+        let mut accepted = redeemed.clone().and_then(|nonce| self.appraise(nonce, req, now));
         match &accepted {
             Err(refused) => {
                 refusals.extend(req.key_ids.iter().map(|id| (id.clone(), refused.clone())));
@@ -264,25 +302,31 @@ impl Broker {
                 }
             }
         }
-        let entries: Vec<AuditEntry> = keys
-            .iter()
-            .map(|(id, _)| AuditEntry {
-                decision: Decision::Released,
-                key_id: id.clone(),
-                evidence_digest,
-                rule: "policy".into(),
-                reason: "every rule of the key's policy allowed".into(),
-            })
-            .chain(refusals.iter().map(|(id, r)| AuditEntry {
-                decision: Decision::Refused,
-                key_id: id.clone(),
-                evidence_digest,
-                rule: r.rule.clone(),
-                reason: r.reason.clone(),
-            }))
-            .collect();
-        // Durable before the reply; concurrent releases share one fsync (group commit).
-        let (records, head) = self.audit.append(&entries, now)?;
+        // Durable before the reply, with the nonce's single use in the same commit.
+        let (records, head) = match self.ledger.record(
+            redeemed.as_ref().ok(),
+            &entries(&keys, &refusals, evidence_digest),
+            now,
+        )? {
+            Recorded::Committed(records, head) => (records, head),
+            Recorded::Replay => {
+                // Another release (here or on another replica) used this nonce first: nothing decided here is
+                // returned, and the refusal is what gets recorded.
+                let refused = Refused::new("nonce", NonceRefusal::AlreadyUsed.to_string());
+                keys.clear();
+                refusals = req.key_ids.iter().map(|id| (id.clone(), refused.clone())).collect();
+                accepted = Err(refused);
+                match self.ledger.record(None, &entries(&keys, &refusals, evidence_digest), now)? {
+                    Recorded::Committed(records, head) => (records, head),
+                    Recorded::Replay => {
+                        return Err(Error::check(
+                            "broker",
+                            "audit: a record without nonce was refused as a replay",
+                        ));
+                    }
+                }
+            }
+        };
         let claims = json!({
             "eat_profile": EAR_PROFILE,
             "iat": now / 1000,
@@ -299,9 +343,33 @@ impl Broker {
                     "sealroom.keys.refused": refusals.iter().map(|(id, r)| json!({"key_id": id, "reason": r.reason})).collect::<Vec<_>>(),
                 }
             },
-            "sealroom.audit": {"records": head.records, "head": hex::encode(head.hash)},
+            "sealroom.audit": audit_claim(&head),
         });
         let attestation_result = self.signer.sign(&claims)?;
         Ok(Released { keys, refusals, attestation_result, audit: records })
     }
+}
+
+/// The audit entries of one release: a record per released key, then one per refused key.
+fn entries(
+    keys: &[(String, seal::Sealed)],
+    refusals: &[(String, Refused)],
+    evidence_digest: [u8; 32],
+) -> Vec<AuditEntry> {
+    keys.iter()
+        .map(|(id, _)| AuditEntry {
+            decision: Decision::Released,
+            key_id: id.clone(),
+            evidence_digest,
+            rule: "policy".into(),
+            reason: "every rule of the key's policy allowed".into(),
+        })
+        .chain(refusals.iter().map(|(id, r)| AuditEntry {
+            decision: Decision::Refused,
+            key_id: id.clone(),
+            evidence_digest,
+            rule: r.rule.clone(),
+            reason: r.reason.clone(),
+        }))
+        .collect()
 }

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use sealroom_broker::admin::{self, AdminContext, AdminRequest, AdminResponse, Operation};
 use sealroom_broker::appraisal::{Appraisal, Appraiser, VerifierAppraiser};
-use sealroom_broker::audit::{AuditLog, Recovery};
+use sealroom_broker::audit::{AuditLog, GroupCommitLog, Recovery};
 use sealroom_broker::grpc::KeyBrokerService;
 use sealroom_broker::keystore::{Kek, KeyStore};
 use sealroom_broker::nonce::NonceBook;
+use sealroom_broker::nonce_mac::NonceKeys;
 use sealroom_broker::policy::{GoldenSet, Outcome, Policy};
-use sealroom_broker::service::{Broker, BrokerParts};
+use sealroom_broker::service::{Broker, StoreParts};
+use sealroom_broker::store::{EmbeddedLedger, KeyRecords, Ledger};
 use sealroom_broker::token::Signer;
 use sealroom_broker::{Clock, Randomness, SystemClock, SystemRandomness};
 use sealroom_measurements::evidence::Evidence;
@@ -45,6 +47,21 @@ struct ServeArgs {
     /// The key-encryption key file (32 raw bytes or 64 hex digits, mode 0600).
     #[arg(long)]
     kek: PathBuf,
+    /// Keep keys, used nonces and the audit chain in PostgreSQL (`postgres://user:password@host:port/db`)
+    /// instead of STATE_DIR, as one of several replicas sharing that database (docs/broker-scaling.md). The
+    /// state directory then holds only this replica's signing key and admin socket.
+    #[arg(long, requires_all = ["replica", "nonce_key"])]
+    store: Option<String>,
+    /// With --store: this replica's id (its audit chain's name; [A-Za-z0-9._/-]). Each running replica needs
+    /// its own.
+    #[arg(long, requires = "store")]
+    replica: Option<String>,
+    /// With --store: the nonce MAC key shared by all replicas (32 raw bytes or 64 hex digits, mode 0600).
+    #[arg(long, requires = "store")]
+    nonce_key: Option<PathBuf>,
+    /// With --store: the MAC key the last nonce-key rotation replaced, accepted until its nonces expired.
+    #[arg(long, requires = "nonce_key")]
+    previous_nonce_key: Option<PathBuf>,
     /// Nonce time to live, seconds.
     #[arg(long, default_value_t = 60)]
     nonce_ttl: u64,
@@ -77,6 +94,9 @@ struct Target {
     /// Broker state directory: with --kek and no running broker, operate on the store directly.
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
+    /// A replicated broker's PostgreSQL database: with --kek, operate on its keys directly.
+    #[arg(long, global = true)]
+    store: Option<String>,
     /// Key-encryption key file, for direct access.
     #[arg(long, global = true)]
     kek: Option<PathBuf>,
@@ -201,28 +221,23 @@ fn serve(a: &ServeArgs) -> Result<()> {
     let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let kek = Kek::load(&a.kek)?;
-    let store = Arc::new(KeyStore::open(&a.state_dir.join("keys.redb"), kek, rng.as_ref())?);
-    let (audit, recovery) = AuditLog::open(&a.state_dir.join("audit.log"))?;
-    if let Recovery::TornTailRemoved { bytes } = recovery {
-        eprintln!("sealroom broker: audit log: removed a torn, unacknowledged last record ({bytes} bytes)");
-    }
+    let (store, ledger) = open_store(a, kek, rng.as_ref())?;
     let signer = Signer::load_or_create(&a.state_dir.join("signing-key.pk8"))?;
     let jwk_path = a.state_dir.join("signing-key.jwk.json");
     std::fs::write(&jwk_path, serde_json::to_string_pretty(&signer.jwk())?)?;
     let admin_token = read_token(a.admin_token_file.as_deref())?;
     let appraiser = appraiser(a, clock.as_ref())?;
-    let broker = Arc::new(Broker::new(BrokerParts {
+    let broker = Arc::new(Broker::on_store(StoreParts {
         clock: Arc::clone(&clock),
         rng: Arc::clone(&rng),
         appraiser: Arc::new(appraiser),
         store: Arc::clone(&store),
+        ledger,
         golden: match &a.golden {
             Some(dir) => GoldenSet::load_dir(dir)?,
             None => GoldenSet::default(),
         },
         signer,
-        nonces: NonceBook::new(a.nonce_ttl.saturating_mul(1000), 100_000),
-        audit,
     }));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -259,6 +274,28 @@ fn serve(a: &ServeArgs) -> Result<()> {
             .await
             .context("serving")
     })
+}
+
+/// The key records and the ledger: the embedded store in STATE_DIR, or this replica's view of PostgreSQL.
+fn open_store(
+    a: &ServeArgs,
+    kek: Kek,
+    rng: &dyn Randomness,
+) -> Result<(Arc<dyn KeyRecords>, Arc<dyn Ledger>)> {
+    let ttl_ms = a.nonce_ttl.saturating_mul(1000);
+    if let (Some(url), Some(replica), Some(nonce_key)) = (&a.store, &a.replica, &a.nonce_key) {
+        let nonce_keys = NonceKeys::load(nonce_key, a.previous_nonce_key.as_deref(), ttl_ms)?;
+        let pg = sealroom_broker::pg::open(url, kek, rng, nonce_keys, replica)?;
+        eprintln!("sealroom broker: replica {replica} on PostgreSQL (schema migrated, KEK checked)");
+        return Ok((pg.keys, pg.ledger));
+    }
+    let store = Arc::new(KeyStore::open(&a.state_dir.join("keys.redb"), kek, rng)?);
+    let (audit, recovery) = AuditLog::open(&a.state_dir.join("audit.log"))?;
+    if let Recovery::TornTailRemoved { bytes } = recovery {
+        eprintln!("sealroom broker: audit log: removed a torn, unacknowledged last record ({bytes} bytes)");
+    }
+    let ledger = EmbeddedLedger::new(NonceBook::new(ttl_ms, 100_000), GroupCommitLog::new(audit));
+    Ok((store, Arc::new(ledger)))
 }
 
 /// The verifier as `serve` is configured: enrolled TPM AKs, TDX collateral (verified now, at the verification
@@ -318,6 +355,12 @@ fn keys(k: &KeysArgs) -> Result<()> {
     };
     let t = &k.target;
     let response = match (&t.socket, &t.state_dir, &t.kek) {
+        (None, _, Some(kek)) if t.store.is_some() => {
+            let rng = SystemRandomness::new();
+            let url = t.store.as_deref().unwrap_or_default();
+            let keys = sealroom_broker::pg::open_keys(url, Kek::load(kek)?, &rng)?;
+            admin::apply(keys.as_ref(), &rng, &SystemClock, &operation)
+        }
         (None, Some(dir), Some(kek)) => {
             let rng = SystemRandomness::new();
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;

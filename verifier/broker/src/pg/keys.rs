@@ -1,0 +1,320 @@
+//! Keys and policies in PostgreSQL, with the same rules and the same sealing as the embedded store
+//! ([`crate::keystore`]): material is AES-256-GCM under the KEK with AAD = domain || key id || version, and the
+//! `meta` row `kek_check` proves at start that this replica's KEK is the one the database was created with.
+//! Admin changes lock the key row (`select … for update`) so two replicas cannot interleave a rotation.
+
+use std::sync::Arc;
+
+use tokio_postgres::Row;
+
+use super::{Database, SharedClient, connect, pg_err, to_i64, to_u64};
+use crate::error::{Error, Result};
+use crate::keystore::{self, Kek, KeyInfo, KeyState, ReleasableKey, Unreleasable};
+use crate::store::KeyRecords;
+use crate::{Randomness, check_key_id};
+
+const LAYER: &str = "key store";
+const SELECT_KEY: &str = "select id, owner, policy, version, revoked_ms, created_ms, rotated_ms from keys";
+
+/// The key store of a replicated broker.
+#[derive(Debug)]
+pub struct PgKeys {
+    db: Arc<Database>,
+    reads: Arc<SharedClient>,
+    kek: Arc<Kek>,
+}
+
+fn info_from_row(row: &Row) -> Result<KeyInfo> {
+    let get = |e: tokio_postgres::Error| pg_err("key row", &e);
+    let version: i32 = row.try_get("version").map_err(get)?;
+    let revoked: Option<i64> = row.try_get("revoked_ms").map_err(get)?;
+    Ok(KeyInfo {
+        id: row.try_get("id").map_err(get)?,
+        owner: row.try_get("owner").map_err(get)?,
+        policy: row.try_get("policy").map_err(get)?,
+        version: u32::try_from(version)
+            .map_err(|_| Error::check(LAYER, format!("stored version {version}")))?,
+        state: match revoked {
+            None => KeyState::Active,
+            Some(t) => KeyState::Revoked { time_ms: to_u64("revoked_ms", t)? },
+        },
+        created_ms: to_u64("created_ms", row.try_get("created_ms").map_err(get)?)?,
+        rotated_ms: to_u64("rotated_ms", row.try_get("rotated_ms").map_err(get)?)?,
+    })
+}
+
+fn version_i32(v: u32) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::check(LAYER, format!("version {v} out of range")))
+}
+
+/// What an admin change does to a locked key row.
+enum Change {
+    Rotate { material: Vec<u8>, now_ms: u64 },
+    Revoke { now_ms: u64 },
+    SetPolicy { policy: String },
+}
+
+impl PgKeys {
+    /// Checks (or, on a fresh database, records) the KEK.
+    ///
+    /// # Errors
+    /// When the database cannot be read or the KEK does not match.
+    pub fn open(db: Arc<Database>, kek: Kek, rng: &dyn Randomness) -> Result<Self> {
+        let candidate = kek.seal(rng, keystore::KEK_CHECK.as_bytes(), keystore::KEK_CHECK_PLAINTEXT)?;
+        let config = db.config();
+        let stored: Vec<u8> = db.run(async move {
+            let c = connect(&config).await?;
+            // First replica to start wins; the others read its check value.
+            c.execute(
+                "insert into meta (name, value) values ($1, $2) on conflict (name) do nothing",
+                &[&keystore::KEK_CHECK, &candidate],
+            )
+            .await
+            .map_err(|e| pg_err("kek check", &e))?;
+            let row = c
+                .query_one("select value from meta where name = $1", &[&keystore::KEK_CHECK])
+                .await
+                .map_err(|e| pg_err("kek check", &e))?;
+            row.try_get(0).map_err(|e| pg_err("kek check", &e))
+        })?;
+        if kek.open(keystore::KEK_CHECK.as_bytes(), &stored).as_deref() != Some(keystore::KEK_CHECK_PLAINTEXT)
+        {
+            return Err(Error::check(LAYER, "the key-encryption key does not match this database"));
+        }
+        let reads = Arc::new(SharedClient::new(db.config()));
+        Ok(Self { db, reads, kek: Arc::new(kek) })
+    }
+
+    fn change(&self, key_id: &str, change: &Change, rng: &dyn Randomness) -> Result<KeyInfo> {
+        check_key_id(key_id)?;
+        let config = self.db.config();
+        let id = key_id.to_owned();
+        // The sealing needs the new version, known only under the row lock: seal for version + 1 of what we
+        // read first, and retry the whole change if a concurrent rotation moved the version meanwhile.
+        for _ in 0..5 {
+            let current = self.list_one(key_id)?;
+            let sealed = match change {
+                Change::Rotate { material, .. } => {
+                    if let KeyState::Revoked { .. } = current.state {
+                        return Err(Error::check(LAYER, format!("key {key_id} is revoked")));
+                    }
+                    let next = current
+                        .version
+                        .checked_add(1)
+                        .ok_or_else(|| Error::check(LAYER, format!("key {key_id}: version overflow")))?;
+                    Some((next, self.kek.seal(rng, &keystore::material_aad(key_id, next), material)?))
+                }
+                Change::Revoke { .. } | Change::SetPolicy { .. } => None,
+            };
+            let (config, id) = (config.clone(), id.clone());
+            let (revoke_at, policy, rotated_at) = match change {
+                Change::Revoke { now_ms } => (Some(to_i64("time", *now_ms)?), None, None),
+                Change::SetPolicy { policy } => (None, Some(policy.clone()), None),
+                Change::Rotate { now_ms, .. } => (None, None, Some(to_i64("time", *now_ms)?)),
+            };
+            let expected = version_i32(current.version)?;
+            let outcome: Option<KeyInfo> = self.db.run(async move {
+                let mut c = connect(&config).await?;
+                let tx = c.transaction().await.map_err(|e| pg_err("begin", &e))?;
+                let row = tx
+                    .query_opt(&format!("{SELECT_KEY} where id = $1 for update"), &[&id])
+                    .await
+                    .map_err(|e| pg_err("lock key", &e))?
+                    .ok_or_else(|| Error::check(LAYER, format!("unknown key id {id}")))?;
+                let info = info_from_row(&row)?;
+                if version_i32(info.version)? != expected {
+                    return Ok(None);
+                }
+                if let Some(t) = revoke_at {
+                    if let KeyState::Revoked { .. } = info.state {
+                        return Err(Error::check(LAYER, format!("key {id} is already revoked")));
+                    }
+                    tx.execute("update keys set revoked_ms = $2 where id = $1", &[&id, &t])
+                        .await
+                        .map_err(|e| pg_err("revoke", &e))?;
+                }
+                if let Some(p) = &policy {
+                    tx.execute("update keys set policy = $2 where id = $1", &[&id, p])
+                        .await
+                        .map_err(|e| pg_err("set policy", &e))?;
+                }
+                if let (Some((next, sealed)), Some(t)) = (&sealed, rotated_at) {
+                    if let KeyState::Revoked { .. } = info.state {
+                        return Err(Error::check(LAYER, format!("key {id} is revoked")));
+                    }
+                    let next = version_i32(*next)?;
+                    tx.execute(
+                        "insert into key_material (id, version, sealed) values ($1, $2, $3)",
+                        &[&id, &next, sealed],
+                    )
+                    .await
+                    .map_err(|e| pg_err("rotate", &e))?;
+                    tx.execute(
+                        "update keys set version = $2, rotated_ms = $3 where id = $1",
+                        &[&id, &next, &t],
+                    )
+                    .await
+                    .map_err(|e| pg_err("rotate", &e))?;
+                }
+                let row = tx
+                    .query_one(&format!("{SELECT_KEY} where id = $1"), &[&id])
+                    .await
+                    .map_err(|e| pg_err("read back", &e))?;
+                let info = info_from_row(&row)?;
+                tx.commit().await.map_err(|e| pg_err("commit", &e))?;
+                Ok(Some(info))
+            })?;
+            if let Some(info) = outcome {
+                return Ok(info);
+            }
+        }
+        Err(Error::check(LAYER, format!("key {key_id} kept changing under concurrent rotations; retry")))
+    }
+
+    fn list_one(&self, key_id: &str) -> Result<KeyInfo> {
+        let reads = Arc::clone(&self.reads);
+        let id = key_id.to_owned();
+        self.db.run(async move {
+            let c = reads.get().await?;
+            let row = c
+                .query_opt(&format!("{SELECT_KEY} where id = $1"), &[&id])
+                .await
+                .map_err(|e| pg_err("read key", &e))?
+                .ok_or_else(|| Error::check(LAYER, format!("unknown key id {id}")))?;
+            info_from_row(&row)
+        })
+    }
+}
+
+impl KeyRecords for PgKeys {
+    fn add(
+        &self,
+        key_id: &str,
+        owner: &str,
+        policy: &str,
+        material: Option<Vec<u8>>,
+        rng: &dyn Randomness,
+        now_ms: u64,
+    ) -> Result<KeyInfo> {
+        check_key_id(key_id)?;
+        keystore::check_owner(owner)?;
+        keystore::check_policy(policy)?;
+        let material = keystore::material_or_generated(material, rng)?;
+        let sealed = self.kek.seal(rng, &keystore::material_aad(key_id, 1), &material)?;
+        let info = KeyInfo {
+            id: key_id.to_owned(),
+            owner: owner.to_owned(),
+            version: 1,
+            state: KeyState::Active,
+            created_ms: now_ms,
+            rotated_ms: now_ms,
+            policy: policy.to_owned(),
+        };
+        let config = self.db.config();
+        let row = info.clone();
+        let now = to_i64("time", now_ms)?;
+        self.db.run(async move {
+            let mut c = connect(&config).await?;
+            let tx = c.transaction().await.map_err(|e| pg_err("begin", &e))?;
+            let inserted = tx
+                .execute(
+                    "insert into keys (id, owner, policy, version, created_ms, rotated_ms) values ($1, $2, $3, 1, $4, $4) \
+                     on conflict (id) do nothing",
+                    &[&row.id, &row.owner, &row.policy, &now],
+                )
+                .await
+                .map_err(|e| pg_err("add", &e))?;
+            if inserted == 0 {
+                return Err(Error::check(LAYER, format!("key {} already exists", row.id)));
+            }
+            tx.execute("insert into key_material (id, version, sealed) values ($1, 1, $2)", &[&row.id, &sealed])
+                .await
+                .map_err(|e| pg_err("add", &e))?;
+            tx.commit().await.map_err(|e| pg_err("commit", &e))
+        })?;
+        Ok(info)
+    }
+
+    fn list(&self, owner: Option<&str>) -> Result<Vec<KeyInfo>> {
+        let reads = Arc::clone(&self.reads);
+        let owner = owner.map(str::to_owned);
+        self.db.run(async move {
+            let c = reads.get().await?;
+            let rows = c
+                .query(&format!("{SELECT_KEY} where $1::text is null or owner = $1 order by id"), &[&owner])
+                .await
+                .map_err(|e| pg_err("list", &e))?;
+            rows.iter().map(info_from_row).collect()
+        })
+    }
+
+    fn rotate(
+        &self,
+        key_id: &str,
+        material: Option<Vec<u8>>,
+        rng: &dyn Randomness,
+        now_ms: u64,
+    ) -> Result<KeyInfo> {
+        let material = keystore::material_or_generated(material, rng)?;
+        self.change(key_id, &Change::Rotate { material, now_ms }, rng)
+    }
+
+    fn revoke(&self, key_id: &str, now_ms: u64) -> Result<KeyInfo> {
+        // Revocation seals nothing: no randomness is drawn.
+        self.change(key_id, &Change::Revoke { now_ms }, &NoRandomness)
+    }
+
+    fn set_policy(&self, key_id: &str, policy: &str) -> Result<KeyInfo> {
+        keystore::check_policy(policy)?;
+        self.change(key_id, &Change::SetPolicy { policy: policy.to_owned() }, &NoRandomness)
+    }
+
+    fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>> {
+        let reads = Arc::clone(&self.reads);
+        let id = key_id.to_owned();
+        let fetched: Option<(KeyInfo, Option<Vec<u8>>)> = self
+            .db
+            .run(async move {
+                let c = reads.get().await?;
+                let row = c
+                    .query_opt(
+                        "select k.id, k.owner, k.policy, k.version, k.revoked_ms, k.created_ms, k.rotated_ms, m.sealed \
+                         from keys k left join key_material m on m.id = k.id and m.version = k.version where k.id = $1",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(|e| pg_err("read key", &e))?;
+                row.map(|r| {
+                    let sealed: Option<Vec<u8>> = r.try_get("sealed").map_err(|e| pg_err("key row", &e))?;
+                    Ok((info_from_row(&r)?, sealed))
+                })
+                .transpose()
+            })
+            .map_err(Err)?;
+        let Some((info, sealed)) = fetched else { return Err(Ok(Unreleasable::Unknown)) };
+        if let KeyState::Revoked { time_ms } = info.state {
+            return Err(Ok(Unreleasable::Revoked { time_ms }));
+        }
+        let sealed = sealed.ok_or_else(|| {
+            Err(Error::check(LAYER, format!("key {key_id} v{} has no material", info.version)))
+        })?;
+        let material =
+            self.kek.open(&keystore::material_aad(key_id, info.version), &sealed).ok_or_else(|| {
+                Err(Error::check(
+                    LAYER,
+                    format!("key {key_id} v{}: material does not decrypt (tampered)", info.version),
+                ))
+            })?;
+        Ok(ReleasableKey { info, material })
+    }
+}
+
+/// For changes that seal nothing.
+#[derive(Debug)]
+struct NoRandomness;
+
+impl Randomness for NoRandomness {
+    fn fill(&self, _out: &mut [u8]) -> Result<()> {
+        Err(Error::check(LAYER, "no randomness for this operation"))
+    }
+}

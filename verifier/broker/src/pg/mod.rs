@@ -1,0 +1,192 @@
+//! The broker's state in PostgreSQL, for several stateless replicas (`sealroom broker serve --store
+//! postgres://…`; design and operator steps in `docs/broker-scaling.md`).
+//!
+//! - [`keys`]: keys and policies, material sealed under the KEK exactly as in the embedded store (the
+//!   database and its backups never see a key in clear; the KEK stays a file on each replica).
+//! - [`ledger`]: stateless MACed nonces ([`crate::nonce_mac`]), the `used_nonces` table, and one audit chain
+//!   per replica ([`chain`]), the nonce's use and the release's records committed in one transaction before
+//!   the reply.
+//! - [`migrations`]: the schema, owned and upgraded by the broker at start.
+//!
+//! The driver is tokio-postgres, run on a small runtime of the store's own, so the store's synchronous methods
+//! can be called from anywhere (blocking release tasks, the admin endpoint, the CLI) without nesting runtimes.
+//! Each data provider may have its own database role and schema (a role's default `search_path` starts with a
+//! schema of its own name), so one provider's credentials cannot read another provider's keys.
+
+pub mod chain;
+pub mod keys;
+pub mod ledger;
+pub mod migrations;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::error::{Error, Result};
+use crate::keystore::Kek;
+
+const LAYER: &str = "postgres";
+
+pub(crate) fn pg_err(what: &str, e: &tokio_postgres::Error) -> Error {
+    // The driver's Display is terse ("db error"); the server's message says what went wrong.
+    let detail =
+        e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{}: {}", d.code().code(), d.message()));
+    Error::check(LAYER, format!("{what}: {detail}"))
+}
+
+pub(crate) fn to_i64(what: &str, v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::check(LAYER, format!("{what} {v} out of range")))
+}
+
+pub(crate) fn to_u64(what: &str, v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::check(LAYER, format!("stored {what} {v} is negative")))
+}
+
+/// A connection to the broker's database: the parsed URL and a runtime that drives the driver.
+pub struct Database {
+    config: Config,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        write!(f, "Database(user={:?}, dbname={:?})", self.config.get_user(), self.config.get_dbname())
+    }
+}
+
+impl Database {
+    /// Parses a `postgres://user:password@host:port/db` URL (or a libpq key=value string) and starts the
+    /// store's runtime. Nothing is connected yet.
+    ///
+    /// # Errors
+    /// When the URL does not parse or the runtime cannot start.
+    pub fn new(url: &str) -> Result<Self> {
+        let config: Config = url.parse().map_err(|e: tokio_postgres::Error| pg_err("database URL", &e))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sealroom-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::check(LAYER, format!("runtime: {e}")))?;
+        Ok(Self { config, runtime: Some(runtime) })
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it. Usable from any thread, inside or outside another
+    /// tokio runtime (the caller's thread blocks, as it would on a redb transaction).
+    ///
+    /// # Errors
+    /// `fut`'s error, or when the runtime is gone.
+    pub fn run<T: Send + 'static>(&self, fut: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+        let rt = self.runtime.as_ref().ok_or_else(|| Error::check(LAYER, "runtime stopped"))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().map_err(|_| Error::check(LAYER, "database task ended without an answer"))?
+    }
+
+    /// Spawns a task on the store's runtime.
+    pub(crate) fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let rt = self.runtime.as_ref().ok_or_else(|| Error::check(LAYER, "runtime stopped"))?;
+        rt.spawn(fut);
+        Ok(())
+    }
+
+    /// The connection settings (for tasks that connect themselves).
+    #[must_use]
+    pub fn config(&self) -> Config {
+        self.config.clone()
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        // Allowed from async contexts too (a blocking shutdown is not).
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Opens a new connection; its I/O task runs on the current (the store's) runtime.
+///
+/// # Errors
+/// When the server cannot be reached or refuses the credentials.
+pub(crate) async fn connect(config: &Config) -> Result<Client> {
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| pg_err("connect", &e))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A shared connection for reads (tokio-postgres pipelines concurrent queries on one connection), replaced when
+/// the server closed it (a restart).
+#[derive(Debug)]
+pub(crate) struct SharedClient {
+    config: Config,
+    client: tokio::sync::Mutex<Option<Arc<Client>>>,
+}
+
+impl SharedClient {
+    pub(crate) fn new(config: Config) -> Self {
+        Self { config, client: tokio::sync::Mutex::new(None) }
+    }
+
+    pub(crate) async fn get(&self) -> Result<Arc<Client>> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(c));
+        }
+        let c = Arc::new(connect(&self.config).await?);
+        *slot = Some(Arc::clone(&c));
+        Ok(c)
+    }
+}
+
+/// The keys and the ledger of one replica on one database.
+#[derive(Debug)]
+pub struct PgStore {
+    /// Keys and policies.
+    pub keys: Arc<keys::PgKeys>,
+    /// Nonces and audit chain.
+    pub ledger: Arc<ledger::PgLedger>,
+}
+
+/// Connects, migrates the schema and checks the KEK against the database. Keys only (admin operations).
+///
+/// # Errors
+/// When the database cannot be reached, migrated, or the KEK does not match.
+pub fn open_keys(url: &str, kek: Kek, rng: &dyn crate::Randomness) -> Result<Arc<keys::PgKeys>> {
+    let db = migrated(url)?;
+    keys::PgKeys::open(db, kek, rng).map(Arc::new)
+}
+
+fn migrated(url: &str) -> Result<Arc<Database>> {
+    let db = Arc::new(Database::new(url)?);
+    let config = db.config();
+    db.run(async move {
+        let mut c = connect(&config).await?;
+        migrations::migrate(&mut c).await
+    })?;
+    Ok(db)
+}
+
+/// Opens a replica: connects, migrates the schema, checks the KEK, and starts the replica's audit writer.
+///
+/// # Errors
+/// When the database cannot be reached or migrated, the KEK does not match, or the replica id is invalid.
+pub fn open(
+    url: &str,
+    kek: Kek,
+    rng: &dyn crate::Randomness,
+    nonce_keys: crate::nonce_mac::NonceKeys,
+    replica: &str,
+) -> Result<PgStore> {
+    let db = migrated(url)?;
+    let keys = Arc::new(keys::PgKeys::open(Arc::clone(&db), kek, rng)?);
+    let ledger = Arc::new(ledger::PgLedger::start(db, nonce_keys, replica)?);
+    Ok(PgStore { keys, ledger })
+}

@@ -1,0 +1,180 @@
+//! Where a broker keeps what it must remember, behind two traits so the same release logic runs on the
+//! embedded store (one process: redb keys, in-memory nonces, the fsync'd audit file) or on PostgreSQL
+//! (several stateless replicas sharing one database: [`crate::pg`]).
+//!
+//! - [`KeyRecords`]: the data providers' keys and policies, material sealed under the KEK.
+//! - [`Ledger`]: challenges and the decisions taken on them. A release first *checks* its nonce (cheap, may be
+//!   stateless), is appraised and decided, and then *records* its decisions together with the nonce's single
+//!   use in one durable commit; only then is it acknowledged. A nonce already used by another release (on any
+//!   replica) makes the record step answer [`Recorded::Replay`], and nothing the release decided is returned.
+
+use std::sync::Mutex;
+
+use sealroom_measurements::binding::Nonce;
+
+use crate::Randomness;
+use crate::audit::{AuditEntry, AuditRecord, ChainHead, GroupCommitLog};
+use crate::error::{Error, Result};
+use crate::keystore::{KeyInfo, KeyStore, ReleasableKey, Unreleasable};
+use crate::nonce::{NonceBook, NonceRefusal};
+
+/// The key-management and key-lookup operations of a store.
+pub trait KeyRecords: Send + Sync + std::fmt::Debug {
+    /// Registers a new key (material generated when `None`).
+    ///
+    /// # Errors
+    /// Invalid id, owner or policy, an existing id, or a store failure.
+    fn add(
+        &self,
+        key_id: &str,
+        owner: &str,
+        policy: &str,
+        material: Option<Vec<u8>>,
+        rng: &dyn Randomness,
+        now_ms: u64,
+    ) -> Result<KeyInfo>;
+    /// All keys, or one owner's, ordered by id.
+    ///
+    /// # Errors
+    /// A store failure.
+    fn list(&self, owner: Option<&str>) -> Result<Vec<KeyInfo>>;
+    /// A new material version.
+    ///
+    /// # Errors
+    /// Unknown or revoked key, or a store failure.
+    fn rotate(
+        &self,
+        key_id: &str,
+        material: Option<Vec<u8>>,
+        rng: &dyn Randomness,
+        now_ms: u64,
+    ) -> Result<KeyInfo>;
+    /// Never release the key again.
+    ///
+    /// # Errors
+    /// Unknown or already revoked key, or a store failure.
+    fn revoke(&self, key_id: &str, now_ms: u64) -> Result<KeyInfo>;
+    /// Replaces the key's policy.
+    ///
+    /// # Errors
+    /// Unknown key, a policy that does not parse, or a store failure.
+    fn set_policy(&self, key_id: &str, policy: &str) -> Result<KeyInfo>;
+    /// The key's current version for release, or why there is none (`Err(Ok(_))`); `Err(Err(_))` when the
+    /// store fails or the stored material does not decrypt.
+    ///
+    /// # Errors
+    /// As described.
+    fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>>;
+}
+
+impl KeyRecords for KeyStore {
+    fn add(
+        &self,
+        key_id: &str,
+        owner: &str,
+        policy: &str,
+        material: Option<Vec<u8>>,
+        rng: &dyn Randomness,
+        now_ms: u64,
+    ) -> Result<KeyInfo> {
+        KeyStore::add(self, key_id, owner, policy, material, rng, now_ms)
+    }
+    fn list(&self, owner: Option<&str>) -> Result<Vec<KeyInfo>> {
+        KeyStore::list(self, owner)
+    }
+    fn rotate(
+        &self,
+        key_id: &str,
+        material: Option<Vec<u8>>,
+        rng: &dyn Randomness,
+        now_ms: u64,
+    ) -> Result<KeyInfo> {
+        KeyStore::rotate(self, key_id, material, rng, now_ms)
+    }
+    fn revoke(&self, key_id: &str, now_ms: u64) -> Result<KeyInfo> {
+        KeyStore::revoke(self, key_id, now_ms)
+    }
+    fn set_policy(&self, key_id: &str, policy: &str) -> Result<KeyInfo> {
+        KeyStore::set_policy(self, key_id, policy)
+    }
+    fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>> {
+        KeyStore::get_for_release(self, key_id)
+    }
+}
+
+/// The head of the audit chain a release was recorded in: what its token anchors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnchoredHead {
+    /// The replica whose chain it is (`None` for the embedded broker's single log).
+    pub replica: Option<String>,
+    /// Records in that chain and the last one's hash.
+    pub head: ChainHead,
+}
+
+/// The outcome of recording a release.
+#[derive(Debug)]
+pub enum Recorded {
+    /// Durably committed: the records (as stored) and the chain head after them.
+    Committed(Vec<AuditRecord>, AnchoredHead),
+    /// The nonce had already been used by another release: nothing was recorded for these entries.
+    Replay,
+}
+
+/// Challenges and the durable record of decisions.
+pub trait Ledger: Send + Sync + std::fmt::Debug {
+    /// A fresh nonce and its time to live in seconds.
+    ///
+    /// # Errors
+    /// When randomness fails or too many challenges are outstanding.
+    fn issue(&self, rng: &dyn Randomness, now_ms: u64) -> Result<(Nonce, u32)>;
+    /// Whether `nonce` may be redeemed now (issued by this broker or a fellow replica, not expired, and — where
+    /// this can be known without a shared write — not used). Final single use is settled by [`Ledger::record`].
+    ///
+    /// # Errors
+    /// The precise refusal.
+    fn check(&self, nonce: &Nonce, now_ms: u64) -> std::result::Result<(), NonceRefusal>;
+    /// Records `entries` durably and, with `redeemed`, the nonce's single use in the same commit. Returns once
+    /// the commit is durable.
+    ///
+    /// # Errors
+    /// When the log or database cannot be written: nothing may be released.
+    fn record(&self, redeemed: Option<&Nonce>, entries: &[AuditEntry], now_ms: u64) -> Result<Recorded>;
+}
+
+/// The embedded broker's ledger: nonces remembered in memory (single use decided at [`Ledger::check`]) and the
+/// group-committed audit file.
+#[derive(Debug)]
+pub struct EmbeddedLedger {
+    nonces: Mutex<NonceBook>,
+    audit: GroupCommitLog,
+}
+
+impl EmbeddedLedger {
+    /// A ledger over a nonce book and an opened audit log.
+    #[must_use]
+    pub fn new(nonces: NonceBook, audit: GroupCommitLog) -> Self {
+        Self { nonces: Mutex::new(nonces), audit }
+    }
+}
+
+fn poisoned() -> Error {
+    Error::check("broker", "nonce lock poisoned by an earlier panic")
+}
+
+impl Ledger for EmbeddedLedger {
+    fn issue(&self, rng: &dyn Randomness, now_ms: u64) -> Result<(Nonce, u32)> {
+        let mut book = self.nonces.lock().map_err(|_| poisoned())?;
+        let nonce = book.issue(rng, now_ms)?;
+        Ok((nonce, u32::try_from(book.ttl_ms() / 1000).unwrap_or(u32::MAX)))
+    }
+
+    fn check(&self, nonce: &Nonce, now_ms: u64) -> std::result::Result<(), NonceRefusal> {
+        // The book is the only copy: redeeming here is final (a second presentation is refused right away).
+        self.nonces.lock().map_err(|_| NonceRefusal::NeverIssued)?.redeem(nonce, now_ms)
+    }
+
+    fn record(&self, _redeemed: Option<&Nonce>, entries: &[AuditEntry], now_ms: u64) -> Result<Recorded> {
+        let (records, head) = self.audit.append(entries, now_ms)?;
+        Ok(Recorded::Committed(records, AnchoredHead { replica: None, head }))
+    }
+}
