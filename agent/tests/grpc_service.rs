@@ -1,11 +1,12 @@
 //! The gRPC attestation service over TCP against a real TPM (swtpm): evidence that verifies, statuses that say
-//! why, a bounded queue, deadlines, garbage on the socket, and 64 concurrent clients.
+//! why, a bounded queue, deadlines, garbage on the socket, 64 concurrent clients, and the server limits against
+//! slow-loris connections and a 256-client flood.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::cast_precision_loss)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sealroom_agent::paths::KernelPaths;
 use sealroom_agent::server::{self, Config, Running};
@@ -228,6 +229,19 @@ impl Drop for AgentProcess {
     }
 }
 
+/// Raw garbage, HTTP/1.1, a bare preface, a preface followed by an oversized bogus frame, a truncated preface.
+fn malformed_frames() -> Vec<Vec<u8>> {
+    vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        (0..4096u32).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[1]).collect(),
+        HTTP2_PREFACE.to_vec(),
+        [HTTP2_PREFACE.as_slice(), &[0xff, 0xff, 0xff, 0x00, 0x00, 0, 0, 0, 1], &[0; 64]].concat(),
+        b"PRI * HTTP/2.0\r\n".to_vec(),
+    ]
+}
+
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 async fn load(addr: SocketAddr, clients: usize, per_client: usize) -> usize {
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -272,18 +286,7 @@ async fn sixty_four_clients_fifty_requests_each_zero_errors_bounded_memory_and_g
     assert!(rss_after < rss_before + 32 * 1024, "RSS grew from {rss_before} to {rss_after} KiB");
 
     // Malformed frames: raw garbage, a truncated HTTP/2 preface, a bogus frame header, a slow half-open socket.
-    let garbage: Vec<Vec<u8>> = vec![
-        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-        (0..4096u32).map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes()[1]).collect(),
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
-        [
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(),
-            &[0xff, 0xff, 0xff, 0x00, 0x00, 0, 0, 0, 1],
-            &[0; 64],
-        ]
-        .concat(),
-        b"PRI * HTTP/2.0\r\n".to_vec(),
-    ];
+    let garbage = malformed_frames();
     let half_open = TcpStream::connect(addr).unwrap();
     for _ in 0..20 {
         for g in &garbage {
@@ -325,4 +328,161 @@ async fn vsock_is_served_when_the_kernel_has_it_and_tcp_goes_on_when_it_has_not(
         AttestationClient::new(channel).get_evidence(request(&[5; 32])).await.unwrap();
     }
     running.stop().await.unwrap();
+}
+
+/// A slow-loris connection: sends `prefix` and then nothing, never reading.
+fn stall(addr: SocketAddr, prefix: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(prefix).unwrap();
+    s
+}
+
+/// True once the server has closed `s` (EOF or reset), reading whatever it sent first, within `deadline`.
+fn closed_by_server(s: &mut TcpStream, deadline: Instant) -> bool {
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// One well-behaved client: a fresh connection and GetEvidence, retried while the agent sheds load
+/// (connection refused at the cap, RESOURCE_EXHAUSTED from the full queue); returns the time to verified
+/// evidence for its own nonce.
+async fn well_behaved_get_evidence(addr: SocketAddr, nonce: [u8; 32], bound: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < bound, "no evidence for a well-behaved client within {bound:?}");
+        let Ok(channel) = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        match AttestationClient::new(channel).get_evidence(request(&nonce)).await {
+            Ok(r) => {
+                let ev = Evidence::try_from(r.into_inner().evidence.unwrap()).unwrap();
+                assert_eq!(ev.nonce, Nonce(nonce));
+                return started.elapsed();
+            }
+            Err(s) if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable | Code::Unknown) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(s) => panic!("well-behaved client refused: {s:?}"),
+        }
+    }
+}
+
+/// Issue 14 item 4: 300 slow-loris connections (silent, a partial preface, a full preface then a HEADERS frame
+/// cut short), malformed frames and 256 concurrent clients at once against the real `sealroom-agent` process.
+/// Bounds checked: a well-behaved client gets verified evidence within 30 s; the agent's resident memory stays
+/// under its post-warm-up size + 64 MiB; every slow-loris connection is closed by the agent within 40 s (the
+/// 5 s preface deadline, the 10 s + 5 s keepalive); the agent is alive and serves normally afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_slow_loris_malformed_frames_and_256_clients_do_not_stop_get_evidence_or_grow_memory() {
+    const BOUND: Duration = Duration::from_secs(30);
+    const RSS_GROWTH_KIB: u64 = 64 * 1024;
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = AgentProcess::spawn(&tpm.tcti());
+    let addr = agent.addr;
+    assert_eq!(load(addr, 8, 5).await, 0);
+    let rss_before = agent.rss_kib();
+
+    let started = Instant::now();
+    // A HEADERS frame header announcing 16 KiB of header block, then 5 bytes of it.
+    let cut_headers =
+        [HTTP2_PREFACE.as_slice(), &[0, 0, 0, 4, 0, 0, 0, 0, 0], &[0, 0x40, 0, 1, 4, 0, 0, 0, 1], &[0x82; 5]]
+            .concat();
+    let mut lorises: Vec<TcpStream> = Vec::new();
+    for _ in 0..100 {
+        lorises.push(stall(addr, b""));
+        lorises.push(stall(addr, b"PRI * HTTP/2.0\r\n"));
+        lorises.push(stall(addr, &cut_headers));
+    }
+    let garbage = malformed_frames();
+    let rss_peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
+    let pid = agent.child.id();
+    let sampler_peak = std::sync::Arc::clone(&rss_peak);
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let keep_sampling = std::sync::Arc::clone(&sampling);
+    let sampler = std::thread::spawn(move || {
+        while keep_sampling.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(kib) = rss_kib_of(pid) {
+                sampler_peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let flood = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for c in 0..256usize {
+            tasks.push(tokio::spawn(async move {
+                let Ok(channel) = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await
+                else {
+                    return (0usize, 1usize);
+                };
+                let mut client = AttestationClient::new(channel);
+                let (mut ok, mut refused) = (0, 0);
+                for i in 0..4usize {
+                    let mut nonce = [0xAAu8; 32];
+                    nonce[..8].copy_from_slice(&(c * 10 + i).to_be_bytes());
+                    match client.get_evidence(request(&nonce)).await {
+                        Ok(_) => ok += 1,
+                        Err(_) => refused += 1,
+                    }
+                }
+                (ok, refused)
+            }));
+        }
+        let (mut ok, mut refused) = (0, 0);
+        for t in tasks {
+            let (o, r) = t.await.unwrap();
+            ok += o;
+            refused += r;
+        }
+        (ok, refused)
+    });
+    let garbage_thread = std::thread::spawn(move || {
+        for _ in 0..20 {
+            for g in &garbage {
+                if let Ok(mut s) = TcpStream::connect(addr) {
+                    let _ = s.write_all(g);
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                }
+            }
+        }
+    });
+    let waited = well_behaved_get_evidence(addr, [0x5A; 32], BOUND).await;
+    let (ok, refused) = flood.await.unwrap();
+    garbage_thread.join().unwrap();
+    eprintln!(
+        "[attack] well-behaved GetEvidence after {:.2} s under attack; 256 clients: {ok} answered, {refused} shed",
+        waited.as_secs_f64()
+    );
+
+    // Every slow-loris connection is closed by the agent, not left to hold a slot.
+    let deadline = started + Duration::from_secs(40);
+    let still_open =
+        lorises.iter_mut().map(|s| closed_by_server(s, deadline)).filter(|closed| !closed).count();
+    assert_eq!(still_open, 0, "slow-loris connections still open after 40 s");
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = rss_peak.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "[attack] agent RSS {rss_before} KiB after warm-up, peak {peak} KiB under attack (bound +{RSS_GROWTH_KIB} KiB); \
+         slow-loris connections closed after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(peak < rss_before + RSS_GROWTH_KIB, "agent RSS peaked at {peak} KiB (from {rss_before} KiB)");
+    assert!(agent.alive(), "the agent died under the attack");
+    assert_eq!(load(addr, 4, 5).await, 0, "the agent does not serve normally after the attack");
+}
+
+fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
