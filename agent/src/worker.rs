@@ -130,6 +130,7 @@ impl Worker {
             sev_snp: None,
             azure: None,
             runtime_event_log: self.log.encode(),
+            gpus: Vec::new(),
         };
         for a in &mut self.attesters {
             match a.attest(&nonce, key)? {

@@ -573,6 +573,7 @@ fn appraise_azure(
         sev_snp: None,
         azure: Some(az),
         runtime_event_log: Vec::new(),
+        gpus: Vec::new(),
     };
     let ev = Evidence::try_from(sealroom_proto::attestation::v1::Evidence::from(ev)).unwrap();
     let cache = EndorsementCache::default();

@@ -36,6 +36,10 @@ pub mod limits {
     pub const SNP_CERTS: usize = 4;
     /// Azure HCL report.
     pub const HCL_REPORT: usize = 2600;
+    /// GPUs in one `Evidence`.
+    pub const GPU_COUNT: usize = 8;
+    /// One NVIDIA GPU attestation report (SPDM request + response).
+    pub const GPU_REPORT: usize = 64 * 1024;
 }
 
 /// The platform the agent probed.
@@ -174,6 +178,15 @@ pub struct AzureVtpmEvidence {
     pub vcek: Vec<u8>,
 }
 
+/// NVIDIA GPU evidence for one GPU (see docs/gpu.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuEvidence {
+    /// SPDM GET_MEASUREMENTS request + signed MEASUREMENTS response, as NVML returns them.
+    pub report: Vec<u8>,
+    /// DER certificates of the attestation key, leaf first.
+    pub cert_chain: Vec<Vec<u8>>,
+}
+
 /// Everything the agent returns from `GetEvidence`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evidence {
@@ -193,6 +206,8 @@ pub struct Evidence {
     pub azure: Option<AzureVtpmEvidence>,
     /// CEL-TLV runtime event log.
     pub runtime_event_log: Vec<u8>,
+    /// GPUs in confidential-computing mode (empty when none), bound by the same binding digest.
+    pub gpus: Vec<GpuEvidence>,
 }
 
 fn limit(field: &'static str, bytes: &[u8], max: usize) -> Result<()> {
@@ -377,6 +392,21 @@ impl TryFrom<pb::AzureVtpmEvidence> for AzureVtpmEvidence {
     }
 }
 
+impl From<GpuEvidence> for pb::GpuEvidence {
+    fn from(g: GpuEvidence) -> Self {
+        Self { report: g.report, cert_chain: g.cert_chain }
+    }
+}
+
+impl TryFrom<pb::GpuEvidence> for GpuEvidence {
+    type Error = Error;
+    fn try_from(g: pb::GpuEvidence) -> Result<Self> {
+        limit("gpus.report", &g.report, limits::GPU_REPORT)?;
+        limit_chain("gpus.cert_chain", &g.cert_chain, limits::CERT_COUNT)?;
+        Ok(Self { report: g.report, cert_chain: g.cert_chain })
+    }
+}
+
 impl From<Evidence> for pb::Evidence {
     fn from(e: Evidence) -> Self {
         Self {
@@ -390,6 +420,7 @@ impl From<Evidence> for pb::Evidence {
             sev_snp: e.sev_snp.map(Into::into),
             azure: e.azure.map(Into::into),
             runtime_event_log: e.runtime_event_log,
+            gpus: e.gpus.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -411,6 +442,10 @@ impl TryFrom<pb::Evidence> for Evidence {
             .map_err(|_| Error::invalid("evidence", "platform", format!("{} unknown", e.platform)))?
             .try_into()?;
         limit("runtime_event_log", &e.runtime_event_log, limits::EVENT_LOG)?;
+        if e.gpus.len() > limits::GPU_COUNT {
+            let detail = format!("{} GPUs, at most {}", e.gpus.len(), limits::GPU_COUNT);
+            return Err(Error::invalid("evidence", "gpus", detail));
+        }
         let ev = Self {
             nonce,
             tee_public_key,
@@ -420,6 +455,7 @@ impl TryFrom<pb::Evidence> for Evidence {
             sev_snp: e.sev_snp.map(TryInto::try_into).transpose()?,
             azure: e.azure.map(TryInto::try_into).transpose()?,
             runtime_event_log: e.runtime_event_log,
+            gpus: e.gpus.into_iter().map(TryInto::try_into).collect::<Result<_>>()?,
         };
         let has_part = match ev.platform {
             Platform::Tpm => ev.tpm.is_some(),
@@ -489,6 +525,7 @@ mod tests {
                 vcek: vec![0x30],
             }),
             runtime_event_log: vec![0, 0, 0, 0, 8],
+            gpus: vec![GpuEvidence { report: vec![0x11, 0xe0, 1, 0xff], cert_chain: vec![vec![0x30]] }],
         }
     }
 
@@ -508,6 +545,18 @@ mod tests {
         let mut ev = sample();
         ev.tdx.as_mut().unwrap().quote = vec![0; limits::TDX_QUOTE + 1];
         assert!(Evidence::decode(&ev.encode()).unwrap_err().to_string().contains("tdx.quote"));
+        let mut ev = sample();
+        ev.gpus[0].report = vec![0; limits::GPU_REPORT + 1];
+        assert_eq!(
+            Evidence::decode(&ev.encode()).unwrap_err().to_string(),
+            "evidence: gpus.report is 65537 bytes, limit 65536"
+        );
+        let mut ev = sample();
+        ev.gpus = vec![GpuEvidence::default(); limits::GPU_COUNT + 1];
+        assert_eq!(
+            Evidence::decode(&ev.encode()).unwrap_err().to_string(),
+            "evidence: invalid gpus: 9 GPUs, at most 8"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ fn snp_evidence_survives_the_wire_with_its_binding() {
         sev_snp: Some(SevSnpEvidence { report, cert_chain: vec![] }),
         azure: None,
         runtime_event_log: vec![],
+        gpus: Vec::new(),
     };
     let wire = pb::Evidence::from(ev.clone()).encode_to_vec();
     let back = Evidence::decode(&wire).unwrap();

@@ -200,6 +200,7 @@ mod tests {
             sev_snp: None,
             azure: None,
             runtime_event_log: Vec::new(),
+            gpus: Vec::new(),
         }))
     }
 

@@ -85,6 +85,7 @@ fn gce_evidence(nonce: Nonce, tee: &TeePublicKey) -> Evidence {
         sev_snp: None,
         azure: None,
         runtime_event_log: vec![],
+        gpus: Vec::new(),
     }
 }
 

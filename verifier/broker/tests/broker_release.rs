@@ -225,6 +225,7 @@ impl Fixture {
             sev_snp: None,
             azure: None,
             runtime_event_log: vec![],
+            gpus: Vec::new(),
         }
     }
 
@@ -719,6 +720,7 @@ fn gce_evidence(nonce: Nonce, tee: &TeePublicKey) -> Evidence {
         sev_snp: None,
         azure: None,
         runtime_event_log: vec![],
+        gpus: Vec::new(),
     }
 }
 

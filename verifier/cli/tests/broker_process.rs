@@ -117,6 +117,7 @@ fn evidence(nonce: Nonce, tee: &sealroom_measurements::binding::TeePublicKey) ->
         sev_snp: None,
         azure: None,
         runtime_event_log: vec![],
+        gpus: Vec::new(),
     };
     pb::ReleaseRequest {
         nonce: nonce.0.to_vec(),
@@ -432,6 +433,7 @@ fn release_tdx(addr: &str, quote: &[u8]) -> String {
             sev_snp: None,
             azure: None,
             runtime_event_log: vec![],
+            gpus: Vec::new(),
         };
         let req = pb::ReleaseRequest {
             nonce: nonce.0.to_vec(),

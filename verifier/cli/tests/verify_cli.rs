@@ -269,6 +269,7 @@ fn sealroom_evidence_protobuf_checks_the_binding() {
         }),
         azure: None,
         runtime_event_log: vec![],
+        gpus: Vec::new(),
     };
     let f = dir.join("snp.pb");
     std::fs::write(&f, snp.clone().encode()).unwrap();
