@@ -8,6 +8,11 @@ use crate::error::Error;
 use crate::runtime::LogState;
 use crate::worker::AttestationHandle;
 
+/// Longest TPM2B_ID_OBJECT contents `ActivateCredential` accepts (proto: TpmCredential).
+pub const MAX_ID_OBJECT_LEN: usize = 256;
+/// Longest TPM2B_ENCRYPTED_SECRET contents `ActivateCredential` accepts (an RSA 4096 ciphertext).
+pub const MAX_ENCRYPTED_SECRET_LEN: usize = 512;
+
 /// Longest `tee_public_key` a request may carry (a P-521 point; larger is refused before any comparison).
 pub const MAX_TEE_KEY_LEN: usize = 133;
 
@@ -103,5 +108,44 @@ impl pb::attestation_server::Attestation for AttestationService {
             tee_key_kem: pb::KemId::from(key.kem()).into(),
             tee_public_key: key.as_bytes().to_vec(),
         }))
+    }
+
+    async fn get_tpm_identity(
+        &self,
+        _request: Request<pb::GetTpmIdentityRequest>,
+    ) -> Result<Response<pb::GetTpmIdentityResponse>, Status> {
+        let Some((ek_certificate, ak_public)) = self.handle.info().tpm_identity.clone() else {
+            return Err(Status::failed_precondition("tpm: no TPM with an EK certificate on this machine"));
+        };
+        Ok(Response::new(pb::GetTpmIdentityResponse { ek_certificate, ak_public }))
+    }
+
+    async fn activate_credential(
+        &self,
+        request: Request<pb::ActivateCredentialRequest>,
+    ) -> Result<Response<pb::ActivateCredentialResponse>, Status> {
+        let credential = request
+            .into_inner()
+            .credential
+            .ok_or_else(|| Status::invalid_argument("request: no credential"))?;
+        for (field, len, limit) in [
+            ("credential.id_object", credential.id_object.len(), MAX_ID_OBJECT_LEN),
+            ("credential.encrypted_secret", credential.encrypted_secret.len(), MAX_ENCRYPTED_SECRET_LEN),
+        ] {
+            if len == 0 || len > limit {
+                return Err(Status::invalid_argument(format!(
+                    "request: {field} is {len} bytes, expected 1..={limit}"
+                )));
+            }
+        }
+        if self.handle.info().tpm_identity.is_none() {
+            return Err(Status::failed_precondition("tpm: no TPM with an EK certificate on this machine"));
+        }
+        match self.handle.activate_credential(credential.id_object, credential.encrypted_secret).await {
+            Ok(secret) => Ok(Response::new(pb::ActivateCredentialResponse { secret })),
+            // The TPM refused this credential: it was not made for this EK and AK.
+            Err(e @ Error::Attester { .. }) => Err(Status::invalid_argument(e.to_string())),
+            Err(e) => Err(status_of(&e)),
+        }
     }
 }

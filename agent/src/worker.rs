@@ -50,11 +50,27 @@ pub struct PlatformInfo {
     pub uefi_event_log: Vec<u8>,
     /// The CCEL log.
     pub ccel_log: Vec<u8>,
+    /// The TPM's EK certificate (DER) and the AK (TPMT_PUBLIC), when the TPM was provisioned with an EK
+    /// certificate: `GetTpmIdentity`.
+    pub tpm_identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 enum Job {
-    Evidence { nonce: Nonce, deadline: Instant, reply: oneshot::Sender<Result<Evidence>> },
-    Measure { event: RuntimeEvent, reply: oneshot::Sender<Result<CelRecord>> },
+    Evidence {
+        nonce: Nonce,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<Evidence>>,
+    },
+    Measure {
+        event: RuntimeEvent,
+        reply: oneshot::Sender<Result<CelRecord>>,
+    },
+    Activate {
+        id_object: Vec<u8>,
+        encrypted_secret: Vec<u8>,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<Vec<u8>>>,
+    },
 }
 
 /// The cheap, clonable handle to the worker.
@@ -74,6 +90,7 @@ impl std::fmt::Debug for Job {
         f.write_str(match self {
             Self::Evidence { .. } => "Job::Evidence",
             Self::Measure { .. } => "Job::Measure",
+            Self::Activate { .. } => "Job::Activate",
         })
     }
 }
@@ -149,6 +166,14 @@ impl Worker {
         r
     }
 
+    /// Credential activation by the attester whose TPM holds the EK certificate `GetTpmIdentity` named.
+    fn activate(&mut self, id_object: &[u8], encrypted_secret: &[u8]) -> Result<Vec<u8>> {
+        let a = self.attesters.iter_mut().find(|a| a.tpm_identity().is_some()).ok_or_else(|| {
+            Error::Platform("tpm: no TPM with an EK certificate to activate a credential".into())
+        })?;
+        a.activate_credential(id_object, encrypted_secret)
+    }
+
     fn publish_log(&self) {
         if let Ok(mut g) = self.shared_log.write() {
             *g = (self.log.encode(), self.log.state().clone());
@@ -167,6 +192,12 @@ impl Worker {
                 }
                 Job::Measure { event, reply } => {
                     let _ = reply.send(self.measure(&event));
+                }
+                Job::Activate { id_object, encrypted_secret, deadline, reply } => {
+                    if reply.is_closed() || Instant::now() >= deadline {
+                        continue;
+                    }
+                    let _ = reply.send(self.activate(&id_object, &encrypted_secret));
                 }
             }
         }
@@ -217,6 +248,7 @@ impl AttestationHandle {
                         .map(|a| a.event_logs().1)
                         .find(|l| !l.is_empty())
                         .unwrap_or_default(),
+                    tpm_identity: attesters.iter().find_map(|a| a.tpm_identity()),
                 };
                 let shared_log = Arc::new(RwLock::new((log.encode(), log.state().clone())));
                 let platform = info.platform;
@@ -290,6 +322,22 @@ impl AttestationHandle {
         let deadline = Instant::now() + self.timeout;
         let (reply, rx) = oneshot::channel();
         self.enqueue(Job::Evidence { nonce, deadline, reply })?;
+        self.wait(deadline, rx).await
+    }
+
+    /// TPM2_ActivateCredential of a verifier's credential (TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET contents)
+    /// for the agent's AK and certified EK: the recovered secret.
+    ///
+    /// # Errors
+    /// [`Error::Busy`], [`Error::Timeout`], [`Error::Platform`] without a certified EK, or the TPM's refusal.
+    pub async fn activate_credential(
+        &self,
+        id_object: Vec<u8>,
+        encrypted_secret: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + self.timeout;
+        let (reply, rx) = oneshot::channel();
+        self.enqueue(Job::Activate { id_object, encrypted_secret, deadline, reply })?;
         self.wait(deadline, rx).await
     }
 

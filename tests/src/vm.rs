@@ -108,6 +108,10 @@ pub struct Vm {
     dir: PathBuf,
     serial: PathBuf,
     qmp: PathBuf,
+    /// The CA that issued this VM's TPM EK certificate, when the VM made its own (see [`Vm::boot`]).
+    own_ek_ca: Option<crate::swtpm::EkCa>,
+    /// Where the EK CA bundle (intermediate + root PEM) of this VM's TPM is.
+    ek_ca_bundle: PathBuf,
     /// The host port forwarded to the agent's gRPC port.
     pub port: u16,
     /// When QEMU was started.
@@ -128,20 +132,40 @@ impl Drop for Vm {
 }
 
 impl Vm {
-    /// Boots `disk` (snapshot mode: the file is never written) with a fresh swtpm; `extra` QEMU arguments are
-    /// appended (e.g. a config disk).
+    /// Boots `disk` (snapshot mode: the file is never written) with a fresh swtpm whose EK certificate comes from
+    /// a new local EK CA of this VM's own ([`Vm::ek_ca_bundle`]); `extra` QEMU arguments are appended (e.g. a
+    /// config disk).
     ///
     /// # Errors
     /// When swtpm or QEMU cannot start.
     pub fn boot(disk: &Path, tag: &str, extra: &[String]) -> Result<Self, String> {
         let dir = crate::swtpm::unique_temp_dir(tag);
+        let ca = crate::swtpm::EkCa::create_in(&dir.join("ek-ca")).map_err(|e| e.to_string())?;
+        Self::boot_in(dir, disk, extra, &ca).map(|mut vm| {
+            vm.own_ek_ca = Some(ca);
+            vm
+        })
+    }
+
+    /// Like [`Vm::boot`], with the TPM manufactured by `ca` (a verifier configured with `ca` beforehand trusts the
+    /// VM's TPM through its EK certificate).
+    ///
+    /// # Errors
+    /// When swtpm or QEMU cannot start.
+    pub fn boot_with_ek_ca(
+        disk: &Path,
+        tag: &str,
+        extra: &[String],
+        ca: &crate::swtpm::EkCa,
+    ) -> Result<Self, String> {
+        Self::boot_in(crate::swtpm::unique_temp_dir(tag), disk, extra, ca)
+    }
+
+    fn boot_in(dir: PathBuf, disk: &Path, extra: &[String], ca: &crate::swtpm::EkCa) -> Result<Self, String> {
         let tpm_state = dir.join("tpm");
         std::fs::create_dir_all(&tpm_state).map_err(|e| format!("{}: {e}", tpm_state.display()))?;
-        run_checked(
-            Command::new("swtpm_setup")
-                .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
-                .arg(&tpm_state),
-        )?;
+        ca.manufacture(&tpm_state).map_err(|e| e.to_string())?;
+        let ek_ca_bundle = ca.bundle_pem().map_err(|e| e.to_string())?;
         let tpm_sock = dir.join("swtpm.sock");
         let mut swtpm = Command::new("swtpm")
             .args(["socket", "--tpm2", "--tpmstate"])
@@ -195,13 +219,30 @@ impl Vm {
                     .map_err(|e| format!("qemu-system-x86_64: {e}"))
             });
         match spawned {
-            Ok(qemu) => Ok(Self { qemu, swtpm, dir, serial, qmp, port, started: Instant::now() }),
+            Ok(qemu) => Ok(Self {
+                qemu,
+                swtpm,
+                dir,
+                serial,
+                qmp,
+                own_ek_ca: None,
+                ek_ca_bundle,
+                port,
+                started: Instant::now(),
+            }),
             Err(e) => {
                 let _ = swtpm.kill();
                 let _ = swtpm.wait();
                 Err(e)
             }
         }
+    }
+
+    /// The PEM bundle (intermediate, root) of the CA that issued this VM's TPM EK certificate: what a verifier's
+    /// `--tpm-ek-ca` takes.
+    #[must_use]
+    pub fn ek_ca_bundle(&self) -> &Path {
+        &self.ek_ca_bundle
     }
 
     /// The VM's scratch directory (removed on drop).

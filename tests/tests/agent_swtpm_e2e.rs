@@ -169,7 +169,10 @@ async fn ordinary_clients_python_grpcio_reflection_and_health() {
     }
     let methods: Vec<&str> =
         got["attestation_methods"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
-    assert_eq!(methods, ["GetEvidence", "GetEventLog", "GetPlatformInfo"]);
+    assert_eq!(
+        methods,
+        ["GetEvidence", "GetEventLog", "GetPlatformInfo", "GetTpmIdentity", "ActivateCredential"]
+    );
 
     // Reflection v1 through tonic's client: the service is listed there too.
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();

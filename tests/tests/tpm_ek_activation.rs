@@ -17,6 +17,13 @@ use sealroom_verifier::tpm::quote::ExpectedExtraData;
 use sealroom_verifier::tpm::verify::{AkTrust, QuoteInput, verify_tpm};
 use sealroom_verifier::x509::{Certificate, UnixTime};
 
+async fn client(
+    url: String,
+) -> sealroom_proto::attestation::v1::attestation_client::AttestationClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+    sealroom_proto::attestation::v1::attestation_client::AttestationClient::new(channel)
+}
+
 fn now() -> UnixTime {
     // swtpm_localca issues certificates valid from now: the test verifies at the time it runs.
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().try_into().unwrap()
@@ -133,4 +140,80 @@ fn attack_credential_activated_by_a_different_tpm_fails() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("the activated secret does not match the issued one"), "{err}");
+}
+
+/// The same flow over the agent's gRPC API, as a remote verifier runs it: GetTpmIdentity, a credential,
+/// ActivateCredential, then GetEvidence whose quote is trusted through the activation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ek_path_over_the_agent_grpc_api() {
+    use sealroom_measurements::evidence::Evidence;
+    use sealroom_proto::attestation::v1 as pb;
+
+    let ca = EkCa::create().unwrap();
+    let tpm = Swtpm::start_with_ek_cert(&ca).unwrap();
+    let agent = sealroom_tests::agent::start_agent(&tpm, &[]).await.unwrap();
+    let url = format!("http://{}", agent.tcp_addr.unwrap());
+    let mut c = client(url).await;
+    let id = c.get_tpm_identity(pb::GetTpmIdentityRequest {}).await.unwrap().into_inner();
+    let secret = [0x77; 32];
+    let (_, cred) =
+        issue_challenge(&id.ek_certificate, &[], &cas(&ca), &id.ak_public, &secret, now()).unwrap();
+    let credential = pb::TpmCredential {
+        id_object: cred.id_object.clone(),
+        encrypted_secret: cred.encrypted_secret.clone(),
+    };
+    let returned = c
+        .activate_credential(pb::ActivateCredentialRequest { credential: Some(credential) })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let activated =
+        accept_activation(&id.ek_certificate, &[], &cas(&ca), &id.ak_public, &secret, &returned, now())
+            .unwrap();
+    let nonce = [3u8; 32];
+    let ev = c
+        .get_evidence(pb::GetEvidenceRequest { nonce: nonce.to_vec(), tee_public_key: Vec::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .evidence
+        .unwrap();
+    let ev = Evidence::try_from(ev).unwrap();
+    let tpm_ev = ev.tpm.unwrap();
+    assert_eq!(tpm_ev.ak_public, id.ak_public, "GetTpmIdentity names the AK that quotes");
+    verify(&tpm_ev, nonce, &ev.tee_public_key, &AkTrust::EkCertified(activated)).unwrap();
+
+    // Refusals: oversized fields, a missing credential, a corrupted credential (the TPM's integrity check).
+    let big = pb::TpmCredential { id_object: vec![0; 257], encrypted_secret: cred.encrypted_secret.clone() };
+    let s = c.activate_credential(pb::ActivateCredentialRequest { credential: Some(big) }).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("credential.id_object is 257 bytes"), "{}", s.message());
+    let s = c.activate_credential(pb::ActivateCredentialRequest { credential: None }).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    let mut bad = cred.id_object.clone();
+    bad[5] ^= 1;
+    let s = c
+        .activate_credential(pb::ActivateCredentialRequest {
+            credential: Some(pb::TpmCredential { id_object: bad, encrypted_secret: cred.encrypted_secret }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("activate credential"), "{}", s.message());
+    agent.stop().await.unwrap();
+}
+
+/// A TPM without an EK certificate (a plain swtpm) has no identity to offer: the verifier falls back to nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpm_without_ek_certificate_has_no_identity() {
+    use sealroom_proto::attestation::v1 as pb;
+
+    let tpm = Swtpm::start().unwrap();
+    let agent = sealroom_tests::agent::start_agent(&tpm, &[]).await.unwrap();
+    let mut c = client(format!("http://{}", agent.tcp_addr.unwrap())).await;
+    let s = c.get_tpm_identity(pb::GetTpmIdentityRequest {}).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+    assert!(s.message().contains("no TPM with an EK certificate"), "{}", s.message());
+    agent.stop().await.unwrap();
 }

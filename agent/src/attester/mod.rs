@@ -84,4 +84,21 @@ pub trait Attester: Send + std::fmt::Debug {
     fn event_logs(&self) -> (Vec<u8>, Vec<u8>) {
         (Vec::new(), Vec::new())
     }
+
+    /// TPM only, when the TPM holds an EK certificate: (EK certificate DER, AK TPMT_PUBLIC), what a verifier
+    /// needs to certify the AK through credential activation.
+    fn tpm_identity(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        None
+    }
+
+    /// TPM only: TPM2_ActivateCredential of a verifier's credential for this attester's AK.
+    ///
+    /// # Errors
+    /// Always for attesters without a certified EK; otherwise when the TPM refuses the credential.
+    fn activate_credential(&mut self, _id_object: &[u8], _encrypted_secret: &[u8]) -> Result<Vec<u8>> {
+        Err(crate::error::Error::Platform(format!(
+            "{}: no TPM endorsement key to activate a credential",
+            self.name()
+        )))
+    }
 }

@@ -436,6 +436,14 @@ impl Attester for TpmAttester {
     fn event_logs(&self) -> (Vec<u8>, Vec<u8>) {
         (self.uefi_event_log.clone(), Vec::new())
     }
+
+    fn tpm_identity(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        self.ek_certificate().map(|c| (c.to_vec(), self.ak_public.clone()))
+    }
+
+    fn activate_credential(&mut self, id_object: &[u8], encrypted_secret: &[u8]) -> Result<Vec<u8>> {
+        TpmAttester::activate_credential(self, id_object, encrypted_secret)
+    }
 }
 
 /// The PCR banks the TPM has allocated (non-empty selections of hashes sealroom knows), at most 4.
