@@ -16,6 +16,7 @@ pub mod appraisal;
 pub mod audit;
 pub mod error;
 pub mod grpc;
+pub mod jwks;
 pub mod keystore;
 pub mod nonce;
 pub mod nonce_mac;

@@ -24,7 +24,7 @@ use super::nonce::NonceRefusal;
 use super::policy::{Outcome, Rule};
 use super::service::{Broker, Refused, audit_claim};
 use super::store::Recorded;
-use super::token::EAR_PROFILE;
+use super::token::{EAR_PROFILE, TokenKind};
 use crate::error::{Error, Result};
 
 const LAYER: &str = "receipt";
@@ -217,13 +217,12 @@ impl Broker {
             Ok(sub) => {
                 let claims = json!({
                     "eat_profile": EAR_PROFILE,
-                    "iat": now / 1000,
                     "eat_nonce": hex::encode(&req.nonce),
                     "ear.verifier-id": {"developer": "sealroom", "build": concat!("sealroom-broker ", env!("CARGO_PKG_VERSION"))},
                     "submods": {"sealroom": sub},
                     "sealroom.audit": audit_claim(&head),
                 });
-                Ok(self.signer.sign(&claims)?)
+                Ok(self.signer.sign_token(claims, TokenKind::Receipt, now / 1000)?)
             }
             Err(r) => Err(r),
         };

@@ -22,7 +22,7 @@ use super::nonce::{NonceBook, NonceRefusal};
 use super::policy::{GoldenSet, Policy, Verdict};
 use super::seal;
 use super::store::{AnchoredHead, EmbeddedLedger, KeyRecords, Ledger, Recorded};
-use super::token::{EAR_PROFILE, Signer};
+use super::token::{EAR_PROFILE, Signer, TokenKind};
 use super::{Clock, Randomness, check_key_id};
 use crate::error::{Error, Result};
 
@@ -329,7 +329,6 @@ impl Broker {
         };
         let claims = json!({
             "eat_profile": EAR_PROFILE,
-            "iat": now / 1000,
             "eat_nonce": hex::encode(&req.nonce),
             "ear.verifier-id": {"developer": "sealroom", "build": concat!("sealroom-broker ", env!("CARGO_PKG_VERSION"))},
             "submods": {
@@ -345,7 +344,7 @@ impl Broker {
             },
             "sealroom.audit": audit_claim(&head),
         });
-        let attestation_result = self.signer.sign(&claims)?;
+        let attestation_result = self.signer.sign_token(claims, TokenKind::Release, now / 1000)?;
         Ok(Released { keys, refusals, attestation_result, audit: records })
     }
 }

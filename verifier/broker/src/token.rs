@@ -27,6 +27,26 @@ pub const EAR_PROFILE: &str = "tag:github.com,2023:veraison/ear";
 pub struct Signer {
     key: EcdsaKeyPair,
     kid: String,
+    issuer: String,
+    release_lifetime_s: u64,
+    receipt_lifetime_s: u64,
+}
+
+/// Default `iss` when the broker is not told its public URL.
+pub const DEFAULT_ISSUER: &str = "urn:sealroom:broker";
+/// Release tokens: evidence of one release decision, for the workload to show its peers while it runs.
+pub const DEFAULT_RELEASE_LIFETIME_S: u64 = 3600;
+/// Receipts: proof of what produced an output, read long after the job (five years by default; the JWKS keeps
+/// every key that signed one).
+pub const DEFAULT_RECEIPT_LIFETIME_S: u64 = 5 * 365 * 86_400;
+
+/// What a token is, for its lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// An attestation result for a key release.
+    Release,
+    /// An output receipt.
+    Receipt,
 }
 
 impl std::fmt::Debug for Signer {
@@ -44,7 +64,13 @@ impl Signer {
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
             .map_err(|_| Error::check(LAYER, "signing key is not a PKCS#8 P-256 key"))?;
         let kid = thumbprint(key.public_key().as_ref())?;
-        Ok(Self { key, kid })
+        Ok(Self {
+            key,
+            kid,
+            issuer: DEFAULT_ISSUER.into(),
+            release_lifetime_s: DEFAULT_RELEASE_LIFETIME_S,
+            receipt_lifetime_s: DEFAULT_RECEIPT_LIFETIME_S,
+        })
     }
 
     /// Loads the PKCS#8 key at `path` (mode 0600 enforced), or creates it when absent.
@@ -90,6 +116,46 @@ impl Signer {
     #[must_use]
     pub fn public_key(&self) -> Vec<u8> {
         self.key.public_key().as_ref().to_vec()
+    }
+
+    /// The `iss` of issued tokens (the broker's public base URL, where the discovery document and JWKS are
+    /// served) and how long release tokens and receipts stay valid.
+    #[must_use]
+    pub fn with_issuer(mut self, issuer: &str, release_lifetime_s: u64, receipt_lifetime_s: u64) -> Self {
+        issuer.trim_end_matches('/').clone_into(&mut self.issuer);
+        self.release_lifetime_s = release_lifetime_s;
+        self.receipt_lifetime_s = receipt_lifetime_s;
+        self
+    }
+
+    /// The `iss` of issued tokens.
+    #[must_use]
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The key id (RFC 7638 thumbprint).
+    #[must_use]
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Sets the registered claims `iss`, `iat` and `exp` (from `now_s` and the kind's lifetime) on `claims`
+    /// and signs them.
+    ///
+    /// # Errors
+    /// When `claims` is not a JSON object or signing fails.
+    pub fn sign_token(&self, mut claims: Value, kind: TokenKind, now_s: u64) -> Result<String> {
+        let lifetime = match kind {
+            TokenKind::Release => self.release_lifetime_s,
+            TokenKind::Receipt => self.receipt_lifetime_s,
+        };
+        let map =
+            claims.as_object_mut().ok_or_else(|| Error::check(LAYER, "claims are not a JSON object"))?;
+        map.insert("iss".into(), json!(self.issuer));
+        map.insert("iat".into(), json!(now_s));
+        map.insert("exp".into(), json!(now_s.saturating_add(lifetime)));
+        self.sign(&claims)
     }
 
     /// Signs `claims` as a compact JWS (ES256).
@@ -173,6 +239,15 @@ mod tests {
         parts[1] = &forged;
         let err = verify(&parts.join("."), &signer.jwk()).unwrap_err();
         assert_eq!(err.to_string(), "token: signature does not verify");
+        let issued = signer
+            .with_issuer("https://broker.example/", 60, 600)
+            .sign_token(json!({"eat_profile": EAR_PROFILE}), TokenKind::Receipt, 1_000)
+            .unwrap();
+        let claims = verify(&issued, &again.jwk()).unwrap();
+        assert_eq!(
+            (&claims["iss"], &claims["iat"], &claims["exp"]),
+            (&json!("https://broker.example"), &json!(1_000), &json!(1_600))
+        );
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         assert!(Signer::load_or_create(&path).unwrap_err().to_string().contains("must be 0600"));
     }

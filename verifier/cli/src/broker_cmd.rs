@@ -9,6 +9,7 @@ use sealroom_broker::admin::{self, AdminContext, AdminRequest, AdminResponse, Op
 use sealroom_broker::appraisal::{Appraisal, Appraiser, VerifierAppraiser};
 use sealroom_broker::audit::{AuditLog, GroupCommitLog, Recovery};
 use sealroom_broker::grpc::KeyBrokerService;
+use sealroom_broker::jwks::{KeySource, StaticKeys};
 use sealroom_broker::keystore::{Kek, KeyStore};
 use sealroom_broker::nonce::NonceBook;
 use sealroom_broker::nonce_mac::NonceKeys;
@@ -62,6 +63,20 @@ struct ServeArgs {
     /// With --store: the MAC key the last nonce-key rotation replaced, accepted until its nonces expired.
     #[arg(long, requires = "nonce_key")]
     previous_nonce_key: Option<PathBuf>,
+    /// Serve the token signing keys as a JWKS (`/.well-known/jwks.json`; with --store every replica's key) and
+    /// an OpenID-style discovery document (`/.well-known/openid-configuration`) over HTTP on this address.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// The `iss` of issued tokens: the public base URL where relying parties find the discovery document
+    /// (default: http://HTTP_LISTEN, or urn:sealroom:broker without --http-listen).
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Lifetime of release tokens (`exp` - `iat`), seconds.
+    #[arg(long, default_value_t = sealroom_broker::token::DEFAULT_RELEASE_LIFETIME_S)]
+    token_lifetime: u64,
+    /// Lifetime of output receipts, seconds (default five years: receipts are read long after the job).
+    #[arg(long, default_value_t = sealroom_broker::token::DEFAULT_RECEIPT_LIFETIME_S)]
+    receipt_lifetime: u64,
     /// Nonce time to live, seconds.
     #[arg(long, default_value_t = 60)]
     nonce_ttl: u64,
@@ -221,10 +236,28 @@ fn serve(a: &ServeArgs) -> Result<()> {
     let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let kek = Kek::load(&a.kek)?;
-    let (store, ledger) = open_store(a, kek, rng.as_ref())?;
-    let signer = Signer::load_or_create(&a.state_dir.join("signing-key.pk8"))?;
+    let http_listener = a
+        .http_listen
+        .map(|addr| {
+            let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+            l.set_nonblocking(true)?;
+            anyhow::Ok(l)
+        })
+        .transpose()?;
+    let http_addr = http_listener.as_ref().map(std::net::TcpListener::local_addr).transpose()?;
+    let issuer = match (&a.issuer, http_addr) {
+        (Some(i), _) => i.clone(),
+        (None, Some(addr)) => format!("http://{addr}"),
+        (None, None) => sealroom_broker::token::DEFAULT_ISSUER.to_owned(),
+    };
+    let signer = Signer::load_or_create(&a.state_dir.join("signing-key.pk8"))?.with_issuer(
+        &issuer,
+        a.token_lifetime,
+        a.receipt_lifetime,
+    );
     let jwk_path = a.state_dir.join("signing-key.jwk.json");
     std::fs::write(&jwk_path, serde_json::to_string_pretty(&signer.jwk())?)?;
+    let (store, ledger, published) = open_store(a, kek, rng.as_ref(), &signer.jwk())?;
     let admin_token = read_token(a.admin_token_file.as_deref())?;
     let appraiser = appraiser(a, clock.as_ref())?;
     let broker = Arc::new(Broker::on_store(StoreParts {
@@ -244,6 +277,15 @@ fn serve(a: &ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
         let addr = listener.local_addr()?;
         let admin_listener = admin::bind(&a.state_dir.join("admin.sock"))?;
+        if let (Some(l), Some(http_addr)) = (http_listener, http_addr) {
+            let l = tokio::net::TcpListener::from_std(l)?;
+            eprintln!("sealroom broker: JWKS and discovery on http://{http_addr}/.well-known/ (issuer {issuer})");
+            tokio::spawn(async move {
+                if let Err(e) = sealroom_broker::jwks::serve(l, issuer, published).await {
+                    eprintln!("sealroom broker: {e}");
+                }
+            });
+        }
         let ctx = AdminContext { store, rng, clock, token: admin_token };
         tokio::spawn(async move {
             if let Err(e) = admin::serve(admin_listener, ctx).await {
@@ -276,18 +318,23 @@ fn serve(a: &ServeArgs) -> Result<()> {
     })
 }
 
+/// Keys, ledger, and the published signing keys of one broker process.
+type OpenedStore = (Arc<dyn KeyRecords>, Arc<dyn Ledger>, Arc<dyn KeySource>);
+
 /// The key records and the ledger: the embedded store in STATE_DIR, or this replica's view of PostgreSQL.
 fn open_store(
     a: &ServeArgs,
     kek: Kek,
     rng: &dyn Randomness,
-) -> Result<(Arc<dyn KeyRecords>, Arc<dyn Ledger>)> {
+    jwk: &serde_json::Value,
+) -> Result<OpenedStore> {
     let ttl_ms = a.nonce_ttl.saturating_mul(1000);
     if let (Some(url), Some(replica), Some(nonce_key)) = (&a.store, &a.replica, &a.nonce_key) {
         let nonce_keys = NonceKeys::load(nonce_key, a.previous_nonce_key.as_deref(), ttl_ms)?;
         let pg = sealroom_broker::pg::open(url, kek, rng, nonce_keys, replica)?;
+        pg.keys.publish_signing_key(replica, jwk)?;
         eprintln!("sealroom broker: replica {replica} on PostgreSQL (schema migrated, KEK checked)");
-        return Ok((pg.keys, pg.ledger));
+        return Ok((pg.keys.clone(), pg.ledger, pg.keys));
     }
     let store = Arc::new(KeyStore::open(&a.state_dir.join("keys.redb"), kek, rng)?);
     let (audit, recovery) = AuditLog::open(&a.state_dir.join("audit.log"))?;
@@ -295,7 +342,7 @@ fn open_store(
         eprintln!("sealroom broker: audit log: removed a torn, unacknowledged last record ({bytes} bytes)");
     }
     let ledger = EmbeddedLedger::new(NonceBook::new(ttl_ms, 100_000), GroupCommitLog::new(audit));
-    Ok((store, Arc::new(ledger)))
+    Ok((store, Arc::new(ledger), Arc::new(StaticKeys(vec![jwk.clone()]))))
 }
 
 /// The verifier as `serve` is configured: enrolled TPM AKs, TDX collateral (verified now, at the verification

@@ -309,6 +309,50 @@ impl KeyRecords for PgKeys {
     }
 }
 
+impl PgKeys {
+    /// Publishes this replica's token signing key (kept after the replica is gone: tokens it signed stay
+    /// verifiable).
+    ///
+    /// # Errors
+    /// When the database cannot be written.
+    pub fn publish_signing_key(&self, replica: &str, jwk: &serde_json::Value) -> Result<()> {
+        let kid = jwk.get("kid").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+        let (replica, text) = (replica.to_owned(), jwk.to_string());
+        let reads = Arc::clone(&self.reads);
+        self.db.run(async move {
+            let c = reads.get().await?;
+            c.execute(
+                "insert into signing_keys (kid, replica, jwk) values ($1, $2, $3) on conflict (kid) do nothing",
+                &[&kid, &replica, &text],
+            )
+            .await
+            .map_err(|e| pg_err("signing key", &e))?;
+            Ok(())
+        })
+    }
+}
+
+impl crate::jwks::KeySource for PgKeys {
+    fn signing_keys(&self) -> Result<Vec<serde_json::Value>> {
+        let reads = Arc::clone(&self.reads);
+        let texts: Vec<String> = self.db.run(async move {
+            let c = reads.get().await?;
+            c.query("select jwk from signing_keys order by kid", &[])
+                .await
+                .map_err(|e| pg_err("signing keys", &e))?
+                .iter()
+                .map(|r| r.try_get(0).map_err(|e| pg_err("signing keys", &e)))
+                .collect()
+        })?;
+        texts
+            .iter()
+            .map(|t| {
+                serde_json::from_str(t).map_err(|e| Error::check(LAYER, format!("stored signing key: {e}")))
+            })
+            .collect()
+    }
+}
+
 /// For changes that seal nothing.
 #[derive(Debug)]
 struct NoRandomness;

@@ -44,6 +44,15 @@ const MIGRATIONS: &[&str] = &[
         primary key (replica, seq)
     );
     ",
+    // 2: every replica's token signing key (public JWK), published by every replica's JWKS endpoint.
+    r"
+    create table signing_keys (
+        kid text primary key,
+        replica text not null,
+        jwk text not null,
+        added_at timestamptz not null default now()
+    );
+    ",
 ];
 
 /// The schema version this broker writes.
