@@ -12,6 +12,7 @@ mod eventlog_cmd;
 mod measure_cmd;
 mod receipt_cmd;
 mod verify_cmd;
+mod verify_gpu;
 
 /// sealroom: verify confidential-VM evidence, run the key broker, reproduce image measurements.
 #[derive(Debug, Parser)]
@@ -31,7 +32,8 @@ enum Command {
     Attest(attest_cmd::Args),
     /// Verify a key broker's hash-chained audit log.
     Audit(audit_cmd::Args),
-    /// Verify evidence offline (SEV-SNP, GCE vTPM, Azure vTPM, sealroom Evidence) and print the EAR.
+    /// Verify evidence offline (SEV-SNP, GCE vTPM, Azure vTPM, sealroom Evidence, an NVIDIA GPU report) and print
+    /// the EAR.
     Verify(verify_cmd::Args),
     /// Predict a UKI's or disk image's boot measurements; check or write a signed golden document.
     Measure(measure_cmd::Args),

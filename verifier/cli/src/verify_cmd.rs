@@ -61,6 +61,17 @@ pub struct Args {
     /// swtpm's or an on-premises TPM's; repeatable.
     #[arg(long = "tpm-ak")]
     tpm_ak: Vec<PathBuf>,
+    /// `--evidence` is a standalone NVIDIA GPU attestation report (hex text or raw) and this is its device
+    /// certificate chain (PEM or DER, leaf first); needs --gpu-rims and --nonce. See docs/gpu.md.
+    #[arg(long, value_name = "CHAIN")]
+    gpu_certs: Option<PathBuf>,
+    /// Directory of NVIDIA RIMs (signed SWID tags) for the GPU report: the driver and the VBIOS RIM.
+    #[arg(long, value_name = "DIR", requires = "gpu_certs")]
+    gpu_rims: Option<PathBuf>,
+    /// A CRL snapshot (PEM or DER) for offline revocation of the GPU and RIM chains; repeatable. Without any,
+    /// the verdict says "revocation not checked".
+    #[arg(long = "gpu-crl", value_name = "CRL", requires = "gpu_certs")]
+    gpu_crl: Vec<PathBuf>,
 }
 
 /// Reads enrolled TPM AK public areas (marshalled TPMT_PUBLIC, at most 1 KiB each).
@@ -205,6 +216,21 @@ fn load_policy(args: &Args, input: &EvidenceInput) -> Result<Policy> {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    if let Some(certs) = &args.gpu_certs {
+        let inputs = crate::verify_gpu::GpuInputs {
+            report: &args.evidence,
+            certs,
+            rims: args.gpu_rims.as_deref(),
+            crls: &args.gpu_crl,
+            nonce: args.nonce.as_deref(),
+            at: parse_at(args.at.as_deref())?,
+            json: args.json,
+        };
+        if !crate::verify_gpu::run(&inputs)? {
+            std::process::exit(1)
+        }
+        return Ok(());
+    }
     let bytes = read(&args.evidence)?;
     let input = detect(&bytes, args)?;
     let at = parse_at(args.at.as_deref())?;

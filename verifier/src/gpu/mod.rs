@@ -2,6 +2,7 @@
 //! NVIDIA's pinned device identity root, and the signed RIMs (reference values) chained to NVIDIA's pinned RIM
 //! root, all verified offline at an injected time. See `docs/gpu.md`.
 
+pub mod appraise;
 mod c14n;
 pub mod fuzzing;
 pub mod report;
