@@ -118,6 +118,7 @@ fn request(nonce: Nonce, tee: &TeePublicKey, key_id: &str) -> pb::ReleaseRequest
         sev_snp: None,
         azure: None,
         runtime_event_log: vec![],
+        gpus: Vec::new(),
     };
     pb::ReleaseRequest { nonce: nonce.0.to_vec(), evidence: Some(ev.into()), key_ids: vec![key_id.into()] }
 }

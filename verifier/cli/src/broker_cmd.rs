@@ -322,12 +322,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
 type OpenedStore = (Arc<dyn KeyRecords>, Arc<dyn Ledger>, Arc<dyn KeySource>);
 
 /// The key records and the ledger: the embedded store in STATE_DIR, or this replica's view of PostgreSQL.
-fn open_store(
-    a: &ServeArgs,
-    kek: Kek,
-    rng: &dyn Randomness,
-    jwk: &serde_json::Value,
-) -> Result<OpenedStore> {
+fn open_store(a: &ServeArgs, kek: Kek, rng: &dyn Randomness, jwk: &serde_json::Value) -> Result<OpenedStore> {
     let ttl_ms = a.nonce_ttl.saturating_mul(1000);
     if let (Some(url), Some(replica), Some(nonce_key)) = (&a.store, &a.replica, &a.nonce_key) {
         let nonce_keys = NonceKeys::load(nonce_key, a.previous_nonce_key.as_deref(), ttl_ms)?;
