@@ -65,9 +65,15 @@ pub struct Args {
     /// certificate chain (PEM or DER, leaf first); needs --gpu-rims and --nonce. See docs/gpu.md.
     #[arg(long, value_name = "CHAIN")]
     gpu_certs: Option<PathBuf>,
-    /// Directory of NVIDIA RIMs (signed SWID tags) for the GPU report: the driver and the VBIOS RIM.
-    #[arg(long, value_name = "DIR", requires = "gpu_certs")]
+    /// Directory of NVIDIA RIMs (signed SWID tags): the driver and VBIOS RIMs for a standalone GPU report, or
+    /// for the GPUs inside sealroom Evidence (then judged in a `gpu` layer of the EAR).
+    #[arg(long, value_name = "DIR")]
     gpu_rims: Option<PathBuf>,
+    /// GPU rules for sealroom Evidence (JSON: {"gpu_required": bool, "allowed_architectures": ["hopper"],
+    /// "driver_rims": [ids] | "skip", "vbios_rims": [ids] | "skip"}). Default: no GPU required; a GPU present
+    /// must be a Hopper whose RIMs (any release) match.
+    #[arg(long, value_name = "JSON")]
+    gpu_policy: Option<PathBuf>,
     /// A CRL snapshot (PEM or DER) for offline revocation of the GPU and RIM chains; repeatable. Without any,
     /// the verdict says "revocation not checked".
     #[arg(long = "gpu-crl", value_name = "CRL", requires = "gpu_certs")]
@@ -253,7 +259,14 @@ pub fn run(args: &Args) -> Result<()> {
         tdx_collateral: tdx_collateral.as_ref(),
         enrolled_tpm_aks: &enrolled,
     };
-    let ear = appraise(&input, &policy, &ctx);
+    let mut ear = appraise(&input, &policy, &ctx);
+    crate::verify_gpu::add_gpu_layer(
+        &mut ear,
+        &input,
+        args.gpu_rims.as_deref(),
+        args.gpu_policy.as_deref(),
+        at,
+    )?;
     if args.json {
         println!("{}", ear.to_json());
     } else {

@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
+use sealroom_verifier::appraisal::EvidenceInput;
+use sealroom_verifier::ear::Ear;
+use sealroom_verifier::gpu::appraise::{GpuContext, GpuPolicy};
 use sealroom_verifier::gpu::{
     GpuTrust, Revocation, VerifiedRim, verify_device_chain, verify_gpu_report, verify_rim,
 };
@@ -133,4 +136,33 @@ pub fn run(inputs: &GpuInputs<'_>) -> Result<bool> {
             Ok(false)
         }
     }
+}
+
+/// The `gpu` layer for sealroom Evidence: its GPUs against the RIMs in `rims` under the GPU rules in `policy`.
+pub fn add_gpu_layer(
+    ear: &mut Ear,
+    input: &EvidenceInput,
+    rims: Option<&Path>,
+    policy: Option<&Path>,
+    at: UnixTime,
+) -> Result<()> {
+    let policy = match policy {
+        None => GpuPolicy::default(),
+        Some(p) => serde_json::from_slice(&read_limited(p, MAX_RIM_FILE)?)
+            .with_context(|| format!("--gpu-policy {}", p.display()))?,
+    };
+    let ctx = match rims {
+        None => None,
+        Some(dir) => {
+            let trust = GpuTrust::nvidia()?;
+            let rims = load_rims(dir, &trust, &Revocation::NotChecked, at)?;
+            Some(GpuContext { trust, rims, revocation: Revocation::NotChecked })
+        }
+    };
+    let evidence = match input {
+        EvidenceInput::Sealroom(ev) => Some(ev.as_ref()),
+        _ => None,
+    };
+    sealroom_verifier::gpu::appraise::add_gpu_layer(ear, evidence, &policy, ctx.as_ref(), at);
+    Ok(())
 }

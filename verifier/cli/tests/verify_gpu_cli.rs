@@ -71,3 +71,68 @@ fn refusals_exit_non_zero_with_the_reason() {
     assert!(!ok);
     assert!(err.contains("signer chain: certificate 'HCC RIM L4 Signer': expired"), "{err}");
 }
+
+/// sealroom Evidence carrying a GPU: the gpu layer checks the GPU report against the evidence's binding digest
+/// (a real report replayed into other evidence fails), and `gpu_required` refuses evidence without a GPU.
+#[test]
+fn attack_gpu_report_replayed_into_sealroom_evidence_fails_the_gpu_layer() {
+    use sealroom_measurements::binding::{Kem, Nonce, TeePublicKey};
+    use sealroom_measurements::evidence::{Evidence, GpuEvidence, Platform, SevSnpEvidence};
+    use sealroom_verifier::x509::Certificate;
+    let snp_td = |f: &str| format!("{}/../testdata/snp/trustee/{f}", env!("CARGO_MANIFEST_DIR"));
+    let chain = Certificate::chain_from_pem(&std::fs::read(td("gpuAkCertChain.txt")).unwrap()).unwrap();
+    let gpu = GpuEvidence {
+        report: hex::decode(std::fs::read_to_string(td("attestationReport.txt")).unwrap().trim()).unwrap(),
+        cert_chain: chain.iter().map(|c| c.der().to_vec()).collect(),
+    };
+    let mut ev = Evidence {
+        nonce: Nonce([7; 32]),
+        tee_public_key: TeePublicKey::new(Kem::X25519HkdfSha256, vec![9; 32]).unwrap(),
+        platform: Platform::SevSnp,
+        tpm: None,
+        tdx: None,
+        sev_snp: Some(SevSnpEvidence {
+            report: std::fs::read(snp_td("test-report.bin")).unwrap(),
+            cert_chain: vec![std::fs::read(snp_td("test-vcek.der")).unwrap()],
+        }),
+        azure: None,
+        runtime_event_log: vec![],
+        gpus: vec![gpu],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rims = rim_dir(&[DRIVER, VBIOS]);
+    let run = |ev: &Evidence, extra: &[&str]| -> serde_json::Value {
+        let f = dir.path().join("ev.pb");
+        std::fs::write(&f, ev.clone().encode()).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_sealroom"))
+            .args(["verify", "--evidence", f.to_str().unwrap(), "--at", "2024-01-01T00:00:00Z", "--json"])
+            .args(["--gpu-rims".as_ref(), rims.path().as_os_str()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let v = run(&ev, &[]);
+    let layers = v["submods"]["sealroom"]["sealroom.layers"].as_array().unwrap();
+    let gpu = layers.iter().find(|l| l["layer"] == "gpu").unwrap();
+    assert_eq!(gpu["outcome"], "failed");
+    assert_eq!(gpu["reference"], "nvidia rims; revocation not checked");
+    let reason = gpu["failures"][0].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!("gpu 0: gpu: nonce mismatch (report {OLDER_NONCE}, expected ")),
+        "{reason}"
+    );
+    // No GPU, but the policy requires one.
+    ev.gpus.clear();
+    let policy = dir.path().join("gpu.json");
+    std::fs::write(
+        &policy,
+        r#"{"gpu_required": true, "allowed_architectures": ["hopper"], "driver_rims": "skip", "vbios_rims": "skip"}"#,
+    )
+    .unwrap();
+    let v = run(&ev, &["--gpu-policy", policy.to_str().unwrap()]);
+    let layers = v["submods"]["sealroom"]["sealroom.layers"].as_array().unwrap();
+    let gpu = layers.iter().find(|l| l["layer"] == "gpu").unwrap();
+    assert_eq!(gpu["failures"][0], "gpu: the policy requires a GPU, the evidence has none");
+}

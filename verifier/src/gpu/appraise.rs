@@ -8,8 +8,10 @@ use sealroom_measurements::evidence::Evidence;
 use serde::Deserialize;
 
 use super::verify::{
-    GpuArchitecture, GpuClaims, GpuTrust, Revocation, VerifiedRim, verify_device_chain, verify_gpu_report,
+    GpuArchitecture, GpuClaims, GpuTrust, Revocation, RevocationStatus, VerifiedRim, verify_device_chain,
+    verify_gpu_report,
 };
+use crate::ear::{Ear, LayerResult, Outcome, Status};
 use crate::error::{Error, Result};
 use crate::x509::{Certificate, UnixTime};
 
@@ -116,6 +118,50 @@ pub fn appraise_gpus(
         }
     }
     if failures.is_empty() { GpuLayer::Passed(claims) } else { GpuLayer::Failed { claims, failures } }
+}
+
+/// Adds the `gpu` layer to the EAR of an appraisal (sealroom `Evidence`, or `None` for evidence kinds that
+/// cannot carry GPUs): a failed GPU makes the verdict contraindicated; the layer's reference says whether
+/// revocation was checked, so an offline verdict never hides that it was not.
+pub fn add_gpu_layer(
+    ear: &mut Ear,
+    evidence: Option<&Evidence>,
+    policy: &GpuPolicy,
+    ctx: Option<&GpuContext>,
+    at: UnixTime,
+) {
+    let layer = match evidence {
+        Some(ev) => appraise_gpus(ev, policy, ctx, at),
+        None if policy.gpu_required => GpuLayer::Failed {
+            claims: vec![],
+            failures: vec!["gpu: the policy requires a GPU, this kind of evidence cannot carry one".into()],
+        },
+        None => GpuLayer::Absent,
+    };
+    let (outcome, claims, failures) = match layer {
+        GpuLayer::Absent => return,
+        GpuLayer::Passed(claims) => (Outcome::Passed, claims, vec![]),
+        GpuLayer::Failed { claims, failures } => (Outcome::Failed, claims, failures),
+    };
+    let revocation =
+        if !claims.is_empty() && claims.iter().all(|c| c.revocation == RevocationStatus::CheckedCrl) {
+            RevocationStatus::CheckedCrl
+        } else {
+            RevocationStatus::NotChecked
+        };
+    let result = LayerResult {
+        layer: "gpu".into(),
+        outcome,
+        reference: format!("nvidia rims; {revocation}"),
+        claims: serde_json::to_value(&claims).unwrap_or_default(),
+        failures,
+    };
+    for appraisal in ear.submods.values_mut() {
+        if outcome == Outcome::Failed {
+            appraisal.status = Status::Contraindicated;
+        }
+        appraisal.layers.push(result.clone());
+    }
 }
 
 /// One GPU: chain, report against the expected nonce, then the policy's rules.
@@ -256,6 +302,38 @@ mod tests {
         assert!(
             failures[0].starts_with(&format!("gpu 0: gpu: nonce mismatch (report {NONCE}, expected ")),
             "{failures:?}"
+        );
+    }
+
+    #[test]
+    fn the_gpu_layer_lands_in_the_ear_and_a_failure_contraindicates() {
+        use crate::ear::{Appraisal, TrustworthinessVector};
+        let appraisal = Appraisal {
+            status: Status::Affirming,
+            trust_vector: TrustworthinessVector::default(),
+            policy_id: "p".into(),
+            evidence: "sealroom evidence".into(),
+            layers: vec![],
+        };
+        let mut ear = Ear::single(at(), "sealroom", appraisal);
+        let untouched = ear.clone();
+        add_gpu_layer(&mut ear, Some(&evidence(vec![])), &GpuPolicy::default(), None, at());
+        assert_eq!(ear, untouched, "no GPU, none required: no layer");
+        let gpu = GpuEvidence { report: hex::decode(REPORT.trim()).unwrap(), cert_chain: chain_der() };
+        add_gpu_layer(&mut ear, Some(&evidence(vec![gpu])), &GpuPolicy::default(), Some(&ctx()), at());
+        assert_eq!(ear.status(), Status::Contraindicated);
+        let layer = &ear.submods["sealroom"].layers[0];
+        assert_eq!(
+            (layer.layer.as_str(), layer.reference.as_str()),
+            ("gpu", "nvidia rims; revocation not checked")
+        );
+        assert!(ear.failures()[0].contains("nonce mismatch"), "{:?}", ear.failures());
+        let mut raw = untouched;
+        let required = GpuPolicy { gpu_required: true, ..GpuPolicy::default() };
+        add_gpu_layer(&mut raw, None, &required, None, at());
+        assert_eq!(
+            raw.failures(),
+            ["gpu: the policy requires a GPU, this kind of evidence cannot carry one"]
         );
     }
 
