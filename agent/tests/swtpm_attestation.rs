@@ -583,6 +583,7 @@ fn appraise_azure(
         snp_cache: &cache,
         tdx_collateral: None,
         enrolled_tpm_aks: &[],
+        tpm_ek_activated: None,
     };
     let ear = appraise(&EvidenceInput::Sealroom(Box::new(ev)), &Policy::default(), &ctx);
     let appraisal = ear.submods.values().next().unwrap();

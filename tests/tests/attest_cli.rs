@@ -58,3 +58,51 @@ async fn attest_verifies_a_live_agent_with_an_enrolled_ak_and_refuses_without() 
     assert!(stderr.contains("refused") && stderr.contains("AK certificate"), "{stderr}");
     agent.stop().await.unwrap();
 }
+
+/// No trust on first use: with `--tpm-ek-ca` the CLI trusts the agent's AK only after the agent's TPM activated
+/// a credential made for its EK certificate, which must chain to the given CA. A TPM manufactured by another CA
+/// is refused with the reason, and so is a TPM without an EK certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_tofu_ak_attest_trusts_only_an_ek_certified_ak() {
+    use sealroom_tests::swtpm::EkCa;
+    let ca = EkCa::create().unwrap();
+    let rogue = EkCa::create().unwrap();
+    let tpm = Swtpm::start_with_ek_cert(&ca).unwrap();
+    let agent = start_agent(&tpm, &[RuntimeEvent::LaunchSeparator]).await.unwrap();
+    let url = format!("http://{}", agent.tcp_addr.unwrap());
+    let run = |url: String, ca: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            sealroom()
+                .args(["attest", "--agent", &url, "--tpm-ek-ca"])
+                .arg(ca)
+                .arg("--json")
+                .output()
+                .unwrap()
+        })
+    };
+    let ok = run(url.clone(), ca.bundle_pem().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&ok.stderr));
+    let text = serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap().to_string();
+    assert!(text.contains("affirming"), "{text}");
+    assert!(text.contains("ek-certified ak"), "{text}");
+    assert!(text.contains("\"model\":\"swtpm\""), "the EAR names the certified TPM: {text}");
+
+    let refused = run(url, rogue.bundle_pem().unwrap()).await.unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("refused: tpm ek certificate") && stderr.contains("configured EK CA"),
+        "{stderr}"
+    );
+    agent.stop().await.unwrap();
+
+    // A TPM without an EK certificate: nothing to certify the AK with.
+    let plain = Swtpm::start().unwrap();
+    let agent = start_agent(&plain, &[RuntimeEvent::LaunchSeparator]).await.unwrap();
+    let refused = run(format!("http://{}", agent.tcp_addr.unwrap()), ca.bundle_pem().unwrap()).await.unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no TPM with an EK certificate"), "{stderr}");
+    agent.stop().await.unwrap();
+}

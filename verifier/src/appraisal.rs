@@ -19,6 +19,7 @@ use crate::ear::{Appraisal, Ear, LayerResult, Outcome, TrustworthinessVector, ti
 use crate::error::{Error, Result};
 use crate::snp::{Collateral, EndorsementCache, SnpPolicy, verify_report_detailed};
 use crate::tdx::{TdReport, VerifiedCollateral, verify_quote_signatures, verify_tdx_quote};
+use crate::tpm::credential::ActivatedAk;
 use crate::tpm::gce_proto::GceAttestation;
 use crate::tpm::quote::ExpectedExtraData;
 use crate::tpm::verify::{AkTrust, QuoteInput, verify_tpm};
@@ -210,6 +211,10 @@ pub struct Context<'a> {
     /// TPM attestation keys (marshalled TPMT_PUBLIC) enrolled out of band: swtpm, on-premises TPMs. Sealroom TPM
     /// evidence whose AK equals one of these is trusted through the enrolment instead of Google's AK CA.
     pub enrolled_tpm_aks: &'a [Vec<u8>],
+    /// A TPM attestation key proven resident, by credential activation, in a TPM whose EK certificate chains to
+    /// a configured EK CA (`sealroom attest --tpm-ek-ca`). Evidence whose AK is this one is trusted through the
+    /// EK certificate, and the EAR names the EK and the TPM.
+    pub tpm_ek_activated: Option<&'a ActivatedAk>,
 }
 
 type Ctx<'a> = Context<'a>;
@@ -530,11 +535,14 @@ fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut Es
             let Some(tpm) = &ev.tpm else { return };
             let quotes = [QuoteInput { attest: &tpm.attest, signature: &tpm.signature }];
             let expected = ExpectedExtraData::Binding(ev.nonce, ev.tee_public_key.clone());
-            let (trust, trust_name) = if ctx.enrolled_tpm_aks.contains(&tpm.ak_public) {
-                (AkTrust::Pinned(tpm.ak_public.clone()), "enrolled ak")
-            } else {
-                (AkTrust::GoogleCa, "google ak ca")
-            };
+            let (trust, trust_name) =
+                if let Some(a) = ctx.tpm_ek_activated.filter(|a| a.ak_public() == tpm.ak_public.as_slice()) {
+                    (AkTrust::EkCertified(a.clone()), "ek-certified ak")
+                } else if ctx.enrolled_tpm_aks.contains(&tpm.ak_public) {
+                    (AkTrust::Pinned(tpm.ak_public.clone()), "enrolled ak")
+                } else {
+                    (AkTrust::GoogleCa, "google ak ca")
+                };
             match verify_tpm(
                 &tpm.ak_public,
                 &tpm.ak_cert_chain,

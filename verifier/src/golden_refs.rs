@@ -269,8 +269,14 @@ mod tests {
             ..Policy::default()
         };
         let cache = EndorsementCache::default();
-        let ctx =
-            Context { at: 0, nonce: None, snp_cache: &cache, tdx_collateral: None, enrolled_tpm_aks: &[] };
+        let ctx = Context {
+            at: 0,
+            nonce: None,
+            snp_cache: &cache,
+            tdx_collateral: None,
+            enrolled_tpm_aks: &[],
+            tpm_ek_activated: None,
+        };
         let ear = appraise(&input, &policy, &ctx);
         assert_ne!(ear.status(), crate::ear::Status::Affirming);
         let failures = ear.failures();

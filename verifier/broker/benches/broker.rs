@@ -117,6 +117,7 @@ fn bench(c: &mut Criterion) {
                 snp_cache: &cache,
                 tdx_collateral: None,
                 enrolled_tpm_aks: &[],
+                tpm_ek_activated: None,
             };
             sealroom_verifier::appraisal::appraise(
                 &sealroom_verifier::appraisal::EvidenceInput::Sealroom(Box::new(ev.clone())),

@@ -279,6 +279,7 @@ impl Appraiser for VerifierAppraiser {
             snp_cache: &self.snp_cache,
             tdx_collateral: self.tdx_collateral.as_ref(),
             enrolled_tpm_aks: &[],
+            tpm_ek_activated: None,
         };
         let ear = appraise(&EvidenceInput::Sealroom(Box::new(evidence.clone())), &policy, &ctx);
         let failures = ear.failures();

@@ -14,6 +14,7 @@ use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, ReferenceValu
 use sealroom_verifier::ear::Status;
 use sealroom_verifier::snp::EndorsementCache;
 use sealroom_verifier::tdx;
+use sealroom_verifier::tpm::credential::{ActivatedAk, SECRET_LEN, accept_activation, issue_challenge};
 use sealroom_verifier::x509::format_time;
 
 /// Arguments of `sealroom attest`.
@@ -50,6 +51,54 @@ pub struct Args {
     /// swtpm's or an on-premises TPM's; repeatable.
     #[arg(long = "tpm-ak")]
     tpm_ak: Vec<PathBuf>,
+    /// TPM EK CA certificates (PEM, possibly several, or DER); repeatable. With it the agent's AK is trusted
+    /// only after credential activation: the agent's EK certificate must chain to one of these, and its TPM
+    /// must recover a secret made for that EK and this AK (TPM2_MakeCredential / TPM2_ActivateCredential), as
+    /// keylime's registrar does. No trust on first use.
+    #[arg(long = "tpm-ek-ca")]
+    tpm_ek_ca: Vec<PathBuf>,
+}
+
+/// The EK path against a live agent: its EK certificate checked against `cas`, a credential for its AK made with
+/// a fresh random secret, activated by its TPM and compared.
+async fn activate_ek(
+    agent: &str,
+    cas: &[sealroom_verifier::x509::Certificate],
+    at: sealroom_verifier::x509::UnixTime,
+    timeout: Duration,
+) -> Result<ActivatedAk> {
+    let channel = tonic::transport::Channel::from_shared(agent.to_owned())
+        .with_context(|| format!("--agent {agent} is not a URI"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {agent}"))?;
+    let mut client = AttestationClient::new(channel);
+    let id = client
+        .get_tpm_identity(pb::GetTpmIdentityRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("refused: agent has no TPM identity: {}", s.message()))?
+        .into_inner();
+    let mut secret = [0u8; SECRET_LEN];
+    aws_lc_rs::rand::fill(&mut secret).map_err(|_| anyhow::anyhow!("no randomness for the credential"))?;
+    let (_, credential) = issue_challenge(&id.ek_certificate, &[], cas, &id.ak_public, &secret, at)
+        .map_err(|e| anyhow::anyhow!("refused: {e}"))?;
+    let returned = client
+        .activate_credential(pb::ActivateCredentialRequest {
+            credential: Some(pb::TpmCredential {
+                id_object: credential.id_object,
+                encrypted_secret: credential.encrypted_secret,
+            }),
+        })
+        .await
+        .map_err(|s| {
+            anyhow::anyhow!("refused: the agent's TPM did not activate the credential: {}", s.message())
+        })?
+        .into_inner()
+        .secret;
+    accept_activation(&id.ek_certificate, &[], cas, &id.ak_public, &secret, &returned, at)
+        .map_err(|e| anyhow::anyhow!("refused: {e}"))
 }
 
 async fn fetch(agent: &str, nonce: &[u8; 32], timeout: Duration) -> Result<pb::Evidence> {
@@ -72,6 +121,26 @@ pub fn run(args: &Args) -> Result<()> {
     let mut nonce = [0u8; 32];
     aws_lc_rs::rand::fill(&mut nonce).map_err(|_| anyhow::anyhow!("no randomness for the nonce"))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))?;
+    let activated = if args.tpm_ek_ca.is_empty() {
+        None
+    } else {
+        let files = args
+            .tpm_ek_ca
+            .iter()
+            .map(|p| std::fs::read(p).with_context(|| format!("reading --tpm-ek-ca {}", p.display())))
+            .collect::<Result<Vec<_>>>()?;
+        let cas = sealroom_verifier::tpm::ek::parse_ek_cas(&files)?;
+        match rt.block_on(activate_ek(&args.agent, &cas, at, Duration::from_secs(args.timeout))) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1)
+            }
+        }
+    };
     let msg = rt.block_on(fetch(&args.agent, &nonce, Duration::from_secs(args.timeout)))?;
     if let Some(out) = &args.out {
         std::fs::write(out, prost::Message::encode_to_vec(&msg))
@@ -85,9 +154,6 @@ pub fn run(args: &Args) -> Result<()> {
             hex::encode(nonce)
         );
     }
-    let at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))?;
     let input = EvidenceInput::Sealroom(Box::new(evidence));
     let mut policy = Policy::default();
     if let Some(p) = &args.golden {
@@ -116,6 +182,7 @@ pub fn run(args: &Args) -> Result<()> {
         snp_cache: &cache,
         tdx_collateral: tdx_collateral.as_ref(),
         enrolled_tpm_aks: &enrolled,
+        tpm_ek_activated: activated.as_ref(),
     };
     let ear = appraise(&input, &policy, &ctx);
     if args.json {

@@ -258,6 +258,7 @@ pub fn run(args: &Args) -> Result<()> {
         snp_cache: &cache,
         tdx_collateral: tdx_collateral.as_ref(),
         enrolled_tpm_aks: &enrolled,
+        tpm_ek_activated: None,
     };
     let mut ear = appraise(&input, &policy, &ctx);
     crate::verify_gpu::add_gpu_layer(
