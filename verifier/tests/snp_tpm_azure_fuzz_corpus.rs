@@ -1,4 +1,4 @@
-//! Replays the checked-in fuzz corpora of the SEV-SNP, TPM, Azure HCL and AMD certificate parsers (and
+//! Replays the checked-in fuzz corpora of the SEV-SNP, TPM (structures, EK certificates), Azure HCL and AMD certificate parsers (and
 //! simple mutations: every truncation, byte flips) through the same entry points as the fuzz targets, so CI
 //! proves no corpus input panics. Results are Ok or Err; only a panic fails.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
@@ -10,6 +10,8 @@ use sealroom_verifier::azure::hcl::{HclReport, RuntimeClaims};
 use sealroom_verifier::snp::endorsement::{endorsed_tcb, verify_endorsement};
 use sealroom_verifier::snp::report::SnpReport;
 use sealroom_verifier::snp::{Collateral, EndorsementCache, Product, SnpPolicy, verify_report};
+use sealroom_verifier::tpm::credential::make_credential;
+use sealroom_verifier::tpm::ek::EkCertificate;
 use sealroom_verifier::tpm::gce_proto::GceAttestation;
 use sealroom_verifier::tpm::structures::{Attest, Public, Signature, parse_pcr_selection};
 use sealroom_verifier::x509::Certificate;
@@ -73,6 +75,33 @@ fn tpm_structures_corpus() {
             }
         }
     }
+}
+
+/// The fuzz target's AK: a restricted RSA signing key's TPMT_PUBLIC (2048-bit modulus of 0x5a bytes).
+fn fuzz_ak() -> Vec<u8> {
+    let mut p = vec![0x00, 0x01, 0x00, 0x0b, 0x00, 0x05, 0x00, 0x72, 0x00, 0x00, 0x00, 0x10];
+    p.extend_from_slice(&[0x00, 0x14, 0x00, 0x0b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00]);
+    p.extend(std::iter::repeat_n(0x5a, 256));
+    p
+}
+
+#[test]
+fn tpm_ek_certificate_corpus() {
+    assert!(
+        Public::parse(&fuzz_ak()).unwrap().is_attestation_key(),
+        "the fuzz AK must reach the credential code"
+    );
+    let mut made = 0;
+    for input in corpus("tpm_ek_certificate") {
+        for m in mutations(&input) {
+            if let Ok(ek) = EkCertificate::parse(&m)
+                && make_credential(ek.key(), &fuzz_ak(), &[1; 32]).is_ok()
+            {
+                made += 1;
+            }
+        }
+    }
+    assert!(made >= 4, "every unmutated corpus certificate makes a credential ({made})");
 }
 
 #[test]
