@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sealroom_agent::workload::KeyProvider;
 use sealroom_agent::workload::broker::BrokerKeys;
+use sealroom_agent::workload::spec::BrokerEndpoint;
 use sealroom_broker::appraisal::{Appraiser, VerifierAppraiser};
 use sealroom_broker::{Clock, SystemClock};
 use sealroom_measurements::binding::Nonce;
@@ -101,13 +102,15 @@ fn bench(c: &mut Criterion) {
     ));
     let addr = rt.block_on(in_process::serve(Arc::clone(&broker)));
     let url = format!("http://{addr}");
+    let endpoint =
+        BrokerEndpoint { url: url.clone(), key_id: broker.signer_key_id().to_owned(), tls_ca: None };
     let keys = BrokerKeys::new(agent.handle.clone());
     let client: Client = rt.block_on(async {
         let ch = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();
         pb::key_broker_client::KeyBrokerClient::new(ch)
     });
     let key_ids = vec![KEY.to_owned()];
-    let round_trip = || rt.block_on(keys.release(&url, &key_ids)).unwrap();
+    let round_trip = || rt.block_on(keys.release(&endpoint, &key_ids)).unwrap();
 
     // Percentile pass.
     for _ in 0..20 {

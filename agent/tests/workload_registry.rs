@@ -316,10 +316,10 @@ struct FixedKey;
 impl KeyProvider for FixedKey {
     async fn release(
         &self,
-        broker: &str,
+        broker: &workload::spec::BrokerEndpoint,
         key_ids: &[String],
     ) -> sealroom_agent::Result<Vec<(String, Vec<u8>)>> {
-        assert_eq!(broker, "http://127.0.0.1:9");
+        assert_eq!(broker.url, "http://127.0.0.1:9");
         Ok(key_ids.iter().map(|k| (k.clone(), b"0123456789abcdef".to_vec())).collect())
     }
 }
@@ -373,7 +373,8 @@ async fn hardened_run(no_pivot: bool) {
     let reference = registry.push("test/run", "v1", &image).unwrap();
     let s = spec(&serde_json::json!({
         "image": reference, "insecure_registries": [registry.host()], "env": ["GREETING=hi"],
-        "log_redirect": true, "restart": "on-failure:1", "broker": "http://127.0.0.1:9", "key_ids": ["dataset-key"],
+        "log_redirect": true, "restart": "on-failure:1", "broker": "http://127.0.0.1:9",
+        "broker_key": "3Mfj4cM9KvTWQ7pmqfyIXlM3YzZ2r3JN0a4cDnmWc8I", "key_ids": ["dataset-key"],
     }));
     let base = unique_temp_dir("wl-run");
     let mut runtime = host_crun(&base.join("crun-state"));
@@ -401,6 +402,11 @@ async fn hardened_run(no_pivot: bool) {
     // Measured: the launch events, then the key release, then the output, in that order.
     let recs = records(&h);
     let sep = recs.iter().position(|r| r.event == RuntimeEvent::LaunchSeparator).unwrap();
+    // The broker key the spec pins is measured before the separator.
+    assert_eq!(
+        recs[sep - 2].event,
+        RuntimeEvent::BrokerKey("3Mfj4cM9KvTWQ7pmqfyIXlM3YzZ2r3JN0a4cDnmWc8I".into())
+    );
     assert_eq!(recs[sep + 1].event, RuntimeEvent::KeyRelease { key_id: "dataset-key".into() });
     assert_eq!(
         recs[sep + 2].event,

@@ -58,7 +58,7 @@ async fn metadata_server(body: Option<String>) -> (String, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn spec_from_the_metadata_server() {
     let doc = format!(
-        r#"{{"image":"registry.example/app@{}","args":["--epochs","3"],"restart":"on-failure:2","broker":"http://10.0.2.2:8443","key_ids":["k"]}}"#,
+        r#"{{"image":"registry.example/app@{}","args":["--epochs","3"],"restart":"on-failure:2","broker":"http://10.0.2.2:8443","broker_key":"3Mfj4cM9KvTWQ7pmqfyIXlM3YzZ2r3JN0a4cDnmWc8I","key_ids":["k"]}}"#,
         digest()
     );
     let (base, hits) = metadata_server(Some(doc)).await;

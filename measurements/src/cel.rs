@@ -61,6 +61,10 @@ pub enum RuntimeEvent {
     Mount(Mount),
     /// The launch policy the agent enforced, in its canonical text form.
     LaunchPolicy(String),
+    /// The key broker the workload trusts: the RFC 7638 thumbprint of its ES256 key (the spec's `broker_key`).
+    /// The agent accepts key releases and receipts only when signed by this key, so a data provider's policy can
+    /// require that the VM trusts the provider's own broker (a pre-launch event).
+    BrokerKey(String),
     /// End of launch measurements: the workload starts after this event.
     LaunchSeparator,
     /// Post-launch: a data key was released to the workload.
@@ -99,6 +103,7 @@ mod event_type {
     pub const MOUNT: u8 = 0x06;
     pub const LAUNCH_POLICY: u8 = 0x07;
     pub const LAUNCH_SEPARATOR: u8 = 0x08;
+    pub const BROKER_KEY: u8 = 0x09;
     /// Types at or above this value are post-launch.
     pub const FIRST_POST_LAUNCH: u8 = 0x80;
     pub const KEY_RELEASE: u8 = 0x80;
@@ -125,6 +130,7 @@ impl RuntimeEvent {
             Self::Mount(_) => t::MOUNT,
             Self::LaunchPolicy(_) => t::LAUNCH_POLICY,
             Self::LaunchSeparator => t::LAUNCH_SEPARATOR,
+            Self::BrokerKey(_) => t::BROKER_KEY,
             Self::KeyRelease { .. } => t::KEY_RELEASE,
             Self::Output { .. } => t::OUTPUT,
         }
@@ -141,6 +147,7 @@ impl RuntimeEvent {
             Self::Env(_) => "env",
             Self::Mount(_) => "mount",
             Self::LaunchPolicy(_) => "launch_policy",
+            Self::BrokerKey(_) => "broker_key",
             Self::LaunchSeparator => "launch_separator",
             Self::KeyRelease { .. } => "key_release",
             Self::Output { .. } => "output",
@@ -161,7 +168,8 @@ impl RuntimeEvent {
             | Self::ConfigDigest(s)
             | Self::Arg(s)
             | Self::Env(s)
-            | Self::LaunchPolicy(s) => out.extend_from_slice(s.as_bytes()),
+            | Self::LaunchPolicy(s)
+            | Self::BrokerKey(s) => out.extend_from_slice(s.as_bytes()),
             Self::Mount(m) => {
                 put_tlv(&mut out, FIELD_0, m.destination.as_bytes());
                 put_tlv(&mut out, FIELD_1, m.source.as_bytes());
@@ -220,6 +228,7 @@ impl RuntimeEvent {
             t::ARG => Self::Arg(utf8(v.rest(), "arg")?),
             t::ENV => Self::Env(utf8(v.rest(), "env")?),
             t::LAUNCH_POLICY => Self::LaunchPolicy(utf8(v.rest(), "launch policy")?),
+            t::BROKER_KEY => Self::BrokerKey(utf8(v.rest(), "broker key")?),
             t::MOUNT => Self::Mount(Mount {
                 destination: field(v, FIELD_0, "mount destination")?,
                 source: field(v, FIELD_1, "mount source")?,
@@ -251,7 +260,8 @@ impl fmt::Display for RuntimeEvent {
             | Self::ConfigDigest(s)
             | Self::Arg(s)
             | Self::Env(s)
-            | Self::LaunchPolicy(s) => write!(f, "{} {s:?}", self.name()),
+            | Self::LaunchPolicy(s)
+            | Self::BrokerKey(s) => write!(f, "{} {s:?}", self.name()),
             Self::Mount(m) => {
                 write!(
                     f,

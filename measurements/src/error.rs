@@ -37,6 +37,9 @@ pub enum Error {
     /// The evidence's REPORT_DATA / extraData does not bind the expected nonce and TEE key.
     #[error("binding: {0}")]
     Binding(String),
+    /// A key broker's response is not signed by the broker the workload spec pins ("broker response: …").
+    #[error("broker response: {0}")]
+    BrokerResponse(String),
     /// A replayed register differs from the value it must have ("pcr 15 (sha256) mismatch: expected …, got …").
     #[error("{register} mismatch: expected {expected}, got {got}")]
     RegisterMismatch {

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binding;
+pub mod broker_response;
 pub mod ccel;
 pub mod cel;
 pub mod digest;

@@ -110,6 +110,28 @@ impl BrokerProcess {
     pub fn audit_log(&self) -> PathBuf {
         self.state_dir.join("audit.log")
     }
+    /// The broker's key id (the `kid` of the JWK it wrote): what a workload spec pins as `broker_key`.
+    ///
+    /// # Errors
+    /// When the JWK file is missing or has no `kid`.
+    pub fn key_id(&self) -> Result<String, String> {
+        key_id(&self.state_dir)
+    }
+}
+
+/// The key id of the broker whose state directory is `state_dir`, from its `signing-key.jwk.json`.
+///
+/// # Errors
+/// When the JWK file is missing or has no `kid`.
+pub fn key_id(state_dir: &Path) -> Result<String, String> {
+    let path = state_dir.join("signing-key.jwk.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let jwk: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    jwk.get("kid")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{}: no kid", path.display()))
 }
 
 impl Drop for BrokerProcess {
@@ -194,6 +216,16 @@ impl Provider {
                 .arg("--kek")
                 .arg(&self.kek),
         )
+    }
+
+    /// `sealroom broker key-id`: the id of the broker's signing key (created now if the broker never ran), which
+    /// the operator's workload spec pins as `broker_key` before the VM boots.
+    ///
+    /// # Errors
+    /// When the command fails.
+    pub fn key_id(&self) -> Result<String, String> {
+        run_sealroom(sealroom().args(["broker", "key-id", "--state-dir"]).arg(&self.state))
+            .map(|s| s.trim().to_owned())
     }
 
     /// `sealroom broker serve --listen LISTEN` over this provider's state and KEK, with `extra` arguments

@@ -23,6 +23,7 @@ use sealroom_broker::audit::{self, AuditLog, AuditRecord, Decision};
 use sealroom_broker::grpc::KeyBrokerService;
 use sealroom_broker::keystore::{Kek, KeyStore};
 use sealroom_broker::nonce::NonceBook;
+use sealroom_broker::nonce_mac::NonceKeys;
 use sealroom_broker::policy::GoldenSet;
 use sealroom_broker::service::{Broker, BrokerParts};
 use sealroom_broker::token::{self, Signer};
@@ -96,7 +97,7 @@ async fn start_broker(enrolled_ak: Vec<u8>) -> RunningBroker {
         store: Arc::clone(&store),
         golden: GoldenSet::default(),
         signer,
-        nonces: NonceBook::new(30_000, 1000),
+        nonces: NonceBook::new(NonceKeys::new(&[0x6e; 32], None, 30_000).unwrap()),
         audit: AuditLog::open(&audit_path).unwrap().0,
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -185,8 +186,8 @@ async fn agent_on_swtpm_receives_its_data_key_and_refusals_say_why() {
     assert_eq!(resp.refusals[0].reason, "key store: key provider-a/data was revoked at 1 ms");
 
     let head = audit::verify(&std::fs::read(&broker.audit_path).unwrap()).unwrap();
-    // 2 keys in the first release, 2 in the replay, 1 for the other TPM, 1 for the revoked key.
-    assert_eq!(head.records, 6);
+    // 2 keys in the first release, 1 for the replay (refused as a whole), 1 for the other TPM, 1 for the revoked key.
+    assert_eq!(head.records, 5);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -304,7 +305,7 @@ fn workload_config(tag: &str) -> WorkloadConfig {
 fn workload_spec(reference: &str, registry: &Registry, broker: &BrokerProcess) -> WorkloadSpec {
     let doc = serde_json::json!({
         "image": reference, "insecure_registries": [registry.host()],
-        "broker": broker.url(), "key_ids": [KEY_ID],
+        "broker": broker.url(), "broker_key": broker.key_id().unwrap(), "key_ids": [KEY_ID],
     });
     WorkloadSpec::from_json(doc.to_string().as_bytes()).unwrap()
 }

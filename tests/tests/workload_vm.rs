@@ -118,6 +118,7 @@ fn booted_image_runs_the_measured_workload_with_its_released_key_and_the_verifie
             "insecure_registries": [guest_registry],
             "log_redirect": true,
             "broker": format!("http://10.0.2.2:{broker_port}"),
+            "broker_key": provider.key_id().unwrap(),
             "key_ids": [KEY_ID],
         }),
     );

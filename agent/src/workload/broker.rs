@@ -2,12 +2,21 @@
 //! after the launch separator is measured, so the evidence's runtime log shows exactly the workload that will
 //! receive the keys; the broker's verifier and the data provider's policy decide, and every refusal comes back
 //! with its one-line reason. Keys arrive sealed (HPKE) to the agent's TEE key and are opened here.
+//!
+//! HPKE base mode does not say who sealed a key, so nothing from the broker is used unless the response is
+//! signed by the broker key the spec pins (and measured): the signature covers the nonce, this TEE key, every
+//! key id with its sealed key's digest, every refusal and the attestation result
+//! ([`sealroom_measurements::broker_response`]). A fake broker or a man in the middle can then refuse, but not
+//! hand the workload a key of its choosing. An `https://` broker is reached over TLS, trusting only the spec's
+//! `broker_ca`.
 
 use sealroom_measurements::binding::Nonce;
+use sealroom_measurements::broker_response::{self, ReleaseStatement, TeeKeyField};
 use sealroom_proto::keybroker::v1 as kb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
 
 use super::KeyProvider;
+use super::spec::BrokerEndpoint;
 use crate::error::{Error, Result};
 use crate::worker::AttestationHandle;
 
@@ -21,15 +30,24 @@ fn err(reason: impl Into<String>) -> Error {
     Error::workload(STAGE, reason)
 }
 
-/// A gRPC client of `broker` (its URL) and a fresh nonce from its `Challenge`: the start of every exchange
-/// that presents evidence (key release here, the output receipt in [`super::receipt`]). Errors name `stage`.
+/// A gRPC client of `broker` and a fresh nonce from its `Challenge`: the start of every exchange that presents
+/// evidence (key release here, the output receipt in [`super::receipt`]). An `https://` broker is trusted only
+/// through the spec's `broker_ca`. Errors name `stage`.
 pub(super) async fn connect_and_challenge(
-    broker: &str,
+    endpoint: &BrokerEndpoint,
     stage: &'static str,
 ) -> Result<(KeyBrokerClient<tonic::transport::Channel>, Nonce)> {
     let err = |reason: String| Error::workload(stage, reason);
-    let channel = tonic::transport::Endpoint::from_shared(broker.to_owned())
-        .map_err(|e| err(format!("broker {broker:?}: {e}")))?
+    let broker = endpoint.url.as_str();
+    let mut builder = tonic::transport::Endpoint::from_shared(broker.to_owned())
+        .map_err(|e| err(format!("broker {broker:?}: {e}")))?;
+    if let Some(pem) = &endpoint.tls_ca {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            .assume_http2(true);
+        builder = builder.tls_config(tls).map_err(|e| err(format!("broker {broker}: TLS: {e}")))?;
+    }
+    let channel = builder
         .connect_timeout(std::time::Duration::from_secs(10))
         .timeout(std::time::Duration::from_secs(60))
         .connect()
@@ -68,10 +86,45 @@ fn info(key_id: &str) -> Vec<u8> {
     v
 }
 
+/// Checks that `response` is signed by the pinned broker key over exactly what it says, for this nonce and
+/// TEE key (`kem_id`, `tee_key`). Nothing of an unsigned or foreign response may be used, not even a refusal.
+///
+/// # Errors
+/// One line: unsigned, signed by another broker, or changed on the way.
+pub fn check_release_signature(
+    pinned_key_id: &str,
+    nonce: &Nonce,
+    tee_key: TeeKeyField<'_>,
+    response: &kb::ReleaseResponse,
+) -> Result<()> {
+    let digests: Vec<(&str, [u8; 32])> = response
+        .keys
+        .iter()
+        .map(|k| {
+            let kem = u16::try_from(k.kem).unwrap_or(u16::MAX);
+            (k.key_id.as_str(), broker_response::sealed_key_digest(kem, &k.encapsulated_key, &k.ciphertext))
+        })
+        .collect();
+    let refusals: Vec<(&str, &str)> =
+        response.refusals.iter().map(|r| (r.key_id.as_str(), r.reason.as_str())).collect();
+    let input = broker_response::release_signing_input(&ReleaseStatement {
+        nonce,
+        tee_key,
+        keys: &digests,
+        refusals: &refusals,
+        attestation_result: &response.attestation_result,
+    });
+    broker_response::verify(pinned_key_id, &response.broker_public_key, &response.signature, &input)
+        .map_err(|e| err(e.to_string()))
+}
+
 impl KeyProvider for BrokerKeys {
-    async fn release(&self, broker: &str, key_ids: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
-        let (mut client, nonce) = connect_and_challenge(broker, STAGE).await?;
+    async fn release(&self, endpoint: &BrokerEndpoint, key_ids: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+        let broker = endpoint.url.as_str();
+        let (mut client, nonce) = connect_and_challenge(endpoint, STAGE).await?;
         let evidence = self.handle.evidence(nonce).await?;
+        let kem_id = evidence.tee_public_key.kem().id();
+        let tee_key = evidence.tee_public_key.as_bytes().to_vec();
         let response = client
             .release(kb::ReleaseRequest {
                 nonce: nonce.0.to_vec(),
@@ -81,6 +134,7 @@ impl KeyProvider for BrokerKeys {
             .await
             .map_err(|s| err(format!("broker {broker}: release: {}", s.message())))?
             .into_inner();
+        check_release_signature(&endpoint.key_id, &nonce, TeeKeyField { kem_id, key: &tee_key }, &response)?;
         if let Some(r) = response.refusals.first() {
             return Err(err(format!("broker refused key {}: {}", r.key_id, r.reason)));
         }

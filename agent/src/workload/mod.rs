@@ -7,7 +7,8 @@
 //! 2. read the image's launch policy and refuse operator settings it forbids ([`policy`]), before anything is
 //!    measured or run;
 //! 3. measure, in order (Confidential Space's order): image reference, manifest digest, config digest, each
-//!    arg, each env var, each mount, the launch policy, then the launch separator ([`launch_events`]) into
+//!    arg, each env var, each mount, the broker key the workload trusts (when it has a broker), the launch
+//!    policy, then the launch separator ([`launch_events`]) into
 //!    PCR 15 + RTMR3 + the runtime CEL log; a failed measurement stops the launch;
 //! 4. unpack the layers into the root ([`rootfs`]);
 //! 5. only now, request the data keys from the broker (the evidence shows the measured workload) and write
@@ -79,7 +80,7 @@ pub trait KeyProvider {
     /// The keys named `key_ids`, as (id, secret bytes).
     fn release(
         &self,
-        broker: &str,
+        broker: &spec::BrokerEndpoint,
         key_ids: &[String],
     ) -> impl Future<Output = Result<Vec<(String, Vec<u8>)>>> + Send;
 }
@@ -89,7 +90,11 @@ pub trait KeyProvider {
 pub struct NoKeys;
 
 impl KeyProvider for NoKeys {
-    async fn release(&self, _broker: &str, key_ids: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+    async fn release(
+        &self,
+        _broker: &spec::BrokerEndpoint,
+        key_ids: &[String],
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         Err(Error::workload(
             "keys",
             format!("no key broker client configured; cannot release {}", key_ids.join(", ")),
@@ -155,6 +160,9 @@ pub fn launch_events(
     events.extend(plan.args.iter().cloned().map(RuntimeEvent::Arg));
     events.extend(plan.env.iter().cloned().map(RuntimeEvent::Env));
     events.extend(plan.mounts.iter().cloned().map(RuntimeEvent::Mount));
+    if let Some(broker) = &spec.broker {
+        events.push(RuntimeEvent::BrokerKey(broker.key_id.clone()));
+    }
     events.push(RuntimeEvent::LaunchPolicy(policy.canonical_text(spec)));
     events.push(RuntimeEvent::LaunchSeparator);
     events
@@ -233,8 +241,7 @@ async fn run_inner<M: Measurer, K: KeyProvider>(
             .map_err(|e| Error::workload("bundle", format!("{}: {e}", dir.display())))?;
     }
     inputs::copy_all(&spec.inputs, &cfg.work_dir, uid, gid)?;
-    if !spec.key_ids.is_empty() {
-        let broker = spec.broker.as_deref().unwrap_or_default();
+    if let (false, Some(broker)) = (spec.key_ids.is_empty(), &spec.broker) {
         let released = keys.release(broker, &spec.key_ids).await?;
         for (id, secret) in released {
             // The spec admitted only plain-name components, so the path stays under keys_dir.

@@ -18,9 +18,11 @@
 use std::io::Write;
 use std::path::Path;
 
+use sealroom_measurements::broker_response::{self, ReceiptStatement, TeeKeyField};
 use sealroom_proto::keybroker::v1 as kb;
 
 use super::digest::Sha256Digest;
+use super::spec::BrokerEndpoint;
 use crate::error::{Error, Result};
 use crate::worker::AttestationHandle;
 
@@ -60,23 +62,38 @@ pub struct Receipt {
 /// An unreachable broker, failing evidence, or the broker's refusal (its one-line reason).
 pub async fn obtain(
     handle: &AttestationHandle,
-    broker: &str,
+    endpoint: &BrokerEndpoint,
     key_id: &str,
     output_digest: &Sha256Digest,
 ) -> Result<Receipt> {
-    let (mut client, nonce) = super::broker::connect_and_challenge(broker, STAGE).await?;
-    let evidence: sealroom_proto::attestation::v1::Evidence = handle.evidence(nonce).await?.into();
+    let broker = endpoint.url.as_str();
+    let (mut client, nonce) = super::broker::connect_and_challenge(endpoint, STAGE).await?;
+    let evidence = handle.evidence(nonce).await?;
+    let kem_id = evidence.tee_public_key.kem().id();
+    let tee_key = evidence.tee_public_key.as_bytes().to_vec();
+    let evidence: sealroom_proto::attestation::v1::Evidence = evidence.into();
     let encoded = prost::Message::encode_to_vec(&evidence);
+    let output_digest = output_digest.to_string();
     let response = client
         .receipt(kb::ReceiptRequest {
             nonce: nonce.0.to_vec(),
             evidence: encoded.clone(),
             key_id: key_id.to_owned(),
-            output_digest: output_digest.to_string(),
+            output_digest: output_digest.clone(),
         })
         .await
         .map_err(|s| err(format!("broker {broker}: receipt: {}", s.message())))?
         .into_inner();
+    let input = broker_response::receipt_signing_input(&ReceiptStatement {
+        nonce: &nonce,
+        tee_key: TeeKeyField { kem_id, key: &tee_key },
+        key_id,
+        output_digest: &output_digest,
+        receipt: &response.receipt,
+        refusal: &response.refusal,
+    });
+    broker_response::verify(&endpoint.key_id, &response.broker_public_key, &response.signature, &input)
+        .map_err(|e| err(e.to_string()))?;
     if !response.refusal.is_empty() || response.receipt.is_empty() {
         return Err(err(format!("broker refused the receipt: {}", response.refusal)));
     }
@@ -179,7 +196,7 @@ pub async fn finish_in_vm(
     outcome: &super::Outcome,
 ) {
     let say = |a: std::fmt::Arguments<'_>| super::console(format_args!("receipt: {a}"));
-    let receipt = match (spec.broker.as_deref(), spec.key_ids.first()) {
+    let receipt = match (spec.broker.as_ref(), spec.key_ids.first()) {
         (Some(broker), Some(key)) => match obtain(handle, broker, key, &outcome.output_digest).await {
             Ok(r) => {
                 say(format_args!("issued by the broker for output {}", outcome.output_digest));

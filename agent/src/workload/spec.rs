@@ -5,7 +5,7 @@
 //! - the kernel command line: `sealroom.workload.image=REF` plus optional `sealroom.workload.arg=…` (repeated, in
 //!   order; any `arg` replaces the image's CMD), `sealroom.workload.env=NAME=value` (repeated),
 //!   `sealroom.workload.restart=never|on-failure:N`, `sealroom.workload.log_redirect=true|false`,
-//!   `sealroom.workload.broker=URL`, `sealroom.workload.key=ID` (repeated),
+//!   `sealroom.workload.broker=URL`, `sealroom.workload.broker_key=KID`, `sealroom.workload.key=ID` (repeated),
 //!   `sealroom.workload.insecure_registry=HOST[:PORT]` (repeated), `sealroom.workload.on_exit=serve|poweroff`.
 //!   Values may be double-quoted to hold spaces.
 //! - `sealroom.workload=metadata`: the JSON document in the GCE instance attribute `sealroom-workload`.
@@ -19,6 +19,7 @@
 //! ```json
 //! {"image": "registry.example/app@sha256:…", "args": ["--x"], "env": ["NAME=value"],
 //!  "restart": "on-failure:3", "log_redirect": true, "broker": "https://broker:8443",
+//!  "broker_key": "<RFC 7638 thumbprint>", "broker_ca": "-----BEGIN CERTIFICATE-----…",
 //!  "key_ids": ["dataset-key"], "insecure_registries": ["10.0.2.2:5000"],
 //!  "registry_auth": {"username": "u", "password": "p"}, "on_exit": "poweroff",
 //!  "inputs": {"dataset": "serial:sealroom-data"}}
@@ -29,7 +30,14 @@
 //! Parsing is strict and every error is one line naming the field. Nothing here is trusted: what matters (the
 //! image, args, env, launch policy) is measured before the workload runs, and the image's launch policy limits
 //! what the operator may override. Registry credentials and the broker address are not measured: the image is
-//! pinned by digest and the broker checks the evidence itself.
+//! pinned by digest and the broker checks the evidence itself. The broker's signing key is: `broker_key` (the
+//! RFC 7638 thumbprint of the broker's ES256 key, the `kid` of its JWK) is required with a broker, measured as
+//! a launch event before the separator, and every key release and receipt must be signed by that key
+//! ([`super::broker`]), so an operator who points the VM at another broker gets nothing the workload would
+//! use, and a data provider's policy can require its own broker key. `broker_ca` (PEM: a CA bundle or the
+//! broker's own self-signed certificate) is the TLS trust for an `https://` broker, required with one; it is
+//! transport protection on top of the signatures and not measured (JSON documents only: PEM does not fit on a
+//! kernel command line).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -208,8 +216,8 @@ pub struct WorkloadSpec {
     pub restart: RestartPolicy,
     /// Whether the operator asks for the workload's stdout/stderr on the console (the image must allow it).
     pub log_redirect: bool,
-    /// The key broker's address.
-    pub broker: Option<String>,
+    /// The key broker: address, pinned signing key, TLS trust.
+    pub broker: Option<BrokerEndpoint>,
     /// Key ids to request from the broker after the workload is measured.
     pub key_ids: Vec<String>,
     /// Registries (`host[:port]`) reached over plain HTTP (content is still verified by digest).
@@ -220,6 +228,17 @@ pub struct WorkloadSpec {
     pub on_exit: OnExit,
     /// Input files or disks by name, mounted read-only at `/input/<name>` ([`super::inputs`]).
     pub inputs: std::collections::BTreeMap<String, String>,
+}
+
+/// The key broker a workload trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEndpoint {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// The RFC 7638 thumbprint of the broker's ES256 signing key (measured; responses must be signed by it).
+    pub key_id: String,
+    /// PEM trust anchors for an `https://` URL (a CA bundle or the broker's pinned certificate).
+    pub tls_ca: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +255,10 @@ struct SpecDocument {
     log_redirect: bool,
     #[serde(default)]
     broker: Option<String>,
+    #[serde(default)]
+    broker_key: Option<String>,
+    #[serde(default)]
+    broker_ca: Option<String>,
     #[serde(default)]
     key_ids: Vec<String>,
     #[serde(default)]
@@ -307,6 +330,49 @@ fn check_registry_host(h: &str) -> Result<()> {
     if ok { Ok(()) } else { Err(err(format!("insecure_registries: {h:?} is not HOST[:PORT]"))) }
 }
 
+/// Largest `broker_ca` PEM accepted.
+pub const MAX_BROKER_CA_BYTES: usize = 64 * 1024;
+
+fn broker_endpoint(
+    url: Option<String>,
+    key_id: Option<String>,
+    tls_ca: Option<String>,
+) -> Result<Option<BrokerEndpoint>> {
+    let Some(url) = url else {
+        return match (key_id, tls_ca) {
+            (None, None) => Ok(None),
+            _ => Err(err("broker_key or broker_ca given without a broker")),
+        };
+    };
+    check_item("broker", &url)?;
+    let https = url.starts_with("https://");
+    if !(https || url.starts_with("http://")) {
+        return Err(err(format!("broker {url:?}: expected an http:// or https:// URL")));
+    }
+    let key_id = key_id.ok_or_else(|| {
+        err("broker given without broker_key (the thumbprint of the broker's signing key, its JWK `kid`)")
+    })?;
+    sealroom_measurements::broker_response::check_broker_key_id(&key_id)
+        .map_err(|e| err(format!("broker_key: {e}")))?;
+    match (&tls_ca, https) {
+        (None, true) => {
+            return Err(err(
+                "https broker given without broker_ca (its CA bundle or pinned certificate, PEM)",
+            ));
+        }
+        (Some(_), false) => return Err(err("broker_ca given for a plain http:// broker")),
+        (Some(pem), true) => {
+            if pem.len() > MAX_BROKER_CA_BYTES || !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(err(format!(
+                    "broker_ca: expected PEM certificates of at most {MAX_BROKER_CA_BYTES} bytes"
+                )));
+            }
+        }
+        (None, false) => {}
+    }
+    Ok(Some(BrokerEndpoint { url, key_id, tls_ca }))
+}
+
 impl WorkloadSpec {
     fn build(doc: SpecDocument) -> Result<Self> {
         let source = ImageSource::parse(&doc.image)?;
@@ -337,12 +403,7 @@ impl WorkloadSpec {
         if !doc.key_ids.is_empty() && doc.broker.is_none() {
             return Err(err("key_ids given without a broker"));
         }
-        if let Some(b) = &doc.broker {
-            if !(b.starts_with("https://") || b.starts_with("http://")) {
-                return Err(err(format!("broker {b:?}: expected an http:// or https:// URL")));
-            }
-            check_item("broker", b)?;
-        }
+        let broker = broker_endpoint(doc.broker, doc.broker_key, doc.broker_ca)?;
         for h in &doc.insecure_registries {
             check_registry_host(h)?;
         }
@@ -355,7 +416,7 @@ impl WorkloadSpec {
             env,
             restart,
             log_redirect: doc.log_redirect,
-            broker: doc.broker,
+            broker,
             key_ids: doc.key_ids,
             insecure_registries: doc.insecure_registries,
             registry_auth: doc.registry_auth,
@@ -394,6 +455,8 @@ impl WorkloadSpec {
             restart: None,
             log_redirect: false,
             broker: None,
+            broker_key: None,
+            broker_ca: None,
             key_ids: Vec::new(),
             insecure_registries: Vec::new(),
             registry_auth: None,
@@ -421,6 +484,7 @@ impl WorkloadSpec {
                 "restart" => once(&mut doc.restart)?,
                 "log_redirect" => once(&mut log_redirect)?,
                 "broker" => once(&mut doc.broker)?,
+                "broker_key" => once(&mut doc.broker_key)?,
                 "key" => doc.key_ids.push(value.to_owned()),
                 "insecure_registry" => doc.insecure_registries.push(value.to_owned()),
                 "on_exit" => once(&mut doc.on_exit)?,
@@ -607,11 +671,14 @@ mod tests {
         assert!(ImageSource::parse(&format!("oci-layout:rel@sha256:{}", "ab".repeat(32))).is_err());
     }
 
+    /// The shape of a broker key id (a JWK thumbprint).
+    const KID: &str = "3Mfj4cM9KvTWQ7pmqfyIXlM3YzZ2r3JN0a4cDnmWc8I";
+
     #[test]
     fn json_is_strict() {
         let doc = format!(
             r#"{{"image":"{}","args":["-c","echo hi"],"env":["A=1","B=x=y"],"restart":"on-failure:3",
-               "log_redirect":true,"broker":"http://10.0.2.2:8443","key_ids":["k1"],
+               "log_redirect":true,"broker":"http://10.0.2.2:8443","key_ids":["k1"],"broker_key":"{KID}",
                "insecure_registries":["127.0.0.1:5000"]}}"#,
             pinned()
         );
@@ -650,6 +717,32 @@ mod tests {
         assert_eq!(
             WorkloadSpec::from_json(no_broker.as_bytes()).unwrap_err().to_string(),
             "workload spec: key_ids given without a broker"
+        );
+        let b = s.broker.clone().unwrap();
+        assert_eq!((b.url.as_str(), b.key_id.as_str(), b.tls_ca), ("http://10.0.2.2:8443", KID, None));
+        let unpinned = doc.replace(&format!(",\"broker_key\":\"{KID}\""), "");
+        assert!(
+            WorkloadSpec::from_json(unpinned.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .starts_with("workload spec: broker given without broker_key")
+        );
+        let bad_kid = doc.replace(KID, "sha256:00");
+        assert!(WorkloadSpec::from_json(bad_kid.as_bytes()).unwrap_err().to_string().contains("thumbprint"));
+        let https = doc.replace("http://10.0.2.2", "https://10.0.2.2");
+        assert!(
+            WorkloadSpec::from_json(https.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("https broker given without broker_ca")
+        );
+        let pem = "-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n";
+        let with_ca = https.replace("\"key_ids\"", &format!("\"broker_ca\":\"{pem}\",\"key_ids\""));
+        let tls = WorkloadSpec::from_json(with_ca.as_bytes()).unwrap().broker.unwrap();
+        assert!(tls.tls_ca.unwrap().starts_with("-----BEGIN CERTIFICATE-----\n"));
+        let plain_ca = doc.replace("\"key_ids\"", &format!("\"broker_ca\":\"{pem}\",\"key_ids\""));
+        assert!(
+            WorkloadSpec::from_json(plain_ca.as_bytes()).unwrap_err().to_string().contains("plain http://")
         );
         for good in ["provider-a/dataset", "k.v2", "a/b/c"] {
             let d = doc.replace("\"k1\"", &format!("{good:?}"));

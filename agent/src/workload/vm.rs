@@ -115,7 +115,11 @@ impl<K> RetryUnreachable<K> {
 }
 
 impl<K: KeyProvider + Sync> KeyProvider for RetryUnreachable<K> {
-    async fn release(&self, broker: &str, key_ids: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+    async fn release(
+        &self,
+        broker: &super::spec::BrokerEndpoint,
+        key_ids: &[String],
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let deadline = Instant::now() + self.window;
         let mut said = false;
         loop {
@@ -196,10 +200,17 @@ mod tests {
     struct FlakyBroker(std::sync::atomic::AtomicU32);
 
     impl KeyProvider for FlakyBroker {
-        async fn release(&self, broker: &str, _: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+        async fn release(
+            &self,
+            broker: &crate::workload::spec::BrokerEndpoint,
+            _: &[String],
+        ) -> Result<Vec<(String, Vec<u8>)>> {
             let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             match n {
-                0 => Err(crate::Error::workload("keys", format!("broker {broker}: unreachable: refused"))),
+                0 => Err(crate::Error::workload(
+                    "keys",
+                    format!("broker {}: unreachable: refused", broker.url),
+                )),
                 1 => Ok(vec![("k".into(), b"secret".to_vec())]),
                 _ => Err(crate::Error::workload("keys", "refused by policy")),
             }
@@ -209,11 +220,16 @@ mod tests {
     #[tokio::test]
     async fn unreachable_brokers_are_retried_other_refusals_are_not() {
         let pause = Duration::from_millis(10);
+        let b = crate::workload::spec::BrokerEndpoint {
+            url: "http://b".into(),
+            key_id: "3Mfj4cM9KvTWQ7pmqfyIXlM3YzZ2r3JN0a4cDnmWc8I".into(),
+            tls_ca: None,
+        };
         let k = RetryUnreachable { inner: FlakyBroker(0.into()), window: Duration::from_secs(60), pause };
-        assert_eq!(k.release("http://b", &[]).await.unwrap(), vec![("k".to_owned(), b"secret".to_vec())]);
-        assert!(k.release("http://b", &[]).await.unwrap_err().to_string().contains("refused by policy"));
+        assert_eq!(k.release(&b, &[]).await.unwrap(), vec![("k".to_owned(), b"secret".to_vec())]);
+        assert!(k.release(&b, &[]).await.unwrap_err().to_string().contains("refused by policy"));
         assert_eq!(k.inner.0.load(std::sync::atomic::Ordering::SeqCst), 3);
         let gone = RetryUnreachable { inner: FlakyBroker(0.into()), window: Duration::ZERO, pause };
-        assert!(gone.release("http://b", &[]).await.unwrap_err().to_string().contains("unreachable"));
+        assert!(gone.release(&b, &[]).await.unwrap_err().to_string().contains("unreachable"));
     }
 }

@@ -24,6 +24,7 @@ use sealroom_broker::audit::AuditLog;
 use sealroom_broker::grpc::KeyBrokerService;
 use sealroom_broker::keystore::{Kek, KeyStore};
 use sealroom_broker::nonce::NonceBook;
+use sealroom_broker::nonce_mac::NonceKeys;
 use sealroom_broker::policy::GoldenSet;
 use sealroom_broker::receipt::{CheckInput, check};
 use sealroom_broker::service::{Broker, BrokerParts};
@@ -117,6 +118,7 @@ async fn the_seed_scenario_on_this_host_key_job_receipt_and_refusals() {
         .unwrap();
     let signer = Signer::load_or_create(&state.join("signing.pk8")).unwrap();
     let jwk = signer.jwk();
+    let broker_kid = signer.kid().to_owned();
     let audit_path = state.join("audit.log");
     let broker = Arc::new(Broker::new(BrokerParts {
         clock: Arc::new(ManualClock::at(1_760_000_000_000)),
@@ -125,7 +127,7 @@ async fn the_seed_scenario_on_this_host_key_job_receipt_and_refusals() {
         store,
         golden: GoldenSet::default(),
         signer,
-        nonces: NonceBook::new(30_000, 1000),
+        nonces: NonceBook::new(NonceKeys::new(&[0x6e; 32], None, 30_000).unwrap()),
         audit: AuditLog::open(&audit_path).unwrap().0,
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -140,7 +142,7 @@ async fn the_seed_scenario_on_this_host_key_job_receipt_and_refusals() {
     let spec_json = |image_ref: &str| {
         serde_json::json!({
             "image": image_ref, "insecure_registries": [registry.host()], "broker": broker_url,
-            "key_ids": [KEY_ID], "inputs": {"dataset": data_disk.display().to_string()},
+            "broker_key": broker_kid, "key_ids": [KEY_ID], "inputs": {"dataset": data_disk.display().to_string()},
         })
     };
     let spec = WorkloadSpec::from_json(spec_json(&reference).to_string().as_bytes()).unwrap();
@@ -156,7 +158,7 @@ async fn the_seed_scenario_on_this_host_key_job_receipt_and_refusals() {
         serde_json::from_slice(&std::fs::read(cfg.output_dir.join("model.json")).unwrap()).unwrap();
     assert_eq!(model["coefficients"].as_object().unwrap().len(), 10);
 
-    let r = receipt::obtain(&h, &broker_url, KEY_ID, &outcome.output_digest).await.unwrap();
+    let r = receipt::obtain(&h, spec.broker.as_ref().unwrap(), KEY_ID, &outcome.output_digest).await.unwrap();
     let result = unique_temp_dir("demo-result");
     receipt::write_result(&result, &cfg.output_dir, &outcome.output_listing, Some(&r)).unwrap();
 

@@ -7,11 +7,26 @@ use std::sync::Arc;
 use sealroom_proto::keybroker::v1 as pb;
 
 use crate::error::Error;
-use crate::service::Broker;
+use crate::service::{Broker, Call};
 
 /// The gRPC face of a [`Broker`].
 #[derive(Debug, Clone)]
 pub struct KeyBrokerService(pub Arc<Broker>);
+
+/// Applies the per-peer rate limit of `call` (requests without a peer address, e.g. in-memory transports,
+/// are not limited).
+fn limit<T>(
+    broker: &Broker,
+    call: Call,
+    request: &tonic::Request<T>,
+) -> std::result::Result<(), tonic::Status> {
+    match request.remote_addr() {
+        Some(peer) => {
+            broker.check_rate(call, peer.ip()).map_err(|e| tonic::Status::resource_exhausted(e.to_string()))
+        }
+        None => Ok(()),
+    }
+}
 
 fn internal(e: &Error) -> tonic::Status {
     tonic::Status::internal(e.to_string())
@@ -21,8 +36,9 @@ fn internal(e: &Error) -> tonic::Status {
 impl pb::key_broker_server::KeyBroker for KeyBrokerService {
     async fn challenge(
         &self,
-        _request: tonic::Request<pb::ChallengeRequest>,
+        request: tonic::Request<pb::ChallengeRequest>,
     ) -> std::result::Result<tonic::Response<pb::ChallengeResponse>, tonic::Status> {
+        limit(&self.0, Call::Challenge, &request)?;
         let (nonce, ttl_seconds) =
             self.0.challenge().map_err(|e| tonic::Status::resource_exhausted(e.to_string()))?;
         Ok(tonic::Response::new(pb::ChallengeResponse { nonce: nonce.0.to_vec(), ttl_seconds }))
@@ -32,6 +48,7 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         &self,
         request: tonic::Request<pb::ReleaseRequest>,
     ) -> std::result::Result<tonic::Response<pb::ReleaseResponse>, tonic::Status> {
+        limit(&self.0, Call::Release, &request)?;
         let req = request.into_inner();
         Broker::check_request(&req.key_ids).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         let broker = Arc::clone(&self.0);
@@ -57,6 +74,8 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
                 .map(|(key_id, r)| pb::Refusal { key_id, reason: r.reason })
                 .collect(),
             attestation_result: released.attestation_result,
+            broker_public_key: released.broker_public_key,
+            signature: released.signature,
         }))
     }
 
@@ -64,6 +83,7 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         &self,
         request: tonic::Request<pb::ReceiptRequest>,
     ) -> std::result::Result<tonic::Response<pb::ReceiptResponse>, tonic::Status> {
+        limit(&self.0, Call::Release, &request)?;
         crate::receipt::serve(Arc::clone(&self.0), request.into_inner()).await
     }
 }

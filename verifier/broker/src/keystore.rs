@@ -6,16 +6,28 @@
 //! its key id and version, so ciphertexts cannot be swapped between keys or versions. Every change is one redb
 //! transaction committed with `Durability::Immediate` (fsync'd before the call returns).
 //!
+//! The records beside the material (owner, policy, state, version) are not secret but decide everything: whoever
+//! could write them could un-revoke a key or give it an all-`skip` policy (issue 14, finding 3). Each record is
+//! therefore stored with an HMAC-SHA256 tag under a MAC key derived from the KEK ([`record_mac`]), over the table,
+//! the row key and the value, so a record changed, moved to another key id, or made up without the KEK is
+//! refused with a reason (and the broker audits the refusal). The same holds for the release records the broker
+//! keeps for receipts. What a MAC cannot see is a rollback of the whole file to an older copy made with the same
+//! KEK; the audit log's head (carried in every token) is the anchor for that.
+//!
 //! ```text
 //! material ciphertext = nonce (12) || AES-256-GCM(KEK, nonce, material, aad)
 //! aad                 = "sealroom.keystore.v1" 0x00 || key_id || 0x00 || version (u32 BE)
+//! record              = value || HMAC-SHA256(K_rec, "sealroom.keystore.record.v1" 0x00 || lp(table) || lp(row key) || lp(value))
+//! K_rec               = HMAC-SHA256(KEK, "sealroom.keystore.v1 record MAC key")
+//! lp(x)               = len(x) u32 BE || x
 //! ```
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce as AeadNonce, UnboundKey};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use aws_lc_rs::hmac;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Randomness, check_key_id};
 use crate::error::{Error, Result};
@@ -24,6 +36,12 @@ const LAYER: &str = "key store";
 const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
 const MATERIAL: TableDefinition<'_, (&str, u32), &[u8]> = TableDefinition::new("material");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// Keys released, for receipts: (SHA-256 of the TEE key, key id) → [`ReleaseRecord`].
+const RELEASES: TableDefinition<'_, (&[u8], &str), &[u8]> = TableDefinition::new("releases");
+const RECORD_MAC_DOMAIN: &[u8] = b"sealroom.keystore.record.v1\0";
+const RECORD_MAC_KEY_LABEL: &[u8] = b"sealroom.keystore.v1 record MAC key";
+/// Length of a record's MAC tag.
+pub const RECORD_TAG_LEN: usize = 32;
 pub(crate) const KEK_CHECK: &str = "kek_check";
 pub(crate) const KEK_CHECK_PLAINTEXT: &[u8] = b"sealroom key store: key-encryption key check";
 const AAD_DOMAIN: &[u8] = b"sealroom.keystore.v1\0";
@@ -38,8 +56,11 @@ fn db_err(e: impl std::fmt::Display) -> Error {
     Error::check(LAYER, format!("database: {e}"))
 }
 
-/// The key-encryption key.
-pub struct Kek(LessSafeKey);
+/// The key-encryption key (and the record MAC key derived from it).
+pub struct Kek {
+    aead: LessSafeKey,
+    record_mac: hmac::Key,
+}
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,14 +89,18 @@ impl Kek {
             return Err(format!("{} bytes, expected 32", bytes.len()));
         }
         let key = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| "AES-256 key rejected".to_string())?;
-        Ok(Self(LessSafeKey::new(key)))
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, bytes), RECORD_MAC_KEY_LABEL);
+        Ok(Self {
+            aead: LessSafeKey::new(key),
+            record_mac: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+        })
     }
 
     pub(crate) fn seal(&self, rng: &dyn Randomness, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.fill(&mut nonce)?;
         let mut buf = plaintext.to_vec();
-        self.0
+        self.aead
             .seal_in_place_append_tag(AeadNonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
             .map_err(|_| Error::check(LAYER, "AES-256-GCM encryption failed"))?;
         let mut out = nonce.to_vec();
@@ -87,7 +112,7 @@ impl Kek {
         let (nonce, ct) = sealed.split_at_checked(NONCE_LEN)?;
         let nonce = AeadNonce::try_assume_unique_for_key(nonce).ok()?;
         let mut buf = ct.to_vec();
-        let plain = self.0.open_in_place(nonce, Aad::from(aad), &mut buf).ok()?;
+        let plain = self.aead.open_in_place(nonce, Aad::from(aad), &mut buf).ok()?;
         Some(plain.to_vec())
     }
 }
@@ -128,6 +153,45 @@ fn secret_from_file_bytes(raw: &[u8]) -> std::result::Result<Vec<u8>, String> {
         return Err(format!("{} bytes, expected 32", bytes.len()));
     }
     Ok(bytes)
+}
+
+fn lp(ctx: &mut hmac::Context, bytes: &[u8]) {
+    // Rows are bounded (ids ≤ 128 bytes, policies ≤ 64 KiB), far below u32::MAX.
+    ctx.update(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+    ctx.update(bytes);
+}
+
+/// The MAC tag of one stored record: HMAC-SHA256 under the KEK's record MAC key over the table name, the row
+/// key and the value (module documentation). Any store of broker records (redb here, PostgreSQL elsewhere)
+/// tags and checks its rows with this.
+#[must_use]
+pub fn record_mac(kek: &Kek, table: &str, row_key: &[u8], value: &[u8]) -> [u8; RECORD_TAG_LEN] {
+    let mut ctx = hmac::Context::with_key(&kek.record_mac);
+    ctx.update(RECORD_MAC_DOMAIN);
+    lp(&mut ctx, table.as_bytes());
+    lp(&mut ctx, row_key);
+    lp(&mut ctx, value);
+    let tag = ctx.sign();
+    let mut out = [0u8; RECORD_TAG_LEN];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// `value || record_mac(…)`: what is stored.
+#[must_use]
+pub fn seal_record(kek: &Kek, table: &str, row_key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = value.to_vec();
+    out.extend_from_slice(&record_mac(kek, table, row_key, value));
+    out
+}
+
+/// The value of a stored record whose tag verifies, or `None` (changed, moved, or written without the KEK).
+#[must_use]
+pub fn open_record<'a>(kek: &Kek, table: &str, row_key: &[u8], stored: &'a [u8]) -> Option<&'a [u8]> {
+    let (value, tag) = stored.split_at_checked(stored.len().checked_sub(RECORD_TAG_LEN)?)?;
+    let want = record_mac(kek, table, row_key, value);
+    aws_lc_rs::constant_time::verify_slices_are_equal(&want, tag).ok()?;
+    Some(value)
 }
 
 pub(crate) fn material_aad(key_id: &str, version: u32) -> Vec<u8> {
@@ -184,6 +248,11 @@ pub struct ReleasableKey {
 pub enum Unreleasable {
     /// No key with this id.
     Unknown,
+    /// Its stored record fails its integrity check: changed without the KEK.
+    Tampered {
+        /// One line saying what failed.
+        reason: String,
+    },
     /// The key was revoked.
     Revoked {
         /// When.
@@ -267,7 +336,7 @@ impl KeyStore {
             if keys.get(key_id).map_err(db_err)?.is_some() {
                 return Err(Error::check(LAYER, format!("key {key_id} already exists")));
             }
-            keys.insert(key_id, encode(&info)?.as_slice()).map_err(db_err)?;
+            keys.insert(key_id, self.encode(&info)?.as_slice()).map_err(db_err)?;
             let mut mat = txn.open_table(MATERIAL).map_err(db_err)?;
             mat.insert((key_id, 1), sealed.as_slice()).map_err(db_err)?;
         }
@@ -284,8 +353,8 @@ impl KeyStore {
         let keys = txn.open_table(KEYS).map_err(db_err)?;
         let mut out = Vec::new();
         for row in keys.iter().map_err(db_err)? {
-            let (_, v) = row.map_err(db_err)?;
-            let info = decode(v.value())?;
+            let (k, v) = row.map_err(db_err)?;
+            let info = self.decode(k.value(), v.value()).map_err(|t| Error::check(LAYER, t))?;
             if owner.is_none_or(|o| o == info.owner) {
                 out.push(info);
             }
@@ -353,11 +422,11 @@ impl KeyStore {
         let info = {
             let mut keys = txn.open_table(KEYS).map_err(db_err)?;
             let mut info = match keys.get(key_id).map_err(db_err)? {
-                Some(v) => decode(v.value())?,
+                Some(v) => self.decode(key_id, v.value()).map_err(|t| Error::check(LAYER, t))?,
                 None => return Err(Error::check(LAYER, format!("unknown key id {key_id}"))),
             };
             let new_material = change(&mut info)?;
-            keys.insert(key_id, encode(&info)?.as_slice()).map_err(db_err)?;
+            keys.insert(key_id, self.encode(&info)?.as_slice()).map_err(db_err)?;
             if let Some(sealed) = new_material {
                 let mut mat = txn.open_table(MATERIAL).map_err(db_err)?;
                 mat.insert((key_id, info.version), sealed.as_slice()).map_err(db_err)?;
@@ -377,7 +446,9 @@ impl KeyStore {
         let txn = self.db.begin_read().map_err(|e| Err(db_err(e)))?;
         let keys = txn.open_table(KEYS).map_err(|e| Err(db_err(e)))?;
         let info = match keys.get(key_id).map_err(|e| Err(db_err(e)))? {
-            Some(v) => decode(v.value()).map_err(Err)?,
+            Some(v) => self
+                .decode(key_id, v.value())
+                .map_err(|r| Ok(Unreleasable::Tampered { reason: format!("{LAYER}: {r}") }))?,
             None => return Err(Ok(Unreleasable::Unknown)),
         };
         if let KeyState::Revoked { time_ms } = info.state {
@@ -393,12 +464,129 @@ impl KeyStore {
             .value()
             .to_vec();
         let material = self.kek.open(&material_aad(key_id, info.version), &sealed).ok_or_else(|| {
-            Err(Error::check(
-                LAYER,
-                format!("key {key_id} v{}: material does not decrypt (tampered)", info.version),
-            ))
+            Ok(Unreleasable::Tampered {
+                reason: format!(
+                    "key store: key {key_id} v{}: material does not decrypt (tampered)",
+                    info.version
+                ),
+            })
         })?;
         Ok(ReleasableKey { info, material })
+    }
+
+    fn encode(&self, info: &KeyInfo) -> Result<Vec<u8>> {
+        let json = serde_json::to_vec(info).map_err(|e| Error::check(LAYER, format!("encode: {e}")))?;
+        Ok(seal_record(&self.kek, KEYS_TABLE, info.id.as_bytes(), &json))
+    }
+
+    /// The record stored under `key_id`, when its tag verifies and it names that key; else why not (one line,
+    /// without the layer).
+    fn decode(&self, key_id: &str, stored: &[u8]) -> std::result::Result<KeyInfo, String> {
+        let tampered = || {
+            format!(
+                "the record of key {key_id} fails its integrity check (changed without the key-encryption key)"
+            )
+        };
+        let value = open_record(&self.kek, KEYS_TABLE, key_id.as_bytes(), stored).ok_or_else(tampered)?;
+        let info: KeyInfo =
+            serde_json::from_slice(value).map_err(|e| format!("stored record of key {key_id}: {e}"))?;
+        if info.id != key_id {
+            return Err(tampered());
+        }
+        Ok(info)
+    }
+
+    /// Records that `key_id` (version `record.key_version`) was released to the TEE key whose SHA-256 is
+    /// `tee_key_digest`, as audit record `record.audit_seq`: the receipt for that key and TEE key names it. Not
+    /// fsync'd (the audit log already is): after a crash a lost record only means no receipt for that
+    /// release (fail closed).
+    ///
+    /// # Errors
+    /// When the write fails.
+    pub fn record_releases(
+        &self,
+        tee_key_digest: &[u8; 32],
+        releases: &[(&str, ReleaseRecord)],
+    ) -> Result<()> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(Durability::None).map_err(db_err)?;
+        {
+            let mut table = txn.open_table(RELEASES).map_err(db_err)?;
+            for (key_id, r) in releases {
+                let value = r.encode();
+                let row = release_row_key(tee_key_digest, key_id);
+                let stored = seal_record(&self.kek, RELEASES_TABLE, &row, &value);
+                table.insert((tee_key_digest.as_slice(), *key_id), stored.as_slice()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// The broker's own record of releasing `key_id` to the TEE key with SHA-256 `tee_key_digest`, if any.
+    ///
+    /// # Errors
+    /// When the read fails or the record fails its integrity check.
+    pub fn find_release(&self, tee_key_digest: &[u8; 32], key_id: &str) -> Result<Option<ReleaseRecord>> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = match txn.open_table(RELEASES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        let Some(stored) = table.get((tee_key_digest.as_slice(), key_id)).map_err(db_err)? else {
+            return Ok(None);
+        };
+        let row = release_row_key(tee_key_digest, key_id);
+        let value = open_record(&self.kek, RELEASES_TABLE, &row, stored.value()).ok_or_else(|| {
+            Error::check(
+                LAYER,
+                format!(
+                    "the release record of key {key_id} fails its integrity check (changed without the KEK)"
+                ),
+            )
+        })?;
+        ReleaseRecord::decode(value).map(Some)
+    }
+}
+
+const KEYS_TABLE: &str = "keys";
+const RELEASES_TABLE: &str = "releases";
+
+fn release_row_key(tee_key_digest: &[u8; 32], key_id: &str) -> Vec<u8> {
+    let mut row = tee_key_digest.to_vec();
+    row.extend_from_slice(key_id.as_bytes());
+    row
+}
+
+/// The broker's record of one release (for receipts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleaseRecord {
+    /// Sequence number of the `released` audit record.
+    pub audit_seq: u64,
+    /// When, Unix milliseconds.
+    pub time_ms: u64,
+    /// The key version released.
+    pub key_version: u32,
+}
+
+impl ReleaseRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = self.audit_seq.to_be_bytes().to_vec();
+        v.extend_from_slice(&self.time_ms.to_be_bytes());
+        v.extend_from_slice(&self.key_version.to_be_bytes());
+        v
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        let bad = || Error::check(LAYER, format!("release record of {} bytes, expected 20", bytes.len()));
+        let (seq, rest) = bytes.split_first_chunk::<8>().ok_or_else(bad)?;
+        let (time, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+        let version: [u8; 4] = rest.try_into().map_err(|_| bad())?;
+        Ok(Self {
+            audit_seq: u64::from_be_bytes(*seq),
+            time_ms: u64::from_be_bytes(*time),
+            key_version: u32::from_be_bytes(version),
+        })
     }
 }
 
@@ -430,14 +618,6 @@ pub(crate) fn material_or_generated(material: Option<Vec<u8>>, rng: &dyn Randomn
             Ok(m)
         }
     }
-}
-
-fn encode(info: &KeyInfo) -> Result<Vec<u8>> {
-    serde_json::to_vec(info).map_err(|e| Error::check(LAYER, format!("encode: {e}")))
-}
-
-fn decode(bytes: &[u8]) -> Result<KeyInfo> {
-    serde_json::from_slice(bytes).map_err(|e| Error::check(LAYER, format!("stored key record: {e}")))
 }
 
 #[cfg(test)]
@@ -534,8 +714,11 @@ env = "skip"
             mat.insert(("other", 1), k.as_slice()).unwrap();
         }
         txn.commit().unwrap();
-        let err = store.get_for_release("other").unwrap_err().unwrap_err().to_string();
-        assert!(err.contains("does not decrypt"), "{err}");
+        let err = store.get_for_release("other").unwrap_err().unwrap();
+        assert!(
+            matches!(&err, Unreleasable::Tampered { reason } if reason.contains("does not decrypt")),
+            "{err:?}"
+        );
         drop(store);
         let raw = std::fs::read(&db).unwrap();
         assert!(!raw.windows(secret.len()).any(|w| w == secret.as_slice()));

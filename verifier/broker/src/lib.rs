@@ -2,7 +2,7 @@
 //! workload the provider's policy approves, sealed (HPKE) to the TEE's ephemeral key, with every decision in a
 //! hash-chained audit log.
 //!
-//! One module per part: [`nonce`] (single-use challenges), [`keystore`] (keys encrypted at rest in redb),
+//! One module per part: [`nonce`] (stateless MACed single-use challenges), [`ratelimit`] (per-peer token buckets), [`keystore`] (keys encrypted at rest in redb),
 //! [`policy`] (declarative per-key rules over an [`appraisal::Appraisal`]), [`seal`] (RFC 9180 HPKE),
 //! [`token`] (the EAR JWT), [`service`] (challenge and release), [`receipt`] (output receipts), [`grpc`] (the
 //! gRPC `KeyBroker` over both), [`audit`] (the log), [`admin`] (key management over a local socket). Evidence
@@ -22,6 +22,7 @@ pub mod nonce;
 pub mod nonce_mac;
 pub mod pg;
 pub mod policy;
+pub mod ratelimit;
 pub mod receipt;
 pub mod seal;
 pub mod service;

@@ -1,21 +1,30 @@
-//! Challenges: 32 random bytes, single use, short time to live.
+//! Challenges that cannot be exhausted: stateless MACed nonces ([`crate::nonce_mac`], the layout of
+//! docs/broker-scaling.md) plus a set of the nonces actually presented, each kept only until it expires.
 //!
-//! The broker remembers every nonce it issued until well after it expires, so a refusal can say exactly why:
-//! never issued, expired, or already used. Nonces live in memory only: after a restart every outstanding nonce
-//! is unknown and refused (fail closed); the agent simply asks again. `docs/broker-scaling.md` describes the
-//! stateless form (MACed tokens) for several replicas.
+//! Issuing a nonce stores nothing, so no number of `Challenge` calls can crowd out an agent (issue 14, finding
+//! 4: 100,000 unauthenticated challenges used to fill a table shared by everyone for 10 × TTL). "Never issued"
+//! (the tag does not verify) and "expired" are decided from the nonce alone; only single use needs memory, and
+//! only for presented nonces, each forgotten once it has expired (it is then refused as expired anyway). The
+//! embedded broker's MAC key is random per process: after a restart every outstanding nonce is refused (fail
+//! closed) and the agent asks again. Replicas share the key and keep the used set in PostgreSQL instead.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use sealroom_measurements::binding::{NONCE_LEN, Nonce};
 
 use super::Randomness;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::nonce_mac::NonceKeys;
+
+/// Most presented, unexpired nonces remembered at once (about 100 bytes each); beyond it redemption is
+/// refused (fail closed) until some expire. Per-peer rate limits on `Release` keep honest load far below it.
+pub const DEFAULT_MAX_USED: usize = 1 << 20;
 
 /// Why a nonce was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NonceRefusal {
-    /// This broker never issued it (or forgot it after a restart or long after it expired).
+    /// This broker never issued it (its MAC does not verify under any current key).
     NeverIssued,
     /// It was issued but its time to live is over.
     Expired {
@@ -24,6 +33,8 @@ pub enum NonceRefusal {
     },
     /// It was already presented once.
     AlreadyUsed,
+    /// Too many presented nonces are still live to remember another one.
+    Busy,
 }
 
 impl std::fmt::Display for NonceRefusal {
@@ -32,95 +43,107 @@ impl std::fmt::Display for NonceRefusal {
             Self::NeverIssued => f.write_str("nonce: not issued by this broker"),
             Self::Expired { ago_ms } => write!(f, "nonce: expired {ago_ms} ms ago"),
             Self::AlreadyUsed => f.write_str("nonce: already used (replay)"),
+            Self::Busy => f.write_str("nonce: too many nonces presented recently; retry later"),
         }
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum State {
-    Outstanding { expires_ms: u64 },
-    Used,
+/// The presented nonces, until they expire.
+#[derive(Debug, Default)]
+struct UsedNonces {
+    expiry: HashMap<[u8; NONCE_LEN], u64>,
+    /// The same nonces by expiry, to forget them in order.
+    by_expiry: BTreeMap<(u64, [u8; NONCE_LEN]), ()>,
 }
 
-/// Issues and redeems nonces.
+impl UsedNonces {
+    fn forget_expired(&mut self, now_ms: u64) {
+        while let Some((&(exp, n), ())) = self.by_expiry.first_key_value() {
+            if exp > now_ms {
+                break;
+            }
+            self.by_expiry.remove(&(exp, n));
+            self.expiry.remove(&n);
+        }
+    }
+}
+
+/// Issues and redeems nonces: stateless issue (no lock, nothing stored), a used set for single use.
 #[derive(Debug)]
 pub struct NonceBook {
-    ttl_ms: u64,
-    /// How long after expiry a nonce is still remembered (for precise refusal reasons).
-    retention_ms: u64,
-    max_outstanding: usize,
-    entries: HashMap<[u8; NONCE_LEN], (State, u64)>,
+    keys: NonceKeys,
+    max_used: usize,
+    used: Mutex<UsedNonces>,
 }
 
 impl NonceBook {
-    /// A book whose nonces live `ttl_ms`; at most `max_outstanding` may be unredeemed at once.
+    /// A book issuing and checking nonces under `keys` (which also set the time to live).
     #[must_use]
-    pub fn new(ttl_ms: u64, max_outstanding: usize) -> Self {
-        Self { ttl_ms, retention_ms: ttl_ms.saturating_mul(10), max_outstanding, entries: HashMap::new() }
+    pub fn new(keys: NonceKeys) -> Self {
+        Self { keys, max_used: DEFAULT_MAX_USED, used: Mutex::new(UsedNonces::default()) }
+    }
+
+    /// A book under a fresh random MAC key (one process: its nonces die with it).
+    ///
+    /// # Errors
+    /// When randomness fails.
+    pub fn generate(ttl_ms: u64, rng: &dyn Randomness) -> Result<Self> {
+        let mut secret = [0u8; 32];
+        rng.fill(&mut secret)?;
+        Ok(Self::new(NonceKeys::new(&secret, None, ttl_ms)?))
+    }
+
+    /// Sets the most presented, unexpired nonces remembered at once.
+    #[must_use]
+    pub fn with_max_used(mut self, max_used: usize) -> Self {
+        self.max_used = max_used;
+        self
     }
 
     /// The time to live, milliseconds.
     #[must_use]
     pub fn ttl_ms(&self) -> u64 {
-        self.ttl_ms
+        self.keys.ttl_ms()
     }
 
-    /// A fresh nonce, valid until `now_ms + ttl`.
+    /// A fresh nonce, valid until `now_ms + ttl` (rounded up to the second). Stores nothing.
     ///
     /// # Errors
-    /// When randomness fails or too many challenges are outstanding.
-    pub fn issue(&mut self, rng: &dyn Randomness, now_ms: u64) -> Result<Nonce> {
-        self.forget_old(now_ms);
-        if self.entries.len() >= self.max_outstanding {
-            return Err(Error::check("nonce", "too many outstanding challenges; retry later"));
-        }
-        let mut n = [0u8; NONCE_LEN];
-        rng.fill(&mut n)?;
-        let expires_ms = now_ms.saturating_add(self.ttl_ms);
-        // A collision of 256-bit random values means the randomness is broken: refuse rather than reuse.
-        if self.entries.insert(n, (State::Outstanding { expires_ms }, expires_ms)).is_some() {
-            return Err(Error::check("nonce", "randomness produced a repeated nonce"));
-        }
-        Ok(Nonce(n))
+    /// When randomness fails or the expiry does not fit the format (after 2106).
+    pub fn issue(&self, rng: &dyn Randomness, now_ms: u64) -> Result<Nonce> {
+        self.keys.issue(rng, now_ms)
     }
 
-    /// Redeems a nonce: succeeds once, within its time to live.
+    /// Redeems a nonce: succeeds once, before it expires, when this broker made it.
     ///
     /// # Errors
     /// The precise [`NonceRefusal`].
-    pub fn redeem(&mut self, nonce: &Nonce, now_ms: u64) -> std::result::Result<(), NonceRefusal> {
-        let Some((state, expires_ms)) = self.entries.get_mut(&nonce.0) else {
-            return Err(NonceRefusal::NeverIssued);
-        };
-        match *state {
-            State::Used => Err(NonceRefusal::AlreadyUsed),
-            State::Outstanding { expires_ms: exp } if now_ms >= exp => {
-                Err(NonceRefusal::Expired { ago_ms: now_ms.saturating_sub(exp) })
-            }
-            State::Outstanding { .. } => {
-                *state = State::Used;
-                // Keep it long enough to recognise replays.
-                *expires_ms = (*expires_ms).max(now_ms);
-                Ok(())
-            }
+    pub fn redeem(&self, nonce: &Nonce, now_ms: u64) -> std::result::Result<(), NonceRefusal> {
+        // Forged and expired nonces are refused before the lock is taken.
+        let expires_ms = self.keys.check(nonce, now_ms)?;
+        let mut used = self.used.lock().map_err(|_| NonceRefusal::Busy)?;
+        used.forget_expired(now_ms);
+        if used.expiry.contains_key(&nonce.0) {
+            return Err(NonceRefusal::AlreadyUsed);
         }
+        if used.expiry.len() >= self.max_used {
+            return Err(NonceRefusal::Busy);
+        }
+        used.expiry.insert(nonce.0, expires_ms);
+        used.by_expiry.insert((expires_ms, nonce.0), ());
+        Ok(())
     }
 
-    fn forget_old(&mut self, now_ms: u64) {
-        let retention = self.retention_ms;
-        self.entries.retain(|_, (_, exp)| exp.saturating_add(retention) > now_ms);
-    }
-
-    /// Nonces currently remembered.
+    /// Presented nonces currently remembered.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.used.lock().map_or(0, |u| u.expiry.len())
     }
 
-    /// Whether no nonce is remembered.
+    /// Whether no presented nonce is remembered.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 
@@ -129,28 +152,49 @@ mod tests {
     use super::*;
     use crate::testing::CountingRandomness;
 
-    #[test]
-    fn single_use_within_ttl() {
-        let rng = CountingRandomness::default();
-        let mut book = NonceBook::new(30_000, 10);
-        let n = book.issue(&rng, 1_000).unwrap();
-        assert_eq!(book.redeem(&n, 30_999), Ok(()));
-        assert_eq!(book.redeem(&n, 31_000), Err(NonceRefusal::AlreadyUsed));
-        let m = book.issue(&rng, 1_000).unwrap();
-        assert_ne!(n, m);
-        assert_eq!(book.redeem(&m, 31_000), Err(NonceRefusal::Expired { ago_ms: 0 }));
-        assert_eq!(book.redeem(&Nonce([0xee; 32]), 1_000), Err(NonceRefusal::NeverIssued));
+    fn book(ttl_ms: u64) -> NonceBook {
+        NonceBook::new(NonceKeys::new(&[9; 32], None, ttl_ms).unwrap())
     }
 
     #[test]
-    fn bounded_and_forgets_long_expired() {
+    fn single_use_within_ttl() {
         let rng = CountingRandomness::default();
-        let mut book = NonceBook::new(1_000, 2);
-        book.issue(&rng, 0).unwrap();
-        book.issue(&rng, 0).unwrap();
-        assert!(book.issue(&rng, 0).unwrap_err().to_string().contains("too many outstanding"));
-        // After expiry + retention (10 × ttl), they are forgotten and room is made.
-        book.issue(&rng, 11_001).unwrap();
-        assert_eq!(book.len(), 1);
+        let b = book(30_000);
+        let n = b.issue(&rng, 1_000).unwrap();
+        assert_eq!(b.redeem(&n, 30_999), Ok(()));
+        assert_eq!(b.redeem(&n, 30_999), Err(NonceRefusal::AlreadyUsed));
+        let m = b.issue(&rng, 1_000).unwrap();
+        assert_ne!(n, m);
+        assert_eq!(b.redeem(&m, 31_000), Err(NonceRefusal::Expired { ago_ms: 0 }));
+        assert_eq!(b.redeem(&Nonce([0xee; 32]), 1_000), Err(NonceRefusal::NeverIssued));
+        // Any changed bit (kid, random, expiry, tag) makes it a nonce this broker never issued.
+        for byte in 0..NONCE_LEN {
+            let mut forged = b.issue(&rng, 1_000).unwrap();
+            forged.0[byte] ^= 1;
+            assert_eq!(b.redeem(&forged, 2_000), Err(NonceRefusal::NeverIssued), "byte {byte}");
+        }
+        // Another broker's key: never issued here.
+        let other =
+            NonceBook::new(NonceKeys::new(&[8; 32], None, 30_000).unwrap()).issue(&rng, 1_000).unwrap();
+        assert_eq!(b.redeem(&other, 2_000), Err(NonceRefusal::NeverIssued));
+    }
+
+    #[test]
+    fn issuing_stores_nothing_and_used_nonces_are_forgotten_after_expiry() {
+        let rng = CountingRandomness::default();
+        let b = book(1_000).with_max_used(2);
+        for _ in 0..100_000 {
+            b.issue(&rng, 0).unwrap();
+        }
+        assert!(b.is_empty());
+        let (x, y, z) = (b.issue(&rng, 0).unwrap(), b.issue(&rng, 0).unwrap(), b.issue(&rng, 0).unwrap());
+        b.redeem(&x, 10).unwrap();
+        b.redeem(&y, 10).unwrap();
+        assert_eq!(b.redeem(&z, 10), Err(NonceRefusal::Busy));
+        // Once x and y expired they are forgotten (and would be refused as expired); room is made.
+        let w = b.issue(&rng, 1_000).unwrap();
+        b.redeem(&w, 1_000).unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.redeem(&x, 1_000), Err(NonceRefusal::Expired { ago_ms: 0 }));
     }
 }

@@ -7,12 +7,17 @@
 //!
 //! The receipt is only issued when the evidence's runtime log has the shape of a finished job: the launch
 //! events, the separator, a `key_release` of the key named in the request (this boot received that key), and,
-//! last, exactly one `output` event whose digest is the one the agent presents. Every issued or refused receipt
-//! is appended to the audit log before the reply.
+//! last, exactly one `output` event whose digest is the one the agent presents. A `key_release` event only says
+//! the agent *received* a key from someone: the receipt is issued only when this broker's own records say it
+//! released that key to this TEE key (issue 14, finding 1: a fake broker's key must not earn a real receipt),
+//! and the receipt names that release (`sealroom.release`). Every issued or refused receipt is appended to the
+//! audit log before the reply, and the response is signed like a release's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use sealroom_measurements::binding::Nonce;
+use sealroom_measurements::broker_response::{self, ReceiptStatement};
 use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_proto::keybroker::v1 as pb;
 use serde_json::{Value, json};
@@ -22,7 +27,7 @@ use super::audit::{AuditEntry, AuditRecord, Decision};
 use super::check_key_id;
 use super::nonce::NonceRefusal;
 use super::policy::{Outcome, Rule};
-use super::service::{Broker, Refused, audit_claim};
+use super::service::{Broker, Refused, audit_claim, request_tee_key, tee_key_digest};
 use super::store::Recorded;
 use super::token::{EAR_PROFILE, TokenKind};
 use crate::error::{Error, Result};
@@ -40,6 +45,10 @@ pub struct Receipted {
     pub receipt: std::result::Result<String, Refused>,
     /// The audit record written for it.
     pub audit: Vec<AuditRecord>,
+    /// The broker's public key (uncompressed SEC1).
+    pub broker_public_key: Vec<u8>,
+    /// Its signature over the receipt statement.
+    pub signature: Vec<u8>,
 }
 
 /// The workload, as measured before it ran (the launch events).
@@ -155,6 +164,16 @@ impl Broker {
         let mut decided = redeemed.clone().and_then(|nonce| self.appraise(nonce, &as_release, now)).and_then(|(_, evidence, appraisal)| {
             check_finished_job(&appraisal.workload_events, &req.key_id, &req.output_digest)
                 .map_err(|why| Refused::new(LAYER, format!("{LAYER}: {why}")))?;
+            let release = self
+                .store
+                .find_release(&tee_key_digest(evidence.tee_public_key.as_bytes()), &req.key_id)
+                .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))?
+                .ok_or_else(|| {
+                    Refused::new(
+                        LAYER,
+                        format!("{LAYER}: this broker never released key {} to this TEE key", req.key_id),
+                    )
+                })?;
             // A key-store failure refuses the receipt with its reason (the release path fails the call instead).
             let (key, policy, verdict) = self
                 .key_verdict(&req.key_id, &appraisal)
@@ -176,6 +195,11 @@ impl Broker {
                 "sealroom.workload": WorkloadClaims::from_events(&appraisal.workload_events),
                 "sealroom.output_digest": req.output_digest,
                 "sealroom.key_id": req.key_id,
+                "sealroom.release": {
+                    "audit_seq": release.audit_seq,
+                    "time_ms": release.time_ms,
+                    "key_version": release.key_version,
+                },
                 "sealroom.policy_digest": format!("sha256:{}", hex::encode(Sha256::digest(key.info.policy.as_bytes()))),
                 "sealroom.policy_rules": rules,
             });
@@ -226,7 +250,20 @@ impl Broker {
             }
             Err(r) => Err(r),
         };
-        Ok(Receipted { receipt, audit: records })
+        let (token, refusal) = match &receipt {
+            Ok(t) => (t.as_str(), ""),
+            Err(r) => ("", r.reason.as_str()),
+        };
+        let statement = broker_response::receipt_signing_input(&ReceiptStatement {
+            nonce: &Nonce::from_slice(&req.nonce).unwrap_or(Nonce([0; 32])),
+            tee_key: request_tee_key(as_release.evidence.as_ref()),
+            key_id: &req.key_id,
+            output_digest: &req.output_digest,
+            receipt: token,
+            refusal,
+        });
+        let signature = self.signer.sign_statement(&statement)?;
+        Ok(Receipted { receipt, audit: records, broker_public_key: self.signer.public_key(), signature })
     }
 }
 
@@ -242,9 +279,15 @@ pub(super) async fn serve(
         .await
         .map_err(|e| tonic::Status::internal(format!("broker: receipt task failed: {e}")))?
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
-    Ok(tonic::Response::new(match r.receipt {
-        Ok(receipt) => pb::ReceiptResponse { receipt, refusal: String::new() },
-        Err(refused) => pb::ReceiptResponse { receipt: String::new(), refusal: refused.reason },
+    let (receipt, refusal) = match r.receipt {
+        Ok(receipt) => (receipt, String::new()),
+        Err(refused) => (String::new(), refused.reason),
+    };
+    Ok(tonic::Response::new(pb::ReceiptResponse {
+        receipt,
+        refusal,
+        broker_public_key: r.broker_public_key,
+        signature: r.signature,
     }))
 }
 

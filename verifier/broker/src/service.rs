@@ -5,11 +5,20 @@
 //! verifier appraises it ([`Appraiser`]); the signed binding must bind this nonce and the TEE key; then per key:
 //! the key must exist and not be revoked, its owner's policy must allow the appraisal, and the key is sealed to
 //! the TEE key. Every decision is appended to the audit log and fsync'd *before* the reply (decisions arriving
-//! together share one fsync: [`GroupCommitLog`]); when the log cannot be written nothing is released.
+//! together share one fsync: [`GroupCommitLog`]); when the log cannot be written nothing is released. A request
+//! refused before any key is looked at (nonce, evidence, verifier, binding) is one audit record however many
+//! key ids it names, so an unauthenticated caller cannot make the broker write (and fsync) 64 records at a time.
+//!
+//! Every response is signed with the broker's key over the nonce, the TEE key, the key ids and the sealed keys'
+//! digests ([`sealroom_measurements::broker_response`], `docs/binding.md`), and every release is recorded in
+//! the key store ([`KeyRecords::record_releases`]) so that a receipt is issued only for a key this broker itself
+//! released to that TEE key. `Challenge` and `Release` are rate-limited per peer ([`PeerLimiter`]).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use sealroom_measurements::binding::{self, Nonce};
+use sealroom_measurements::broker_response::{self, ReleaseStatement, TeeKeyField};
 use sealroom_measurements::evidence::Evidence;
 use sealroom_proto::keybroker::v1 as pb;
 use serde_json::json;
@@ -17,9 +26,10 @@ use sha2::{Digest, Sha256};
 
 use super::appraisal::{Appraisal, Appraiser, SignedBinding};
 use super::audit::{AuditEntry, AuditLog, AuditRecord, Decision, GroupCommitLog};
-use super::keystore::{KeyStore, ReleasableKey, Unreleasable};
+use super::keystore::{KeyStore, ReleasableKey, ReleaseRecord, Unreleasable};
 use super::nonce::{NonceBook, NonceRefusal};
 use super::policy::{GoldenSet, Policy, Verdict};
+use super::ratelimit::{Limited, PeerLimiter, RateLimit};
 use super::seal;
 use super::store::{AnchoredHead, EmbeddedLedger, KeyRecords, Ledger, Recorded};
 use super::token::{EAR_PROFILE, Signer, TokenKind};
@@ -59,6 +69,19 @@ pub struct Released {
     pub attestation_result: String,
     /// The audit records written for this release.
     pub audit: Vec<AuditRecord>,
+    /// The broker's public key (uncompressed SEC1).
+    pub broker_public_key: Vec<u8>,
+    /// Its signature over the response statement.
+    pub signature: Vec<u8>,
+}
+
+/// Which unauthenticated call a peer makes (each has its own rate limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `Challenge`.
+    Challenge,
+    /// `Release` or `Receipt` (each costs an appraisal and an audit record).
+    Release,
 }
 
 /// The key broker's state and decisions, independent of gRPC.
@@ -71,6 +94,8 @@ pub struct Broker {
     pub(super) golden: GoldenSet,
     pub(super) signer: Signer,
     pub(super) ledger: Arc<dyn Ledger>,
+    challenge_limit: PeerLimiter,
+    release_limit: PeerLimiter,
 }
 
 /// Everything a broker is made of.
@@ -149,7 +174,41 @@ impl Broker {
             golden: p.golden,
             signer: p.signer,
             ledger: p.ledger,
+            challenge_limit: PeerLimiter::new(RateLimit::CHALLENGE),
+            release_limit: PeerLimiter::new(RateLimit::RELEASE),
         }
+    }
+
+    /// The id (RFC 7638 thumbprint) of the key that signs tokens and responses: what workload specs pin.
+    #[must_use]
+    pub fn signer_key_id(&self) -> &str {
+        self.signer.kid()
+    }
+
+    /// Replaces the per-peer rate limits ([`RateLimit::CHALLENGE`] and [`RateLimit::RELEASE`] by default).
+    #[must_use]
+    pub fn with_rate_limits(mut self, challenge: RateLimit, release: RateLimit) -> Self {
+        self.challenge_limit = PeerLimiter::new(challenge);
+        self.release_limit = PeerLimiter::new(release);
+        self
+    }
+
+    /// Takes one `call` from `peer`'s budget.
+    ///
+    /// # Errors
+    /// One line saying that the peer must wait, and how long.
+    pub fn check_rate(&self, call: Call, peer: IpAddr) -> Result<()> {
+        let (limiter, name) = match call {
+            Call::Challenge => (&self.challenge_limit, "Challenge"),
+            Call::Release => (&self.release_limit, "Release/Receipt"),
+        };
+        limiter.check(peer, self.clock.now_ms()).map_err(|l| match l {
+            Limited::Rate { retry_after_ms } => Error::check(
+                "rate limit",
+                format!("too many {name} calls from {peer}; retry in {retry_after_ms} ms"),
+            ),
+            Limited::Busy => Error::check("rate limit", "too many peers at once; retry later"),
+        })
     }
 
     /// A fresh nonce and its TTL in seconds.
@@ -243,6 +302,7 @@ impl Broker {
                     format!("key store: key {key_id} was revoked at {time_ms} ms"),
                 )));
             }
+            Err(Ok(Unreleasable::Tampered { reason })) => return Ok(Err(Refused::new("key store", reason))),
             Err(Err(e)) => return Err(e),
         };
         let policy = match Policy::parse(&key.info.policy) {
@@ -263,13 +323,14 @@ impl Broker {
         nonce: &Nonce,
         evidence: &Evidence,
         appraisal: &Appraisal,
-    ) -> std::result::Result<std::result::Result<seal::Sealed, Refused>, Error> {
+    ) -> std::result::Result<std::result::Result<(seal::Sealed, u32), Refused>, Error> {
         let (key, _, _) = match self.key_verdict(key_id, appraisal)? {
             Ok(k) => k,
             Err(refused) => return Ok(Err(refused)),
         };
         // A TEE key that is not a valid point (or failing randomness) means this key cannot be sealed: refuse it.
         Ok(seal::seal(&evidence.tee_public_key, key_id, nonce, &key.material, self.rng.as_ref())
+            .map(|s| (s, key.info.version))
             .map_err(|e| Refused::from_error("hpke", &e)))
     }
 
@@ -286,6 +347,7 @@ impl Broker {
             None => [0; 32],
         };
         let mut keys = Vec::new();
+        let mut versions = Vec::new();
         let mut refusals = Vec::new();
         let redeemed = self.check_nonce(&req.nonce, now);
         let mut accepted = redeemed.clone().and_then(|nonce| self.appraise(nonce, req, now));
@@ -296,7 +358,10 @@ impl Broker {
             Ok((nonce, evidence, appraisal)) => {
                 for id in &req.key_ids {
                     match self.decide(id, nonce, evidence, appraisal)? {
-                        Ok(sealed) => keys.push((id.clone(), sealed)),
+                        Ok((sealed, version)) => {
+                            keys.push((id.clone(), sealed));
+                            versions.push(version);
+                        }
                         Err(refused) => refusals.push((id.clone(), refused)),
                     }
                 }
@@ -305,7 +370,7 @@ impl Broker {
         // Durable before the reply, with the nonce's single use in the same commit.
         let (records, head) = match self.ledger.record(
             redeemed.as_ref().ok(),
-            &entries(&keys, &refusals, evidence_digest),
+            &entries(&keys, &refusals, accepted.as_ref().err(), &req.key_ids, evidence_digest),
             now,
         )? {
             Recorded::Committed(records, head) => (records, head),
@@ -315,8 +380,9 @@ impl Broker {
                 let refused = Refused::new("nonce", NonceRefusal::AlreadyUsed.to_string());
                 keys.clear();
                 refusals = req.key_ids.iter().map(|id| (id.clone(), refused.clone())).collect();
+                let all = entries(&keys, &refusals, Some(&refused), &req.key_ids, evidence_digest);
                 accepted = Err(refused);
-                match self.ledger.record(None, &entries(&keys, &refusals, evidence_digest), now)? {
+                match self.ledger.record(None, &all, now)? {
                     Recorded::Committed(records, head) => (records, head),
                     Recorded::Replay => {
                         return Err(Error::check(
@@ -344,17 +410,87 @@ impl Broker {
             },
             "sealroom.audit": audit_claim(&head),
         });
+        if let Ok((_, evidence, _)) = &accepted
+            && !keys.is_empty()
+        {
+            // The released-key records come first, in `keys` order.
+            let released: Vec<(&str, ReleaseRecord)> = keys
+                .iter()
+                .zip(&versions)
+                .zip(&records)
+                .map(|(((id, _), version), rec)| {
+                    (id.as_str(), ReleaseRecord { audit_seq: rec.seq, time_ms: now, key_version: *version })
+                })
+                .collect();
+            self.store.record_releases(&tee_key_digest(evidence.tee_public_key.as_bytes()), &released)?;
+        }
         let attestation_result = self.signer.sign_token(claims, TokenKind::Release, now / 1000)?;
-        Ok(Released { keys, refusals, attestation_result, audit: records })
+        let nonce = Nonce::from_slice(&req.nonce).unwrap_or(Nonce([0; 32]));
+        let digests: Vec<(&str, [u8; 32])> = keys
+            .iter()
+            .map(|(id, s)| {
+                (
+                    id.as_str(),
+                    broker_response::sealed_key_digest(s.kem.id(), &s.encapsulated_key, &s.ciphertext),
+                )
+            })
+            .collect();
+        let refused: Vec<(&str, &str)> =
+            refusals.iter().map(|(id, r)| (id.as_str(), r.reason.as_str())).collect();
+        let statement = broker_response::release_signing_input(&ReleaseStatement {
+            nonce: &nonce,
+            tee_key: request_tee_key(req.evidence.as_ref()),
+            keys: &digests,
+            refusals: &refused,
+            attestation_result: &attestation_result,
+        });
+        let signature = self.signer.sign_statement(&statement)?;
+        Ok(Released {
+            keys,
+            refusals,
+            attestation_result,
+            audit: records,
+            broker_public_key: self.signer.public_key(),
+            signature,
+        })
     }
 }
 
-/// The audit entries of one release: a record per released key, then one per refused key.
+/// SHA-256 of a TEE public key: how the key store names the TEE a key was released to.
+#[must_use]
+pub fn tee_key_digest(tee_public_key: &[u8]) -> [u8; 32] {
+    Sha256::digest(tee_public_key).into()
+}
+
+/// The TEE key of a request's evidence exactly as received (the broker signs what it was asked, even when it
+/// could not use it).
+pub(super) fn request_tee_key(
+    evidence: Option<&sealroom_proto::attestation::v1::Evidence>,
+) -> TeeKeyField<'_> {
+    match evidence {
+        Some(e) => TeeKeyField { kem_id: u16::try_from(e.tee_key_kem).unwrap_or(0), key: &e.tee_public_key },
+        None => TeeKeyField { kem_id: 0, key: &[] },
+    }
+}
+
+/// The audit entries of one release: a record per released key, then one per refused key; but a request
+/// refused before any key was looked at (`request_refused`) is one record naming every key id.
 fn entries(
     keys: &[(String, seal::Sealed)],
     refusals: &[(String, Refused)],
+    request_refused: Option<&Refused>,
+    key_ids: &[String],
     evidence_digest: [u8; 32],
 ) -> Vec<AuditEntry> {
+    if let Some(r) = request_refused {
+        return vec![AuditEntry {
+            decision: Decision::Refused,
+            key_id: key_ids.join(","),
+            evidence_digest,
+            rule: r.rule.clone(),
+            reason: r.reason.clone(),
+        }];
+    }
     keys.iter()
         .map(|(id, _)| AuditEntry {
             decision: Decision::Released,

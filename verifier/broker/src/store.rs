@@ -8,14 +8,12 @@
 //!   use in one durable commit; only then is it acknowledged. A nonce already used by another release (on any
 //!   replica) makes the record step answer [`Recorded::Replay`], and nothing the release decided is returned.
 
-use std::sync::Mutex;
-
 use sealroom_measurements::binding::Nonce;
 
 use crate::Randomness;
 use crate::audit::{AuditEntry, AuditRecord, ChainHead, GroupCommitLog};
 use crate::error::{Error, Result};
-use crate::keystore::{KeyInfo, KeyStore, ReleasableKey, Unreleasable};
+use crate::keystore::{KeyInfo, KeyStore, ReleasableKey, ReleaseRecord, Unreleasable};
 use crate::nonce::{NonceBook, NonceRefusal};
 
 /// The key-management and key-lookup operations of a store.
@@ -65,6 +63,24 @@ pub trait KeyRecords: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// As described.
     fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>>;
+    /// Records the keys just released to the TEE key whose SHA-256 is `tee_key_digest` (with their audit
+    /// records), so that a receipt is issued only for a release this broker made. A store that keeps no such
+    /// records does nothing here and refuses every receipt in [`KeyRecords::find_release`] (fail closed).
+    ///
+    /// # Errors
+    /// A store failure.
+    fn record_releases(&self, tee_key_digest: &[u8; 32], releases: &[(&str, ReleaseRecord)]) -> Result<()> {
+        let _ = (tee_key_digest, releases);
+        Ok(())
+    }
+    /// This broker's record of releasing `key_id` to that TEE key, if any.
+    ///
+    /// # Errors
+    /// A store failure, a record that fails its integrity check, or a store that keeps no release records.
+    fn find_release(&self, tee_key_digest: &[u8; 32], key_id: &str) -> Result<Option<ReleaseRecord>> {
+        let _ = (tee_key_digest, key_id);
+        Err(Error::check("key store", "this store keeps no release records, so it issues no receipts"))
+    }
 }
 
 impl KeyRecords for KeyStore {
@@ -99,6 +115,12 @@ impl KeyRecords for KeyStore {
     }
     fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>> {
         KeyStore::get_for_release(self, key_id)
+    }
+    fn record_releases(&self, tee_key_digest: &[u8; 32], releases: &[(&str, ReleaseRecord)]) -> Result<()> {
+        KeyStore::record_releases(self, tee_key_digest, releases)
+    }
+    fn find_release(&self, tee_key_digest: &[u8; 32], key_id: &str) -> Result<Option<ReleaseRecord>> {
+        KeyStore::find_release(self, tee_key_digest, key_id)
     }
 }
 
@@ -145,7 +167,8 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
 /// group-committed audit file.
 #[derive(Debug)]
 pub struct EmbeddedLedger {
-    nonces: Mutex<NonceBook>,
+    /// Issues without a lock and without storing anything; locks only its used-nonce set to redeem.
+    nonces: NonceBook,
     audit: GroupCommitLog,
 }
 
@@ -153,24 +176,19 @@ impl EmbeddedLedger {
     /// A ledger over a nonce book and an opened audit log.
     #[must_use]
     pub fn new(nonces: NonceBook, audit: GroupCommitLog) -> Self {
-        Self { nonces: Mutex::new(nonces), audit }
+        Self { nonces, audit }
     }
-}
-
-fn poisoned() -> Error {
-    Error::check("broker", "nonce lock poisoned by an earlier panic")
 }
 
 impl Ledger for EmbeddedLedger {
     fn issue(&self, rng: &dyn Randomness, now_ms: u64) -> Result<(Nonce, u32)> {
-        let mut book = self.nonces.lock().map_err(|_| poisoned())?;
-        let nonce = book.issue(rng, now_ms)?;
-        Ok((nonce, u32::try_from(book.ttl_ms() / 1000).unwrap_or(u32::MAX)))
+        let nonce = self.nonces.issue(rng, now_ms)?;
+        Ok((nonce, u32::try_from(self.nonces.ttl_ms() / 1000).unwrap_or(u32::MAX)))
     }
 
     fn check(&self, nonce: &Nonce, now_ms: u64) -> std::result::Result<(), NonceRefusal> {
         // The book is the only copy: redeeming here is final (a second presentation is refused right away).
-        self.nonces.lock().map_err(|_| NonceRefusal::NeverIssued)?.redeem(nonce, now_ms)
+        self.nonces.redeem(nonce, now_ms)
     }
 
     fn record(&self, _redeemed: Option<&Nonce>, entries: &[AuditEntry], now_ms: u64) -> Result<Recorded> {

@@ -158,6 +158,20 @@ impl Signer {
         self.sign(&claims)
     }
 
+    /// Signs a response statement ([`sealroom_measurements::broker_response`]): ECDSA P-256/SHA-256, fixed
+    /// r ‖ s form (64 bytes).
+    ///
+    /// # Errors
+    /// When signing fails.
+    pub fn sign_statement(&self, statement: &[u8]) -> Result<Vec<u8>> {
+        // aws-lc-rs ignores the RNG argument (it uses its own DRBG for ECDSA nonces).
+        let sig = self
+            .key
+            .sign(&SystemRandom::new(), statement)
+            .map_err(|_| Error::check(LAYER, "ES256 signing failed"))?;
+        Ok(sig.as_ref().to_vec())
+    }
+
     /// Signs `claims` as a compact JWS (ES256).
     ///
     /// # Errors

@@ -15,12 +15,14 @@ use sealroom_broker::appraisal::{Appraisal, Appraiser, SignedBinding, VerifierAp
 use sealroom_broker::audit::{self, AuditLog, Decision};
 use sealroom_broker::keystore::{Kek, KeyStore};
 use sealroom_broker::nonce::NonceBook;
+use sealroom_broker::nonce_mac::NonceKeys;
 use sealroom_broker::policy::{GoldenFile, GoldenSet};
 use sealroom_broker::seal::{self, Sealed};
-use sealroom_broker::service::{Broker, BrokerParts, Released};
+use sealroom_broker::service::{Broker, BrokerParts, Call, Released};
 use sealroom_broker::token::{self, Signer};
 use sealroom_broker::{ManualClock, Randomness};
 use sealroom_measurements::binding::{self, Kem, Nonce, TeePublicKey};
+use sealroom_measurements::broker_response::{self, ReleaseStatement, TeeKeyField};
 use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::{Evidence, HashAlg, Platform, TpmEvidence};
 use sealroom_proto::keybroker::v1 as pb;
@@ -196,7 +198,7 @@ impl Fixture {
             store: store.clone(),
             golden,
             signer,
-            nonces: NonceBook::new(TTL_MS, 1000),
+            nonces: NonceBook::new(NonceKeys::new(&[0x6e; 32], None, TTL_MS).unwrap()),
             audit,
         });
         let (tee_private, tee_public) =
@@ -213,6 +215,40 @@ impl Fixture {
             tee_public,
             signer_jwk,
         }
+    }
+
+    /// Stops the broker, lets `edit` change keys.redb directly (as someone who can write the file but does not
+    /// hold the KEK), and starts the broker again on the same state directory.
+    fn with_store_edited(self, edit: impl FnOnce(&redb::Database)) -> Self {
+        let Self {
+            _dir,
+            audit_path,
+            clock,
+            rng,
+            appraiser,
+            store,
+            broker,
+            tee_private,
+            tee_public,
+            signer_jwk,
+        } = self;
+        drop(broker);
+        drop(store);
+        let db_path = _dir.path().join("keys.redb");
+        edit(&redb::Database::open(&db_path).unwrap());
+        let store =
+            Arc::new(KeyStore::open(&db_path, Kek::from_bytes(&[9; 32]).unwrap(), rng.as_ref()).unwrap());
+        let broker = Broker::new(BrokerParts {
+            clock: clock.clone(),
+            rng: rng.clone(),
+            appraiser: appraiser.clone(),
+            store: store.clone(),
+            golden: GoldenSet { files: vec![golden_file()] },
+            signer: Signer::load_or_create(&_dir.path().join("signing.pk8")).unwrap(),
+            nonces: NonceBook::new(NonceKeys::new(&[0x6e; 32], None, TTL_MS).unwrap()),
+            audit: AuditLog::open(&audit_path).unwrap().0,
+        });
+        Self { _dir, audit_path, clock, rng, appraiser, store, broker, tee_private, tee_public, signer_jwk }
     }
 
     fn evidence(&self, nonce: Nonce) -> Evidence {
@@ -292,7 +328,130 @@ fn happy_path_releases_sealed_keys_with_a_signed_token_and_audit_records() {
         assert_eq!(claims["sealroom.audit"]["records"], 2);
         assert_eq!(claims["sealroom.audit"]["head"], hex::encode(head.hash));
         assert!(r.audit.iter().all(|a| a.decision == Decision::Released));
+        // The response is signed by the broker's key over exactly what it says.
+        let digests: Vec<(&str, [u8; 32])> = r
+            .keys
+            .iter()
+            .map(|(id, s)| {
+                (
+                    id.as_str(),
+                    broker_response::sealed_key_digest(s.kem.id(), &s.encapsulated_key, &s.ciphertext),
+                )
+            })
+            .collect();
+        let statement = broker_response::release_signing_input(&ReleaseStatement {
+            nonce: &nonce,
+            tee_key: TeeKeyField { kem_id: kem.id(), key: f.tee_public.as_bytes() },
+            keys: &digests,
+            refusals: &[],
+            attestation_result: &r.attestation_result,
+        });
+        let kid = f.signer_jwk["kid"].as_str().unwrap();
+        broker_response::verify(kid, &r.broker_public_key, &r.signature, &statement).unwrap();
+        let other_nonce = broker_response::release_signing_input(&ReleaseStatement {
+            nonce: &Nonce([0; 32]),
+            tee_key: TeeKeyField { kem_id: kem.id(), key: f.tee_public.as_bytes() },
+            keys: &digests,
+            refusals: &[],
+            attestation_result: &r.attestation_result,
+        });
+        assert!(broker_response::verify(kid, &r.broker_public_key, &r.signature, &other_nonce).is_err());
     }
+}
+
+/// Issue 14, finding 3: someone who can write keys.redb but does not hold the KEK un-revokes a key and gives it
+/// an all-`skip` policy by editing its record in place (keeping the old tag), by writing a record without a
+/// tag, or by copying another key's valid record under its id. Each edit is refused with its reason, and the
+/// refusal is audited.
+#[test]
+fn attack_keystore_record_edits() {
+    let f = Fixture::new();
+    f.store.revoke("provider-a/data", 5).unwrap();
+    assert_refused(
+        &f,
+        &f.release(&["provider-a/data"]),
+        "provider-a/data",
+        "key store: key provider-a/data was revoked at 5 ms",
+    );
+    let all_skip = "version = 1\nplatforms = \"skip\"\ntcb_statuses = \"skip\"\nminimum_tcb = \"skip\"\n\
+                    debug = \"skip\"\ngolden = \"skip\"\nimage_digests = \"skip\"\nargs = \"skip\"\nenv = \"skip\"\n";
+    let keys_table: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("keys");
+    let tampered = "key store: the record of key provider-a/data fails its integrity check (changed without the \
+                    key-encryption key)";
+    type Edit = Box<dyn Fn(&[u8], &[u8]) -> Vec<u8>>;
+    let edits: [(&str, Edit); 3] = [
+        (
+            "un-revoked, all-skip policy, old tag kept",
+            Box::new(move |mine: &[u8], _| {
+                let (json, tag) = mine.split_at(mine.len() - 32);
+                let mut record: serde_json::Value = serde_json::from_slice(json).unwrap();
+                record["state"] = serde_json::json!({"state": "active"});
+                record["policy"] = serde_json::json!(all_skip);
+                let mut forged = serde_json::to_vec(&record).unwrap();
+                forged.extend_from_slice(tag);
+                forged
+            }),
+        ),
+        (
+            "record without a tag",
+            Box::new(move |mine: &[u8], _| {
+                let mut record: serde_json::Value = serde_json::from_slice(&mine[..mine.len() - 32]).unwrap();
+                record["state"] = serde_json::json!({"state": "active"});
+                serde_json::to_vec(&record).unwrap()
+            }),
+        ),
+        ("another key's valid record", Box::new(|_, other: &[u8]| other.to_vec())),
+    ];
+    let mut f = f;
+    for (what, edit) in edits {
+        f = f.with_store_edited(|db| {
+            use redb::ReadableTable;
+            let txn = db.begin_write().unwrap();
+            {
+                let mut keys = txn.open_table(keys_table).unwrap();
+                let mine = keys.get("provider-a/data").unwrap().unwrap().value().to_vec();
+                let other = keys.get("provider-b/data").unwrap().unwrap().value().to_vec();
+                keys.insert("provider-a/data", edit(&mine, &other).as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        });
+        let r = f.release(&["provider-a/data"]);
+        assert_refused(&f, &r, "provider-a/data", tampered);
+        assert_eq!(r.audit.last().unwrap().rule, "key store", "{what}");
+        assert_eq!(f.store.list(None).unwrap_err().to_string(), tampered, "{what}");
+        // The other key's record is untouched and still released.
+        assert_eq!(f.release(&["provider-b/data"]).keys.len(), 1, "{what}");
+    }
+}
+
+/// Issue 14, finding 5: one unauthenticated `Release` with a never-issued nonce and 64 key ids used to append 64
+/// fsync'd audit records. Now it is one record naming all 64, and a peer repeating it is rate-limited.
+#[test]
+fn attack_release_audit_amplification() {
+    let f = Fixture::new();
+    let ids: Vec<String> = (0..64).map(|i| format!("provider-x/k{i}")).collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let nonce = Nonce([0x5a; 32]);
+    let r = f.broker.release(&Fixture::request(&nonce, f.evidence(nonce), &id_refs)).unwrap();
+    assert_eq!(r.refusals.len(), 64);
+    assert!(r.refusals.iter().all(|(_, x)| x.reason == "nonce: not issued by this broker"));
+    assert_eq!(r.audit.len(), 1);
+    assert_eq!(
+        (r.audit[0].decision, r.audit[0].key_id.as_str()),
+        (Decision::Refused, ids.join(",").as_str())
+    );
+    assert_eq!(audit::verify(&std::fs::read(&f.audit_path).unwrap()).unwrap().records, 1);
+    // A peer that keeps sending them is cut off after its burst; other peers are not.
+    let peer: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+    let allowed = (0..100).take_while(|_| f.broker.check_rate(Call::Release, peer).is_ok()).count();
+    assert_eq!(allowed, 20);
+    assert_eq!(
+        f.broker.check_rate(Call::Release, peer).unwrap_err().to_string(),
+        "rate limit: too many Release/Receipt calls from 192.0.2.7; retry in 100 ms"
+    );
+    f.broker.check_rate(Call::Release, "192.0.2.8".parse().unwrap()).unwrap();
+    f.clock.advance(100);
+    f.broker.check_rate(Call::Release, peer).unwrap();
 }
 
 #[test]
@@ -448,7 +607,7 @@ fn with_golden(files: Vec<GoldenFile>) -> Fixture {
         store: store.clone(),
         golden: GoldenSet { files },
         signer: Signer::load_or_create(&_dir.path().join("signing.pk8")).unwrap(),
-        nonces: NonceBook::new(TTL_MS, 1000),
+        nonces: NonceBook::new(NonceKeys::new(&[0x6e; 32], None, TTL_MS).unwrap()),
         audit,
     });
     Fixture { _dir, audit_path, clock, rng, appraiser, store, broker, tee_private, tee_public, signer_jwk }
@@ -697,7 +856,7 @@ fn real_verifier_broker(dir: &std::path::Path, now_ms: u64) -> Broker {
         store,
         golden: GoldenSet::default(),
         signer: Signer::load_or_create(&dir.join("s")).unwrap(),
-        nonces: NonceBook::new(TTL_MS, 10),
+        nonces: NonceBook::new(NonceKeys::new(&[0x6e; 32], None, TTL_MS).unwrap()),
         audit: audit_log,
     })
 }

@@ -19,6 +19,7 @@ use sealroom_broker::store::{EmbeddedLedger, KeyRecords, Ledger};
 use sealroom_broker::token::Signer;
 use sealroom_broker::{Clock, Randomness, SystemClock, SystemRandomness};
 use sealroom_measurements::evidence::Evidence;
+use sealroom_proto::limits::{LimitStats, ServerLimits};
 
 /// Arguments of `sealroom broker`.
 #[derive(Debug, clap::Args)]
@@ -30,11 +31,18 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum BrokerCommand {
     /// Run the KeyBroker gRPC service (and the admin socket).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage keys: add, list, rotate, revoke, set-policy.
     Keys(KeysArgs),
     /// Explain which rule allows or refuses each key's policy for given evidence.
     Policy(PolicyArgs),
+    /// Print the broker's key id (the RFC 7638 thumbprint a workload spec pins as `broker_key`), creating the
+    /// signing key (and its JWK) in the state directory when it does not exist yet.
+    KeyId {
+        /// The broker's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +88,13 @@ struct ServeArgs {
     /// Nonce time to live, seconds.
     #[arg(long, default_value_t = 60)]
     nonce_ttl: u64,
+    /// TLS certificate chain (PEM) of the gRPC listener; agents trust it through their spec's `broker_ca`.
+    /// With --tls-key. Without both the listener speaks plain HTTP/2 (responses are signed either way).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, SEC1 or PKCS#1) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// File holding an admin token every admin request must carry (besides the socket's uid check).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
@@ -215,7 +230,26 @@ pub fn run(args: &Args) -> Result<()> {
             let golden = golden.as_deref().map(GoldenSet::load_dir).transpose()?.unwrap_or_default();
             policy_check(policy, evidence.as_deref(), appraisal.as_deref(), *time_ms, &golden)
         }
+        BrokerCommand::KeyId { state_dir } => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .with_context(|| format!("creating {}", state_dir.display()))?;
+            let signer = signer_and_jwk(state_dir)?;
+            println!("{}", signer.kid());
+            Ok(())
+        }
     }
+}
+
+/// The broker's signing key in `state_dir` (created when absent), with its JWK written next to it.
+fn signer_and_jwk(state_dir: &Path) -> Result<Signer> {
+    let signer = Signer::load_or_create(&state_dir.join("signing-key.pk8"))?;
+    let jwk_path = state_dir.join("signing-key.jwk.json");
+    std::fs::write(&jwk_path, serde_json::to_string_pretty(&signer.jwk())?)
+        .with_context(|| format!("writing {}", jwk_path.display()))?;
+    Ok(signer)
 }
 
 fn read_token(path: Option<&Path>) -> Result<Option<String>> {
@@ -258,6 +292,16 @@ fn serve(a: &ServeArgs) -> Result<()> {
     let jwk_path = a.state_dir.join("signing-key.jwk.json");
     std::fs::write(&jwk_path, serde_json::to_string_pretty(&signer.jwk())?)?;
     let (store, ledger, published) = open_store(a, kek, rng.as_ref(), &signer.jwk())?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            Some(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?)),
+            )
+        }
+        _ => None,
+    };
     let admin_token = read_token(a.admin_token_file.as_deref())?;
     let appraiser = appraiser(a, clock.as_ref())?;
     let broker = Arc::new(Broker::on_store(StoreParts {
@@ -298,7 +342,12 @@ fn serve(a: &ServeArgs) -> Result<()> {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "sealroom broker listening on {addr}").and_then(|()| out.flush());
         }
-        eprintln!("sealroom broker: attestation result tokens are signed by the key in {}", jwk_path.display());
+        eprintln!(
+            "sealroom broker: tokens and responses are signed by key {} ({}); {}",
+            broker.signer_key_id(),
+            jwk_path.display(),
+            if tls.is_some() { "TLS on" } else { "plain HTTP/2 (no --tls-cert)" }
+        );
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {
@@ -306,12 +355,23 @@ fn serve(a: &ServeArgs) -> Result<()> {
                 () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
+        // Bounded like the agent's server: connections, preface deadline, streams, header and frame sizes,
+        // keepalive, request timeout, message size, connection age (sealroom_proto::limits).
+        let limits = ServerLimits::default();
         // No Nagle delay: a Release reply is one small write the agent waits for.
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
-            .add_service(sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer::new(KeyBrokerService(
-                broker,
-            )))
+        let incoming = limits.incoming(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            Arc::new(LimitStats::default()),
+        );
+        let mut server = limits.apply(tonic::transport::Server::builder());
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).context("TLS certificate or key")?;
+        }
+        server
+            .add_service(
+                sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer::new(KeyBrokerService(broker))
+                    .max_decoding_message_size(limits.max_request_bytes),
+            )
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("serving")
@@ -336,7 +396,7 @@ fn open_store(a: &ServeArgs, kek: Kek, rng: &dyn Randomness, jwk: &serde_json::V
     if let Recovery::TornTailRemoved { bytes } = recovery {
         eprintln!("sealroom broker: audit log: removed a torn, unacknowledged last record ({bytes} bytes)");
     }
-    let ledger = EmbeddedLedger::new(NonceBook::new(ttl_ms, 100_000), GroupCommitLog::new(audit));
+    let ledger = EmbeddedLedger::new(NonceBook::generate(ttl_ms, rng)?, GroupCommitLog::new(audit));
     Ok((store, Arc::new(ledger), Arc::new(StaticKeys(vec![jwk.clone()]))))
 }
 

@@ -11,7 +11,9 @@ use sealroom_broker::audit::AuditLog;
 use sealroom_broker::grpc::KeyBrokerService;
 use sealroom_broker::keystore::{Kek, KeyStore};
 use sealroom_broker::nonce::NonceBook;
+use sealroom_broker::nonce_mac::NonceKeys;
 use sealroom_broker::policy::GoldenSet;
+use sealroom_broker::ratelimit::RateLimit;
 use sealroom_broker::service::{Broker, BrokerParts};
 use sealroom_broker::token::Signer;
 use sealroom_broker::{Clock, Randomness, SystemRandomness};
@@ -62,7 +64,12 @@ pub fn broker(dir: &Path, clock: Arc<dyn Clock>, appraiser: Arc<dyn Appraiser>, 
         store,
         golden: GoldenSet::default(),
         signer: Signer::load_or_create(&dir.join("signing.pk8")).unwrap(),
-        nonces: NonceBook::new(600_000, 1_000_000),
+        nonces: NonceBook::new(NonceKeys::new(&[0x6e; 32], None, 600_000).unwrap()),
         audit: AuditLog::open(&dir.join("audit.log")).unwrap().0,
     })
+    // Every benchmark client is one loopback peer: the per-peer limits would measure the limiter, not the broker.
+    .with_rate_limits(UNLIMITED, UNLIMITED)
 }
+
+/// A rate limit no benchmark reaches.
+const UNLIMITED: RateLimit = RateLimit { per_second: u32::MAX, burst: u32::MAX };
