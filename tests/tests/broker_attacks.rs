@@ -51,6 +51,7 @@ fn launch_events(broker_kid: &str) -> Vec<RuntimeEvent> {
 }
 
 struct RealBroker {
+    broker: Arc<Broker>,
     addr: SocketAddr,
     kid: String,
     audit_path: std::path::PathBuf,
@@ -87,8 +88,8 @@ async fn start_real_broker(dir: &std::path::Path, aks: Vec<Vec<u8>>) -> RealBrok
         nonces,
         audit: AuditLog::open(&audit_path).unwrap().0,
     }));
-    let addr = serve(KeyBrokerServer::new(KeyBrokerService(broker))).await;
-    RealBroker { addr, kid, audit_path }
+    let addr = serve(KeyBrokerServer::new(KeyBrokerService(Arc::clone(&broker)))).await;
+    RealBroker { broker, addr, kid, audit_path }
 }
 
 async fn serve<S: KeyBroker>(svc: KeyBrokerServer<S>) -> SocketAddr {
@@ -338,4 +339,30 @@ async fn attack_mitm_key() {
     // Straight to the broker, the same agent gets the provider's key.
     let got = keys.release(&endpoint(real.addr, &real.kid), &[KEY_ID.into()]).await.unwrap();
     assert_eq!(got, vec![(KEY_ID.to_owned(), DATA_KEY.to_vec())]);
+}
+
+/// Issue 14, finding 4: 100,000 unauthenticated challenges used to fill the broker's nonce table and lock every
+/// agent out for minutes. Nonces are now stateless (nothing is stored until one is presented): after a flood
+/// of 100,000 challenges, a legitimate agent still obtains its key, within 1 s from its Challenge to its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_challenge_flood() {
+    let (dir, kid) = broker_key();
+    let tpm = Swtpm::start().unwrap();
+    let agent = sealroom_tests::agent::start_agent(&tpm, &launch_events(&kid)).await.unwrap();
+    let real = start_real_broker(&dir, vec![ak_of(&agent).await]).await;
+    let keys = BrokerKeys::new(agent.handle.clone());
+    let e = endpoint(real.addr, &real.kid);
+    // Warm-up (connection set-up and first appraisal are not what is measured).
+    keys.release(&e, &[KEY_ID.into()]).await.unwrap();
+    let broker = Arc::clone(&real.broker);
+    let flooded =
+        tokio::task::spawn_blocking(move || (0..100_000).filter(|_| broker.challenge().is_ok()).count())
+            .await
+            .unwrap();
+    assert_eq!(flooded, 100_000, "every flood challenge is answered; none is stored");
+    let start = std::time::Instant::now();
+    let got = keys.release(&e, &[KEY_ID.into()]).await.unwrap();
+    let took = start.elapsed();
+    assert_eq!(got, vec![(KEY_ID.to_owned(), DATA_KEY.to_vec())]);
+    assert!(took < std::time::Duration::from_secs(1), "the legitimate agent took {took:?}");
 }
