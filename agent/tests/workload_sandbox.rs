@@ -66,6 +66,7 @@ async fn run_probe(probe: &Path, mode: &str, edit: impl FnOnce(&mut serde_json::
         uid: 0,
         gid: 0,
         mounts: bundle::standard_mounts(&keys, &output),
+        memory_limit: 64 << 20,
     };
     let mut spec = bundle::runtime_spec(&plan, &rootfs);
     edit(&mut spec);

@@ -6,6 +6,9 @@
 //! namespace has only a loopback interface: the workload cannot send its data anywhere), `/proc` and `/sys`
 //! paths masked or read-only as in runc's defaults. Writable places: `/tmp` (tmpfs) and `/output` (bind mount
 //! of the agent's output directory); keys appear read-only in `/run/sealroom/keys`. Every mount is measured.
+//! Resources: the container lives in the cgroup [`CGROUP_PATH`] with `memory.max` = the spec's `memory_limit`
+//! (no swap) and at most [`PIDS_LIMIT`] tasks, so a runaway workload is killed by the kernel's OOM killer
+//! inside its own cgroup instead of starving the agent.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +24,12 @@ const STAGE: &str = "bundle";
 pub const KEYS_DESTINATION: &str = "/run/sealroom/keys";
 /// Where the writable output directory appears inside the container.
 pub const OUTPUT_DESTINATION: &str = "/output";
+/// The container's cgroup, relative to the cgroup2 root (`/sys/fs/cgroup` in the VM).
+pub const CGROUP_PATH: &str = "/sealroom/workload";
+/// Memory kept for the agent and the kernel when the spec gives no `memory_limit`.
+pub const AGENT_MEMORY_RESERVE: u64 = 256 << 20;
+/// Most tasks (processes and threads) in the container: a fork bomb stops there.
+pub const PIDS_LIMIT: u64 = 4096;
 /// PATH given when the image sets none.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -43,6 +52,27 @@ pub struct LaunchPlan {
     pub gid: u32,
     /// Mounts in runtime-spec order.
     pub mounts: Vec<Mount>,
+    /// The container's memory limit, bytes (cgroup v2 `memory.max`).
+    pub memory_limit: u64,
+}
+
+/// The container's memory limit: the spec's `memory_limit` if given, else the VM's memory (`mem_total`, bytes)
+/// less [`AGENT_MEMORY_RESERVE`], and never below [`super::spec::MIN_MEMORY_LIMIT`].
+#[must_use]
+pub fn memory_limit(requested: Option<u64>, mem_total: u64) -> u64 {
+    requested
+        .unwrap_or_else(|| mem_total.saturating_sub(AGENT_MEMORY_RESERVE))
+        .max(super::spec::MIN_MEMORY_LIMIT)
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes (0 when unreadable).
+#[must_use]
+pub fn mem_total(meminfo: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib.saturating_mul(1024))
 }
 
 fn mount(destination: &str, source: &str, fs_type: &str, options: &str) -> Mount {
@@ -153,7 +183,16 @@ pub fn plan(
     if !cwd.starts_with('/') {
         return Err(err(format!("WorkingDir {cwd:?} is not absolute")));
     }
-    Ok(LaunchPlan { args, env, cwd, uid: 0, gid: 0, mounts: standard_mounts(keys_dir, output_dir) })
+    let total = mem_total(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
+    Ok(LaunchPlan {
+        args,
+        env,
+        cwd,
+        uid: 0,
+        gid: 0,
+        mounts: standard_mounts(keys_dir, output_dir),
+        memory_limit: memory_limit(spec.memory_limit, total),
+    })
 }
 
 /// The OCI runtime spec for `plan` with its root at `rootfs`.
@@ -197,6 +236,12 @@ pub fn runtime_spec(plan: &LaunchPlan, rootfs: &Path) -> Value {
             ],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
             "seccomp": super::seccomp::default_profile(),
+            "cgroupsPath": CGROUP_PATH,
+            // swap = limit: memory + swap may not exceed the limit, i.e. no swap (cgroup v2 memory.swap.max 0).
+            "resources": {
+                "memory": {"limit": plan.memory_limit, "swap": plan.memory_limit},
+                "pids": {"limit": PIDS_LIMIT},
+            },
         }
     })
 }
@@ -210,4 +255,55 @@ pub fn write_bundle(bundle: &Path, spec: &Value) -> Result<PathBuf> {
     let bytes = serde_json::to_vec_pretty(spec).map_err(|e| err(format!("config.json: {e}")))?;
     std::fs::write(&path, bytes).map_err(|e| err(format!("{}: {e}", path.display())))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PINNED: &str =
+        "r.example/app@sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn memory_limit_from_the_spec_or_the_vm_less_the_agent_reserve() {
+        assert_eq!(mem_total("MemTotal:        1013456 kB\nMemFree: 1 kB\n"), 1_013_456 * 1024);
+        assert_eq!(mem_total("garbage"), 0);
+        assert_eq!(memory_limit(Some(64 << 20), 1 << 30), 64 << 20);
+        assert_eq!(memory_limit(None, 1 << 30), (1 << 30) - AGENT_MEMORY_RESERVE);
+        // A tiny VM still gets a limit the runtime can start under.
+        assert_eq!(memory_limit(None, 100 << 20), super::super::spec::MIN_MEMORY_LIMIT);
+
+        let spec =
+            |extra: &str| WorkloadSpec::from_json(format!("{{\"image\":\"{PINNED}\"{extra}}}").as_bytes());
+        assert_eq!(spec(",\"memory_limit\":67108864").unwrap().memory_limit, Some(64 << 20));
+        assert_eq!(spec("").unwrap().memory_limit, None);
+        let small = spec(",\"memory_limit\":4096").unwrap_err().to_string();
+        assert!(small.contains("memory_limit: 4096 bytes, expected"), "{small}");
+        assert!(spec(",\"memory_limit\":-1").is_err());
+        let cmdline = format!("sealroom.workload.image={PINNED} sealroom.workload.memory_limit=33554432");
+        assert_eq!(WorkloadSpec::from_cmdline_keys(&cmdline).unwrap().unwrap().memory_limit, Some(32 << 20));
+        let twice = format!("{cmdline} sealroom.workload.memory_limit=33554432");
+        assert!(WorkloadSpec::from_cmdline_keys(&twice).is_err());
+    }
+
+    #[test]
+    fn the_runtime_spec_caps_memory_without_swap_and_tasks_in_the_workload_cgroup() {
+        let tmp = Path::new("/nonexistent");
+        let plan = LaunchPlan {
+            args: vec!["/bin/true".into()],
+            env: vec![DEFAULT_PATH.into()],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            mounts: standard_mounts(tmp, tmp),
+            memory_limit: 96 << 20,
+        };
+        let spec = runtime_spec(&plan, tmp);
+        let linux = &spec["linux"];
+        assert_eq!(linux["cgroupsPath"], CGROUP_PATH);
+        assert_eq!(linux["resources"]["memory"]["limit"], 96 << 20);
+        assert_eq!(linux["resources"]["memory"]["swap"], 96 << 20);
+        assert_eq!(linux["resources"]["pids"]["limit"], PIDS_LIMIT);
+        assert!(linux["namespaces"].as_array().unwrap().contains(&serde_json::json!({"type": "cgroup"})));
+    }
 }

@@ -270,6 +270,12 @@ async fn run_inner<M: Measurer, K: KeyProvider>(
     bundle::write_bundle(&bundle_dir, &bundle::runtime_spec(&plan, &rootfs))?;
     let result =
         runner::run(&cfg.runtime, &bundle_dir, CONTAINER_ID, spec.restart, spec.log_redirect).await?;
+    if result.oom_killed {
+        say!(
+            "REPORTED: the workload exceeded its memory limit ({} bytes) and was killed by the kernel's OOM killer",
+            plan.memory_limit
+        );
+    }
 
     let out_dir = cfg.output_dir.clone();
     let (digest, listing) =

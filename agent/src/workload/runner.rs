@@ -1,5 +1,9 @@
 //! Running the bundle with crun (an existing, audited OCI runtime; no namespaces are set up by hand here),
 //! forwarding its output to the console and applying the restart policy.
+//!
+//! In the VM crun manages the container's cgroup (cgroup v2, `--cgroup-manager=cgroupfs`): the runtime spec's
+//! memory and task limits apply, and an OOM kill is recognised from the parent cgroup's `memory.events`
+//! (`oom_kill` grows while the container runs and it ends by SIGKILL).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -29,11 +33,14 @@ pub struct RuntimeConfig {
     /// Extra arguments of `run` (`--no-pivot` when the host root is an initramfs, where pivot_root(2)
     /// is refused by the kernel; the container then gets MS_MOVE + chroot, and has no capability to leave it).
     pub run_args: Vec<String>,
+    /// The cgroup2 mount under which crun places the container (`None`: crun manages no cgroup and the runtime
+    /// spec's resource limits are not applied).
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl RuntimeConfig {
-    /// crun from PATH with its state in `state_dir` and no cgroup management (the VM is the workload's
-    /// resource boundary; the agent has no cgroup hierarchy to delegate).
+    /// crun from PATH with its state in `state_dir` and no cgroup management (hosts whose cgroup hierarchy the
+    /// agent does not own, such as test machines).
     #[must_use]
     pub fn crun(state_dir: &Path) -> Self {
         Self {
@@ -41,13 +48,23 @@ impl RuntimeConfig {
             global_args: vec!["--cgroup-manager=disabled".into()],
             state_dir: state_dir.to_path_buf(),
             run_args: Vec::new(),
+            cgroup_root: None,
         }
     }
 
-    /// crun as installed in the guest image (`/usr/bin/crun`), with `--no-pivot` when `/` is the initramfs.
+    /// crun as managing cgroups under the cgroup2 mount `cgroup_root` (the runtime spec's limits apply).
+    #[must_use]
+    pub fn with_cgroups(mut self, cgroup_root: &Path) -> Self {
+        self.global_args = vec!["--cgroup-manager=cgroupfs".into()];
+        self.cgroup_root = Some(cgroup_root.to_path_buf());
+        self
+    }
+
+    /// crun as installed in the guest image (`/usr/bin/crun`), with `--no-pivot` when `/` is the initramfs,
+    /// managing the container's cgroup under `/sys/fs/cgroup` (the agent mounts cgroup2 there).
     #[must_use]
     pub fn guest(state_dir: &Path) -> Self {
-        let mut c = Self::crun(state_dir);
+        let mut c = Self::crun(state_dir).with_cgroups(Path::new("/sys/fs/cgroup"));
         c.program = PathBuf::from("/usr/bin/crun");
         if root_is_initramfs() {
             c.run_args.push("--no-pivot".into());
@@ -55,6 +72,49 @@ impl RuntimeConfig {
         c
     }
 }
+
+/// The parent cgroup of the container under `cgroup_root` (the first component of
+/// [`super::bundle::CGROUP_PATH`]).
+fn parent_cgroup(cgroup_root: &Path) -> PathBuf {
+    let first = super::bundle::CGROUP_PATH.trim_start_matches('/').split('/').next().unwrap_or_default();
+    cgroup_root.join(first)
+}
+
+/// Creates the container's parent cgroup and delegates the memory and pids controllers down to it (cgroup v2
+/// enables a controller for children through the parent's `cgroup.subtree_control`).
+///
+/// # Errors
+/// The cgroup cannot be created or a controller is not available (the limits would silently not apply).
+pub fn prepare_cgroups(cgroup_root: &Path) -> Result<()> {
+    let parent = parent_cgroup(cgroup_root);
+    std::fs::create_dir_all(&parent).map_err(|e| err(format!("cgroup {}: {e}", parent.display())))?;
+    for dir in [cgroup_root, parent.as_path()] {
+        let control = dir.join("cgroup.subtree_control");
+        std::fs::write(&control, "+memory +pids")
+            .map_err(|e| err(format!("{}: enabling memory and pids: {e}", control.display())))?;
+    }
+    Ok(())
+}
+
+/// `oom_kill` of a cgroup v2 `memory.events` file (hierarchical: the container's kills count in its parent).
+#[must_use]
+pub fn oom_kills(memory_events: &str) -> u64 {
+    memory_events
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn read_oom_kills(cgroup_root: Option<&Path>) -> u64 {
+    cgroup_root
+        .map(|root| parent_cgroup(root).join("memory.events"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map_or(0, |t| oom_kills(&t))
+}
+
+/// crun's exit code for a container whose init was killed by SIGKILL.
+pub const KILLED_BY_SIGKILL: i32 = 128 + 9;
 
 /// True when `/` is the initramfs (`rootfs` in /proc/self/mounts), where pivot_root(2) fails.
 #[must_use]
@@ -75,6 +135,9 @@ pub struct RunResult {
     pub exit_code: i32,
     /// How many times it ran.
     pub runs: u32,
+    /// The last run was ended by the kernel's OOM killer (SIGKILL while the cgroup's `oom_kill` grew): the
+    /// workload exceeded its memory limit.
+    pub oom_killed: bool,
 }
 
 async fn forward<R: AsyncRead + Unpin>(reader: R, stream: &'static str) {
@@ -152,18 +215,31 @@ pub async fn run(
     forward_logs: bool,
 ) -> Result<RunResult> {
     std::fs::create_dir_all(&cfg.state_dir).map_err(|e| err(format!("{}: {e}", cfg.state_dir.display())))?;
+    if let Some(root) = &cfg.cgroup_root {
+        prepare_cgroups(root)?;
+    }
     let mut runs = 0u32;
     loop {
         runs += 1;
         eprintln!("sealroom-workload: starting the container (run {runs})");
+        let kills_before = read_oom_kills(cfg.cgroup_root.as_deref());
         let code = run_once(cfg, bundle, id, forward_logs).await?;
-        eprintln!("sealroom-workload: the container exited with code {code}");
+        let oom_killed =
+            code == KILLED_BY_SIGKILL && read_oom_kills(cfg.cgroup_root.as_deref()) > kills_before;
+        if oom_killed {
+            eprintln!(
+                "sealroom-workload: the container exited with code {code}: killed by the kernel's OOM killer \
+                 (it exceeded its memory limit)"
+            );
+        } else {
+            eprintln!("sealroom-workload: the container exited with code {code}");
+        }
         let again = match restart {
             RestartPolicy::Never => false,
             RestartPolicy::OnFailure(max) => code != 0 && runs <= max,
         };
         if !again {
-            return Ok(RunResult { exit_code: code, runs });
+            return Ok(RunResult { exit_code: code, runs, oom_killed });
         }
         eprintln!(
             "sealroom-workload: restart policy {}: restarting ({runs} of {})",
@@ -173,5 +249,28 @@ pub async fn run(
                 RestartPolicy::Never => 0,
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kills_are_read_from_memory_events() {
+        let events = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(oom_kills(events), 2);
+        assert_eq!(oom_kills("low 0\n"), 0);
+        assert_eq!(oom_kills("oom_kill x\n"), 0);
+    }
+
+    #[test]
+    fn the_guest_runtime_manages_the_workload_cgroup_and_the_host_one_does_not() {
+        let guest = RuntimeConfig::guest(Path::new("/run/x"));
+        assert_eq!(guest.global_args, ["--cgroup-manager=cgroupfs"]);
+        assert_eq!(guest.cgroup_root.as_deref(), Some(Path::new("/sys/fs/cgroup")));
+        assert_eq!(parent_cgroup(Path::new("/sys/fs/cgroup")), Path::new("/sys/fs/cgroup/sealroom"));
+        let host = RuntimeConfig::crun(Path::new("/run/x"));
+        assert_eq!(host.cgroup_root, None);
     }
 }

@@ -6,7 +6,8 @@
 //!   order; any `arg` replaces the image's CMD), `sealroom.workload.env=NAME=value` (repeated),
 //!   `sealroom.workload.restart=never|on-failure:N`, `sealroom.workload.log_redirect=true|false`,
 //!   `sealroom.workload.broker=URL`, `sealroom.workload.broker_key=KID`, `sealroom.workload.key=ID` (repeated),
-//!   `sealroom.workload.insecure_registry=HOST[:PORT]` (repeated), `sealroom.workload.on_exit=serve|poweroff`.
+//!   `sealroom.workload.insecure_registry=HOST[:PORT]` (repeated), `sealroom.workload.on_exit=serve|poweroff`,
+//!   `sealroom.workload.memory_limit=BYTES`.
 //!   Values may be double-quoted to hold spaces.
 //! - `sealroom.workload=metadata`: the JSON document in the GCE instance attribute `sealroom-workload`.
 //! - `sealroom.workload=file:PATH`: the JSON document in a file or a raw block device (a QEMU
@@ -22,8 +23,13 @@
 //!  "broker_key": "<RFC 7638 thumbprint>", "broker_ca": "-----BEGIN CERTIFICATE-----…",
 //!  "key_ids": ["dataset-key"], "insecure_registries": ["10.0.2.2:5000"],
 //!  "registry_auth": {"username": "u", "password": "p"}, "on_exit": "poweroff",
-//!  "inputs": {"dataset": "serial:sealroom-data"}}
+//!  "inputs": {"dataset": "serial:sealroom-data"}, "memory_limit": 2147483648}
 //! ```
+//! `memory_limit` (bytes, at least [`MIN_MEMORY_LIMIT`]) caps the container's memory (cgroup v2 `memory.max`
+//! through the runtime spec's `linux.resources.memory`, no swap); a workload that exceeds it is killed by the
+//! kernel's OOM killer and reported as such, and the agent keeps serving. Absent: the VM's memory less
+//! [`super::bundle::AGENT_MEMORY_RESERVE`] for the agent and the kernel. Like `on_exit` it decides how much may
+//! run, not what runs, so it is not measured.
 //! `inputs` names files or disks copied in and mounted read-only at `/input/<name>` ([`super::inputs`]).
 //! `on_exit` says what the VM does once the workload has ended and its output is measured: `serve` (the
 //! default: keep answering attestation calls) or `poweroff`. It does not change what runs, so it is not measured.
@@ -55,6 +61,10 @@ pub const MAX_ITEMS: usize = 256;
 pub const MAX_ITEM_BYTES: usize = 16 * 1024;
 /// Highest `on-failure:N` bound.
 pub const MAX_RESTARTS: u32 = 100;
+/// Smallest `memory_limit` accepted (below this the runtime itself cannot start the container).
+pub const MIN_MEMORY_LIMIT: u64 = 16 << 20;
+/// Largest `memory_limit` accepted (1 PiB; the runtime spec holds a signed 64-bit value).
+pub const MAX_MEMORY_LIMIT: u64 = 1 << 50;
 /// The GCE metadata server.
 pub const GCE_METADATA_BASE: &str = "http://metadata.google.internal";
 /// The instance attribute holding the JSON spec on GCE.
@@ -228,6 +238,8 @@ pub struct WorkloadSpec {
     pub on_exit: OnExit,
     /// Input files or disks by name, mounted read-only at `/input/<name>` ([`super::inputs`]).
     pub inputs: std::collections::BTreeMap<String, String>,
+    /// The container's memory limit in bytes (`None`: the default of [`super::bundle::memory_limit`]).
+    pub memory_limit: Option<u64>,
 }
 
 /// The key broker a workload trusts.
@@ -269,6 +281,8 @@ struct SpecDocument {
     on_exit: Option<String>,
     #[serde(default)]
     inputs: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    memory_limit: Option<u64>,
 }
 
 fn check_item(what: &str, s: &str) -> Result<()> {
@@ -409,6 +423,11 @@ impl WorkloadSpec {
         }
         let on_exit = doc.on_exit.as_deref().map(OnExit::parse).transpose()?.unwrap_or_default();
         super::inputs::check(&doc.inputs)?;
+        if let Some(m) = doc.memory_limit.filter(|m| !(MIN_MEMORY_LIMIT..=MAX_MEMORY_LIMIT).contains(m)) {
+            return Err(err(format!(
+                "memory_limit: {m} bytes, expected {MIN_MEMORY_LIMIT}..={MAX_MEMORY_LIMIT}"
+            )));
+        }
         Ok(Self {
             image: doc.image,
             source,
@@ -422,6 +441,7 @@ impl WorkloadSpec {
             registry_auth: doc.registry_auth,
             on_exit,
             inputs: doc.inputs,
+            memory_limit: doc.memory_limit,
         })
     }
 
@@ -462,6 +482,7 @@ impl WorkloadSpec {
             registry_auth: None,
             on_exit: None,
             inputs: std::collections::BTreeMap::new(),
+            memory_limit: None,
         };
         let mut any = false;
         let mut image = None;
@@ -488,6 +509,14 @@ impl WorkloadSpec {
                 "key" => doc.key_ids.push(value.to_owned()),
                 "insecure_registry" => doc.insecure_registries.push(value.to_owned()),
                 "on_exit" => once(&mut doc.on_exit)?,
+                "memory_limit" => {
+                    let bytes = value.parse::<u64>().map_err(|_| {
+                        err(format!("sealroom.workload.memory_limit={value}: expected a number of bytes"))
+                    })?;
+                    if doc.memory_limit.replace(bytes).is_some() {
+                        return Err(err("sealroom.workload.memory_limit given twice"));
+                    }
+                }
                 other => return Err(err(format!("unknown kernel parameter sealroom.workload.{other}"))),
             }
         }
