@@ -24,10 +24,17 @@ pub const INTEL_SGX_ROOT_CA_PEM: &[u8] = include_bytes!("Intel_SGX_Root_CA.pem")
 /// # Errors
 /// Never in practice (the embedded certificate parses); kept fallible to avoid a panic path.
 pub fn intel_root() -> Result<Certificate> {
-    Certificate::chain_from_pem(INTEL_SGX_ROOT_CA_PEM)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| fail("embedded root missing"))
+    // Parsed once per process: it is a constant, and every cold collateral verification starts from it.
+    static ROOT: std::sync::OnceLock<std::result::Result<Certificate, String>> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        Certificate::chain_from_pem(INTEL_SGX_ROOT_CA_PEM)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .ok_or_else(|| "embedded root missing".to_owned())
+    })
+    .clone()
+    .map_err(fail)
 }
 
 /// A JSON document Intel signed (TCB info or QE identity): the exact signed bytes, the signature (r || s) and
@@ -51,31 +58,29 @@ pub struct Collateral {
     qe_identities: Vec<SignedJson>,
 }
 
+/// Every JSON collateral shape in one pass: dcap-qvl's `QuoteCollateralV3` (snake_case fields), a PCS
+/// `tcbInfo` response or a PCS `enclaveIdentity` response. Parsed once, typed; which shape it is follows from
+/// the fields present.
 #[derive(Deserialize)]
-struct QuoteCollateralV3 {
-    pck_crl_issuer_chain: String,
-    root_ca_crl: String,
-    pck_crl: String,
-    tcb_info_issuer_chain: String,
-    tcb_info: String,
-    tcb_info_signature: String,
-    qe_identity_issuer_chain: String,
-    qe_identity: String,
-    qe_identity_signature: String,
-}
-
-#[derive(Deserialize)]
-struct PcsTcbInfo<'a> {
+struct CollateralJson<'a> {
+    pck_crl_issuer_chain: Option<String>,
+    root_ca_crl: Option<String>,
+    pck_crl: Option<String>,
+    tcb_info_issuer_chain: Option<String>,
+    tcb_info: Option<String>,
+    tcb_info_signature: Option<String>,
+    qe_identity_issuer_chain: Option<String>,
+    qe_identity: Option<String>,
+    qe_identity_signature: Option<String>,
     #[serde(rename = "tcbInfo", borrow)]
-    tcb_info: &'a RawValue,
-    signature: String,
+    pcs_tcb_info: Option<&'a RawValue>,
+    #[serde(rename = "enclaveIdentity", borrow)]
+    pcs_enclave_identity: Option<&'a RawValue>,
+    signature: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct PcsQeIdentity<'a> {
-    #[serde(rename = "enclaveIdentity", borrow)]
-    enclave_identity: &'a RawValue,
-    signature: String,
+fn field(value: Option<String>, source: &str, name: &str) -> Result<String> {
+    value.ok_or_else(|| fail(format!("{source}: QuoteCollateralV3: missing field `{name}`")))
 }
 
 fn sig_hex(s: &str, what: &str) -> Result<Vec<u8>> {
@@ -156,53 +161,63 @@ impl Collateral {
     }
 
     fn add_json(&mut self, text: &str, source: &str) -> Result<()> {
-        let value: serde_json::Value =
+        let j: CollateralJson<'_> =
             serde_json::from_str(text).map_err(|e| fail(format!("{source}: JSON: {e}")))?;
-        if value.get("tcb_info").is_some() && value.get("pck_crl").is_some() {
-            let q: QuoteCollateralV3 =
-                serde_json::from_str(text).map_err(|e| fail(format!("{source}: QuoteCollateralV3: {e}")))?;
-            let pck_chain = Certificate::chain_from_pem(q.pck_crl_issuer_chain.as_bytes())
-                .map_err(|e| e.within(LAYER, &format!("{source}: pck_crl_issuer_chain")))?;
-            let root_crl = Crl::from_any(q.root_ca_crl.as_bytes())
+        if j.tcb_info.is_some() && j.pck_crl.is_some() {
+            let chain = |pem: Option<String>, name: &str| -> Result<(String, Vec<Certificate>)> {
+                let pem = field(pem, source, name)?;
+                let certs = Certificate::chain_from_pem(pem.as_bytes())
+                    .map_err(|e| e.within(LAYER, &format!("{source}: {name}")))?;
+                Ok((pem, certs))
+            };
+            let (_, pck_chain) = chain(j.pck_crl_issuer_chain, "pck_crl_issuer_chain")?;
+            let root_crl = Crl::from_any(field(j.root_ca_crl, source, "root_ca_crl")?.as_bytes())
                 .map_err(|e| e.within(LAYER, &format!("{source}: root_ca_crl")))?;
-            let pck_crl = Crl::from_any(q.pck_crl.as_bytes())
+            let pck_crl = Crl::from_any(field(j.pck_crl, source, "pck_crl")?.as_bytes())
                 .map_err(|e| e.within(LAYER, &format!("{source}: pck_crl")))?;
             self.add_crl(root_crl, None);
             self.add_crl(pck_crl, Some(pck_chain));
-            let tcb_chain = Certificate::chain_from_pem(q.tcb_info_issuer_chain.as_bytes())
-                .map_err(|e| e.within(LAYER, &format!("{source}: tcb_info_issuer_chain")))?;
-            let qe_chain = Certificate::chain_from_pem(q.qe_identity_issuer_chain.as_bytes())
-                .map_err(|e| e.within(LAYER, &format!("{source}: qe_identity_issuer_chain")))?;
+            let (tcb_pem, tcb_chain) = chain(j.tcb_info_issuer_chain, "tcb_info_issuer_chain")?;
+            // Intel signs TCB infos and QE identities with the same key: the same chain is parsed once.
+            let qe_chain = match j.qe_identity_issuer_chain {
+                Some(pem) if pem == tcb_pem => tcb_chain.clone(),
+                other => chain(other, "qe_identity_issuer_chain")?.1,
+            };
             self.tcb_infos.push(SignedJson {
-                signature: sig_hex(&q.tcb_info_signature, "tcb_info")?,
-                body: q.tcb_info,
+                signature: sig_hex(&field(j.tcb_info_signature, source, "tcb_info_signature")?, "tcb_info")?,
+                body: field(j.tcb_info, source, "tcb_info")?,
                 chain: Some(tcb_chain),
                 source: format!("{source}: tcb_info"),
             });
             self.qe_identities.push(SignedJson {
-                signature: sig_hex(&q.qe_identity_signature, "qe_identity")?,
-                body: q.qe_identity,
+                signature: sig_hex(
+                    &field(j.qe_identity_signature, source, "qe_identity_signature")?,
+                    "qe_identity",
+                )?,
+                body: field(j.qe_identity, source, "qe_identity")?,
                 chain: Some(qe_chain),
                 source: format!("{source}: qe_identity"),
             });
             return Ok(());
         }
-        if value.get("tcbInfo").is_some() {
-            let p: PcsTcbInfo<'_> = serde_json::from_str(text).map_err(|e| fail(format!("{source}: {e}")))?;
+        let pcs_signature = |what: &str| -> Result<Vec<u8>> {
+            let s =
+                j.signature.as_deref().ok_or_else(|| fail(format!("{source}: missing field `signature`")))?;
+            sig_hex(s, what)
+        };
+        if let Some(body) = j.pcs_tcb_info {
             self.tcb_infos.push(SignedJson {
-                body: p.tcb_info.get().to_owned(),
-                signature: sig_hex(&p.signature, "tcbInfo")?,
+                body: body.get().to_owned(),
+                signature: pcs_signature("tcbInfo")?,
                 chain: None,
                 source: source.to_owned(),
             });
             return Ok(());
         }
-        if value.get("enclaveIdentity").is_some() {
-            let p: PcsQeIdentity<'_> =
-                serde_json::from_str(text).map_err(|e| fail(format!("{source}: {e}")))?;
+        if let Some(body) = j.pcs_enclave_identity {
             self.qe_identities.push(SignedJson {
-                body: p.enclave_identity.get().to_owned(),
-                signature: sig_hex(&p.signature, "enclaveIdentity")?,
+                body: body.get().to_owned(),
+                signature: pcs_signature("enclaveIdentity")?,
                 chain: None,
                 source: source.to_owned(),
             });
@@ -292,9 +307,14 @@ impl Collateral {
                     .ok_or_else(|| fail(format!("{}: no Intel SGX TCB Signing issuer chain", doc.source))),
             }
         };
-        let verify_doc = |doc: &SignedJson, window: &mut Window, what: &str| -> Result<()> {
+        // TCB infos and QE identities come with the same signing chain: each distinct chain is verified once.
+        let mut verified_signing_chains: Vec<Vec<Certificate>> = Vec::new();
+        let mut verify_doc = |doc: &SignedJson, window: &mut Window, what: &str| -> Result<()> {
             let chain = tcb_signing_chain(doc)?;
-            check_chain(&chain, window, &format!("{what} issuer chain"))?;
+            if !verified_signing_chains.contains(&chain) {
+                check_chain(&chain, window, &format!("{what} issuer chain"))?;
+                verified_signing_chains.push(chain.clone());
+            }
             let signer = chain.first().ok_or_else(|| fail("empty TCB signing chain"))?;
             if signer.subject_cn() != "Intel SGX TCB Signing" {
                 return Err(fail(format!(
@@ -361,6 +381,12 @@ const PLATFORM_CACHE_LIMIT: usize = 4096;
 impl PlatformSignatureCache {
     pub(crate) fn contains(&self, key: &[u8; 32]) -> bool {
         self.0.lock().is_ok_and(|set| set.contains(key))
+    }
+
+    fn clear(&self) {
+        if let Ok(mut set) = self.0.lock() {
+            set.clear();
+        }
     }
 
     pub(crate) fn insert(&self, key: [u8; 32]) {
@@ -453,6 +479,13 @@ impl VerifiedCollateral {
     #[must_use]
     pub fn qe_identities(&self) -> &[QeIdentity] {
         &self.qe_identities
+    }
+
+    /// Forgets which platforms' PCK and QE report signatures were already verified, so the next quote of every
+    /// platform is checked as if its platform were new (the collateral itself stays verified). For benchmarks
+    /// of the "new platform, known FMSPC" case, and for callers that want to bound what they remember.
+    pub fn forget_platforms(&self) {
+        self.platform_signatures.clear();
     }
 
     /// Errors unless `at` is inside the collateral's validity window.
