@@ -258,7 +258,10 @@ fn mutation_policy_checks() {
         min_tcb: Some(TcbVersion { fmc: None, bootloader: 3, tee: 0, snp: 9, microcode: 115 }),
         ..SnpPolicy::default()
     };
-    assert_reason(verify(&report, &vcek, &min, TRUSTEE_AT), "is below the minimum");
+    assert_reason(
+        verify(&report, &vcek, &min, TRUSTEE_AT),
+        "snp: REPORTED_TCB snp SPL 8 is below the policy's minimum 9",
+    );
     let vlek_report = data("snp/trustee/test-vlek-report.bin");
     let vlek = data("snp/trustee/test-vlek.der");
     let vmpl0 = SnpPolicy { max_vmpl: Some(0), ..SnpPolicy::default() };

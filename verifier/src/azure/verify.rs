@@ -77,7 +77,7 @@ pub fn verify_azure(
                 &hcl.hw_report,
                 Collateral { endorsement_der: vcek },
                 snp_cache,
-                snp_policy,
+                &azure_snp_policy(snp_policy),
                 at,
             ) {
                 Ok((_, c)) => snp = Some(c),
@@ -182,6 +182,13 @@ pub fn verify_azure(
         extra_data,
     };
     Ok(VerifiedAzure { claims, pcrs })
+}
+
+/// The caller's SNP policy with VMPL held to 0: on Azure the paravisor (HCL) runs at VMPL 0 and asks for the
+/// report that binds HCLAkPub; the guest OS runs at a higher VMPL and can ask for a report binding any runtime
+/// claims it likes (its own AK), so only a VMPL 0 report vouches for the vTPM.
+fn azure_snp_policy(policy: &SnpPolicy) -> SnpPolicy {
+    SnpPolicy { max_vmpl: Some(0), ..policy.clone() }
 }
 
 /// Checks that the quote's AK (a marshalled TPMT_PUBLIC) is the RSA key HCLAkPub (TPM exponent 0 = 65537).

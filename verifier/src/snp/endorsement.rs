@@ -73,6 +73,24 @@ const MILAN: &[u8] = include_bytes!("../../testdata/certs/amd/trustee_milan_ask_
 const GENOA: &[u8] = include_bytes!("../../testdata/certs/amd/trustee_genoa_ask_ark_asvk.pem");
 const TURIN: &[u8] = include_bytes!("../../testdata/certs/amd/trustee_turin_ask_ark_asvk.pem");
 
+impl AmdRoot {
+    /// One product's ARK, ASK and ASVK, checked to be signed by the ARK (the ARK by itself). Signatures do not
+    /// depend on time: they are checked once, here.
+    ///
+    /// # Errors
+    /// When a signature does not verify.
+    pub fn new(product: Product, ark: Certificate, ask: Certificate, asvk: Certificate) -> Result<Self> {
+        ark.verify_signed_by(&ark)?;
+        ask.verify_signed_by(&ark)?;
+        asvk.verify_signed_by(&ark)?;
+        Ok(Self { product, ark, ask, asvk })
+    }
+
+    fn certificates(&self) -> [&Certificate; 3] {
+        [&self.ark, &self.ask, &self.asvk]
+    }
+}
+
 fn load_root(product: Product, pem: &[u8]) -> Result<AmdRoot> {
     let certs = Certificate::chain_from_pem(pem)?;
     let find = |cn: String| {
@@ -83,17 +101,12 @@ fn load_root(product: Product, pem: &[u8]) -> Result<AmdRoot> {
             .ok_or_else(|| Error::check(LAYER, format!("embedded AMD roots lack '{cn}'")))
     };
     let name = product.name();
-    let root = AmdRoot {
+    AmdRoot::new(
         product,
-        ark: find(format!("ARK-{name}"))?,
-        ask: find(format!("SEV-{name}"))?,
-        asvk: find(format!("SEV-VLEK-{name}"))?,
-    };
-    // Signatures do not depend on time: check them once, at build-in time of the ARK.
-    root.ark.verify_signed_by(&root.ark)?;
-    root.ask.verify_signed_by(&root.ark)?;
-    root.asvk.verify_signed_by(&root.ark)?;
-    Ok(root)
+        find(format!("ARK-{name}"))?,
+        find(format!("SEV-{name}"))?,
+        find(format!("SEV-VLEK-{name}"))?,
+    )
 }
 
 /// The embedded AMD roots, parsed and self-checked on first use.
@@ -261,8 +274,11 @@ impl Endorsement {
 /// # Errors
 /// "snp: VCEK chain: …" naming the failed certificate.
 pub fn verify_endorsement(der: &[u8]) -> Result<Endorsement> {
+    verify_endorsement_under(der, amd_roots()?)
+}
+
+fn verify_endorsement_under(der: &[u8], roots: &[AmdRoot]) -> Result<Endorsement> {
     let leaf = Certificate::from_der(der).map_err(|e| e.within(LAYER, "endorsement key certificate"))?;
-    let roots = amd_roots()?;
     let (root, kind) = roots
         .iter()
         .find_map(|r| {
@@ -311,16 +327,48 @@ pub fn verify_endorsement(der: &[u8]) -> Result<Endorsement> {
     })
 }
 
-/// A bounded cache of verified endorsement keys, keyed by their DER.
+/// A bounded cache of verified endorsement keys, keyed by their DER, with the AMD CRLs verified into it.
+///
+/// It is the SEV-SNP trust context of a verifier: the AMD roots it trusts (the pinned ones; test-only roots
+/// exist only in builds with the `test-anchors` feature) and the CRLs given to it. Revocation is checked on
+/// every report, cached key or not, at the report's verification time.
 #[derive(Debug, Default)]
 pub struct EndorsementCache {
     map: RwLock<HashMap<Vec<u8>, Arc<Endorsement>>>,
+    /// `None`: the pinned AMD roots.
+    roots: Option<Arc<[AmdRoot]>>,
+    crls: RwLock<Vec<Arc<AmdCrl>>>,
+}
+
+/// An AMD CRL whose signature verified under the certificate that issued it: an ARK (its CRL revokes ASKs and
+/// ASVKs, which is the CRL AMD's KDS publishes per product) or an ASK/ASVK (revoking VCEKs/VLEKs).
+#[derive(Debug)]
+pub struct AmdCrl {
+    /// The product of the issuing root.
+    pub product: Product,
+    /// The verified CRL; its currency is checked at each use.
+    pub crl: x509::Crl,
 }
 
 /// At most this many endorsement keys are cached (one per chip and TCB; evicted wholesale when full).
 pub const CACHE_CAPACITY: usize = 4096;
 
 impl EndorsementCache {
+    /// A cache that trusts `roots` instead of the pinned AMD roots: for tests that sign their own reports with
+    /// an AMD-like ARK/ASK/VCEK. Compiled only with the `test-anchors` feature (never in a release build).
+    #[cfg(any(test, feature = "test-anchors"))]
+    #[must_use]
+    pub fn with_test_roots(roots: Vec<AmdRoot>) -> Self {
+        Self { roots: Some(roots.into()), ..Self::default() }
+    }
+
+    fn roots(&self) -> Result<&[AmdRoot]> {
+        match &self.roots {
+            Some(r) => Ok(r),
+            None => amd_roots(),
+        }
+    }
+
     /// A verified endorsement for `der`, from the cache or verified now.
     ///
     /// # Errors
@@ -331,7 +379,7 @@ impl EndorsementCache {
         {
             return Ok(Arc::clone(hit));
         }
-        let verified = Arc::new(verify_endorsement(der)?);
+        let verified = Arc::new(verify_endorsement_under(der, self.roots()?)?);
         if let Ok(mut map) = self.map.write() {
             if map.len() >= CACHE_CAPACITY {
                 map.clear();
@@ -339,6 +387,72 @@ impl EndorsementCache {
             map.insert(der.to_vec(), Arc::clone(&verified));
         }
         Ok(verified)
+    }
+
+    /// Adds an AMD CRL (DER or PEM): its issuer must be a trusted ARK, ASK or ASVK and its signature must
+    /// verify under it. Whether it is current is checked per report, at the report's verification time.
+    ///
+    /// # Errors
+    /// "snp: AMD CRL: …" when it does not parse, its issuer is not an AMD root certificate, or its signature
+    /// does not verify.
+    pub fn add_crl(&self, bytes: &[u8]) -> Result<()> {
+        let crl = x509::Crl::from_any(bytes).map_err(|e| e.within(LAYER, "AMD CRL"))?;
+        let (product, issuer) = self
+            .roots()?
+            .iter()
+            .find_map(|r| {
+                r.certificates()
+                    .into_iter()
+                    .find(|c| c.subject_raw() == crl.issuer_raw())
+                    .map(|c| (r.product, c))
+            })
+            .ok_or_else(|| {
+                Error::check(
+                    LAYER,
+                    format!("AMD CRL: issuer '{}' is not an AMD ARK, ASK or ASVK", crl.issuer_cn()),
+                )
+            })?;
+        crl.verify_signature(issuer).map_err(|e| e.within(LAYER, "AMD CRL"))?;
+        if let Ok(mut crls) = self.crls.write() {
+            crls.push(Arc::new(AmdCrl { product, crl }));
+        }
+        Ok(())
+    }
+
+    /// Number of CRLs added.
+    #[must_use]
+    pub fn crl_count(&self) -> usize {
+        self.crls.read().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// Revocation of an endorsement's chain at `at`, against every CRL given for its product: each such CRL
+    /// must be current, and no certificate it covers (issued by the CRL's issuer) may be listed.
+    #[must_use]
+    pub fn check_revocation(&self, endorsement: &Endorsement, at: UnixTime) -> Vec<Error> {
+        let Ok(crls) = self.crls.read() else {
+            return vec![Error::check(LAYER, "AMD CRLs unavailable (lock poisoned)")];
+        };
+        let mut out = Vec::new();
+        for c in crls.iter().filter(|c| c.product == endorsement.product) {
+            if let Err(e) = c.crl.check_time(at) {
+                out.push(e.within(LAYER, "AMD CRL"));
+                continue;
+            }
+            for (cert, role) in endorsement.chain.iter().zip(chain_roles(endorsement.kind)) {
+                if cert.issuer_raw() == c.crl.issuer_raw() && c.crl.is_revoked(cert.serial()) {
+                    out.push(Error::check(
+                        LAYER,
+                        format!(
+                            "{role} '{}' revoked by the AMD CRL of '{}' (serial {})",
+                            cert.subject_cn(),
+                            c.crl.issuer_cn(),
+                            hex::encode(cert.serial())
+                        ),
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Number of cached keys.
@@ -351,5 +465,12 @@ impl EndorsementCache {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+fn chain_roles(kind: KeyKind) -> [&'static str; 3] {
+    match kind {
+        KeyKind::Vcek => ["VCEK", "ASK", "ARK"],
+        KeyKind::Vlek => ["VLEK", "ASVK", "ARK"],
     }
 }

@@ -2,8 +2,10 @@
 
 pub mod endorsement;
 pub mod report;
+#[cfg(any(test, feature = "test-anchors"))]
+pub mod test_pki;
 pub mod verify;
 
-pub use endorsement::{EndorsementCache, KeyKind, Product};
+pub use endorsement::{AmdCrl, AmdRoot, EndorsementCache, KeyKind, Product};
 pub use report::{SnpReport, TcbVersion};
 pub use verify::{Collateral, SnpClaims, SnpOutcome, SnpPolicy, verify_report, verify_report_detailed};

@@ -60,6 +60,29 @@ impl TcbVersion {
         }
     }
 
+    /// The components below `min`'s level, each as (name, reported SPL, minimum SPL). FMC counts only when
+    /// both sides have one (Turin and later).
+    #[must_use]
+    pub fn components_below(&self, min: &Self) -> Vec<(&'static str, u8, u8)> {
+        let mut out = Vec::new();
+        if let (Some(got), Some(want)) = (self.fmc, min.fmc)
+            && got < want
+        {
+            out.push(("fmc", got, want));
+        }
+        for (name, got, want) in [
+            ("bootloader", self.bootloader, min.bootloader),
+            ("tee", self.tee, min.tee),
+            ("snp", self.snp, min.snp),
+            ("microcode", self.microcode, min.microcode),
+        ] {
+            if got < want {
+                out.push((name, got, want));
+            }
+        }
+        out
+    }
+
     /// Whether every component is at least `min`'s level.
     #[must_use]
     pub fn at_least(&self, min: &Self) -> bool {

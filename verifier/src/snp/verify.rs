@@ -22,9 +22,12 @@ pub struct SnpPolicy {
     pub allow_migration_agent: bool,
     /// Accept SMT. Default: yes (cloud hosts run with SMT on).
     pub allow_smt: bool,
-    /// Highest acceptable VMPL (0 is the most privileged); `None` accepts any and reports it.
+    /// Highest acceptable VMPL (0 is the most privileged); `None` accepts any and reports it. Azure HCL
+    /// reports are always held to 0, whatever this says (the paravisor runs at VMPL 0; a report from a higher
+    /// VMPL was requested by the guest OS itself and binds whatever it chose).
     pub max_vmpl: Option<u32>,
-    /// Lowest acceptable REPORTED_TCB.
+    /// Lowest acceptable REPORTED_TCB, per component (boot loader, TEE, SNP, microcode, and FMC on Turin);
+    /// each component below it is refused by name.
     pub min_tcb: Option<TcbVersion>,
     /// Accept VLEK-signed reports. Default: yes.
     pub allow_vlek: bool,
@@ -130,6 +133,7 @@ pub fn verify_report_detailed(
     if let Err(e) = endorsement.check_validity(at) {
         authenticity.push(e);
     }
+    authenticity.extend(cache.check_revocation(&endorsement, at));
     if let Err(e) = check_signature(report, &parsed, &endorsement) {
         authenticity.push(e);
     }
@@ -263,8 +267,14 @@ pub fn check_policy(parsed: &SnpReport, endorsement: &Endorsement, policy: &SnpP
     }
     if let Some(min) = &policy.min_tcb {
         let reported = TcbVersion::decode(parsed.reported_tcb, endorsement.product.turin_layout());
-        if !reported.at_least(min) {
-            out.push(Error::check(LAYER, format!("REPORTED_TCB ({reported}) is below the minimum ({min})")));
+        // A floor with FMC given for a pre-Turin chip: FMC does not exist there, the other components count.
+        for (component, got, want) in reported.components_below(min) {
+            out.push(Error::check(
+                LAYER,
+                format!(
+                    "REPORTED_TCB {component} SPL {got} is below the policy's minimum {want} ({reported})"
+                ),
+            ));
         }
     }
     out

@@ -1,0 +1,300 @@
+//! An AMD-like PKI for tests (feature `test-anchors`, never in a release build): a fresh ARK, ASK and ASVK
+//! (ECDSA P-384 instead of AMD's RSA-PSS: the chain logic is the same and key generation is instant), VCEKs
+//! carrying the TCB and hwID extensions AMD's KDS puts in them, CRLs issued by the ARK or the ASK, and report
+//! signing. With [`super::EndorsementCache::with_test_roots`] it lets tests model attacks that need a genuine
+//! signature over altered report fields (a VMPL 2 report, a revoked VCEK) without AMD hardware.
+//!
+//! The DER written here is the minimum X.509 needs; it is parsed back by the same parser as real certificates.
+#![allow(
+    clippy::missing_panics_doc,
+    clippy::expect_used,
+    reason = "test support: a failure is a broken test"
+)]
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P384_SHA384_ASN1_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
+};
+
+use super::endorsement::{AmdRoot, Product, oid};
+use super::report::{SIGNED_LEN, TcbVersion};
+use crate::x509::{Certificate, UnixTime, format_time};
+
+// ----- DER writing -----------------------------------------------------------------------------------------
+
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(u8::try_from(len).expect("short length"));
+    } else {
+        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        out.push(0x80 | u8::try_from(bytes.len()).expect("length of length"));
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+fn seq(parts: &[Vec<u8>]) -> Vec<u8> {
+    tlv(0x30, &parts.concat())
+}
+
+fn uint(be: &[u8]) -> Vec<u8> {
+    let trimmed: Vec<u8> = be.iter().copied().skip_while(|b| *b == 0).collect();
+    let mut content = if trimmed.is_empty() { vec![0] } else { trimmed };
+    if content.first().is_some_and(|b| b & 0x80 != 0) {
+        content.insert(0, 0);
+    }
+    tlv(0x02, &content)
+}
+
+fn oid_der(dotted: &str) -> Vec<u8> {
+    let arcs: Vec<u64> = dotted.split('.').map(|a| a.parse().expect("OID arc")).collect();
+    let mut content = Vec::new();
+    let first = arcs.first().copied().unwrap_or(0) * 40 + arcs.get(1).copied().unwrap_or(0);
+    for arc in std::iter::once(first).chain(arcs.iter().skip(2).copied()) {
+        let mut groups = vec![u8::try_from(arc & 0x7f).expect("7 bits")];
+        let mut rest = arc >> 7;
+        while rest > 0 {
+            groups.push(0x80 | u8::try_from(rest & 0x7f).expect("7 bits"));
+            rest >>= 7;
+        }
+        content.extend(groups.into_iter().rev());
+    }
+    tlv(0x06, &content)
+}
+
+fn time(t: UnixTime) -> Vec<u8> {
+    // "2025-07-19T10:00:34Z" → UTCTime "250719100034Z" (years 1950-2049) or GeneralizedTime.
+    let mut text: String = format_time(t).chars().filter(char::is_ascii_digit).collect();
+    text.push('Z');
+    let year: i64 = text.get(..4).and_then(|y| y.parse().ok()).expect("year");
+    if (1950..2050).contains(&year) {
+        tlv(0x17, text.get(2..).expect("UTCTime").as_bytes())
+    } else {
+        tlv(0x18, text.as_bytes())
+    }
+}
+
+fn name(cn: &str) -> Vec<u8> {
+    seq(&[tlv(0x31, &seq(&[oid_der("2.5.4.3"), tlv(0x0c, cn.as_bytes())]))])
+}
+
+fn ecdsa_sha384() -> Vec<u8> {
+    seq(&[oid_der("1.2.840.10045.4.3.3")])
+}
+
+fn bit_string(bytes: &[u8]) -> Vec<u8> {
+    let mut content = vec![0];
+    content.extend_from_slice(bytes);
+    tlv(0x03, &content)
+}
+
+fn extension(oid: &str, critical: bool, value: &[u8]) -> Vec<u8> {
+    let mut parts = vec![oid_der(oid)];
+    if critical {
+        parts.push(tlv(0x01, &[0xff]));
+    }
+    parts.push(tlv(0x04, value));
+    seq(&parts)
+}
+
+// ----- keys and certificates -------------------------------------------------------------------------------
+
+/// A P-384 key that signs certificates, CRLs (DER signatures) and SNP reports (fixed r || s).
+#[derive(Debug)]
+pub struct TestKey {
+    asn1: EcdsaKeyPair,
+    fixed: EcdsaKeyPair,
+}
+
+impl TestKey {
+    /// A fresh key.
+    #[must_use]
+    pub fn generate() -> Self {
+        let asn1 = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_ASN1_SIGNING).expect("P-384 key");
+        let pkcs8 = asn1.to_pkcs8v1().expect("PKCS#8");
+        let fixed =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8.as_ref()).expect("reload");
+        Self { asn1, fixed }
+    }
+
+    fn public_point(&self) -> Vec<u8> {
+        self.asn1.public_key().as_ref().to_vec()
+    }
+
+    fn sign_der(&self, message: &[u8]) -> Vec<u8> {
+        self.asn1.sign(&SystemRandom::new(), message).expect("sign").as_ref().to_vec()
+    }
+
+    /// Signs an SNP report in place: ECDSA P-384 SHA-384 over bytes 0..0x2A0, r and s written as 72-byte
+    /// little-endian integers at 0x2A0 and 0x2E8 (AMD SEV-SNP ABI, "Signature Format").
+    pub fn sign_report(&self, report: &mut [u8]) {
+        let signed = report.get(..SIGNED_LEN).expect("1184-byte report").to_vec();
+        let sig = self.fixed.sign(&SystemRandom::new(), &signed).expect("sign");
+        let (r, s) = sig.as_ref().split_at(48);
+        for (offset, be) in [(SIGNED_LEN, r), (SIGNED_LEN + 72, s)] {
+            let field = report.get_mut(offset..offset + 72).expect("signature field");
+            field.fill(0);
+            for (dst, src) in field.iter_mut().zip(be.iter().rev()) {
+                *dst = *src;
+            }
+        }
+    }
+}
+
+/// What a test certificate says.
+struct CertSpec<'a> {
+    serial: u64,
+    issuer: &'a str,
+    subject: &'a str,
+    not_before: UnixTime,
+    not_after: UnixTime,
+    ca: bool,
+    extra: Vec<Vec<u8>>,
+}
+
+fn certificate(spec: &CertSpec<'_>, subject_key: &TestKey, issuer_key: &TestKey) -> Vec<u8> {
+    let spki = seq(&[
+        seq(&[oid_der("1.2.840.10045.2.1"), oid_der("1.3.132.0.34")]),
+        bit_string(&subject_key.public_point()),
+    ]);
+    let mut extensions = Vec::new();
+    if spec.ca {
+        extensions.push(extension("2.5.29.19", true, &seq(&[tlv(0x01, &[0xff])])));
+        // keyCertSign | cRLSign.
+        extensions.push(extension("2.5.29.15", true, &tlv(0x03, &[0x01, 0x06])));
+    }
+    extensions.extend(spec.extra.iter().cloned());
+    let tbs = seq(&[
+        tlv(0xa0, &uint(&[2])),
+        uint(&spec.serial.to_be_bytes()),
+        ecdsa_sha384(),
+        name(spec.issuer),
+        seq(&[time(spec.not_before), time(spec.not_after)]),
+        name(spec.subject),
+        spki,
+        tlv(0xa3, &seq(&extensions)),
+    ]);
+    let sig = issuer_key.sign_der(&tbs);
+    seq(&[tbs, ecdsa_sha384(), bit_string(&sig)])
+}
+
+/// An AMD-like PKI for one product: ARK (self-signed), ASK and ASVK, valid over the given window.
+#[derive(Debug)]
+pub struct TestAmdPki {
+    /// The product the certificates name (`ARK-Milan`, `SEV-Milan`, …).
+    pub product: Product,
+    /// The ARK's key.
+    pub ark_key: TestKey,
+    /// The ASK's key.
+    pub ask_key: TestKey,
+    ark: Vec<u8>,
+    ask: Vec<u8>,
+    asvk: Vec<u8>,
+    not_before: UnixTime,
+    not_after: UnixTime,
+}
+
+impl TestAmdPki {
+    /// A fresh ARK/ASK/ASVK for `product`, valid from `not_before` to `not_after`.
+    #[must_use]
+    pub fn new(product: Product, not_before: UnixTime, not_after: UnixTime) -> Self {
+        let (ark_key, ask_key, asvk_key) = (TestKey::generate(), TestKey::generate(), TestKey::generate());
+        let p = product.name();
+        let ark_name = format!("ARK-{p}");
+        let (ask_name, asvk_name) = (format!("SEV-{p}"), format!("SEV-VLEK-{p}"));
+        let issued = |serial: u64, subject: &str, key: &TestKey| {
+            let spec = CertSpec {
+                serial,
+                issuer: &ark_name,
+                subject,
+                not_before,
+                not_after,
+                ca: true,
+                extra: Vec::new(),
+            };
+            certificate(&spec, key, &ark_key)
+        };
+        let ark = issued(1, &ark_name, &ark_key);
+        let ask = issued(2, &ask_name, &ask_key);
+        let asvk = issued(3, &asvk_name, &asvk_key);
+        Self { product, ark_key, ask_key, ark, ask, asvk, not_before, not_after }
+    }
+
+    /// The roots to give [`super::EndorsementCache::with_test_roots`].
+    #[must_use]
+    pub fn roots(&self) -> Vec<AmdRoot> {
+        let parse = |der: &[u8]| Certificate::from_der(der).expect("test certificate parses");
+        vec![
+            AmdRoot::new(self.product, parse(&self.ark), parse(&self.ask), parse(&self.asvk))
+                .expect("test root"),
+        ]
+    }
+
+    /// A VCEK for `chip_id` at `tcb`, issued by the ASK; returns its DER and its key.
+    #[must_use]
+    pub fn issue_vcek(&self, serial: u64, tcb: &TcbVersion, chip_id: &[u8; 64]) -> (Vec<u8>, TestKey) {
+        let key = TestKey::generate();
+        let spl = |o: &str, v: u8| extension(o, false, &uint(&[v]));
+        let mut extra = vec![
+            extension(oid::PRODUCT_NAME, false, &tlv(0x16, format!("{}-B0", self.product.name()).as_bytes())),
+            spl(oid::BL_SPL, tcb.bootloader),
+            spl(oid::TEE_SPL, tcb.tee),
+            spl(oid::SNP_SPL, tcb.snp),
+            spl(oid::UCODE_SPL, tcb.microcode),
+            extension(oid::HW_ID, false, &tlv(0x04, chip_id)),
+        ];
+        if let Some(fmc) = tcb.fmc {
+            extra.push(spl(oid::FMC_SPL, fmc));
+        }
+        let spec = CertSpec {
+            serial,
+            issuer: &format!("SEV-{}", self.product.name()),
+            subject: "SEV-VCEK",
+            not_before: self.not_before,
+            not_after: self.not_after,
+            ca: false,
+            extra,
+        };
+        (certificate(&spec, &key, &self.ask_key), key)
+    }
+
+    /// The ASK's serial, as the ARK's CRL lists it.
+    #[must_use]
+    pub fn ask_serial(&self) -> Vec<u8> {
+        Certificate::from_der(&self.ask).expect("test certificate parses").serial().to_vec()
+    }
+
+    /// A CRL issued by the ARK (AMD's KDS CRL: it revokes ASKs/ASVKs) listing `revoked` serials.
+    #[must_use]
+    pub fn ark_crl(&self, revoked: &[&[u8]], this_update: UnixTime, next_update: UnixTime) -> Vec<u8> {
+        crl(&format!("ARK-{}", self.product.name()), &self.ark_key, revoked, this_update, next_update)
+    }
+
+    /// A CRL issued by the ASK (it revokes VCEKs) listing `revoked` serials.
+    #[must_use]
+    pub fn ask_crl(&self, revoked: &[&[u8]], this_update: UnixTime, next_update: UnixTime) -> Vec<u8> {
+        crl(&format!("SEV-{}", self.product.name()), &self.ask_key, revoked, this_update, next_update)
+    }
+}
+
+fn crl(
+    issuer: &str,
+    key: &TestKey,
+    revoked: &[&[u8]],
+    this_update: UnixTime,
+    next_update: UnixTime,
+) -> Vec<u8> {
+    let mut tbs = vec![uint(&[1]), ecdsa_sha384(), name(issuer), time(this_update), time(next_update)];
+    if !revoked.is_empty() {
+        tbs.push(seq(&revoked
+            .iter()
+            .map(|serial| seq(&[uint(serial), time(this_update)]))
+            .collect::<Vec<_>>()));
+    }
+    let tbs = seq(&tbs);
+    let sig = key.sign_der(&tbs);
+    seq(&[tbs, ecdsa_sha384(), bit_string(&sig)])
+}
