@@ -356,11 +356,22 @@ fn spec_disk(path: &Path, spec: &serde_json::Value) -> Result<()> {
 
 /// Boots the image with the spec for `reference`, the data disk and (when given) an output disk.
 fn boot(p: &Prepared, tag: &str, reference: &str, broker_port: u16, output: Option<&Path>) -> Result<Vm> {
+    // The broker's signing key (created now if the broker never ran) is pinned in the spec and measured: the
+    // agent accepts only releases and receipts signed by it.
+    let (ok, out) = sealroom_output(&[
+        "broker".as_ref(),
+        "key-id".as_ref(),
+        "--state-dir".as_ref(),
+        p.state.as_os_str(),
+    ])?;
+    ensure!(ok, "sealroom broker key-id failed:\n{out}");
+    let broker_key = out.trim().to_owned();
     let spec = serde_json::json!({
         "image": reference,
         "insecure_registries": [format!("10.0.2.2:{}", p.registry.port())],
         "log_redirect": true,
         "broker": format!("http://10.0.2.2:{broker_port}"),
+        "broker_key": broker_key,
         "key_ids": [KEY_ID],
         "inputs": { INPUT_NAME: format!("serial:{DATA_SERIAL}") },
         "on_exit": "poweroff",
