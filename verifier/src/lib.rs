@@ -12,6 +12,8 @@ pub mod golden_refs;
 pub mod gpu;
 pub mod snp;
 pub mod tdx;
+#[cfg(any(test, feature = "test-anchors"))]
+pub(crate) mod test_der;
 pub mod tpm;
 pub mod x509;
 

@@ -18,86 +18,11 @@ use aws_lc_rs::signature::{
 
 use super::endorsement::{AmdRoot, Product, oid};
 use super::report::{SIGNED_LEN, TcbVersion};
-use crate::x509::{Certificate, UnixTime, format_time};
-
-// ----- DER writing -----------------------------------------------------------------------------------------
-
-fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(u8::try_from(len).expect("short length"));
-    } else {
-        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
-        out.push(0x80 | u8::try_from(bytes.len()).expect("length of length"));
-        out.extend(bytes);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-fn seq(parts: &[Vec<u8>]) -> Vec<u8> {
-    tlv(0x30, &parts.concat())
-}
-
-fn uint(be: &[u8]) -> Vec<u8> {
-    let trimmed: Vec<u8> = be.iter().copied().skip_while(|b| *b == 0).collect();
-    let mut content = if trimmed.is_empty() { vec![0] } else { trimmed };
-    if content.first().is_some_and(|b| b & 0x80 != 0) {
-        content.insert(0, 0);
-    }
-    tlv(0x02, &content)
-}
-
-fn oid_der(dotted: &str) -> Vec<u8> {
-    let arcs: Vec<u64> = dotted.split('.').map(|a| a.parse().expect("OID arc")).collect();
-    let mut content = Vec::new();
-    let first = arcs.first().copied().unwrap_or(0) * 40 + arcs.get(1).copied().unwrap_or(0);
-    for arc in std::iter::once(first).chain(arcs.iter().skip(2).copied()) {
-        let mut groups = vec![u8::try_from(arc & 0x7f).expect("7 bits")];
-        let mut rest = arc >> 7;
-        while rest > 0 {
-            groups.push(0x80 | u8::try_from(rest & 0x7f).expect("7 bits"));
-            rest >>= 7;
-        }
-        content.extend(groups.into_iter().rev());
-    }
-    tlv(0x06, &content)
-}
-
-fn time(t: UnixTime) -> Vec<u8> {
-    // "2025-07-19T10:00:34Z" → UTCTime "250719100034Z" (years 1950-2049) or GeneralizedTime.
-    let mut text: String = format_time(t).chars().filter(char::is_ascii_digit).collect();
-    text.push('Z');
-    let year: i64 = text.get(..4).and_then(|y| y.parse().ok()).expect("year");
-    if (1950..2050).contains(&year) {
-        tlv(0x17, text.get(2..).expect("UTCTime").as_bytes())
-    } else {
-        tlv(0x18, text.as_bytes())
-    }
-}
-
-fn name(cn: &str) -> Vec<u8> {
-    seq(&[tlv(0x31, &seq(&[oid_der("2.5.4.3"), tlv(0x0c, cn.as_bytes())]))])
-}
+use crate::test_der::{bit_string, extension, name, oid_der, seq, time, tlv, uint};
+use crate::x509::{Certificate, UnixTime};
 
 fn ecdsa_sha384() -> Vec<u8> {
     seq(&[oid_der("1.2.840.10045.4.3.3")])
-}
-
-fn bit_string(bytes: &[u8]) -> Vec<u8> {
-    let mut content = vec![0];
-    content.extend_from_slice(bytes);
-    tlv(0x03, &content)
-}
-
-fn extension(oid: &str, critical: bool, value: &[u8]) -> Vec<u8> {
-    let mut parts = vec![oid_der(oid)];
-    if critical {
-        parts.push(tlv(0x01, &[0xff]));
-    }
-    parts.push(tlv(0x04, value));
-    seq(&parts)
 }
 
 // ----- keys and certificates -------------------------------------------------------------------------------

@@ -37,6 +37,38 @@ pub fn intel_root() -> Result<Certificate> {
     .map_err(fail)
 }
 
+/// The root every DCAP chain (PCK chain, PCK CRL issuer chain, TCB signing chain) must end at.
+///
+/// A release build can only make [`IntelRoot::pinned`]: the Intel SGX Root CA embedded in this crate. Tests that
+/// sign their own quotes (`tdx::test_pki`) make a test root with [`IntelRoot::test_root`], which exists only with
+/// the `test-anchors` feature, mirroring `snp::EndorsementCache::with_test_roots`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntelRoot(Certificate);
+
+impl IntelRoot {
+    /// The pinned Intel SGX Root CA.
+    ///
+    /// # Errors
+    /// Never in practice (the embedded certificate parses).
+    pub fn pinned() -> Result<Self> {
+        intel_root().map(Self)
+    }
+
+    /// A test-only trust anchor (an Intel-like root from `tdx::test_pki`). Compiled only with the
+    /// `test-anchors` feature: never in a release build.
+    #[cfg(any(test, feature = "test-anchors"))]
+    #[must_use]
+    pub fn test_root(root: Certificate) -> Self {
+        Self(root)
+    }
+
+    /// The root certificate.
+    #[must_use]
+    pub fn certificate(&self) -> &Certificate {
+        &self.0
+    }
+}
+
 /// A JSON document Intel signed (TCB info or QE identity): the exact signed bytes, the signature (r || s) and
 /// the issuer chain that came with it.
 #[derive(Debug, Clone)]
@@ -234,14 +266,17 @@ impl Collateral {
     /// # Errors
     /// The first failed check, naming the document and the check.
     pub fn verify(&self, at: UnixTime) -> Result<VerifiedCollateral> {
-        self.verify_with_root(&intel_root()?, at)
+        self.verify_under(&IntelRoot::pinned()?, at)
     }
 
-    /// [`Collateral::verify`] with another pinned root (tests of the chain logic only).
+    /// [`Collateral::verify`] under the given root: the pinned Intel SGX Root CA in every release build
+    /// ([`IntelRoot::pinned`]); a test root only with the `test-anchors` feature ([`IntelRoot::test_root`]).
+    /// Every quote checked against the result must chain to this same root.
     ///
     /// # Errors
     /// As [`Collateral::verify`].
-    pub fn verify_with_root(&self, root: &Certificate, at: UnixTime) -> Result<VerifiedCollateral> {
+    pub fn verify_under(&self, root: &IntelRoot, at: UnixTime) -> Result<VerifiedCollateral> {
+        let root = &root.0;
         let roots = std::slice::from_ref(root);
         let mut window = Window { from: root.not_before(), until: root.not_after() };
 

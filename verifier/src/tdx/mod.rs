@@ -26,10 +26,12 @@ pub mod fuzzing;
 pub mod pck;
 pub mod quote;
 pub mod tcb;
+#[cfg(any(test, feature = "test-anchors"))]
+pub mod test_pki;
 
 use aws_lc_rs::digest;
 
-pub use collateral::{Collateral, INTEL_SGX_ROOT_CA_PEM, VerifiedCollateral, intel_root};
+pub use collateral::{Collateral, INTEL_SGX_ROOT_CA_PEM, IntelRoot, VerifiedCollateral, intel_root};
 pub use pck::PckExtension;
 pub use quote::{Body, EnclaveReport, INTEL_QE_VENDOR_ID, Quote, TdReport, TeeType};
 pub use tcb::{QeIdentity, TcbInfo, TcbLevel, TcbStatus};
@@ -218,9 +220,23 @@ fn pck_chain(quote: &Quote<'_>) -> Result<Vec<Certificate>> {
 /// # Errors
 /// The first failed check.
 pub fn verify_quote_signatures(bytes: &[u8], at: UnixTime) -> Result<SignedQuote<'_>> {
+    verify_quote_signatures_under(bytes, &IntelRoot::pinned()?, at)
+}
+
+/// [`verify_quote_signatures`] with the PCK chain ending at `root`: the pinned Intel root in a release build,
+/// a test root only with the `test-anchors` feature (see [`IntelRoot`]).
+///
+/// # Errors
+/// The first failed check.
+pub fn verify_quote_signatures_under<'a>(
+    bytes: &'a [u8],
+    root: &IntelRoot,
+    at: UnixTime,
+) -> Result<SignedQuote<'a>> {
     let quote = Quote::parse(bytes)?;
     let chain = pck_chain(&quote)?;
-    verify_chain(&chain, &[intel_root()?], at).map_err(|e| e.within(LAYER, "PCK chain"))?;
+    verify_chain(&chain, std::slice::from_ref(root.certificate()), at)
+        .map_err(|e| e.within(LAYER, "PCK chain"))?;
     let pck = chain.into_iter().next().ok_or_else(|| fail("PCK chain empty"))?;
     check_quote_signatures(&quote, &pck)?;
     let pck_extension =

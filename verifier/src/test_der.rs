@@ -1,0 +1,92 @@
+//! Minimal DER writing for the test PKIs (`snp::test_pki`, `tdx::test_pki`; feature `test-anchors`, never in a
+//! release build): just enough X.509 to issue certificates and CRLs that the verifier then parses with the same
+//! parser as real ones.
+#![allow(
+    clippy::missing_panics_doc,
+    clippy::expect_used,
+    reason = "test support: a failure is a broken test"
+)]
+
+use crate::x509::{UnixTime, format_time};
+
+/// One DER TLV.
+pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(u8::try_from(len).expect("short length"));
+    } else {
+        let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+        out.push(0x80 | u8::try_from(bytes.len()).expect("length of length"));
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A SEQUENCE of already encoded parts.
+pub(crate) fn seq(parts: &[Vec<u8>]) -> Vec<u8> {
+    tlv(0x30, &parts.concat())
+}
+
+/// A non-negative INTEGER from big-endian bytes.
+pub(crate) fn uint(be: &[u8]) -> Vec<u8> {
+    let trimmed: Vec<u8> = be.iter().copied().skip_while(|b| *b == 0).collect();
+    let mut content = if trimmed.is_empty() { vec![0] } else { trimmed };
+    if content.first().is_some_and(|b| b & 0x80 != 0) {
+        content.insert(0, 0);
+    }
+    tlv(0x02, &content)
+}
+
+/// An OBJECT IDENTIFIER from its dotted form.
+pub(crate) fn oid_der(dotted: &str) -> Vec<u8> {
+    let arcs: Vec<u64> = dotted.split('.').map(|a| a.parse().expect("OID arc")).collect();
+    let mut content = Vec::new();
+    let first = arcs.first().copied().unwrap_or(0) * 40 + arcs.get(1).copied().unwrap_or(0);
+    for arc in std::iter::once(first).chain(arcs.iter().skip(2).copied()) {
+        let mut groups = vec![u8::try_from(arc & 0x7f).expect("7 bits")];
+        let mut rest = arc >> 7;
+        while rest > 0 {
+            groups.push(0x80 | u8::try_from(rest & 0x7f).expect("7 bits"));
+            rest >>= 7;
+        }
+        content.extend(groups.into_iter().rev());
+    }
+    tlv(0x06, &content)
+}
+
+/// UTCTime (years 1950-2049) or GeneralizedTime.
+pub(crate) fn time(t: UnixTime) -> Vec<u8> {
+    // "2025-07-19T10:00:34Z" → UTCTime "250719100034Z".
+    let mut text: String = format_time(t).chars().filter(char::is_ascii_digit).collect();
+    text.push('Z');
+    let year: i64 = text.get(..4).and_then(|y| y.parse().ok()).expect("year");
+    if (1950..2050).contains(&year) {
+        tlv(0x17, text.get(2..).expect("UTCTime").as_bytes())
+    } else {
+        tlv(0x18, text.as_bytes())
+    }
+}
+
+/// A Name holding one common name.
+pub(crate) fn name(cn: &str) -> Vec<u8> {
+    seq(&[tlv(0x31, &seq(&[oid_der("2.5.4.3"), tlv(0x0c, cn.as_bytes())]))])
+}
+
+/// A BIT STRING without unused bits.
+pub(crate) fn bit_string(bytes: &[u8]) -> Vec<u8> {
+    let mut content = vec![0];
+    content.extend_from_slice(bytes);
+    tlv(0x03, &content)
+}
+
+/// One certificate extension.
+pub(crate) fn extension(oid: &str, critical: bool, value: &[u8]) -> Vec<u8> {
+    let mut parts = vec![oid_der(oid)];
+    if critical {
+        parts.push(tlv(0x01, &[0xff]));
+    }
+    parts.push(tlv(0x04, value));
+    seq(&parts)
+}
