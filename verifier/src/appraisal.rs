@@ -18,7 +18,7 @@ use crate::azure::verify::verify_azure;
 use crate::ear::{Appraisal, Ear, LayerResult, Outcome, TrustworthinessVector, tier};
 use crate::error::{Error, Result};
 use crate::snp::{Collateral, EndorsementCache, SnpPolicy, verify_report_detailed};
-use crate::tdx::{TdReport, VerifiedCollateral, verify_quote_signatures, verify_tdx_quote};
+use crate::tdx::{TcbStatus, TdReport, VerifiedCollateral, verify_quote_signatures, verify_tdx_quote};
 use crate::tpm::credential::ActivatedAk;
 use crate::tpm::gce_proto::GceAttestation;
 use crate::tpm::quote::ExpectedExtraData;
@@ -33,6 +33,11 @@ pub enum Reference {
     Skip(SkipMarker),
     /// Register name ("pcr11.sha256", "snp.measurement", "rtmr2") → allowed values (lower-case hex).
     Digests(BTreeMap<String, BTreeSet<String>>),
+    /// Nothing was given for this layer and nobody chose to skip it. The layer is reported as not checked and
+    /// the verdict is at best a warning naming it, so a check is never skipped silently. Never parsed: it is
+    /// the absence of input.
+    #[serde(skip)]
+    NotGiven,
 }
 
 /// The literal `"skip"`.
@@ -68,6 +73,21 @@ impl ReferenceValues {
     #[must_use]
     pub fn skip_all() -> Self {
         Self { firmware: Reference::skip(), kernel: Reference::skip(), workload: Reference::skip() }
+    }
+
+    /// No reference values at all: every measured layer the evidence has is reported as not checked.
+    #[must_use]
+    pub fn not_given() -> Self {
+        Self { firmware: Reference::NotGiven, kernel: Reference::NotGiven, workload: Reference::NotGiven }
+    }
+
+    /// The reference of one layer.
+    pub fn layer_mut(&mut self, layer: Layer) -> &mut Reference {
+        match layer {
+            Layer::Firmware => &mut self.firmware,
+            Layer::Kernel => &mut self.kernel,
+            Layer::Workload => &mut self.workload,
+        }
     }
 
     /// Parses the JSON form: `{"firmware": {"snp.measurement": ["…"]}, "kernel": "skip", "workload": "skip"}`.
@@ -113,6 +133,9 @@ pub enum Layer {
 }
 
 impl Layer {
+    /// Every measured layer, in order.
+    pub const ALL: [Self; 3] = [Self::Firmware, Self::Kernel, Self::Workload];
+
     /// Its name.
     #[must_use]
     pub fn name(self) -> &'static str {
@@ -131,12 +154,16 @@ pub fn layer_of(register: &str) -> Option<Layer> {
     if register == "snp.measurement" {
         return Some(Layer::Firmware);
     }
+    // An SGX enclave's identity is the code running in the TEE: the workload.
+    if base == "sgx" && !matches!(register, "sgx.mrenclave" | "sgx.mrsigner") {
+        return None;
+    }
     match base {
         "mrtd" | "rtmr0" | "pcr0" | "pcr1" | "pcr2" | "pcr3" | "pcr5" | "pcr6" | "pcr7" => {
             Some(Layer::Firmware)
         }
         "rtmr1" | "rtmr2" | "pcr4" | "pcr9" | "pcr11" | "pcr12" => Some(Layer::Kernel),
-        "rtmr3" | "pcr15" => Some(Layer::Workload),
+        "rtmr3" | "pcr15" | "sgx" => Some(Layer::Workload),
         _ => None,
     }
 }
@@ -150,16 +177,43 @@ pub struct Policy {
     pub references: ReferenceValues,
     /// A name for the EAR's `ear.appraisal-policy-id`.
     pub id: String,
+    /// Intel TCB statuses (TDX and SGX, with collateral) accepted without a warning. Default: `UpToDate`.
+    pub tcb_statuses: Vec<TcbStatus>,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Self {
             snp: SnpPolicy::default(),
-            references: ReferenceValues::skip_all(),
+            references: ReferenceValues::not_given(),
             id: "sealroom/default".into(),
+            tcb_statuses: vec![TcbStatus::UpToDate],
         }
     }
+}
+
+impl Policy {
+    /// The warning for an Intel TCB status this policy does not accept, `None` when accepted.
+    fn tcb_warning(&self, layer: &str, status: TcbStatus, advisories: &[String]) -> Option<String> {
+        if self.tcb_statuses.contains(&status) {
+            return None;
+        }
+        let accepted = self.tcb_statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        let advisories = if advisories.is_empty() {
+            String::new()
+        } else {
+            format!(" (advisories {})", advisories.join(", "))
+        };
+        Some(format!("{layer}: TCB status {status}{advisories} is not an accepted status ({accepted})"))
+    }
+}
+
+/// The warning when a quote was checked without Intel collateral.
+fn no_collateral_warning(layer: &str) -> String {
+    format!(
+        "{layer}: no collateral: TCB status not evaluated (quote signatures and PCK chain verified, PCK revocation \
+         not checked)"
+    )
 }
 
 /// Evidence as the verifier receives it.
@@ -181,6 +235,8 @@ pub enum EvidenceInput {
     Azure(Box<AzureEvidence>),
     /// A raw TDX DCAP quote (v4/v5).
     TdxQuote(Vec<u8>),
+    /// A raw SGX DCAP quote (v3, or v5 with an SGX body).
+    SgxQuote(Vec<u8>),
 }
 
 impl EvidenceInput {
@@ -189,9 +245,16 @@ impl EvidenceInput {
             Self::Sealroom(_) => "sealroom evidence",
             Self::SnpReport { .. } => "sev-snp report",
             Self::Gce(_) => "gce vtpm attestation",
-            Self::Azure(a) if a.td_quote.is_some() => "azure tdx vtpm evidence",
-            Self::Azure(_) => "azure sev-snp vtpm evidence",
+            // Named by the HCL report's hardware type, not by which parts happen to be present: TDX evidence
+            // without its TD quote is still TDX evidence (and is refused for the missing quote).
+            Self::Azure(a) => match crate::azure::hcl::HclReport::parse(&a.hcl_report).map(|h| h.report_type)
+            {
+                Ok(crate::azure::hcl::HwReportType::Tdx) => "azure tdx vtpm evidence",
+                Ok(crate::azure::hcl::HwReportType::Snp) => "azure sev-snp vtpm evidence",
+                _ => "azure vtpm evidence (unreadable HCL report)",
+            },
             Self::TdxQuote(_) => "tdx quote",
+            Self::SgxQuote(_) => "sgx quote",
         }
     }
 }
@@ -227,8 +290,8 @@ struct Established {
     identity_ok: bool,
     config_ok: bool,
     hardware_ok: bool,
-    /// Genuine, but the TCB is not known to be up to date.
-    hardware_warning: bool,
+    /// Genuine, but the TCB is not known to be up to date: one line per reason.
+    hardware_warnings: Vec<String>,
     tee: bool,
 }
 
@@ -299,7 +362,7 @@ fn add_td_registers(registers: &mut BTreeMap<String, String>, mr_td: &[u8; 48], 
 }
 
 /// Verifies a TD quote: with collateral fully (TCB status), without only signatures and the PCK chain.
-fn tdx_platform(quote: &[u8], ctx: &Ctx<'_>, est: &mut Established) -> Option<[u8; 64]> {
+fn tdx_platform(quote: &[u8], policy: &Policy, ctx: &Ctx<'_>, est: &mut Established) -> Option<[u8; 64]> {
     if let Some(collateral) = ctx.tdx_collateral {
         match verify_tdx_quote(quote, collateral, ctx.at) {
             Err(e) => {
@@ -311,7 +374,7 @@ fn tdx_platform(quote: &[u8], ctx: &Ctx<'_>, est: &mut Established) -> Option<[u
                 est.hardware_ok = true;
                 est.config_ok = true;
                 est.tee = true;
-                est.hardware_warning = td.tcb_status.as_str() != "UpToDate";
+                est.hardware_warnings.extend(policy.tcb_warning("tdx", td.tcb_status, &td.advisory_ids));
                 add_td_registers(&mut est.registers, &td.mr_td, &td.rtmr);
                 let claims = json!({
                     "version": td.version,
@@ -347,7 +410,7 @@ fn tdx_platform(quote: &[u8], ctx: &Ctx<'_>, est: &mut Established) -> Option<[u
                 est.hardware_ok = true;
                 est.config_ok = true;
                 est.tee = true;
-                est.hardware_warning = true;
+                est.hardware_warnings.push(no_collateral_warning("tdx"));
                 add_td_registers(&mut est.registers, &td.mr_td, &td.rtmr);
                 let claims = json!({
                     "version": signed.quote.version,
@@ -358,6 +421,83 @@ fn tdx_platform(quote: &[u8], ctx: &Ctx<'_>, est: &mut Established) -> Option<[u
                 });
                 est.layers.push(layer("platform", "intel root", claims, vec![]));
                 Some(td.report_data)
+            }
+        }
+    }
+}
+
+/// Verifies an SGX enclave quote: with collateral fully (QE identity, TCB status, debug enclaves refused),
+/// without only its signatures and PCK chain. The enclave's identity (MRENCLAVE, MRSIGNER) is the workload.
+fn sgx_platform(quote: &[u8], policy: &Policy, ctx: &Ctx<'_>, est: &mut Established) -> Option<[u8; 64]> {
+    let enclave = |est: &mut Established, mr_enclave: &[u8; 32], mr_signer: &[u8; 32]| {
+        est.identity_ok = true;
+        est.hardware_ok = true;
+        est.config_ok = true;
+        est.tee = true;
+        est.registers.insert("sgx.mrenclave".into(), hex::encode(mr_enclave));
+        est.registers.insert("sgx.mrsigner".into(), hex::encode(mr_signer));
+    };
+    if let Some(collateral) = ctx.tdx_collateral {
+        match crate::tdx::verify_quote(quote, collateral, ctx.at) {
+            Err(e) => {
+                est.layers.push(layer("platform", "intel collateral", json!({}), e.reasons()));
+                None
+            }
+            Ok(crate::tdx::VerifiedQuote::Sgx(q)) => {
+                enclave(est, &q.mr_enclave, &q.mr_signer);
+                est.hardware_warnings.extend(policy.tcb_warning("sgx", q.tcb_status, &q.advisory_ids));
+                let claims = json!({
+                    "version": q.version,
+                    "tcb_status": q.tcb_status.as_str(),
+                    "advisory_ids": q.advisory_ids,
+                    "fmspc": hex::encode(q.fmspc),
+                    "isv_prod_id": q.isv_prod_id,
+                    "isv_svn": q.isv_svn,
+                    "attributes": hex::encode(q.attributes),
+                    "report_data": hex::encode(q.report_data),
+                });
+                est.layers.push(layer("platform", "intel collateral", claims, vec![]));
+                Some(q.report_data)
+            }
+            Ok(_) => {
+                est.layers.push(layer(
+                    "platform",
+                    "intel collateral",
+                    json!({}),
+                    vec!["sgx: not an SGX enclave quote".into()],
+                ));
+                None
+            }
+        }
+    } else {
+        match verify_quote_signatures(quote, ctx.at) {
+            Err(e) => {
+                est.layers.push(layer("platform", "intel root", json!({}), e.reasons()));
+                None
+            }
+            Ok(signed) => {
+                let Some(report) = signed.quote.enclave_report() else {
+                    est.layers.push(layer(
+                        "platform",
+                        "intel root",
+                        json!({}),
+                        vec!["sgx: not an SGX enclave quote".into()],
+                    ));
+                    return None;
+                };
+                enclave(est, &report.mr_enclave, &report.mr_signer);
+                est.hardware_warnings.push(no_collateral_warning("sgx"));
+                let claims = json!({
+                    "version": signed.quote.version,
+                    "tcb_status": "unknown: no Intel collateral given (signatures and PCK chain verified, no CRLs)",
+                    "fmspc": hex::encode(signed.pck_extension.fmspc),
+                    "isv_prod_id": report.isv_prod_id,
+                    "isv_svn": report.isv_svn,
+                    "attributes": hex::encode(report.attributes),
+                    "report_data": hex::encode(report.report_data),
+                });
+                est.layers.push(layer("platform", "intel root", claims, vec![]));
+                Some(report.report_data)
             }
         }
     }
@@ -456,15 +596,15 @@ fn platform_gce(att: &GceAttestation, ctx: &Ctx<'_>, est: &mut Established) {
 }
 
 fn platform_azure(ev: &AzureEvidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut Established) {
-    let tdx_warning = std::cell::Cell::new(false);
+    let tdx_warning = std::cell::RefCell::new(None);
     let td_check = |q: &[u8]| -> Result<[u8; 64]> {
         if let Some(c) = ctx.tdx_collateral {
             let td = verify_tdx_quote(q, c, ctx.at)?;
-            tdx_warning.set(td.tcb_status.as_str() != "UpToDate");
+            tdx_warning.replace(policy.tcb_warning("tdx", td.tcb_status, &td.advisory_ids));
             Ok(td.report_data)
         } else {
             let signed = verify_quote_signatures(q, ctx.at)?;
-            tdx_warning.set(true);
+            tdx_warning.replace(Some(no_collateral_warning("tdx")));
             match &signed.quote.body {
                 crate::tdx::Body::Td(td) => Ok(td.report_data),
                 _ => Err(Error::check("tdx", "not a TD quote")),
@@ -472,7 +612,7 @@ fn platform_azure(ev: &AzureEvidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut 
         }
     };
     let result = verify_azure(ev, ctx.nonce.as_deref(), ctx.snp_cache, &policy.snp, Some(&td_check), ctx.at);
-    est.hardware_warning = tdx_warning.get();
+    est.hardware_warnings.extend(tdx_warning.into_inner());
     match result {
         Err(e) => est.layers.push(layer("platform", "policy", json!({}), e.reasons())),
         Ok(v) => {
@@ -498,6 +638,11 @@ fn platform_azure(ev: &AzureEvidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut 
         }
     }
 }
+
+/// The refusal of a TPM AK that nothing vouches for.
+pub const UNTRUSTED_AK: &str = "tpm quote: AK not trusted: no GCE AK certificate, not an enrolled AK (--tpm-ak), \
+     not activated against an EK certificate from a configured EK CA (--tpm-ek-ca); an AK is never trusted on \
+     first use";
 
 fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut Established) {
     if let Some(n) = &ctx.nonce
@@ -540,6 +685,13 @@ fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut Es
                     (AkTrust::EkCertified(a.clone()), "ek-certified ak")
                 } else if ctx.enrolled_tpm_aks.contains(&tpm.ak_public) {
                     (AkTrust::Pinned(tpm.ak_public.clone()), "enrolled ak")
+                } else if tpm.ak_cert_chain.is_empty()
+                    && crate::tpm::structures::Public::parse(&tpm.ak_public).is_ok()
+                {
+                    // A well-formed AK with no way left to trust it: never on first use. (A malformed one is
+                    // refused for its structure by the quote verification below.)
+                    est.layers.push(layer("platform", "ak trust", json!({}), vec![UNTRUSTED_AK.into()]));
+                    return;
                 } else {
                     (AkTrust::GoogleCa, "google ak ca")
                 };
@@ -601,7 +753,7 @@ fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut Es
         }
         Platform::Tdx => {
             let Some(tdx) = &ev.tdx else { return };
-            if let Some(rd) = tdx_platform(&tdx.quote, ctx, est) {
+            if let Some(rd) = tdx_platform(&tdx.quote, policy, ctx, est) {
                 let r = check_report_data(&rd, &ev.nonce, &ev.tee_public_key).map_err(Error::from);
                 tpm_binding_layer(r, "REPORT_DATA", est);
                 replay_ccel(&tdx.ccel_log, est);
@@ -725,14 +877,70 @@ fn workload_claims(records: &[sealroom_measurements::cel::CelRecord]) -> serde_j
     serde_json::Value::Object(launch)
 }
 
-fn measured_layers(refs: &ReferenceValues, est: &mut Established) -> Vec<(Layer, Outcome)> {
+/// How a measured layer was judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judged {
+    /// Compared with reference values.
+    Compared(Outcome),
+    /// Skipped by an explicit choice, or not measured by this evidence at all.
+    Skipped,
+    /// Measured, but no reference values were given and nobody chose to skip it.
+    NotChecked,
+}
+
+/// Registers named compactly for a one-line reason: PCRs by index with their banks ("PCR 0, 1, 7 in sha1,
+/// sha256"), the others by name ("mrtd, rtmr0").
+fn register_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut pcrs = BTreeSet::new();
+    let mut banks = BTreeSet::new();
+    let mut others = Vec::new();
+    for name in names {
+        let parsed = name
+            .strip_prefix("pcr")
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(index, bank)| Some((index.parse::<u32>().ok()?, bank)));
+        match parsed {
+            Some((index, bank)) => {
+                pcrs.insert(index);
+                banks.insert(bank);
+            }
+            None => others.push(name.to_owned()),
+        }
+    }
+    if !pcrs.is_empty() {
+        let indices = pcrs.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+        let banks = banks.into_iter().collect::<Vec<_>>().join(", ");
+        others.insert(0, format!("PCR {indices} in {banks}"));
+    }
+    others.join(", ")
+}
+
+fn measured_layers(refs: &ReferenceValues, est: &mut Established) -> (Vec<(Layer, Judged)>, Vec<String>) {
     let mut out = Vec::new();
+    let mut warnings = Vec::new();
     for (l, r) in
         [(Layer::Firmware, &refs.firmware), (Layer::Kernel, &refs.kernel), (Layer::Workload, &refs.workload)]
     {
         let present: BTreeMap<&String, &String> =
             est.registers.iter().filter(|(k, _)| layer_of(k) == Some(l)).collect();
         match r {
+            Reference::NotGiven => {
+                let judged = if present.is_empty() {
+                    Judged::Skipped
+                } else {
+                    let names = register_list(present.keys().map(|k| k.as_str()));
+                    warnings.push(format!("{}: not checked: no reference values given ({names})", l.name()));
+                    Judged::NotChecked
+                };
+                est.layers.push(LayerResult {
+                    layer: l.name().into(),
+                    outcome: Outcome::Skipped,
+                    reference: "not given".into(),
+                    claims: json!(present),
+                    failures: vec![],
+                });
+                out.push((l, judged));
+            }
             Reference::Skip(_) => {
                 est.layers.push(LayerResult {
                     layer: l.name().into(),
@@ -741,7 +949,7 @@ fn measured_layers(refs: &ReferenceValues, est: &mut Established) -> Vec<(Layer,
                     claims: json!(present),
                     failures: vec![],
                 });
-                out.push((l, Outcome::Skipped));
+                out.push((l, Judged::Skipped));
             }
             Reference::Digests(map) => {
                 let mut failures = Vec::new();
@@ -756,12 +964,12 @@ fn measured_layers(refs: &ReferenceValues, est: &mut Established) -> Vec<(Layer,
                     }
                 }
                 let res = layer(l.name(), "digests", json!(present), failures);
-                out.push((l, res.outcome));
+                out.push((l, Judged::Compared(res.outcome)));
                 est.layers.push(res);
             }
         }
     }
-    out
+    (out, warnings)
 }
 
 /// The binding layer of a raw quote or report (not sealroom Evidence): REPORT_DATA must carry the caller's
@@ -808,26 +1016,36 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ea
         EvidenceInput::Azure(az) => platform_azure(az, policy, ctx, &mut est),
         EvidenceInput::Sealroom(ev) => platform_sealroom(ev, policy, ctx, &mut est),
         EvidenceInput::TdxQuote(q) => {
-            if let Some(rd) = tdx_platform(q, ctx, &mut est) {
+            if let Some(rd) = tdx_platform(q, policy, ctx, &mut est) {
                 raw_report_data_binding("tdx", &rd, ctx, &mut est);
             }
         }
+        EvidenceInput::SgxQuote(q) => {
+            if let Some(rd) = sgx_platform(q, policy, ctx, &mut est) {
+                raw_report_data_binding("sgx", &rd, ctx, &mut est);
+            }
+        }
     }
-    let measured = measured_layers(&policy.references, &mut est);
+    let (measured, mut warnings) = measured_layers(&policy.references, &mut est);
     let any_failed = est.layers.iter().any(|l| l.outcome == Outcome::Failed);
     let bound_failed = est.layers.iter().any(|l| {
         l.outcome == Outcome::Failed && matches!(l.layer.as_str(), "binding" | "event log" | "runtime log")
     });
-    let executables = if measured.iter().any(|(_, o)| *o == Outcome::Failed) {
+    // Affirming only when every measured layer was compared or skipped by choice; a layer nobody judged is a
+    // warning that names it.
+    let executables = if measured.iter().any(|(_, j)| *j == Judged::Compared(Outcome::Failed)) {
         tier::CONTRAINDICATED
-    } else if measured.iter().all(|(_, o)| *o == Outcome::Skipped) {
+    } else if measured.iter().any(|(_, j)| *j == Judged::NotChecked) {
+        tier::UNRECOGNIZED
+    } else if measured.iter().all(|(_, j)| *j == Judged::Skipped) {
         tier::NONE
-    } else if measured.iter().all(|(_, o)| *o == Outcome::Passed) {
+    } else if measured.iter().all(|(_, j)| *j == Judged::Compared(Outcome::Passed)) {
         tier::AFFIRMING
-    } else if measured.iter().any(|(l, o)| *l == Layer::Workload && *o == Outcome::Skipped) {
+    } else if measured.iter().any(|(l, j)| *l == Layer::Workload && *j == Judged::Skipped) {
         tier::APPROVED_BOOT
     } else {
-        tier::UNRECOGNIZED
+        // Some layer skipped by choice, the workload compared and passed.
+        tier::AFFIRMING
     };
     let tv = TrustworthinessVector {
         instance_identity: if est.identity_ok && !bound_failed {
@@ -839,7 +1057,7 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ea
         executables,
         hardware: if !est.hardware_ok {
             tier::UNRECOGNIZED_HARDWARE
-        } else if est.hardware_warning {
+        } else if !est.hardware_warnings.is_empty() {
             tier::OUTDATED_TCB
         } else {
             tier::AFFIRMING
@@ -851,12 +1069,14 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ea
     if any_failed {
         status = crate::ear::Status::Contraindicated;
     }
+    warnings.splice(0..0, est.hardware_warnings);
     let appraisal = Appraisal {
         status,
         trust_vector: tv,
         policy_id: policy.id.clone(),
         evidence: input.kind().into(),
         layers: est.layers,
+        warnings,
     };
     Ear::single(ctx.at, "sealroom", appraisal)
 }

@@ -178,6 +178,10 @@ pub struct Appraisal {
     /// Per-layer results, in verification order.
     #[serde(rename = "sealroom.layers")]
     pub layers: Vec<LayerResult>,
+    /// One line per reason the status is not affirming although nothing failed ("tdx: no collateral: TCB
+    /// status not evaluated …", "workload: not checked: …"). A warning status always has at least one.
+    #[serde(rename = "sealroom.warnings")]
+    pub warnings: Vec<String>,
 }
 
 /// An EAR.
@@ -213,6 +217,12 @@ impl Ear {
     #[must_use]
     pub fn failures(&self) -> Vec<String> {
         self.submods.values().flat_map(|a| a.layers.iter().flat_map(|l| l.failures.clone())).collect()
+    }
+
+    /// Every warning line, in submodule order.
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        self.submods.values().flat_map(|a| a.warnings.clone()).collect()
     }
 
     /// Pretty JSON.
@@ -256,6 +266,9 @@ impl Ear {
                         let _ = writeln!(out, "  {:<12}   workload.{k}: {text}", "");
                     }
                 }
+            }
+            for w in &a.warnings {
+                let _ = writeln!(out, "  warning: {w}");
             }
         }
         out
@@ -314,6 +327,7 @@ mod tests {
                 claims: serde_json::json!({}),
                 failures: vec![],
             }],
+            warnings: vec![],
         };
         let ear = Ear::single(1_700_000_000, "sealroom", a);
         let json = ear.to_json();

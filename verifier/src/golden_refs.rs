@@ -156,7 +156,7 @@ pub fn evidence_families(input: &EvidenceInput) -> BTreeSet<String> {
         // Azure's vTPM quote covers the SHA-256 bank (`azure::verify`).
         EvidenceInput::Azure(_) => BTreeSet::from([pcr_family(HashAlg::Sha256)]),
         EvidenceInput::TdxQuote(_) => BTreeSet::from(["rtmr".to_owned()]),
-        EvidenceInput::SnpReport { .. } => BTreeSet::new(),
+        EvidenceInput::SnpReport { .. } | EvidenceInput::SgxQuote(_) => BTreeSet::new(),
     }
 }
 

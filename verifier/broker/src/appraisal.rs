@@ -272,6 +272,7 @@ impl Appraiser for VerifierAppraiser {
             },
             references: ReferenceValues::skip_all(),
             id: "sealroom.keybroker.v1".into(),
+            ..Policy::default()
         };
         let ctx = Context {
             at: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),

@@ -1,8 +1,9 @@
 //! `sealroom attest`: ask a running agent for fresh evidence and print the verifier's verdict.
 //!
 //! A fresh 32-byte nonce comes from the OS random generator; the agent binds it (with its TEE key) into the
-//! quote/report, and the appraisal checks that binding together with every other layer. Exit status 0 means
-//! affirming; otherwise the first reason is printed and the exit status is 1.
+//! quote/report, and the appraisal checks that binding together with every other layer. Exit status as
+//! `sealroom verify`'s (0 affirming, 1 contraindicated, 3 warning with one line per reason), except that an
+//! agent or input that fails exits 1.
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,8 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use sealroom_measurements::evidence::Evidence;
 use sealroom_proto::attestation::v1 as pb;
 use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
-use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, ReferenceValues, appraise};
-use sealroom_verifier::ear::Status;
+use sealroom_verifier::appraisal::{Context, EvidenceInput, appraise};
 use sealroom_verifier::snp::EndorsementCache;
 use sealroom_verifier::tdx;
 use sealroom_verifier::tpm::credential::{ActivatedAk, SECRET_LEN, accept_activation, issue_challenge};
@@ -23,18 +23,8 @@ pub struct Args {
     /// The agent's gRPC endpoint, e.g. http://127.0.0.1:7443.
     #[arg(long)]
     agent: String,
-    /// A signed golden measurement document (`golden.json`, its signature in `<FILE>.sig`): the registers it
-    /// predicts become the kernel layer's reference values; firmware and workload are skipped explicitly.
-    #[arg(long, value_name = "GOLDEN_JSON", conflicts_with = "reference")]
-    golden: Option<PathBuf>,
-    /// The golden document's signer: a raw Ed25519 public key (hex) or a file holding it. Default: the release
-    /// key pinned in this build.
-    #[arg(long, value_name = "HEX_OR_FILE", requires = "golden")]
-    golden_key: Option<String>,
-    /// Reference values (JSON: {"firmware": {...} | "skip", "kernel": …, "workload": …}). Default (without
-    /// --golden): every measured layer explicitly skipped.
-    #[arg(long)]
-    reference: Option<PathBuf>,
+    #[command(flatten)]
+    references: crate::verdict::ReferenceArgs,
     /// Intel collateral for TDX evidence (a dcap-qvl QuoteCollateralV3 JSON file or a directory of PCS files).
     #[arg(long)]
     collateral: Option<PathBuf>,
@@ -155,20 +145,7 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     let input = EvidenceInput::Sealroom(Box::new(evidence));
-    let mut policy = Policy::default();
-    if let Some(p) = &args.golden {
-        let golden = super::verify_cmd::load_golden(p, args.golden_key.as_deref())?;
-        policy.references = golden.reference_values(&input)?;
-        policy.id = golden.policy_id();
-    }
-    if let Some(p) = &args.reference {
-        let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-        policy.references = ReferenceValues::from_json(&text)?;
-        policy.id = format!(
-            "sealroom/{}",
-            p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-        );
-    }
+    let policy = args.references.policy(&input)?;
     let has_tdx = matches!(&input, EvidenceInput::Sealroom(e) if e.tdx.is_some());
     let tdx_collateral = match &args.collateral {
         Some(dir) if has_tdx => Some(tdx::Collateral::load(dir)?.verify(at)?),
@@ -190,20 +167,7 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         println!("agent {} nonce {}", args.agent, hex::encode(nonce));
         print!("{}", ear.to_table());
-        if args.golden.is_none() && args.reference.is_none() {
-            println!(
-                "note: no --golden or --reference given: firmware, kernel and workload layers are explicitly \
-                 skipped"
-            );
-        }
         println!("verified at {}", format_time(at));
     }
-    match ear.status() {
-        Status::Affirming => Ok(()),
-        status => {
-            let first = ear.failures().first().cloned().unwrap_or_else(|| format!("status {status}"));
-            eprintln!("refused ({status}): {first}");
-            std::process::exit(1)
-        }
-    }
+    crate::verdict::exit_with(&ear)
 }

@@ -9,8 +9,10 @@ mod audit_cmd;
 mod binding_cmd;
 mod broker_cmd;
 mod eventlog_cmd;
+mod evidence_kind;
 mod measure_cmd;
 mod receipt_cmd;
+mod verdict;
 mod verify_cmd;
 mod verify_gpu;
 
@@ -32,8 +34,9 @@ enum Command {
     Attest(attest_cmd::Args),
     /// Verify a key broker's hash-chained audit log.
     Audit(audit_cmd::Args),
-    /// Verify evidence offline (SEV-SNP, GCE vTPM, Azure vTPM, sealroom Evidence, an NVIDIA GPU report) and print
-    /// the EAR.
+    /// Verify evidence offline (TDX and SGX quotes, SEV-SNP reports, GCE vTPM, Azure vTPM, sealroom Evidence, an
+    /// NVIDIA GPU report) and print the EAR.
+    #[command(after_help = verdict::EXIT_STATUS)]
     Verify(verify_cmd::Args),
     /// Predict a UKI's or disk image's boot measurements; check or write a signed golden document.
     Measure(measure_cmd::Args),
@@ -51,7 +54,14 @@ fn main() -> Result<()> {
         Command::Broker(args) => broker_cmd::run(&args),
         Command::Attest(args) => attest_cmd::run(&args),
         Command::Audit(args) => audit_cmd::run(&args),
-        Command::Verify(args) => verify_cmd::run(&args),
+        Command::Verify(args) => {
+            // No verdict (unreadable or unrecognised input): exit 4, apart from the verdicts' 0, 1 and 3.
+            if let Err(e) = verify_cmd::run(&args) {
+                eprintln!("error: {e:#}");
+                std::process::exit(4)
+            }
+            Ok(())
+        }
         Command::Measure(args) => measure_cmd::run(&args),
         Command::Eventlog(args) => eventlog_cmd::run(&args),
         Command::VerifyReceipt(args) => receipt_cmd::run(&args),

@@ -1,32 +1,35 @@
 //! `sealroom verify`: judge one piece of evidence offline and print the attestation result (EAR).
 //!
-//! The input kind is detected from the bytes: sealroom `Evidence` protobuf, a go-tpm-tools GCE `Attestation`
-//! protobuf, a raw SEV-SNP report (its VCEK/VLEK from `--vcek` or the collateral directory), or Azure vTPM
-//! evidence JSON. Exit status 0 means affirming; anything else prints the reasons and exits non-zero.
+//! The input kind is detected from the bytes (`crate::evidence_kind`): a TDX or SGX DCAP quote, a raw SEV-SNP
+//! report (its VCEK/VLEK from `--vcek` or the collateral directory), Azure vTPM evidence JSON, sealroom
+//! `Evidence` protobuf or a go-tpm-tools GCE `Attestation` protobuf, each raw or as hex text. The exit status
+//! says affirming, contraindicated, warning or no verdict (`crate::verdict::EXIT_STATUS`), with one line per
+//! reason.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use sealroom_measurements::evidence::Evidence;
-use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, ReferenceValues, appraise};
-use sealroom_verifier::azure::evidence::AzureEvidence;
-use sealroom_verifier::ear::Status;
+use sealroom_verifier::appraisal::{Context, EvidenceInput, appraise};
 use sealroom_verifier::golden_refs::GoldenReferences;
 use sealroom_verifier::snp::EndorsementCache;
 use sealroom_verifier::snp::endorsement::verify_endorsement;
-use sealroom_verifier::snp::report::{REPORT_LEN, SnpReport};
+use sealroom_verifier::snp::report::SnpReport;
 use sealroom_verifier::snp::verify::check_signature;
 use sealroom_verifier::tdx;
-use sealroom_verifier::tpm::gce_proto::GceAttestation;
 use sealroom_verifier::x509::{Certificate, UnixTime, format_time, parse_time};
+
+use crate::evidence_kind::{Detected, detect};
+use crate::verdict::ReferenceArgs;
 
 /// Arguments of `sealroom verify`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The evidence file.
+    /// The evidence file: a TDX (v4/v5) or SGX (v3/v5) DCAP quote, an SEV-SNP report, Azure vTPM evidence JSON,
+    /// sealroom Evidence or a GCE attestation (protobuf); binary kinds raw or as hex text.
     #[arg(long)]
     evidence: PathBuf,
-    /// Collateral: for SEV-SNP reports a directory holding the VCEK/VLEK; for TDX quotes Intel collateral (a
-    /// dcap-qvl QuoteCollateralV3 JSON file or a directory of PCS files).
+    /// Collateral: for SEV-SNP reports a directory holding the VCEK/VLEK; for TDX and SGX quotes Intel
+    /// collateral (a dcap-qvl QuoteCollateralV3 JSON file or a directory of PCS files). Without it a quote's
+    /// TCB status is not evaluated (a warning).
     #[arg(long)]
     collateral: Option<PathBuf>,
     /// VCEK or VLEK certificate (DER or PEM) for a raw SEV-SNP report.
@@ -38,19 +41,8 @@ pub struct Args {
     /// The expected nonce (hex). Without it freshness is reported as not checked.
     #[arg(long)]
     nonce: Option<String>,
-    /// Reference values (JSON: {"firmware": {...} | "skip", "kernel": …, "workload": …}). Default: every
-    /// measured layer explicitly skipped.
-    #[arg(long)]
-    reference: Option<PathBuf>,
-    /// A signed golden measurement document (`golden.json`, its signature in `<FILE>.sig`): the registers it
-    /// predicts (PCR 4, 9, 11, 12 of each quoted bank; RTMR1, RTMR2) become the kernel layer's reference values;
-    /// firmware and workload are skipped explicitly.
-    #[arg(long, value_name = "GOLDEN_JSON", conflicts_with = "reference")]
-    golden: Option<PathBuf>,
-    /// The golden document's signer: a raw Ed25519 public key (hex) or a file holding it. Default: the release
-    /// key pinned in this build.
-    #[arg(long, value_name = "HEX_OR_FILE", requires = "golden")]
-    golden_key: Option<String>,
+    #[command(flatten)]
+    references: ReferenceArgs,
     /// Accept SEV-SNP guests whose policy allows debugging.
     #[arg(long)]
     allow_debug: bool,
@@ -140,38 +132,25 @@ fn find_endorsement(args: &Args, report: &[u8]) -> Result<Vec<u8>> {
     chaining.with_context(|| format!("no VCEK/VLEK chaining to an AMD root in {}", dir.display()))
 }
 
-fn detect(bytes: &[u8], args: &Args) -> Result<EvidenceInput> {
-    if AzureEvidence::looks_like(bytes) {
-        return Ok(EvidenceInput::Azure(Box::new(AzureEvidence::parse_json(bytes)?)));
-    }
-    if bytes.len() == REPORT_LEN
-        && matches!(bytes.first(), Some(2..=5))
-        && bytes.get(1..4) == Some(&[0, 0, 0])
-    {
-        return Ok(EvidenceInput::SnpReport {
-            report: bytes.to_vec(),
-            endorsement: find_endorsement(args, bytes)?,
-        });
-    }
-    if matches!(bytes.get(..2), Some([4 | 5, 0])) && bytes.get(4..8) == Some(&[0x81, 0, 0, 0]) {
-        return Ok(EvidenceInput::TdxQuote(bytes.to_vec()));
-    }
-    let sealroom = Evidence::decode(bytes);
-    if let Ok(ev) = sealroom {
-        return Ok(EvidenceInput::Sealroom(Box::new(ev)));
-    }
-    if let Ok(att) = GceAttestation::decode(bytes) {
-        return Ok(EvidenceInput::Gce(Box::new(att)));
-    }
-    bail!(
-        "unrecognised evidence (not sealroom Evidence, a GCE attestation, an SNP report or Azure JSON): {}",
-        sealroom.err().map(|e| e.to_string()).unwrap_or_default()
-    )
+/// The evidence as the appraisal takes it: a raw SEV-SNP report gets its VCEK/VLEK here.
+fn evidence_input(detected: Detected, args: &Args) -> Result<EvidenceInput> {
+    Ok(match detected {
+        Detected::Azure(a) => EvidenceInput::Azure(a),
+        Detected::SnpReport(report) => {
+            let endorsement = find_endorsement(args, &report)?;
+            EvidenceInput::SnpReport { report, endorsement }
+        }
+        Detected::TdxQuote(q) => EvidenceInput::TdxQuote(q),
+        Detected::SgxQuote(q) => EvidenceInput::SgxQuote(q),
+        Detected::Sealroom(ev) => EvidenceInput::Sealroom(ev),
+        Detected::Gce(att) => EvidenceInput::Gce(att),
+    })
 }
 
-fn needs_tdx(input: &EvidenceInput) -> bool {
+/// Whether the evidence holds a DCAP quote, for which `--collateral` is Intel collateral.
+fn needs_intel_collateral(input: &EvidenceInput) -> bool {
     match input {
-        EvidenceInput::TdxQuote(_) => true,
+        EvidenceInput::TdxQuote(_) | EvidenceInput::SgxQuote(_) => true,
         EvidenceInput::Azure(a) => a.td_quote.is_some(),
         EvidenceInput::Sealroom(e) => {
             e.tdx.is_some() || e.azure.as_ref().is_some_and(|a| !a.td_quote.is_empty())
@@ -202,25 +181,6 @@ pub fn load_golden(path: &Path, key: Option<&str>) -> Result<GoldenReferences> {
     golden.with_context(|| format!("{}", path.display()))
 }
 
-fn load_policy(args: &Args, input: &EvidenceInput) -> Result<Policy> {
-    let mut policy = Policy::default();
-    policy.snp.allow_debug = args.allow_debug;
-    if let Some(p) = &args.golden {
-        let golden = load_golden(p, args.golden_key.as_deref())?;
-        policy.references = golden.reference_values(input)?;
-        policy.id = golden.policy_id();
-    }
-    if let Some(p) = &args.reference {
-        let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-        policy.references = ReferenceValues::from_json(&text)?;
-        policy.id = format!(
-            "sealroom/{}",
-            p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-        );
-    }
-    Ok(policy)
-}
-
 pub fn run(args: &Args) -> Result<()> {
     if let Some(certs) = &args.gpu_certs {
         let inputs = crate::verify_gpu::GpuInputs {
@@ -238,17 +198,15 @@ pub fn run(args: &Args) -> Result<()> {
         return Ok(());
     }
     let bytes = read(&args.evidence)?;
-    let input = detect(&bytes, args)?;
+    let detected = detect(&bytes).with_context(|| format!("{}", args.evidence.display()))?;
+    let input = evidence_input(detected, args)?;
     let at = parse_at(args.at.as_deref())?;
     let nonce = args.nonce.as_deref().map(hex::decode).transpose().context("--nonce is not hex")?;
-    let policy = load_policy(args, &input)?;
+    let mut policy = args.references.policy(&input)?;
+    policy.snp.allow_debug = args.allow_debug;
     let cache = EndorsementCache::default();
-    let tdx_collateral = match (&input, &args.collateral) {
-        (EvidenceInput::TdxQuote(_) | EvidenceInput::Azure(_) | EvidenceInput::Sealroom(_), Some(dir))
-            if needs_tdx(&input) =>
-        {
-            Some(tdx::Collateral::load(dir)?.verify(at)?)
-        }
+    let tdx_collateral = match &args.collateral {
+        Some(dir) if needs_intel_collateral(&input) => Some(tdx::Collateral::load(dir)?.verify(at)?),
         _ => None,
     };
     let enrolled = read_enrolled_aks(&args.tpm_ak)?;
@@ -272,27 +230,12 @@ pub fn run(args: &Args) -> Result<()> {
         println!("{}", ear.to_json());
     } else {
         print!("{}", ear.to_table());
-        if args.reference.is_none() && args.golden.is_none() {
-            println!(
-                "note: no --reference or --golden given: firmware, kernel and workload layers are explicitly \
-                 skipped"
-            );
-        }
         if args.nonce.is_none() {
             println!("note: no --nonce given: freshness not checked");
         }
         println!("verified at {}", format_time(at));
     }
-    match ear.status() {
-        Status::Affirming => Ok(()),
-        status => {
-            let reasons = ear.failures();
-            let first = reasons.first().cloned().unwrap_or_else(|| format!("status {status}"));
-            // One line saying why, then a non-zero exit (1: not affirming; anyhow errors above exit 1 too).
-            eprintln!("refused ({status}): {first}");
-            std::process::exit(1)
-        }
-    }
+    crate::verdict::exit_with(&ear)
 }
 
 /// Evidence files larger than this are refused before reading (the largest evidence, with a 1 MiB event log

@@ -16,24 +16,44 @@ fn sealroom(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Every measured layer skipped by choice.
+const ALL: &str = "firmware,kernel,workload";
+
+/// The warning of a DCAP quote checked without Intel collateral.
+const NO_COLLATERAL: &str = "tdx: no collateral: TCB status not evaluated (quote signatures and PCK chain verified, \
+                             PCK revocation not checked)";
+
 fn text(o: &Output) -> (String, String) {
     (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 #[test]
-fn snp_report_affirming_exits_zero() {
-    let o = sealroom(&[
+fn snp_report_affirming_only_with_its_measurement_judged_or_skipped_by_choice() {
+    let args = [
         "--evidence",
         &td("snp/trustee/test-report.bin"),
         "--vcek",
         &td("snp/trustee/test-vcek.der"),
         "--at",
         "2024-01-01T00:00:00Z",
-    ]);
+    ];
+    // No reference values: genuine, but the launch measurement was compared with nothing: a warning, exit 3.
+    let o = sealroom(&args);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}\n{err}");
+    assert!(out.starts_with("verdict: warning"), "{out}");
+    assert_eq!(
+        err.trim(),
+        "warning: firmware: not checked: no reference values given (snp.measurement)",
+        "{out}"
+    );
+    // Skipped by an explicit choice: affirming.
+    let o = sealroom(&[&args[..], &["--skip", "firmware"]].concat());
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.starts_with("verdict: affirming"), "{out}");
     assert!(out.contains("snp.measurement=a1f39304"), "{out}");
+    assert!(err.is_empty(), "{err}");
 }
 
 #[test]
@@ -46,6 +66,8 @@ fn snp_report_with_collateral_dir_and_json() {
         "--at",
         "1748736000",
         "--json",
+        "--skip",
+        "firmware",
     ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
@@ -81,6 +103,8 @@ fn snp_report_refusals_exit_nonzero_with_reason() {
         "--at",
         "2024-01-01T00:00:00Z",
         "--allow-debug",
+        "--skip",
+        "firmware",
     ]);
     assert!(o.status.success(), "{:?}", text(&o));
     // Expired VLEK.
@@ -114,7 +138,7 @@ fn snp_report_refusals_exit_nonzero_with_reason() {
 #[test]
 fn gce_attestation_affirming_and_wrong_nonce() {
     let f = td("tpm/attestations/gce-cos-85-nonce9009.pb");
-    let o = sealroom(&["--evidence", &f, "--at", "2024-01-01T00:00:00Z", "--nonce", "9009"]);
+    let o = sealroom(&["--evidence", &f, "--at", "2024-01-01T00:00:00Z", "--nonce", "9009", "--skip", ALL]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("[gce vtpm attestation]") && out.contains("event log    passed"), "{out}");
@@ -184,9 +208,18 @@ fn gce_reference_values_judge_layers() {
 #[test]
 fn azure_evidence_affirming_and_refused() {
     let f = td("azure/az-snp-vtpm/evidence-v0.json");
-    let o =
-        sealroom(&["--evidence", &f, "--at", "2026-01-01T00:00:00Z", "--nonce", &hex::encode("challenge")]);
+    let o = sealroom(&[
+        "--evidence",
+        &f,
+        "--at",
+        "2026-01-01T00:00:00Z",
+        "--nonce",
+        &hex::encode("challenge"),
+        "--skip",
+        ALL,
+    ]);
     assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("[azure sev-snp vtpm evidence]"), "{:?}", text(&o));
     let o =
         sealroom(&["--evidence", &f, "--at", "2026-01-01T00:00:00Z", "--nonce", &hex::encode("egnellahc")]);
     assert_eq!(o.status.code(), Some(1));
@@ -194,9 +227,9 @@ fn azure_evidence_affirming_and_refused() {
 }
 
 #[test]
-fn unrecognised_input_is_an_error() {
+fn unrecognised_input_is_no_verdict() {
     let o = sealroom(&["--evidence", &td("snp/MANIFEST.md"), "--at", "0"]);
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(4), "{:?}", text(&o));
     assert!(text(&o).1.contains("unrecognised evidence"), "{:?}", text(&o));
 }
 
@@ -205,7 +238,7 @@ fn tdx_quote_with_collateral_affirming_and_expired_collateral_refused() {
     // Manifest: dcap-qvl tdx_quote is VALID, UpToDate, at 2025-07-19T10:00:34Z with its collateral.
     let q = td("tdx/dcap-qvl/tdx_quote");
     let c = td("tdx/dcap-qvl/tdx_quote_collateral.json");
-    let o = sealroom(&["--evidence", &q, "--collateral", &c, "--at", "2025-07-19T10:00:34Z"]);
+    let o = sealroom(&["--evidence", &q, "--collateral", &c, "--at", "2025-07-19T10:00:34Z", "--skip", ALL]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("[tdx quote]") && out.contains("tcb_status=UpToDate"), "{out}");
@@ -214,12 +247,14 @@ fn tdx_quote_with_collateral_affirming_and_expired_collateral_refused() {
     let o = sealroom(&["--evidence", &q, "--collateral", &c, "--at", "2025-08-19T10:00:34Z"]);
     assert!(!o.status.success());
     assert!(text(&o).1.contains("expired"), "{:?}", text(&o));
-    // Without collateral: signatures and PCK chain verified, TCB unknown -> warning, exit 1.
-    let o = sealroom(&["--evidence", &q, "--at", "2025-07-19T10:00:34Z", "--json"]);
-    assert_eq!(o.status.code(), Some(1));
+    // Without collateral: signatures and PCK chain verified, TCB unknown -> warning, exit 3, and it says why.
+    let o = sealroom(&["--evidence", &q, "--at", "2025-07-19T10:00:34Z", "--json", "--skip", ALL]);
+    assert_eq!(o.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["submods"]["sealroom"]["ear.status"], "warning");
     assert_eq!(v["submods"]["sealroom"]["ear.trustworthiness-vector"]["hardware"], 32);
+    assert_eq!(v["submods"]["sealroom"]["sealroom.warnings"], serde_json::json!([NO_COLLATERAL]));
+    assert_eq!(text(&o).1.trim(), format!("warning: {NO_COLLATERAL}"));
 }
 
 #[test]
@@ -233,11 +268,15 @@ fn azure_tdx_evidence_is_genuine_but_tcb_unknown_without_collateral() {
         "--nonce",
         &hex::encode("challenge"),
         "--json",
+        "--skip",
+        ALL,
     ]);
-    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+    assert_eq!(o.status.code(), Some(3), "{:?}", text(&o));
+    assert_eq!(text(&o).1.trim(), format!("warning: {NO_COLLATERAL}"));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let s = &v["submods"]["sealroom"];
     assert_eq!(s["ear.status"], "warning");
+    assert_eq!(s["sealroom.evidence"], "azure tdx vtpm evidence");
     assert_eq!(s["sealroom.layers"][0]["outcome"], "passed");
     assert_eq!(
         s["sealroom.layers"][0]["claims"]["pcrs"]["0"],

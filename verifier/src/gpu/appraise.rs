@@ -314,6 +314,7 @@ mod tests {
             policy_id: "p".into(),
             evidence: "sealroom evidence".into(),
             layers: vec![],
+            warnings: vec![],
         };
         let mut ear = Ear::single(at(), "sealroom", appraisal);
         let untouched = ear.clone();
