@@ -94,6 +94,56 @@ async fn attack_tofu_ak_attest_trusts_only_an_ek_certified_ak() {
     assert!(text.contains("ek-certified ak"), "{text}");
     assert!(text.contains("\"model\":\"swtpm\""), "the EAR names the certified TPM: {text}");
 
+    // Offline, later: the evidence file alone does not make its AK trusted (no activation can be proven from
+    // it); pinning the AK that the live activation proved (--tpm-ak-out) does.
+    let dir = unique_temp_dir("attest-cli-ek-offline");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ev_file, ak_file) = (dir.join("ev.pb"), dir.join("ak.bin"));
+    let saved = tokio::task::spawn_blocking({
+        let (url, ca, ev_file, ak_file) =
+            (url.clone(), ca.bundle_pem().unwrap(), ev_file.clone(), ak_file.clone());
+        move || {
+            sealroom()
+                .args(["attest", "--agent", &url, "--skip", "firmware,kernel,workload", "--tpm-ek-ca"])
+                .arg(ca)
+                .arg("--out")
+                .arg(ev_file)
+                .arg("--tpm-ak-out")
+                .arg(ak_file)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
+    let verify = |extra: &[&std::ffi::OsStr]| {
+        sealroom()
+            .args(["verify", "--skip", "firmware,kernel,workload", "--evidence"])
+            .arg(&ev_file)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let untrusted = verify(&[]);
+    assert_eq!(untrusted.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&untrusted.stderr).trim(),
+        format!("refused (contraindicated): {}", sealroom_verifier::appraisal::UNTRUSTED_AK)
+    );
+    let pinned = verify(&["--tpm-ak".as_ref(), ak_file.as_os_str()]);
+    let stdout = String::from_utf8_lossy(&pinned.stdout);
+    assert!(pinned.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&pinned.stderr));
+    assert!(stdout.starts_with("verdict: affirming") && stdout.contains("enrolled ak"), "{stdout}");
+    let ek_offline = verify(&["--tpm-ek-ca".as_ref(), ca.bundle_pem().unwrap().as_os_str()]);
+    assert_eq!(ek_offline.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&ek_offline.stderr).contains("no evidence file can prove it offline"),
+        "{}",
+        String::from_utf8_lossy(&ek_offline.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
     let refused = run(url, rogue.bundle_pem().unwrap()).await.unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);

@@ -47,6 +47,11 @@ pub struct Args {
     /// keylime's registrar does. No trust on first use.
     #[arg(long = "tpm-ek-ca")]
     tpm_ek_ca: Vec<PathBuf>,
+    /// Write the AK that credential activation proved resident in the EK-certified TPM (marshalled
+    /// TPMT_PUBLIC) here, written only once activation succeeded: what a later offline `sealroom verify
+    /// --tpm-ak` pins, since offline evidence cannot prove activation itself (docs/tpm-ek.md).
+    #[arg(long, value_name = "FILE", requires = "tpm_ek_ca")]
+    tpm_ak_out: Option<PathBuf>,
 }
 
 /// The EK path against a live agent: its EK certificate checked against `cas`, a credential for its AK made with
@@ -124,7 +129,13 @@ pub fn run(args: &Args) -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         let cas = sealroom_verifier::tpm::ek::parse_ek_cas(&files)?;
         match rt.block_on(activate_ek(&args.agent, &cas, at, Duration::from_secs(args.timeout))) {
-            Ok(a) => Some(a),
+            Ok(a) => {
+                if let Some(path) = &args.tpm_ak_out {
+                    std::fs::write(path, a.ak_public())
+                        .with_context(|| format!("writing --tpm-ak-out {}", path.display()))?;
+                }
+                Some(a)
+            }
             Err(e) => {
                 eprintln!("{e}");
                 std::process::exit(1)

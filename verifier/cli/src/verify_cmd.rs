@@ -53,6 +53,11 @@ pub struct Args {
     /// swtpm's or an on-premises TPM's; repeatable.
     #[arg(long = "tpm-ak")]
     tpm_ak: Vec<PathBuf>,
+    /// Not offline: an EK CA vouches for an AK only through credential activation with the live TPM, which
+    /// evidence cannot carry. Refused with that reason (exit 4); use `sealroom attest --tpm-ek-ca CA
+    /// --tpm-ak-out ak.bin --out ev.pb`, then `sealroom verify --evidence ev.pb --tpm-ak ak.bin`.
+    #[arg(long = "tpm-ek-ca", value_name = "CA")]
+    tpm_ek_ca: Vec<PathBuf>,
     /// `--evidence` is a standalone NVIDIA GPU attestation report (hex text or raw) and this is its device
     /// certificate chain (PEM or DER, leaf first); needs --gpu-rims and --nonce. See docs/gpu.md.
     #[arg(long, value_name = "CHAIN")]
@@ -71,6 +76,12 @@ pub struct Args {
     #[arg(long = "gpu-crl", value_name = "CRL", requires = "gpu_certs")]
     gpu_crl: Vec<PathBuf>,
 }
+
+/// Why `--tpm-ek-ca` cannot judge offline evidence.
+pub const EK_CA_OFFLINE: &str = "--tpm-ek-ca: an EK certificate vouches for an AK only through credential \
+    activation (TPM2_MakeCredential / TPM2_ActivateCredential) with the live TPM, and the EK cannot sign, so no \
+    evidence file can prove it offline; run `sealroom attest --agent URL --tpm-ek-ca CA --out ev.pb --tpm-ak-out \
+    ak.bin`, then `sealroom verify --evidence ev.pb --tpm-ak ak.bin`";
 
 /// Reads enrolled TPM AK public areas (marshalled TPMT_PUBLIC, at most 1 KiB each).
 pub fn read_enrolled_aks(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
@@ -196,6 +207,9 @@ pub fn run(args: &Args) -> Result<()> {
             std::process::exit(1)
         }
         return Ok(());
+    }
+    if !args.tpm_ek_ca.is_empty() {
+        bail!("{EK_CA_OFFLINE}");
     }
     let bytes = read(&args.evidence)?;
     let detected = detect(&bytes).with_context(|| format!("{}", args.evidence.display()))?;
