@@ -8,6 +8,7 @@ pub mod appraisal;
 pub mod azure;
 pub mod ear;
 pub mod error;
+pub mod evidence_kind;
 pub mod golden_refs;
 pub mod gpu;
 pub mod snp;

@@ -9,7 +9,6 @@ mod audit_cmd;
 mod binding_cmd;
 mod broker_cmd;
 mod eventlog_cmd;
-mod evidence_kind;
 mod measure_cmd;
 mod receipt_cmd;
 mod verdict;

@@ -1,6 +1,6 @@
 //! `sealroom verify`: judge one piece of evidence offline and print the attestation result (EAR).
 //!
-//! The input kind is detected from the bytes (`crate::evidence_kind`): a TDX or SGX DCAP quote, a raw SEV-SNP
+//! The input kind is detected from the bytes (`sealroom_verifier::evidence_kind`): a TDX or SGX DCAP quote, a raw SEV-SNP
 //! report (its VCEK/VLEK from `--vcek` or the collateral directory), Azure vTPM evidence JSON, sealroom
 //! `Evidence` protobuf or a go-tpm-tools GCE `Attestation` protobuf, each raw or as hex text. The exit status
 //! says affirming, contraindicated, warning or no verdict (`crate::verdict::EXIT_STATUS`), with one line per
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use sealroom_verifier::appraisal::{Context, EvidenceInput, appraise};
+use sealroom_verifier::evidence_kind::{Detected, detect};
 use sealroom_verifier::golden_refs::GoldenReferences;
 use sealroom_verifier::snp::EndorsementCache;
 use sealroom_verifier::snp::endorsement::verify_endorsement;
@@ -17,7 +18,6 @@ use sealroom_verifier::snp::verify::check_signature;
 use sealroom_verifier::tdx;
 use sealroom_verifier::x509::{Certificate, UnixTime, format_time, parse_time};
 
-use crate::evidence_kind::{Detected, detect};
 use crate::verdict::ReferenceArgs;
 
 /// Arguments of `sealroom verify`.
@@ -145,17 +145,13 @@ fn find_endorsement(args: &Args, report: &[u8]) -> Result<Vec<u8>> {
 
 /// The evidence as the appraisal takes it: a raw SEV-SNP report gets its VCEK/VLEK here.
 fn evidence_input(detected: Detected, args: &Args) -> Result<EvidenceInput> {
-    Ok(match detected {
-        Detected::Azure(a) => EvidenceInput::Azure(a),
-        Detected::SnpReport(report) => {
+    match detected.into_input() {
+        Ok(input) => Ok(input),
+        Err(report) => {
             let endorsement = find_endorsement(args, &report)?;
-            EvidenceInput::SnpReport { report, endorsement }
+            Ok(EvidenceInput::SnpReport { report, endorsement })
         }
-        Detected::TdxQuote(q) => EvidenceInput::TdxQuote(q),
-        Detected::SgxQuote(q) => EvidenceInput::SgxQuote(q),
-        Detected::Sealroom(ev) => EvidenceInput::Sealroom(ev),
-        Detected::Gce(att) => EvidenceInput::Gce(att),
-    })
+    }
 }
 
 /// Whether the evidence holds a DCAP quote, for which `--collateral` is Intel collateral.

@@ -230,7 +230,7 @@ fn azure_evidence_affirming_and_refused() {
 fn unrecognised_input_is_no_verdict() {
     let o = sealroom(&["--evidence", &td("snp/MANIFEST.md"), "--at", "0"]);
     assert_eq!(o.status.code(), Some(4), "{:?}", text(&o));
-    assert!(text(&o).1.contains("unrecognised evidence"), "{:?}", text(&o));
+    assert!(text(&o).1.contains(": evidence: unrecognised ("), "{:?}", text(&o));
 }
 
 #[test]

@@ -182,15 +182,15 @@ fn snp_report_size_defects_are_named_as_such() {
     for (file, reason) in [
         (
             &short,
-            "SEV-SNP report (version 2): 1183 bytes, a report is exactly 1184 (truncated: 1 byte missing)",
+            "sev-snp report: version 2, 1183 bytes: a report is exactly 1184 (truncated: 1 byte missing)",
         ),
         (
             &long,
-            "SEV-SNP report (version 2): 1185 bytes, a report is exactly 1184 (overlong: 1 byte after the report)",
+            "sev-snp report: version 2, 1185 bytes: a report is exactly 1184 (overlong: 1 byte after the report)",
         ),
         (
             &long_hex,
-            "hex evidence: SEV-SNP report (version 2): 1185 bytes, a report is exactly 1184 (overlong: 1 byte after \
+            "hex evidence: sev-snp report: version 2, 1185 bytes: a report is exactly 1184 (overlong: 1 byte after \
              the report)",
         ),
     ] {
