@@ -280,3 +280,31 @@ fn help_documents_the_exit_statuses() {
         assert!(out.contains(line), "{line}: {out}");
     }
 }
+
+/// A golden document judges the kernel layer only: the firmware and workload layers it does not cover are
+/// named as not checked (even in a refused verdict's EAR), and the kernel layer it covers cannot be skipped.
+#[test]
+fn golden_covers_the_kernel_layer_and_names_the_others_as_not_checked() {
+    let golden = format!("{}/../../measurements/golden/fixture-uki/golden.json", env!("CARGO_MANIFEST_DIR"));
+    let f = td("tpm/attestations/gce-cos-85-nonce9009.pb");
+    let base =
+        ["--evidence", f.as_str(), "--at", "2024-01-01T00:00:00Z", "--nonce", "9009", "--golden", &golden];
+    // The fixture UKI is not what this GCE VM booted: refused for the kernel layer.
+    let o = sealroom(&[&base[..], &["--json"]].concat());
+    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+    let line = &stderr_lines(&o)[0];
+    assert!(line.starts_with("refused (contraindicated): kernel: pcr"), "{line}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = &v["submods"]["sealroom"];
+    assert!(s["ear.appraisal-policy-id"].as_str().unwrap().starts_with("sealroom/golden/"), "{s}");
+    assert_eq!(
+        s["sealroom.warnings"],
+        serde_json::json!([
+            "firmware: not checked: no reference values given (PCR 0, 1, 2, 3, 5, 6, 7 in sha1, sha256, sha384)",
+            "workload: not checked: no reference values given (PCR 15 in sha1, sha256, sha384)"
+        ])
+    );
+    let o = sealroom(&[&base[..], &["--skip", "kernel"]].concat());
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(stderr_lines(&o), ["error: --skip kernel: --golden gives reference values for that layer"]);
+}
