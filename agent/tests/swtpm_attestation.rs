@@ -585,9 +585,7 @@ fn appraise_azure(
         enrolled_tpm_aks: &[],
         tpm_ek_activated: None,
     };
-    let ear = appraise(&EvidenceInput::Sealroom(Box::new(ev)), &Policy::default(), &ctx);
-    let appraisal = ear.submods.values().next().unwrap();
-    appraisal.layers.iter().flat_map(|l| l.failures.clone()).collect()
+    appraise(&EvidenceInput::Sealroom(Box::new(ev)), &Policy::default(), &ctx).failures()
 }
 
 /// Azure TDX: the agent posts the HCL report's TDREPORT to the loopback IMDS `/acc/tdquote` as Azure's tooling

@@ -150,7 +150,7 @@ async fn agent_on_swtpm_receives_its_data_key_and_refusals_say_why() {
         format!("policy.image_digests: workload image digest {IMAGE} not allowed")
     );
     let claims = token::verify(&resp.attestation_result, &broker.jwk).unwrap();
-    assert_eq!(claims["submods"]["sealroom"]["ear.status"], "affirming");
+    assert_eq!(claims["submods"]["sealroom"]["ear_status"], "affirming");
 
     // The same nonce again: refused as a replay, even with genuine evidence.
     let replay = c.release(req).await.unwrap().into_inner();

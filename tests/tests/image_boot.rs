@@ -243,7 +243,7 @@ fn built_image_boots_attests_against_its_golden_document_and_a_changed_cmdline_i
             assert_eq!(kernel["claims"][format!("pcr{i}.sha256")], golden_register(&doc, i), "{ear}");
         }
         assert_eq!(ear_layer(&ear, "binding")["outcome"], "passed", "{ear}");
-        let policy = ear["submods"]["sealroom"]["ear.appraisal-policy-id"].as_str().unwrap();
+        let policy = ear["submods"]["sealroom"]["ear_appraisal_policy_ids"][0].as_str().unwrap();
         assert!(policy.starts_with("sealroom/golden/sealroom@"), "{policy}");
     });
     // The golden document holds exactly what booted (and what the host predicted from the UKI).

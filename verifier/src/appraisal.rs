@@ -6,23 +6,23 @@
 //! judged against explicit reference values: a set of allowed digests per register, or an explicit `skip`.
 //! A register belongs to exactly one measured layer (see `docs/architecture.md`, register allocation).
 
+mod platforms;
+mod replay;
+
 use std::collections::{BTreeMap, BTreeSet};
 
-use sealroom_measurements::binding::{check_report_data, check_tpm_extra_data};
-use sealroom_measurements::evidence::{Evidence, HashAlg, PcrBank, Platform};
+use sealroom_measurements::evidence::Evidence;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::azure::evidence::{AzureEvidence, AzureQuote};
-use crate::azure::verify::verify_azure;
-use crate::ear::{Appraisal, Ear, LayerResult, Outcome, TrustworthinessVector, tier};
+use crate::azure::evidence::AzureEvidence;
+use crate::claims::{Appraisal, HexBytes, PlatformClaims, Register, RuntimeReplay, SignedBinding};
+use crate::ear::{LayerResult, Outcome, TrustworthinessVector, tier};
 use crate::error::{Error, Result};
-use crate::snp::{Collateral, EndorsementCache, SnpPolicy, verify_report_detailed};
-use crate::tdx::{TcbStatus, TdReport, VerifiedCollateral, verify_quote_signatures, verify_tdx_quote};
+use crate::snp::{EndorsementCache, SnpPolicy};
+use crate::tdx::{TcbStatus, VerifiedCollateral};
 use crate::tpm::credential::ActivatedAk;
 use crate::tpm::gce_proto::GceAttestation;
-use crate::tpm::quote::ExpectedExtraData;
-use crate::tpm::verify::{AkTrust, QuoteInput, verify_tpm};
 use crate::x509::UnixTime;
 
 /// Reference values of one measured layer.
@@ -147,25 +147,10 @@ impl Layer {
     }
 }
 
-/// Which measured layer a register belongs to (register allocation in `docs/architecture.md`).
+/// Which measured layer a register (by name) belongs to (register allocation in `docs/architecture.md`).
 #[must_use]
 pub fn layer_of(register: &str) -> Option<Layer> {
-    let base = register.split('.').next().unwrap_or(register);
-    if register == "snp.measurement" {
-        return Some(Layer::Firmware);
-    }
-    // An SGX enclave's identity is the code running in the TEE: the workload.
-    if base == "sgx" && !matches!(register, "sgx.mrenclave" | "sgx.mrsigner") {
-        return None;
-    }
-    match base {
-        "mrtd" | "rtmr0" | "pcr0" | "pcr1" | "pcr2" | "pcr3" | "pcr5" | "pcr6" | "pcr7" => {
-            Some(Layer::Firmware)
-        }
-        "rtmr1" | "rtmr2" | "pcr4" | "pcr9" | "pcr11" | "pcr12" => Some(Layer::Kernel),
-        "rtmr3" | "pcr15" | "sgx" => Some(Layer::Workload),
-        _ => None,
-    }
+    register.parse::<Register>().ok().and_then(Register::layer)
 }
 
 /// The appraisal policy: platform policy plus reference values.
@@ -175,7 +160,7 @@ pub struct Policy {
     pub snp: SnpPolicy,
     /// Reference values per measured layer.
     pub references: ReferenceValues,
-    /// A name for the EAR's `ear.appraisal-policy-id`.
+    /// A name for the EAR's `ear_appraisal_policy_ids`.
     pub id: String,
     /// Intel TCB statuses (TDX and SGX, with collateral) accepted without a warning. Default: `UpToDate`.
     pub tcb_statuses: Vec<TcbStatus>,
@@ -194,7 +179,12 @@ impl Default for Policy {
 
 impl Policy {
     /// The warning for an Intel TCB status this policy does not accept, `None` when accepted.
-    fn tcb_warning(&self, layer: &str, status: TcbStatus, advisories: &[String]) -> Option<String> {
+    pub(crate) fn tcb_warning(
+        &self,
+        layer: &str,
+        status: TcbStatus,
+        advisories: &[String],
+    ) -> Option<String> {
         if self.tcb_statuses.contains(&status) {
             return None;
         }
@@ -209,12 +199,17 @@ impl Policy {
 }
 
 /// The warning when a quote was checked without Intel collateral.
-fn no_collateral_warning(layer: &str) -> String {
+pub(crate) fn no_collateral_warning(layer: &str) -> String {
     format!(
         "{layer}: no collateral: TCB status not evaluated (quote signatures and PCK chain verified, PCK revocation \
          not checked)"
     )
 }
+
+/// The refusal of a TPM AK that nothing vouches for.
+pub const UNTRUSTED_AK: &str = "tpm quote: AK not trusted: no GCE AK certificate, not an enrolled AK (--tpm-ak), \
+     not activated against an EK certificate from a configured EK CA (--tpm-ek-ca); an AK is never trusted on \
+     first use";
 
 /// Evidence as the verifier receives it.
 #[derive(Debug, Clone)]
@@ -282,11 +277,14 @@ pub struct Context<'a> {
 
 type Ctx<'a> = Context<'a>;
 
-/// What the platform layer established.
+/// What the layers established so far.
 #[derive(Default)]
 struct Established {
     layers: Vec<LayerResult>,
-    registers: BTreeMap<String, String>,
+    registers: BTreeMap<Register, HexBytes>,
+    platform: Option<PlatformClaims>,
+    binding: Option<SignedBinding>,
+    runtime: Option<RuntimeReplay>,
     identity_ok: bool,
     config_ok: bool,
     hardware_ok: bool,
@@ -304,14 +302,6 @@ fn reasons(errors: &[Error]) -> Vec<String> {
     errors.iter().flat_map(Error::reasons).collect()
 }
 
-fn add_pcrs(registers: &mut BTreeMap<String, String>, banks: &[PcrBank]) {
-    for b in banks {
-        for (i, v) in &b.values {
-            registers.insert(format!("pcr{i}.{}", b.alg.name()), hex::encode(v));
-        }
-    }
-}
-
 fn nonce_for_report_data(nonce: &[u8]) -> Vec<u8> {
     let mut v = nonce.to_vec();
     if v.len() < 64 {
@@ -320,561 +310,12 @@ fn nonce_for_report_data(nonce: &[u8]) -> Vec<u8> {
     v
 }
 
-fn snp_platform(
-    report: &[u8],
-    endorsement: &[u8],
-    policy: &Policy,
-    ctx: &Ctx<'_>,
-    est: &mut Established,
-) -> Option<[u8; 64]> {
-    match verify_report_detailed(
-        report,
-        Collateral { endorsement_der: endorsement },
-        ctx.snp_cache,
-        &policy.snp,
-        ctx.at,
-    ) {
-        Err(e) => {
-            est.layers.push(layer("platform", "policy", json!({}), e.reasons()));
-            None
-        }
-        Ok(out) => {
-            est.identity_ok = out.authenticity.is_empty();
-            est.hardware_ok = out.authenticity.is_empty();
-            est.config_ok = out.configuration.is_empty();
-            est.tee = true;
-            let mut failures = reasons(&out.authenticity);
-            failures.extend(reasons(&out.configuration));
-            est.registers.insert("snp.measurement".into(), out.claims.measurement.clone());
-            est.registers.insert("snp.host_data".into(), out.claims.host_data.clone());
-            let claims = serde_json::to_value(&out.claims).unwrap_or_default();
-            est.layers.push(layer("platform", "policy", claims, failures));
-            Some(out.report.report_data)
-        }
-    }
-}
-
-fn add_td_registers(registers: &mut BTreeMap<String, String>, mr_td: &[u8; 48], rtmr: &[[u8; 48]; 4]) {
-    registers.insert("mrtd".into(), hex::encode(mr_td));
-    for (i, r) in rtmr.iter().enumerate() {
-        registers.insert(format!("rtmr{i}"), hex::encode(r));
-    }
-}
-
-/// Verifies a TD quote: with collateral fully (TCB status), without only signatures and the PCK chain.
-fn tdx_platform(quote: &[u8], policy: &Policy, ctx: &Ctx<'_>, est: &mut Established) -> Option<[u8; 64]> {
-    if let Some(collateral) = ctx.tdx_collateral {
-        match verify_tdx_quote(quote, collateral, ctx.at) {
-            Err(e) => {
-                est.layers.push(layer("platform", "intel collateral", json!({}), e.reasons()));
-                None
-            }
-            Ok(td) => {
-                est.identity_ok = true;
-                est.hardware_ok = true;
-                est.config_ok = true;
-                est.tee = true;
-                est.hardware_warnings.extend(policy.tcb_warning("tdx", td.tcb_status, &td.advisory_ids));
-                add_td_registers(&mut est.registers, &td.mr_td, &td.rtmr);
-                let claims = json!({
-                    "version": td.version,
-                    "tcb_status": td.tcb_status.as_str(),
-                    "advisory_ids": td.advisory_ids,
-                    "fmspc": hex::encode(td.fmspc),
-                    "mr_seam": hex::encode(td.mr_seam),
-                    "td_attributes": hex::encode(td.td_attributes),
-                    "report_data": hex::encode(td.report_data),
-                });
-                est.layers.push(layer("platform", "intel collateral", claims, vec![]));
-                Some(td.report_data)
-            }
-        }
-    } else {
-        match verify_quote_signatures(quote, ctx.at) {
-            Err(e) => {
-                est.layers.push(layer("platform", "intel root", json!({}), e.reasons()));
-                None
-            }
-            Ok(signed) => {
-                let crate::tdx::Body::Td(td) = &signed.quote.body else {
-                    est.layers.push(layer(
-                        "platform",
-                        "intel root",
-                        json!({}),
-                        vec!["tdx: not a TD quote".into()],
-                    ));
-                    return None;
-                };
-                let td: &TdReport = td;
-                est.identity_ok = true;
-                est.hardware_ok = true;
-                est.config_ok = true;
-                est.tee = true;
-                est.hardware_warnings.push(no_collateral_warning("tdx"));
-                add_td_registers(&mut est.registers, &td.mr_td, &td.rtmr);
-                let claims = json!({
-                    "version": signed.quote.version,
-                    "tcb_status": "unknown: no Intel collateral given (signatures and PCK chain verified, no CRLs)",
-                    "fmspc": hex::encode(signed.pck_extension.fmspc),
-                    "td_attributes": hex::encode(td.td_attributes),
-                    "report_data": hex::encode(td.report_data),
-                });
-                est.layers.push(layer("platform", "intel root", claims, vec![]));
-                Some(td.report_data)
-            }
-        }
-    }
-}
-
-/// Verifies an SGX enclave quote: with collateral fully (QE identity, TCB status, debug enclaves refused),
-/// without only its signatures and PCK chain. The enclave's identity (MRENCLAVE, MRSIGNER) is the workload.
-fn sgx_platform(quote: &[u8], policy: &Policy, ctx: &Ctx<'_>, est: &mut Established) -> Option<[u8; 64]> {
-    let enclave = |est: &mut Established, mr_enclave: &[u8; 32], mr_signer: &[u8; 32]| {
-        est.identity_ok = true;
-        est.hardware_ok = true;
-        est.config_ok = true;
-        est.tee = true;
-        est.registers.insert("sgx.mrenclave".into(), hex::encode(mr_enclave));
-        est.registers.insert("sgx.mrsigner".into(), hex::encode(mr_signer));
-    };
-    if let Some(collateral) = ctx.tdx_collateral {
-        match crate::tdx::verify_quote(quote, collateral, ctx.at) {
-            Err(e) => {
-                est.layers.push(layer("platform", "intel collateral", json!({}), e.reasons()));
-                None
-            }
-            Ok(crate::tdx::VerifiedQuote::Sgx(q)) => {
-                enclave(est, &q.mr_enclave, &q.mr_signer);
-                est.hardware_warnings.extend(policy.tcb_warning("sgx", q.tcb_status, &q.advisory_ids));
-                let claims = json!({
-                    "version": q.version,
-                    "tcb_status": q.tcb_status.as_str(),
-                    "advisory_ids": q.advisory_ids,
-                    "fmspc": hex::encode(q.fmspc),
-                    "isv_prod_id": q.isv_prod_id,
-                    "isv_svn": q.isv_svn,
-                    "attributes": hex::encode(q.attributes),
-                    "report_data": hex::encode(q.report_data),
-                });
-                est.layers.push(layer("platform", "intel collateral", claims, vec![]));
-                Some(q.report_data)
-            }
-            Ok(_) => {
-                est.layers.push(layer(
-                    "platform",
-                    "intel collateral",
-                    json!({}),
-                    vec!["sgx: not an SGX enclave quote".into()],
-                ));
-                None
-            }
-        }
-    } else {
-        match verify_quote_signatures(quote, ctx.at) {
-            Err(e) => {
-                est.layers.push(layer("platform", "intel root", json!({}), e.reasons()));
-                None
-            }
-            Ok(signed) => {
-                let Some(report) = signed.quote.enclave_report() else {
-                    est.layers.push(layer(
-                        "platform",
-                        "intel root",
-                        json!({}),
-                        vec!["sgx: not an SGX enclave quote".into()],
-                    ));
-                    return None;
-                };
-                enclave(est, &report.mr_enclave, &report.mr_signer);
-                est.hardware_warnings.push(no_collateral_warning("sgx"));
-                let claims = json!({
-                    "version": signed.quote.version,
-                    "tcb_status": "unknown: no Intel collateral given (signatures and PCK chain verified, no CRLs)",
-                    "fmspc": hex::encode(signed.pck_extension.fmspc),
-                    "isv_prod_id": report.isv_prod_id,
-                    "isv_svn": report.isv_svn,
-                    "attributes": hex::encode(report.attributes),
-                    "report_data": hex::encode(report.report_data),
-                });
-                est.layers.push(layer("platform", "intel root", claims, vec![]));
-                Some(report.report_data)
-            }
-        }
-    }
-}
-
-fn replay_event_log(log: &[u8], quoted: &[PcrBank], est: &mut Established) {
-    if log.is_empty() {
-        return;
-    }
-    let mut failures = Vec::new();
-    let mut checked = Vec::new();
-    match sealroom_measurements::tcg2::Tcg2Log::parse(log).and_then(|l| l.replay(true)) {
-        Err(e) => failures.push(format!("event log: {e}")),
-        Ok(replay) => {
-            for bank in quoted {
-                let Some(replayed) = replay.banks.get(&bank.alg) else { continue };
-                for (index, value) in replayed {
-                    if let Some(q) = bank.values.get(index) {
-                        checked.push(format!("pcr{index}.{}", bank.alg.name()));
-                        if q != value {
-                            failures.push(format!(
-                                "event log: pcr {index} ({}) replays to {}, quoted {}",
-                                bank.alg.name(),
-                                hex::encode(value),
-                                hex::encode(q)
-                            ));
-                        }
-                    }
-                }
-            }
-            if checked.is_empty() {
-                failures.push("event log: no bank of the log was quoted".into());
-            }
-        }
-    }
-    est.layers.push(layer("event log", "replay", json!({ "replayed": checked.len() }), failures));
-}
-
-fn tpm_binding_layer(extra: Result<()>, what: &str, est: &mut Established) {
-    let failures = match extra {
+fn binding_layer(checked: Result<()>, what: &str, est: &mut Established) {
+    let failures = match checked {
         Ok(()) => vec![],
         Err(e) => e.reasons(),
     };
     est.layers.push(layer("binding", "nonce", json!({ "checked": what }), failures));
-}
-
-fn platform_gce(att: &GceAttestation, ctx: &Ctx<'_>, est: &mut Established) {
-    let quotes: Vec<_> =
-        att.quotes.iter().map(|q| QuoteInput { attest: &q.attest, signature: &q.signature }).collect();
-    let banks: Vec<_> = att.quotes.iter().map(|q| q.bank.clone()).collect();
-    // Freshness is judged in its own layer: verify the quotes without it, then compare extraData.
-    match verify_tpm(
-        &att.ak_public,
-        &att.ak_cert_chain,
-        &quotes,
-        &banks,
-        &ExpectedExtraData::Unchecked,
-        &AkTrust::GoogleCa,
-        ctx.at,
-    ) {
-        Err(e) => est.layers.push(layer("platform", "google ak ca", json!({}), e.reasons())),
-        Ok(v) => {
-            est.identity_ok = true;
-            est.hardware_ok = true;
-            est.config_ok = true;
-            add_pcrs(&mut est.registers, &v.pcrs);
-            let claims = json!({ "ak": v.claims.ak, "ak_key": v.claims.ak_key, "firmware_version": v.claims.firmware_version, "reset_count": v.claims.reset_count });
-            est.layers.push(layer("platform", "google ak ca", claims, vec![]));
-            match &ctx.nonce {
-                None => est.layers.push(LayerResult {
-                    layer: "binding".into(),
-                    outcome: Outcome::Skipped,
-                    reference: "skip".into(),
-                    claims: json!({ "extra_data": v.claims.extra_data }),
-                    failures: vec![],
-                }),
-                Some(n) => {
-                    let r = if hex::decode(&v.claims.extra_data).ok().as_deref() == Some(n.as_slice()) {
-                        Ok(())
-                    } else {
-                        Err(Error::check(
-                            "tpm quote",
-                            format!(
-                                "extraData {} does not match the expected nonce {}",
-                                v.claims.extra_data,
-                                hex::encode(n)
-                            ),
-                        ))
-                    };
-                    tpm_binding_layer(r, "extraData", est);
-                }
-            }
-            replay_event_log(&att.event_log, &v.pcrs, est);
-        }
-    }
-}
-
-fn platform_azure(ev: &AzureEvidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut Established) {
-    let tdx_warning = std::cell::RefCell::new(None);
-    let td_check = |q: &[u8]| -> Result<[u8; 64]> {
-        if let Some(c) = ctx.tdx_collateral {
-            let td = verify_tdx_quote(q, c, ctx.at)?;
-            tdx_warning.replace(policy.tcb_warning("tdx", td.tcb_status, &td.advisory_ids));
-            Ok(td.report_data)
-        } else {
-            let signed = verify_quote_signatures(q, ctx.at)?;
-            tdx_warning.replace(Some(no_collateral_warning("tdx")));
-            match &signed.quote.body {
-                crate::tdx::Body::Td(td) => Ok(td.report_data),
-                _ => Err(Error::check("tdx", "not a TD quote")),
-            }
-        }
-    };
-    let result = verify_azure(ev, ctx.nonce.as_deref(), ctx.snp_cache, &policy.snp, Some(&td_check), ctx.at);
-    est.hardware_warnings.extend(tdx_warning.into_inner());
-    match result {
-        Err(e) => est.layers.push(layer("platform", "policy", json!({}), e.reasons())),
-        Ok(v) => {
-            est.identity_ok = true;
-            est.hardware_ok = true;
-            est.config_ok = true;
-            est.tee = true;
-            add_pcrs(&mut est.registers, &v.pcrs);
-            if let Some(snp) = &v.claims.snp {
-                est.registers.insert("snp.measurement".into(), snp.measurement.clone());
-            }
-            let claims = serde_json::to_value(&v.claims).unwrap_or_default();
-            est.layers.push(layer("platform", "policy", claims, vec![]));
-            let (outcome, reference) =
-                if ctx.nonce.is_some() { (Outcome::Passed, "nonce") } else { (Outcome::Skipped, "skip") };
-            est.layers.push(LayerResult {
-                layer: "binding".into(),
-                outcome,
-                reference: reference.into(),
-                claims: json!({ "extra_data": v.claims.extra_data }),
-                failures: vec![],
-            });
-        }
-    }
-}
-
-/// The refusal of a TPM AK that nothing vouches for.
-pub const UNTRUSTED_AK: &str = "tpm quote: AK not trusted: no GCE AK certificate, not an enrolled AK (--tpm-ak), \
-     not activated against an EK certificate from a configured EK CA (--tpm-ek-ca); an AK is never trusted on \
-     first use";
-
-fn platform_sealroom(ev: &Evidence, policy: &Policy, ctx: &Ctx<'_>, est: &mut Established) {
-    if let Some(n) = &ctx.nonce
-        && n.as_slice() != ev.nonce.0.as_slice()
-    {
-        est.layers.push(layer(
-            "binding",
-            "nonce",
-            json!({}),
-            vec![format!(
-                "binding: evidence nonce {} is not the expected nonce {}",
-                hex::encode(ev.nonce.0),
-                hex::encode(n)
-            )],
-        ));
-    }
-    match ev.platform {
-        Platform::SevSnp => {
-            let Some(snp) = &ev.sev_snp else { return };
-            let Some(vcek) = snp.cert_chain.first() else {
-                est.layers.push(layer(
-                    "platform",
-                    "policy",
-                    json!({}),
-                    vec!["snp: evidence carries no VCEK/VLEK".into()],
-                ));
-                return;
-            };
-            if let Some(rd) = snp_platform(&snp.report, vcek, policy, ctx, est) {
-                let r = check_report_data(&rd, &ev.nonce, &ev.tee_public_key).map_err(Error::from);
-                tpm_binding_layer(r, "REPORT_DATA", est);
-            }
-        }
-        Platform::Tpm => {
-            let Some(tpm) = &ev.tpm else { return };
-            let quotes = [QuoteInput { attest: &tpm.attest, signature: &tpm.signature }];
-            let expected = ExpectedExtraData::Binding(ev.nonce, ev.tee_public_key.clone());
-            let (trust, trust_name) =
-                if let Some(a) = ctx.tpm_ek_activated.filter(|a| a.ak_public() == tpm.ak_public.as_slice()) {
-                    (AkTrust::EkCertified(a.clone()), "ek-certified ak")
-                } else if ctx.enrolled_tpm_aks.contains(&tpm.ak_public) {
-                    (AkTrust::Pinned(tpm.ak_public.clone()), "enrolled ak")
-                } else if tpm.ak_cert_chain.is_empty()
-                    && crate::tpm::structures::Public::parse(&tpm.ak_public).is_ok()
-                {
-                    // A well-formed AK with no way left to trust it: never on first use. (A malformed one is
-                    // refused for its structure by the quote verification below.)
-                    est.layers.push(layer("platform", "ak trust", json!({}), vec![UNTRUSTED_AK.into()]));
-                    return;
-                } else {
-                    (AkTrust::GoogleCa, "google ak ca")
-                };
-            match verify_tpm(
-                &tpm.ak_public,
-                &tpm.ak_cert_chain,
-                &quotes,
-                &tpm.pcr_banks,
-                &ExpectedExtraData::Unchecked,
-                &trust,
-                ctx.at,
-            ) {
-                Err(e) => est.layers.push(layer("platform", trust_name, json!({}), e.reasons())),
-                Ok(v) => {
-                    est.identity_ok = true;
-                    est.hardware_ok = true;
-                    est.config_ok = true;
-                    add_pcrs(&mut est.registers, &v.pcrs);
-                    est.layers.push(layer(
-                        "platform",
-                        trust_name,
-                        serde_json::to_value(&v.claims).unwrap_or_default(),
-                        vec![],
-                    ));
-                    let extra = hex::decode(&v.claims.extra_data).unwrap_or_default();
-                    let r = match &expected {
-                        ExpectedExtraData::Binding(n, k) => {
-                            check_tpm_extra_data(&extra, n, k).map_err(Error::from)
-                        }
-                        _ => Ok(()),
-                    };
-                    tpm_binding_layer(r, "extraData", est);
-                    replay_event_log(&tpm.uefi_event_log, &v.pcrs, est);
-                    replay_runtime_log(&ev.runtime_event_log, &v.pcrs, est);
-                }
-            }
-        }
-        Platform::AzureSnpVtpm | Platform::AzureTdxVtpm => {
-            let Some(az) = &ev.azure else { return };
-            let sha256 = az.vtpm.pcr_banks.iter().find(|b| b.alg == HashAlg::Sha256);
-            let pcrs = (0u32..24)
-                .map(|i| sha256.and_then(|b| b.values.get(&i).cloned()).unwrap_or_else(|| vec![0; 32]))
-                .collect();
-            let converted = AzureEvidence {
-                hcl_report: az.hcl_report.clone(),
-                quote: AzureQuote {
-                    message: az.vtpm.attest.clone(),
-                    signature: az.vtpm.signature.clone(),
-                    pcrs,
-                },
-                vcek: (!az.vcek.is_empty()).then(|| az.vcek.clone()),
-                td_quote: (!az.td_quote.is_empty()).then(|| az.td_quote.clone()),
-                ak_public: Some(az.vtpm.ak_public.clone()),
-            };
-            let binding =
-                sealroom_measurements::binding::binding_digest(&ev.nonce, &ev.tee_public_key).to_vec();
-            let inner = Ctx { nonce: Some(binding), ..ctx.clone() };
-            platform_azure(&converted, policy, &inner, est);
-        }
-        Platform::Tdx => {
-            let Some(tdx) = &ev.tdx else { return };
-            if let Some(rd) = tdx_platform(&tdx.quote, policy, ctx, est) {
-                let r = check_report_data(&rd, &ev.nonce, &ev.tee_public_key).map_err(Error::from);
-                tpm_binding_layer(r, "REPORT_DATA", est);
-                replay_ccel(&tdx.ccel_log, est);
-                replay_runtime_rtmr3(&ev.runtime_event_log, est);
-            }
-        }
-        _ => {
-            est.layers.push(layer(
-                "platform",
-                "policy",
-                json!({}),
-                vec!["evidence: unknown platform".into()],
-            ));
-        }
-    }
-}
-
-fn replay_ccel(log: &[u8], est: &mut Established) {
-    if log.is_empty() {
-        return;
-    }
-    let mut failures = Vec::new();
-    match sealroom_measurements::ccel::CcelLog::parse(log).and_then(|l| l.replay()) {
-        Err(e) => failures.push(format!("ccel log: {e}")),
-        Ok(replayed) => {
-            for (i, value) in replayed.0.iter().enumerate().take(3) {
-                let name = format!("rtmr{i}");
-                if let Some(quoted) = est.registers.get(&name)
-                    && *quoted != hex::encode(value)
-                {
-                    failures
-                        .push(format!("ccel log: {name} replays to {}, quoted {quoted}", hex::encode(value)));
-                }
-            }
-        }
-    }
-    est.layers.push(layer("event log", "replay", json!({ "registers": "rtmr0..rtmr2" }), failures));
-}
-
-fn replay_runtime_rtmr3(log: &[u8], est: &mut Established) {
-    if log.is_empty() {
-        return;
-    }
-    let mut failures = Vec::new();
-    let mut claims = json!({ "register": "rtmr3" });
-    let quoted = est.registers.get("rtmr3").and_then(|h| hex::decode(h).ok()).unwrap_or_default();
-    match sealroom_measurements::cel::CelLog::decode(log) {
-        Err(e) => failures.push(format!("runtime log: {e}")),
-        Ok(records) => match sealroom_measurements::cel::check_rtmr3(&records, &quoted) {
-            Err(e) => failures.push(format!("runtime log: {e}")),
-            Ok(()) => claims = json!({ "register": "rtmr3", "workload": workload_claims(&records) }),
-        },
-    }
-    est.layers.push(layer("runtime log", "replay", claims, failures));
-}
-
-fn replay_runtime_log(log: &[u8], quoted: &[PcrBank], est: &mut Established) {
-    if log.is_empty() {
-        return;
-    }
-    let mut failures = Vec::new();
-    let mut claims = json!({});
-    match sealroom_measurements::cel::CelLog::decode(log) {
-        Err(e) => failures.push(format!("runtime log: {e}")),
-        Ok(records) => {
-            let mut replayed = Vec::new();
-            for bank in quoted {
-                if let Some(v) = bank.values.get(&15) {
-                    match sealroom_measurements::cel::check_pcr(&records, bank.alg, v) {
-                        Err(e) => failures.push(format!("runtime log: {e}")),
-                        Ok(()) => replayed.push(format!("pcr15.{}", bank.alg.name())),
-                    }
-                }
-            }
-            // The events are claims only once they replayed to a quoted register.
-            if failures.is_empty() && !replayed.is_empty() {
-                claims = json!({ "registers": replayed, "workload": workload_claims(&records) });
-            }
-        }
-    }
-    est.layers.push(layer("runtime log", "replay", claims, failures));
-}
-
-/// The workload the replayed runtime log describes: the launch events before the launch separator (image
-/// reference and digests, args, env, mounts, launch policy) and what happened after it (keys released, outputs).
-fn workload_claims(records: &[sealroom_measurements::cel::CelRecord]) -> serde_json::Value {
-    use sealroom_measurements::cel::RuntimeEvent as E;
-    let mut launch = serde_json::Map::new();
-    let (mut args, mut env, mut mounts, mut keys, mut outputs) = (vec![], vec![], vec![], vec![], vec![]);
-    let mut launched = false;
-    for r in records {
-        match &r.event {
-            E::ImageReference(s) => {
-                launch.insert("image_reference".into(), json!(s));
-            }
-            E::ManifestDigest(s) => {
-                launch.insert("image_digest".into(), json!(s));
-            }
-            E::ConfigDigest(s) => {
-                launch.insert("config_digest".into(), json!(s));
-            }
-            E::Arg(s) => args.push(json!(s)),
-            E::Env(s) => env.push(json!(s)),
-            E::Mount(m) => mounts.push(json!(m)),
-            E::LaunchPolicy(s) => {
-                launch.insert("launch_policy".into(), json!(s));
-            }
-            E::LaunchSeparator => launched = true,
-            E::KeyRelease { key_id } => keys.push(json!(key_id)),
-            E::Output { name, digest } => outputs.push(json!({ "name": name, "digest": digest })),
-            // Event kinds this verifier does not know yet still replayed; they claim nothing here.
-            _ => {}
-        }
-    }
-    launch.insert("args".into(), json!(args));
-    launch.insert("env".into(), json!(env));
-    launch.insert("mounts".into(), json!(mounts));
-    launch.insert("launched".into(), json!(launched));
-    launch.insert("key_releases".into(), json!(keys));
-    launch.insert("outputs".into(), json!(outputs));
-    serde_json::Value::Object(launch)
 }
 
 /// How a measured layer was judged.
@@ -890,25 +331,21 @@ enum Judged {
 
 /// Registers named compactly for a one-line reason: PCRs by index with their banks ("PCR 0, 1, 7 in sha1,
 /// sha256"), the others by name ("mrtd, rtmr0").
-fn register_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+fn register_list<'a>(registers: impl Iterator<Item = &'a Register>) -> String {
     let mut pcrs = BTreeSet::new();
     let mut banks = BTreeSet::new();
     let mut others = Vec::new();
-    for name in names {
-        let parsed = name
-            .strip_prefix("pcr")
-            .and_then(|rest| rest.split_once('.'))
-            .and_then(|(index, bank)| Some((index.parse::<u32>().ok()?, bank)));
-        match parsed {
-            Some((index, bank)) => {
-                pcrs.insert(index);
-                banks.insert(bank);
+    for r in registers {
+        match r {
+            Register::Pcr { index, bank } => {
+                pcrs.insert(*index);
+                banks.insert(bank.name());
             }
-            None => others.push(name.to_owned()),
+            other => others.push(other.to_string()),
         }
     }
     if !pcrs.is_empty() {
-        let indices = pcrs.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+        let indices = pcrs.iter().map(u8::to_string).collect::<Vec<_>>().join(", ");
         let banks = banks.into_iter().collect::<Vec<_>>().join(", ");
         others.insert(0, format!("PCR {indices} in {banks}"));
     }
@@ -921,14 +358,19 @@ fn measured_layers(refs: &ReferenceValues, est: &mut Established) -> (Vec<(Layer
     for (l, r) in
         [(Layer::Firmware, &refs.firmware), (Layer::Kernel, &refs.kernel), (Layer::Workload, &refs.workload)]
     {
-        let present: BTreeMap<&String, &String> =
-            est.registers.iter().filter(|(k, _)| layer_of(k) == Some(l)).collect();
+        let in_layer: Vec<&Register> = est.registers.keys().filter(|k| k.layer() == Some(l)).collect();
+        let present: BTreeMap<String, String> = est
+            .registers
+            .iter()
+            .filter(|(k, _)| k.layer() == Some(l))
+            .map(|(k, v)| (k.to_string(), v.to_hex()))
+            .collect();
         match r {
             Reference::NotGiven => {
                 let judged = if present.is_empty() {
                     Judged::Skipped
                 } else {
-                    let names = register_list(present.keys().map(|k| k.as_str()));
+                    let names = register_list(in_layer.into_iter());
                     warnings.push(format!("{}: not checked: no reference values given ({names})", l.name()));
                     Judged::NotChecked
                 };
@@ -954,7 +396,7 @@ fn measured_layers(refs: &ReferenceValues, est: &mut Established) -> (Vec<(Layer
             Reference::Digests(map) => {
                 let mut failures = Vec::new();
                 for (reg, allowed) in map {
-                    match est.registers.get(reg) {
+                    match present.get(reg) {
                         None => failures
                             .push(format!("{}: register {reg} is not in the verified evidence", l.name())),
                         Some(v) if allowed.contains(&v.to_lowercase()) => {}
@@ -996,35 +438,27 @@ fn raw_report_data_binding(layer_name: &'static str, rd: &[u8; 64], ctx: &Ctx<'_
                     ),
                 ))
             };
-            tpm_binding_layer(r, "REPORT_DATA", est);
+            binding_layer(r, "REPORT_DATA", est);
         }
     }
 }
 
-/// Verifies `input` and returns the attestation result. Never panics, never fails: every problem becomes
-/// a failed layer with a one-line reason, and the status says contraindicated.
+/// Verifies `input` and returns the typed appraisal. Never panics, never fails: every problem becomes a failed
+/// layer with a one-line reason, and the status says contraindicated.
 #[must_use]
-pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ear {
+pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Appraisal {
     let mut est = Established::default();
     match input {
         EvidenceInput::SnpReport { report, endorsement } => {
-            if let Some(rd) = snp_platform(report, endorsement, policy, ctx, &mut est) {
-                raw_report_data_binding("snp", &rd, ctx, &mut est);
-            }
+            platforms::platform_snp_report(report, endorsement, policy, ctx, &mut est);
         }
-        EvidenceInput::Gce(att) => platform_gce(att, ctx, &mut est),
-        EvidenceInput::Azure(az) => platform_azure(az, policy, ctx, &mut est),
-        EvidenceInput::Sealroom(ev) => platform_sealroom(ev, policy, ctx, &mut est),
-        EvidenceInput::TdxQuote(q) => {
-            if let Some(rd) = tdx_platform(q, policy, ctx, &mut est) {
-                raw_report_data_binding("tdx", &rd, ctx, &mut est);
-            }
+        EvidenceInput::Gce(att) => platforms::platform_gce(att, ctx, &mut est),
+        EvidenceInput::Azure(az) => {
+            let _ = platforms::platform_azure(az, policy, ctx, &mut est);
         }
-        EvidenceInput::SgxQuote(q) => {
-            if let Some(rd) = sgx_platform(q, policy, ctx, &mut est) {
-                raw_report_data_binding("sgx", &rd, ctx, &mut est);
-            }
-        }
+        EvidenceInput::Sealroom(ev) => platforms::platform_sealroom(ev, policy, ctx, &mut est),
+        EvidenceInput::TdxQuote(q) => platforms::platform_td_quote(q, policy, ctx, &mut est),
+        EvidenceInput::SgxQuote(q) => platforms::platform_sgx_quote(q, policy, ctx, &mut est),
     }
     let (measured, mut warnings) = measured_layers(&policy.references, &mut est);
     let any_failed = est.layers.iter().any(|l| l.outcome == Outcome::Failed);
@@ -1070,19 +504,26 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ea
         status = crate::ear::Status::Contraindicated;
     }
     warnings.splice(0..0, est.hardware_warnings);
-    let appraisal = Appraisal {
+    Appraisal {
+        evidence: input.kind().into(),
+        policy_id: policy.id.clone(),
+        at: ctx.at,
         status,
         trust_vector: tv,
-        policy_id: policy.id.clone(),
-        evidence: input.kind().into(),
+        platform: est.platform,
+        registers: est.registers,
+        binding: est.binding,
+        runtime: est.runtime,
         layers: est.layers,
         warnings,
-    };
-    Ear::single(ctx.at, "sealroom", appraisal)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use sealroom_measurements::evidence::{HashAlg, PcrBank};
+
+    use super::replay::{replay_runtime_log, replay_runtime_rtmr3};
     use super::*;
 
     #[test]
@@ -1147,6 +588,64 @@ mod tests {
         replay_runtime_log(&log, &[bank(vec![0; 32])], &mut est);
         assert_eq!(est.layers[0].outcome, Outcome::Failed);
         assert!(est.layers[0].claims.get("workload").is_none(), "no claims from a log that does not replay");
+        assert!(est.runtime.is_none(), "no typed events from a log that does not replay");
+
+        // A quote without PCR 15: the log replays to nothing, which is a failure, not a silent pass.
+        let mut est = Established::default();
+        let pcr0 = PcrBank { alg: HashAlg::Sha256, values: [(0u32, vec![0; 32])].into_iter().collect() };
+        replay_runtime_log(&log, &[pcr0], &mut est);
+        assert_eq!(
+            est.layers[0].failures,
+            vec!["runtime log: no runtime register (PCR 15 or RTMR3) was quoted".to_owned()]
+        );
+        assert!(est.runtime.is_none());
+    }
+
+    #[test]
+    fn a_runtime_log_replays_to_rtmr3_and_records_for_other_registers_are_refused() {
+        use sealroom_measurements::cel::{CelRecord, RuntimeEvent as E, encode_records, replay_rtmr3};
+        let events = [E::ManifestDigest("sha256:aa".into()), E::Arg("/bin/app".into()), E::LaunchSeparator];
+        let records: Vec<CelRecord> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| CelRecord::new(i as u64, 15, &[HashAlg::Sha384], e))
+            .collect();
+        let log = encode_records(&records);
+        let rtmr3 = replay_rtmr3(&records).unwrap();
+
+        let mut est = Established::default();
+        est.registers.insert(Register::Rtmr(3), rtmr3.into());
+        replay_runtime_rtmr3(&log, &mut est);
+        assert_eq!(est.layers[0].outcome, Outcome::Passed, "{:?}", est.layers[0].failures);
+        let runtime = est.runtime.expect("replayed");
+        assert_eq!(runtime.registers, vec![Register::Rtmr(3)]);
+        assert_eq!(runtime.events, events.to_vec());
+
+        let mut est = Established::default();
+        est.registers.insert(Register::Rtmr(3), HexBytes(vec![0; 48]));
+        replay_runtime_rtmr3(&log, &mut est);
+        assert_eq!(est.layers[0].outcome, Outcome::Failed);
+        assert!(
+            est.layers[0].failures[0].starts_with("runtime log: rtmr3 mismatch"),
+            "{:?}",
+            est.layers[0].failures
+        );
+        assert!(est.runtime.is_none());
+
+        // An event extended into another register would ride along unreplayed: the log is refused.
+        let mut other = records.clone();
+        other.push(CelRecord::new(3, 8, &[HashAlg::Sha384], &E::Env("X=1".into())));
+        let mut est = Established::default();
+        est.registers.insert(Register::Rtmr(3), rtmr3.into());
+        replay_runtime_rtmr3(&encode_records(&other), &mut est);
+        assert_eq!(
+            est.layers[0].failures,
+            vec![
+                "runtime log: cel record: invalid pcr index: record 3 names pcr 8, the runtime log uses 15"
+                    .to_owned()
+            ]
+        );
+        assert!(est.runtime.is_none());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod appraisal;
 pub mod azure;
+pub mod claims;
 pub mod ear;
 pub mod error;
 pub mod evidence_kind;

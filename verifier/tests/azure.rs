@@ -185,7 +185,7 @@ fn tdx_evidence_binds_and_quote_verifies_but_needs_the_tdx_verifier() {
         );
         // With a TD quote check that returns the TDREPORT's REPORT_DATA, everything else verifies.
         let rd = hcl.report_data().unwrap();
-        let check = move |_q: &[u8]| -> sealroom_verifier::Result<[u8; 64]> { Ok(rd) };
+        let check = move |q: &[u8]| tdx_check(q).map(|(_, td)| (rd, td));
         let cache = EndorsementCache::default();
         let v = verify_azure(
             &ev,
@@ -254,11 +254,19 @@ fn tdx_pair() -> AzureEvidence {
     }
 }
 
-fn tdx_check(q: &[u8]) -> sealroom_verifier::Result<[u8; 64]> {
+fn tdx_check(q: &[u8]) -> sealroom_verifier::Result<([u8; 64], sealroom_verifier::claims::TdxClaims)> {
     // The real TDX verifier without collateral: PCK chain to the Intel root, QE report, quote signature.
     let signed = sealroom_verifier::tdx::verify_quote_signatures(q, parse_time(AT_2026).unwrap())?;
-    match signed.quote.body {
-        sealroom_verifier::tdx::Body::Td(td) => Ok(td.report_data),
+    match &signed.quote.body {
+        sealroom_verifier::tdx::Body::Td(td) => Ok((
+            td.report_data,
+            sealroom_verifier::claims::TdxClaims::from_td_report(
+                signed.quote.version,
+                td,
+                signed.pck_extension.fmspc,
+                None,
+            ),
+        )),
         _ => panic!("not a TD quote"),
     }
 }
@@ -279,7 +287,8 @@ fn run_tdx(ev: &AzureEvidence, nonce: &[u8]) -> Result<VerifiedAzure, Vec<String
 #[test]
 fn tdx_td_quote_signatures_verify_and_bind_the_hcl_report() {
     // td-quote.bin: parses, PCK chain/QE/quote signatures verify, REPORT_DATA equals the HCL TDREPORT's.
-    let rd = tdx_check(&data("az-tdx-vtpm/td-quote.bin")).unwrap();
+    let (rd, td) = tdx_check(&data("az-tdx-vtpm/td-quote.bin")).unwrap();
+    assert!(!td.td_attributes.debug, "Azure's TD is not a debug TD");
     let hcl = HclReport::parse(&data("az-tdx-vtpm/hcl-report.bin")).unwrap();
     assert_eq!(rd, hcl.report_data().unwrap());
 }

@@ -549,3 +549,41 @@ fn warm_platform_cache_still_checks_every_per_quote_field() {
     assert!(verify_quote(&f.quote, &f.collateral, t("2030-01-01T00:00:00Z")).is_err());
     verify_quote(&f.quote, &f.collateral, t(TDX_AT)).unwrap();
 }
+
+/// The typed appraisal of a TD quote: TDATTRIBUTES are decoded from the signed body with or without Intel
+/// collateral (a policy can refuse a debug TD either way); the TCB status only with collateral.
+#[test]
+fn typed_appraisal_decodes_td_attributes_with_and_without_collateral() {
+    use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, appraise};
+    use sealroom_verifier::claims::{PlatformClaims, Register, TdAttributes};
+    let quote = read("dcap-qvl/tdx_quote");
+    let c = collateral("dcap-qvl/tdx_quote_collateral.json", TDX_AT);
+    let cache = sealroom_verifier::snp::EndorsementCache::default();
+    let run = |collateral: Option<&VerifiedCollateral>| {
+        let ctx = Context {
+            at: t(TDX_AT),
+            nonce: None,
+            snp_cache: &cache,
+            tdx_collateral: collateral,
+            enrolled_tpm_aks: &[],
+            tpm_ek_activated: None,
+        };
+        appraise(&EvidenceInput::TdxQuote(quote.clone()), &Policy::default(), &ctx)
+    };
+    let Ok(VerifiedQuote::Tdx(verified)) = verify_quote(&quote, &c, t(TDX_AT)) else {
+        panic!("not a TD quote")
+    };
+    let want = TdAttributes::decode(verified.td_attributes);
+    for (collateral, status) in [(None, None), (Some(&c), Some(TcbStatus::UpToDate))] {
+        let a = run(collateral);
+        assert!(a.failures().is_empty(), "{:?}", a.failures());
+        let Some(PlatformClaims::Tdx(td)) = &a.platform else { panic!("{:?}", a.platform) };
+        assert_eq!(td.td_attributes, want);
+        assert!(!td.td_attributes.debug && td.td_attributes.sept_ve_disable && !td.td_attributes.migratable);
+        assert!(!a.platform.as_ref().unwrap().debug());
+        assert_eq!(td.tcb.as_ref().map(|t| t.status), status);
+        assert_eq!(a.registers[&Register::Mrtd].as_slice(), verified.mr_td.as_slice());
+        assert_eq!(a.registers[&Register::Rtmr(3)].as_slice(), verified.rtmr[3].as_slice());
+        assert_eq!(a.platform.as_ref().unwrap().name(), "tdx");
+    }
+}

@@ -174,7 +174,11 @@ async fn the_seed_scenario_on_this_host_key_job_receipt_and_refusals() {
         )
         .unwrap();
         // The "golden" registers of this host: what the swtpm quoted for the firmware PCRs (none were extended).
-        a.registers.into_iter().filter(|(k, _)| k.starts_with("pcr0.")).collect::<BTreeMap<_, _>>()
+        a.registers
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_hex()))
+            .filter(|(k, _)| k.starts_with("pcr0."))
+            .collect::<BTreeMap<_, _>>()
     };
     assert!(!quoted.is_empty());
     let dir_digest = |dir: &std::path::Path| {

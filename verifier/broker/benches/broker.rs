@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sealroom_broker::appraisal::{Appraisal, Appraiser, SignedBinding, VerifierAppraiser};
+use sealroom_broker::appraisal::{
+    Appraisal, Appraiser, HexBytes, PlatformClaims, RuntimeReplay, SignedBinding, VerifierAppraiser,
+};
 use sealroom_broker::{Clock, seal};
 use sealroom_measurements::binding::{self, Kem, Nonce, TeePublicKey};
 use sealroom_measurements::cel::RuntimeEvent;
@@ -48,22 +50,40 @@ struct StandIn;
 impl Appraiser for StandIn {
     fn appraise(&self, e: &Evidence, _now_ms: u64) -> sealroom_verifier::Result<Appraisal> {
         Ok(Appraisal {
-            platform: Platform::Tpm,
-            tcb_status: None,
-            tcb_levels: BTreeMap::new(),
-            debug: false,
+            evidence: "sealroom evidence".into(),
+            policy_id: "sealroom.keybroker.v1".into(),
+            at: i64::try_from(JAN_2024_MS / 1000).unwrap(),
+            status: sealroom_verifier::ear::Status::Affirming,
+            trust_vector: sealroom_verifier::ear::TrustworthinessVector {
+                instance_identity: 2,
+                configuration: 2,
+                hardware: 2,
+                ..Default::default()
+            },
+            platform: Some(PlatformClaims::Tpm(sealroom_verifier::claims::TpmClaims {
+                ak: sealroom_verifier::claims::AkTrustClaims::Enrolled {
+                    ak_public_sha256: HexBytes(vec![0; 32]),
+                },
+                quoted_banks: vec![HashAlg::Sha256],
+                firmware_version: Some(1),
+                reset_count: Some(0),
+            })),
             registers: BTreeMap::new(),
-            binding: SignedBinding::TpmExtraData(hex::encode(binding::binding_digest(
-                &e.nonce,
-                &e.tee_public_key,
+            binding: Some(SignedBinding::TpmExtraData(HexBytes(
+                binding::binding_digest(&e.nonce, &e.tee_public_key).to_vec(),
             ))),
-            workload_events: vec![
-                RuntimeEvent::ManifestDigest(IMAGE.into()),
-                RuntimeEvent::Arg("--in".into()),
-                RuntimeEvent::Arg("/data".into()),
-                RuntimeEvent::Env("MODE=batch".into()),
-                RuntimeEvent::LaunchSeparator,
-            ],
+            runtime: Some(RuntimeReplay {
+                registers: vec!["pcr15.sha256".parse().unwrap()],
+                events: vec![
+                    RuntimeEvent::ManifestDigest(IMAGE.into()),
+                    RuntimeEvent::Arg("--in".into()),
+                    RuntimeEvent::Arg("/data".into()),
+                    RuntimeEvent::Env("MODE=batch".into()),
+                    RuntimeEvent::LaunchSeparator,
+                ],
+            }),
+            layers: vec![],
+            warnings: vec![],
         })
     }
 }

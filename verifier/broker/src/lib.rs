@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod appraisal;
 pub mod audit;
+pub mod ear_claims;
 pub mod error;
 pub mod grpc;
 pub mod jwks;

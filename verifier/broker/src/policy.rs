@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::Platform;
-
+use sealroom_verifier::claims::{HexBytes, Register, platform_by_name, platform_name};
 use sha2::Digest;
 
 use super::appraisal::Appraisal;
@@ -79,23 +79,6 @@ pub struct Policy {
 pub const RULES: [&str; 8] =
     ["platforms", "debug", "tcb_statuses", "minimum_tcb", "golden", "image_digests", "args", "env"];
 
-fn platform_name(p: Platform) -> &'static str {
-    match p {
-        Platform::Tpm => "tpm",
-        Platform::Tdx => "tdx",
-        Platform::SevSnp => "sev-snp",
-        Platform::AzureSnpVtpm => "azure-snp-vtpm",
-        Platform::AzureTdxVtpm => "azure-tdx-vtpm",
-        _ => "unknown",
-    }
-}
-
-fn parse_platform(s: &str) -> Option<Platform> {
-    [Platform::Tpm, Platform::Tdx, Platform::SevSnp, Platform::AzureSnpVtpm, Platform::AzureTdxVtpm]
-        .into_iter()
-        .find(|p| platform_name(*p) == s)
-}
-
 fn take<T>(
     table: &mut toml::Table,
     name: &'static str,
@@ -145,7 +128,7 @@ impl Policy {
             let names: Vec<String> = de(v)?;
             non_empty(names)?
                 .iter()
-                .map(|n| parse_platform(n).ok_or_else(|| format!("unknown platform {n:?}")))
+                .map(|n| platform_by_name(n).ok_or_else(|| format!("unknown platform {n:?}")))
                 .collect()
         })?;
         let tcb_statuses = take(&mut table, "tcb_statuses", |v| non_empty(de(v)?))?;
@@ -246,26 +229,26 @@ impl GoldenFile {
     }
 
     /// Verifies the signature under one of `signers` (`ed25519:<hex>`) and returns the expected registers
-    /// (names as in [`Appraisal::registers`]; only registers the document marks complete).
+    /// (only registers the document marks complete).
     fn verified_registers(
         &self,
         signers: &[String],
-    ) -> std::result::Result<BTreeMap<String, String>, String> {
+    ) -> std::result::Result<BTreeMap<Register, HexBytes>, String> {
         let sig = self.signature_hex.as_deref().ok_or("is unsigned (no .sig file)")?;
         let doc = signers
             .iter()
             .filter_map(|s| s.strip_prefix("ed25519:"))
             .find_map(|key| sealroom_measurements::golden::verify(&self.bytes, sig, key).ok())
             .ok_or("signature does not verify under any accepted signer")?;
-        Ok(sealroom_verifier::golden_refs::golden_registers(&doc))
-    }
-}
-
-/// The register family a name belongs to: "pcr.sha256" for "pcr11.sha256", "rtmr" for "rtmr2", "mrtd".
-fn family(register: &str) -> String {
-    match register.split_once('.') {
-        Some((base, alg)) if base.starts_with("pcr") => format!("pcr.{alg}"),
-        _ => register.trim_end_matches(|c: char| c.is_ascii_digit()).to_owned(),
+        sealroom_verifier::golden_refs::golden_registers(&doc)
+            .into_iter()
+            .map(|(name, value)| {
+                let register = name.parse::<Register>().map_err(|e| format!("names {e}"))?;
+                let value =
+                    hex::decode(&value).map_err(|_| format!("gives {name} a value that is not hex"))?;
+                Ok((register, HexBytes(value)))
+            })
+            .collect()
     }
 }
 
@@ -297,6 +280,11 @@ impl Verdict {
         })
     }
 }
+
+/// Why `workload.launch` refuses evidence whose runtime log replayed to no runtime register (no log, or a
+/// platform whose evidence has no PCR 15 or RTMR3).
+pub const NO_RUNTIME_LOG: &str =
+    "no runtime log replayed to a quoted runtime register (PCR 15 or RTMR3): the workload was not measured";
 
 /// The launch events (before the separator), after checking the log's shape: one separator, nothing but
 /// post-launch events after it.
@@ -335,15 +323,17 @@ impl Policy {
     #[must_use]
     pub fn evaluate(&self, a: &Appraisal, golden: &GoldenSet) -> Verdict {
         let mut rules = Vec::new();
-        let platform = platform_name(a.platform);
+        let claims = a.platform.as_ref();
+        let platform = claims.map_or("unverified", |p| p.name());
         rules.push((
             "policy.platforms",
-            match &self.platforms {
-                Rule::Skip => Outcome::Skipped,
-                Rule::Require(ps) if ps.contains(&a.platform) => {
+            match (&self.platforms, claims) {
+                (Rule::Skip, _) => Outcome::Skipped,
+                (Rule::Require(_), None) => Outcome::Fail("the platform's evidence was not verified".into()),
+                (Rule::Require(ps), Some(p)) if ps.contains(&p.platform()) => {
                     Outcome::Pass(format!("platform {platform}"))
                 }
-                Rule::Require(ps) => Outcome::Fail(format!(
+                (Rule::Require(ps), Some(_)) => Outcome::Fail(format!(
                     "platform {platform} not allowed (allowed: {})",
                     ps.iter().map(|p| platform_name(*p)).collect::<Vec<_>>().join(", ")
                 )),
@@ -351,32 +341,42 @@ impl Policy {
         ));
         rules.push((
             "policy.debug",
-            match self.debug {
-                Rule::Skip => Outcome::Skipped,
-                Rule::Require(DebugForbidden) if a.debug => Outcome::Fail("TEE runs in debug mode".into()),
-                Rule::Require(DebugForbidden) => Outcome::Pass("not a debug TEE".into()),
+            match (&self.debug, claims) {
+                (Rule::Skip, _) => Outcome::Skipped,
+                (Rule::Require(DebugForbidden), None) => {
+                    Outcome::Fail("the platform's evidence was not verified: debug mode unknown".into())
+                }
+                (Rule::Require(DebugForbidden), Some(p)) if p.debug() => {
+                    Outcome::Fail("TEE runs in debug mode".into())
+                }
+                (Rule::Require(DebugForbidden), Some(_)) => Outcome::Pass("not a debug TEE".into()),
             },
         ));
+        let tcb_status = claims.and_then(sealroom_verifier::claims::PlatformClaims::tcb_status);
         rules.push((
             "policy.tcb_statuses",
-            match (&self.tcb_statuses, &a.tcb_status) {
+            match (&self.tcb_statuses, tcb_status.map(sealroom_verifier::tdx::TcbStatus::as_str)) {
                 (Rule::Skip, _) => Outcome::Skipped,
                 (Rule::Require(_), None) => {
                     Outcome::Fail(format!("platform {platform} reports no TCB status"))
                 }
-                (Rule::Require(ok), Some(s)) if ok.contains(s) => Outcome::Pass(format!("TCB status {s}")),
+                (Rule::Require(ok), Some(s)) if ok.iter().any(|o| o == s) => {
+                    Outcome::Pass(format!("TCB status {s}"))
+                }
                 (Rule::Require(ok), Some(s)) => {
                     Outcome::Fail(format!("TCB status {s} not accepted (accepted: {})", ok.join(", ")))
                 }
             },
         ));
+        let tcb_levels =
+            claims.map(sealroom_verifier::claims::PlatformClaims::tcb_components).unwrap_or_default();
         rules.push((
             "policy.minimum_tcb",
             match &self.minimum_tcb {
                 Rule::Skip => Outcome::Skipped,
                 Rule::Require(min) => min
                     .iter()
-                    .find_map(|(c, m)| match a.tcb_levels.get(c) {
+                    .find_map(|(c, m)| match tcb_levels.get(c) {
                         None => Some(Outcome::Fail(format!("TCB component {c} not in the evidence"))),
                         Some(v) if v < m => {
                             Some(Outcome::Fail(format!("TCB {c} is {v}, below the minimum {m}")))
@@ -389,14 +389,22 @@ impl Policy {
             },
         ));
         rules.push(("policy.golden", self.evaluate_golden(a, golden)));
-        let launch = launch_events(&a.workload_events);
+        let launch = match &a.runtime {
+            None => Err(NO_RUNTIME_LOG.to_owned()),
+            Some(r) => launch_events(&r.events).map(|l| (l, r.registers.as_slice())),
+        };
         rules.push((
             "workload.launch",
             match &launch {
-                Ok(l) => Outcome::Pass(format!("{} launch events, then the separator", l.len())),
+                Ok((l, registers)) => Outcome::Pass(format!(
+                    "{} launch events, then the separator (replayed to {})",
+                    l.len(),
+                    registers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                )),
                 Err(e) => Outcome::Fail(e.clone()),
             },
         ));
+        let launch = launch.map(|(l, _)| l);
         let launch = launch.unwrap_or_default();
         rules.push(("policy.image_digests", self.evaluate_image(launch)));
         let args: Vec<&str> = launch
@@ -465,7 +473,7 @@ impl Policy {
 
     fn evaluate_golden(&self, a: &Appraisal, golden: &GoldenSet) -> Outcome {
         let Rule::Require(rule) = &self.golden else { return Outcome::Skipped };
-        let families: std::collections::BTreeSet<String> = a.registers.keys().map(|r| family(r)).collect();
+        let families: std::collections::BTreeSet<_> = a.registers.keys().map(|r| r.family()).collect();
         let mut first_problem = None;
         for name in &rule.documents {
             let problem = match golden.files.iter().find(|d| &d.digest == name) {
@@ -485,7 +493,7 @@ impl Policy {
                                     break;
                                 }
                                 // A register of a family the evidence has but not this one (not quoted): refuse.
-                                None if families.contains(&family(reg)) => {
+                                None if families.contains(&reg.family()) => {
                                     mismatch = Some(format!("{reg} not in the evidence ({name})"));
                                     break;
                                 }

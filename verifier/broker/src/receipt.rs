@@ -20,16 +20,17 @@ use sealroom_measurements::binding::Nonce;
 use sealroom_measurements::broker_response::{self, ReceiptStatement};
 use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_proto::keybroker::v1 as pb;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::audit::{AuditEntry, AuditRecord, Decision};
 use super::check_key_id;
+use super::ear_claims::{GoldenDocuments, ReceiptSubmodule, ReleaseRef, TokenClaims, appraised};
 use super::nonce::NonceRefusal;
 use super::policy::{Outcome, Rule};
-use super::service::{Broker, Refused, audit_claim, request_tee_key, tee_key_digest};
+use super::service::{Broker, Refused, request_tee_key, tee_key_digest};
 use super::store::Recorded;
-use super::token::{EAR_PROFILE, TokenKind};
+use super::token::TokenKind;
 use crate::error::{Error, Result};
 
 const LAYER: &str = "receipt";
@@ -161,51 +162,55 @@ impl Broker {
             key_ids: vec![req.key_id.clone()],
         };
         let redeemed = self.check_nonce(&req.nonce, now);
-        let mut decided = redeemed.clone().and_then(|nonce| self.appraise(nonce, &as_release, now)).and_then(|(_, evidence, appraisal)| {
-            check_finished_job(&appraisal.workload_events, &req.key_id, &req.output_digest)
-                .map_err(|why| Refused::new(LAYER, format!("{LAYER}: {why}")))?;
-            let release = self
-                .store
-                .find_release(&tee_key_digest(evidence.tee_public_key.as_bytes()), &req.key_id)
-                .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))?
-                .ok_or_else(|| {
-                    Refused::new(
-                        LAYER,
-                        format!("{LAYER}: this broker never released key {} to this TEE key", req.key_id),
-                    )
-                })?;
-            // A key-store failure refuses the receipt with its reason (the release path fails the call instead).
-            let (key, policy, verdict) = self
-                .key_verdict(&req.key_id, &appraisal)
-                .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))??;
-            let golden_documents = match &policy.golden {
-                Rule::Skip => json!("skip"),
-                Rule::Require(g) => json!(g.documents),
-            };
-            let rules: BTreeMap<&str, String> =
-                verdict.rules.iter().map(|(rule, o)| (*rule, outcome_text(o))).collect();
-            let claims = json!({
-                "ear.status": "affirming",
-                "ear.appraisal-policy-id": RECEIPT_POLICY_ID,
-                "sealroom.platform": format!("{:?}", evidence.platform),
-                "sealroom.tee_public_key": hex::encode(evidence.tee_public_key.as_bytes()),
-                "sealroom.evidence_digest": hex::encode(evidence_digest),
-                "sealroom.registers": appraisal.registers,
-                "sealroom.golden_documents": golden_documents,
-                "sealroom.workload": WorkloadClaims::from_events(&appraisal.workload_events),
-                "sealroom.output_digest": req.output_digest,
-                "sealroom.key_id": req.key_id,
-                "sealroom.release": {
-                    "audit_seq": release.audit_seq,
-                    "time_ms": release.time_ms,
-                    "key_version": release.key_version,
-                },
-                "sealroom.policy_digest": format!("sha256:{}", hex::encode(Sha256::digest(key.info.policy.as_bytes()))),
-                "sealroom.policy_rules": rules,
-            });
-            Ok(claims)
-        });
-        let entry_for = |decided: &std::result::Result<serde_json::Value, Refused>| match decided {
+        // What a receipt states, decided before the audit record is written: the appraisal, the key's policy
+        // (re-evaluated) and this broker's own release record.
+        struct Decided {
+            appraisal: sealroom_verifier::claims::Appraisal,
+            tee_public_key: String,
+            golden_documents: Option<Vec<String>>,
+            release: ReleaseRef,
+            policy_digest: String,
+            policy_rules: BTreeMap<&'static str, String>,
+        }
+        let mut decided = redeemed.clone().and_then(|nonce| self.appraise(nonce, &as_release, now)).and_then(
+            |(_, evidence, appraisal)| {
+                check_finished_job(appraisal.runtime_events(), &req.key_id, &req.output_digest)
+                    .map_err(|why| Refused::new(LAYER, format!("{LAYER}: {why}")))?;
+                let release = self
+                    .store
+                    .find_release(&tee_key_digest(evidence.tee_public_key.as_bytes()), &req.key_id)
+                    .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))?
+                    .ok_or_else(|| {
+                        Refused::new(
+                            LAYER,
+                            format!("{LAYER}: this broker never released key {} to this TEE key", req.key_id),
+                        )
+                    })?;
+                // A key-store failure refuses the receipt with its reason (the release path fails the call instead).
+                let (key, policy, verdict) = self
+                    .key_verdict(&req.key_id, &appraisal)
+                    .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))??;
+                Ok(Decided {
+                    tee_public_key: hex::encode(evidence.tee_public_key.as_bytes()),
+                    golden_documents: match &policy.golden {
+                        Rule::Skip => None,
+                        Rule::Require(g) => Some(g.documents.clone()),
+                    },
+                    release: ReleaseRef {
+                        audit_seq: release.audit_seq,
+                        time_ms: release.time_ms,
+                        key_version: release.key_version,
+                    },
+                    policy_digest: format!(
+                        "sha256:{}",
+                        hex::encode(Sha256::digest(key.info.policy.as_bytes()))
+                    ),
+                    policy_rules: verdict.rules.iter().map(|(rule, o)| (*rule, outcome_text(o))).collect(),
+                    appraisal,
+                })
+            },
+        );
+        let entry_for = |decided: &std::result::Result<Decided, Refused>| match decided {
             Ok(_) => AuditEntry {
                 decision: Decision::Receipt,
                 key_id: req.key_id.clone(),
@@ -238,14 +243,25 @@ impl Broker {
             }
         };
         let receipt = match decided {
-            Ok(sub) => {
-                let claims = json!({
-                    "eat_profile": EAR_PROFILE,
-                    "eat_nonce": hex::encode(&req.nonce),
-                    "ear.verifier-id": {"developer": "sealroom", "build": concat!("sealroom-broker ", env!("CARGO_PKG_VERSION"))},
-                    "submods": {"sealroom": sub},
-                    "sealroom.audit": audit_claim(&head),
-                });
+            Ok(d) => {
+                let sub = ReceiptSubmodule {
+                    appraisal: appraised(&d.appraisal).with_policy_id(RECEIPT_POLICY_ID),
+                    tee_public_key: d.tee_public_key,
+                    evidence_digest: hex::encode(evidence_digest),
+                    golden_documents: d
+                        .golden_documents
+                        .as_deref()
+                        .map_or(GoldenDocuments::Skip("skip"), GoldenDocuments::Documents),
+                    workload: WorkloadClaims::from_events(d.appraisal.runtime_events()),
+                    output_digest: &req.output_digest,
+                    key_id: &req.key_id,
+                    release: d.release,
+                    policy_digest: d.policy_digest,
+                    policy_rules: d.policy_rules,
+                };
+                let claims = TokenClaims::new(now / 1000, d.appraisal.status, &req.nonce, sub, &head);
+                let claims =
+                    serde_json::to_value(claims).map_err(|e| Error::check(LAYER, format!("claims: {e}")))?;
                 Ok(self.signer.sign_token(claims, TokenKind::Receipt, now / 1000)?)
             }
             Err(r) => Err(r),
@@ -331,14 +347,12 @@ pub fn check(input: &CheckInput<'_>) -> Result<CheckedReceipt> {
         .pointer("/submods/sealroom")
         .ok_or_else(|| Error::check(LAYER, "token has no submods.sealroom claims"))?;
     let s = |name: &str| sub.get(name).and_then(Value::as_str).unwrap_or_default();
-    if s("ear.appraisal-policy-id") != RECEIPT_POLICY_ID {
-        return Err(Error::check(
-            LAYER,
-            format!("token is not an output receipt (policy id {:?})", s("ear.appraisal-policy-id")),
-        ));
+    let policy_ids = sub.get("ear_appraisal_policy_ids").cloned().unwrap_or_default();
+    if policy_ids != serde_json::json!([RECEIPT_POLICY_ID]) {
+        return Err(Error::check(LAYER, format!("token is not an output receipt (policy ids {policy_ids})")));
     }
-    if s("ear.status") != "affirming" {
-        return Err(Error::check(LAYER, format!("receipt status is {:?}, not affirming", s("ear.status"))));
+    if s("ear_status") != "affirming" {
+        return Err(Error::check(LAYER, format!("receipt status is {:?}, not affirming", s("ear_status"))));
     }
     if s("sealroom.output_digest") != input.output_digest {
         return Err(Error::check(

@@ -21,18 +21,20 @@ use sealroom_measurements::binding::{self, Nonce};
 use sealroom_measurements::broker_response::{self, ReleaseStatement, TeeKeyField};
 use sealroom_measurements::evidence::Evidence;
 use sealroom_proto::keybroker::v1 as pb;
-use serde_json::json;
+use sealroom_verifier::claims::{PlatformClaims, platform_name};
+use sealroom_verifier::ear::{Status, Submodule};
 use sha2::{Digest, Sha256};
 
-use super::appraisal::{Appraisal, Appraiser, SignedBinding};
+use super::appraisal::{Appraisal, Appraiser, BROKER_POLICY_ID, SignedBinding};
 use super::audit::{AuditEntry, AuditLog, AuditRecord, Decision, GroupCommitLog};
+use super::ear_claims::{RefusedKey, ReleaseSubmodule, TokenClaims, appraised};
 use super::keystore::{KeyStore, ReleasableKey, ReleaseRecord, Unreleasable};
 use super::nonce::{NonceBook, NonceRefusal};
 use super::policy::{GoldenSet, Policy, Verdict};
 use super::ratelimit::{Limited, PeerLimiter, RateLimit};
 use super::seal;
-use super::store::{AnchoredHead, EmbeddedLedger, KeyRecords, Ledger, Recorded};
-use super::token::{EAR_PROFILE, Signer, TokenKind};
+use super::store::{EmbeddedLedger, KeyRecords, Ledger, Recorded};
+use super::token::{Signer, TokenKind};
 use super::{Clock, Randomness, check_key_id};
 use crate::error::{Error, Result};
 
@@ -137,15 +139,6 @@ pub struct StoreParts {
     pub signer: Signer,
     /// Nonces and the audit chain.
     pub ledger: Arc<dyn Ledger>,
-}
-
-/// The `sealroom.audit` claim of a token: the chain head after this decision (and whose chain it is).
-pub(super) fn audit_claim(head: &AnchoredHead) -> serde_json::Value {
-    let mut claim = json!({"records": head.head.records, "head": hex::encode(head.head.hash)});
-    if let (Some(replica), Some(map)) = (&head.replica, claim.as_object_mut()) {
-        map.insert("replica".into(), json!(replica));
-    }
-    claim
 }
 
 impl Broker {
@@ -262,22 +255,26 @@ impl Broker {
         }
         let appraisal =
             self.appraiser.appraise(&evidence, now).map_err(|e| Refused::from_error("verifier", &e))?;
-        if appraisal.platform != evidence.platform {
+        let appraised = appraisal.platform.as_ref().map(PlatformClaims::platform);
+        if appraised != Some(evidence.platform) {
             return Err(Refused::new(
                 "verifier",
                 format!(
-                    "verifier: appraised platform {:?} differs from the evidence's {:?}",
-                    appraisal.platform, evidence.platform
+                    "verifier: appraised platform {} differs from the evidence's {}",
+                    appraised.map_or("(none)", platform_name),
+                    platform_name(evidence.platform)
                 ),
             ));
         }
+        let key = &evidence.tee_public_key;
         let checked = match &appraisal.binding {
-            SignedBinding::ReportData(h) => hex::decode(h)
-                .map_err(|_| Error::check("binding", "REPORT_DATA is not hex"))
-                .and_then(|b| Ok(binding::check_report_data(&b, &nonce, &evidence.tee_public_key)?)),
-            SignedBinding::TpmExtraData(h) => hex::decode(h)
-                .map_err(|_| Error::check("binding", "extraData is not hex"))
-                .and_then(|b| Ok(binding::check_tpm_extra_data(&b, &nonce, &evidence.tee_public_key)?)),
+            Some(SignedBinding::ReportData(b)) => {
+                binding::check_report_data(b.as_slice(), &nonce, key).map_err(Error::from)
+            }
+            Some(SignedBinding::TpmExtraData(b)) => {
+                binding::check_tpm_extra_data(b.as_slice(), &nonce, key).map_err(Error::from)
+            }
+            None => Err(Error::check("binding", "the appraisal carries no signed binding value")),
         };
         checked.map_err(|e| Refused::from_error("binding", &e))?;
         Ok((nonce, evidence, appraisal))
@@ -393,23 +390,22 @@ impl Broker {
                 }
             }
         };
-        let claims = json!({
-            "eat_profile": EAR_PROFILE,
-            "eat_nonce": hex::encode(&req.nonce),
-            "ear.verifier-id": {"developer": "sealroom", "build": concat!("sealroom-broker ", env!("CARGO_PKG_VERSION"))},
-            "submods": {
-                "sealroom": {
-                    "ear.status": if accepted.is_ok() { "affirming" } else { "contraindicated" },
-                    "ear.appraisal-policy-id": "sealroom.keybroker.v1",
-                    "sealroom.platform": accepted.as_ref().ok().map(|(_, e, _)| format!("{:?}", e.platform)),
-                    "sealroom.tee_public_key": accepted.as_ref().ok().map(|(_, e, _)| hex::encode(e.tee_public_key.as_bytes())),
-                    "sealroom.evidence_digest": hex::encode(evidence_digest),
-                    "sealroom.keys.released": keys.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
-                    "sealroom.keys.refused": refusals.iter().map(|(id, r)| json!({"key_id": id, "reason": r.reason})).collect::<Vec<_>>(),
-                }
+        let sub = ReleaseSubmodule {
+            appraisal: match &accepted {
+                Ok((_, _, a)) => appraised(a),
+                Err(_) => Submodule::refused(BROKER_POLICY_ID),
             },
-            "sealroom.audit": audit_claim(&head),
-        });
+            tee_public_key: accepted.as_ref().ok().map(|(_, e, _)| hex::encode(e.tee_public_key.as_bytes())),
+            evidence_digest: hex::encode(evidence_digest),
+            released: keys.iter().map(|(id, _)| id.as_str()).collect(),
+            refused: refusals.iter().map(|(id, r)| RefusedKey { key_id: id, reason: &r.reason }).collect(),
+        };
+        let status = match &accepted {
+            Ok((_, _, a)) => a.status,
+            Err(_) => Status::Contraindicated,
+        };
+        let claims = serde_json::to_value(TokenClaims::new(now / 1000, status, &req.nonce, sub, &head))
+            .map_err(|e| Error::check("token", format!("claims: {e}")))?;
         if let Ok((_, evidence, _)) = &accepted
             && !keys.is_empty()
         {

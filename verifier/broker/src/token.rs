@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 
 const LAYER: &str = "token";
-/// The EAR profile this token follows.
-pub const EAR_PROFILE: &str = "tag:github.com,2023:veraison/ear";
+/// The EAR profile tokens follow (draft-ietf-rats-ear-04; the claims are built in [`super::ear_claims`]).
+pub use sealroom_verifier::ear::EAR_PROFILE;
 
 /// The broker's ES256 signing key.
 pub struct Signer {

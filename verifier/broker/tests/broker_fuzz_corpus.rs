@@ -72,17 +72,36 @@ env = ["MODE=batch", "THREADS=*"]
 "#,
     )
     .unwrap();
+    use sealroom_broker::appraisal::{HexBytes, PlatformClaims, RuntimeReplay, SignedBinding};
+    use sealroom_verifier::claims::{AkTrustClaims, TpmClaims};
     let appraisal = Appraisal {
-        platform: sealroom_measurements::evidence::Platform::Tpm,
-        tcb_status: Some("UpToDate".into()),
-        tcb_levels: [("snp.microcode".to_owned(), 213)].into(),
-        debug: false,
-        registers: [("pcr11.sha256".to_owned(), "44".repeat(32))].into(),
-        binding: sealroom_broker::appraisal::SignedBinding::TpmExtraData("00".repeat(32)),
-        workload_events: vec![
-            sealroom_measurements::cel::RuntimeEvent::Arg("--in".into()),
-            sealroom_measurements::cel::RuntimeEvent::LaunchSeparator,
-        ],
+        evidence: "sealroom evidence".into(),
+        policy_id: "sealroom.keybroker.v1".into(),
+        at: 1_700_000_000,
+        status: sealroom_verifier::ear::Status::Affirming,
+        trust_vector: sealroom_verifier::ear::TrustworthinessVector {
+            instance_identity: 2,
+            configuration: 2,
+            hardware: 2,
+            ..Default::default()
+        },
+        platform: Some(PlatformClaims::Tpm(TpmClaims {
+            ak: AkTrustClaims::Enrolled { ak_public_sha256: HexBytes(vec![0x55; 32]) },
+            quoted_banks: vec![sealroom_measurements::evidence::HashAlg::Sha256],
+            firmware_version: Some(1),
+            reset_count: Some(0),
+        })),
+        registers: [("pcr11.sha256".parse().unwrap(), HexBytes(vec![0x44; 32]))].into(),
+        binding: Some(SignedBinding::TpmExtraData(HexBytes(vec![0; 32]))),
+        runtime: Some(RuntimeReplay {
+            registers: vec!["pcr15.sha256".parse().unwrap()],
+            events: vec![
+                sealroom_measurements::cel::RuntimeEvent::Arg("--in".into()),
+                sealroom_measurements::cel::RuntimeEvent::LaunchSeparator,
+            ],
+        }),
+        layers: vec![],
+        warnings: vec![],
     };
     std::fs::write(dir.join("appraisal.json"), serde_json::to_vec_pretty(&appraisal).unwrap()).unwrap();
     std::fs::write(

@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use sealroom_broker::appraisal::{Appraisal, Appraiser, SignedBinding, VerifierAppraiser};
+use sealroom_broker::appraisal::{
+    Appraisal, Appraiser, HexBytes, PlatformClaims, Register, RuntimeReplay, SignedBinding, VerifierAppraiser,
+};
 use sealroom_broker::audit::{self, AuditLog, Decision};
 use sealroom_broker::keystore::{Kek, KeyStore};
 use sealroom_broker::nonce::NonceBook;
@@ -26,6 +28,8 @@ use sealroom_measurements::broker_response::{self, ReleaseStatement, TeeKeyField
 use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::{Evidence, HashAlg, Platform, TpmEvidence};
 use sealroom_proto::keybroker::v1 as pb;
+use sealroom_verifier::claims::{AkTrustClaims, TdAttributes, TdxClaims, TdxTcb, TpmClaims};
+use sealroom_verifier::ear::{Status, TrustworthinessVector};
 use sealroom_verifier::tpm::gce_proto::GceAttestation;
 use sha2::{Digest, Sha256};
 
@@ -83,7 +87,7 @@ fn policy() -> String {
     format!(
         r#"
 version = 1
-platforms = ["tpm", "tdx"]
+platforms = ["tdx", "azure-tdx-vtpm"]
 tcb_statuses = ["UpToDate", "SWHardeningNeeded"]
 minimum_tcb = {{ "tdx.tee_tcb_svn.0" = 3 }}
 debug = "forbidden"
@@ -121,34 +125,106 @@ struct StandInAppraiser {
 impl Appraiser for StandInAppraiser {
     fn appraise(&self, evidence: &Evidence, _now_ms: u64) -> sealroom_verifier::Result<Appraisal> {
         let mut a = self.claims.lock().unwrap().clone();
-        a.binding = self.binding.lock().unwrap().clone().unwrap_or_else(|| {
-            SignedBinding::TpmExtraData(hex::encode(binding::binding_digest(
-                &evidence.nonce,
-                &evidence.tee_public_key,
-            )))
-        });
+        a.binding = Some(self.binding.lock().unwrap().clone().unwrap_or_else(|| {
+            SignedBinding::TpmExtraData(HexBytes(
+                binding::binding_digest(&evidence.nonce, &evidence.tee_public_key).to_vec(),
+            ))
+        }));
         Ok(a)
     }
 }
 
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn reg(name: &str) -> Register {
+    name.parse().unwrap()
+}
+
+fn hex_value(h: &str) -> HexBytes {
+    HexBytes(hex::decode(h).unwrap())
+}
+
+/// A TD quote verified against Intel collateral: UpToDate, TEE_TCB_SVN[0] = 4, SEPT_VE_DISABLE set, no debug.
+fn td_claims() -> TdxClaims {
+    let zeros = |n: usize| HexBytes(vec![0; n]);
+    TdxClaims {
+        quote_version: 4,
+        td_attributes: TdAttributes::decode((1u64 << 28).to_le_bytes()),
+        tcb: Some(TdxTcb {
+            status: sealroom_verifier::tdx::TcbStatus::UpToDate,
+            advisory_ids: vec![],
+            tcb_date: 1_690_000_000,
+            evaluation_data_number: 17,
+        }),
+        tee_tcb_svn: HexBytes([4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0].to_vec()),
+        fmspc: zeros(6),
+        mr_seam: zeros(48),
+        mr_td: zeros(48),
+        rtmr: [zeros(48), zeros(48), zeros(48), zeros(48)],
+        mr_config_id: zeros(48),
+        mr_owner: zeros(48),
+        mr_owner_config: zeros(48),
+        xfam: zeros(8),
+    }
+}
+
+/// What the verifier establishes for an Azure TDX CVM: the TD quote's claims, the vTPM's PCRs (PCR 11 golden)
+/// and the runtime log replayed to PCR 15.
 fn good_claims() -> Appraisal {
     Appraisal {
-        platform: Platform::Tpm,
-        tcb_status: Some("UpToDate".into()),
-        tcb_levels: BTreeMap::from([("tdx.tee_tcb_svn.0".to_owned(), 4)]),
-        debug: false,
-        registers: BTreeMap::from([("pcr11.sha256".to_owned(), PCR11.to_owned())]),
-        binding: SignedBinding::TpmExtraData(String::new()),
-        workload_events: vec![
-            RuntimeEvent::ImageReference(format!("registry.example/analytics@{IMAGE}")),
-            RuntimeEvent::ManifestDigest(IMAGE.into()),
-            RuntimeEvent::Arg("--in".into()),
-            RuntimeEvent::Arg("/data".into()),
-            RuntimeEvent::Env("MODE=batch".into()),
-            RuntimeEvent::Env("THREADS=4".into()),
-            RuntimeEvent::LaunchSeparator,
-            RuntimeEvent::KeyRelease { key_id: "provider-a/data".into() },
-        ],
+        evidence: "sealroom evidence".into(),
+        policy_id: "sealroom.keybroker.v1".into(),
+        at: 1_700_000_000,
+        status: Status::Affirming,
+        trust_vector: TrustworthinessVector {
+            instance_identity: 2,
+            configuration: 2,
+            hardware: 2,
+            runtime_opaque: 2,
+            ..TrustworthinessVector::default()
+        },
+        platform: Some(PlatformClaims::AzureTdxVtpm {
+            tdx: td_claims(),
+            vtpm: TpmClaims {
+                ak: AkTrustClaims::AzureHcl,
+                quoted_banks: vec![HashAlg::Sha256],
+                firmware_version: Some(1),
+                reset_count: Some(0),
+            },
+        }),
+        registers: BTreeMap::from([(reg("pcr11.sha256"), hex_value(PCR11))]),
+        binding: None,
+        runtime: Some(RuntimeReplay {
+            registers: vec![reg("pcr15.sha256")],
+            events: vec![
+                RuntimeEvent::ImageReference(format!("registry.example/analytics@{IMAGE}")),
+                RuntimeEvent::ManifestDigest(IMAGE.into()),
+                RuntimeEvent::Arg("--in".into()),
+                RuntimeEvent::Arg("/data".into()),
+                RuntimeEvent::Env("MODE=batch".into()),
+                RuntimeEvent::Env("THREADS=4".into()),
+                RuntimeEvent::LaunchSeparator,
+                RuntimeEvent::KeyRelease { key_id: "provider-a/data".into() },
+            ],
+        }),
+        layers: vec![],
+        warnings: vec![],
+    }
+}
+
+/// The replayed runtime events of a stand-in appraisal.
+fn events(a: &mut Appraisal) -> &mut Vec<RuntimeEvent> {
+    &mut a.runtime.as_mut().unwrap().events
+}
+
+/// The TD claims of a stand-in appraisal.
+fn td(a: &mut Appraisal) -> &mut TdxClaims {
+    match a.platform.as_mut().unwrap() {
+        PlatformClaims::AzureTdxVtpm { tdx, .. } | PlatformClaims::Tdx(tdx) => tdx,
+        other => panic!("not a TD: {other:?}"),
     }
 }
 
@@ -255,11 +331,16 @@ impl Fixture {
         Evidence {
             nonce,
             tee_public_key: self.tee_public.clone(),
-            platform: Platform::Tpm,
-            tpm: Some(TpmEvidence { attest: vec![0xff, 0x54, 0x43, 0x47], ..TpmEvidence::default() }),
+            platform: Platform::AzureTdxVtpm,
+            tpm: None,
             tdx: None,
             sev_snp: None,
-            azure: None,
+            azure: Some(sealroom_measurements::evidence::AzureVtpmEvidence {
+                hcl_report: vec![0x48, 0x43, 0x4c],
+                vtpm: TpmEvidence { attest: vec![0xff, 0x54, 0x43, 0x47], ..TpmEvidence::default() },
+                td_quote: vec![4, 0],
+                vcek: vec![],
+            }),
             runtime_event_log: vec![],
             gpus: Vec::new(),
         }
@@ -321,9 +402,18 @@ fn happy_path_releases_sealed_keys_with_a_signed_token_and_audit_records() {
         assert!(seal::open(kem, &f.tee_private, "provider-b/data", &nonce, &r.keys[0].1).is_err());
         let claims = token::verify(&r.attestation_result, &f.signer_jwk).unwrap();
         let sub = &claims["submods"]["sealroom"];
-        assert_eq!(sub["ear.status"], "affirming");
+        assert_eq!(claims["eat_profile"], "tag:ietf.org,2026:rats/ear#04");
+        assert_eq!(claims["ear_status"], "affirming");
+        assert_eq!(sub["ear_status"], "affirming");
+        assert_eq!(sub["ear_appraisal_policy_ids"], serde_json::json!(["sealroom.keybroker.v1"]));
+        assert_eq!(sub["ear_trustworthiness_vector"]["hardware"], 2);
+        // The platform by the policy's name, and its typed claims.
+        assert_eq!(sub["sealroom.platform"], "azure-tdx-vtpm");
+        assert_eq!(sub["sealroom.debug"], false);
+        assert_eq!(sub["sealroom.claims"]["azure-tdx-vtpm"]["tdx"]["tcb"]["status"], "UpToDate");
+        assert_eq!(sub["sealroom.runtime_registers"], serde_json::json!(["pcr15.sha256"]));
         assert_eq!(sub["sealroom.keys.released"], serde_json::json!(["provider-a/data", "provider-b/data"]));
-        assert_eq!(claims["eat_nonce"], hex::encode(nonce.0));
+        assert_eq!(claims["eat_nonce"], base64_url(&nonce.0));
         let head = audit::verify(&std::fs::read(&f.audit_path).unwrap()).unwrap();
         assert_eq!(claims["sealroom.audit"]["records"], 2);
         assert_eq!(claims["sealroom.audit"]["head"], hex::encode(head.hash));
@@ -459,7 +549,7 @@ fn refuses_wrong_workload_digest() {
     let f = Fixture::new();
     let other = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
     let r = refusal_for(&f, "provider-a/data", |a| {
-        a.workload_events[1] = RuntimeEvent::ManifestDigest(other.into());
+        events(a)[1] = RuntimeEvent::ManifestDigest(other.into());
     });
     assert_refused(
         &f,
@@ -473,7 +563,7 @@ fn refuses_wrong_workload_digest() {
 fn refuses_workload_without_image_digest() {
     let f = Fixture::new();
     let r = refusal_for(&f, "provider-a/data", |a| {
-        a.workload_events.remove(1);
+        events(a).remove(1);
     });
     assert_refused(&f, &r, "provider-a/data", "policy.image_digests: no workload image digest was measured");
 }
@@ -482,7 +572,7 @@ fn refuses_workload_without_image_digest() {
 fn refuses_extra_env_var() {
     let f = Fixture::new();
     let r = refusal_for(&f, "provider-a/data", |a| {
-        a.workload_events.insert(6, RuntimeEvent::Env("LD_PRELOAD=/x.so".into()));
+        events(a).insert(6, RuntimeEvent::Env("LD_PRELOAD=/x.so".into()));
     });
     assert_refused(
         &f,
@@ -495,7 +585,7 @@ fn refuses_extra_env_var() {
 #[test]
 fn refuses_changed_args() {
     let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| a.workload_events[3] = RuntimeEvent::Arg("/etc".into()));
+    let r = refusal_for(&f, "provider-a/data", |a| events(a)[3] = RuntimeEvent::Arg("/etc".into()));
     assert_refused(
         &f,
         &r,
@@ -508,7 +598,7 @@ fn refuses_changed_args() {
 fn refuses_extra_arg() {
     let f = Fixture::new();
     let r = refusal_for(&f, "provider-a/data", |a| {
-        a.workload_events.insert(4, RuntimeEvent::Arg("--debug".into()));
+        events(a).insert(4, RuntimeEvent::Arg("--debug".into()));
     });
     assert_refused(&f, &r, "provider-a/data", "policy.args: 3 arguments, policy requires 2");
 }
@@ -516,8 +606,7 @@ fn refuses_extra_arg() {
 #[test]
 fn refuses_launch_event_after_the_separator() {
     let f = Fixture::new();
-    let r =
-        refusal_for(&f, "provider-a/data", |a| a.workload_events.push(RuntimeEvent::Env("EXTRA=1".into())));
+    let r = refusal_for(&f, "provider-a/data", |a| events(a).push(RuntimeEvent::Env("EXTRA=1".into())));
     assert_refused(
         &f,
         &r,
@@ -529,7 +618,7 @@ fn refuses_launch_event_after_the_separator() {
 #[test]
 fn refuses_workload_without_launch_separator() {
     let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| a.workload_events.truncate(6));
+    let r = refusal_for(&f, "provider-a/data", |a| events(a).truncate(6));
     assert_refused(
         &f,
         &r,
@@ -543,7 +632,7 @@ fn refuses_pcr11_not_golden() {
     let f = Fixture::new();
     let bad = "5".repeat(64);
     let r = refusal_for(&f, "provider-a/data", |a| {
-        a.registers.insert("pcr11.sha256".into(), bad.clone());
+        a.registers.insert(reg("pcr11.sha256"), hex_value(&bad));
     });
     assert_refused(
         &f,
@@ -573,8 +662,8 @@ fn refuses_golden_register_not_quoted() {
     let f = Fixture::new();
     // The quote covers other sha256 PCRs but not PCR 11: the golden register cannot be checked.
     let r = refusal_for(&f, "provider-a/data", |a| {
-        a.registers.remove("pcr11.sha256");
-        a.registers.insert("pcr4.sha256".into(), "7".repeat(64));
+        a.registers.remove(&reg("pcr11.sha256"));
+        a.registers.insert(reg("pcr4.sha256"), hex_value(&"7".repeat(64)));
     });
     assert_refused(
         &f,
@@ -678,7 +767,7 @@ fn refuses_tampered_golden_document() {
 #[test]
 fn refuses_debug_tee() {
     let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| a.debug = true);
+    let r = refusal_for(&f, "provider-a/data", |a| td(a).td_attributes.debug = true);
     assert_refused(&f, &r, "provider-a/data", "policy.debug: TEE runs in debug mode");
 }
 
@@ -686,7 +775,7 @@ fn refuses_debug_tee() {
 fn refuses_tcb_below_minimum() {
     let f = Fixture::new();
     let r = refusal_for(&f, "provider-a/data", |a| {
-        a.tcb_levels.insert("tdx.tee_tcb_svn.0".into(), 2);
+        td(a).tee_tcb_svn.0[0] = 2;
     });
     assert_refused(
         &f,
@@ -699,7 +788,9 @@ fn refuses_tcb_below_minimum() {
 #[test]
 fn refuses_tcb_status_not_accepted() {
     let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| a.tcb_status = Some("OutOfDate".into()));
+    let r = refusal_for(&f, "provider-a/data", |a| {
+        td(a).tcb.as_mut().unwrap().status = sealroom_verifier::tdx::TcbStatus::OutOfDate;
+    });
     assert_refused(
         &f,
         &r,
@@ -711,19 +802,112 @@ fn refuses_tcb_status_not_accepted() {
 #[test]
 fn refuses_platform_not_allowed() {
     let f = Fixture::new();
-    // The evidence says SEV-SNP and so does the verifier; the policy allows only TPM and TDX.
-    f.tweak(|a| a.platform = Platform::SevSnp);
+    // The evidence says TPM and so does the verifier; the policy allows only TDX and Azure TDX vTPM.
+    f.tweak(|a| {
+        a.platform = Some(PlatformClaims::Tpm(TpmClaims {
+            ak: AkTrustClaims::Enrolled { ak_public_sha256: HexBytes(vec![0x55; 32]) },
+            quoted_banks: vec![HashAlg::Sha256],
+            firmware_version: Some(1),
+            reset_count: Some(0),
+        }));
+    });
     let (nonce, _) = f.broker.challenge().unwrap();
     let mut ev = f.evidence(nonce);
-    ev.platform = Platform::SevSnp;
-    ev.sev_snp = Some(sealroom_measurements::evidence::SevSnpEvidence::default());
+    ev.platform = Platform::Tpm;
+    ev.azure = None;
+    ev.tpm = Some(TpmEvidence { attest: vec![0xff, 0x54, 0x43, 0x47], ..TpmEvidence::default() });
     let r = f.broker.release(&Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
     assert_refused(
         &f,
         &r,
         "provider-a/data",
-        "policy.platforms: platform sev-snp not allowed (allowed: tpm, tdx)",
+        "policy.platforms: platform tpm not allowed (allowed: tdx, azure-tdx-vtpm)",
     );
+}
+
+/// Evidence of a bare TD (no vTPM): the stand-in says what the verifier establishes for it.
+fn tdx_evidence(f: &Fixture, nonce: Nonce) -> Evidence {
+    let mut ev = f.evidence(nonce);
+    ev.platform = Platform::Tdx;
+    ev.azure = None;
+    ev.tdx = Some(sealroom_measurements::evidence::TdxEvidence { quote: vec![4, 0], ..Default::default() });
+    ev
+}
+
+/// A bare TD: its runtime log replayed to RTMR3; the golden register is RTMR2.
+fn tdx_appraisal(a: &mut Appraisal) {
+    a.platform = Some(PlatformClaims::Tdx(td_claims()));
+    a.runtime.as_mut().unwrap().registers = vec![reg("rtmr3")];
+}
+
+#[test]
+fn releases_on_tdx_with_the_runtime_log_replayed_to_rtmr3_and_names_the_platform_in_the_token() {
+    let f = Fixture::new();
+    f.tweak(tdx_appraisal);
+    let (nonce, _) = f.broker.challenge().unwrap();
+    let r =
+        f.broker.release(&Fixture::request(&nonce, tdx_evidence(&f, nonce), &["provider-a/data"])).unwrap();
+    assert!(r.refusals.is_empty(), "{:?}", r.refusals);
+    assert_eq!(f.open("provider-a/data", &nonce, &r.keys[0].1), b"data key A");
+    let claims = token::verify(&r.attestation_result, &f.signer_jwk).unwrap();
+    let sub = &claims["submods"]["sealroom"];
+    assert_eq!(sub["sealroom.platform"], "tdx");
+    assert_eq!(sub["sealroom.runtime_registers"], serde_json::json!(["rtmr3"]));
+    assert_eq!(sub["sealroom.claims"]["tdx"]["td_attributes"]["sept_ve_disable"], true);
+    // The launch rule says where the log was replayed.
+    let policy = sealroom_broker::policy::Policy::parse(&policy()).unwrap();
+    let mut a = good_claims();
+    tdx_appraisal(&mut a);
+    let verdict = policy.evaluate(&a, &GoldenSet { files: vec![golden_file()] });
+    let launch = verdict.rules.iter().find(|(rule, _)| *rule == "workload.launch").unwrap();
+    assert_eq!(
+        launch.1,
+        sealroom_broker::policy::Outcome::Pass(
+            "6 launch events, then the separator (replayed to rtmr3)".into()
+        )
+    );
+}
+
+#[test]
+fn refuses_evidence_whose_runtime_log_replayed_to_no_runtime_register() {
+    let f = Fixture::new();
+    f.tweak(|a| {
+        tdx_appraisal(a);
+        a.runtime = None;
+    });
+    let (nonce, _) = f.broker.challenge().unwrap();
+    let r =
+        f.broker.release(&Fixture::request(&nonce, tdx_evidence(&f, nonce), &["provider-a/data"])).unwrap();
+    assert_refused(
+        &f,
+        &r,
+        "provider-a/data",
+        "workload.launch: no runtime log replayed to a quoted runtime register (PCR 15 or RTMR3): the workload \
+         was not measured",
+    );
+}
+
+#[test]
+fn refuses_a_debug_td_verified_without_collateral() {
+    let f = Fixture::new();
+    // Without Intel collateral there is no TCB status, but TDATTRIBUTES is in the signed quote body: DEBUG set.
+    f.tweak(|a| {
+        tdx_appraisal(a);
+        td(a).tcb = None;
+        td(a).td_attributes = TdAttributes::decode((1u64 | (1 << 28)).to_le_bytes());
+    });
+    let (nonce, _) = f.broker.challenge().unwrap();
+    let r =
+        f.broker.release(&Fixture::request(&nonce, tdx_evidence(&f, nonce), &["provider-a/data"])).unwrap();
+    assert_refused(&f, &r, "provider-a/data", "policy.debug: TEE runs in debug mode");
+}
+
+#[test]
+fn refuses_a_debug_azure_td() {
+    let f = Fixture::new();
+    f.tweak(|a| td(a).td_attributes.debug = true);
+    let r = f.release(&["provider-a/data"]);
+    assert_refused(&f, &r, "provider-a/data", "policy.debug: TEE runs in debug mode");
 }
 
 #[test]
@@ -772,8 +956,8 @@ fn refuses_evidence_bound_to_another_challenge() {
 fn refuses_quote_that_binds_another_nonce() {
     let f = Fixture::new();
     // The evidence claims the right nonce but the signed extraData binds a different one.
-    *f.appraiser.binding.lock().unwrap() = Some(SignedBinding::TpmExtraData(hex::encode(
-        binding::binding_digest(&Nonce([1; 32]), &f.tee_public),
+    *f.appraiser.binding.lock().unwrap() = Some(SignedBinding::TpmExtraData(HexBytes(
+        binding::binding_digest(&Nonce([1; 32]), &f.tee_public).to_vec(),
     )));
     let r = f.release(&["provider-a/data"]);
     assert_refused(
@@ -791,7 +975,7 @@ fn refuses_tee_key_not_bound() {
     // The quote binds the genuine TEE key; the request swaps in an attacker's key to receive the data key.
     let (_, attacker) = seal::derive_keypair(Kem::X25519HkdfSha256, b"attacker").unwrap();
     *f.appraiser.binding.lock().unwrap() =
-        Some(SignedBinding::TpmExtraData(hex::encode(binding::binding_digest(&nonce, &f.tee_public))));
+        Some(SignedBinding::TpmExtraData(HexBytes(binding::binding_digest(&nonce, &f.tee_public).to_vec())));
     let mut ev = f.evidence(nonce);
     ev.tee_public_key = attacker;
     let r = f.broker.release(&Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
@@ -809,7 +993,7 @@ fn refuses_report_data_without_the_sealroom_tag() {
     let (nonce, _) = f.broker.challenge().unwrap();
     let mut rd = binding::report_data(&nonce, &f.tee_public);
     rd[40] ^= 1;
-    *f.appraiser.binding.lock().unwrap() = Some(SignedBinding::ReportData(hex::encode(rd)));
+    *f.appraiser.binding.lock().unwrap() = Some(SignedBinding::ReportData(HexBytes(rd.to_vec())));
     let r = f.broker.release(&Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"])).unwrap();
     assert_refused(&f, &r, "provider-a/data", "binding: REPORT_DATA does not carry the sealroom binding tag");
 }

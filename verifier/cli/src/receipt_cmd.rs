@@ -98,7 +98,7 @@ pub fn run(args: &Args) -> Result<()> {
             prost::Message::decode(evidence_bytes.as_slice()).context("evidence.pb is not Evidence")?;
         let evidence = sealroom_measurements::evidence::Evidence::try_from(pb).context("evidence.pb")?;
         let s = |p: &str| checked.claims.pointer(p).and_then(serde_json::Value::as_str).unwrap_or_default();
-        if hex::encode(evidence.nonce.0) != s("/eat_nonce") {
+        if sealroom_verifier::ear::eat_nonce(&evidence.nonce.0) != s("/eat_nonce") {
             bail!("refused: the evidence's nonce is not the receipt's eat_nonce");
         }
         let at_ms =
@@ -106,7 +106,7 @@ pub fn run(args: &Args) -> Result<()> {
         let appraisal = VerifierAppraiser::with_pinned_tpm_aks(aks)
             .appraise(&evidence, at_ms)
             .map_err(|e| anyhow::anyhow!("refused: evidence: {e}"))?;
-        match appraisal.workload_events.last() {
+        match appraisal.runtime_events().last() {
             Some(RuntimeEvent::Output { digest, .. }) if *digest == output_digest => {}
             other => bail!(
                 "refused: evidence: the runtime log does not end with output {output_digest} ({other:?})"
@@ -115,13 +115,14 @@ pub fn run(args: &Args) -> Result<()> {
         let claimed =
             checked.claims.pointer("/submods/sealroom/sealroom.registers").cloned().unwrap_or_default();
         for (reg, val) in &appraisal.registers {
-            if claimed.get(reg).and_then(serde_json::Value::as_str) != Some(val.as_str()) {
+            if claimed.get(reg.to_string()).and_then(serde_json::Value::as_str) != Some(val.to_hex().as_str())
+            {
                 bail!("refused: evidence: register {reg} differs from the receipt's");
             }
         }
         evidence_note = format!(
             "evidence re-verified: quote by the enrolled AK, nonce bound, {} runtime events replayed to PCR 15",
-            appraisal.workload_events.len()
+            appraisal.runtime_events().len()
         );
     }
     let w = &checked.workload;

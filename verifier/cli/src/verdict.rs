@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use sealroom_verifier::appraisal::{EvidenceInput, Layer, Policy, Reference, ReferenceValues};
-use sealroom_verifier::ear::{Ear, Status};
+use sealroom_verifier::claims::Appraisal;
+use sealroom_verifier::ear::Status;
 use sealroom_verifier::tdx::TcbStatus;
 
 /// The exit statuses, as `--help` prints them.
@@ -122,7 +123,7 @@ impl ReferenceArgs {
 
 /// Ends the process with the verdict's exit status, after one stderr line per reason: `refused (status):
 /// <first failure>` when a check failed, `warning: <reason>` per warning otherwise.
-pub fn exit_with(ear: &Ear) -> ! {
+pub fn exit_with(ear: &Appraisal) -> ! {
     match ear.status() {
         Status::Affirming => std::process::exit(0),
         Status::Warning => {

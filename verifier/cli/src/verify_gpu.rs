@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use sealroom_verifier::appraisal::EvidenceInput;
-use sealroom_verifier::ear::Ear;
+use sealroom_verifier::claims::Appraisal;
 use sealroom_verifier::gpu::appraise::{GpuContext, GpuPolicy};
 use sealroom_verifier::gpu::{
     GpuTrust, Revocation, VerifiedRim, verify_device_chain, verify_gpu_report, verify_rim,
@@ -140,7 +140,7 @@ pub fn run(inputs: &GpuInputs<'_>) -> Result<bool> {
 
 /// The `gpu` layer for sealroom Evidence: its GPUs against the RIMs in `rims` under the GPU rules in `policy`.
 pub fn add_gpu_layer(
-    ear: &mut Ear,
+    ear: &mut Appraisal,
     input: &EvidenceInput,
     rims: Option<&Path>,
     policy: Option<&Path>,

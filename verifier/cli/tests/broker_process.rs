@@ -188,7 +188,7 @@ fn serves_challenge_release_and_admin_over_loopback() {
         let jwk: serde_json::Value =
             serde_json::from_slice(&std::fs::read(s.state.join("signing-key.jwk.json")).unwrap()).unwrap();
         let claims = token::verify(&resp.attestation_result, &jwk).unwrap();
-        assert_eq!(claims["submods"]["sealroom"]["ear.status"], "contraindicated");
+        assert_eq!(claims["submods"]["sealroom"]["ear_status"], "contraindicated");
         let replay = client.release(req).await.unwrap().into_inner();
         assert_eq!(replay.refusals[0].reason, "nonce: already used (replay)");
         let bad = client
@@ -307,23 +307,41 @@ fn kill_9_during_1000_releases_loses_no_acknowledged_decision() {
 
 #[test]
 fn policy_check_explains_every_rule_per_key() {
-    use sealroom_broker::appraisal::{Appraisal, SignedBinding};
+    use sealroom_broker::appraisal::{Appraisal, HexBytes, PlatformClaims, RuntimeReplay, SignedBinding};
     use sealroom_measurements::cel::RuntimeEvent;
+    use sealroom_verifier::claims::{AkTrustClaims, TpmClaims};
     let dir = tempfile::tempdir().unwrap();
     let appraisal = Appraisal {
-        platform: Platform::Tpm,
-        tcb_status: None,
-        tcb_levels: std::collections::BTreeMap::new(),
-        debug: false,
+        evidence: "sealroom evidence".into(),
+        policy_id: "sealroom.keybroker.v1".into(),
+        at: 1_700_000_000,
+        status: sealroom_verifier::ear::Status::Affirming,
+        trust_vector: sealroom_verifier::ear::TrustworthinessVector {
+            instance_identity: 2,
+            configuration: 2,
+            hardware: 2,
+            ..Default::default()
+        },
+        platform: Some(PlatformClaims::Tpm(TpmClaims {
+            ak: AkTrustClaims::Enrolled { ak_public_sha256: HexBytes(vec![0x55; 32]) },
+            quoted_banks: vec![sealroom_measurements::evidence::HashAlg::Sha256],
+            firmware_version: Some(1),
+            reset_count: Some(0),
+        })),
         registers: std::collections::BTreeMap::new(),
-        binding: SignedBinding::TpmExtraData("00".repeat(32)),
-        workload_events: vec![
-            RuntimeEvent::ManifestDigest(
-                "sha256:1111111111111111111111111111111111111111111111111111111111111111".into(),
-            ),
-            RuntimeEvent::Env("DEBUG=1".into()),
-            RuntimeEvent::LaunchSeparator,
-        ],
+        binding: Some(SignedBinding::TpmExtraData(HexBytes(vec![0; 32]))),
+        runtime: Some(RuntimeReplay {
+            registers: vec!["pcr15.sha256".parse().unwrap()],
+            events: vec![
+                RuntimeEvent::ManifestDigest(
+                    "sha256:1111111111111111111111111111111111111111111111111111111111111111".into(),
+                ),
+                RuntimeEvent::Env("DEBUG=1".into()),
+                RuntimeEvent::LaunchSeparator,
+            ],
+        }),
+        layers: vec![],
+        warnings: vec![],
     };
     let a = dir.path().join("appraisal.json");
     std::fs::write(&a, serde_json::to_vec(&appraisal).unwrap()).unwrap();

@@ -73,10 +73,10 @@ fn snp_report_with_collateral_dir_and_json() {
     assert!(o.status.success(), "{out}\n{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["iat"], 1_748_736_000);
-    assert_eq!(v["eat_profile"], "tag:github.com,2023:veraison/ear");
+    assert_eq!(v["eat_profile"], "tag:ietf.org,2026:rats/ear#04");
     let s = &v["submods"]["sealroom"];
-    assert_eq!(s["ear.status"], "affirming");
-    assert_eq!(s["ear.trustworthiness-vector"]["hardware"], 2);
+    assert_eq!(s["ear_status"], "affirming");
+    assert_eq!(s["ear_trustworthiness_vector"]["hardware"], 2);
     assert_eq!(s["sealroom.layers"][0]["claims"]["signing_key"], "Vlek");
 }
 
@@ -251,8 +251,8 @@ fn tdx_quote_with_collateral_affirming_and_expired_collateral_refused() {
     let o = sealroom(&["--evidence", &q, "--at", "2025-07-19T10:00:34Z", "--json", "--skip", ALL]);
     assert_eq!(o.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["submods"]["sealroom"]["ear.status"], "warning");
-    assert_eq!(v["submods"]["sealroom"]["ear.trustworthiness-vector"]["hardware"], 32);
+    assert_eq!(v["submods"]["sealroom"]["ear_status"], "warning");
+    assert_eq!(v["submods"]["sealroom"]["ear_trustworthiness_vector"]["hardware"], 32);
     assert_eq!(v["submods"]["sealroom"]["sealroom.warnings"], serde_json::json!([NO_COLLATERAL]));
     assert_eq!(text(&o).1.trim(), format!("warning: {NO_COLLATERAL}"));
 }
@@ -275,7 +275,7 @@ fn azure_tdx_evidence_is_genuine_but_tcb_unknown_without_collateral() {
     assert_eq!(text(&o).1.trim(), format!("warning: {NO_COLLATERAL}"));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let s = &v["submods"]["sealroom"];
-    assert_eq!(s["ear.status"], "warning");
+    assert_eq!(s["ear_status"], "warning");
     assert_eq!(s["sealroom.evidence"], "azure tdx vtpm evidence");
     assert_eq!(s["sealroom.layers"][0]["outcome"], "passed");
     assert_eq!(

@@ -70,7 +70,7 @@ fn sgx_v3_quote_with_collateral_verifies_and_says_why_it_is_not_affirming() {
     assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let s = &v["submods"]["sealroom"];
-    assert_eq!(s["ear.status"], "affirming");
+    assert_eq!(s["ear_status"], "affirming");
     assert_eq!(s["sealroom.evidence"], "sgx quote");
     assert_eq!(s["sealroom.layers"][0]["claims"]["tcb_status"], "ConfigurationAndSWHardeningNeeded");
     assert_eq!(s["sealroom.layers"][4]["layer"], "workload");

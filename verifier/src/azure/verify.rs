@@ -37,18 +37,32 @@ pub struct AzureClaims {
     pub extra_data: String,
 }
 
+/// The verified hardware part, typed.
+#[derive(Debug, Clone)]
+pub enum AzureHardware {
+    /// The HCL report's SNP report.
+    Snp(crate::claims::SnpClaims),
+    /// The TD quote over the HCL report.
+    Tdx(crate::claims::TdxClaims),
+}
+
 /// Verified Azure evidence.
 #[derive(Debug, Clone)]
 pub struct VerifiedAzure {
-    /// Claims.
+    /// Claims, for display.
     pub claims: AzureClaims,
+    /// The hardware part, typed.
+    pub hardware: AzureHardware,
+    /// The vTPM quote, typed.
+    pub vtpm: crate::claims::TpmClaims,
     /// The PCR values the quote proves.
     pub pcrs: Vec<PcrBank>,
 }
 
-/// How the TDX part is checked: a function verifying a TD quote and returning its REPORT_DATA. Supplied by
-/// the caller (the TDX verifier with its collateral), so this module needs no Intel collateral of its own.
-pub type TdQuoteCheck<'a> = &'a dyn Fn(&[u8]) -> Result<[u8; 64]>;
+/// How the TDX part is checked: a function verifying a TD quote and returning its REPORT_DATA and claims.
+/// Supplied by the caller (the TDX verifier with its collateral), so this module needs no Intel collateral of
+/// its own.
+pub type TdQuoteCheck<'a> = &'a dyn Fn(&[u8]) -> Result<([u8; 64], crate::claims::TdxClaims)>;
 
 /// Verifies Azure evidence against a nonce (the TPM quote's extraData); `None` leaves freshness unchecked.
 ///
@@ -69,6 +83,7 @@ pub fn verify_azure(
     }
     // Hardware part.
     let mut snp = None;
+    let mut hardware = None;
     let mut td_report_data = None;
     match hcl.report_type {
         HwReportType::Snp => match &ev.vcek {
@@ -80,7 +95,14 @@ pub fn verify_azure(
                 &azure_snp_policy(snp_policy),
                 at,
             ) {
-                Ok((_, c)) => snp = Some(c),
+                Ok((report, c)) => {
+                    hardware = Some(AzureHardware::Snp(crate::claims::SnpClaims::from_report(
+                        &report,
+                        c.product,
+                        c.signing_key,
+                    )));
+                    snp = Some(c);
+                }
                 Err(e) => failures.push(e),
             },
         },
@@ -90,7 +112,8 @@ pub fn verify_azure(
                 failures.push(Error::check(LAYER, "TD quote not verified: no TDX verifier/collateral given"));
             }
             (Some(q), Some(check)) => match check(q) {
-                Ok(rd) => {
+                Ok((rd, td)) => {
+                    hardware = Some(AzureHardware::Tdx(td));
                     let ours = hcl.report_data()?;
                     if rd != ours {
                         failures.push(Error::check(
@@ -114,6 +137,7 @@ pub fn verify_azure(
     };
     let mut pcrs = Vec::new();
     let mut extra_data = String::new();
+    let mut quote_info = None;
     if let Some(rc) = &claims_json {
         let exponent = rc.ak_exponent.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
         match u32::try_from(exponent) {
@@ -167,9 +191,18 @@ pub fn verify_azure(
             }
             pcrs = quoted_banks(&attest, &[bank]);
             extra_data = hex::encode(&attest.extra_data);
+            quote_info = Some((attest.firmware_version, attest.clock_info.reset_count));
         }
     }
     Error::from_all(failures)?;
+    // Unreachable: without a verified hardware report a failure was recorded above.
+    let hardware = hardware.ok_or_else(|| Error::check(LAYER, "hardware report not verified"))?;
+    let vtpm = crate::claims::TpmClaims {
+        ak: crate::claims::AkTrustClaims::AzureHcl,
+        quoted_banks: pcrs.iter().map(|b| b.alg).collect(),
+        firmware_version: quote_info.map(|(f, _)| f),
+        reset_count: quote_info.map(|(_, r)| r),
+    };
     let claims = AzureClaims {
         hardware: hcl.report_type,
         snp,
@@ -181,7 +214,7 @@ pub fn verify_azure(
             .unwrap_or_default(),
         extra_data,
     };
-    Ok(VerifiedAzure { claims, pcrs })
+    Ok(VerifiedAzure { claims, hardware, vtpm, pcrs })
 }
 
 /// The caller's SNP policy with VMPL held to 0: on Azure the paravisor (HCL) runs at VMPL 0 and asks for the

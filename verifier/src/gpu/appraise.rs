@@ -11,7 +11,8 @@ use super::verify::{
     GpuArchitecture, GpuClaims, GpuTrust, Revocation, RevocationStatus, VerifiedRim, verify_device_chain,
     verify_gpu_report,
 };
-use crate::ear::{Ear, LayerResult, Outcome, Status};
+use crate::claims::Appraisal;
+use crate::ear::{LayerResult, Outcome, Status};
 use crate::error::{Error, Result};
 use crate::x509::{Certificate, UnixTime};
 
@@ -124,7 +125,7 @@ pub fn appraise_gpus(
 /// cannot carry GPUs): a failed GPU makes the verdict contraindicated; the layer's reference says whether
 /// revocation was checked, so an offline verdict never hides that it was not.
 pub fn add_gpu_layer(
-    ear: &mut Ear,
+    appraisal: &mut Appraisal,
     evidence: Option<&Evidence>,
     policy: &GpuPolicy,
     ctx: Option<&GpuContext>,
@@ -156,12 +157,10 @@ pub fn add_gpu_layer(
         claims: serde_json::to_value(&claims).unwrap_or_default(),
         failures,
     };
-    for appraisal in ear.submods.values_mut() {
-        if outcome == Outcome::Failed {
-            appraisal.status = Status::Contraindicated;
-        }
-        appraisal.layers.push(result.clone());
+    if outcome == Outcome::Failed {
+        appraisal.status = Status::Contraindicated;
     }
+    appraisal.layers.push(result);
 }
 
 /// One GPU: chain, report against the expected nonce, then the policy's rules.
@@ -307,23 +306,27 @@ mod tests {
 
     #[test]
     fn the_gpu_layer_lands_in_the_ear_and_a_failure_contraindicates() {
-        use crate::ear::{Appraisal, TrustworthinessVector};
-        let appraisal = Appraisal {
+        use crate::ear::TrustworthinessVector;
+        let mut ear = Appraisal {
+            evidence: "sealroom evidence".into(),
+            policy_id: "p".into(),
+            at: at(),
             status: Status::Affirming,
             trust_vector: TrustworthinessVector::default(),
-            policy_id: "p".into(),
-            evidence: "sealroom evidence".into(),
+            platform: None,
+            registers: std::collections::BTreeMap::new(),
+            binding: None,
+            runtime: None,
             layers: vec![],
             warnings: vec![],
         };
-        let mut ear = Ear::single(at(), "sealroom", appraisal);
         let untouched = ear.clone();
         add_gpu_layer(&mut ear, Some(&evidence(vec![])), &GpuPolicy::default(), None, at());
         assert_eq!(ear, untouched, "no GPU, none required: no layer");
         let gpu = GpuEvidence { report: hex::decode(REPORT.trim()).unwrap(), cert_chain: chain_der() };
         add_gpu_layer(&mut ear, Some(&evidence(vec![gpu])), &GpuPolicy::default(), Some(&ctx()), at());
         assert_eq!(ear.status(), Status::Contraindicated);
-        let layer = &ear.submods["sealroom"].layers[0];
+        let layer = &ear.layers[0];
         assert_eq!(
             (layer.layer.as_str(), layer.reference.as_str()),
             ("gpu", "nvidia rims; revocation not checked")

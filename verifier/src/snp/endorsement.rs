@@ -17,7 +17,7 @@ use crate::x509::{self, Certificate, UnixTime};
 const LAYER: &str = "snp";
 
 /// The AMD product generation of a chip.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Product {
     /// EPYC 7003.
@@ -47,7 +47,7 @@ impl Product {
 }
 
 /// Which kind of endorsement key signed a report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum KeyKind {
     /// Per-chip VCEK, issued by the ASK.

@@ -33,7 +33,8 @@ pub enum SigningKey {
 ///
 /// Milan and Genoa: byte 0 boot loader, 1 TEE, 6 SNP, 7 microcode. Turin adds FMC and moves the fields:
 /// byte 0 FMC, 1 boot loader, 2 TEE, 3 SNP, 7 microcode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TcbVersion {
     /// FMC SPL (Turin and later only).
     pub fmc: Option<u8>,

@@ -19,7 +19,7 @@ fn fail(reason: impl Into<String>) -> Error {
 }
 
 /// TCB status of a TCB level (Intel PCS vocabulary).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum TcbStatus {
     /// Fully patched.

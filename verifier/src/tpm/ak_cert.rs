@@ -57,7 +57,8 @@ pub fn google_cas() -> Result<&'static GoogleCas> {
 }
 
 /// The GCE instance-info extension.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GceInstance {
     /// Zone, e.g. "us-central1-a".
     pub zone: String,
@@ -165,7 +166,8 @@ impl GceInstance {
 }
 
 /// What a verified AK certificate says.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AkIdentity {
     /// Subject common name of the AK certificate (may be empty for GCE UCA certificates).
     pub subject: String,

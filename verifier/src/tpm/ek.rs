@@ -49,7 +49,8 @@ pub enum EkPublicKey {
 }
 
 /// Which TPM an EK certificate names (TCG subjectAltName attributes); empty strings when absent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct TpmDevice {
     /// tpmManufacturer, e.g. "id:474F4F47" (as written), and its four ASCII letters when printable ("GOOG").
     pub manufacturer: String,
@@ -70,7 +71,8 @@ pub struct EkCertificate {
 }
 
 /// What a verified EK certificate says, for attestation results.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EkIdentity {
     /// Issuer common name (the CA that certified the TPM).
     pub issuer: String,
