@@ -296,7 +296,7 @@ fn golden_covers_the_kernel_layer_and_names_the_others_as_not_checked() {
     assert!(line.starts_with("refused (contraindicated): kernel: pcr"), "{line}");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let s = &v["submods"]["sealroom"];
-    assert!(s["ear.appraisal-policy-id"].as_str().unwrap().starts_with("sealroom/golden/"), "{s}");
+    assert!(s["ear_appraisal_policy_ids"][0].as_str().unwrap().starts_with("sealroom/golden/"), "{s}");
     assert_eq!(
         s["sealroom.warnings"],
         serde_json::json!([
