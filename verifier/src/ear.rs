@@ -326,6 +326,10 @@ pub fn table(a: &Appraisal) -> String {
         Some(p) => {
             let _ = writeln!(out, "  platform: {}  debug: {}", p.name(), p.debug());
         }
+        // Verified evidence of a kind no key policy names (an SGX enclave quote) has no platform claims.
+        None if a.layers.iter().any(|l| l.layer == "platform" && l.outcome == Outcome::Passed) => {
+            let _ = writeln!(out, "  platform: verified, not a key-policy platform ({})", a.evidence);
+        }
         None => {
             let _ = writeln!(out, "  platform: not verified");
         }

@@ -48,6 +48,7 @@ fn sgx_v3_quote_with_collateral_verifies_and_says_why_it_is_not_affirming() {
     assert!(out.starts_with("verdict: warning"), "{out}");
     assert!(out.contains("[sgx quote]"), "{out}");
     assert!(out.contains("platform     passed   intel collateral"), "{out}");
+    assert!(out.contains("  platform: verified, not a key-policy platform (sgx quote)\n"), "{out}");
     assert_eq!(
         stderr_lines(&o),
         [
