@@ -293,7 +293,7 @@ impl Vm {
     ///
     /// # Errors
     /// QMP failures, no power-off, an unclean one.
-    pub fn power_off(mut self) -> Result<(), String> {
+    pub fn power_off(&mut self) -> Result<(), String> {
         let mut qmp = UnixStream::connect(&self.qmp).map_err(|e| format!("qmp: {e}"))?;
         qmp.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| format!("qmp: {e}"))?;
         qmp.write_all(b"{\"execute\":\"qmp_capabilities\"}\n{\"execute\":\"system_powerdown\"}\n")

@@ -38,8 +38,15 @@ pub const AGENT_ARGS: &str = "/etc/sealroom/agent.args";
 /// Set in the agent child's environment so that it knows PID 1 supervises it.
 pub const CHILD_ENV: &str = "SEALROOM_PID1_CHILD";
 
-/// How long the agent gets to stop after SIGTERM before everything is killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long the agent gets to stop after SIGTERM before everything is killed. The agent stops a running workload
+/// within [`crate::workload::runner::STOP_GRACE`] (SIGTERM, then SIGKILL) and then its server; this bound is a
+/// little more than that, so that the power button powers the VM off within 5 s even with a workload running
+/// (issue 14), and a stuck agent cannot hold the VM up.
+pub const STOP_GRACE: Duration = Duration::from_millis(3500);
+/// How long the agent waits, after asking the workload to stop, before abandoning it (PID 1 kills what is left).
+const WORKLOAD_STOP_BOUND: Duration = Duration::from_millis(3000);
+/// How long the agent waits for its server to close its listeners and the attestation worker to finish.
+const SERVER_STOP_BOUND: Duration = Duration::from_millis(300);
 /// How often the agent is restarted under `sealroom.agent_exit=restart` before giving up.
 const MAX_RESTARTS: u32 = 5;
 
@@ -237,10 +244,11 @@ fn reap(agent: Option<u32>) -> Option<String> {
 /// Stops the agent (SIGTERM, then SIGKILL for everything after the grace period), flushes and powers
 /// off. Never returns; if the kernel refuses to power off, idles.
 fn shutdown(signals: &SignalFd, agent: Option<u32>, why: &str) -> ! {
+    let started = Instant::now();
     log!("shutting down: {why}");
     if let Some(pid) = agent.and_then(|p| i32::try_from(p).ok()) {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
+        let deadline = started + STOP_GRACE;
         let mut gone = false;
         while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
             if next_signal(signals, Some(left)) == Some(Signal::SIGCHLD as i32) && reap(agent).is_some() {
@@ -248,14 +256,16 @@ fn shutdown(signals: &SignalFd, agent: Option<u32>, why: &str) -> ! {
                 break;
             }
         }
-        if !gone {
-            log!("the agent did not stop within {} s; killing it", STOP_GRACE.as_secs());
+        if gone {
+            log!("the agent stopped {} ms after SIGTERM", started.elapsed().as_millis());
+        } else {
+            log!("the agent did not stop within {} ms; killing it", STOP_GRACE.as_millis());
         }
     }
     // Everything else (workload leftovers): kill and reap.
     let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
     let _ = reap(None);
-    log!("powering off");
+    log!("powering off ({} ms after the request)", started.elapsed().as_millis());
     let err = sys::power_off();
     log!("{err}");
     loop {
@@ -283,7 +293,10 @@ pub fn serve_in_vm() -> crate::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| crate::Error::Server(format!("tokio runtime: {e}")))?;
-    runtime.block_on(serve_and_run_workload())
+    let served = runtime.block_on(serve_and_run_workload());
+    // Dropping a runtime waits for its blocking tasks without bound; the VM is powering off, so wait briefly.
+    runtime.shutdown_timeout(SERVER_STOP_BOUND);
+    served
 }
 
 async fn serve_and_run_workload() -> crate::Result<()> {
@@ -295,7 +308,8 @@ async fn serve_and_run_workload() -> crate::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| crate::Error::Server(format!("signal: {e}")))?;
     // The workload runs in its own task: a panic there ends the task, never the agent.
-    let mut workload = tokio::spawn(crate::workload::vm::run_in_vm(running.handle.clone()));
+    let (stop_workload, stop) = crate::workload::runner::stop_channel();
+    let mut workload = tokio::spawn(crate::workload::vm::run_in_vm(running.handle.clone(), stop));
     let mut workload_done = false;
     loop {
         tokio::select! {
@@ -326,9 +340,28 @@ async fn serve_and_run_workload() -> crate::Result<()> {
         }
     }
     if !workload_done {
-        workload.abort();
+        // A running container is stopped (SIGTERM, SIGKILL after the grace) and its output forwarded to the
+        // last line; a workload still being fetched or waiting for its broker is simply dropped.
+        stop_workload.stop();
+        if tokio::time::timeout(WORKLOAD_STOP_BOUND, &mut workload).await.is_err() {
+            crate::workload::console(format_args!(
+                "the workload did not stop within {} ms; abandoning it",
+                WORKLOAD_STOP_BOUND.as_millis()
+            ));
+            workload.abort();
+        }
     }
-    running.stop().await
+    // Connections a client keeps open would hold a graceful server shutdown without bound.
+    match tokio::time::timeout(SERVER_STOP_BOUND, running.stop()).await {
+        Ok(stopped) => stopped,
+        Err(_) => {
+            eprintln!(
+                "sealroom-agent: the server did not stop within {} ms; exiting",
+                SERVER_STOP_BOUND.as_millis()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Asks PID 1 to shut down and power off (its SIGTERM path); only as PID 1's child in the VM.

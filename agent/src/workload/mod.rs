@@ -276,6 +276,16 @@ async fn run_inner<M: Measurer, K: KeyProvider>(
             plan.memory_limit
         );
     }
+    if result.stopped {
+        // The run did not finish: its output is not measured (no receipt can name it), and the VM is going down.
+        return Err(Error::workload(
+            "runtime",
+            format!(
+                "the workload was stopped because the VM is powering off (exit code {}); its output is not measured",
+                result.exit_code
+            ),
+        ));
+    }
 
     let out_dir = cfg.output_dir.clone();
     let (digest, listing) =

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
@@ -21,8 +22,65 @@ fn err(reason: impl Into<String>) -> Error {
     Error::workload(STAGE, reason)
 }
 
+/// How long a container asked to stop (the VM is powering off) has between SIGTERM and SIGKILL. The ACPI power
+/// button must power the VM off within 5 s with the workload running (issue 14); PID 1 gives the agent a little
+/// more than this (`pid1::STOP_GRACE`) and kills everything left after that.
+pub const STOP_GRACE: Duration = Duration::from_millis(2000);
+/// How long the runtime gets to report a container's end after SIGKILL, and the output forwarders to drain what
+/// the container wrote before it ended.
+const AFTER_KILL_WAIT: Duration = Duration::from_millis(700);
+
+/// Tells a running workload to stop (the sending half is [`StopHandle`]): the container gets SIGTERM, then
+/// SIGKILL after [`STOP_GRACE`], and is not restarted.
+#[derive(Debug, Clone)]
+pub struct StopSignal(tokio::sync::watch::Receiver<bool>);
+
+/// Asks the workload holding the matching [`StopSignal`] to stop.
+#[derive(Debug)]
+pub struct StopHandle(tokio::sync::watch::Sender<bool>);
+
+/// A connected stop handle and signal.
+#[must_use]
+pub fn stop_channel() -> (StopHandle, StopSignal) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    (StopHandle(tx), StopSignal(rx))
+}
+
+impl StopHandle {
+    /// Asks the workload to stop (idempotent).
+    pub fn stop(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl StopSignal {
+    /// A signal nobody can raise (tests and hosts without power-off handling).
+    #[must_use]
+    pub fn never() -> Self {
+        stop_channel().1
+    }
+
+    /// Whether a stop was asked for.
+    #[must_use]
+    pub fn is_raised(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes once a stop is asked for; never, when its handle was dropped without asking.
+    pub async fn raised(&mut self) {
+        loop {
+            if *self.0.borrow_and_update() {
+                return;
+            }
+            if self.0.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
 /// How to invoke the OCI runtime.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     /// The runtime binary (crun).
     pub program: PathBuf,
@@ -36,6 +94,8 @@ pub struct RuntimeConfig {
     /// The cgroup2 mount under which crun places the container (`None`: crun manages no cgroup and the runtime
     /// spec's resource limits are not applied).
     pub cgroup_root: Option<PathBuf>,
+    /// Raised when the VM powers off: the running container is stopped and not restarted.
+    pub stop: StopSignal,
 }
 
 impl RuntimeConfig {
@@ -49,7 +109,15 @@ impl RuntimeConfig {
             state_dir: state_dir.to_path_buf(),
             run_args: Vec::new(),
             cgroup_root: None,
+            stop: StopSignal::never(),
         }
+    }
+
+    /// The same runtime, stopping its container when `stop` is raised.
+    #[must_use]
+    pub fn with_stop(mut self, stop: StopSignal) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// crun as managing cgroups under the cgroup2 mount `cgroup_root` (the runtime spec's limits apply).
@@ -138,6 +206,8 @@ pub struct RunResult {
     /// The last run was ended by the kernel's OOM killer (SIGKILL while the cgroup's `oom_kill` grew): the
     /// workload exceeded its memory limit.
     pub oom_killed: bool,
+    /// The last run was stopped because a stop was asked for (the VM is powering off); it was not restarted.
+    pub stopped: bool,
 }
 
 async fn forward<R: AsyncRead + Unpin>(reader: R, stream: &'static str) {
@@ -155,7 +225,7 @@ async fn forward<R: AsyncRead + Unpin>(reader: R, stream: &'static str) {
     }
 }
 
-async fn run_once(cfg: &RuntimeConfig, bundle: &Path, id: &str, forward_logs: bool) -> Result<i32> {
+async fn run_once(cfg: &RuntimeConfig, bundle: &Path, id: &str, forward_logs: bool) -> Result<RunEnd> {
     let log = cfg.state_dir.join(format!("{id}.crun.log"));
     let _ = std::fs::remove_file(&log);
     // A container left from an earlier attempt would make `run` fail.
@@ -189,10 +259,20 @@ async fn run_once(cfg: &RuntimeConfig, bundle: &Path, id: &str, forward_logs: bo
         .map_err(|e| err(format!("cannot start {}: {e}", cfg.program.display())))?;
     let fwd_out = child.stdout.take().map(|o| tokio::spawn(forward(o, "stdout")));
     let fwd_err = child.stderr.take().map(|e| tokio::spawn(forward(e, "stderr")));
-    let status =
-        child.wait().await.map_err(|e| err(format!("waiting for {}: {e}", cfg.program.display())))?;
+    let mut stop = cfg.stop.clone();
+    let (status, stopped) = tokio::select! {
+        status = child.wait() => (status, false),
+        () = stop.raised() => (stop_container(cfg, id, &mut child).await, true),
+    };
+    let status = status.map_err(|e| err(format!("waiting for {}: {e}", cfg.program.display())))?;
     for t in [fwd_out, fwd_err].into_iter().flatten() {
-        let _ = t.await;
+        // Everything the container wrote before it ended is forwarded; after a stop, its pipes close when its
+        // last process is gone, so this waits briefly at most.
+        if stopped {
+            let _ = tokio::time::timeout(AFTER_KILL_WAIT, t).await;
+        } else {
+            let _ = t.await;
+        }
     }
     // crun's own diagnostics (not the workload's output) go to its log file: always show them.
     if let Ok(text) = std::fs::read_to_string(&log) {
@@ -200,7 +280,70 @@ async fn run_once(cfg: &RuntimeConfig, bundle: &Path, id: &str, forward_logs: bo
             eprintln!("sealroom-workload: crun: {line}");
         }
     }
-    Ok(status.code().unwrap_or(-1))
+    Ok(RunEnd { code: status.code().unwrap_or(-1), stopped })
+}
+
+/// How one run ended.
+#[derive(Debug, Clone, Copy)]
+struct RunEnd {
+    code: i32,
+    stopped: bool,
+}
+
+/// `crun kill ID SIGNAL`; failures are reported, not fatal (the container may already be gone).
+async fn crun_kill(cfg: &RuntimeConfig, id: &str, signal: &str) {
+    let status = tokio::process::Command::new(&cfg.program)
+        .args(&cfg.global_args)
+        .arg("--root")
+        .arg(&cfg.state_dir)
+        .args(["kill", id, signal])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            eprintln!("sealroom-workload: crun kill {signal}: {s} (the container may have ended already)")
+        }
+        Err(e) => eprintln!("sealroom-workload: crun kill {signal}: {e}"),
+    }
+}
+
+/// Stops the container for power-off: SIGTERM (a workload that handles it can save its state and exit), SIGKILL
+/// after [`STOP_GRACE`] (the container's init is killed and the kernel kills its whole PID namespace), and, should
+/// the runtime itself not end, SIGKILL to the runtime. Returns the runtime's exit status.
+async fn stop_container(
+    cfg: &RuntimeConfig,
+    id: &str,
+    child: &mut tokio::process::Child,
+) -> std::io::Result<std::process::ExitStatus> {
+    let started = Instant::now();
+    eprintln!(
+        "sealroom-workload: stopping the container (the VM is powering off): SIGTERM, SIGKILL after {} ms",
+        STOP_GRACE.as_millis()
+    );
+    crun_kill(cfg, id, "TERM").await;
+    if let Ok(status) = tokio::time::timeout(STOP_GRACE.saturating_sub(started.elapsed()), child.wait()).await
+    {
+        eprintln!(
+            "sealroom-workload: the container ended {} ms after SIGTERM",
+            started.elapsed().as_millis()
+        );
+        return status;
+    }
+    eprintln!("sealroom-workload: the container did not end within {} ms: SIGKILL", STOP_GRACE.as_millis());
+    crun_kill(cfg, id, "KILL").await;
+    if let Ok(status) = tokio::time::timeout(AFTER_KILL_WAIT, child.wait()).await {
+        return status;
+    }
+    eprintln!(
+        "sealroom-workload: {} did not end after SIGKILL to the container; killing it",
+        cfg.program.display()
+    );
+    child.start_kill()?;
+    child.wait().await
 }
 
 /// Runs the bundle until it exits for good under `restart`.
@@ -218,14 +361,24 @@ pub async fn run(
     if let Some(root) = &cfg.cgroup_root {
         prepare_cgroups(root)?;
     }
+    if cfg.stop.is_raised() {
+        return Err(err("not started: the VM is powering off"));
+    }
     let mut runs = 0u32;
     loop {
         runs += 1;
         eprintln!("sealroom-workload: starting the container (run {runs})");
         let kills_before = read_oom_kills(cfg.cgroup_root.as_deref());
-        let code = run_once(cfg, bundle, id, forward_logs).await?;
-        let oom_killed =
-            code == KILLED_BY_SIGKILL && read_oom_kills(cfg.cgroup_root.as_deref()) > kills_before;
+        let RunEnd { code, stopped } = run_once(cfg, bundle, id, forward_logs).await?;
+        let oom_killed = !stopped
+            && code == KILLED_BY_SIGKILL
+            && read_oom_kills(cfg.cgroup_root.as_deref()) > kills_before;
+        if stopped {
+            eprintln!(
+                "sealroom-workload: the container was stopped for power-off (exit code {code}); no restart"
+            );
+            return Ok(RunResult { exit_code: code, runs, oom_killed, stopped });
+        }
         if oom_killed {
             eprintln!(
                 "sealroom-workload: the container exited with code {code}: killed by the kernel's OOM killer \
@@ -238,8 +391,8 @@ pub async fn run(
             RestartPolicy::Never => false,
             RestartPolicy::OnFailure(max) => code != 0 && runs <= max,
         };
-        if !again {
-            return Ok(RunResult { exit_code: code, runs, oom_killed });
+        if !again || cfg.stop.is_raised() {
+            return Ok(RunResult { exit_code: code, runs, oom_killed, stopped: cfg.stop.is_raised() });
         }
         eprintln!(
             "sealroom-workload: restart policy {}: restarting ({runs} of {})",

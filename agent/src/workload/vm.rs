@@ -149,7 +149,10 @@ pub struct VmOutcome {
 /// Runs the operator's workload, if any, in the VM: reads `/proc/cmdline`, loads the spec, runs it with keys
 /// from the broker, and returns how it ended (`None`: no workload configured, or it could not be started or
 /// failed; the reason is on the console). Never panics; the attestation service keeps serving throughout.
-pub async fn run_in_vm(handle: AttestationHandle) -> Option<VmOutcome> {
+///
+/// `stop` is raised when the VM powers off: a running container is then stopped (SIGTERM, then SIGKILL after
+/// [`super::runner::STOP_GRACE`]) and its output is not measured.
+pub async fn run_in_vm(handle: AttestationHandle, stop: super::runner::StopSignal) -> Option<VmOutcome> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let spec = match load_spec(&cmdline, GCE_METADATA_BASE).await {
         Ok(Some(s)) => s,
@@ -164,7 +167,8 @@ pub async fn run_in_vm(handle: AttestationHandle) -> Option<VmOutcome> {
     };
     ensure_cgroup2();
     let keys = RetryUnreachable::new(BrokerKeys::new(handle.clone()), BROKER_RETRY_WINDOW);
-    let cfg = WorkloadConfig::vm_defaults();
+    let mut cfg = WorkloadConfig::vm_defaults();
+    cfg.runtime = cfg.runtime.with_stop(stop);
     let outcome = super::run(&spec, &cfg, &handle, &keys).await.ok()?;
     super::receipt::finish_in_vm(&handle, &spec, &cfg, &outcome).await;
     Some(VmOutcome { outcome, on_exit: spec.on_exit })
