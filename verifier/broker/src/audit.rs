@@ -45,6 +45,9 @@ pub enum Decision {
     Refused,
     /// An output receipt was issued for a workload that this key's policy allows.
     Receipt,
+    /// The key store changed (or was found ahead of the log at start): its generation and state digest, the
+    /// anchor against which a rolled-back `keys.redb` is recognised ([`crate::keystate`]).
+    KeyStore,
 }
 
 impl Decision {
@@ -53,8 +56,62 @@ impl Decision {
             Self::Released => 1,
             Self::Refused => 2,
             Self::Receipt => 3,
+            Self::KeyStore => 4,
         }
     }
+}
+
+/// The rule of a key-store anchor record.
+pub const KEY_STORE_RULE: &str = "key_store.generation";
+
+/// The audit entry anchoring a key store's state after a change of `key_id` (or at start: `key_id` empty); `what`
+/// says which change.
+#[must_use]
+pub fn key_store_entry(anchor: crate::keystate::Anchor, key_id: &str, what: &str) -> AuditEntry {
+    AuditEntry {
+        decision: Decision::KeyStore,
+        key_id: key_id.to_owned(),
+        evidence_digest: anchor.digest,
+        rule: KEY_STORE_RULE.to_owned(),
+        reason: format!("generation {}: {}", anchor.generation, one_line(what)),
+    }
+}
+
+/// The key-store anchor a record holds, if it is one (`Err`: it claims to be one but does not parse).
+///
+/// # Errors
+/// One line, for an anchor record that is malformed.
+pub fn key_store_anchor(rec: &AuditRecord) -> std::result::Result<Option<crate::keystate::Anchor>, String> {
+    if rec.decision != Decision::KeyStore {
+        return Ok(None);
+    }
+    let bad = |m: &str| format!("key-store record {}: {m}", rec.seq);
+    if rec.rule != KEY_STORE_RULE {
+        return Err(bad("unknown rule"));
+    }
+    let generation = rec
+        .reason
+        .strip_prefix("generation ")
+        .and_then(|r| r.split_once(": "))
+        .map(|(g, _)| g)
+        .filter(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|g| g.parse::<u64>().ok())
+        .ok_or_else(|| bad("no generation"))?;
+    let digest = hex32("evidence_digest", &rec.evidence_digest).map_err(|e| bad(&e))?;
+    Ok(Some(crate::keystate::Anchor { generation, digest }))
+}
+
+/// The last key-store anchor in a verified log.
+fn last_key_store_anchor(bytes: &[u8]) -> Result<Option<crate::keystate::Anchor>> {
+    let mut last = None;
+    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let rec: AuditRecord =
+            serde_json::from_slice(line).map_err(|e| Error::check(LAYER, format!("record: {e}")))?;
+        if let Some(a) = key_store_anchor(&rec).map_err(|e| Error::check(LAYER, e))? {
+            last = Some(a);
+        }
+    }
+    Ok(last)
 }
 
 /// One decision to append (the log assigns sequence number, time and hashes).
@@ -280,6 +337,8 @@ pub struct AuditLog {
     /// Set when a write or fsync failed: the file may end in a partial record, so nothing more is appended
     /// (and nothing released) until a restart cuts the torn tail in [`AuditLog::open`].
     failed: bool,
+    /// The last key-store anchor written ([`Decision::KeyStore`]).
+    key_store_anchor: Option<crate::keystate::Anchor>,
 }
 
 /// What [`AuditLog::open`] had to repair.
@@ -327,7 +386,21 @@ impl AuditLog {
             Err(brk) => return Err(Error::check(LAYER, brk.to_string())),
         };
         file.seek(SeekFrom::End(0)).map_err(|e| io("cannot seek", e))?;
-        Ok((Self { path: path.to_path_buf(), file: Arc::new(file), head, failed: false }, recovery))
+        let kept = usize::try_from(match recovery {
+            Recovery::Clean => bytes.len() as u64,
+            Recovery::TornTailRemoved { bytes: removed } => (bytes.len() as u64).saturating_sub(removed),
+        })
+        .unwrap_or(usize::MAX);
+        let key_store_anchor = last_key_store_anchor(bytes.get(..kept).unwrap_or_default())?;
+        let log =
+            Self { path: path.to_path_buf(), file: Arc::new(file), head, failed: false, key_store_anchor };
+        Ok((log, recovery))
+    }
+
+    /// The last key-store anchor in the log.
+    #[must_use]
+    pub fn key_store_anchor(&self) -> Option<crate::keystate::Anchor> {
+        self.key_store_anchor
     }
 
     /// The current head.
@@ -403,11 +476,15 @@ impl AuditLog {
             head = ChainHead { records: head.records.saturating_add(1), hash };
             records.push(rec);
         }
+        let anchor = records.iter().filter_map(|r| key_store_anchor(r).ok().flatten()).last();
         if let Err(e) = (&*self.file).write_all(&out) {
             self.failed = true;
             return Err(Error::check(LAYER, format!("cannot write {}: {e}", self.path.display())));
         }
         self.head = head;
+        if anchor.is_some() {
+            self.key_store_anchor = anchor;
+        }
         Ok(records)
     }
 }
@@ -462,6 +539,14 @@ impl GroupCommitLog {
     /// When the lock was poisoned.
     pub fn head(&self) -> Result<ChainHead> {
         Ok(self.lock()?.log.head())
+    }
+
+    /// The last key-store anchor written (possibly still being synced).
+    ///
+    /// # Errors
+    /// When the lock was poisoned.
+    pub fn key_store_anchor(&self) -> Result<Option<crate::keystate::Anchor>> {
+        Ok(self.lock()?.log.key_store_anchor())
     }
 
     /// Appends one record per entry, all stamped `time_ms`, and returns once they are on disk, with the head

@@ -11,8 +11,12 @@
 //! therefore stored with an HMAC-SHA256 tag under a MAC key derived from the KEK ([`record_mac`]), over the table,
 //! the row key and the value, so a record changed, moved to another key id, or made up without the KEK is
 //! refused with a reason (and the broker audits the refusal). The same holds for the release records the broker
-//! keeps for receipts. What a MAC cannot see is a rollback of the whole file to an older copy made with the same
-//! KEK; the audit log's head (carried in every token) is the anchor for that.
+//! keeps for receipts. What a record's MAC cannot see is an older record of the same key put back, or the whole
+//! file restored from an older copy: the store's state record and its generation, anchored in the audit log,
+//! see those ([`crate::keystate`]).
+//!
+//! Release records are committed with `Durability::Immediate` too: they are on disk before the sealed keys leave
+//! the broker, so a receipt can be issued for every release the broker acknowledged, crash or not.
 //!
 //! ```text
 //! material ciphertext = nonce (12) || AES-256-GCM(KEK, nonce, material, aad)
@@ -24,13 +28,16 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce as AeadNonce, UnboundKey};
 use aws_lc_rs::hmac;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{Randomness, check_key_id};
+use super::{Clock, Randomness, check_key_id};
+use crate::audit::{GroupCommitLog, key_store_entry};
 use crate::error::{Error, Result};
+use crate::keystate::{Anchor, AnchorCheck, KeyStoreState};
 
 const LAYER: &str = "key store";
 const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
@@ -43,6 +50,9 @@ const RECORD_MAC_KEY_LABEL: &[u8] = b"sealroom.keystore.v1 record MAC key";
 /// Length of a record's MAC tag.
 pub const RECORD_TAG_LEN: usize = 32;
 pub(crate) const KEK_CHECK: &str = "kek_check";
+/// The META row holding the state record ([`crate::keystate`]).
+const STATE: &str = "state";
+const META_TABLE: &str = "meta";
 pub(crate) const KEK_CHECK_PLAINTEXT: &[u8] = b"sealroom key store: key-encryption key check";
 const AAD_DOMAIN: &[u8] = b"sealroom.keystore.v1\0";
 /// Size of generated data keys.
@@ -265,6 +275,47 @@ pub enum Unreleasable {
 pub struct KeyStore {
     db: Database,
     kek: Kek,
+    /// The state record as verified at open and written since. Held across every write transaction, so that a
+    /// reader's snapshot and this state always belong together.
+    tracked: Mutex<Tracked>,
+    /// Where changes are anchored, once [`KeyStore::anchor_to`] was called.
+    anchor: Mutex<Option<(Arc<GroupCommitLog>, Arc<dyn Clock>)>>,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    state: KeyStoreState,
+    /// Why no key of this store may be released or changed (a missing or forged state record, a rollback).
+    refusal: Option<String>,
+}
+
+/// Reads the state record in `meta`, creating it for a store without keys.
+fn load_state(
+    kek: &Kek,
+    meta: &mut redb::Table<'_, &str, &[u8]>,
+    has_keys: bool,
+) -> Result<std::result::Result<KeyStoreState, String>> {
+    let stored = meta.get(STATE).map_err(db_err)?.map(|v| v.value().to_vec());
+    match stored {
+        Some(stored) => Ok(match open_record(kek, META_TABLE, STATE.as_bytes(), &stored) {
+            Some(body) => KeyStoreState::decode(body),
+            None => Err(
+                "the store's state record fails its integrity check (changed without the key-encryption key)"
+                    .to_owned(),
+            ),
+        }),
+        None if has_keys => {
+            Ok(Err("keys.redb holds key records but no state record: it was removed without the \
+                                    key-encryption key (or the store was written by an older broker)"
+                .to_owned()))
+        }
+        None => {
+            let state = KeyStoreState::default();
+            let sealed = seal_record(kek, META_TABLE, STATE.as_bytes(), &state.encode());
+            meta.insert(STATE, sealed.as_slice()).map_err(db_err)?;
+            Ok(Ok(state))
+        }
+    }
 }
 
 impl KeyStore {
@@ -280,27 +331,113 @@ impl KeyStore {
                 .map_err(|e| Error::check(LAYER, format!("cannot restrict {}: {e}", path.display())))?;
             super::audit::sync_parent_dir(path)?;
         }
-        let store = Self { db, kek };
-        let txn = store.db.begin_write().map_err(db_err)?;
-        {
+        let txn = db.begin_write().map_err(db_err)?;
+        let loaded = {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let existing = meta.get(KEK_CHECK).map_err(db_err)?.map(|v| v.value().to_vec());
             match existing {
                 Some(sealed) => {
-                    if store.kek.open(KEK_CHECK.as_bytes(), &sealed).as_deref() != Some(KEK_CHECK_PLAINTEXT) {
+                    if kek.open(KEK_CHECK.as_bytes(), &sealed).as_deref() != Some(KEK_CHECK_PLAINTEXT) {
                         return Err(Error::check(LAYER, "the key-encryption key does not match this store"));
                     }
                 }
                 None => {
-                    let sealed = store.kek.seal(rng, KEK_CHECK.as_bytes(), KEK_CHECK_PLAINTEXT)?;
+                    let sealed = kek.seal(rng, KEK_CHECK.as_bytes(), KEK_CHECK_PLAINTEXT)?;
                     meta.insert(KEK_CHECK, sealed.as_slice()).map_err(db_err)?;
                 }
             }
-            txn.open_table(KEYS).map_err(db_err)?;
+            let keys = txn.open_table(KEYS).map_err(db_err)?;
+            let has_keys = !keys.is_empty().map_err(db_err)?;
             txn.open_table(MATERIAL).map_err(db_err)?;
-        }
+            load_state(&kek, &mut meta, has_keys)?
+        };
         txn.commit().map_err(db_err)?;
-        Ok(store)
+        let tracked = match loaded {
+            Ok(state) => Tracked { state, refusal: None },
+            Err(reason) => Tracked { state: KeyStoreState::default(), refusal: Some(reason) },
+        };
+        Ok(Self { db, kek, tracked: Mutex::new(tracked), anchor: Mutex::new(None) })
+    }
+
+    fn tracked(&self) -> Result<MutexGuard<'_, Tracked>> {
+        self.tracked.lock().map_err(|_| Error::check(LAYER, "lock poisoned by an earlier panic"))
+    }
+
+    /// The store's generation and state digest now.
+    ///
+    /// # Errors
+    /// When the lock was poisoned.
+    pub fn anchor(&self) -> Result<Anchor> {
+        Ok(Anchor::of(&self.tracked()?.state))
+    }
+
+    /// Why no key of this store may be released or changed, if so.
+    ///
+    /// # Errors
+    /// When the lock was poisoned.
+    pub fn refusal(&self) -> Result<Option<String>> {
+        Ok(self.tracked()?.refusal.clone())
+    }
+
+    /// Anchors this store in the broker's audit log: compares its generation with the last one the log
+    /// recorded, refuses a rolled-back file ([`crate::keystate`]), records the current state when the log is
+    /// behind, and from now on appends the new state after every change.
+    ///
+    /// # Errors
+    /// A rolled-back store (and from then on every release and change is refused with the same reason), or an
+    /// audit log that cannot be written.
+    pub fn anchor_to(&self, audit: Arc<GroupCommitLog>, clock: Arc<dyn Clock>) -> Result<()> {
+        let mut tracked = self.tracked()?;
+        if let Some(reason) = &tracked.refusal {
+            return Err(Error::check(LAYER, reason.clone()));
+        }
+        let current = Anchor::of(&tracked.state);
+        match Anchor::check(current, audit.key_store_anchor()?) {
+            AnchorCheck::Current => {}
+            AnchorCheck::Ahead => {
+                audit.append(&[key_store_entry(current, "", "key store opened")], clock.now_ms())?;
+            }
+            AnchorCheck::RolledBack { reason } => {
+                tracked.refusal = Some(reason.clone());
+                return Err(Error::check(LAYER, reason));
+            }
+        }
+        drop(tracked);
+        *self.anchor.lock().map_err(|_| Error::check(LAYER, "lock poisoned by an earlier panic"))? =
+            Some((audit, clock));
+        Ok(())
+    }
+
+    /// Appends the state after a change of `key_id` to the audit log, when anchored.
+    fn anchor_change(&self, state: &KeyStoreState, key_id: &str, what: &str) -> Result<()> {
+        let anchor =
+            self.anchor.lock().map_err(|_| Error::check(LAYER, "lock poisoned by an earlier panic"))?;
+        if let Some((audit, clock)) = anchor.as_ref() {
+            audit.append(&[key_store_entry(Anchor::of(state), key_id, what)], clock.now_ms()).map_err(|e| {
+                Error::check(
+                    LAYER,
+                    format!("the change of key {key_id} is stored but could not be anchored ({e}); restart the broker"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Stores `key_id`'s record `row` and the state after it, in `txn` (uncommitted): the new state.
+    fn write_row(
+        &self,
+        txn: &redb::WriteTransaction,
+        state: &KeyStoreState,
+        key_id: &str,
+        row: &[u8],
+    ) -> Result<KeyStoreState> {
+        let next = state.with_row(key_id, row);
+        let mut keys = txn.open_table(KEYS).map_err(db_err)?;
+        keys.insert(key_id, row).map_err(db_err)?;
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        let sealed = seal_record(&self.kek, META_TABLE, STATE.as_bytes(), &next.encode());
+        meta.insert(STATE, sealed.as_slice()).map_err(db_err)?;
+        Ok(next)
     }
 
     /// Registers a new key for `owner` with its policy. `material` is generated (32 bytes) when `None`.
@@ -330,17 +467,20 @@ impl KeyStore {
             policy: policy.to_owned(),
         };
         let sealed = self.kek.seal(rng, &material_aad(key_id, 1), &material)?;
-        let txn = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut keys = txn.open_table(KEYS).map_err(db_err)?;
-            if keys.get(key_id).map_err(db_err)?.is_some() {
-                return Err(Error::check(LAYER, format!("key {key_id} already exists")));
-            }
-            keys.insert(key_id, self.encode(&info)?.as_slice()).map_err(db_err)?;
-            let mut mat = txn.open_table(MATERIAL).map_err(db_err)?;
-            mat.insert((key_id, 1), sealed.as_slice()).map_err(db_err)?;
+        let mut tracked = self.tracked()?;
+        if let Some(reason) = &tracked.refusal {
+            return Err(Error::check(LAYER, reason.clone()));
         }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let exists = txn.open_table(KEYS).map_err(db_err)?.get(key_id).map_err(db_err)?.is_some();
+        if exists || tracked.state.rows.contains_key(key_id) {
+            return Err(Error::check(LAYER, format!("key {key_id} already exists")));
+        }
+        let next = self.write_row(&txn, &tracked.state, key_id, &self.encode(&info)?)?;
+        txn.open_table(MATERIAL).map_err(db_err)?.insert((key_id, 1), sealed.as_slice()).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
+        tracked.state = next;
+        self.anchor_change(&tracked.state, key_id, "key added")?;
         Ok(info)
     }
 
@@ -352,9 +492,16 @@ impl KeyStore {
         let txn = self.db.begin_read().map_err(db_err)?;
         let keys = txn.open_table(KEYS).map_err(db_err)?;
         let mut out = Vec::new();
+        let tracked = self.tracked()?;
+        if let Some(reason) = &tracked.refusal {
+            return Err(Error::check(LAYER, reason.clone()));
+        }
         for row in keys.iter().map_err(db_err)? {
             let (k, v) = row.map_err(db_err)?;
             let info = self.decode(k.value(), v.value()).map_err(|t| Error::check(LAYER, t))?;
+            if let Some(problem) = tracked.state.row_problem(k.value(), Some(v.value())) {
+                return Err(Error::check(LAYER, problem));
+            }
             if owner.is_none_or(|o| o == info.owner) {
                 out.push(info);
             }
@@ -374,7 +521,7 @@ impl KeyStore {
         now_ms: u64,
     ) -> Result<KeyInfo> {
         let material = material_or_generated(material, rng)?;
-        self.update(key_id, |info| {
+        self.update(key_id, "key rotated", |info| {
             if let KeyState::Revoked { .. } = info.state {
                 return Err(Error::check(LAYER, format!("key {key_id} is revoked")));
             }
@@ -392,7 +539,7 @@ impl KeyStore {
     /// # Errors
     /// When the key is unknown or already revoked, or the write fails.
     pub fn revoke(&self, key_id: &str, now_ms: u64) -> Result<KeyInfo> {
-        self.update(key_id, |info| {
+        self.update(key_id, "key revoked", |info| {
             if let KeyState::Revoked { .. } = info.state {
                 return Err(Error::check(LAYER, format!("key {key_id} is already revoked")));
             }
@@ -407,7 +554,7 @@ impl KeyStore {
     /// When the key is unknown, the policy does not parse, or the write fails.
     pub fn set_policy(&self, key_id: &str, policy: &str) -> Result<KeyInfo> {
         check_policy(policy)?;
-        self.update(key_id, |info| {
+        self.update(key_id, "policy replaced", |info| {
             policy.clone_into(&mut info.policy);
             Ok(None)
         })
@@ -416,24 +563,34 @@ impl KeyStore {
     fn update(
         &self,
         key_id: &str,
+        what: &str,
         change: impl FnOnce(&mut KeyInfo) -> Result<Option<Vec<u8>>>,
     ) -> Result<KeyInfo> {
+        let mut tracked = self.tracked()?;
+        if let Some(reason) = &tracked.refusal {
+            return Err(Error::check(LAYER, reason.clone()));
+        }
         let txn = self.db.begin_write().map_err(db_err)?;
-        let info = {
-            let mut keys = txn.open_table(KEYS).map_err(db_err)?;
-            let mut info = match keys.get(key_id).map_err(db_err)? {
-                Some(v) => self.decode(key_id, v.value()).map_err(|t| Error::check(LAYER, t))?,
-                None => return Err(Error::check(LAYER, format!("unknown key id {key_id}"))),
-            };
-            let new_material = change(&mut info)?;
-            keys.insert(key_id, self.encode(&info)?.as_slice()).map_err(db_err)?;
-            if let Some(sealed) = new_material {
-                let mut mat = txn.open_table(MATERIAL).map_err(db_err)?;
-                mat.insert((key_id, info.version), sealed.as_slice()).map_err(db_err)?;
-            }
-            info
+        let stored =
+            txn.open_table(KEYS).map_err(db_err)?.get(key_id).map_err(db_err)?.map(|v| v.value().to_vec());
+        let decoded = stored.as_deref().map(|v| self.decode(key_id, v)).transpose();
+        let decoded = decoded.map_err(|t| Error::check(LAYER, t))?;
+        // A replayed record must not be laundered into the state by changing it.
+        if let Some(problem) = tracked.state.row_problem(key_id, stored.as_deref()) {
+            return Err(Error::check(LAYER, problem));
+        }
+        let Some(mut info) = decoded else {
+            return Err(Error::check(LAYER, format!("unknown key id {key_id}")));
         };
+        let new_material = change(&mut info)?;
+        let next = self.write_row(&txn, &tracked.state, key_id, &self.encode(&info)?)?;
+        if let Some(sealed) = new_material {
+            let mut mat = txn.open_table(MATERIAL).map_err(db_err)?;
+            mat.insert((key_id, info.version), sealed.as_slice()).map_err(db_err)?;
+        }
         txn.commit().map_err(db_err)?;
+        tracked.state = next;
+        self.anchor_change(&tracked.state, key_id, what)?;
         Ok(info)
     }
 
@@ -443,14 +600,29 @@ impl KeyStore {
     /// `Err(Ok(_))` for keys that cannot be released; `Err(Err(_))` when the store fails (decryption of stored
     /// material failing means the store was tampered with).
     pub fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>> {
-        let txn = self.db.begin_read().map_err(|e| Err(db_err(e)))?;
-        let keys = txn.open_table(KEYS).map_err(|e| Err(db_err(e)))?;
-        let info = match keys.get(key_id).map_err(|e| Err(db_err(e)))? {
-            Some(v) => self
-                .decode(key_id, v.value())
-                .map_err(|r| Ok(Unreleasable::Tampered { reason: format!("{LAYER}: {r}") }))?,
-            None => return Err(Ok(Unreleasable::Unknown)),
+        let tampered = |r: String| Ok(Unreleasable::Tampered { reason: format!("{LAYER}: {r}") });
+        // The snapshot is taken under the state lock: it and the state belong together.
+        let (txn, stored, refusal, row_problem) = {
+            let tracked = self.tracked().map_err(Err)?;
+            let txn = self.db.begin_read().map_err(|e| Err(db_err(e)))?;
+            let stored = txn
+                .open_table(KEYS)
+                .map_err(|e| Err(db_err(e)))?
+                .get(key_id)
+                .map_err(|e| Err(db_err(e)))?
+                .map(|v| v.value().to_vec());
+            let row_problem = tracked.state.row_problem(key_id, stored.as_deref());
+            (txn, stored, tracked.refusal.clone(), row_problem)
         };
+        // Store-wide refusals first, then the record's own MAC, then whether it is the one last written.
+        if let Some(reason) = refusal {
+            return Err(tampered(reason));
+        }
+        let decoded = stored.as_deref().map(|v| self.decode(key_id, v)).transpose().map_err(tampered)?;
+        if let Some(reason) = row_problem {
+            return Err(tampered(reason));
+        }
+        let Some(info) = decoded else { return Err(Ok(Unreleasable::Unknown)) };
         if let KeyState::Revoked { time_ms } = info.state {
             return Err(Ok(Unreleasable::Revoked { time_ms }));
         }
@@ -475,47 +647,33 @@ impl KeyStore {
     }
 
     fn encode(&self, info: &KeyInfo) -> Result<Vec<u8>> {
-        let json = serde_json::to_vec(info).map_err(|e| Error::check(LAYER, format!("encode: {e}")))?;
-        Ok(seal_record(&self.kek, KEYS_TABLE, info.id.as_bytes(), &json))
+        seal_key_record(&self.kek, info)
     }
 
     /// The record stored under `key_id`, when its tag verifies and it names that key; else why not (one line,
     /// without the layer).
     fn decode(&self, key_id: &str, stored: &[u8]) -> std::result::Result<KeyInfo, String> {
-        let tampered = || {
-            format!(
-                "the record of key {key_id} fails its integrity check (changed without the key-encryption key)"
-            )
-        };
-        let value = open_record(&self.kek, KEYS_TABLE, key_id.as_bytes(), stored).ok_or_else(tampered)?;
-        let info: KeyInfo =
-            serde_json::from_slice(value).map_err(|e| format!("stored record of key {key_id}: {e}"))?;
-        if info.id != key_id {
-            return Err(tampered());
-        }
-        Ok(info)
+        open_key_record(&self.kek, key_id, stored)
     }
 
     /// Records that `key_id` (version `record.key_version`) was released to the TEE key whose SHA-256 is
-    /// `tee_key_digest`, as audit record `record.audit_seq`: the receipt for that key and TEE key names it. Not
-    /// fsync'd (the audit log already is): after a crash a lost record only means no receipt for that
-    /// release (fail closed).
+    /// `tee_key_digest`, as audit record `record.audit_seq`: the receipt for that key and TEE key names it.
+    /// Committed with `Durability::Immediate` (fsync'd) before it returns, i.e. before the sealed keys leave the
+    /// broker: every acknowledged release can get its receipt, crash or not.
     ///
     /// # Errors
-    /// When the write fails.
+    /// When the write fails (nothing is released then).
     pub fn record_releases(
         &self,
         tee_key_digest: &[u8; 32],
         releases: &[(&str, ReleaseRecord)],
     ) -> Result<()> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
-        txn.set_durability(Durability::None).map_err(db_err)?;
+        txn.set_durability(Durability::Immediate).map_err(db_err)?;
         {
             let mut table = txn.open_table(RELEASES).map_err(db_err)?;
             for (key_id, r) in releases {
-                let value = r.encode();
-                let row = release_row_key(tee_key_digest, key_id);
-                let stored = seal_record(&self.kek, RELEASES_TABLE, &row, &value);
+                let stored = seal_release(&self.kek, tee_key_digest, key_id, r);
                 table.insert((tee_key_digest.as_slice(), *key_id), stored.as_slice()).map_err(db_err)?;
             }
         }
@@ -536,21 +694,90 @@ impl KeyStore {
         let Some(stored) = table.get((tee_key_digest.as_slice(), key_id)).map_err(db_err)? else {
             return Ok(None);
         };
-        let row = release_row_key(tee_key_digest, key_id);
-        let value = open_record(&self.kek, RELEASES_TABLE, &row, stored.value()).ok_or_else(|| {
-            Error::check(
-                LAYER,
-                format!(
-                    "the release record of key {key_id} fails its integrity check (changed without the KEK)"
-                ),
-            )
-        })?;
-        ReleaseRecord::decode(value).map(Some)
+        open_release(&self.kek, tee_key_digest, key_id, stored.value()).map(Some)
     }
 }
 
 const KEYS_TABLE: &str = "keys";
 const RELEASES_TABLE: &str = "releases";
+
+/// A key's record as stored: its JSON and the record MAC over it (table `keys`, row key = key id). Every store
+/// (redb here, PostgreSQL in [`crate::pg`]) writes key records through this.
+///
+/// # Errors
+/// When the record cannot be encoded.
+pub fn seal_key_record(kek: &Kek, info: &KeyInfo) -> Result<Vec<u8>> {
+    let json = serde_json::to_vec(info).map_err(|e| Error::check(LAYER, format!("encode: {e}")))?;
+    Ok(seal_record(kek, KEYS_TABLE, info.id.as_bytes(), &json))
+}
+
+/// The key record stored under `key_id` (as [`seal_key_record`] wrote it), when its tag verifies and it names
+/// that key; else why not (one line, without the layer).
+///
+/// # Errors
+/// As described.
+pub fn open_key_record(kek: &Kek, key_id: &str, stored: &[u8]) -> std::result::Result<KeyInfo, String> {
+    let tampered = || {
+        format!(
+            "the record of key {key_id} fails its integrity check (changed without the key-encryption key)"
+        )
+    };
+    let value = open_record(kek, KEYS_TABLE, key_id.as_bytes(), stored).ok_or_else(tampered)?;
+    let info: KeyInfo =
+        serde_json::from_slice(value).map_err(|e| format!("stored record of key {key_id}: {e}"))?;
+    if info.id != key_id {
+        return Err(tampered());
+    }
+    Ok(info)
+}
+
+/// The record MAC of a key record whose fields are kept apart (PostgreSQL's columns): the tag
+/// [`seal_key_record`] appends, over the same JSON.
+///
+/// # Errors
+/// When the record cannot be encoded.
+pub fn key_record_tag(kek: &Kek, info: &KeyInfo) -> Result<[u8; RECORD_TAG_LEN]> {
+    let json = serde_json::to_vec(info).map_err(|e| Error::check(LAYER, format!("encode: {e}")))?;
+    Ok(record_mac(kek, KEYS_TABLE, info.id.as_bytes(), &json))
+}
+
+/// Checks a key record kept as fields and a tag ([`key_record_tag`]) with [`open_key_record`]: the same check as
+/// for a record stored whole. `Err`: why not (one line, without the layer).
+///
+/// # Errors
+/// As described.
+pub fn check_key_record(kek: &Kek, info: &KeyInfo, tag: &[u8]) -> std::result::Result<(), String> {
+    let mut stored =
+        serde_json::to_vec(info).map_err(|e| format!("stored record of key {}: {e}", info.id))?;
+    stored.extend_from_slice(tag);
+    open_key_record(kek, &info.id, &stored).map(|_| ())
+}
+
+/// A release record as stored (table `releases`, row key = TEE key digest || key id), in every store.
+#[must_use]
+pub fn seal_release(kek: &Kek, tee_key_digest: &[u8; 32], key_id: &str, r: &ReleaseRecord) -> Vec<u8> {
+    seal_record(kek, RELEASES_TABLE, &release_row_key(tee_key_digest, key_id), &r.encode())
+}
+
+/// The release record stored for (`tee_key_digest`, `key_id`), when its tag verifies.
+///
+/// # Errors
+/// A record changed, moved or written without the KEK, or malformed.
+pub fn open_release(
+    kek: &Kek,
+    tee_key_digest: &[u8; 32],
+    key_id: &str,
+    stored: &[u8],
+) -> Result<ReleaseRecord> {
+    let row = release_row_key(tee_key_digest, key_id);
+    let value = open_record(kek, RELEASES_TABLE, &row, stored).ok_or_else(|| {
+        Error::check(
+            LAYER,
+            format!("the release record of key {key_id} fails its integrity check (changed without the KEK)"),
+        )
+    })?;
+    ReleaseRecord::decode(value)
+}
 
 fn release_row_key(tee_key_digest: &[u8; 32], key_id: &str) -> Vec<u8> {
     let mut row = tee_key_digest.to_vec();
@@ -695,6 +922,113 @@ env = "skip"
 
         let err = KeyStore::open(&db, Kek::from_bytes(&[2; 32]).unwrap(), &rng).unwrap_err().to_string();
         assert_eq!(err, "key store: the key-encryption key does not match this store");
+    }
+
+    fn key_row(db: &Path, key_id: &str) -> Vec<u8> {
+        let db = Database::open(db).unwrap();
+        let txn = db.begin_read().unwrap();
+        txn.open_table(KEYS).unwrap().get(key_id).unwrap().unwrap().value().to_vec()
+    }
+
+    fn put_key_row(db: &Path, key_id: &str, row: &[u8]) {
+        let db = Database::open(db).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(KEYS).unwrap().insert(key_id, row).unwrap();
+        txn.commit().unwrap();
+    }
+
+    /// An older record of the same key, MACed under the same KEK (from a backup), put back into the current file:
+    /// its MAC verifies, the state record does not list it.
+    #[test]
+    fn attack_key_record_replay_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rng = CountingRandomness::default();
+        let db = dir.path().join("keys.redb");
+        let kek = || Kek::from_bytes(&[1; 32]).unwrap();
+        let store = KeyStore::open(&db, kek(), &rng).unwrap();
+        store.add("k", "p", POLICY, Some(b"material".to_vec()), &rng, 1).unwrap();
+        store.add("other", "p", POLICY, None, &rng, 1).unwrap();
+        drop(store);
+        let active = key_row(&db, "k");
+        let store = KeyStore::open(&db, kek(), &rng).unwrap();
+        store.revoke("k", 5).unwrap();
+        drop(store);
+        put_key_row(&db, "k", &active);
+        let store = KeyStore::open(&db, kek(), &rng).unwrap();
+        let reason = "key store: the record of key k is not the one the broker last wrote (generation 3): an older \
+                      copy was put back, or it was changed without the key-encryption key";
+        assert_eq!(
+            store.get_for_release("k").unwrap_err().unwrap(),
+            Unreleasable::Tampered { reason: reason.into() }
+        );
+        assert_eq!(store.list(None).unwrap_err().to_string(), reason);
+        // Nor can it be laundered by changing it.
+        assert_eq!(store.set_policy("k", POLICY).unwrap_err().to_string(), reason);
+        assert!(store.get_for_release("other").is_ok());
+    }
+
+    /// The whole file restored from an older copy (un-revoking a key): consistent with itself, but older than the
+    /// generation the audit log recorded.
+    #[test]
+    fn attack_keystore_file_rollback_is_refused_against_the_audit_anchor() {
+        use crate::audit::{AuditLog, GroupCommitLog};
+        let dir = tempfile::tempdir().unwrap();
+        let rng = CountingRandomness::default();
+        let (db, log) = (dir.path().join("keys.redb"), dir.path().join("audit.log"));
+        let kek = || Kek::from_bytes(&[1; 32]).unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(crate::ManualClock::at(1_000));
+        let open = || {
+            let store = KeyStore::open(&db, kek(), &rng).unwrap();
+            let audit = Arc::new(GroupCommitLog::new(AuditLog::open(&log).unwrap().0));
+            (store, audit)
+        };
+        let (store, audit) = open();
+        store.add("k", "p", POLICY, Some(b"material".to_vec()), &rng, 1).unwrap();
+        // Added before the broker anchored the store: the first anchor records it.
+        store.anchor_to(Arc::clone(&audit), Arc::clone(&clock)).unwrap();
+        drop((store, audit));
+        let old_copy = std::fs::read(&db).unwrap();
+        let (store, audit) = open();
+        store.anchor_to(audit, Arc::clone(&clock)).unwrap();
+        store.revoke("k", 5).unwrap();
+        drop(store);
+        let bytes = std::fs::read(&log).unwrap();
+        let head = crate::audit::verify(&bytes).unwrap();
+        assert_eq!(head.records, 2, "one anchor at the first start, one for the revocation");
+
+        std::fs::write(&db, &old_copy).unwrap();
+        let (store, audit) = open();
+        let reason = "keys.redb is at generation 1 but the audit log recorded generation 2: the file was restored \
+                      from an older copy (rollback)";
+        assert_eq!(store.anchor_to(audit, clock).unwrap_err().to_string(), format!("key store: {reason}"));
+        assert_eq!(
+            store.get_for_release("k").unwrap_err().unwrap(),
+            Unreleasable::Tampered { reason: format!("key store: {reason}") }
+        );
+        assert!(store.add("k2", "p", POLICY, None, &rng, 9).unwrap_err().to_string().contains("rollback"));
+        assert_eq!(crate::audit::verify(&std::fs::read(&log).unwrap()).unwrap(), head, "nothing appended");
+    }
+
+    #[test]
+    fn a_removed_state_record_refuses_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let rng = CountingRandomness::default();
+        let db = dir.path().join("keys.redb");
+        let store = KeyStore::open(&db, Kek::from_bytes(&[1; 32]).unwrap(), &rng).unwrap();
+        store.add("k", "p", POLICY, None, &rng, 1).unwrap();
+        drop(store);
+        {
+            let raw = Database::open(&db).unwrap();
+            let txn = raw.begin_write().unwrap();
+            txn.open_table(META).unwrap().remove(STATE).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = KeyStore::open(&db, Kek::from_bytes(&[1; 32]).unwrap(), &rng).unwrap();
+        let err = store.get_for_release("k").unwrap_err().unwrap();
+        assert!(
+            matches!(&err, Unreleasable::Tampered { reason } if reason.contains("no state record")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! workload the provider's policy approves, sealed (HPKE) to the TEE's ephemeral key, with every decision in a
 //! hash-chained audit log.
 //!
-//! One module per part: [`nonce`] (stateless MACed single-use challenges), [`ratelimit`] (per-peer token buckets), [`keystore`] (keys encrypted at rest in redb),
+//! One module per part: [`nonce`] (stateless MACed single-use challenges), [`ratelimit`] (per-peer token buckets), [`keystore`] (keys encrypted at rest in redb; [`keystate`] its
+//! state record and rollback anchor),
 //! [`policy`] (declarative per-key rules over an [`appraisal::Appraisal`]), [`seal`] (RFC 9180 HPKE),
 //! [`token`] (the EAR JWT), [`service`] (challenge and release), [`receipt`] (output receipts), [`grpc`] (the
 //! gRPC `KeyBroker` over both), [`audit`] (the log), [`admin`] (key management over a local socket). Evidence
@@ -18,6 +19,7 @@ pub mod ear_claims;
 pub mod error;
 pub mod grpc;
 pub mod jwks;
+pub mod keystate;
 pub mod keystore;
 pub mod nonce;
 pub mod nonce_mac;

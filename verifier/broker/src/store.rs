@@ -8,6 +8,8 @@
 //!   use in one durable commit; only then is it acknowledged. A nonce already used by another release (on any
 //!   replica) makes the record step answer [`Recorded::Replay`], and nothing the release decided is returned.
 
+use std::sync::Arc;
+
 use sealroom_measurements::binding::Nonce;
 
 use crate::Randomness;
@@ -169,14 +171,20 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
 pub struct EmbeddedLedger {
     /// Issues without a lock and without storing anything; locks only its used-nonce set to redeem.
     nonces: NonceBook,
-    audit: GroupCommitLog,
+    audit: Arc<GroupCommitLog>,
 }
 
 impl EmbeddedLedger {
     /// A ledger over a nonce book and an opened audit log.
     #[must_use]
     pub fn new(nonces: NonceBook, audit: GroupCommitLog) -> Self {
-        Self { nonces, audit }
+        Self { nonces, audit: Arc::new(audit) }
+    }
+
+    /// The audit log, shared with the key store that anchors its state there ([`KeyStore::anchor_to`]).
+    #[must_use]
+    pub fn audit_log(&self) -> Arc<GroupCommitLog> {
+        Arc::clone(&self.audit)
     }
 }
 

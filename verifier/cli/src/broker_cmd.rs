@@ -397,6 +397,8 @@ fn open_store(a: &ServeArgs, kek: Kek, rng: &dyn Randomness, jwk: &serde_json::V
         eprintln!("sealroom broker: audit log: removed a torn, unacknowledged last record ({bytes} bytes)");
     }
     let ledger = EmbeddedLedger::new(NonceBook::generate(ttl_ms, rng)?, GroupCommitLog::new(audit));
+    // A keys.redb older than the audit log says (restored from an old copy) is refused before serving.
+    store.anchor_to(ledger.audit_log(), Arc::new(SystemClock))?;
     Ok((store, Arc::new(ledger), Arc::new(StaticKeys(vec![jwk.clone()]))))
 }
 
@@ -467,6 +469,9 @@ fn keys(k: &KeysArgs) -> Result<()> {
             let rng = SystemRandomness::new();
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
             let store = KeyStore::open(&dir.join("keys.redb"), Kek::load(kek)?, &rng)?;
+            // Changes made without the broker are anchored in its audit log all the same.
+            let (audit, _) = AuditLog::open(&dir.join("audit.log"))?;
+            store.anchor_to(Arc::new(GroupCommitLog::new(audit)), Arc::new(SystemClock))?;
             admin::apply(&store, &rng, &SystemClock, &operation)
         }
         (socket, dir, None) => {

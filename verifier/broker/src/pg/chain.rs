@@ -25,6 +25,7 @@ pub fn decision_code(d: Decision) -> u8 {
         Decision::Released => 1,
         Decision::Refused => 2,
         Decision::Receipt => 3,
+        Decision::KeyStore => 4,
     }
 }
 
@@ -35,6 +36,7 @@ pub fn decision_from_code(code: i16) -> Option<Decision> {
         1 => Some(Decision::Released),
         2 => Some(Decision::Refused),
         3 => Some(Decision::Receipt),
+        4 => Some(Decision::KeyStore),
         _ => None,
     }
 }

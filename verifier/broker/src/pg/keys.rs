@@ -2,6 +2,12 @@
 //! ([`crate::keystore`]): material is AES-256-GCM under the KEK with AAD = domain || key id || version, and the
 //! `meta` row `kek_check` proves at start that this replica's KEK is the one the database was created with.
 //! Admin changes lock the key row (`select … for update`) so two replicas cannot interleave a rotation.
+//!
+//! Each key row carries the record MAC the embedded store appends to its records (`mac`:
+//! [`keystore::key_record_tag`] over the row's fields, checked with [`keystore::check_key_record`]), so a row
+//! edited in the database without the KEK (un-revoked, given another policy or owner) is refused with a reason
+//! and the refusal audited. The releases the broker made are recorded in `releases` ([`keystore::seal_release`],
+//! the same MACed record as in redb), so receipts work on PostgreSQL as on the embedded store.
 
 use std::sync::Arc;
 
@@ -9,12 +15,13 @@ use tokio_postgres::Row;
 
 use super::{Database, SharedClient, connect, pg_err, to_i64, to_u64};
 use crate::error::{Error, Result};
-use crate::keystore::{self, Kek, KeyInfo, KeyState, ReleasableKey, Unreleasable};
+use crate::keystore::{self, Kek, KeyInfo, KeyState, ReleasableKey, ReleaseRecord, Unreleasable};
 use crate::store::KeyRecords;
 use crate::{Randomness, check_key_id};
 
 const LAYER: &str = "key store";
-const SELECT_KEY: &str = "select id, owner, policy, version, revoked_ms, created_ms, rotated_ms from keys";
+const SELECT_KEY: &str =
+    "select id, owner, policy, version, revoked_ms, created_ms, rotated_ms, mac from keys";
 
 /// The key store of a replicated broker.
 #[derive(Debug)]
@@ -41,6 +48,24 @@ fn info_from_row(row: &Row) -> Result<KeyInfo> {
         created_ms: to_u64("created_ms", row.try_get("created_ms").map_err(get)?)?,
         rotated_ms: to_u64("rotated_ms", row.try_get("rotated_ms").map_err(get)?)?,
     })
+}
+
+/// The row's key record when its MAC verifies; else why not (one line, without the layer).
+fn checked_info(kek: &Kek, row: &Row) -> Result<std::result::Result<KeyInfo, String>> {
+    let info = info_from_row(row)?;
+    let mac: Option<Vec<u8>> = row.try_get("mac").map_err(|e| pg_err("key row", &e))?;
+    Ok(match mac {
+        None => Err(format!(
+            "the record of key {} has no integrity tag (its MAC was removed, or an older broker wrote it)",
+            info.id
+        )),
+        Some(tag) => keystore::check_key_record(kek, &info, &tag).map(|()| info),
+    })
+}
+
+/// Like [`checked_info`], a failing check as this layer's error.
+fn verified_info(kek: &Kek, row: &Row) -> Result<KeyInfo> {
+    checked_info(kek, row)?.map_err(|reason| Error::check(LAYER, reason))
 }
 
 fn version_i32(v: u32) -> Result<i32> {
@@ -113,6 +138,7 @@ impl PgKeys {
                 Change::Rotate { now_ms, .. } => (None, None, Some(to_i64("time", *now_ms)?)),
             };
             let expected = version_i32(current.version)?;
+            let kek = Arc::clone(&self.kek);
             let outcome: Option<KeyInfo> = self.db.run(async move {
                 let mut c = connect(&config).await?;
                 let tx = c.transaction().await.map_err(|e| pg_err("begin", &e))?;
@@ -121,7 +147,8 @@ impl PgKeys {
                     .await
                     .map_err(|e| pg_err("lock key", &e))?
                     .ok_or_else(|| Error::check(LAYER, format!("unknown key id {id}")))?;
-                let info = info_from_row(&row)?;
+                // An edited row must not be laundered by changing it.
+                let info = verified_info(&kek, &row)?;
                 if version_i32(info.version)? != expected {
                     return Ok(None);
                 }
@@ -161,6 +188,10 @@ impl PgKeys {
                     .await
                     .map_err(|e| pg_err("read back", &e))?;
                 let info = info_from_row(&row)?;
+                let tag = keystore::key_record_tag(&kek, &info)?.to_vec();
+                tx.execute("update keys set mac = $2 where id = $1", &[&id, &tag])
+                    .await
+                    .map_err(|e| pg_err("record MAC", &e))?;
                 tx.commit().await.map_err(|e| pg_err("commit", &e))?;
                 Ok(Some(info))
             })?;
@@ -174,6 +205,7 @@ impl PgKeys {
     fn list_one(&self, key_id: &str) -> Result<KeyInfo> {
         let reads = Arc::clone(&self.reads);
         let id = key_id.to_owned();
+        let kek = Arc::clone(&self.kek);
         self.db.run(async move {
             let c = reads.get().await?;
             let row = c
@@ -181,7 +213,7 @@ impl PgKeys {
                 .await
                 .map_err(|e| pg_err("read key", &e))?
                 .ok_or_else(|| Error::check(LAYER, format!("unknown key id {id}")))?;
-            info_from_row(&row)
+            verified_info(&kek, &row)
         })
     }
 }
@@ -213,23 +245,27 @@ impl KeyRecords for PgKeys {
         let config = self.db.config();
         let row = info.clone();
         let now = to_i64("time", now_ms)?;
+        let tag = keystore::key_record_tag(&self.kek, &info)?.to_vec();
         self.db.run(async move {
             let mut c = connect(&config).await?;
             let tx = c.transaction().await.map_err(|e| pg_err("begin", &e))?;
             let inserted = tx
                 .execute(
-                    "insert into keys (id, owner, policy, version, created_ms, rotated_ms) values ($1, $2, $3, 1, $4, $4) \
-                     on conflict (id) do nothing",
-                    &[&row.id, &row.owner, &row.policy, &now],
+                    "insert into keys (id, owner, policy, version, created_ms, rotated_ms, mac) \
+                     values ($1, $2, $3, 1, $4, $4, $5) on conflict (id) do nothing",
+                    &[&row.id, &row.owner, &row.policy, &now, &tag],
                 )
                 .await
                 .map_err(|e| pg_err("add", &e))?;
             if inserted == 0 {
                 return Err(Error::check(LAYER, format!("key {} already exists", row.id)));
             }
-            tx.execute("insert into key_material (id, version, sealed) values ($1, 1, $2)", &[&row.id, &sealed])
-                .await
-                .map_err(|e| pg_err("add", &e))?;
+            tx.execute(
+                "insert into key_material (id, version, sealed) values ($1, 1, $2)",
+                &[&row.id, &sealed],
+            )
+            .await
+            .map_err(|e| pg_err("add", &e))?;
             tx.commit().await.map_err(|e| pg_err("commit", &e))
         })?;
         Ok(info)
@@ -238,13 +274,14 @@ impl KeyRecords for PgKeys {
     fn list(&self, owner: Option<&str>) -> Result<Vec<KeyInfo>> {
         let reads = Arc::clone(&self.reads);
         let owner = owner.map(str::to_owned);
+        let kek = Arc::clone(&self.kek);
         self.db.run(async move {
             let c = reads.get().await?;
             let rows = c
                 .query(&format!("{SELECT_KEY} where $1::text is null or owner = $1 order by id"), &[&owner])
                 .await
                 .map_err(|e| pg_err("list", &e))?;
-            rows.iter().map(info_from_row).collect()
+            rows.iter().map(|r| verified_info(&kek, r)).collect()
         })
     }
 
@@ -272,26 +309,30 @@ impl KeyRecords for PgKeys {
     fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>> {
         let reads = Arc::clone(&self.reads);
         let id = key_id.to_owned();
-        let fetched: Option<(KeyInfo, Option<Vec<u8>>)> = self
+        let kek = Arc::clone(&self.kek);
+        type Fetched = (std::result::Result<KeyInfo, String>, Option<Vec<u8>>);
+        let fetched: Option<Fetched> = self
             .db
             .run(async move {
                 let c = reads.get().await?;
                 let row = c
                     .query_opt(
-                        "select k.id, k.owner, k.policy, k.version, k.revoked_ms, k.created_ms, k.rotated_ms, m.sealed \
-                         from keys k left join key_material m on m.id = k.id and m.version = k.version where k.id = $1",
+                        "select k.id, k.owner, k.policy, k.version, k.revoked_ms, k.created_ms, k.rotated_ms, k.mac, \
+                         m.sealed from keys k left join key_material m on m.id = k.id and m.version = k.version \
+                         where k.id = $1",
                         &[&id],
                     )
                     .await
                     .map_err(|e| pg_err("read key", &e))?;
                 row.map(|r| {
                     let sealed: Option<Vec<u8>> = r.try_get("sealed").map_err(|e| pg_err("key row", &e))?;
-                    Ok((info_from_row(&r)?, sealed))
+                    Ok((checked_info(&kek, &r)?, sealed))
                 })
                 .transpose()
             })
             .map_err(Err)?;
-        let Some((info, sealed)) = fetched else { return Err(Ok(Unreleasable::Unknown)) };
+        let Some((checked, sealed)) = fetched else { return Err(Ok(Unreleasable::Unknown)) };
+        let info = checked.map_err(|r| Ok(Unreleasable::Tampered { reason: format!("{LAYER}: {r}") }))?;
         if let KeyState::Revoked { time_ms } = info.state {
             return Err(Ok(Unreleasable::Revoked { time_ms }));
         }
@@ -306,6 +347,46 @@ impl KeyRecords for PgKeys {
                 ))
             })?;
         Ok(ReleasableKey { info, material })
+    }
+
+    fn record_releases(&self, tee_key_digest: &[u8; 32], releases: &[(&str, ReleaseRecord)]) -> Result<()> {
+        let rows: Vec<(String, Vec<u8>)> = releases
+            .iter()
+            .map(|(id, r)| ((*id).to_owned(), keystore::seal_release(&self.kek, tee_key_digest, id, r)))
+            .collect();
+        let (config, digest) = (self.db.config(), tee_key_digest.to_vec());
+        // One transaction, committed (durably: synchronous_commit) before the sealed keys leave the broker.
+        self.db.run(async move {
+            let mut c = connect(&config).await?;
+            let tx = c.transaction().await.map_err(|e| pg_err("begin", &e))?;
+            for (id, record) in &rows {
+                tx.execute(
+                    "insert into releases (tee_key_digest, key_id, record) values ($1, $2, $3) \
+                     on conflict (tee_key_digest, key_id) do update set record = excluded.record",
+                    &[&digest, id, record],
+                )
+                .await
+                .map_err(|e| pg_err("record release", &e))?;
+            }
+            tx.commit().await.map_err(|e| pg_err("commit", &e))
+        })
+    }
+
+    fn find_release(&self, tee_key_digest: &[u8; 32], key_id: &str) -> Result<Option<ReleaseRecord>> {
+        let reads = Arc::clone(&self.reads);
+        let (digest, id) = (tee_key_digest.to_vec(), key_id.to_owned());
+        let stored: Option<Vec<u8>> = self.db.run(async move {
+            let c = reads.get().await?;
+            c.query_opt(
+                "select record from releases where tee_key_digest = $1 and key_id = $2",
+                &[&digest, &id],
+            )
+            .await
+            .map_err(|e| pg_err("find release", &e))?
+            .map(|r| r.try_get(0).map_err(|e| pg_err("release row", &e)))
+            .transpose()
+        })?;
+        stored.map(|s| keystore::open_release(&self.kek, tee_key_digest, key_id, &s)).transpose()
     }
 }
 

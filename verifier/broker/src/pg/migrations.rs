@@ -53,6 +53,17 @@ const MIGRATIONS: &[&str] = &[
         added_at timestamptz not null default now()
     );
     ",
+    // 3: each key row's record MAC (keystore::key_record_tag, as in the embedded store; rows of an older broker
+    // have none and are refused), and the releases made, for receipts (keystore::seal_release).
+    r"
+    alter table keys add column mac bytea;
+    create table releases (
+        tee_key_digest bytea not null check (length(tee_key_digest) = 32),
+        key_id text not null,
+        record bytea not null,
+        primary key (tee_key_digest, key_id)
+    );
+    ",
 ];
 
 /// The schema version this broker writes.

@@ -1,0 +1,218 @@
+//! The key broker's records on PostgreSQL are as trustworthy as in the embedded store (issue 14, findings 1 and
+//! 3, on the replicated store): with genuine swtpm evidence and the real agent client against a broker replica
+//! whose keys, releases and audit chain live in a real PostgreSQL server,
+//! - a key released by the replica is recorded there, so the agent's output receipt is issued and names that
+//!   release (before, a PostgreSQL store refused every receipt);
+//! - someone who can write the database but does not hold the KEK edits a key row (un-revokes it, gives it an
+//!   all-`skip` policy, or moves it to another owner): the replica refuses the key with a reason, audits the
+//!   refusal in its chain, and key management refuses the row too.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use sealroom_agent::workload::broker::BrokerKeys;
+use sealroom_agent::workload::spec::BrokerEndpoint;
+use sealroom_agent::workload::{KeyProvider, receipt};
+use sealroom_broker::appraisal::VerifierAppraiser;
+use sealroom_broker::grpc::KeyBrokerService;
+use sealroom_broker::nonce_mac::NonceKeys;
+use sealroom_broker::policy::GoldenSet;
+use sealroom_broker::service::{Broker, StoreParts};
+use sealroom_broker::store::KeyRecords;
+use sealroom_broker::token::Signer;
+use sealroom_broker::{ManualClock, Randomness, SystemRandomness};
+use sealroom_measurements::binding::Nonce;
+use sealroom_measurements::cel::RuntimeEvent;
+use sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer;
+use sealroom_tests::broker::tpm_policy;
+use sealroom_tests::postgres::Postgres;
+use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
+
+const IMAGE: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const KEY_ID: &str = "provider-a/data";
+const DATA_KEY: &[u8] = b"the provider's data key";
+const OUTPUT: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const REPLICA: &str = "r1";
+const ALL_SKIP: &str = "version = 1\nplatforms = \"skip\"\ntcb_statuses = \"skip\"\nminimum_tcb = \"skip\"\n\
+                        debug = \"skip\"\ngolden = \"skip\"\nimage_digests = \"skip\"\nargs = \"skip\"\nenv = \"skip\"\n";
+
+fn launch_events(broker_kid: &str) -> Vec<RuntimeEvent> {
+    vec![
+        RuntimeEvent::ImageReference(format!("registry.example/analytics@{IMAGE}")),
+        RuntimeEvent::ManifestDigest(IMAGE.into()),
+        RuntimeEvent::Arg("--input=/data/in.parquet".into()),
+        RuntimeEvent::BrokerKey(broker_kid.into()),
+        RuntimeEvent::LaunchSeparator,
+    ]
+}
+
+struct Replica {
+    keys: Arc<sealroom_broker::pg::keys::PgKeys>,
+    addr: SocketAddr,
+    kid: String,
+    signer_jwk: serde_json::Value,
+}
+
+/// A broker replica on `url`, in process, trusting the given swtpm AKs, with the key added.
+async fn start_replica(url: &str, dir: &std::path::Path, aks: Vec<Vec<u8>>) -> Replica {
+    let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness::new());
+    let kek = sealroom_broker::keystore::Kek::from_bytes(&[5; 32]).unwrap();
+    let nonces = NonceKeys::new(&[9; 32], None, 30_000).unwrap();
+    let (url2, rng2) = (url.to_owned(), Arc::clone(&rng));
+    // The store runs its own runtime and blocks on it: open it outside this one.
+    let store = tokio::task::spawn_blocking(move || {
+        sealroom_broker::pg::open(&url2, kek, rng2.as_ref(), nonces, REPLICA).unwrap()
+    })
+    .await
+    .unwrap();
+    let keys = Arc::clone(&store.keys);
+    let policy = tpm_policy(IMAGE, &["--input=/data/in.parquet"], &[], None);
+    let (k, r) = (Arc::clone(&keys), Arc::clone(&rng));
+    tokio::task::spawn_blocking(move || {
+        k.add(KEY_ID, "provider-a", &policy, Some(DATA_KEY.to_vec()), r.as_ref(), 0)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let signer = Signer::load_or_create(&dir.join("signing.pk8")).unwrap();
+    let (kid, signer_jwk) = (signer.kid().to_owned(), signer.jwk());
+    let broker = Arc::new(Broker::on_store(StoreParts {
+        clock: Arc::new(ManualClock::at(1_760_000_000_000)),
+        rng,
+        appraiser: Arc::new(VerifierAppraiser::with_pinned_tpm_aks(aks)),
+        store: store.keys,
+        golden: GoldenSet::default(),
+        signer,
+        ledger: store.ledger,
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(KeyBrokerServer::new(KeyBrokerService(broker)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Replica { keys, addr, kid, signer_jwk }
+}
+
+fn endpoint(r: &Replica) -> BrokerEndpoint {
+    BrokerEndpoint { url: format!("http://{}", r.addr), key_id: r.kid.clone(), tls_ca: None }
+}
+
+async fn ak_of(agent: &sealroom_agent::server::Running) -> Vec<u8> {
+    let ev = agent.handle.evidence(Nonce([0x42; 32])).await.unwrap();
+    let pb: sealroom_proto::attestation::v1::Evidence = ev.into();
+    pb.tpm.unwrap().ak_public
+}
+
+/// The replica's last audit record: decision code, rule, reason.
+fn last_audit(pg: &Postgres) -> String {
+    pg.psql(
+        "sealroom",
+        &format!(
+            "select decision || '|' || rule || '|' || reason from audit where replica = '{REPLICA}' \
+             order by seq desc limit 1"
+        ),
+    )
+    .unwrap()
+    .trim()
+    .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_work_on_a_postgres_replica_and_attack_pg_record_edit_is_refused() {
+    let pg = Postgres::start().unwrap();
+    pg.psql("postgres", "create database sealroom").unwrap();
+    let url = pg.superuser_url("sealroom");
+    let dir = unique_temp_dir("broker-pg-records");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kid = Signer::load_or_create(&dir.join("signing.pk8")).unwrap().kid().to_owned();
+    let (tpm, tpm2) = (Swtpm::start().unwrap(), Swtpm::start().unwrap());
+    let agent = sealroom_tests::agent::start_agent(&tpm, &launch_events(&kid)).await.unwrap();
+    let agent2 = sealroom_tests::agent::start_agent(&tpm2, &launch_events(&kid)).await.unwrap();
+    let replica = start_replica(&url, &dir, vec![ak_of(&agent).await, ak_of(&agent2).await]).await;
+
+    // A release on the replica, recorded in PostgreSQL; then the job's output and its receipt.
+    let got =
+        BrokerKeys::new(agent.handle.clone()).release(&endpoint(&replica), &[KEY_ID.into()]).await.unwrap();
+    assert_eq!(got, vec![(KEY_ID.to_owned(), DATA_KEY.to_vec())]);
+    let release_seq: u64 = pg
+        .psql("sealroom", &format!("select seq from audit where replica = '{REPLICA}' and decision = 1"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pg.psql("sealroom", "select count(*) from releases").unwrap().trim(), "1");
+    agent.handle.measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into() }).await.unwrap();
+    agent
+        .handle
+        .measure(RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() })
+        .await
+        .unwrap();
+    let digest = sealroom_agent::workload::digest::Sha256Digest::parse(OUTPUT, "output").unwrap();
+    let r = receipt::obtain(&agent.handle, &endpoint(&replica), KEY_ID, &digest).await.unwrap();
+    let claims = sealroom_broker::token::verify(&r.token, &replica.signer_jwk).unwrap();
+    assert_eq!(claims["submods"]["sealroom"]["sealroom.release"]["audit_seq"], release_seq);
+    assert!(last_audit(&pg).starts_with("3|"), "the receipt is audited: {}", last_audit(&pg));
+
+    // A receipt for a release that a replica never made is still refused (the record is what decides).
+    agent2.handle.measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into() }).await.unwrap();
+    agent2
+        .handle
+        .measure(RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() })
+        .await
+        .unwrap();
+    let e =
+        receipt::obtain(&agent2.handle, &endpoint(&replica), KEY_ID, &digest).await.unwrap_err().to_string();
+    assert!(e.ends_with(&format!("this broker never released key {KEY_ID} to this TEE key")), "{e}");
+
+    // The attack: the key is revoked; someone with write access to the database (not the KEK) un-revokes it and
+    // gives it an all-skip policy, keeping the row's MAC.
+    let keys = Arc::clone(&replica.keys);
+    tokio::task::spawn_blocking(move || keys.revoke(KEY_ID, 5)).await.unwrap().unwrap();
+    let refused = BrokerKeys::new(agent2.handle.clone())
+        .release(&endpoint(&replica), &[KEY_ID.into()])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains(&format!("key store: key {KEY_ID} was revoked at 5 ms")), "{refused}");
+    let tampered = format!(
+        "key store: the record of key {KEY_ID} fails its integrity check (changed without the key-encryption key)"
+    );
+    let edits = [
+        ("un-revoked, all-skip policy", format!("update keys set revoked_ms = null, policy = '{ALL_SKIP}'")),
+        ("moved to another owner", "update keys set revoked_ms = null, owner = 'provider-b'".to_owned()),
+        ("MAC removed", "update keys set revoked_ms = null, mac = null".to_owned()),
+    ];
+    for (what, sql) in edits {
+        pg.psql("sealroom", &format!("{sql} where id = '{KEY_ID}'")).unwrap();
+        let refused = BrokerKeys::new(agent2.handle.clone())
+            .release(&endpoint(&replica), &[KEY_ID.into()])
+            .await
+            .unwrap_err()
+            .to_string();
+        let want = if what == "MAC removed" {
+            format!(
+                "key store: the record of key {KEY_ID} has no integrity tag (its MAC was removed, or an older broker \
+                 wrote it)"
+            )
+        } else {
+            tampered.clone()
+        };
+        assert!(refused.contains(&want), "{what}: {refused}");
+        assert_eq!(last_audit(&pg), format!("2|key store|{want}"), "{what}: the refusal is audited");
+        let keys = Arc::clone(&replica.keys);
+        let listed =
+            tokio::task::spawn_blocking(move || keys.list(None)).await.unwrap().unwrap_err().to_string();
+        assert_eq!(listed, want, "{what}");
+        // Nor can an admin change launder the edited row.
+        let keys = Arc::clone(&replica.keys);
+        let changed = tokio::task::spawn_blocking(move || keys.set_policy(KEY_ID, ALL_SKIP))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(changed.to_string(), want, "{what}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
