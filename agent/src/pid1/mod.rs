@@ -260,6 +260,7 @@ fn shutdown(signals: &SignalFd, agent: Option<u32>, why: &str) -> ! {
             log!("the agent stopped {} ms after SIGTERM", started.elapsed().as_millis());
         } else {
             log!("the agent did not stop within {} ms; killing it", STOP_GRACE.as_millis());
+            log_process_state(pid);
         }
     }
     // Everything else (workload leftovers): kill and reap.
@@ -270,6 +271,31 @@ fn shutdown(signals: &SignalFd, agent: Option<u32>, why: &str) -> ! {
     log!("{err}");
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Logs what a process that did not stop was doing: its signal masks and each thread's state and wait channel.
+fn log_process_state(pid: i32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let fields: Vec<&str> = status
+        .lines()
+        .filter(|l| {
+            ["State:", "SigPnd:", "ShdPnd:", "SigBlk:", "SigIgn:", "SigCgt:"].iter().any(|f| l.starts_with(f))
+        })
+        .collect();
+    log!("agent {pid}: {}", fields.join("; "));
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    for task in tasks {
+        let path = task.path();
+        let read =
+            |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default().trim().to_owned();
+        let state = read("status").lines().find(|l| l.starts_with("State:")).unwrap_or_default().to_owned();
+        log!(
+            "agent thread {} {:?}: {state}; wchan {}",
+            task.file_name().to_string_lossy(),
+            read("comm"),
+            read("wchan")
+        );
     }
 }
 
@@ -289,6 +315,8 @@ pub const SERVING_MARKER: &str = "sealroom-agent: serving attestation on tcp";
 /// # Errors
 /// When the runtime or the server cannot start.
 pub fn serve_in_vm() -> crate::Result<()> {
+    // Before any thread starts: PID 1's blocked signals were inherited through exec.
+    crate::sys::unblock_all_signals()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -313,7 +341,10 @@ async fn serve_and_run_workload() -> crate::Result<()> {
     let mut workload_done = false;
     loop {
         tokio::select! {
-            _ = term.recv() => break,
+            _ = term.recv() => {
+                eprintln!("sealroom-agent: SIGTERM: stopping");
+                break;
+            }
             _ = tokio::signal::ctrl_c() => break,
             ended = &mut workload, if !workload_done => {
                 workload_done = true;

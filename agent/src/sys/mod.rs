@@ -70,6 +70,24 @@ pub fn route_ctrl_alt_del_to_init() -> Result<()> {
     nix::sys::reboot::set_cad_enabled(false).map_err(|e| sys_err("reboot(CAD_OFF)", Path::new("/"), e))
 }
 
+/// Unblocks every signal in the calling thread (threads it starts afterwards inherit the empty mask).
+///
+/// PID 1 blocks SIGTERM, SIGINT, SIGCHLD, SIGHUP and SIGPWR to take them from a signalfd, and the signal mask
+/// survives fork and exec: the agent child it starts (and, through it, crun and the workload) began with those
+/// signals blocked, so the agent never saw the SIGTERM PID 1 sends it at power-off (measured in the VM:
+/// `SigBlk: 20014003`, SIGTERM pending) and the power button took PID 1's whole stop grace.
+///
+/// # Errors
+/// When the kernel refuses (it does not for `SIG_SETMASK` with a valid set).
+pub fn unblock_all_signals() -> Result<()> {
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+    .map_err(|e| sys_err("pthread_sigmask(SIG_SETMASK, {})", Path::new("/"), e))
+}
+
 /// Flushes file systems and powers the machine off. Returns only if the kernel refused.
 pub fn power_off() -> Error {
     nix::unistd::sync();
