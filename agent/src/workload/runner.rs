@@ -305,7 +305,7 @@ async fn crun_kill(cfg: &RuntimeConfig, id: &str, signal: &str) {
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => {
-            eprintln!("sealroom-workload: crun kill {signal}: {s} (the container may have ended already)")
+            eprintln!("sealroom-workload: crun kill {signal}: {s} (the container may have ended already)");
         }
         Err(e) => eprintln!("sealroom-workload: crun kill {signal}: {e}"),
     }
