@@ -476,7 +476,7 @@ impl AuditLog {
             head = ChainHead { records: head.records.saturating_add(1), hash };
             records.push(rec);
         }
-        let anchor = records.iter().filter_map(|r| key_store_anchor(r).ok().flatten()).last();
+        let anchor = records.iter().filter_map(|r| key_store_anchor(r).ok().flatten()).next_back();
         if let Err(e) = (&*self.file).write_all(&out) {
             self.failed = true;
             return Err(Error::check(LAYER, format!("cannot write {}: {e}", self.path.display())));

@@ -279,8 +279,11 @@ pub struct KeyStore {
     /// reader's snapshot and this state always belong together.
     tracked: Mutex<Tracked>,
     /// Where changes are anchored, once [`KeyStore::anchor_to`] was called.
-    anchor: Mutex<Option<(Arc<GroupCommitLog>, Arc<dyn Clock>)>>,
+    anchor: Mutex<Option<AnchorSink>>,
 }
+
+/// The audit log a store anchors its changes in, and the clock that stamps them.
+type AnchorSink = (Arc<GroupCommitLog>, Arc<dyn Clock>);
 
 #[derive(Debug)]
 struct Tracked {
