@@ -386,14 +386,16 @@ async fn workload_in_crun_reads_the_key_a_broker_process_released_and_a_changed_
     assert!(!cfg_b.keys_dir.join(KEY_ID).exists(), "no key for a refused workload");
     assert!(std::fs::read_dir(&cfg_b.output_dir).unwrap().next().is_none(), "the workload must not have run");
 
-    // The audit log verifies with the CLI and holds both decisions, in order.
+    // The audit log verifies with the CLI and holds the key's anchor (added before the broker started) and both
+    // decisions, in order.
     drop(broker);
     let verified = provider.verify_audit().unwrap();
-    assert!(verified.contains("audit log ok: 2 records"), "{verified}");
+    assert!(verified.contains("audit log ok: 3 records"), "{verified}");
     let records = audit_records(&provider.audit_log());
     assert_eq!(
         records.iter().map(|r| (r.decision, r.key_id.as_str(), r.reason.as_str())).collect::<Vec<_>>(),
         [
+            (Decision::KeyStore, KEY_ID, "generation 1: key added"),
             (Decision::Released, KEY_ID, "every rule of the key's policy allowed"),
             (Decision::Refused, KEY_ID, reason.as_str()),
         ]
