@@ -582,6 +582,7 @@ fn appraise_azure(
         nonce: None,
         snp_cache: &cache,
         tdx_collateral: None,
+        tdx_root: None,
         enrolled_tpm_aks: &[],
         tpm_ek_activated: None,
     };

@@ -266,6 +266,10 @@ pub struct Context<'a> {
     /// Verified Intel collateral for TDX quotes; without it only the quote's signatures and PCK chain are
     /// checked and the TCB status is unknown (a warning).
     pub tdx_collateral: Option<&'a VerifiedCollateral>,
+    /// The root a TDX quote verified without collateral must chain to; `None` is the pinned Intel SGX Root CA.
+    /// A release build can make no other [`crate::tdx::IntelRoot`] (a test root needs the `test-anchors`
+    /// feature); a quote verified against collateral chains to the root the collateral was verified under.
+    pub tdx_root: Option<&'a crate::tdx::IntelRoot>,
     /// TPM attestation keys (marshalled TPMT_PUBLIC) enrolled out of band: swtpm, on-premises TPMs. Sealroom TPM
     /// evidence whose AK equals one of these is trusted through the enrolment instead of Google's AK CA.
     pub enrolled_tpm_aks: &'a [Vec<u8>],

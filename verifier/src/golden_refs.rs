@@ -274,6 +274,7 @@ mod tests {
             nonce: None,
             snp_cache: &cache,
             tdx_collateral: None,
+            tdx_root: None,
             enrolled_tpm_aks: &[],
             tpm_ek_activated: None,
         };

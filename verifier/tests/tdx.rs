@@ -565,6 +565,7 @@ fn typed_appraisal_decodes_td_attributes_with_and_without_collateral() {
             nonce: None,
             snp_cache: &cache,
             tdx_collateral: collateral,
+            tdx_root: None,
             enrolled_tpm_aks: &[],
             tpm_ek_activated: None,
         };

@@ -10,6 +10,7 @@ use sealroom_measurements::binding::{Kem, Nonce, TeePublicKey, report_data};
 use sealroom_measurements::cel::{self, CelLog, RUNTIME_PCR, RuntimeEvent};
 use sealroom_measurements::evidence::{Evidence, HashAlg, Platform, TdxEvidence};
 use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, ReferenceValues, appraise};
+use sealroom_verifier::claims::PlatformClaims;
 use sealroom_verifier::snp::EndorsementCache;
 use sealroom_verifier::tdx::test_pki::{
     CollateralSpec, PlatformTcb, TD_ATTR_DEBUG, TdQuoteBody, TestIntelPki, TestPlatform,
@@ -224,6 +225,7 @@ fn failures(ev: Evidence, collateral: &VerifiedCollateral, references: Reference
         nonce: Some(ev.nonce.0.to_vec()),
         snp_cache: &cache,
         tdx_collateral: Some(collateral),
+        tdx_root: None,
         enrolled_tpm_aks: &[],
         tpm_ek_activated: None,
     };
@@ -292,5 +294,40 @@ fn tdx_mrtd_and_rtmrs_are_judged_against_reference_values() {
     assert_eq!(
         failures(ev(), &collateral, refs(MRTD, [0x99; 48])),
         [format!("kernel: rtmr1 is {}, not a reference value", hex::encode(RTMR1))]
+    );
+}
+
+#[test]
+fn tdx_debug_td_without_collateral_is_verified_under_the_test_root_and_reported_as_debug() {
+    let pki = pki();
+    let p = platform(&pki, &PlatformTcb::up_to_date());
+    let nonce = Nonce([9; 32]);
+    let log = runtime_log(&launched());
+    let mut b = body(report_data(&nonce, &tee_key()), rtmr3_of(&log));
+    b.td_attributes |= TD_ATTR_DEBUG;
+    let ev = evidence(p.quote(&b), nonce, log);
+    let (cache, root) = (EndorsementCache::default(), pki.root());
+    let ctx = Context {
+        at: t(AT),
+        nonce: Some(nonce.0.to_vec()),
+        snp_cache: &cache,
+        tdx_collateral: None,
+        tdx_root: Some(&root),
+        enrolled_tpm_aks: &[],
+        tpm_ek_activated: None,
+    };
+    let input = EvidenceInput::Sealroom(Box::new(ev));
+    // Signatures and PCK chain verify under the test root; no TCB status without collateral; DEBUG is a typed
+    // claim every policy sees.
+    let a = appraise(&input, &Policy::default(), &ctx);
+    assert!(a.failures().is_empty(), "{:?}", a.failures());
+    let Some(PlatformClaims::Tdx(td)) = &a.platform else { panic!("not a TDX appraisal: {:?}", a.platform) };
+    assert!(td.td_attributes.debug);
+    assert!(td.tcb.is_none());
+    // Without the test root the pinned Intel root refuses the chain.
+    let pinned = appraise(&input, &Policy::default(), &Context { tdx_root: None, ..ctx });
+    assert_eq!(
+        pinned.failures(),
+        ["tdx: PCK chain: certificate 'Intel SGX Root CA': self-issued root is not a pinned anchor"]
     );
 }

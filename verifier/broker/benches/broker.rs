@@ -136,6 +136,7 @@ fn bench(c: &mut Criterion) {
                 nonce: Some(fixed_nonce.0.to_vec()),
                 snp_cache: &cache,
                 tdx_collateral: None,
+                tdx_root: None,
                 enrolled_tpm_aks: &[],
                 tpm_ek_activated: None,
             };

@@ -37,6 +37,7 @@ pub struct VerifierAppraiser {
     snp_cache: sealroom_verifier::snp::EndorsementCache,
     pinned_tpm_aks: Vec<Vec<u8>>,
     tdx_collateral: Option<sealroom_verifier::tdx::VerifiedCollateral>,
+    tdx_root: Option<sealroom_verifier::tdx::IntelRoot>,
     verification_time_ms: Option<u64>,
 }
 
@@ -56,6 +57,15 @@ impl VerifierAppraiser {
     #[must_use]
     pub fn with_tdx_collateral(mut self, collateral: sealroom_verifier::tdx::VerifiedCollateral) -> Self {
         self.tdx_collateral = Some(collateral);
+        self
+    }
+
+    /// Verifies TDX quotes given without collateral under this root instead of the pinned Intel SGX Root CA
+    /// (a test root from `tdx::test_pki` in tests built with the verifier's `test-anchors` feature; a release
+    /// build can make no root but the pinned one).
+    #[must_use]
+    pub fn with_tdx_root(mut self, root: sealroom_verifier::tdx::IntelRoot) -> Self {
+        self.tdx_root = Some(root);
         self
     }
 
@@ -114,6 +124,9 @@ impl Appraiser for VerifierAppraiser {
             // Debug is a per-key policy rule in the broker, so the verifier reports it rather than refusing.
             snp: sealroom_verifier::snp::SnpPolicy {
                 allow_debug: true,
+                // A report requested from VMPL 1-3 (a guest kernel under an SVSM or paravisor) binds whatever that
+                // less privileged code chose: only VMPL 0 speaks for the whole guest.
+                max_vmpl: Some(0),
                 ..sealroom_verifier::snp::SnpPolicy::default()
             },
             references: ReferenceValues::skip_all(),
@@ -127,6 +140,7 @@ impl Appraiser for VerifierAppraiser {
             nonce: Some(evidence.nonce.0.to_vec()),
             snp_cache: &self.snp_cache,
             tdx_collateral: self.tdx_collateral.as_ref(),
+            tdx_root: self.tdx_root.as_ref(),
             enrolled_tpm_aks: &self.pinned_tpm_aks,
             tpm_ek_activated: None,
         };

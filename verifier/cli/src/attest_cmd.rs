@@ -169,6 +169,7 @@ pub fn run(args: &Args) -> Result<()> {
         nonce: Some(nonce.to_vec()),
         snp_cache: &cache,
         tdx_collateral: tdx_collateral.as_ref(),
+        tdx_root: None,
         enrolled_tpm_aks: &enrolled,
         tpm_ek_activated: activated.as_ref(),
     };

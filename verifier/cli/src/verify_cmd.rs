@@ -225,6 +225,7 @@ pub fn run(args: &Args) -> Result<()> {
         nonce,
         snp_cache: &cache,
         tdx_collateral: tdx_collateral.as_ref(),
+        tdx_root: None,
         enrolled_tpm_aks: &enrolled,
         tpm_ek_activated: None,
     };

@@ -19,7 +19,7 @@ use crate::claims::{
 use crate::ear::{LayerResult, Outcome};
 use crate::error::{Error, Result};
 use crate::snp::{Collateral, verify_report_detailed};
-use crate::tdx::{verify_quote_signatures, verify_tdx_quote};
+use crate::tdx::{verify_quote_signatures, verify_quote_signatures_under, verify_tdx_quote};
 use crate::tpm::gce_proto::GceAttestation;
 use crate::tpm::quote::ExpectedExtraData;
 use crate::tpm::verify::{AkTrust, QuoteInput, VerifiedTpm, verify_tpm};
@@ -164,7 +164,10 @@ fn check_td_quote(
         let td = verify_tdx_quote(quote, c, ctx.at)?;
         return Ok((td.report_data, TdxClaims::from_verified(&td)));
     }
-    let signed = verify_quote_signatures(quote, ctx.at)?;
+    let signed = match ctx.tdx_root {
+        Some(root) => verify_quote_signatures_under(quote, root, ctx.at)?,
+        None => verify_quote_signatures(quote, ctx.at)?,
+    };
     match &signed.quote.body {
         crate::tdx::Body::Td(td) => Ok((
             td.report_data,
