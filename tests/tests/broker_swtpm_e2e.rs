@@ -27,7 +27,7 @@ use sealroom_broker::nonce_mac::NonceKeys;
 use sealroom_broker::policy::GoldenSet;
 use sealroom_broker::service::{Broker, BrokerParts};
 use sealroom_broker::token::{self, Signer};
-use sealroom_broker::{ManualClock, Randomness, SystemRandomness, seal};
+use sealroom_broker::{Randomness, SystemClock, SystemRandomness, seal};
 use sealroom_measurements::cel::{CelLog, RuntimeEvent};
 use sealroom_proto::attestation::v1 as apb;
 use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
@@ -90,8 +90,9 @@ async fn start_broker(enrolled_ak: Vec<u8>) -> RunningBroker {
     let signer = Signer::load_or_create(&dir.join("signing.pk8")).unwrap();
     let jwk = signer.jwk();
     let broker = Arc::new(Broker::new(BrokerParts {
-        // swtpm AKs carry no certificate: no validity window depends on the time.
-        clock: Arc::new(ManualClock::at(1_760_000_000_000)),
+        // swtpm AKs carry no certificate, so no validity window depends on the time; the wall clock, because a
+        // relying party (and the EAR reference implementation below) checks the token's exp against it.
+        clock: Arc::new(SystemClock),
         rng,
         appraiser: Arc::new(VerifierAppraiser::with_pinned_tpm_aks(vec![enrolled_ak])),
         store: Arc::clone(&store),
@@ -151,6 +152,35 @@ async fn agent_on_swtpm_receives_its_data_key_and_refusals_say_why() {
     );
     let claims = token::verify(&resp.attestation_result, &broker.jwk).unwrap();
     assert_eq!(claims["submods"]["sealroom"]["ear_status"], "affirming");
+    assert_eq!(claims["submods"]["sealroom"]["sealroom.platform"], "tpm");
+    // The runtime log replayed to PCR 15 of every bank the quote covers.
+    assert_eq!(
+        claims["submods"]["sealroom"]["sealroom.runtime_registers"],
+        serde_json::json!(["pcr15.sha1", "pcr15.sha256", "pcr15.sha384", "pcr15.sha512"])
+    );
+    // The token of a real appraisal (swtpm quote, enrolled AK, runtime log replayed to PCR 15) is a valid EAR
+    // to Veraison's reference implementation of draft-ietf-rats-ear-04, with the appraisal's vector.
+    let ear = ear::Ear::from_jwt_jwk(
+        &resp.attestation_result,
+        ear::Algorithm::ES256,
+        broker.jwk.to_string().as_bytes(),
+    )
+    .unwrap_or_else(|e| panic!("the ear crate refuses the release token: {e}"));
+    assert_eq!(ear.profile, ear::EAR_PROFILE);
+    let sub = &ear.submods["sealroom"];
+    assert_eq!(sub.status, ear::TrustTier::Affirming);
+    assert_eq!(sub.policy_ids, vec!["sealroom.keybroker.v1".to_owned()]);
+    // TPM only: an identified, genuine TPM and approved configuration; no TEE (runtime-opaque: no claim).
+    let tv = &sub.trust_vector;
+    assert_eq!(
+        [
+            tv.instance_identity.value(),
+            tv.configuration.value(),
+            tv.hardware.value(),
+            tv.runtime_opaque.value()
+        ],
+        [2, 2, 2, 0]
+    );
 
     // The same nonce again: refused as a replay, even with genuine evidence.
     let replay = c.release(req).await.unwrap().into_inner();

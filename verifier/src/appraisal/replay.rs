@@ -82,10 +82,13 @@ fn decode_runtime(log: &[u8]) -> Result<Vec<CelRecord>, String> {
 
 fn finish_runtime(
     records: Vec<CelRecord>,
-    replayed: Vec<Register>,
+    mut replayed: Vec<Register>,
     mut failures: Vec<String>,
     est: &mut Established,
 ) {
+    // In register order, whatever order the evidence listed its banks in.
+    replayed.sort_unstable();
+    replayed.dedup();
     let mut claims = json!({});
     if replayed.is_empty() && failures.is_empty() {
         failures.push("runtime log: no runtime register (PCR 15 or RTMR3) was quoted".into());
