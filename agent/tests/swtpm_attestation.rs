@@ -585,6 +585,7 @@ fn appraise_azure(
         tdx_root: None,
         enrolled_tpm_aks: &[],
         tpm_ek_activated: None,
+        gpu: None,
     };
     appraise(&EvidenceInput::Sealroom(Box::new(ev)), &Policy::default(), &ctx).failures()
 }

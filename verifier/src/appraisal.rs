@@ -277,6 +277,10 @@ pub struct Context<'a> {
     /// a configured EK CA (`sealroom attest --tpm-ek-ca`). Evidence whose AK is this one is trusted through the
     /// EK certificate, and the EAR names the EK and the TPM.
     pub tpm_ek_activated: Option<&'a ActivatedAk>,
+    /// NVIDIA roots, verified RIMs and revocation data for the GPUs sealroom evidence may carry. Without it,
+    /// evidence that carries GPUs fails the `gpu` layer (they cannot be checked); evidence without GPUs is
+    /// unaffected.
+    pub gpu: Option<&'a crate::gpu::appraise::GpuContext>,
 }
 
 type Ctx<'a> = Context<'a>;
@@ -289,6 +293,7 @@ struct Established {
     platform: Option<PlatformClaims>,
     binding: Option<SignedBinding>,
     runtime: Option<RuntimeReplay>,
+    gpus: Vec<crate::claims::GpuAppraisal>,
     identity_ok: bool,
     config_ok: bool,
     hardware_ok: bool,
@@ -460,7 +465,16 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ap
         EvidenceInput::Azure(az) => {
             let _ = platforms::platform_azure(az, policy, ctx, &mut est);
         }
-        EvidenceInput::Sealroom(ev) => platforms::platform_sealroom(ev, policy, ctx, &mut est),
+        EvidenceInput::Sealroom(ev) => {
+            platforms::platform_sealroom(ev, policy, ctx, &mut est);
+            let gpus = crate::gpu::appraise::appraise_gpus(ev, ctx.gpu, ctx.at);
+            est.layers.extend(gpus.result());
+            est.gpus = match gpus {
+                crate::gpu::appraise::GpuLayer::Absent => vec![],
+                crate::gpu::appraise::GpuLayer::Passed(g)
+                | crate::gpu::appraise::GpuLayer::Failed { claims: g, .. } => g,
+            };
+        }
         EvidenceInput::TdxQuote(q) => platforms::platform_td_quote(q, policy, ctx, &mut est),
         EvidenceInput::SgxQuote(q) => platforms::platform_sgx_quote(q, policy, ctx, &mut est),
     }
@@ -518,6 +532,7 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ap
         registers: est.registers,
         binding: est.binding,
         runtime: est.runtime,
+        gpus: est.gpus,
         layers: est.layers,
         warnings,
     }

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::claims::{Appraisal, HexBytes, PlatformClaims, Register, SignedBinding};
+use crate::claims::{Appraisal, GpuAppraisal, HexBytes, PlatformClaims, Register, SignedBinding};
 
 /// The EAR profile identifier (draft-ietf-rats-ear-04).
 pub const EAR_PROFILE: &str = "tag:ietf.org,2026:rats/ear#04";
@@ -204,6 +204,9 @@ pub struct Submodule<'a> {
     /// The runtime registers the runtime log replayed to.
     #[serde(rename = "sealroom.runtime_registers", skip_serializing_if = "Option::is_none")]
     pub runtime_registers: Option<&'a [Register]>,
+    /// The verified NVIDIA GPUs (architecture, matched RIM ids, per-index outcomes, revocation, bound nonce).
+    #[serde(rename = "sealroom.gpus", skip_serializing_if = "<[GpuAppraisal]>::is_empty")]
+    pub gpus: &'a [GpuAppraisal],
     /// Per-layer results.
     #[serde(rename = "sealroom.layers", skip_serializing_if = "<[LayerResult]>::is_empty")]
     pub layers: &'a [LayerResult],
@@ -227,6 +230,7 @@ impl<'a> Submodule<'a> {
             registers: (!a.registers.is_empty()).then_some(&a.registers),
             binding: a.binding.as_ref(),
             runtime_registers: a.runtime.as_ref().map(|r| r.registers.as_slice()),
+            gpus: &a.gpus,
             layers: &a.layers,
             warnings: Some(&a.warnings),
         }
@@ -247,6 +251,7 @@ impl<'a> Submodule<'a> {
             registers: None,
             binding: None,
             runtime_registers: None,
+            gpus: &[],
             layers: &[],
             warnings: None,
         }
@@ -419,6 +424,7 @@ mod tests {
             registers: BTreeMap::new(),
             binding: None,
             runtime: None,
+            gpus: vec![],
             layers: vec![LayerResult {
                 layer: "platform".into(),
                 outcome: Outcome::Passed,

@@ -277,6 +277,7 @@ mod tests {
             tdx_root: None,
             enrolled_tpm_aks: &[],
             tpm_ek_activated: None,
+            gpu: None,
         };
         let ear = appraise(&input, &policy, &ctx);
         assert_ne!(ear.status(), crate::ear::Status::Affirming);

@@ -568,6 +568,7 @@ fn typed_appraisal_decodes_td_attributes_with_and_without_collateral() {
             tdx_root: None,
             enrolled_tpm_aks: &[],
             tpm_ek_activated: None,
+            gpu: None,
         };
         appraise(&EvidenceInput::TdxQuote(quote.clone()), &Policy::default(), &ctx)
     };

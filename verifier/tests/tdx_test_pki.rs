@@ -228,6 +228,7 @@ fn failures(ev: Evidence, collateral: &VerifiedCollateral, references: Reference
         tdx_root: None,
         enrolled_tpm_aks: &[],
         tpm_ek_activated: None,
+        gpu: None,
     };
     let policy = Policy { references, ..Policy::default() };
     appraise(&EvidenceInput::Sealroom(Box::new(ev)), &policy, &ctx).failures()
@@ -315,6 +316,7 @@ fn tdx_debug_td_without_collateral_is_verified_under_the_test_root_and_reported_
         tdx_root: Some(&root),
         enrolled_tpm_aks: &[],
         tpm_ek_activated: None,
+        gpu: None,
     };
     let input = EvidenceInput::Sealroom(Box::new(ev));
     // Signatures and PCK chain verify under the test root; no TCB status without collateral; DEBUG is a typed

@@ -82,6 +82,7 @@ impl Appraiser for StandIn {
                     RuntimeEvent::LaunchSeparator,
                 ],
             }),
+            gpus: vec![],
             layers: vec![],
             warnings: vec![],
         })
@@ -139,6 +140,7 @@ fn bench(c: &mut Criterion) {
                 tdx_root: None,
                 enrolled_tpm_aks: &[],
                 tpm_ek_activated: None,
+                gpu: None,
             };
             sealroom_verifier::appraisal::appraise(
                 &sealroom_verifier::appraisal::EvidenceInput::Sealroom(Box::new(ev.clone())),

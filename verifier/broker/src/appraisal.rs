@@ -38,6 +38,7 @@ pub struct VerifierAppraiser {
     pinned_tpm_aks: Vec<Vec<u8>>,
     tdx_collateral: Option<sealroom_verifier::tdx::VerifiedCollateral>,
     tdx_root: Option<sealroom_verifier::tdx::IntelRoot>,
+    gpu: Option<sealroom_verifier::gpu::appraise::GpuContext>,
     verification_time_ms: Option<u64>,
 }
 
@@ -66,6 +67,17 @@ impl VerifierAppraiser {
     #[must_use]
     pub fn with_tdx_root(mut self, root: sealroom_verifier::tdx::IntelRoot) -> Self {
         self.tdx_root = Some(root);
+        self
+    }
+
+    /// Verifies the NVIDIA GPUs evidence carries against these trust inputs: NVIDIA's pinned roots, the driver
+    /// and VBIOS RIMs (`sealroom broker serve --gpu-rims DIR`, verified once) and optional CRL snapshots. Each
+    /// GPU's report must carry the evidence's binding digest as its nonce; the appraisal's `gpus` then name
+    /// its architecture and matched RIM ids for the keys' GPU rules. Without it, evidence that carries GPUs
+    /// is refused (they cannot be checked); evidence without GPUs is unaffected.
+    #[must_use]
+    pub fn with_gpu_context(mut self, gpu: sealroom_verifier::gpu::appraise::GpuContext) -> Self {
+        self.gpu = Some(gpu);
         self
     }
 
@@ -143,6 +155,7 @@ impl Appraiser for VerifierAppraiser {
             tdx_root: self.tdx_root.as_ref(),
             enrolled_tpm_aks: &self.pinned_tpm_aks,
             tpm_ek_activated: None,
+            gpu: self.gpu.as_ref(),
         };
         accept(appraise(&EvidenceInput::Sealroom(Box::new(evidence.clone())), &policy, &ctx))
     }

@@ -5,7 +5,7 @@
 //! a one-line refusal; a key is released only when no rule refused.
 //!
 //! ```toml
-//! version = 1
+//! version = 2
 //! platforms = ["tdx", "tpm"]                   # tpm, tdx, sev-snp, azure-snp-vtpm, azure-tdx-vtpm
 //! tcb_statuses = ["UpToDate"]                  # accepted vendor TCB statuses
 //! minimum_tcb = { "snp.microcode" = 213 }      # per-component minimum SVNs
@@ -14,22 +14,35 @@
 //! image_digests = ["sha256:<hex>"]             # the workload's OCI manifest digest
 //! args = ["--input", "/data"]                  # the exact argument list
 //! env = ["MODE=batch", "THREADS=*"]            # allowed variables; NAME=* allows any value
+//! gpu_required = true                          # true or false, never "skip"
+//! gpu_architectures = ["hopper"]               # hopper, blackwell
+//! gpu_rim_ids = ["NV_GPU_DRIVER_GH100_545.00", "NV_GPU_VBIOS_1010_0200_882_96005E0001"]
 //! ```
-//! Any rule may be `"skip"` instead, which accepts everything for that rule and says so in explanations.
+//! Any rule but `gpu_required` may be `"skip"` instead, which accepts everything for that rule and says so in
+//! explanations.
+//!
+//! Versions: `version = 2` requires the three GPU rules. `version = 1` policies (written before GPU evidence,
+//! and stored with existing keys) stay valid and may not name GPU rules: they read as `gpu_required = false`,
+//! `gpu_architectures = "skip"`, `gpu_rim_ids = "skip"`, and every verdict lists those rules as skipped. A
+//! GPU in the evidence is still verified by the verifier in either version (chain, signature, nonce bound to
+//! the binding digest, every RIM measurement) or the evidence is refused.
 
 use std::collections::BTreeMap;
 
 use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::Platform;
 use sealroom_verifier::claims::{HexBytes, Register, platform_by_name, platform_name};
+use sealroom_verifier::gpu::GpuArchitecture;
 use sha2::Digest;
 
 use super::appraisal::Appraisal;
 use crate::error::{Error, Result};
 
 const LAYER: &str = "policy";
-/// The policy format version this broker reads.
-pub const POLICY_VERSION: i64 = 1;
+/// The newest policy format version this broker reads (version 1, without GPU rules, is still read).
+pub const POLICY_VERSION: i64 = 2;
+/// The GPU rules, required from version 2 on, in evaluation order.
+pub const GPU_RULES: [&str; 3] = ["gpu_required", "gpu_architectures", "gpu_rim_ids"];
 
 /// A rule's reference values, or an explicit skip.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,9 +86,15 @@ pub struct Policy {
     pub args: Rule<Vec<String>>,
     /// Allowed environment variables.
     pub env: Rule<Vec<String>>,
+    /// Refuse evidence without a verified GPU.
+    pub gpu_required: bool,
+    /// Accepted GPU architectures (every GPU's).
+    pub gpu_architectures: Rule<Vec<GpuArchitecture>>,
+    /// Accepted NVIDIA RIM ids: every GPU's driver and VBIOS RIM must both be listed.
+    pub gpu_rim_ids: Rule<Vec<String>>,
 }
 
-/// Field names, in evaluation order.
+/// Field names of version 1 (version 2 adds [`GPU_RULES`]), in evaluation order.
 pub const RULES: [&str; 8] =
     ["platforms", "debug", "tcb_statuses", "minimum_tcb", "golden", "image_digests", "args", "env"];
 
@@ -117,13 +136,16 @@ impl Policy {
     pub fn parse(text: &str) -> Result<Self> {
         let mut table: toml::Table =
             text.parse().map_err(|e: toml::de::Error| Error::check(LAYER, e.message().replace('\n', " ")))?;
-        match table.remove("version") {
-            Some(toml::Value::Integer(POLICY_VERSION)) => {}
+        let version = match table.remove("version") {
+            Some(toml::Value::Integer(v @ (1 | POLICY_VERSION))) => v,
             Some(v) => {
-                return Err(Error::check(LAYER, format!("field `version`: {v} unsupported (expected 1)")));
+                return Err(Error::check(
+                    LAYER,
+                    format!("field `version`: {v} unsupported (expected 1 or 2)"),
+                ));
             }
-            None => return Err(Error::check(LAYER, "missing field `version` (expected 1)")),
-        }
+            None => return Err(Error::check(LAYER, "missing field `version` (expected 1 or 2)")),
+        };
         let platforms = take(&mut table, "platforms", |v| {
             let names: Vec<String> = de(v)?;
             non_empty(names)?
@@ -167,11 +189,58 @@ impl Policy {
             }
             Ok(e)
         })?;
+        let (gpu_required, gpu_architectures, gpu_rim_ids) = if version == 1 {
+            if let Some(gpu) = GPU_RULES.iter().find(|r| table.contains_key(**r)) {
+                return Err(Error::check(LAYER, format!("field `{gpu}` needs version = 2")));
+            }
+            (false, Rule::Skip, Rule::Skip)
+        } else {
+            parse_gpu_rules(&mut table)?
+        };
         if let Some(unknown) = table.keys().next() {
             return Err(Error::check(LAYER, format!("unknown field `{unknown}`")));
         }
-        Ok(Self { platforms, tcb_statuses, minimum_tcb, debug, golden, image_digests, args, env })
+        Ok(Self {
+            platforms,
+            tcb_statuses,
+            minimum_tcb,
+            debug,
+            golden,
+            image_digests,
+            args,
+            env,
+            gpu_required,
+            gpu_architectures,
+            gpu_rim_ids,
+        })
     }
+}
+
+type GpuRules = (bool, Rule<Vec<GpuArchitecture>>, Rule<Vec<String>>);
+
+/// The version 2 GPU rules: `gpu_required` a boolean (no "skip": `false` is the explicit choice), the
+/// architectures and RIM ids non-empty lists or "skip".
+fn parse_gpu_rules(table: &mut toml::Table) -> Result<GpuRules> {
+    let required = match table.remove("gpu_required") {
+        Some(toml::Value::Boolean(b)) => b,
+        Some(v) => {
+            return Err(Error::check(LAYER, format!("field `gpu_required`: {v} (expected true or false)")));
+        }
+        None => return Err(Error::check(LAYER, "missing field `gpu_required` (give true or false)")),
+    };
+    let architectures = take(table, "gpu_architectures", |v| non_empty(de(v)?))?;
+    let rim_ids = take(table, "gpu_rim_ids", |v| {
+        let ids: Vec<String> = non_empty(de(v)?)?;
+        if let Some(bad) =
+            ids.iter().find(|i| !i.starts_with("NV_GPU_DRIVER_") && !i.starts_with("NV_GPU_VBIOS_"))
+        {
+            return Err(format!(
+                "{bad:?} is not an NVIDIA driver or VBIOS RIM id (NV_GPU_DRIVER_… or NV_GPU_VBIOS_…)"
+            ));
+        }
+        Ok(ids)
+    })?;
+    Ok((required, architectures, rim_ids))
 }
 
 /// A golden measurement document as the broker was given it: the exact bytes and, when present, the detached
@@ -389,6 +458,7 @@ impl Policy {
             },
         ));
         rules.push(("policy.golden", self.evaluate_golden(a, golden)));
+        self.evaluate_gpus(a, &mut rules);
         let launch = match &a.runtime {
             None => Err(NO_RUNTIME_LOG.to_owned()),
             Some(r) => launch_events(&r.events).map(|l| (l, r.registers.as_slice())),
@@ -455,6 +525,54 @@ impl Policy {
             },
         ));
         Verdict { rules }
+    }
+
+    /// The GPU rules over the verifier's typed GPUs (only GPUs that verified, bound to the binding digest, are
+    /// there: a GPU that failed refused the evidence before any policy).
+    fn evaluate_gpus(&self, a: &Appraisal, rules: &mut Vec<(&'static str, Outcome)>) {
+        let n = a.gpus.len();
+        rules.push((
+            "policy.gpu_required",
+            match (self.gpu_required, n) {
+                (true, 0) => Outcome::Fail("the policy requires a GPU, the evidence has none".into()),
+                (true, n) => Outcome::Pass(format!("{n} verified GPU(s)")),
+                (false, n) => Outcome::Pass(format!("no GPU required ({n} verified GPU(s))")),
+            },
+        ));
+        rules.push((
+            "policy.gpu_architectures",
+            match &self.gpu_architectures {
+                Rule::Skip => Outcome::Skipped,
+                Rule::Require(allowed) => {
+                    a.gpus.iter().enumerate().find(|(_, g)| !allowed.contains(&g.architecture)).map_or_else(
+                        || Outcome::Pass(format!("{n} GPU(s) of an allowed architecture")),
+                        |(i, g)| {
+                            Outcome::Fail(format!(
+                                "GPU {i} architecture {} not allowed (allowed: {})",
+                                g.architecture.name(),
+                                allowed.iter().map(|x| x.name()).collect::<Vec<_>>().join(", ")
+                            ))
+                        },
+                    )
+                }
+            },
+        ));
+        rules.push((
+            "policy.gpu_rim_ids",
+            match &self.gpu_rim_ids {
+                Rule::Skip => Outcome::Skipped,
+                Rule::Require(allowed) => a
+                    .gpus
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, g)| [(i, "driver", &g.driver_rim_id), (i, "VBIOS", &g.vbios_rim_id)])
+                    .find(|(_, _, id)| !allowed.contains(id))
+                    .map_or_else(
+                        || Outcome::Pass(format!("{n} GPU(s) matched allowed driver and VBIOS RIMs")),
+                        |(i, what, id)| Outcome::Fail(format!("GPU {i} {what} RIM {id} not allowed")),
+                    ),
+            },
+        ));
     }
 
     fn evaluate_image(&self, launch: &[RuntimeEvent]) -> Outcome {
@@ -568,5 +686,48 @@ env = ["MODE=batch", "THREADS=*"]
         assert!(err.to_string().contains("empty list allows nothing"), "{err}");
         let err = Policy::parse(&FULL.replace("sha256:aaaa", "sha256:AAAA")).unwrap_err();
         assert!(err.to_string().contains("field `image_digests`"), "{err}");
+    }
+
+    const GPU: &str = "gpu_required = true\ngpu_architectures = [\"hopper\"]\n\
+        gpu_rim_ids = [\"NV_GPU_DRIVER_GH100_545.00\", \"NV_GPU_VBIOS_1010_0200_882_96005E0001\"]\n";
+
+    fn full_v2() -> String {
+        format!("{}\n{GPU}", FULL.replace("version = 1", "version = 2"))
+    }
+
+    #[test]
+    fn version_2_requires_every_gpu_rule_and_version_1_may_not_name_them() {
+        let p = Policy::parse(&full_v2()).unwrap();
+        assert!(p.gpu_required);
+        assert_eq!(p.gpu_architectures, Rule::Require(vec![GpuArchitecture::Hopper]));
+        let v1 = Policy::parse(FULL).unwrap();
+        assert_eq!((v1.gpu_required, v1.gpu_architectures, v1.gpu_rim_ids), (false, Rule::Skip, Rule::Skip));
+        for field in GPU_RULES {
+            let text: String = full_v2()
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{field} ")))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let err = Policy::parse(&text).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("policy: missing field `{field}`")), "{err}");
+            let err = Policy::parse(&format!(
+                "{FULL}\n{}",
+                full_v2().lines().find(|l| l.starts_with(field)).unwrap()
+            ))
+            .unwrap_err()
+            .to_string();
+            assert_eq!(err, format!("policy: field `{field}` needs version = 2"));
+        }
+        for (from, to, why) in [
+            ("gpu_required = true", "gpu_required = \"skip\"", "field `gpu_required`"),
+            ("[\"hopper\"]", "[\"volta\"]", "field `gpu_architectures`"),
+            ("[\"hopper\"]", "[]", "empty list allows nothing"),
+            ("\"NV_GPU_DRIVER_GH100_545.00\"", "\"545.00\"", "not an NVIDIA driver or VBIOS RIM id"),
+        ] {
+            let err = Policy::parse(&full_v2().replace(from, to)).unwrap_err().to_string();
+            assert!(err.contains(why), "{from} -> {to}: {err}");
+        }
+        let err = Policy::parse(&FULL.replace("version = 1", "version = 3")).unwrap_err().to_string();
+        assert!(err.contains("unsupported (expected 1 or 2)"), "{err}");
     }
 }

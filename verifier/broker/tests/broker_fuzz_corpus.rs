@@ -100,6 +100,7 @@ env = ["MODE=batch", "THREADS=*"]
                 sealroom_measurements::cel::RuntimeEvent::LaunchSeparator,
             ],
         }),
+        gpus: vec![],
         layers: vec![],
         warnings: vec![],
     };

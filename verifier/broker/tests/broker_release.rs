@@ -210,6 +210,7 @@ fn good_claims() -> Appraisal {
                 RuntimeEvent::KeyRelease { key_id: "provider-a/data".into() },
             ],
         }),
+        gpus: vec![],
         layers: vec![],
         warnings: vec![],
     }

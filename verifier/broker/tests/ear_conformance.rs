@@ -105,6 +105,7 @@ impl Appraiser for FinishedTdJob {
                     RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() },
                 ],
             }),
+            gpus: vec![],
             layers: vec![],
             warnings: vec![],
         })

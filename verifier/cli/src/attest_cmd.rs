@@ -172,6 +172,7 @@ pub fn run(args: &Args) -> Result<()> {
         tdx_root: None,
         enrolled_tpm_aks: &enrolled,
         tpm_ek_activated: activated.as_ref(),
+        gpu: None,
     };
     let ear = appraise(&input, &policy, &ctx);
     if args.json {

@@ -110,6 +110,15 @@ struct ServeArgs {
     /// (TCB status, revocation, validity window). Without it TDX evidence has no TCB status.
     #[arg(long)]
     tdx_collateral: Option<PathBuf>,
+    /// Directory of NVIDIA driver and VBIOS RIMs (signed SWID tags) for the GPUs evidence may carry: every file
+    /// is verified at start against NVIDIA's pinned RIM root. Without it, evidence carrying GPUs is refused.
+    /// See docs/gpu.md.
+    #[arg(long, value_name = "DIR")]
+    gpu_rims: Option<PathBuf>,
+    /// A CRL snapshot (PEM or DER) for the GPU device and RIM chains; without one, GPU claims say
+    /// "revocation not checked". Repeatable.
+    #[arg(long, value_name = "CRL", requires = "gpu_rims")]
+    gpu_crl: Vec<PathBuf>,
     /// Verify evidence at this fixed time (RFC 3339 or Unix seconds) instead of the clock: for tests and
     /// replays with recorded collateral. Nonces still expire by the clock.
     #[arg(long)]
@@ -433,6 +442,13 @@ fn appraiser(a: &ServeArgs, clock: &dyn Clock) -> Result<VerifierAppraiser> {
             sealroom_verifier::x509::format_time(verified.valid_until())
         );
         appraiser = appraiser.with_tdx_collateral(verified);
+    }
+    if let Some(dir) = &a.gpu_rims {
+        let at_ms = fixed_ms.unwrap_or_else(|| clock.now_ms());
+        let at = i64::try_from(at_ms / 1000).unwrap_or(i64::MAX);
+        let ctx = crate::verify_gpu::gpu_context_with_crls(dir, &a.gpu_crl, at)?;
+        eprintln!("sealroom broker: {} NVIDIA RIMs verified from {}", ctx.rims.len(), dir.display());
+        appraiser = appraiser.with_gpu_context(ctx);
     }
     Ok(appraiser)
 }

@@ -220,6 +220,7 @@ pub fn run(args: &Args) -> Result<()> {
         _ => None,
     };
     let enrolled = read_enrolled_aks(&args.tpm_ak)?;
+    let gpu = crate::verify_gpu::gpu_context(args.gpu_rims.as_deref(), at)?;
     let ctx = Context {
         at,
         nonce,
@@ -228,15 +229,10 @@ pub fn run(args: &Args) -> Result<()> {
         tdx_root: None,
         enrolled_tpm_aks: &enrolled,
         tpm_ek_activated: None,
+        gpu: gpu.as_ref(),
     };
     let mut ear = appraise(&input, &policy, &ctx);
-    crate::verify_gpu::add_gpu_layer(
-        &mut ear,
-        &input,
-        args.gpu_rims.as_deref(),
-        args.gpu_policy.as_deref(),
-        at,
-    )?;
+    crate::verify_gpu::apply_gpu_policy(&mut ear, &input, args.gpu_policy.as_deref())?;
     if args.json {
         println!("{}", ear.to_json());
     } else {

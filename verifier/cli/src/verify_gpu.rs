@@ -90,16 +90,7 @@ pub fn run(inputs: &GpuInputs<'_>) -> Result<bool> {
     let Some(rim_dir) = inputs.rims else {
         bail!("a GPU report needs --gpu-rims DIR: the NVIDIA driver and VBIOS RIMs to compare with");
     };
-    let revocation = if inputs.crls.is_empty() {
-        Revocation::NotChecked
-    } else {
-        let crls = inputs
-            .crls
-            .iter()
-            .map(|p| Ok(Crl::from_any(&read_limited(p, MAX_RIM_FILE)?)?))
-            .collect::<Result<Vec<_>>>()?;
-        Revocation::Crls(crls)
-    };
+    let revocation = read_crls(inputs.crls)?;
     let trust = GpuTrust::nvidia()?;
     let chain = Certificate::chain_from_pem_or_der(&read_limited(inputs.certs, MAX_RIM_FILE)?)
         .with_context(|| format!("{}", inputs.certs.display()))?;
@@ -138,31 +129,53 @@ pub fn run(inputs: &GpuInputs<'_>) -> Result<bool> {
     }
 }
 
-/// The `gpu` layer for sealroom Evidence: its GPUs against the RIMs in `rims` under the GPU rules in `policy`.
-pub fn add_gpu_layer(
-    ear: &mut Appraisal,
-    input: &EvidenceInput,
-    rims: Option<&Path>,
-    policy: Option<&Path>,
-    at: UnixTime,
-) -> Result<()> {
+/// The GPU trust inputs of `sealroom verify` for sealroom Evidence: NVIDIA's pinned roots and the RIMs in
+/// `rims`, verified at `at` (`None` without `--gpu-rims`: evidence carrying GPUs then fails the gpu layer).
+///
+/// # Errors
+/// An unreadable directory or a RIM that does not verify.
+pub fn gpu_context(rims: Option<&Path>, at: UnixTime) -> Result<Option<GpuContext>> {
+    let Some(dir) = rims else { return Ok(None) };
+    let trust = GpuTrust::nvidia()?;
+    let rims = load_rims(dir, &trust, &Revocation::NotChecked, at)?;
+    Ok(Some(GpuContext { trust, rims, revocation: Revocation::NotChecked }))
+}
+
+/// The GPU trust inputs of `sealroom broker serve --gpu-rims DIR [--gpu-crl CRL]…`, verified at `at`.
+///
+/// # Errors
+/// An unreadable file, a CRL that does not parse, a RIM that does not verify, or no RIM at all.
+pub fn gpu_context_with_crls(dir: &Path, crls: &[PathBuf], at: UnixTime) -> Result<GpuContext> {
+    let revocation = read_crls(crls)?;
+    let trust = GpuTrust::nvidia()?;
+    let rims =
+        load_rims(dir, &trust, &revocation, at).with_context(|| format!("--gpu-rims {}", dir.display()))?;
+    Ok(GpuContext { trust, rims, revocation })
+}
+
+fn read_crls(crls: &[PathBuf]) -> Result<Revocation> {
+    if crls.is_empty() {
+        return Ok(Revocation::NotChecked);
+    }
+    let crls = crls
+        .iter()
+        .map(|p| Ok(Crl::from_any(&read_limited(p, MAX_RIM_FILE)?)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Revocation::Crls(crls))
+}
+
+/// Applies the GPU rules in `policy` (`--gpu-policy`; without it: a present GPU must be a Hopper) to the
+/// appraisal, whose gpu layer the verifier already ran.
+///
+/// # Errors
+/// An unreadable or invalid policy file.
+pub fn apply_gpu_policy(ear: &mut Appraisal, input: &EvidenceInput, policy: Option<&Path>) -> Result<()> {
     let policy = match policy {
         None => GpuPolicy::default(),
         Some(p) => serde_json::from_slice(&read_limited(p, MAX_RIM_FILE)?)
             .with_context(|| format!("--gpu-policy {}", p.display()))?,
     };
-    let ctx = match rims {
-        None => None,
-        Some(dir) => {
-            let trust = GpuTrust::nvidia()?;
-            let rims = load_rims(dir, &trust, &Revocation::NotChecked, at)?;
-            Some(GpuContext { trust, rims, revocation: Revocation::NotChecked })
-        }
-    };
-    let evidence = match input {
-        EvidenceInput::Sealroom(ev) => Some(ev.as_ref()),
-        _ => None,
-    };
-    sealroom_verifier::gpu::appraise::add_gpu_layer(ear, evidence, &policy, ctx.as_ref(), at);
+    let can_carry_gpus = matches!(input, EvidenceInput::Sealroom(_));
+    sealroom_verifier::gpu::appraise::apply_gpu_policy(ear, &policy, can_carry_gpus);
     Ok(())
 }

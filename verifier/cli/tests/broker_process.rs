@@ -344,6 +344,7 @@ fn policy_check_explains_every_rule_per_key() {
                 RuntimeEvent::LaunchSeparator,
             ],
         }),
+        gpus: vec![],
         layers: vec![],
         warnings: vec![],
     };

@@ -6,6 +6,7 @@
 //! the replayed runtime events are fields here, filled only from evidence whose signatures verified.
 
 mod events;
+pub mod gpu;
 pub mod platform;
 pub mod register;
 
@@ -15,6 +16,7 @@ use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::Platform;
 use serde::{Deserialize, Serialize};
 
+pub use gpu::{GpuAppraisal, GpuMeasurement, GpuRevocation};
 pub use platform::{AkTrustClaims, SnpClaims, SnpGuestPolicy, TdAttributes, TdxClaims, TdxTcb, TpmClaims};
 pub use register::{Family, HexBytes, Register, UnknownRegister};
 
@@ -187,6 +189,9 @@ pub struct Appraisal {
     pub binding: Option<SignedBinding>,
     /// The runtime log, present only when it replayed to a quoted runtime register.
     pub runtime: Option<RuntimeReplay>,
+    /// The evidence's NVIDIA GPUs that verified (device chain, signature, nonce = binding digest, every RIM
+    /// measurement), in evidence order; empty when it has none. A GPU that failed is a failed `gpu` layer.
+    pub gpus: Vec<GpuAppraisal>,
     /// Per-layer results, in verification order, with a one-line reason per failed check.
     pub layers: Vec<LayerResult>,
     /// One line per reason the status is not affirming although nothing failed ("tdx: no collateral: TCB

@@ -1,5 +1,7 @@
 //! The `gpu` layer of an appraisal: every GPU in a sealroom `Evidence`, bound to the same binding digest as the
-//! CPU evidence, verified against the RIMs the verifier holds and judged by the policy's GPU rules.
+//! CPU evidence and verified against the RIMs the verifier holds ([`appraise_gpus`], run by
+//! [`crate::appraisal::appraise`]); then, for `sealroom verify --gpu-policy`, judged by GPU rules
+//! ([`apply_gpu_policy`]). The key broker judges the typed result with each key's own policy instead.
 
 use std::collections::BTreeSet;
 
@@ -11,7 +13,7 @@ use super::verify::{
     GpuArchitecture, GpuClaims, GpuTrust, Revocation, RevocationStatus, VerifiedRim, verify_device_chain,
     verify_gpu_report,
 };
-use crate::claims::Appraisal;
+use crate::claims::{Appraisal, GpuAppraisal, GpuRevocation};
 use crate::ear::{LayerResult, Outcome, Status};
 use crate::error::{Error, Result};
 use crate::x509::{Certificate, UnixTime};
@@ -70,36 +72,49 @@ pub struct GpuContext {
 /// The outcome of the gpu layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GpuLayer {
-    /// The evidence has no GPU and the policy does not require one: no layer.
+    /// The evidence has no GPU: no layer.
     Absent,
-    /// Every GPU verified and passed the policy.
-    Passed(Vec<GpuClaims>),
+    /// Every GPU verified.
+    Passed(Vec<GpuAppraisal>),
     /// At least one GPU failed; the claims of the ones that verified, and every reason.
     Failed {
         /// Claims of GPUs that verified.
-        claims: Vec<GpuClaims>,
+        claims: Vec<GpuAppraisal>,
         /// One line each.
         failures: Vec<String>,
     },
 }
 
-/// Judges every GPU of `evidence`: report bound to the evidence's binding digest, chain, RIMs, policy.
-#[must_use]
-pub fn appraise_gpus(
-    evidence: &Evidence,
-    policy: &GpuPolicy,
-    ctx: Option<&GpuContext>,
-    at: UnixTime,
-) -> GpuLayer {
-    if evidence.gpus.is_empty() {
-        return if policy.gpu_required {
-            GpuLayer::Failed {
-                claims: vec![],
-                failures: vec!["gpu: the policy requires a GPU, the evidence has none".into()],
-            }
-        } else {
-            GpuLayer::Absent
+impl GpuLayer {
+    /// The layer as the EAR carries it (`None` when absent); its reference says whether revocation was
+    /// checked, so an offline verdict never hides that it was not.
+    #[must_use]
+    pub fn result(&self) -> Option<LayerResult> {
+        let (outcome, claims, failures) = match self {
+            Self::Absent => return None,
+            Self::Passed(claims) => (Outcome::Passed, claims, vec![]),
+            Self::Failed { claims, failures } => (Outcome::Failed, claims, failures.clone()),
         };
+        let checked =
+            !claims.is_empty() && claims.iter().all(|c| matches!(c.revocation, GpuRevocation::CheckedAt(_)));
+        let revocation = if checked { RevocationStatus::CheckedCrl } else { RevocationStatus::NotChecked };
+        Some(LayerResult {
+            layer: LAYER.into(),
+            outcome,
+            reference: format!("nvidia rims; {revocation}"),
+            claims: serde_json::to_value(claims).unwrap_or_default(),
+            failures,
+        })
+    }
+}
+
+/// Verifies every GPU of `evidence`: device chain to the pinned root, report signature, report nonce equal to
+/// the evidence's binding digest, and every measurement against the RIMs in `ctx`. Judges nothing else: which
+/// architectures and RIM ids are acceptable is policy ([`check_policy`], the broker's key policies).
+#[must_use]
+pub fn appraise_gpus(evidence: &Evidence, ctx: Option<&GpuContext>, at: UnixTime) -> GpuLayer {
+    if evidence.gpus.is_empty() {
+        return GpuLayer::Absent;
     }
     let Some(ctx) = ctx else {
         return GpuLayer::Failed {
@@ -113,90 +128,83 @@ pub fn appraise_gpus(
     let mut claims = Vec::new();
     let mut failures = Vec::new();
     for (i, gpu) in evidence.gpus.iter().enumerate() {
-        match appraise_one(&gpu.report, &gpu.cert_chain, &digest, policy, ctx, at) {
-            Ok(c) => claims.push(c),
+        match verify_one(&gpu.report, &gpu.cert_chain, &digest, ctx, at) {
+            Ok(c) => claims.push(GpuAppraisal::from_verified(&c, &digest, at)),
             Err(e) => failures.extend(e.reasons().into_iter().map(|r| format!("gpu {i}: {r}"))),
         }
     }
     if failures.is_empty() { GpuLayer::Passed(claims) } else { GpuLayer::Failed { claims, failures } }
 }
 
-/// Adds the `gpu` layer to the EAR of an appraisal (sealroom `Evidence`, or `None` for evidence kinds that
-/// cannot carry GPUs): a failed GPU makes the verdict contraindicated; the layer's reference says whether
-/// revocation was checked, so an offline verdict never hides that it was not.
-pub fn add_gpu_layer(
-    appraisal: &mut Appraisal,
-    evidence: Option<&Evidence>,
-    policy: &GpuPolicy,
-    ctx: Option<&GpuContext>,
-    at: UnixTime,
-) {
-    let layer = match evidence {
-        Some(ev) => appraise_gpus(ev, policy, ctx, at),
-        None if policy.gpu_required => GpuLayer::Failed {
-            claims: vec![],
-            failures: vec!["gpu: the policy requires a GPU, this kind of evidence cannot carry one".into()],
-        },
-        None => GpuLayer::Absent,
-    };
-    let (outcome, claims, failures) = match layer {
-        GpuLayer::Absent => return,
-        GpuLayer::Passed(claims) => (Outcome::Passed, claims, vec![]),
-        GpuLayer::Failed { claims, failures } => (Outcome::Failed, claims, failures),
-    };
-    let revocation =
-        if !claims.is_empty() && claims.iter().all(|c| c.revocation == RevocationStatus::CheckedCrl) {
-            RevocationStatus::CheckedCrl
+/// Applies a GPU policy (`sealroom verify --gpu-policy`) to an appraisal whose `gpu` layer the verifier
+/// already ran: `gpu_required`, architectures and RIM ids of every verified GPU. `can_carry_gpus` is false
+/// for evidence kinds without a GPU part. A broken rule fails the `gpu` layer (added when absent) and makes
+/// the verdict contraindicated.
+pub fn apply_gpu_policy(appraisal: &mut Appraisal, policy: &GpuPolicy, can_carry_gpus: bool) {
+    let gpu_layer_ran = appraisal.layer(LAYER).is_some();
+    let mut failures = Vec::new();
+    if policy.gpu_required && appraisal.gpus.is_empty() && !gpu_layer_ran {
+        failures.push(if can_carry_gpus {
+            "gpu: the policy requires a GPU, the evidence has none".to_owned()
         } else {
-            RevocationStatus::NotChecked
-        };
-    let result = LayerResult {
-        layer: "gpu".into(),
-        outcome,
-        reference: format!("nvidia rims; {revocation}"),
-        claims: serde_json::to_value(&claims).unwrap_or_default(),
-        failures,
-    };
-    if outcome == Outcome::Failed {
-        appraisal.status = Status::Contraindicated;
+            "gpu: the policy requires a GPU, this kind of evidence cannot carry one".to_owned()
+        });
     }
-    appraisal.layers.push(result);
+    for (i, gpu) in appraisal.gpus.iter().enumerate() {
+        if let Err(e) = check_policy(gpu, policy) {
+            failures.extend(e.reasons().into_iter().map(|r| format!("gpu {i}: {r}")));
+        }
+    }
+    if failures.is_empty() {
+        return;
+    }
+    match appraisal.layers.iter_mut().find(|l| l.layer == LAYER) {
+        Some(l) => {
+            l.outcome = Outcome::Failed;
+            l.failures.extend(failures);
+        }
+        None => appraisal.layers.push(LayerResult {
+            layer: LAYER.into(),
+            outcome: Outcome::Failed,
+            reference: "gpu policy".into(),
+            claims: serde_json::Value::Null,
+            failures,
+        }),
+    }
+    appraisal.status = Status::Contraindicated;
 }
 
-/// One GPU: chain, report against the expected nonce, then the policy's rules.
+/// One GPU: chain, then the report against the expected nonce and the RIMs.
 ///
 /// # Errors
 /// Every failed check.
-pub fn appraise_one(
+pub fn verify_one(
     report: &[u8],
     cert_chain_der: &[Vec<u8>],
     nonce: &[u8; 32],
-    policy: &GpuPolicy,
     ctx: &GpuContext,
     at: UnixTime,
 ) -> Result<GpuClaims> {
     let chain = cert_chain_der.iter().map(|der| Certificate::from_der(der)).collect::<Result<Vec<_>>>()?;
     let chain = verify_device_chain(&ctx.trust, &chain, &ctx.revocation, at)?;
-    let claims = verify_gpu_report(report, &chain, &ctx.rims, nonce, at)?;
-    check_policy(&claims, policy)?;
-    Ok(claims)
+    verify_gpu_report(report, &chain, &ctx.rims, nonce, at)
 }
 
-/// The policy's GPU rules on verified claims.
+/// The policy's GPU rules on one verified GPU.
 ///
 /// # Errors
 /// Every rule broken.
-pub fn check_policy(claims: &GpuClaims, policy: &GpuPolicy) -> Result<()> {
+pub fn check_policy(gpu: &GpuAppraisal, policy: &GpuPolicy) -> Result<()> {
     let mut failures = Vec::new();
-    if !policy.allowed_architectures.contains(&claims.architecture) {
+    if !policy.allowed_architectures.contains(&gpu.architecture) {
         failures.push(Error::check(
             LAYER,
-            format!("architecture {} is not allowed by the policy", claims.architecture.name()),
+            format!("architecture {} is not allowed by the policy", gpu.architecture.name()),
         ));
     }
     for (what, id, allowed) in [
-        ("driver", &claims.driver_rim_id, &policy.driver_rims),
-        ("VBIOS", &claims.vbios_rim_id, &policy.vbios_rims),
+        ("driver", &gpu.driver_rim_id, &policy.driver_rims),
+        ("VBIOS", &gpu.vbios_rim_id, &policy.vbios_rims),
     ] {
         if let RimIds::Allowed(ids) = allowed
             && !ids.contains(id)
@@ -255,25 +263,39 @@ mod tests {
         }
     }
 
+    fn verified(gpu: &GpuEvidence, nonce: &[u8; 32]) -> GpuAppraisal {
+        let c = verify_one(&gpu.report, &gpu.cert_chain, nonce, &ctx(), at()).unwrap();
+        GpuAppraisal::from_verified(&c, nonce, at())
+    }
+
+    fn real_gpu() -> GpuEvidence {
+        GpuEvidence { report: hex::decode(REPORT.trim()).unwrap(), cert_chain: chain_der() }
+    }
+
+    fn real_nonce() -> [u8; 32] {
+        hex::decode(NONCE).unwrap().try_into().unwrap()
+    }
+
     #[test]
     fn policy_pins_rim_ids_and_architectures() {
-        let report = hex::decode(REPORT.trim()).unwrap();
-        let nonce: [u8; 32] = hex::decode(NONCE).unwrap().try_into().unwrap();
-        let claims =
-            appraise_one(&report, &chain_der(), &nonce, &GpuPolicy::default(), &ctx(), at()).unwrap();
+        let gpu = verified(&real_gpu(), &real_nonce());
+        assert_eq!(gpu.measurements.len(), 33);
+        assert!(gpu.measurements.iter().all(|m| m.matched));
+        assert_eq!(gpu.revocation, GpuRevocation::NotChecked);
+        assert_eq!(gpu.bound_nonce.0, real_nonce());
         let pinned: GpuPolicy = serde_json::from_str(
             r#"{"gpu_required": true, "allowed_architectures": ["hopper"],
                 "driver_rims": ["NV_GPU_DRIVER_GH100_545.00"], "vbios_rims": "skip"}"#,
         )
         .unwrap();
-        check_policy(&claims, &pinned).unwrap();
+        check_policy(&gpu, &pinned).unwrap();
         let other: GpuPolicy = serde_json::from_str(
             r#"{"allowed_architectures": ["blackwell"], "driver_rims": ["NV_GPU_DRIVER_GH100_550.90.07"],
                 "vbios_rims": ["NV_GPU_VBIOS_1010_0200_882_96009F0001"]}"#,
         )
         .unwrap();
         assert_eq!(
-            check_policy(&claims, &other).unwrap_err().reasons(),
+            check_policy(&gpu, &other).unwrap_err().reasons(),
             [
                 "gpu: architecture hopper is not allowed by the policy",
                 "gpu: driver RIM NV_GPU_DRIVER_GH100_545.00 is not allowed by the policy",
@@ -293,8 +315,7 @@ mod tests {
     #[test]
     fn attack_a_real_gpu_report_replayed_into_other_evidence_fails_the_binding() {
         // A genuine report, but its nonce is not this evidence's binding digest.
-        let gpu = GpuEvidence { report: hex::decode(REPORT.trim()).unwrap(), cert_chain: chain_der() };
-        let layer = appraise_gpus(&evidence(vec![gpu]), &GpuPolicy::default(), Some(&ctx()), at());
+        let layer = appraise_gpus(&evidence(vec![real_gpu()]), Some(&ctx()), at());
         let GpuLayer::Failed { claims, failures } = layer else { panic!("{layer:?}") };
         assert!(claims.is_empty());
         assert_eq!(failures.len(), 1, "{failures:?}");
@@ -304,58 +325,60 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_gpu_layer_lands_in_the_ear_and_a_failure_contraindicates() {
-        use crate::ear::TrustworthinessVector;
-        let mut ear = Appraisal {
+    fn empty_appraisal() -> Appraisal {
+        Appraisal {
             evidence: "sealroom evidence".into(),
             policy_id: "p".into(),
             at: at(),
             status: Status::Affirming,
-            trust_vector: TrustworthinessVector::default(),
+            trust_vector: crate::ear::TrustworthinessVector::default(),
             platform: None,
             registers: std::collections::BTreeMap::new(),
             binding: None,
             runtime: None,
+            gpus: vec![],
             layers: vec![],
             warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn the_gpu_layer_names_revocation_and_a_policy_failure_contraindicates() {
+        let layer = GpuLayer::Passed(vec![verified(&real_gpu(), &real_nonce())]).result().unwrap();
+        assert_eq!((layer.layer.as_str(), layer.outcome), ("gpu", Outcome::Passed));
+        assert_eq!(layer.reference, "nvidia rims; revocation not checked");
+        assert_eq!(GpuLayer::Absent.result(), None);
+
+        let mut a = empty_appraisal();
+        a.gpus.push(verified(&real_gpu(), &real_nonce()));
+        a.layers.push(layer);
+        let untouched = a.clone();
+        apply_gpu_policy(&mut a, &GpuPolicy::default(), true);
+        assert_eq!(a, untouched, "a Hopper with authentic RIMs passes the default GPU policy");
+        let blackwell_only = GpuPolicy {
+            allowed_architectures: [GpuArchitecture::Blackwell].into_iter().collect(),
+            ..GpuPolicy::default()
         };
-        let untouched = ear.clone();
-        add_gpu_layer(&mut ear, Some(&evidence(vec![])), &GpuPolicy::default(), None, at());
-        assert_eq!(ear, untouched, "no GPU, none required: no layer");
-        let gpu = GpuEvidence { report: hex::decode(REPORT.trim()).unwrap(), cert_chain: chain_der() };
-        add_gpu_layer(&mut ear, Some(&evidence(vec![gpu])), &GpuPolicy::default(), Some(&ctx()), at());
-        assert_eq!(ear.status(), Status::Contraindicated);
-        let layer = &ear.layers[0];
-        assert_eq!(
-            (layer.layer.as_str(), layer.reference.as_str()),
-            ("gpu", "nvidia rims; revocation not checked")
-        );
-        assert!(ear.failures()[0].contains("nonce mismatch"), "{:?}", ear.failures());
-        let mut raw = untouched;
+        apply_gpu_policy(&mut a, &blackwell_only, true);
+        assert_eq!(a.status(), Status::Contraindicated);
+        assert_eq!(a.failures(), ["gpu 0: gpu: architecture hopper is not allowed by the policy"]);
+
         let required = GpuPolicy { gpu_required: true, ..GpuPolicy::default() };
-        add_gpu_layer(&mut raw, None, &required, None, at());
+        let mut raw = empty_appraisal();
+        apply_gpu_policy(&mut raw, &required, false);
         assert_eq!(
             raw.failures(),
             ["gpu: the policy requires a GPU, this kind of evidence cannot carry one"]
         );
+        let mut none = empty_appraisal();
+        apply_gpu_policy(&mut none, &required, true);
+        assert_eq!(none.failures(), ["gpu: the policy requires a GPU, the evidence has none"]);
     }
 
     #[test]
-    fn gpu_required_and_missing_rims_fail_closed() {
-        let required = GpuPolicy { gpu_required: true, ..GpuPolicy::default() };
-        assert_eq!(appraise_gpus(&evidence(vec![]), &GpuPolicy::default(), None, at()), GpuLayer::Absent);
-        assert_eq!(
-            appraise_gpus(&evidence(vec![]), &required, Some(&ctx()), at()),
-            GpuLayer::Failed {
-                claims: vec![],
-                failures: vec!["gpu: the policy requires a GPU, the evidence has none".into()]
-            }
-        );
-        let gpu = GpuEvidence { report: hex::decode(REPORT.trim()).unwrap(), cert_chain: chain_der() };
-        let GpuLayer::Failed { failures, .. } =
-            appraise_gpus(&evidence(vec![gpu]), &GpuPolicy::default(), None, at())
-        else {
+    fn missing_rims_fail_closed() {
+        assert_eq!(appraise_gpus(&evidence(vec![]), None, at()), GpuLayer::Absent);
+        let GpuLayer::Failed { failures, .. } = appraise_gpus(&evidence(vec![real_gpu()]), None, at()) else {
             panic!()
         };
         assert_eq!(failures, ["gpu: the evidence carries GPUs but no NVIDIA RIMs were given to check them"]);

@@ -251,7 +251,7 @@ pub fn verify_rim(
 }
 
 /// Which RIM a reference value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RimKind {
     /// The driver RIM (matched by driver version).
@@ -290,6 +290,9 @@ pub struct GpuClaims {
     pub vbios_rim_tag_id: String,
     /// Number of measurement indices compared (all the RIMs list as active).
     pub measurements_compared: usize,
+    /// Every index compared, with the RIM that lists it: each matched one of its golden values (a mismatch
+    /// refuses the report, so claims exist only when all matched).
+    pub measurements_matched: Vec<(RimKind, u8)>,
     /// Whether the report's FWID was present and equal to the attestation certificate's.
     pub fwid_bound: bool,
     /// Attestation certificate serial, hex.
@@ -361,9 +364,9 @@ pub fn verify_gpu_report(
     };
     let driver = select_rim(rims, RimKind::Driver, &driver_version, &chain.chip, at, &mut failures);
     let vbios = select_rim(rims, RimKind::Vbios, &vbios_version, &chain.chip, at, &mut failures);
-    let mut compared = 0;
+    let mut matched = Vec::new();
     if let (Some(driver), Some(vbios)) = (driver, vbios) {
-        compared = compare_measurements(
+        matched = compare_measurements(
             &report,
             &[(RimKind::Driver, &driver.rim), (RimKind::Vbios, &vbios.rim)],
             &mut failures,
@@ -388,7 +391,8 @@ pub fn verify_gpu_report(
         vbios_version,
         driver_rim_tag_id: driver.rim.tag_id.clone(),
         vbios_rim_tag_id: vbios.rim.tag_id.clone(),
-        measurements_compared: compared,
+        measurements_compared: matched.len(),
+        measurements_matched: matched,
         fwid_bound,
         attestation_cert_serial: chain.leaf_serial.clone(),
         revocation: if all_checked { RevocationStatus::CheckedCrl } else { RevocationStatus::NotChecked },
@@ -444,12 +448,15 @@ fn select_rim<'a>(
 }
 
 /// Compares every active index of every RIM with its block (RIM index i is SPDM block i + 1); one failure per
-/// index. Returns how many indices were compared.
-fn compare_measurements(report: &GpuReport, rims: &[(RimKind, &Rim)], failures: &mut Vec<Error>) -> usize {
-    let mut compared = 0;
+/// index. Returns every index compared and matched, with its RIM.
+fn compare_measurements(
+    report: &GpuReport,
+    rims: &[(RimKind, &Rim)],
+    failures: &mut Vec<Error>,
+) -> Vec<(RimKind, u8)> {
+    let mut matched = Vec::new();
     for (n, (kind, rim)) in rims.iter().enumerate() {
         for (index, golden) in &rim.measurements {
-            compared += 1;
             if let Some((other, _)) =
                 rims.iter().skip(n + 1).find(|(_, r)| r.measurements.contains_key(index))
             {
@@ -464,7 +471,7 @@ fn compare_measurements(report: &GpuReport, rims: &[(RimKind, &Rim)], failures: 
                     "{kind} RIM index {index}: the report has no block {}",
                     u16::from(*index) + 1
                 ))),
-                Some(block) if golden.alternatives.contains(&block.value) => {}
+                Some(block) if golden.alternatives.contains(&block.value) => matched.push((*kind, *index)),
                 Some(block) => failures.push(fail(format!(
                     "{kind} RIM index {index} (block {}): measurement {} matches none of {} golden values",
                     block.index,
@@ -474,5 +481,5 @@ fn compare_measurements(report: &GpuReport, rims: &[(RimKind, &Rim)], failures: 
             }
         }
     }
-    compared
+    matched
 }
