@@ -226,6 +226,10 @@ enum PolicyOp {
         /// Directory of golden measurement documents (`*.json` with `*.json.sig`).
         #[arg(long)]
         golden: Option<PathBuf>,
+        /// Directory of NVIDIA driver and VBIOS RIMs for the GPUs in --evidence (as `serve --gpu-rims`),
+        /// verified at --time-ms. Without it, evidence carrying GPUs is refused.
+        #[arg(long, value_name = "DIR", requires = "evidence")]
+        gpu_rims: Option<PathBuf>,
     },
 }
 
@@ -234,10 +238,15 @@ pub fn run(args: &Args) -> Result<()> {
         BrokerCommand::Serve(s) => serve(s),
         BrokerCommand::Keys(k) => keys(k),
         BrokerCommand::Policy(PolicyArgs {
-            op: PolicyOp::Check { policy, evidence, appraisal, time_ms, golden },
+            op: PolicyOp::Check { policy, evidence, appraisal, time_ms, golden, gpu_rims },
         }) => {
             let golden = golden.as_deref().map(GoldenSet::load_dir).transpose()?.unwrap_or_default();
-            policy_check(policy, evidence.as_deref(), appraisal.as_deref(), *time_ms, &golden)
+            let input = PolicyInput {
+                evidence: evidence.as_deref(),
+                appraisal: appraisal.as_deref(),
+                gpu_rims: gpu_rims.as_deref(),
+            };
+            policy_check(policy, &input, *time_ms, &golden)
         }
         BrokerCommand::KeyId { state_dir } => {
             std::fs::DirBuilder::new()
@@ -522,21 +531,31 @@ fn keys(k: &KeysArgs) -> Result<()> {
     }
 }
 
+/// What `broker policy check` judges: evidence (with the GPU RIMs) or an appraisal.
+struct PolicyInput<'a> {
+    evidence: Option<&'a Path>,
+    appraisal: Option<&'a Path>,
+    gpu_rims: Option<&'a Path>,
+}
+
 fn policy_check(
     policies: &[PathBuf],
-    evidence: Option<&Path>,
-    appraisal: Option<&Path>,
+    input: &PolicyInput<'_>,
     time_ms: Option<u64>,
     golden: &GoldenSet,
 ) -> Result<()> {
-    let appraisal: Appraisal = match (evidence, appraisal) {
+    let appraisal: Appraisal = match (input.evidence, input.appraisal) {
         (_, Some(path)) => Appraisal::from_json(&std::fs::read(path)?)?,
         (Some(path), None) => {
             let time = time_ms.context("--time-ms is required with --evidence (verification time)")?;
             let ev = Evidence::decode(&std::fs::read(path)?)?;
-            VerifierAppraiser::default()
-                .appraise(&ev, time)
-                .map_err(|e| anyhow::anyhow!("evidence refused: {e}"))?
+            let mut appraiser = VerifierAppraiser::default();
+            if let Some(dir) = input.gpu_rims {
+                let at = i64::try_from(time / 1000).unwrap_or(i64::MAX);
+                appraiser =
+                    appraiser.with_gpu_context(crate::verify_gpu::gpu_context_with_crls(dir, &[], at)?);
+            }
+            appraiser.appraise(&ev, time).map_err(|e| anyhow::anyhow!("evidence refused: {e}"))?
         }
         (None, None) => bail!("give --evidence or --appraisal"),
     };
