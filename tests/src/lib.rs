@@ -9,6 +9,7 @@ pub mod oci_image;
 pub mod postgres;
 pub mod registry;
 pub mod swtpm;
+pub mod tls;
 pub mod vm;
 
 /// The repository root (the workspace directory).

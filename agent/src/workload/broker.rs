@@ -30,6 +30,21 @@ fn err(reason: impl Into<String>) -> Error {
     Error::workload(STAGE, reason)
 }
 
+/// An error and its causes on one line (a transport error's own text is only "transport error"; the cause says
+/// which: connection refused, a certificate from another CA, …).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text.replace('\n', " ")
+}
+
 /// A gRPC client of `broker` and a fresh nonce from its `Challenge`: the start of every exchange that presents
 /// evidence (key release here, the output receipt in [`super::receipt`]). An `https://` broker is trusted only
 /// through the spec's `broker_ca`. Errors name `stage`.
@@ -52,7 +67,7 @@ pub(super) async fn connect_and_challenge(
         .timeout(std::time::Duration::from_secs(60))
         .connect()
         .await
-        .map_err(|e| err(format!("broker {broker}: unreachable: {e}")))?;
+        .map_err(|e| err(format!("broker {broker}: unreachable: {}", error_chain(&e))))?;
     let mut client = KeyBrokerClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

@@ -8,7 +8,8 @@
 //! 3. Approved run: the built guest image boots under QEMU (TCG + OVMF + swtpm) with three virtio disks: the
 //!    operator's workload spec (`sealroom-workload`), the data disk (`sealroom-data`), an empty output disk
 //!    (`sealroom-output`). The provider enrols the VM's TPM attestation key and starts `sealroom broker serve`
-//!    (the agent retries the broker meanwhile). The agent measures the job, obtains the key with evidence,
+//!    with TLS (a throwaway CA made by `openssl` for this run; the spec says `https://` and carries the CA as
+//!    `broker_ca`, so the agent trusts that broker only) (the agent retries the broker meanwhile). The agent measures the job, obtains the key with evidence,
 //!    runs the job, measures its output, obtains the output receipt, writes the result onto the output disk
 //!    and powers off. The host unpacks the disk and checks it with `sealroom verify-receipt`.
 //! 4. Refusal run: the same with the modified job on a fresh VM: the broker refuses the key with the policy's
@@ -27,6 +28,7 @@ use anyhow::{Context, Result, bail, ensure};
 use sealroom_demo::{INPUT_NAME, KEY_ID, job_image, policy, seal_dataset};
 use sealroom_proto::attestation::v1 as apb;
 use sealroom_tests::registry::Registry;
+use sealroom_tests::tls::{self, ServerTls};
 use sealroom_tests::vm::{self, Vm};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -152,6 +154,8 @@ struct Prepared {
     golden_dir: PathBuf,
     /// Chosen before the VMs boot (their specs name it); the broker starts once it knows a VM's key.
     broker_port: u16,
+    /// The broker's TLS certificate and key, and the CA the spec names as `broker_ca`.
+    tls: ServerTls,
 }
 
 fn run(args: &Args) -> Result<std::process::ExitCode> {
@@ -251,6 +255,19 @@ fn prepare(args: &Args) -> Result<Prepared> {
         Ok(())
     })?;
 
+    let tls = step("data provider: a throwaway CA and the broker's TLS certificate (openssl)", || {
+        // 10.0.2.2: where the VM reaches the host (QEMU user networking); 127.0.0.1: where the broker listens.
+        let tls = tls::ca_and_server_cert(
+            &work.join("provider/tls"),
+            "sealroom demo broker CA",
+            &["10.0.2.2", "127.0.0.1"],
+        )?;
+        println!(
+            "[demo]   broker certificate {} (IP 10.0.2.2, 127.0.0.1); the spec carries the CA",
+            tls.cert.display()
+        );
+        Ok(tls)
+    })?;
     let state = work.join("broker");
     let kek = work.join("provider/kek");
     let golden_dir = work.join("provider/golden");
@@ -303,6 +320,7 @@ fn prepare(args: &Args) -> Result<Prepared> {
         kek,
         golden_dir,
         broker_port: vm::free_port().map_err(anyhow::Error::msg)?,
+        tls,
     })
 }
 
@@ -324,7 +342,11 @@ fn start_broker(p: &Prepared, port: u16, aks: &[PathBuf]) -> Result<BrokerProces
         .arg("--kek")
         .arg(&p.kek)
         .arg("--golden")
-        .arg(&p.golden_dir);
+        .arg(&p.golden_dir)
+        .arg("--tls-cert")
+        .arg(&p.tls.cert)
+        .arg("--tls-key")
+        .arg(&p.tls.key);
     for ak in aks {
         cmd.arg("--tpm-ak").arg(ak);
     }
@@ -370,8 +392,9 @@ fn boot(p: &Prepared, tag: &str, reference: &str, broker_port: u16, output: Opti
         "image": reference,
         "insecure_registries": [format!("10.0.2.2:{}", p.registry.port())],
         "log_redirect": true,
-        "broker": format!("http://10.0.2.2:{broker_port}"),
+        "broker": format!("https://10.0.2.2:{broker_port}"),
         "broker_key": broker_key,
+        "broker_ca": p.tls.ca_pem,
         "key_ids": [KEY_ID],
         "inputs": { INPUT_NAME: format!("serial:{DATA_SERIAL}") },
         "on_exit": "poweroff",

@@ -1,0 +1,102 @@
+//! Throwaway TLS material for a broker under test: a CA and a server certificate it issued for given IP
+//! addresses, made with the `openssl` command (P-256 keys, valid two days). For tests and the demo only.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A CA and a server certificate (with its key) issued by it.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The CA certificate, PEM: what a workload spec carries as `broker_ca`.
+    pub ca_pem: String,
+    /// The server certificate, PEM file (`--tls-cert`).
+    pub cert: PathBuf,
+    /// The server's private key, PKCS#8 PEM file, mode 0600 (`--tls-key`).
+    pub key: PathBuf,
+}
+
+/// Why the material could not be made.
+#[derive(Debug)]
+pub struct TlsError(pub String);
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tls: {}", self.0)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<(), TlsError> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| TlsError(format!("openssl (ci/setup installs it): {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(TlsError(format!(
+        "openssl {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )))
+}
+
+/// Makes, in `dir` (created), a CA named `ca_name` and a server certificate for the IP addresses `ips`
+/// (subjectAltName, serverAuth), signed by it.
+///
+/// # Errors
+/// When `dir` cannot be written or `openssl` fails.
+pub fn ca_and_server_cert(dir: &Path, ca_name: &str, ips: &[&str]) -> Result<ServerTls, TlsError> {
+    let io = |e: std::io::Error| TlsError(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let subject = format!("/CN={ca_name}");
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", &subject]);
+    ca.extend([
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &ca)?;
+    let mut req = vec!["req"];
+    req.extend(ec);
+    req.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=sealroom test broker"]);
+    openssl(dir, &req)?;
+    let san: Vec<String> = ips.iter().map(|ip| format!("IP:{ip}")).collect();
+    let ext = format!(
+        "subjectAltName={}\nextendedKeyUsage=serverAuth\nbasicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\n",
+        san.join(",")
+    );
+    std::fs::write(dir.join("server.ext"), ext).map_err(io)?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    )?;
+    let key = dir.join("server.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io)?;
+    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).map_err(io)?;
+    Ok(ServerTls { ca_pem, cert: dir.join("server.pem"), key })
+}
