@@ -94,7 +94,8 @@ async fn agent(mut at: Client, mut to: Client, template: Arc<WireEvidence>) {
     let nonce = Nonce::from_slice(&ch.nonce).unwrap();
     let mut evidence = (*template).clone();
     evidence.nonce = nonce.0.to_vec();
-    let req = pb::ReleaseRequest { nonce: nonce.0.to_vec(), evidence: Some(evidence), key_ids: vec![KEY.into()] };
+    let req =
+        pb::ReleaseRequest { nonce: nonce.0.to_vec(), evidence: Some(evidence), key_ids: vec![KEY.into()] };
     let r = to.release(req).await.unwrap().into_inner();
     // Refused after full appraisal (the recorded GCE quote cannot bind this nonce), never at the nonce.
     assert_binding_refusal(&r.refusals[0].reason);
