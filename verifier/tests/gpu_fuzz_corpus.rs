@@ -3,37 +3,14 @@
 //! Results are Ok or Err; only a panic fails.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use std::path::PathBuf;
+#[path = "common/corpus.rs"]
+mod common_corpus;
+
+use common_corpus::{corpus, mutations};
 
 use sealroom_verifier::gpu::fuzzing::{FUZZ_TIME, gpu_report, gpu_rim};
 use sealroom_verifier::gpu::{GpuTrust, Revocation, verify_device_chain, verify_rim};
 use sealroom_verifier::x509::Certificate;
-
-fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    let out: Vec<_> = files.iter().map(|p| std::fs::read(p).unwrap()).collect();
-    assert!(!out.is_empty(), "empty corpus {}", dir.display());
-    out
-}
-
-/// The input, every 64th-length prefix, and byte flips at spread-out offsets.
-fn mutations(input: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = vec![input.to_vec()];
-    let step = (input.len() / 64).max(1);
-    for cut in (0..input.len()).step_by(step) {
-        out.push(input[..cut].to_vec());
-    }
-    for at in (0..input.len()).step_by(step) {
-        for mask in [0x01u8, 0x80, 0xff] {
-            let mut m = input.to_vec();
-            m[at] ^= mask;
-            out.push(m);
-        }
-    }
-    out
-}
 
 #[test]
 fn gpu_report_corpus() {

@@ -3,31 +3,19 @@
 //! `SEALROOM_WRITE_BROKER_CORPUS=1` regenerates the seed files from the real code.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
+#[path = "../../tests/common/corpus.rs"]
+mod common_corpus;
+
 use std::path::PathBuf;
 
+use common_corpus::mutations;
 use sealroom_broker::admin::AdminRequest;
 use sealroom_broker::appraisal::Appraisal;
 use sealroom_broker::audit::{self, AuditEntry, AuditLog, Decision};
 use sealroom_broker::policy::Policy;
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/broker_inputs")
-}
-
-fn mutations(input: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = vec![input.to_vec()];
-    let step = (input.len() / 64).max(1);
-    for cut in (0..input.len()).step_by(step) {
-        out.push(input[..cut].to_vec());
-    }
-    for at in (0..input.len()).step_by(step) {
-        for mask in [0x01u8, 0x20, 0x80, 0xff] {
-            let mut m = input.to_vec();
-            m[at] ^= mask;
-            out.push(m);
-        }
-    }
-    out
+    common_corpus::corpus_root().join("broker_inputs")
 }
 
 fn feed(data: &[u8]) {
