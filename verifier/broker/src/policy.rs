@@ -14,6 +14,7 @@
 //! image_digests = ["sha256:<hex>"]             # the workload's OCI manifest digest
 //! args = ["--input", "/data"]                  # the exact argument list
 //! env = ["MODE=batch", "THREADS=*"]            # allowed variables; NAME=* allows any value
+//! broker_keys = ["<RFC 7638 thumbprint>"]      # the broker keys the VM may pin (`sealroom broker key-id`)
 //! gpu_required = true                          # true or false, never "skip"
 //! gpu_architectures = ["hopper"]               # hopper, blackwell
 //! gpu_rim_ids = ["NV_GPU_DRIVER_GH100_545.00", "NV_GPU_VBIOS_1010_0200_882_96005E0001"]
@@ -21,8 +22,13 @@
 //! Any rule but `gpu_required` may be `"skip"` instead, which accepts everything for that rule and says so in
 //! explanations.
 //!
-//! Versions: `version = 2` requires the three GPU rules. `version = 1` policies (written before GPU evidence,
-//! and stored with existing keys) stay valid and may not name GPU rules: they read as `gpu_required = false`,
+//! `broker_keys` lets a provider require that the broker key pinned in the workload spec (measured as a launch
+//! event before the separator) is its own: every measured broker key must be listed, and at least one must
+//! have been measured. A VM that trusts another broker (one that could hand it operator-chosen keys or issue
+//! receipts for releases that never happened) then gets nothing from this key.
+//!
+//! Versions: `version = 2` requires `broker_keys` and the three GPU rules. `version = 1` policies (stored with
+//! existing keys) stay valid and may not name them: they read as `broker_keys = "skip"`, `gpu_required = false`,
 //! `gpu_architectures = "skip"`, `gpu_rim_ids = "skip"`, and every verdict lists those rules as skipped. A
 //! GPU in the evidence is still verified by the verifier in either version (chain, signature, nonce bound to
 //! the binding digest, every RIM measurement) or the evidence is refused.
@@ -41,8 +47,8 @@ use crate::error::{Error, Result};
 const LAYER: &str = "policy";
 /// The newest policy format version this broker reads (version 1, without GPU rules, is still read).
 pub const POLICY_VERSION: i64 = 2;
-/// The GPU rules, required from version 2 on, in evaluation order.
-pub const GPU_RULES: [&str; 3] = ["gpu_required", "gpu_architectures", "gpu_rim_ids"];
+/// The rules version 2 adds (all required there), in evaluation order.
+pub const V2_RULES: [&str; 4] = ["broker_keys", "gpu_required", "gpu_architectures", "gpu_rim_ids"];
 
 /// A rule's reference values, or an explicit skip.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +92,8 @@ pub struct Policy {
     pub args: Rule<Vec<String>>,
     /// Allowed environment variables.
     pub env: Rule<Vec<String>>,
+    /// The broker keys (RFC 7638 thumbprints) a launch may have pinned.
+    pub broker_keys: Rule<Vec<String>>,
     /// Refuse evidence without a verified GPU.
     pub gpu_required: bool,
     /// Accepted GPU architectures (every GPU's).
@@ -94,7 +102,7 @@ pub struct Policy {
     pub gpu_rim_ids: Rule<Vec<String>>,
 }
 
-/// Field names of version 1 (version 2 adds [`GPU_RULES`]), in evaluation order.
+/// Field names of version 1 (version 2 adds [`V2_RULES`]), in evaluation order.
 pub const RULES: [&str; 8] =
     ["platforms", "debug", "tcb_statuses", "minimum_tcb", "golden", "image_digests", "args", "env"];
 
@@ -189,13 +197,13 @@ impl Policy {
             }
             Ok(e)
         })?;
-        let (gpu_required, gpu_architectures, gpu_rim_ids) = if version == 1 {
-            if let Some(gpu) = GPU_RULES.iter().find(|r| table.contains_key(**r)) {
-                return Err(Error::check(LAYER, format!("field `{gpu}` needs version = 2")));
+        let (broker_keys, (gpu_required, gpu_architectures, gpu_rim_ids)) = if version == 1 {
+            if let Some(v2) = V2_RULES.iter().find(|r| table.contains_key(**r)) {
+                return Err(Error::check(LAYER, format!("field `{v2}` needs version = 2")));
             }
-            (false, Rule::Skip, Rule::Skip)
+            (Rule::Skip, (false, Rule::Skip, Rule::Skip))
         } else {
-            parse_gpu_rules(&mut table)?
+            (take(&mut table, "broker_keys", parse_broker_keys)?, parse_gpu_rules(&mut table)?)
         };
         if let Some(unknown) = table.keys().next() {
             return Err(Error::check(LAYER, format!("unknown field `{unknown}`")));
@@ -209,11 +217,24 @@ impl Policy {
             image_digests,
             args,
             env,
+            broker_keys,
             gpu_required,
             gpu_architectures,
             gpu_rim_ids,
         })
     }
+}
+
+/// A non-empty list of broker key ids: RFC 7638 SHA-256 thumbprints, base64url without padding (43 characters).
+fn parse_broker_keys(v: toml::Value) -> std::result::Result<Vec<String>, String> {
+    let kids: Vec<String> = non_empty(de(v)?)?;
+    if let Some(bad) = kids
+        .iter()
+        .find(|k| k.len() != 43 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
+        return Err(format!("{bad:?} is not a broker key id (`sealroom broker key-id` prints it)"));
+    }
+    Ok(kids)
 }
 
 type GpuRules = (bool, Rule<Vec<GpuArchitecture>>, Rule<Vec<String>>);
@@ -476,6 +497,7 @@ impl Policy {
         ));
         let launch = launch.map(|(l, _)| l);
         let launch = launch.unwrap_or_default();
+        rules.push(("policy.broker_keys", self.evaluate_broker_keys(launch)));
         rules.push(("policy.image_digests", self.evaluate_image(launch)));
         let args: Vec<&str> = launch
             .iter()
@@ -573,6 +595,22 @@ impl Policy {
                     ),
             },
         ));
+    }
+
+    fn evaluate_broker_keys(&self, launch: &[RuntimeEvent]) -> Outcome {
+        let Rule::Require(allowed) = &self.broker_keys else { return Outcome::Skipped };
+        let measured: Vec<&String> = launch
+            .iter()
+            .filter_map(|e| if let RuntimeEvent::BrokerKey(k) = e { Some(k) } else { None })
+            .collect();
+        match measured.iter().find(|k| !allowed.contains(k)) {
+            _ if measured.is_empty() => Outcome::Fail("no broker key was measured at launch".into()),
+            Some(k) => Outcome::Fail(format!("the VM pins broker key {k}, not one this policy allows")),
+            None => Outcome::Pass(format!(
+                "the VM pins broker key {}",
+                measured.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+            )),
+        }
     }
 
     fn evaluate_image(&self, launch: &[RuntimeEvent]) -> Outcome {
@@ -688,7 +726,8 @@ env = ["MODE=batch", "THREADS=*"]
         assert!(err.to_string().contains("field `image_digests`"), "{err}");
     }
 
-    const GPU: &str = "gpu_required = true\ngpu_architectures = [\"hopper\"]\n\
+    const GPU: &str = "broker_keys = [\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"]\n\
+        gpu_required = true\ngpu_architectures = [\"hopper\"]\n\
         gpu_rim_ids = [\"NV_GPU_DRIVER_GH100_545.00\", \"NV_GPU_VBIOS_1010_0200_882_96005E0001\"]\n";
 
     fn full_v2() -> String {
@@ -702,7 +741,7 @@ env = ["MODE=batch", "THREADS=*"]
         assert_eq!(p.gpu_architectures, Rule::Require(vec![GpuArchitecture::Hopper]));
         let v1 = Policy::parse(FULL).unwrap();
         assert_eq!((v1.gpu_required, v1.gpu_architectures, v1.gpu_rim_ids), (false, Rule::Skip, Rule::Skip));
-        for field in GPU_RULES {
+        for field in V2_RULES {
             let text: String = full_v2()
                 .lines()
                 .filter(|l| !l.starts_with(&format!("{field} ")))
@@ -722,6 +761,7 @@ env = ["MODE=batch", "THREADS=*"]
             ("gpu_required = true", "gpu_required = \"skip\"", "field `gpu_required`"),
             ("[\"hopper\"]", "[\"volta\"]", "field `gpu_architectures`"),
             ("[\"hopper\"]", "[]", "empty list allows nothing"),
+            ("\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"", "\"AAAA\"", "is not a broker key id"),
             ("\"NV_GPU_DRIVER_GH100_545.00\"", "\"545.00\"", "not an NVIDIA driver or VBIOS RIM id"),
         ] {
             let err = Policy::parse(&full_v2().replace(from, to)).unwrap_err().to_string();

@@ -128,7 +128,7 @@ fn cpu_appraisal() -> Appraisal {
 fn policy(gpu: &str) -> Policy {
     Policy::parse(&format!(
         "version = 2\nplatforms = [\"tdx\"]\ntcb_statuses = [\"UpToDate\"]\nminimum_tcb = \"skip\"\n\
-         debug = \"forbidden\"\ngolden = \"skip\"\nimage_digests = \"skip\"\nargs = [\"--train\"]\nenv = \"skip\"\n{gpu}"
+         debug = \"forbidden\"\ngolden = \"skip\"\nimage_digests = \"skip\"\nargs = [\"--train\"]\nenv = \"skip\"\nbroker_keys = \"skip\"\n{gpu}"
     ))
     .unwrap()
 }

@@ -1216,3 +1216,51 @@ fn broker_refuses_to_start_on_a_tampered_audit_log() {
     let err = AuditLog::open(&f.audit_path).unwrap_err().to_string();
     assert!(err.starts_with("audit log: record 0 (byte offset 0): not a record"), "{err}");
 }
+
+/// A version 2 policy for `provider-c/data` whose `broker_keys` lists `kid`.
+fn add_key_pinning_broker(f: &Fixture, kid: &str) {
+    let policy = policy().replace("version = 1", "version = 2")
+        + &format!(
+            "broker_keys = [\"{kid}\"]\ngpu_required = false\ngpu_architectures = \"skip\"\ngpu_rim_ids = \"skip\"\n"
+        );
+    f.store
+        .add("provider-c/data", "provider-c", &policy, Some(b"data key C".to_vec()), f.rng.as_ref(), 1)
+        .unwrap();
+}
+
+/// Inserts a measured `broker_key` launch event (before the separator).
+fn pin_broker_key(a: &mut Appraisal, kid: &str) {
+    events(a).insert(0, RuntimeEvent::BrokerKey(kid.into()));
+}
+
+#[test]
+fn a_policy_naming_its_broker_key_releases_only_to_a_vm_pinning_it() {
+    let f = Fixture::new();
+    let own = f.signer_jwk["kid"].as_str().unwrap().to_owned();
+    add_key_pinning_broker(&f, &own);
+    f.tweak(|a| pin_broker_key(a, &own));
+    let r = f.release(&["provider-c/data"]);
+    assert_eq!(r.keys.len(), 1, "{:?}", r.refusals);
+}
+
+#[test]
+fn attack_vm_pinning_a_foreign_broker_gets_no_key() {
+    let f = Fixture::new();
+    let own = f.signer_jwk["kid"].as_str().unwrap().to_owned();
+    add_key_pinning_broker(&f, &own);
+    // The operator's spec pinned its own broker (which could hand the job operator-chosen keys or issue
+    // receipts for releases that never happened); the real broker sees that in the measured launch.
+    let foreign = "f".repeat(43);
+    let r = refusal_for(&f, "provider-c/data", |a| pin_broker_key(a, &foreign));
+    assert_refused(
+        &f,
+        &r,
+        "provider-c/data",
+        &format!("policy.broker_keys: the VM pins broker key {foreign}, not one this policy allows"),
+    );
+    // Nothing measured at all is refused too.
+    let f = Fixture::new();
+    add_key_pinning_broker(&f, &own);
+    let r = f.release(&["provider-c/data"]);
+    assert_refused(&f, &r, "provider-c/data", "policy.broker_keys: no broker key was measured at launch");
+}
