@@ -124,18 +124,25 @@ pub fn job_image(job_binary: &Path, variant: Option<&str>) -> std::io::Result<Oc
     ))
 }
 
-/// The data provider's policy for [`KEY_ID`]: the given platforms, golden rule (`None` = skip), image digest
-/// and the fixed args.
+/// The data provider's policy for [`KEY_ID`]: the given platforms, golden rule (`None` = skip), image digest,
+/// the fixed args, and the provider's own broker key as the one the VM must pin (`None` = skip). No GPU.
 #[must_use]
-pub fn policy(platforms: &str, golden: Option<(&str, &str)>, image_digest: &str) -> String {
+pub fn policy(
+    platforms: &str,
+    golden: Option<(&str, &str)>,
+    image_digest: &str,
+    broker_key: Option<&str>,
+) -> String {
     let golden = match golden {
         Some((signer, doc)) => format!("{{ signers = [\"ed25519:{signer}\"], documents = [\"{doc}\"] }}"),
         None => "\"skip\"".into(),
     };
+    let broker_keys = broker_key.map_or_else(|| "\"skip\"".to_owned(), |k| format!("[\"{k}\"]"));
     let args: Vec<String> = job_argv().iter().map(|a| format!("{a:?}")).collect();
     format!(
-        "version = 1\nplatforms = [{platforms}]\ntcb_statuses = \"skip\"\nminimum_tcb = \"skip\"\n\
-         debug = \"forbidden\"\ngolden = {golden}\nimage_digests = [\"{image_digest}\"]\nargs = [{}]\nenv = [\"{JOB_ENV}\"]\n",
+        "version = 2\nplatforms = [{platforms}]\ntcb_statuses = \"skip\"\nminimum_tcb = \"skip\"\n\
+         debug = \"forbidden\"\ngolden = {golden}\nimage_digests = [\"{image_digest}\"]\nargs = [{}]\nenv = [\"{JOB_ENV}\"]\n\
+         broker_keys = {broker_keys}\ngpu_required = false\ngpu_architectures = \"skip\"\ngpu_rim_ids = \"skip\"\n",
         args.join(", ")
     )
 }

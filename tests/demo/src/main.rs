@@ -281,7 +281,14 @@ fn prepare(args: &Args) -> Result<Prepared> {
         write(&kek, hex::encode(k))?;
         std::fs::set_permissions(&kek, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let doc_ref = format!("sha256:{}", sha256_hex(&doc));
-        let policy_text = policy("\"tpm\"", Some((&golden_key_hex, &doc_ref)), &approved.manifest_digest());
+        // The provider requires that the VM pins this broker's own signing key (measured at launch).
+        let broker_key = broker_key_id(&state)?;
+        let policy_text = policy(
+            "\"tpm\"",
+            Some((&golden_key_hex, &doc_ref)),
+            &approved.manifest_digest(),
+            Some(&broker_key),
+        );
         let policy_file = work.join("provider/policy.toml");
         write(&policy_file, &policy_text)?;
         println!("[demo]   policy ({}):\n{}", policy_file.display(), indent(&policy_text));
@@ -376,18 +383,19 @@ fn spec_disk(path: &Path, spec: &serde_json::Value) -> Result<()> {
     write(path, bytes)
 }
 
+/// The broker's signing key id (RFC 7638 thumbprint) in `state`, created now if the broker never ran.
+fn broker_key_id(state: &Path) -> Result<String> {
+    let (ok, out) =
+        sealroom_output(&["broker".as_ref(), "key-id".as_ref(), "--state-dir".as_ref(), state.as_os_str()])?;
+    ensure!(ok, "sealroom broker key-id failed:\n{out}");
+    Ok(out.trim().to_owned())
+}
+
 /// Boots the image with the spec for `reference`, the data disk and (when given) an output disk.
 fn boot(p: &Prepared, tag: &str, reference: &str, broker_port: u16, output: Option<&Path>) -> Result<Vm> {
     // The broker's signing key (created now if the broker never ran) is pinned in the spec and measured: the
     // agent accepts only releases and receipts signed by it.
-    let (ok, out) = sealroom_output(&[
-        "broker".as_ref(),
-        "key-id".as_ref(),
-        "--state-dir".as_ref(),
-        p.state.as_os_str(),
-    ])?;
-    ensure!(ok, "sealroom broker key-id failed:\n{out}");
-    let broker_key = out.trim().to_owned();
+    let broker_key = broker_key_id(&p.state)?;
     let spec = serde_json::json!({
         "image": reference,
         "insecure_registries": [format!("10.0.2.2:{}", p.registry.port())],

@@ -110,7 +110,7 @@ async fn the_seed_scenario_on_this_host_key_job_receipt_and_refusals() {
         .add(
             KEY_ID,
             "diabetes-provider",
-            &policy("\"tpm\"", None, &digest),
+            &policy("\"tpm\"", None, &digest, None),
             Some(data_key.to_vec()),
             rng.as_ref(),
             0,
