@@ -21,7 +21,8 @@ use aws_lc_rs::signature::{
 use base64::Engine as _;
 
 use super::quote::INTEL_QE_VENDOR_ID;
-use super::{IntelRoot, TcbStatus};
+use super::tcb::IsvLevel;
+use super::{IntelRoot, TcbLevel, TcbStatus};
 use crate::test_der::{bit_string, extension, oid_der, seq, time, tlv, uint};
 use crate::x509::{Certificate, UnixTime, format_time};
 
@@ -246,37 +247,6 @@ impl PlatformTcb {
 
 // ----- collateral ---------------------------------------------------------------------------------------------
 
-/// One platform TCB level of the test TCB info.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlatformLevel {
-    /// Minimum SGX component SVNs.
-    pub sgx_components: [u8; 16],
-    /// Minimum PCE SVN.
-    pub pce_svn: u16,
-    /// Minimum TDX component SVNs (TEE_TCB_SVN; the first two bytes are skipped when byte 1, the module's
-    /// major version, is not zero).
-    pub tdx_components: [u8; 16],
-    /// tcbDate.
-    pub tcb_date: UnixTime,
-    /// Status of platforms at this level.
-    pub status: TcbStatus,
-    /// Advisories.
-    pub advisory_ids: Vec<String>,
-}
-
-/// One ISVSVN-keyed level (TDX module, QE).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IsvLevel {
-    /// Minimum ISVSVN.
-    pub isv_svn: u16,
-    /// tcbDate.
-    pub tcb_date: UnixTime,
-    /// Status.
-    pub status: TcbStatus,
-    /// Advisories.
-    pub advisory_ids: Vec<String>,
-}
-
 /// What the test collateral says: validity, the TDX TCB info for one FMSPC and the TD QE identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollateralSpec {
@@ -291,7 +261,7 @@ pub struct CollateralSpec {
     /// TCB evaluation data number.
     pub tcb_evaluation_data_number: u32,
     /// Platform levels (any order: the verifier sorts them).
-    pub platform_levels: Vec<PlatformLevel>,
+    pub platform_levels: Vec<TcbLevel>,
     /// Levels of the TDX module identity `TDX_01` (the module of [`TdQuoteBody::new`]).
     pub module_levels: Vec<IsvLevel>,
     /// Levels of the TD QE.
@@ -316,18 +286,18 @@ impl CollateralSpec {
             pce_id: [0, 0],
             tcb_evaluation_data_number: 17,
             platform_levels: vec![
-                PlatformLevel {
+                TcbLevel {
                     sgx_components: sgx,
                     pce_svn: 11,
-                    tdx_components: tdx,
+                    tdx_components: Some(tdx),
                     tcb_date: date,
                     status: TcbStatus::UpToDate,
                     advisory_ids: vec![],
                 },
-                PlatformLevel {
+                TcbLevel {
                     sgx_components: sgx,
                     pce_svn: 5,
-                    tdx_components: tdx,
+                    tdx_components: Some(tdx),
                     tcb_date: date - 365 * 86_400,
                     status: TcbStatus::OutOfDate,
                     advisory_ids: vec!["INTEL-SA-00837".into()],
@@ -355,15 +325,6 @@ impl CollateralSpec {
         let svns = |c: &[u8; 16]| {
             serde_json::json!(c.iter().map(|s| serde_json::json!({"svn": s})).collect::<Vec<_>>())
         };
-        let isv = |levels: &[IsvLevel]| {
-            levels
-                .iter()
-                .map(|l| {
-                    serde_json::json!({"tcb": {"isvsvn": l.isv_svn}, "tcbDate": format_time(l.tcb_date),
-                        "tcbStatus": l.status.as_str(), "advisoryIDs": l.advisory_ids})
-                })
-                .collect::<Vec<_>>()
-        };
         let zeros48 = "00".repeat(48);
         serde_json::json!({
             "id": "TDX",
@@ -377,11 +338,11 @@ impl CollateralSpec {
             "tdxModule": {"mrsigner": zeros48, "attributes": "0000000000000000", "attributesMask": "FFFFFFFFFFFFFFFF"},
             "tdxModuleIdentities": [{
                 "id": "TDX_01", "mrsigner": zeros48, "attributes": "0000000000000000",
-                "attributesMask": "FFFFFFFFFFFFFFFF", "tcbLevels": isv(&self.module_levels),
+                "attributesMask": "FFFFFFFFFFFFFFFF", "tcbLevels": isv_levels_json(&self.module_levels),
             }],
             "tcbLevels": self.platform_levels.iter().map(|l| serde_json::json!({
                 "tcb": {"sgxtcbcomponents": svns(&l.sgx_components), "pcesvn": l.pce_svn,
-                        "tdxtcbcomponents": svns(&l.tdx_components)},
+                        "tdxtcbcomponents": l.tdx_components.as_ref().map(svns)},
                 "tcbDate": format_time(l.tcb_date),
                 "tcbStatus": l.status.as_str(),
                 "advisoryIDs": l.advisory_ids,
@@ -405,13 +366,21 @@ impl CollateralSpec {
             "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
             "mrsigner": hex::encode_upper(QE_MRSIGNER),
             "isvprodid": QE_ISVPRODID,
-            "tcbLevels": self.qe_levels.iter().map(|l| serde_json::json!({
-                "tcb": {"isvsvn": l.isv_svn}, "tcbDate": format_time(l.tcb_date),
-                "tcbStatus": l.status.as_str(), "advisoryIDs": l.advisory_ids,
-            })).collect::<Vec<_>>(),
+            "tcbLevels": isv_levels_json(&self.qe_levels),
         })
         .to_string()
     }
+}
+
+/// ISVSVN-keyed levels (TDX module identity, QE identity) as Intel's JSON writes them.
+fn isv_levels_json(levels: &[IsvLevel]) -> serde_json::Value {
+    levels
+        .iter()
+        .map(|l| {
+            serde_json::json!({"tcb": {"isvsvn": l.isv_svn}, "tcbDate": format_time(l.tcb_date),
+                "tcbStatus": l.status.as_str(), "advisoryIDs": l.advisory_ids})
+        })
+        .collect()
 }
 
 // ----- the PKI ------------------------------------------------------------------------------------------------
