@@ -7,7 +7,46 @@
     reason = "test support: a failure is a broken test"
 )]
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, EcdsaSigningAlgorithm, KeyPair as _};
+
 use crate::x509::{UnixTime, format_time};
+
+/// One ECDSA key held twice: for DER signatures (certificates, CRLs) and for fixed-size `r || s` signatures
+/// (quotes, reports, collateral), as vendors sign both with the same key.
+#[derive(Debug)]
+pub(crate) struct SigningKey {
+    asn1: EcdsaKeyPair,
+    fixed: EcdsaKeyPair,
+}
+
+impl SigningKey {
+    /// A fresh key for the curve of the two (matching) algorithms.
+    pub(crate) fn generate(
+        asn1: &'static EcdsaSigningAlgorithm,
+        fixed: &'static EcdsaSigningAlgorithm,
+    ) -> Self {
+        let asn1 = EcdsaKeyPair::generate(asn1).expect("ECDSA key");
+        let pkcs8 = asn1.to_pkcs8v1().expect("PKCS#8");
+        let fixed = EcdsaKeyPair::from_pkcs8(fixed, pkcs8.as_ref()).expect("reload");
+        Self { asn1, fixed }
+    }
+
+    /// The uncompressed SEC1 point (0x04 || X || Y).
+    pub(crate) fn public_point(&self) -> Vec<u8> {
+        self.asn1.public_key().as_ref().to_vec()
+    }
+
+    /// A DER-encoded ECDSA signature over `message`.
+    pub(crate) fn sign_der(&self, message: &[u8]) -> Vec<u8> {
+        self.asn1.sign(&SystemRandom::new(), message).expect("sign").as_ref().to_vec()
+    }
+
+    /// A fixed-size `r || s` ECDSA signature over `message`.
+    pub(crate) fn sign_fixed(&self, message: &[u8]) -> Vec<u8> {
+        self.fixed.sign(&SystemRandom::new(), message).expect("sign").as_ref().to_vec()
+    }
+}
 
 /// One DER TLV.
 pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {

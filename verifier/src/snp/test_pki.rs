@@ -11,14 +11,11 @@
     reason = "test support: a failure is a broken test"
 )]
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    ECDSA_P384_SHA384_ASN1_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
-};
+use aws_lc_rs::signature::{ECDSA_P384_SHA384_ASN1_SIGNING, ECDSA_P384_SHA384_FIXED_SIGNING};
 
 use super::endorsement::{AmdRoot, Product, oid};
 use super::report::{SIGNED_LEN, TcbVersion};
-use crate::test_der::{bit_string, extension, name, oid_der, seq, time, tlv, uint};
+use crate::test_der::{SigningKey, bit_string, extension, name, oid_der, seq, time, tlv, uint};
 use crate::x509::{Certificate, UnixTime};
 
 fn ecdsa_sha384() -> Vec<u8> {
@@ -29,36 +26,29 @@ fn ecdsa_sha384() -> Vec<u8> {
 
 /// A P-384 key that signs certificates, CRLs (DER signatures) and SNP reports (fixed r || s).
 #[derive(Debug)]
-pub struct TestKey {
-    asn1: EcdsaKeyPair,
-    fixed: EcdsaKeyPair,
-}
+pub struct TestKey(SigningKey);
 
 impl TestKey {
     /// A fresh key.
     #[must_use]
     pub fn generate() -> Self {
-        let asn1 = EcdsaKeyPair::generate(&ECDSA_P384_SHA384_ASN1_SIGNING).expect("P-384 key");
-        let pkcs8 = asn1.to_pkcs8v1().expect("PKCS#8");
-        let fixed =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8.as_ref()).expect("reload");
-        Self { asn1, fixed }
+        Self(SigningKey::generate(&ECDSA_P384_SHA384_ASN1_SIGNING, &ECDSA_P384_SHA384_FIXED_SIGNING))
     }
 
     fn public_point(&self) -> Vec<u8> {
-        self.asn1.public_key().as_ref().to_vec()
+        self.0.public_point()
     }
 
     fn sign_der(&self, message: &[u8]) -> Vec<u8> {
-        self.asn1.sign(&SystemRandom::new(), message).expect("sign").as_ref().to_vec()
+        self.0.sign_der(message)
     }
 
     /// Signs an SNP report in place: ECDSA P-384 SHA-384 over bytes 0..0x2A0, r and s written as 72-byte
     /// little-endian integers at 0x2A0 and 0x2E8 (AMD SEV-SNP ABI, "Signature Format").
     pub fn sign_report(&self, report: &mut [u8]) {
         let signed = report.get(..SIGNED_LEN).expect("1184-byte report").to_vec();
-        let sig = self.fixed.sign(&SystemRandom::new(), &signed).expect("sign");
-        let (r, s) = sig.as_ref().split_at(48);
+        let sig = self.0.sign_fixed(&signed);
+        let (r, s) = sig.split_at(48);
         for (offset, be) in [(SIGNED_LEN, r), (SIGNED_LEN + 72, s)] {
             let field = report.get_mut(offset..offset + 72).expect("signature field");
             field.fill(0);

@@ -14,16 +14,13 @@
     reason = "test support: a failure is a broken test"
 )]
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
-};
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED_SIGNING};
 use base64::Engine as _;
 
 use super::quote::INTEL_QE_VENDOR_ID;
 use super::tcb::IsvLevel;
 use super::{IntelRoot, TcbLevel, TcbStatus};
-use crate::test_der::{bit_string, extension, oid_der, seq, time, tlv, uint};
+use crate::test_der::{SigningKey, bit_string, extension, oid_der, seq, time, tlv, uint};
 use crate::x509::{Certificate, UnixTime, format_time};
 
 /// The root CA's common name; the collateral loader recognises the root CA CRL by it.
@@ -53,25 +50,18 @@ pub const QE_ISVPRODID: u16 = 2;
 /// A P-256 key that signs certificates and CRLs (DER signatures) and quotes, QE reports and collateral JSON
 /// (fixed `r || s`).
 #[derive(Debug)]
-pub struct TestKey {
-    asn1: EcdsaKeyPair,
-    fixed: EcdsaKeyPair,
-}
+pub struct TestKey(SigningKey);
 
 impl TestKey {
     /// A fresh key.
     #[must_use]
     pub fn generate() -> Self {
-        let asn1 = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).expect("P-256 key");
-        let pkcs8 = asn1.to_pkcs8v1().expect("PKCS#8");
-        let fixed =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("reload");
-        Self { asn1, fixed }
+        Self(SigningKey::generate(&ECDSA_P256_SHA256_ASN1_SIGNING, &ECDSA_P256_SHA256_FIXED_SIGNING))
     }
 
     /// The uncompressed SEC1 point (0x04 || X || Y).
     fn public_point(&self) -> Vec<u8> {
-        self.asn1.public_key().as_ref().to_vec()
+        self.0.public_point()
     }
 
     /// X || Y, as a quote carries its attestation key.
@@ -82,14 +72,13 @@ impl TestKey {
     }
 
     fn sign_der(&self, message: &[u8]) -> Vec<u8> {
-        self.asn1.sign(&SystemRandom::new(), message).expect("sign").as_ref().to_vec()
+        self.0.sign_der(message)
     }
 
     /// ECDSA P-256 SHA-256 over `message`, as 64 bytes `r || s` (DCAP quotes, QE reports, collateral JSON).
     #[must_use]
     pub fn sign_fixed(&self, message: &[u8]) -> [u8; 64] {
-        let sig = self.fixed.sign(&SystemRandom::new(), message).expect("sign");
-        sig.as_ref().try_into().expect("64-byte P-256 signature")
+        self.0.sign_fixed(message).try_into().expect("64-byte P-256 signature")
     }
 }
 
