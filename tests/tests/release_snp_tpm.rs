@@ -17,8 +17,6 @@ use std::time::Duration;
 use sealroom_agent::paths::KernelPaths;
 use sealroom_agent::server::{self, Running};
 use sealroom_agent::worker::WorkerConfig;
-use sealroom_agent::workload::KeyProvider;
-use sealroom_agent::workload::broker::BrokerKeys;
 use sealroom_broker::appraisal::VerifierAppraiser;
 use sealroom_broker::policy::GoldenSet;
 use sealroom_measurements::binding::Nonce;
@@ -28,7 +26,7 @@ use sealroom_verifier::snp::report::SnpReport;
 use sealroom_verifier::snp::test_pki::TestAmdPki;
 use sealroom_verifier::snp::{EndorsementCache, Product, TcbVersion};
 use sealroom_verifier::x509::parse_time;
-use support::provider::{ARG, DATA_KEY, IMAGE, KEY_ID, ProviderBroker, policy};
+use support::provider::{ARG, DATA_KEY, IMAGE, ProviderBroker, policy, release};
 use support::tee_kernel::{SnpKernel, SnpShape};
 
 const AT: &str = "2026-12-01T12:00:00Z";
@@ -101,19 +99,6 @@ async fn launch(agent: &Running, broker: &ProviderBroker) {
     for e in launch_events(&broker.kid) {
         agent.handle.measure(e).await.unwrap();
     }
-}
-
-async fn release(agent: &Running, broker: &ProviderBroker) -> Result<Vec<u8>, String> {
-    let mut keys = BrokerKeys::new(agent.handle.clone())
-        .release(&broker.endpoint(), &[KEY_ID.into()])
-        .await
-        .map_err(|e| {
-            let e = e.to_string();
-            let prefix = format!("workload keys: broker refused key {KEY_ID}: ");
-            e.strip_prefix(&prefix).map_or(e.clone(), str::to_owned)
-        })?;
-    assert_eq!(keys.len(), 1);
-    Ok(keys.remove(0).1)
 }
 
 /// An SNP guest with a vTPM, its agent launched, and a broker trusting the AMD-like root and the vTPM's AK.

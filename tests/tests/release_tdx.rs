@@ -18,8 +18,6 @@ use std::time::Duration;
 use sealroom_agent::paths::KernelPaths;
 use sealroom_agent::server::{self, Running};
 use sealroom_agent::worker::WorkerConfig;
-use sealroom_agent::workload::KeyProvider;
-use sealroom_agent::workload::broker::BrokerKeys;
 use sealroom_broker::appraisal::VerifierAppraiser;
 use sealroom_broker::policy::GoldenSet;
 use sealroom_measurements::cel::{
@@ -33,7 +31,7 @@ use sealroom_verifier::tdx::test_pki::{
 };
 use sealroom_verifier::tdx::{Collateral, VerifiedCollateral};
 use sealroom_verifier::x509::parse_time;
-use support::provider::{ARG, DATA_KEY, IMAGE, KEY_ID, ProviderBroker, golden_document, policy};
+use support::provider::{ARG, DATA_KEY, IMAGE, KEY_ID, ProviderBroker, golden_document, policy, release};
 use support::tee_kernel::{TdShape, TdxKernel};
 
 /// The broker's clock and verification time.
@@ -130,20 +128,6 @@ async fn agent_on(kernel: &TdxKernel, events: &[RuntimeEvent]) -> Running {
         running.handle.measure(e.clone()).await.unwrap();
     }
     running
-}
-
-/// The agent asks the broker for the key: the key, or the broker's one-line reason.
-async fn release(agent: &Running, broker: &ProviderBroker) -> Result<Vec<u8>, String> {
-    let mut keys = BrokerKeys::new(agent.handle.clone())
-        .release(&broker.endpoint(), &[KEY_ID.into()])
-        .await
-        .map_err(|e| {
-            let e = e.to_string();
-            let prefix = format!("workload keys: broker refused key {KEY_ID}: ");
-            e.strip_prefix(&prefix).map_or(e.clone(), str::to_owned)
-        })?;
-    assert_eq!(keys.len(), 1);
-    Ok(keys.remove(0).1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

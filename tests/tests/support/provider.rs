@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sealroom_agent::server::Running;
+use sealroom_agent::workload::KeyProvider;
+use sealroom_agent::workload::broker::BrokerKeys;
 use sealroom_agent::workload::spec::BrokerEndpoint;
 use sealroom_broker::appraisal::Appraiser;
 use sealroom_broker::audit::AuditLog;
@@ -124,4 +127,18 @@ pub fn golden_document(registers: &[(&str, &str, &[u8])]) -> (GoldenFile, String
     let key = Ed25519KeyPair::from_seed_unchecked(&[0x61; 32]).unwrap();
     let sig = hex::encode(key.sign(&bytes).as_ref());
     (GoldenFile::new(bytes, Some(sig)), format!("ed25519:{}", hex::encode(key.public_key().as_ref())))
+}
+
+/// The agent asks the broker for the key: the key, or the broker's one-line reason.
+pub async fn release(agent: &Running, broker: &ProviderBroker) -> Result<Vec<u8>, String> {
+    let mut keys = BrokerKeys::new(agent.handle.clone())
+        .release(&broker.endpoint(), &[KEY_ID.into()])
+        .await
+        .map_err(|e| {
+            let e = e.to_string();
+            let prefix = format!("workload keys: broker refused key {KEY_ID}: ");
+            e.strip_prefix(&prefix).map_or(e.clone(), str::to_owned)
+        })?;
+    assert_eq!(keys.len(), 1);
+    Ok(keys.remove(0).1)
 }
