@@ -1,20 +1,9 @@
 //! `sealroom verify` as a real process on corpus evidence: verdict, exit status, reasons, JSON EAR.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
-use std::process::{Command, Output};
+mod common;
 
-fn td(path: &str) -> String {
-    format!("{}/../testdata/{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn sealroom(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sealroom"))
-        .arg("verify")
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap()
-}
+use common::{sealroom, td, text};
 
 /// Every measured layer skipped by choice.
 const ALL: &str = "firmware,kernel,workload";
@@ -22,10 +11,6 @@ const ALL: &str = "firmware,kernel,workload";
 /// The warning of a DCAP quote checked without Intel collateral.
 const NO_COLLATERAL: &str = "tdx: no collateral: TCB status not evaluated (quote signatures and PCK chain verified, \
                              PCK revocation not checked)";
-
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
 
 #[test]
 fn snp_report_affirming_only_with_its_measurement_judged_or_skipped_by_choice() {

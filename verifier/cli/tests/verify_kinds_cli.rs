@@ -3,28 +3,9 @@
 //! skipped by choice. Each refusal and warning is checked by its exact line.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
-use std::process::{Command, Output};
+mod common;
 
-fn td(path: &str) -> String {
-    format!("{}/../testdata/{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn sealroom(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sealroom"))
-        .arg("verify")
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
-
-fn stderr_lines(o: &Output) -> Vec<String> {
-    text(o).1.lines().map(str::to_owned).collect()
-}
+use common::{sealroom, stderr_lines, td, text};
 
 const SGX_QUOTE: &str = "tdx/dcap-qvl/sgx_quote";
 const SGX_COLLATERAL: &str = "tdx/dcap-qvl/sgx_quote_collateral.json";

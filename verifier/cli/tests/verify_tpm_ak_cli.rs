@@ -4,29 +4,14 @@
 //! repackaged as sealroom TPM evidence, with and without their AK certificate.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
-use std::process::{Command, Output};
+mod common;
+
+use common::{sealroom, stderr_lines, td};
 
 use sealroom_measurements::binding::{Kem, Nonce, TeePublicKey};
 use sealroom_measurements::evidence::{Evidence, Platform, TpmEvidence};
 use sealroom_verifier::appraisal::UNTRUSTED_AK;
 use sealroom_verifier::tpm::gce_proto::GceAttestation;
-
-fn td(path: &str) -> String {
-    format!("{}/../testdata/{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn sealroom(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sealroom"))
-        .arg("verify")
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap()
-}
-
-fn stderr_lines(o: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&o.stderr).lines().map(str::to_owned).collect()
-}
 
 /// sealroom TPM evidence around a real GCE quote; `with_chain` keeps its AK certificate chain.
 fn tpm_evidence(with_chain: bool) -> (Evidence, Vec<u8>) {
