@@ -129,3 +129,95 @@ pub(crate) fn extension(oid: &str, critical: bool, value: &[u8]) -> Vec<u8> {
     parts.push(tlv(0x04, value));
     seq(&parts)
 }
+
+/// How one vendor's test PKI writes certificates and CRLs: its curve, its signature algorithm, its names, and
+/// the key usage of its leaf certificates. Both test PKIs issue through this one writer.
+pub(crate) struct Profile {
+    /// The named curve of every key (SubjectPublicKeyInfo parameters).
+    pub curve_oid: &'static str,
+    /// The ECDSA signature algorithm of every certificate and CRL.
+    pub signature_oid: &'static str,
+    /// Writes a distinguished name for a common name.
+    pub name: fn(&str) -> Vec<u8>,
+    /// The key usage bits (BIT STRING content) of non-CA certificates, if they carry one.
+    pub leaf_key_usage: Option<[u8; 2]>,
+}
+
+/// What a test certificate says.
+pub(crate) struct CertSpec<'a> {
+    pub serial: &'a [u8],
+    pub issuer: &'a str,
+    pub subject: &'a str,
+    pub not_before: UnixTime,
+    pub not_after: UnixTime,
+    pub ca: bool,
+    pub extra: Vec<Vec<u8>>,
+}
+
+impl Profile {
+    fn signature_algorithm(&self) -> Vec<u8> {
+        seq(&[oid_der(self.signature_oid)])
+    }
+
+    /// An X.509 v3 certificate for `subject`'s key, signed by `issuer`'s; CA certificates carry basic
+    /// constraints and keyCertSign | cRLSign.
+    pub(crate) fn certificate(
+        &self,
+        spec: &CertSpec<'_>,
+        subject: &SigningKey,
+        issuer: &SigningKey,
+    ) -> Vec<u8> {
+        let spki = seq(&[
+            seq(&[oid_der("1.2.840.10045.2.1"), oid_der(self.curve_oid)]),
+            bit_string(&subject.public_point()),
+        ]);
+        let mut extensions = Vec::new();
+        if spec.ca {
+            extensions.push(extension("2.5.29.19", true, &seq(&[tlv(0x01, &[0xff])])));
+            // keyCertSign | cRLSign.
+            extensions.push(extension("2.5.29.15", true, &tlv(0x03, &[0x01, 0x06])));
+        } else if let Some(usage) = self.leaf_key_usage {
+            extensions.push(extension("2.5.29.15", true, &tlv(0x03, &usage)));
+        }
+        extensions.extend(spec.extra.iter().cloned());
+        let tbs = seq(&[
+            tlv(0xa0, &uint(&[2])),
+            uint(spec.serial),
+            self.signature_algorithm(),
+            (self.name)(spec.issuer),
+            seq(&[time(spec.not_before), time(spec.not_after)]),
+            (self.name)(spec.subject),
+            spki,
+            tlv(0xa3, &seq(&extensions)),
+        ]);
+        let sig = issuer.sign_der(&tbs);
+        seq(&[tbs, self.signature_algorithm(), bit_string(&sig)])
+    }
+
+    /// A v2 CRL by `issuer` revoking `revoked` serials (at `this_update`).
+    pub(crate) fn crl(
+        &self,
+        issuer: &str,
+        key: &SigningKey,
+        revoked: &[&[u8]],
+        this_update: UnixTime,
+        next_update: UnixTime,
+    ) -> Vec<u8> {
+        let mut tbs = vec![
+            uint(&[1]),
+            self.signature_algorithm(),
+            (self.name)(issuer),
+            time(this_update),
+            time(next_update),
+        ];
+        if !revoked.is_empty() {
+            tbs.push(seq(&revoked
+                .iter()
+                .map(|serial| seq(&[uint(serial), time(this_update)]))
+                .collect::<Vec<_>>()));
+        }
+        let tbs = seq(&tbs);
+        let sig = key.sign_der(&tbs);
+        seq(&[tbs, self.signature_algorithm(), bit_string(&sig)])
+    }
+}

@@ -15,12 +15,12 @@ use aws_lc_rs::signature::{ECDSA_P384_SHA384_ASN1_SIGNING, ECDSA_P384_SHA384_FIX
 
 use super::endorsement::{AmdRoot, Product, oid};
 use super::report::{SIGNED_LEN, TcbVersion};
-use crate::test_der::{SigningKey, bit_string, extension, name, oid_der, seq, time, tlv, uint};
+use crate::test_der::{CertSpec, Profile, SigningKey, extension, name, tlv, uint};
 use crate::x509::{Certificate, UnixTime};
 
-fn ecdsa_sha384() -> Vec<u8> {
-    seq(&[oid_der("1.2.840.10045.4.3.3")])
-}
+/// AMD's certificates: P-384, ECDSA with SHA-384, names with just a CN, no key usage on the VCEK.
+const AMD: Profile =
+    Profile { curve_oid: "1.3.132.0.34", signature_oid: "1.2.840.10045.4.3.3", name, leaf_key_usage: None };
 
 // ----- keys and certificates -------------------------------------------------------------------------------
 
@@ -33,14 +33,6 @@ impl TestKey {
     #[must_use]
     pub fn generate() -> Self {
         Self(SigningKey::generate(&ECDSA_P384_SHA384_ASN1_SIGNING, &ECDSA_P384_SHA384_FIXED_SIGNING))
-    }
-
-    fn public_point(&self) -> Vec<u8> {
-        self.0.public_point()
-    }
-
-    fn sign_der(&self, message: &[u8]) -> Vec<u8> {
-        self.0.sign_der(message)
     }
 
     /// Signs an SNP report in place: ECDSA P-384 SHA-384 over bytes 0..0x2A0, r and s written as 72-byte
@@ -57,43 +49,6 @@ impl TestKey {
             }
         }
     }
-}
-
-/// What a test certificate says.
-struct CertSpec<'a> {
-    serial: u64,
-    issuer: &'a str,
-    subject: &'a str,
-    not_before: UnixTime,
-    not_after: UnixTime,
-    ca: bool,
-    extra: Vec<Vec<u8>>,
-}
-
-fn certificate(spec: &CertSpec<'_>, subject_key: &TestKey, issuer_key: &TestKey) -> Vec<u8> {
-    let spki = seq(&[
-        seq(&[oid_der("1.2.840.10045.2.1"), oid_der("1.3.132.0.34")]),
-        bit_string(&subject_key.public_point()),
-    ]);
-    let mut extensions = Vec::new();
-    if spec.ca {
-        extensions.push(extension("2.5.29.19", true, &seq(&[tlv(0x01, &[0xff])])));
-        // keyCertSign | cRLSign.
-        extensions.push(extension("2.5.29.15", true, &tlv(0x03, &[0x01, 0x06])));
-    }
-    extensions.extend(spec.extra.iter().cloned());
-    let tbs = seq(&[
-        tlv(0xa0, &uint(&[2])),
-        uint(&spec.serial.to_be_bytes()),
-        ecdsa_sha384(),
-        name(spec.issuer),
-        seq(&[time(spec.not_before), time(spec.not_after)]),
-        name(spec.subject),
-        spki,
-        tlv(0xa3, &seq(&extensions)),
-    ]);
-    let sig = issuer_key.sign_der(&tbs);
-    seq(&[tbs, ecdsa_sha384(), bit_string(&sig)])
 }
 
 /// An AMD-like PKI for one product: ARK (self-signed), ASK and ASVK, valid over the given window.
@@ -122,7 +77,7 @@ impl TestAmdPki {
         let (ask_name, asvk_name) = (format!("SEV-{p}"), format!("SEV-VLEK-{p}"));
         let issued = |serial: u64, subject: &str, key: &TestKey| {
             let spec = CertSpec {
-                serial,
+                serial: &serial.to_be_bytes(),
                 issuer: &ark_name,
                 subject,
                 not_before,
@@ -130,7 +85,7 @@ impl TestAmdPki {
                 ca: true,
                 extra: Vec::new(),
             };
-            certificate(&spec, key, &ark_key)
+            AMD.certificate(&spec, &key.0, &ark_key.0)
         };
         let ark = issued(1, &ark_name, &ark_key);
         let ask = issued(2, &ask_name, &ask_key);
@@ -165,7 +120,7 @@ impl TestAmdPki {
             extra.push(spl(oid::FMC_SPL, fmc));
         }
         let spec = CertSpec {
-            serial,
+            serial: &serial.to_be_bytes(),
             issuer: &format!("SEV-{}", self.product.name()),
             subject: "SEV-VCEK",
             not_before: self.not_before,
@@ -173,7 +128,7 @@ impl TestAmdPki {
             ca: false,
             extra,
         };
-        (certificate(&spec, &key, &self.ask_key), key)
+        (AMD.certificate(&spec, &key.0, &self.ask_key.0), key)
     }
 
     /// The ASK's serial, as the ARK's CRL lists it.
@@ -185,31 +140,12 @@ impl TestAmdPki {
     /// A CRL issued by the ARK (AMD's KDS CRL: it revokes ASKs/ASVKs) listing `revoked` serials.
     #[must_use]
     pub fn ark_crl(&self, revoked: &[&[u8]], this_update: UnixTime, next_update: UnixTime) -> Vec<u8> {
-        crl(&format!("ARK-{}", self.product.name()), &self.ark_key, revoked, this_update, next_update)
+        AMD.crl(&format!("ARK-{}", self.product.name()), &self.ark_key.0, revoked, this_update, next_update)
     }
 
     /// A CRL issued by the ASK (it revokes VCEKs) listing `revoked` serials.
     #[must_use]
     pub fn ask_crl(&self, revoked: &[&[u8]], this_update: UnixTime, next_update: UnixTime) -> Vec<u8> {
-        crl(&format!("SEV-{}", self.product.name()), &self.ask_key, revoked, this_update, next_update)
+        AMD.crl(&format!("SEV-{}", self.product.name()), &self.ask_key.0, revoked, this_update, next_update)
     }
-}
-
-fn crl(
-    issuer: &str,
-    key: &TestKey,
-    revoked: &[&[u8]],
-    this_update: UnixTime,
-    next_update: UnixTime,
-) -> Vec<u8> {
-    let mut tbs = vec![uint(&[1]), ecdsa_sha384(), name(issuer), time(this_update), time(next_update)];
-    if !revoked.is_empty() {
-        tbs.push(seq(&revoked
-            .iter()
-            .map(|serial| seq(&[uint(serial), time(this_update)]))
-            .collect::<Vec<_>>()));
-    }
-    let tbs = seq(&tbs);
-    let sig = key.sign_der(&tbs);
-    seq(&[tbs, ecdsa_sha384(), bit_string(&sig)])
 }

@@ -20,7 +20,7 @@ use base64::Engine as _;
 use super::quote::INTEL_QE_VENDOR_ID;
 use super::tcb::IsvLevel;
 use super::{IntelRoot, TcbLevel, TcbStatus};
-use crate::test_der::{SigningKey, bit_string, extension, oid_der, seq, time, tlv, uint};
+use crate::test_der::{CertSpec, Profile, SigningKey, extension, oid_der, seq, tlv, uint};
 use crate::x509::{Certificate, UnixTime, format_time};
 
 /// The root CA's common name; the collateral loader recognises the root CA CRL by it.
@@ -71,10 +71,6 @@ impl TestKey {
         point.get(1..65).and_then(|xy| xy.try_into().ok()).expect("uncompressed P-256 point")
     }
 
-    fn sign_der(&self, message: &[u8]) -> Vec<u8> {
-        self.0.sign_der(message)
-    }
-
     /// ECDSA P-256 SHA-256 over `message`, as 64 bytes `r || s` (DCAP quotes, QE reports, collateral JSON).
     #[must_use]
     pub fn sign_fixed(&self, message: &[u8]) -> [u8; 64] {
@@ -97,67 +93,14 @@ fn name(cn: &str) -> Vec<u8> {
     ])
 }
 
-fn ecdsa_sha256() -> Vec<u8> {
-    seq(&[oid_der("1.2.840.10045.4.3.2")])
-}
-
-struct CertSpec<'a> {
-    serial: &'a [u8],
-    issuer: &'a str,
-    subject: &'a str,
-    not_before: UnixTime,
-    not_after: UnixTime,
-    ca: bool,
-    extra: Vec<Vec<u8>>,
-}
-
-fn certificate(spec: &CertSpec<'_>, subject_key: &TestKey, issuer_key: &TestKey) -> Vec<u8> {
-    let spki = seq(&[
-        seq(&[oid_der("1.2.840.10045.2.1"), oid_der("1.2.840.10045.3.1.7")]),
-        bit_string(&subject_key.public_point()),
-    ]);
-    let mut extensions = Vec::new();
-    if spec.ca {
-        extensions.push(extension("2.5.29.19", true, &seq(&[tlv(0x01, &[0xff])])));
-        // keyCertSign | cRLSign.
-        extensions.push(extension("2.5.29.15", true, &tlv(0x03, &[0x01, 0x06])));
-    } else {
-        // digitalSignature | nonRepudiation.
-        extensions.push(extension("2.5.29.15", true, &tlv(0x03, &[0x06, 0xc0])));
-    }
-    extensions.extend(spec.extra.iter().cloned());
-    let tbs = seq(&[
-        tlv(0xa0, &uint(&[2])),
-        uint(spec.serial),
-        ecdsa_sha256(),
-        name(spec.issuer),
-        seq(&[time(spec.not_before), time(spec.not_after)]),
-        name(spec.subject),
-        spki,
-        tlv(0xa3, &seq(&extensions)),
-    ]);
-    let sig = issuer_key.sign_der(&tbs);
-    seq(&[tbs, ecdsa_sha256(), bit_string(&sig)])
-}
-
-fn crl(
-    issuer: &str,
-    key: &TestKey,
-    revoked: &[&[u8]],
-    this_update: UnixTime,
-    next_update: UnixTime,
-) -> Vec<u8> {
-    let mut tbs = vec![uint(&[1]), ecdsa_sha256(), name(issuer), time(this_update), time(next_update)];
-    if !revoked.is_empty() {
-        tbs.push(seq(&revoked
-            .iter()
-            .map(|serial| seq(&[uint(serial), time(this_update)]))
-            .collect::<Vec<_>>()));
-    }
-    let tbs = seq(&tbs);
-    let sig = key.sign_der(&tbs);
-    seq(&[tbs, ecdsa_sha256(), bit_string(&sig)])
-}
+/// Intel's certificates: P-256, ECDSA with SHA-256, Intel's names, digitalSignature | nonRepudiation on
+/// PCK certificates.
+const INTEL: Profile = Profile {
+    curve_oid: "1.2.840.10045.3.1.7",
+    signature_oid: "1.2.840.10045.4.3.2",
+    name,
+    leaf_key_usage: Some([0x06, 0xc0]),
+};
 
 /// PEM of one DER certificate.
 fn pem(der: &[u8]) -> String {
@@ -396,7 +339,7 @@ impl TestIntelPki {
         let issue = |serial: &[u8], subject: &str, ca: bool, key: &TestKey| {
             let spec =
                 CertSpec { serial, issuer: ROOT_CN, subject, not_before, not_after, ca, extra: Vec::new() };
-            certificate(&spec, key, &root_key)
+            INTEL.certificate(&spec, &key.0, &root_key.0)
         };
         let root = issue(&[1], ROOT_CN, true, &root_key);
         let pck_ca = issue(&[2], PCK_CA_CN, true, &pck_ca_key);
@@ -426,13 +369,13 @@ impl TestIntelPki {
     /// The root CA CRL (revokes intermediate CAs).
     #[must_use]
     pub fn root_crl(&self, revoked: &[&[u8]], this_update: UnixTime, next_update: UnixTime) -> Vec<u8> {
-        crl(ROOT_CN, &self.root_key, revoked, this_update, next_update)
+        INTEL.crl(ROOT_CN, &self.root_key.0, revoked, this_update, next_update)
     }
 
     /// The PCK Platform CA's CRL (revokes PCK certificates).
     #[must_use]
     pub fn pck_crl(&self, revoked: &[&[u8]], this_update: UnixTime, next_update: UnixTime) -> Vec<u8> {
-        crl(PCK_CA_CN, &self.pck_ca_key, revoked, this_update, next_update)
+        INTEL.crl(PCK_CA_CN, &self.pck_ca_key.0, revoked, this_update, next_update)
     }
 
     /// Signs a collateral JSON body (TCB info or QE identity) with the TCB Signing key: hex of `r || s`.
@@ -482,7 +425,7 @@ impl TestIntelPki {
             ca: false,
             extra: vec![extension("1.2.840.113741.1.13.1", false, &tcb.sgx_extension(&ppid))],
         };
-        let pck = certificate(&spec, &pck_key, &self.pck_ca_key);
+        let pck = INTEL.certificate(&spec, &pck_key.0, &self.pck_ca_key.0);
         let chain_pem = format!("{}{}{}", pem(&pck), pem(&self.pck_ca), pem(&self.root));
         TestPlatform {
             pck_serial: serial.to_vec(),
