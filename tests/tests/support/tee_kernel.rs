@@ -139,17 +139,19 @@ impl TdxKernel {
         let rtmr3 = Arc::new((Mutex::new(Rtmr3 { value: [0; 48], agent_extends: 0 }), Condvar::new()));
         let shape = Arc::new(Mutex::new(shape));
         let register = Arc::clone(&rtmr3);
+        // The FIFO is opened read-write and kept open: with a read-only open, a write made between this thread's
+        // end of file and its close would land in a pipe that then loses its last reader, and the kernel drops
+        // it (the agent's extend vanished, the next quote waited for it in vain). Read-write, there is always a
+        // reader, never an end of file, and each 48-byte write (below PIPE_BUF, so atomic) is one extend.
+        let mut fifo = std::fs::OpenOptions::new().read(true).write(true).open(&rtmr3_path).unwrap();
         std::thread::spawn(move || {
             loop {
-                let mut written = Vec::new();
-                std::fs::File::open(&rtmr3_path).unwrap().read_to_end(&mut written).unwrap();
-                assert_eq!(written.len() % 48, 0, "a write to rtmr3:sha384 that is not a SHA-384 digest");
+                let mut digest = [0u8; 48];
+                fifo.read_exact(&mut digest).unwrap();
                 let (lock, consumed) = &*register;
                 let mut r = lock.lock().unwrap();
-                for digest in written.chunks(48) {
-                    extend(&mut r.value, digest);
-                    r.agent_extends += 1;
-                }
+                extend(&mut r.value, &digest);
+                r.agent_extends += 1;
                 consumed.notify_all();
             }
         });
