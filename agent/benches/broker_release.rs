@@ -55,13 +55,14 @@ async fn prepared_requests(
 ) -> Vec<pb::ReleaseRequest> {
     let mut out = Vec::with_capacity(AGENTS);
     for _ in 0..AGENTS {
-        let ch = client.clone().challenge(pb::ChallengeRequest {}).await.unwrap().into_inner();
+        let ch = client.clone().challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
         let nonce = Nonce::from_slice(&ch.nonce).unwrap();
         let ev = agent.evidence(nonce).await.unwrap();
         out.push(pb::ReleaseRequest {
             nonce: nonce.0.to_vec(),
             evidence: Some(ev.into()),
             key_ids: vec![KEY.into()],
+            tpm_activation: None,
         });
     }
     out

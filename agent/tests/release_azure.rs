@@ -204,6 +204,7 @@ fn release(
             nonce: nonce.0.to_vec(),
             evidence: Some(evidence.into()),
             key_ids: vec![KEY_ID.into()],
+            tpm_activation: None,
         })
         .unwrap();
     if let Some((_, refused)) = r.refusals.first() {

@@ -90,12 +90,16 @@ type WireEvidence = sealroom_proto::attestation::v1::Evidence;
 /// recording once ahead of the runs (`template`) and only its nonce set here: what an agent does to produce it
 /// is not the broker's cost.
 async fn agent(mut at: Client, mut to: Client, template: Arc<WireEvidence>) {
-    let ch = at.challenge(pb::ChallengeRequest {}).await.unwrap().into_inner();
+    let ch = at.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
     let nonce = Nonce::from_slice(&ch.nonce).unwrap();
     let mut evidence = (*template).clone();
     evidence.nonce = nonce.0.to_vec();
-    let req =
-        pb::ReleaseRequest { nonce: nonce.0.to_vec(), evidence: Some(evidence), key_ids: vec![KEY.into()] };
+    let req = pb::ReleaseRequest {
+        nonce: nonce.0.to_vec(),
+        evidence: Some(evidence),
+        key_ids: vec![KEY.into()],
+        tpm_activation: None,
+    };
     let r = to.release(req).await.unwrap().into_inner();
     // Refused after full appraisal (the recorded GCE quote cannot bind this nonce), never at the nonce.
     assert_binding_refusal(&r.refusals[0].reason);

@@ -158,7 +158,11 @@ impl KeyBroker for FakeBroker {
         &self,
         _: tonic::Request<kpb::ChallengeRequest>,
     ) -> Result<tonic::Response<kpb::ChallengeResponse>, tonic::Status> {
-        Ok(tonic::Response::new(kpb::ChallengeResponse { nonce: vec![0x5a; 32], ttl_seconds: 60 }))
+        Ok(tonic::Response::new(kpb::ChallengeResponse {
+            nonce: vec![0x5a; 32],
+            ttl_seconds: 60,
+            tpm_credential: None,
+        }))
     }
 
     async fn release(

@@ -120,7 +120,12 @@ fn request(nonce: Nonce, tee: &TeePublicKey, key_id: &str) -> pb::ReleaseRequest
         runtime_event_log: vec![],
         gpus: Vec::new(),
     };
-    pb::ReleaseRequest { nonce: nonce.0.to_vec(), evidence: Some(ev.into()), key_ids: vec![key_id.into()] }
+    pb::ReleaseRequest {
+        nonce: nonce.0.to_vec(),
+        evidence: Some(ev.into()),
+        key_ids: vec![key_id.into()],
+        tpm_activation: None,
+    }
 }
 
 fn evidence_digest(req: &pb::ReleaseRequest) -> String {
@@ -189,7 +194,7 @@ fn three_replicas_redeem_each_others_nonces_once() {
         }
         // A nonce from replica 1 redeemed at replica 2: past the nonce check (the verifier refuses the
         // placeholder evidence), then refused as a replay at replica 3 and again at replica 1.
-        let ch = clients[0].challenge(pb::ChallengeRequest {}).await.unwrap().into_inner();
+        let ch = clients[0].challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
         assert_eq!((ch.nonce.len(), ch.ttl_seconds), (32, 120));
         let req = request(Nonce::from_slice(&ch.nonce).unwrap(), &tee, "provider-a/data");
         let first = clients[1].release(req.clone()).await.unwrap().into_inner();
@@ -231,7 +236,7 @@ fn three_replicas_redeem_each_others_nonces_once() {
 
         // Agents round-robin: challenge at replica i, release at replica i+1.
         for i in 0..30usize {
-            let ch = clients[i % 3].challenge(pb::ChallengeRequest {}).await.unwrap().into_inner();
+            let ch = clients[i % 3].challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
             let req = request(Nonce::from_slice(&ch.nonce).unwrap(), &tee, "provider-a/data");
             let resp = clients[(i + 1) % 3].release(req).await.unwrap().into_inner();
             assert_eq!(resp.refusals[0].reason, PLACEHOLDER_REFUSAL, "release {i}");
@@ -290,7 +295,7 @@ fn round(
                         n += 1;
                         let tee = tee.clone();
                         inflight.spawn(async move {
-                            let ch = at.challenge(pb::ChallengeRequest {}).await.ok()?.into_inner();
+                            let ch = at.challenge(pb::ChallengeRequest::default()).await.ok()?.into_inner();
                             let req = request(Nonce::from_slice(&ch.nonce).ok()?, &tee, "provider-a/data");
                             let digest = evidence_digest(&req);
                             let resp = to.release(req).await.ok()?.into_inner();

@@ -126,12 +126,13 @@ async fn agent_on_swtpm_receives_its_data_key_and_refusals_say_why() {
     let broker = start_broker(ak).await;
     let mut c = broker_client(broker.addr).await;
 
-    let nonce = c.challenge(kpb::ChallengeRequest {}).await.unwrap().into_inner().nonce;
+    let nonce = c.challenge(kpb::ChallengeRequest::default()).await.unwrap().into_inner().nonce;
     let ev = evidence(agent_addr, &nonce).await;
     let req = kpb::ReleaseRequest {
         nonce: nonce.clone(),
         evidence: Some(ev),
         key_ids: vec!["provider-a/data".into(), "provider-b/data".into()],
+        tpm_activation: None,
     };
     let resp = c.release(req.clone()).await.unwrap().into_inner();
     // Provider A's policy allows this workload; provider B's names another image.
@@ -190,10 +191,15 @@ async fn agent_on_swtpm_receives_its_data_key_and_refusals_say_why() {
     // Evidence from another TPM (a second swtpm, not enrolled): nothing vouches for its AK, so it is refused.
     let other_tpm = Swtpm::start().unwrap();
     let other_agent = start_agent(&other_tpm).await;
-    let nonce = c.challenge(kpb::ChallengeRequest {}).await.unwrap().into_inner().nonce;
+    let nonce = c.challenge(kpb::ChallengeRequest::default()).await.unwrap().into_inner().nonce;
     let ev = evidence(other_agent.tcp_addr.unwrap(), &nonce).await;
     let resp = c
-        .release(kpb::ReleaseRequest { nonce, evidence: Some(ev), key_ids: vec!["provider-a/data".into()] })
+        .release(kpb::ReleaseRequest {
+            nonce,
+            evidence: Some(ev),
+            key_ids: vec!["provider-a/data".into()],
+            tpm_activation: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -202,10 +208,15 @@ async fn agent_on_swtpm_receives_its_data_key_and_refusals_say_why() {
 
     // Revoked: the provider revokes its key; the next genuine request is refused for that reason.
     broker.store.revoke("provider-a/data", 1).unwrap();
-    let nonce = c.challenge(kpb::ChallengeRequest {}).await.unwrap().into_inner().nonce;
+    let nonce = c.challenge(kpb::ChallengeRequest::default()).await.unwrap().into_inner().nonce;
     let ev = evidence(agent_addr, &nonce).await;
     let resp = c
-        .release(kpb::ReleaseRequest { nonce, evidence: Some(ev), key_ids: vec!["provider-a/data".into()] })
+        .release(kpb::ReleaseRequest {
+            nonce,
+            evidence: Some(ev),
+            key_ids: vec!["provider-a/data".into()],
+            tpm_activation: None,
+        })
         .await
         .unwrap()
         .into_inner();

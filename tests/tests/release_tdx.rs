@@ -238,7 +238,7 @@ async fn tdx_refuses_launch_events_after_the_separator() {
         .await
         .unwrap();
     let mut client = KeyBrokerClient::new(channel);
-    let nonce = client.challenge(kpb::ChallengeRequest {}).await.unwrap().into_inner().nonce;
+    let nonce = client.challenge(kpb::ChallengeRequest::default()).await.unwrap().into_inner().nonce;
     let mut evidence = agent
         .handle
         .evidence(sealroom_measurements::binding::Nonce::from_slice(&nonce).unwrap())
@@ -246,7 +246,12 @@ async fn tdx_refuses_launch_events_after_the_separator() {
         .unwrap();
     evidence.runtime_event_log = encode_records(&records);
     let resp = client
-        .release(kpb::ReleaseRequest { nonce, evidence: Some(evidence.into()), key_ids: vec![KEY_ID.into()] })
+        .release(kpb::ReleaseRequest {
+            nonce,
+            evidence: Some(evidence.into()),
+            key_ids: vec![KEY_ID.into()],
+            tpm_activation: None,
+        })
         .await
         .unwrap()
         .into_inner();

@@ -246,12 +246,17 @@ fn booted_image_runs_the_measured_workload_with_its_released_key_and_the_verifie
     let refusal = rt.block_on(async {
         let ch = tonic::transport::Channel::from_shared(broker.url()).unwrap().connect().await.unwrap();
         let mut c = KeyBrokerClient::new(ch);
-        let nonce = c.challenge(kpb::ChallengeRequest {}).await.unwrap().into_inner().nonce;
+        let nonce = c.challenge(kpb::ChallengeRequest::default()).await.unwrap().into_inner().nonce;
         let ev = evidence(&url, &nonce).await;
-        c.release(kpb::ReleaseRequest { nonce, evidence: Some(ev), key_ids: vec![OTHER_KEY_ID.into()] })
-            .await
-            .unwrap()
-            .into_inner()
+        c.release(kpb::ReleaseRequest {
+            nonce,
+            evidence: Some(ev),
+            key_ids: vec![OTHER_KEY_ID.into()],
+            tpm_activation: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
     });
     assert!(refusal.keys.is_empty());
     assert_eq!(

@@ -18,6 +18,7 @@ use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
 use super::KeyProvider;
 use super::spec::BrokerEndpoint;
 use crate::error::{Error, Result};
+use crate::service::{MAX_ENCRYPTED_SECRET_LEN, MAX_ID_OBJECT_LEN};
 use crate::worker::AttestationHandle;
 
 const STAGE: &str = "keys";
@@ -45,13 +46,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text.replace('\n', " ")
 }
 
-/// A gRPC client of `broker` and a fresh nonce from its `Challenge`: the start of every exchange that presents
-/// evidence (key release here, the output receipt in [`super::receipt`]). An `https://` broker is trusted only
-/// through the spec's `broker_ca`. Errors name `stage`.
+/// A gRPC client of `broker`, a fresh nonce from its `Challenge` and, on the EK path, the activated TPM
+/// credential: the start of every exchange that presents evidence (key release here, the output receipt in
+/// [`super::receipt`]). An `https://` broker is trusted only through the spec's `broker_ca`. Errors name `stage`.
+///
+/// A TPM with an EK certificate names itself in the challenge (EK certificate and AK, as `GetTpmIdentity`); a
+/// broker serving with `--tpm-ek-ca` answers with a credential only that TPM can activate, for that AK and this
+/// nonce (docs/tpm-ek.md), and its secret goes back with the evidence. A broker without EK CAs sends none and
+/// the AK must be trusted otherwise (GCE AK certificate, enrolled AK).
 pub(super) async fn connect_and_challenge(
     endpoint: &BrokerEndpoint,
+    handle: &AttestationHandle,
     stage: &'static str,
-) -> Result<(KeyBrokerClient<tonic::transport::Channel>, Nonce)> {
+) -> Result<(KeyBrokerClient<tonic::transport::Channel>, Nonce, Option<kb::TpmActivation>)> {
     let err = |reason: String| Error::workload(stage, reason);
     let broker = endpoint.url.as_str();
     let mut builder = tonic::transport::Endpoint::from_shared(broker.to_owned())
@@ -71,13 +78,42 @@ pub(super) async fn connect_and_challenge(
     let mut client = KeyBrokerClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    let identity = handle.info().tpm_identity.clone();
+    let request = identity.as_ref().map_or_else(kb::ChallengeRequest::default, |(ek, ak)| {
+        kb::ChallengeRequest { tpm_ek_certificate: ek.clone(), tpm_ak_public: ak.clone() }
+    });
     let challenge = client
-        .challenge(kb::ChallengeRequest {})
+        .challenge(request)
         .await
         .map_err(|s| err(format!("broker {broker}: challenge: {}", s.message())))?
         .into_inner();
     let nonce = Nonce::from_slice(&challenge.nonce).map_err(|e| err(format!("broker nonce: {e}")))?;
-    Ok((client, nonce))
+    let activation = match (challenge.tpm_credential, identity) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(err(format!(
+                "broker {broker}: a TPM credential came back, but no TPM identity was sent"
+            )));
+        }
+        (Some(c), Some((ek_certificate, _))) => {
+            for (field, len, limit) in [
+                ("id_object", c.id_object.len(), MAX_ID_OBJECT_LEN),
+                ("encrypted_secret", c.encrypted_secret.len(), MAX_ENCRYPTED_SECRET_LEN),
+            ] {
+                if len == 0 || len > limit {
+                    return Err(err(format!(
+                        "broker {broker}: TPM credential {field} of {len} bytes, expected 1..={limit}"
+                    )));
+                }
+            }
+            let secret = handle
+                .activate_credential(c.id_object, c.encrypted_secret)
+                .await
+                .map_err(|e| err(format!("broker {broker}: TPM credential activation: {e}")))?;
+            Some(kb::TpmActivation { ek_certificate, secret })
+        }
+    };
+    Ok((client, nonce, activation))
 }
 
 /// Releases keys through the broker's gRPC API, with evidence from the agent's worker.
@@ -136,7 +172,8 @@ pub fn check_release_signature(
 impl KeyProvider for BrokerKeys {
     async fn release(&self, endpoint: &BrokerEndpoint, key_ids: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
         let broker = endpoint.url.as_str();
-        let (mut client, nonce) = connect_and_challenge(endpoint, STAGE).await?;
+        let (mut client, nonce, tpm_activation) =
+            connect_and_challenge(endpoint, &self.handle, STAGE).await?;
         let evidence = self.handle.evidence(nonce).await?;
         let kem_id = evidence.tee_public_key.kem().id();
         let tee_key = evidence.tee_public_key.as_bytes().to_vec();
@@ -145,6 +182,7 @@ impl KeyProvider for BrokerKeys {
                 nonce: nonce.0.to_vec(),
                 evidence: Some(evidence.into()),
                 key_ids: key_ids.to_vec(),
+                tpm_activation,
             })
             .await
             .map_err(|s| err(format!("broker {broker}: release: {}", s.message())))?

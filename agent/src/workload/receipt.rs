@@ -67,7 +67,8 @@ pub async fn obtain(
     output_digest: &Sha256Digest,
 ) -> Result<Receipt> {
     let broker = endpoint.url.as_str();
-    let (mut client, nonce) = super::broker::connect_and_challenge(endpoint, STAGE).await?;
+    let (mut client, nonce, tpm_activation) =
+        super::broker::connect_and_challenge(endpoint, handle, STAGE).await?;
     let evidence = handle.evidence(nonce).await?;
     let kem_id = evidence.tee_public_key.kem().id();
     let tee_key = evidence.tee_public_key.as_bytes().to_vec();
@@ -80,6 +81,7 @@ pub async fn obtain(
             evidence: encoded.clone(),
             key_id: key_id.to_owned(),
             output_digest: output_digest.clone(),
+            tpm_activation,
         })
         .await
         .map_err(|s| err(format!("broker {broker}: receipt: {}", s.message())))?

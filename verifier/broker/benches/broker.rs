@@ -130,6 +130,7 @@ fn request(nonce: &Nonce, template: &WireEvidence, keys: &[&str]) -> pb::Release
         nonce: nonce.0.to_vec(),
         evidence: Some(evidence),
         key_ids: keys.iter().map(|k| (*k).to_owned()).collect(),
+        tpm_activation: None,
     }
 }
 
@@ -186,7 +187,7 @@ fn bench(c: &mut Criterion) {
     let template = Arc::new(template);
     let one = |mut c: pb::key_broker_client::KeyBrokerClient<tonic::transport::Channel>,
                template: Arc<WireEvidence>| async move {
-        let ch = c.challenge(pb::ChallengeRequest {}).await.unwrap().into_inner();
+        let ch = c.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
         let nonce = Nonce::from_slice(&ch.nonce).unwrap();
         let r = c.release(request(&nonce, &template, &["provider-a/data"])).await.unwrap();
         assert_eq!(r.into_inner().keys.len(), 1);

@@ -11,6 +11,7 @@ pub use sealroom_verifier::claims::{
     Appraisal, HexBytes, PlatformClaims, Register, RuntimeReplay, SignedBinding, platform_name,
 };
 use sealroom_verifier::ear::Status;
+use sealroom_verifier::tpm::credential::ActivatedAk;
 
 use crate::error::{Error, Result};
 
@@ -24,6 +25,24 @@ pub trait Appraiser: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// One-line reason when the evidence is not accepted.
     fn appraise(&self, evidence: &Evidence, now_ms: u64) -> Result<Appraisal>;
+
+    /// As [`Appraiser::appraise`], also trusting the TPM AK credential activation proved (`activated`, from the
+    /// broker's [`crate::ek_path::EkPath`]) when it is the evidence's AK. An appraiser that cannot use it refuses
+    /// rather than ignore it.
+    ///
+    /// # Errors
+    /// As [`Appraiser::appraise`].
+    fn appraise_activated(
+        &self,
+        evidence: &Evidence,
+        now_ms: u64,
+        activated: Option<&ActivatedAk>,
+    ) -> Result<Appraisal> {
+        match activated {
+            None => self.appraise(evidence, now_ms),
+            Some(_) => Err(Error::check(VERIFIER, "this appraiser does not take EK-activated TPM AKs")),
+        }
+    }
 }
 
 /// The broker's appraiser: the verifier's layered appraisal of sealroom evidence, for every platform.
@@ -130,6 +149,15 @@ pub fn accept(a: Appraisal) -> Result<Appraisal> {
 
 impl Appraiser for VerifierAppraiser {
     fn appraise(&self, evidence: &Evidence, now_ms: u64) -> Result<Appraisal> {
+        self.appraise_activated(evidence, now_ms, None)
+    }
+
+    fn appraise_activated(
+        &self,
+        evidence: &Evidence,
+        now_ms: u64,
+        activated: Option<&ActivatedAk>,
+    ) -> Result<Appraisal> {
         use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, ReferenceValues, appraise};
         let now_ms = self.verification_time_ms.unwrap_or(now_ms);
         let policy = Policy {
@@ -154,7 +182,7 @@ impl Appraiser for VerifierAppraiser {
             tdx_collateral: self.tdx_collateral.as_ref(),
             tdx_root: self.tdx_root.as_ref(),
             enrolled_tpm_aks: &self.pinned_tpm_aks,
-            tpm_ek_activated: None,
+            tpm_ek_activated: activated,
             gpu: self.gpu.as_ref(),
         };
         accept(appraise(&EvidenceInput::Sealroom(Box::new(evidence.clone())), &policy, &ctx))

@@ -39,9 +39,38 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         request: tonic::Request<pb::ChallengeRequest>,
     ) -> std::result::Result<tonic::Response<pb::ChallengeResponse>, tonic::Status> {
         limit(&self.0, Call::Challenge, &request)?;
+        let req = request.into_inner();
+        if req.tpm_ek_certificate.is_empty() != req.tpm_ak_public.is_empty() {
+            return Err(tonic::Status::invalid_argument(
+                "request: tpm_ek_certificate and tpm_ak_public go together",
+            ));
+        }
         let (nonce, ttl_seconds) =
             self.0.challenge().map_err(|e| tonic::Status::resource_exhausted(e.to_string()))?;
-        Ok(tonic::Response::new(pb::ChallengeResponse { nonce: nonce.0.to_vec(), ttl_seconds }))
+        let tpm_credential = if req.tpm_ek_certificate.is_empty() {
+            None
+        } else {
+            let broker = Arc::clone(&self.0);
+            // Certificate chain and RSA/ECDH work: off the async workers.
+            let made = tokio::task::spawn_blocking(move || {
+                broker.tpm_credential(&nonce, &req.tpm_ek_certificate, &req.tpm_ak_public)
+            })
+            .await
+            .map_err(|e| tonic::Status::internal(format!("broker: challenge task failed: {e}")))?;
+            match made {
+                None => None,
+                Some(Ok(c)) => Some(sealroom_proto::attestation::v1::TpmCredential {
+                    id_object: c.id_object,
+                    encrypted_secret: c.encrypted_secret,
+                }),
+                Some(Err(e)) => return Err(tonic::Status::failed_precondition(e.to_string())),
+            }
+        };
+        Ok(tonic::Response::new(pb::ChallengeResponse {
+            nonce: nonce.0.to_vec(),
+            ttl_seconds,
+            tpm_credential,
+        }))
     }
 
     async fn release(

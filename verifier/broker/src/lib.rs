@@ -2,7 +2,8 @@
 //! workload the provider's policy approves, sealed (HPKE) to the TEE's ephemeral key, with every decision in a
 //! hash-chained audit log.
 //!
-//! One module per part: [`nonce`] (stateless MACed single-use challenges), [`ratelimit`] (per-peer token buckets), [`keystore`] (keys encrypted at rest in redb; [`keystate`] its
+//! One module per part: [`nonce`] (stateless MACed single-use challenges), [`ek_path`] (TPM AKs trusted through
+//! an EK certificate and credential activation), [`ratelimit`] (per-peer token buckets), [`keystore`] (keys encrypted at rest in redb; [`keystate`] its
 //! state record and rollback anchor),
 //! [`policy`] (declarative per-key rules over an [`appraisal::Appraisal`]), [`seal`] (RFC 9180 HPKE),
 //! [`token`] (the EAR JWT), [`service`] (challenge and release), [`receipt`] (output receipts), [`grpc`] (the
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod appraisal;
 pub mod audit;
 pub mod ear_claims;
+pub mod ek_path;
 pub mod error;
 pub mod grpc;
 pub mod jwks;

@@ -160,6 +160,7 @@ impl Broker {
             nonce: req.nonce.clone(),
             evidence: decoded,
             key_ids: vec![req.key_id.clone()],
+            tpm_activation: req.tpm_activation.clone(),
         };
         let redeemed = self.check_nonce(&req.nonce, now);
         // What a receipt states, decided before the audit record is written: the appraisal, the key's policy

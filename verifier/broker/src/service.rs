@@ -1,7 +1,8 @@
 //! The `sealroom.keybroker.v1.KeyBroker` service: `Challenge` and `Release`.
 //!
 //! Release, in order, each step refusing every requested key with a one-line reason when it fails: the nonce is
-//! redeemed (single use, within its TTL); the evidence is decoded and must carry the request's nonce; the
+//! redeemed (single use, within its TTL); the evidence is decoded and must carry the request's nonce; an
+//! activated TPM credential, when presented, must be the one issued for this nonce ([`ek_path`]); the
 //! verifier appraises it ([`Appraiser`]); the signed binding must bind this nonce and the TEE key; then per key:
 //! the key must exist and not be revoked, its owner's policy must allow the appraisal, and the key is sealed to
 //! the TEE key. Every decision is appended to the audit log and fsync'd *before* the reply (decisions arriving
@@ -23,11 +24,13 @@ use sealroom_measurements::evidence::Evidence;
 use sealroom_proto::keybroker::v1 as pb;
 use sealroom_verifier::claims::{PlatformClaims, platform_name};
 use sealroom_verifier::ear::{Status, Submodule};
+use sealroom_verifier::tpm::credential::{ActivatedAk, Credential};
 use sha2::{Digest, Sha256};
 
 use super::appraisal::{Appraisal, Appraiser, BROKER_POLICY_ID, SignedBinding};
 use super::audit::{AuditEntry, AuditLog, AuditRecord, Decision, GroupCommitLog};
 use super::ear_claims::{RefusedKey, ReleaseSubmodule, TokenClaims, appraised};
+use super::ek_path::{self, EkPath};
 use super::keystore::{KeyStore, ReleasableKey, ReleaseRecord, Unreleasable};
 use super::nonce::{NonceBook, NonceRefusal};
 use super::policy::{GoldenSet, Policy, Verdict};
@@ -44,7 +47,8 @@ pub const MAX_KEYS_PER_REQUEST: usize = 64;
 /// A refusal: the rule that refused and the one-line reason (which starts with the rule's layer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
-    /// "nonce", "evidence", "verifier", "binding", "key store", "policy.<rule>", "workload.launch".
+    /// "nonce", "evidence", "tpm credential", "verifier", "binding", "key store", "policy.<rule>",
+    /// "workload.launch".
     pub rule: String,
     /// One line.
     pub reason: String,
@@ -98,6 +102,8 @@ pub struct Broker {
     pub(super) ledger: Arc<dyn Ledger>,
     challenge_limit: PeerLimiter,
     release_limit: PeerLimiter,
+    /// The EK path (`--tpm-ek-ca`): without it no credential is issued and an activation presented is refused.
+    ek: Option<Arc<EkPath>>,
 }
 
 /// Everything a broker is made of.
@@ -169,7 +175,17 @@ impl Broker {
             ledger: p.ledger,
             challenge_limit: PeerLimiter::new(RateLimit::CHALLENGE),
             release_limit: PeerLimiter::new(RateLimit::RELEASE),
+            ek: None,
         }
+    }
+
+    /// Trusts TPM AKs that credential activation proves resident in a TPM whose EK certificate chains to one of
+    /// `ek`'s CAs (docs/tpm-ek.md): `Challenge` then answers a TPM identity with a credential, and `Release`
+    /// and `Receipt` accept its activation.
+    #[must_use]
+    pub fn with_tpm_ek_path(mut self, ek: EkPath) -> Self {
+        self.ek = Some(Arc::new(ek));
+        self
     }
 
     /// The id (RFC 7638 thumbprint) of the key that signs tokens and responses: what workload specs pin.
@@ -210,6 +226,48 @@ impl Broker {
     /// When randomness fails or too many challenges are outstanding.
     pub fn challenge(&self) -> Result<(Nonce, u32)> {
         self.ledger.issue(self.rng.as_ref(), self.clock.now_ms())
+    }
+
+    /// The credential for a TPM identity (EK certificate, AK TPMT_PUBLIC) a `Challenge` named, bound to its
+    /// `nonce`: `None` when this broker has no EK CAs (the agent then gets a plain nonce).
+    ///
+    /// # Errors
+    /// One line: the EK certificate does not chain to a configured EK CA now, or the AK is not a TPM-resident
+    /// restricted signing key.
+    pub fn tpm_credential(
+        &self,
+        nonce: &Nonce,
+        ek_certificate: &[u8],
+        ak_public: &[u8],
+    ) -> Option<Result<Credential>> {
+        let at = i64::try_from(self.clock.now_ms() / 1000).unwrap_or(i64::MAX);
+        self.ek.as_ref().map(|ek| ek.credential(nonce, ek_certificate, ak_public, at))
+    }
+
+    /// The AK a request's activated credential proves (`None` without one). Refused when this broker issues no
+    /// credentials, the evidence has no TPM quote, or the secret is not the one issued for this nonce, the
+    /// evidence's AK and the EK certificate (which must chain to a configured EK CA at `now`).
+    fn activation(
+        &self,
+        nonce: &Nonce,
+        activation: Option<&pb::TpmActivation>,
+        evidence: &Evidence,
+        now: u64,
+    ) -> std::result::Result<Option<ActivatedAk>, Refused> {
+        let Some(activation) = activation else { return Ok(None) };
+        let refuse = |why: &str| Refused::new(ek_path::RULE, format!("{}: {why}", ek_path::RULE));
+        let Some(ek) = &self.ek else {
+            return Err(refuse(
+                "an activated credential was presented, but this broker issues none (no --tpm-ek-ca)",
+            ));
+        };
+        let Some(tpm) = &evidence.tpm else {
+            return Err(refuse("an activated credential was presented with evidence that has no TPM quote"));
+        };
+        let at = i64::try_from(now / 1000).unwrap_or(i64::MAX);
+        ek.activated(nonce, activation, &tpm.ak_public, at)
+            .map(Some)
+            .map_err(|e| Refused::from_error(ek_path::RULE, &e))
     }
 
     /// Checks the request's shape: 1..=64 key ids, each a valid id, no duplicates.
@@ -253,8 +311,11 @@ impl Broker {
                 "binding: evidence was produced for another nonce than the one presented",
             ));
         }
-        let appraisal =
-            self.appraiser.appraise(&evidence, now).map_err(|e| Refused::from_error("verifier", &e))?;
+        let activated = self.activation(&nonce, req.tpm_activation.as_ref(), &evidence, now)?;
+        let appraisal = self
+            .appraiser
+            .appraise_activated(&evidence, now, activated.as_ref())
+            .map_err(|e| Refused::from_error("verifier", &e))?;
         let appraised = appraisal.platform.as_ref().map(PlatformClaims::platform);
         if appraised != Some(evidence.platform) {
             return Err(Refused::new(

@@ -352,6 +352,7 @@ impl Fixture {
             nonce: nonce.0.to_vec(),
             evidence: Some(evidence.into()),
             key_ids: keys.iter().map(|k| (*k).to_owned()).collect(),
+            tpm_activation: None,
         }
     }
 

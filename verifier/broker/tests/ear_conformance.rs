@@ -191,6 +191,7 @@ fn release_token_and_receipt_validate_with_veraisons_ear_crate() {
         nonce: nonce.0.to_vec(),
         evidence: Some(evidence(nonce, &tee).into()),
         key_ids: vec![KEY.into()],
+        tpm_activation: None,
     };
     let released = broker.release(&req).unwrap();
     assert!(released.refusals.is_empty(), "{:?}", released.refusals);
@@ -206,6 +207,7 @@ fn release_token_and_receipt_validate_with_veraisons_ear_crate() {
             evidence: prost::Message::encode_to_vec(&ev),
             key_id: KEY.into(),
             output_digest: OUTPUT.into(),
+            tpm_activation: None,
         })
         .unwrap();
     let receipt = receipted.receipt.unwrap_or_else(|r| panic!("receipt refused: {}", r.reason));

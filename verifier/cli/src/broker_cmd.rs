@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use sealroom_broker::admin::{self, AdminContext, AdminRequest, AdminResponse, Operation};
 use sealroom_broker::appraisal::{Appraisal, Appraiser, VerifierAppraiser};
 use sealroom_broker::audit::{AuditLog, GroupCommitLog, Recovery};
+use sealroom_broker::ek_path::EkPath;
 use sealroom_broker::grpc::KeyBrokerService;
 use sealroom_broker::jwks::{KeySource, StaticKeys};
 use sealroom_broker::keystore::{Kek, KeyStore};
@@ -105,6 +106,12 @@ struct ServeArgs {
     /// certificate (on-premises TPMs, swtpm). Repeatable.
     #[arg(long)]
     tpm_ak: Vec<PathBuf>,
+    /// TPM EK CA certificates (PEM, possibly several, or DER); repeatable. An agent whose TPM names its EK
+    /// certificate in `Challenge` gets a credential for its AK (TPM2_MakeCredential) when that certificate
+    /// chains to one of these, and its quotes are trusted once its TPM activated it (no trust on first use;
+    /// docs/tpm-ek.md). An EK certificate from another CA is refused at `Challenge`.
+    #[arg(long = "tpm-ek-ca", value_name = "FILE")]
+    tpm_ek_ca: Vec<PathBuf>,
     /// Intel PCS collateral for TDX quotes: a directory of PCS files (TCB info, QE identity, CRLs, issuer
     /// chains) or a dcap-qvl collateral JSON. Verified once at start; each quote is then checked against it
     /// (TCB status, revocation, validity window). Without it TDX evidence has no TCB status.
@@ -322,7 +329,7 @@ fn serve(a: &ServeArgs) -> Result<()> {
     };
     let admin_token = read_token(a.admin_token_file.as_deref())?;
     let appraiser = appraiser(a, clock.as_ref())?;
-    let broker = Arc::new(Broker::on_store(StoreParts {
+    let broker = Broker::on_store(StoreParts {
         clock: Arc::clone(&clock),
         rng: Arc::clone(&rng),
         appraiser: Arc::new(appraiser),
@@ -333,7 +340,11 @@ fn serve(a: &ServeArgs) -> Result<()> {
             None => GoldenSet::default(),
         },
         signer,
-    }));
+    });
+    let broker = Arc::new(match ek_path(a, rng.as_ref())? {
+        Some(ek) => broker.with_tpm_ek_path(ek),
+        None => broker,
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("binding {}", a.listen))?;
@@ -418,6 +429,27 @@ fn open_store(a: &ServeArgs, kek: Kek, rng: &dyn Randomness, jwk: &serde_json::V
     // A keys.redb older than the audit log says (restored from an old copy) is refused before serving.
     store.anchor_to(ledger.audit_log(), Arc::new(SystemClock))?;
     Ok((store, Arc::new(ledger), Arc::new(StaticKeys(vec![jwk.clone()]))))
+}
+
+/// The EK path of `--tpm-ek-ca`: its MAC key random per process, or, for replicas (`--store`), derived from the
+/// shared nonce MAC key so that any replica checks an activation another one's `Challenge` issued.
+fn ek_path(a: &ServeArgs, rng: &dyn Randomness) -> Result<Option<EkPath>> {
+    if a.tpm_ek_ca.is_empty() {
+        return Ok(None);
+    }
+    let files = a
+        .tpm_ek_ca
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("reading --tpm-ek-ca {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let cas = sealroom_verifier::tpm::ek::parse_ek_cas(&files).context("--tpm-ek-ca")?;
+    let count = cas.len();
+    let ek = match &a.nonce_key {
+        Some(path) => EkPath::new(cas, &sealroom_broker::keystore::read_secret(path, "nonce MAC key")?)?,
+        None => EkPath::generate(cas, rng)?,
+    };
+    eprintln!("sealroom broker: TPM AKs trusted through EK certificates from {count} EK CA certificate(s)");
+    Ok(Some(ek))
 }
 
 /// The verifier as `serve` is configured: enrolled TPM AKs, TDX collateral (verified now, at the verification

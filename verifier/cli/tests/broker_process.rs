@@ -123,6 +123,7 @@ fn evidence(nonce: Nonce, tee: &sealroom_measurements::binding::TeePublicKey) ->
         nonce: nonce.0.to_vec(),
         evidence: Some(ev.into()),
         key_ids: vec!["provider-a/data".into()],
+        tpm_activation: None,
     }
 }
 
@@ -173,7 +174,7 @@ fn serves_challenge_release_and_admin_over_loopback() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut client = connect(&broker.addr).await.unwrap();
-        let ch = client.challenge(pb::ChallengeRequest {}).await.unwrap().into_inner();
+        let ch = client.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
         assert_eq!((ch.nonce.len(), ch.ttl_seconds), (32, 30));
         let (_, tee) = seal::derive_keypair(Kem::X25519HkdfSha256, b"grpc test tee key").unwrap();
         let nonce = Nonce::from_slice(&ch.nonce).unwrap();
@@ -192,7 +193,12 @@ fn serves_challenge_release_and_admin_over_loopback() {
         let replay = client.release(req).await.unwrap().into_inner();
         assert_eq!(replay.refusals[0].reason, "nonce: already used (replay)");
         let bad = client
-            .release(pb::ReleaseRequest { nonce: ch.nonce.clone(), evidence: None, key_ids: vec![] })
+            .release(pb::ReleaseRequest {
+                nonce: ch.nonce.clone(),
+                evidence: None,
+                key_ids: vec![],
+                tpm_activation: None,
+            })
             .await
             .unwrap_err();
         assert_eq!(bad.code(), tonic::Code::InvalidArgument);
@@ -254,7 +260,7 @@ fn kill_9_during_1000_releases_loses_no_acknowledged_decision() {
                     let mut c = client.clone();
                     let tee = tee.clone();
                     inflight.spawn(async move {
-                        let ch = c.challenge(pb::ChallengeRequest {}).await.ok()?.into_inner();
+                        let ch = c.challenge(pb::ChallengeRequest::default()).await.ok()?.into_inner();
                         let req = evidence(Nonce::from_slice(&ch.nonce).ok()?, &tee);
                         let digest = hex::encode(Sha256::digest(prost::Message::encode_to_vec(
                             req.evidence.as_ref().unwrap(),
@@ -444,7 +450,7 @@ fn release_tdx(addr: &str, quote: &[u8]) -> String {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut client = connect(addr).await.unwrap();
-        let ch = client.challenge(pb::ChallengeRequest {}).await.unwrap().into_inner();
+        let ch = client.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
         let nonce = Nonce::from_slice(&ch.nonce).unwrap();
         let ev = Evidence {
             nonce,
@@ -464,6 +470,7 @@ fn release_tdx(addr: &str, quote: &[u8]) -> String {
             nonce: nonce.0.to_vec(),
             evidence: Some(ev.into()),
             key_ids: vec!["provider-a/data".into()],
+            tpm_activation: None,
         };
         let resp = client.release(req).await.unwrap().into_inner();
         assert!(resp.keys.is_empty());
