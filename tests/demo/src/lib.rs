@@ -10,6 +10,8 @@ use std::path::Path;
 
 use sealroom_tests::oci_image::{Entry, ImageSettings, Layer, OciImage};
 
+pub mod plaintext;
+
 /// The key id the data provider registers.
 pub const KEY_ID: &str = "diabetes-2004";
 /// Where the dataset appears in the container (the spec's `inputs`).
@@ -26,6 +28,37 @@ pub const JOB_ARGS: [&str; 8] = [
     "/output",
     "--lambda",
     "1.0",
+];
+/// The multi-party scenario's key ids, one per hospital (also the names of their inputs).
+pub const HOSPITAL_KEYS: [&str; 2] = ["rows-a", "rows-b"];
+/// The joint training job's fixed arguments: each hospital's half with the key its broker releases.
+pub const JOINT_ARGS: [&str; 12] = [
+    "--input",
+    "/input/rows-a",
+    "--key",
+    "/run/sealroom/keys/rows-a",
+    "--input",
+    "/input/rows-b",
+    "--key",
+    "/run/sealroom/keys/rows-b",
+    "--output",
+    "/output",
+    "--lambda",
+    "1.0",
+];
+/// The private-inference scenario's key id: the model owner's coefficients, released as key material.
+pub const MODEL_KEY: &str = "ridge-model";
+/// The name of the user's sealed input (mounted at `/input/patient`).
+pub const PATIENT_INPUT: &str = "patient";
+/// The inference job's fixed arguments.
+pub const PREDICT_ARGS: [&str; 7] = [
+    "predict",
+    "--model",
+    "/run/sealroom/keys/ridge-model",
+    "--record",
+    "/input/patient",
+    "--output",
+    "/output",
 ];
 /// The features of the table the data provider holds (see `tests/demo/data/MANIFEST.md`).
 pub const FEATURES_GZ: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/diabetes_data_raw.csv.gz");
@@ -53,6 +86,21 @@ pub fn dataset() -> std::io::Result<Vec<u8>> {
         return Err(std::io::Error::other(format!("{} feature rows, {} targets", f.len(), t.len())));
     }
     Ok(f.iter().zip(&t).map(|(a, b)| format!("{} {}\n", a.trim(), b.trim())).collect::<String>().into_bytes())
+}
+
+/// The table cut into two halves of whole rows (the first `rows / 2` rows, then the rest): what each of two
+/// hospitals holds.
+#[must_use]
+pub fn halves(table: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let rows = table.iter().filter(|b| **b == b'\n').count();
+    let cut = table
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth((rows / 2).saturating_sub(1))
+        .map_or(0, |(i, _)| i + 1);
+    let (a, b) = table.split_at(cut);
+    (a.to_vec(), b.to_vec())
 }
 
 /// Fills `out` from the kernel's CSPRNG.
@@ -86,7 +134,13 @@ pub const JOB_ENV: &str = "PATH=/usr/bin";
 /// The measured argument list: the program, then [`JOB_ARGS`].
 #[must_use]
 pub fn job_argv() -> Vec<String> {
-    std::iter::once(JOB_PROGRAM).chain(JOB_ARGS).map(String::from).collect()
+    argv(&JOB_ARGS)
+}
+
+/// The measured argument list of a job image whose CMD is `args`.
+#[must_use]
+pub fn argv(args: &[&str]) -> Vec<String> {
+    std::iter::once(JOB_PROGRAM).chain(args.iter().copied()).map(String::from).collect()
 }
 
 /// The job image: the static job binary as its entrypoint with the fixed args as CMD; a launch policy that
@@ -95,6 +149,14 @@ pub fn job_argv() -> Vec<String> {
 /// # Errors
 /// When the binary cannot be read.
 pub fn job_image(job_binary: &Path, variant: Option<&str>) -> std::io::Result<OciImage> {
+    job_image_with(job_binary, variant, &JOB_ARGS)
+}
+
+/// The job image with `args` as its CMD (each scenario's job: train on one or several inputs, or predict).
+///
+/// # Errors
+/// When the binary cannot be read.
+pub fn job_image_with(job_binary: &Path, variant: Option<&str>, args: &[&str]) -> std::io::Result<OciImage> {
     let bin = std::fs::read(job_binary)?;
     let mut entries = vec![
         Entry::Dir("usr/"),
@@ -111,7 +173,7 @@ pub fn job_image(job_binary: &Path, variant: Option<&str>) -> std::io::Result<Oc
     Ok(OciImage::new(
         &ImageSettings {
             entrypoint: vec![JOB_PROGRAM.into()],
-            cmd: JOB_ARGS.iter().map(|s| (*s).to_owned()).collect(),
+            cmd: args.iter().map(|s| (*s).to_owned()).collect(),
             env: vec![JOB_ENV.into()],
             user: "1000:1000".into(),
             // The launch policy lets the operator redirect the job's stdout/stderr to the console (its one
@@ -133,12 +195,24 @@ pub fn policy(
     image_digest: &str,
     broker_key: Option<&str>,
 ) -> String {
+    policy_for(platforms, golden, image_digest, broker_key, &job_argv())
+}
+
+/// A provider's policy like [`policy`], for a job whose measured argument list is `argv`.
+#[must_use]
+pub fn policy_for(
+    platforms: &str,
+    golden: Option<(&str, &str)>,
+    image_digest: &str,
+    broker_key: Option<&str>,
+    argv: &[String],
+) -> String {
     let golden = match golden {
         Some((signer, doc)) => format!("{{ signers = [\"ed25519:{signer}\"], documents = [\"{doc}\"] }}"),
         None => "\"skip\"".into(),
     };
     let broker_keys = broker_key.map_or_else(|| "\"skip\"".to_owned(), |k| format!("[\"{k}\"]"));
-    let args: Vec<String> = job_argv().iter().map(|a| format!("{a:?}")).collect();
+    let args: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
     format!(
         "version = 2\nplatforms = [{platforms}]\ntcb_statuses = \"skip\"\nminimum_tcb = \"skip\"\n\
          debug = \"forbidden\"\ngolden = {golden}\nimage_digests = [\"{image_digest}\"]\nargs = [{}]\nenv = [\"{JOB_ENV}\"]\n\
@@ -176,4 +250,31 @@ pub fn build_job_binary() -> Result<std::path::PathBuf, String> {
         return Err(format!("building sealroom-demo-job failed: {status}"));
     }
     Ok(target.join("x86_64-unknown-linux-gnu/release/sealroom-demo-job"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_two_halves_are_the_table_cut_between_rows() {
+        let table = dataset().unwrap();
+        let (a, b) = halves(&table);
+        assert_eq!([a.as_slice(), b.as_slice()].concat(), table);
+        let rows = |t: &[u8]| t.iter().filter(|c| **c == b'\n').count();
+        assert_eq!((rows(&a), rows(&b)), (221, 221));
+        assert!(a.ends_with(b"\n") && !b.starts_with(b"\n"));
+        assert_eq!(halves(b"1\n2\n3\n"), (b"1\n".to_vec(), b"2\n3\n".to_vec()));
+        assert_eq!(halves(b""), (Vec::new(), Vec::new()));
+    }
+
+    #[test]
+    fn each_job_names_its_args_in_its_policy() {
+        let p = policy_for("\"tpm\"", None, "sha256:00", None, &argv(&PREDICT_ARGS));
+        assert!(p.contains(r#"args = ["/usr/bin/sealroom-demo-job", "predict", "--model""#), "{p}");
+        assert_eq!(
+            policy("\"tpm\"", None, "sha256:00", None),
+            policy_for("\"tpm\"", None, "sha256:00", None, &job_argv())
+        );
+    }
 }

@@ -185,19 +185,58 @@ pub fn split(x: &[[f64; 10]], y: &[f64]) -> (Rows, Rows) {
     (train, test)
 }
 
-/// The job: metrics and model as JSON documents (`metrics.json`, `model.json`).
+/// The value after the first `name` in `args`.
+///
+/// # Errors
+/// When `name` is missing or has no value.
+pub fn arg(args: &[String], name: &str) -> Result<String, String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .ok_or_else(|| format!("missing {name}"))
+}
+
+/// The values after every `name` in `args`, in order (several data providers: one `--input` and `--key` each).
+#[must_use]
+pub fn all(args: &[String], name: &str) -> Vec<String> {
+    args.iter().zip(args.iter().skip(1)).filter(|(a, _)| *a == name).map(|(_, v)| v.clone()).collect()
+}
+
+/// The job on one table: metrics and model as JSON documents (`metrics.json`, `model.json`).
 ///
 /// # Errors
 /// A malformed table or a failed fit.
 pub fn run(table: &str, lambda: f64) -> Result<(serde_json::Value, serde_json::Value), String> {
-    let (x, y) = parse_table(table)?;
+    run_parts(&[table.to_owned()], lambda)
+}
+
+/// The job on the parts of one table held by several providers (their rows in the order given, as if one
+/// table): metrics (with each part's row count) and model as JSON documents.
+///
+/// # Errors
+/// No part, a malformed part or a failed fit.
+pub fn run_parts(parts: &[String], lambda: f64) -> Result<(serde_json::Value, serde_json::Value), String> {
+    if parts.is_empty() {
+        return Err("no input".into());
+    }
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    let mut part_rows = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let (px, py) = parse_table(part).map_err(|e| format!("part {}: {e}", i + 1))?;
+        part_rows.push(py.len());
+        x.extend(px);
+        y.extend(py);
+    }
     let ((xt, yt), (xh, yh)) = split(&x, &y);
     let model = fit_ridge(&xt, &yt, lambda)?;
     let (r2_train, rmse_train) = score(&model, &xt, &yt);
     let (r2_test, rmse_test) = score(&model, &xh, &yh);
     let round = |v: f64| (v * 1e6).round() / 1e6;
     let metrics = serde_json::json!({
-        "dataset": "diabetes (Efron et al. 2004), 442 rows",
+        "dataset": format!("diabetes (Efron et al. 2004), {} rows", y.len()),
+        "parts": part_rows,
         "model": "ridge regression, standardised features, unpenalised intercept",
         "lambda": lambda,
         "rows": {"train": yt.len(), "test": yh.len()},
@@ -212,6 +251,72 @@ pub fn run(table: &str, lambda: f64) -> Result<(serde_json::Value, serde_json::V
         "coefficients": coefficients,
     });
     Ok((metrics, summary))
+}
+
+/// The largest model document and patient record the predict mode reads (a model is one key's material).
+pub const MAX_DOC_BYTES: usize = 4096;
+
+impl Model {
+    /// Reads a model document (`model.json` as the train mode writes it, any whitespace): `intercept` and
+    /// `coefficients` with exactly the ten [`FEATURES`].
+    ///
+    /// # Errors
+    /// Too long, not JSON, a missing, extra or non-numeric coefficient.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() > MAX_DOC_BYTES {
+            return Err(format!("model of {} bytes, at most {MAX_DOC_BYTES}", bytes.len()));
+        }
+        let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("model: {e}"))?;
+        let intercept =
+            doc.get("intercept").and_then(serde_json::Value::as_f64).ok_or("model: no intercept")?;
+        let c =
+            doc.get("coefficients").and_then(serde_json::Value::as_object).ok_or("model: no coefficients")?;
+        if c.len() != FEATURES.len() {
+            return Err(format!("model: {} coefficients, expected {}", c.len(), FEATURES.len()));
+        }
+        let mut coef = [0.0f64; 10];
+        for (slot, name) in coef.iter_mut().zip(FEATURES) {
+            *slot = c
+                .get(name)
+                .and_then(serde_json::Value::as_f64)
+                .ok_or(format!("model: no coefficient {name}"))?;
+        }
+        Ok(Self { intercept, coef })
+    }
+}
+
+/// Parses one patient record: the ten features of a table row (a target, if present, is refused: the user
+/// does not know it).
+///
+/// # Errors
+/// Too long, not one line of exactly ten numbers.
+pub fn parse_record(bytes: &[u8]) -> Result<[f64; 10], String> {
+    if bytes.len() > MAX_DOC_BYTES {
+        return Err(format!("record of {} bytes, at most {MAX_DOC_BYTES}", bytes.len()));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "record: not text")?.trim();
+    if text.lines().count() != 1 {
+        return Err("record: expected one line".into());
+    }
+    let v: Vec<f64> = text
+        .split_ascii_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("record: {e}"))?;
+    v.as_slice().try_into().map_err(|_| format!("record: {} fields, expected 10", v.len()))
+}
+
+/// The predict mode: `model` (a model document) applied to `record`; the prediction document.
+///
+/// # Errors
+/// A malformed model or record.
+pub fn predict(model: &[u8], record: &[u8]) -> Result<serde_json::Value, String> {
+    let m = Model::from_json(model)?;
+    let r = parse_record(record)?;
+    Ok(serde_json::json!({
+        "target": "disease progression one year after baseline",
+        "prediction": (m.predict(&r) * 1e3).round() / 1e3,
+    }))
 }
 
 #[cfg(test)]
@@ -252,6 +357,62 @@ mod tests {
         let r2 = metrics["test"]["r2"].as_f64().unwrap();
         assert!(r2 > 0.3 && r2 < 0.7, "{r2}");
         assert_eq!(model["coefficients"].as_object().unwrap().len(), 10);
+    }
+
+    #[test]
+    fn two_parts_train_the_same_model_as_the_whole_table() {
+        let t = table();
+        let lines: Vec<&str> = t.lines().collect();
+        let (a, b) = lines.split_at(221);
+        let parts = [a.join("\n"), b.join("\n")];
+        let (m2, model2) = run_parts(&parts, 1.0).unwrap();
+        let (m1, model1) = run(&t, 1.0).unwrap();
+        assert_eq!(m2["parts"], serde_json::json!([221, 221]));
+        assert_eq!(m2["rows"], m1["rows"]);
+        assert_eq!(m2["test"], m1["test"]);
+        assert_eq!(model2, model1);
+        // One part alone is another model (fewer rows).
+        let (m_a, _) = run_parts(&parts[..1], 1.0).unwrap();
+        assert_ne!(m_a["rows"], m1["rows"]);
+        assert!(run_parts(&[], 1.0).unwrap_err().contains("no input"));
+        assert!(run_parts(&[a.join("\n"), "1 2 3".into()], 1.0).unwrap_err().starts_with("part 2: "));
+    }
+
+    #[test]
+    fn every_input_needs_its_own_key_argument() {
+        let args: Vec<String> =
+            ["--input", "/a", "--key", "/ka", "--input", "/b", "--key", "/kb", "--output", "/o"]
+                .map(String::from)
+                .into();
+        assert_eq!(all(&args, "--input"), ["/a", "/b"]);
+        assert_eq!(all(&args, "--key"), ["/ka", "/kb"]);
+        assert_eq!(arg(&args, "--output").unwrap(), "/o");
+        assert!(arg(&args, "--lambda").unwrap_err().contains("missing --lambda"));
+    }
+
+    #[test]
+    fn predict_applies_the_trained_model_to_one_record() {
+        let t = table();
+        let (_, model) = run(&t, 1.0).unwrap();
+        let model_bytes = serde_json::to_vec(&model).unwrap();
+        // The last row (a held-out one), without its target.
+        let row = t.lines().last().unwrap();
+        let (features, _) = row.rsplit_once(' ').unwrap();
+        let doc = predict(&model_bytes, features.as_bytes()).unwrap();
+        let m = Model::from_json(&model_bytes).unwrap();
+        let expected = m.predict(&parse_record(features.as_bytes()).unwrap());
+        let got = doc["prediction"].as_f64().unwrap();
+        assert!((got - expected).abs() < 1e-3, "{got} vs {expected}");
+        assert!(got > 25.0 && got < 346.0, "outside the target's range: {got}");
+        // The record with its target is not a record; nor are two lines, or a model missing a feature.
+        assert!(predict(&model_bytes, row.as_bytes()).unwrap_err().contains("11 fields, expected 10"));
+        assert!(parse_record(format!("{features}\n{features}").as_bytes()).unwrap_err().contains("one line"));
+        let mut short = model.clone();
+        short["coefficients"].as_object_mut().unwrap().remove("bmi");
+        assert!(
+            Model::from_json(&serde_json::to_vec(&short).unwrap()).unwrap_err().contains("9 coefficients")
+        );
+        assert!(Model::from_json(&vec![b' '; MAX_DOC_BYTES + 1]).unwrap_err().contains("at most"));
     }
 
     #[test]

@@ -1,17 +1,22 @@
-//! `sealroom-demo-job --input FILE --key FILE --output DIR [--lambda X]`: the research job of the seed demo.
+//! The demo's research job (`sealroom-demo-job`), in two modes:
+//!
+//! - train (the default): `--input FILE --key FILE [--input FILE --key FILE …] --output DIR [--lambda X]`:
+//!   opens each sealed part with its own key (the n-th `--key` opens the n-th `--input`: one data provider
+//!   each), trains the ridge model on all their rows, writes `metrics.json` and `model.json`;
+//! - `predict --model FILE --record FILE --output DIR`: the model (coefficients JSON, the model owner's key
+//!   material) applied to one patient record; writes `prediction.json` and prints no value (its stdout goes to
+//!   the console, which the operator reads).
 use std::path::PathBuf;
 
-fn arg(args: &[String], name: &str) -> Result<String, String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .ok_or_else(|| format!("missing {name}"))
-}
+use sealroom_demo_job::{all, arg};
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    let r = match args.first().map(String::as_str) {
+        Some("predict") => predict(args.get(1..).unwrap_or_default()),
+        _ => train(&args),
+    };
+    match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sealroom-demo-job: {e}");
@@ -20,28 +25,52 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(args: &[String]) -> Result<(), String> {
-    let input = PathBuf::from(arg(args, "--input")?);
-    let key_path = PathBuf::from(arg(args, "--key")?);
+fn read(path: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{path}: {e}"))
+}
+
+fn write_json(dir: &std::path::Path, name: &str, doc: &serde_json::Value) -> Result<(), String> {
+    let p = dir.join(name);
+    let text = serde_json::to_string_pretty(doc).map_err(|e| e.to_string())? + "\n";
+    std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+fn train(args: &[String]) -> Result<(), String> {
+    let inputs = all(args, "--input");
+    let keys = all(args, "--key");
+    if inputs.is_empty() || inputs.len() != keys.len() {
+        return Err(format!("{} --input and {} --key: give one key per input", inputs.len(), keys.len()));
+    }
     let output = PathBuf::from(arg(args, "--output")?);
     let lambda: f64 =
         arg(args, "--lambda").map_or(Ok(1.0), |s| s.parse().map_err(|e| format!("--lambda: {e}")))?;
-    let sealed = std::fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
-    let key = std::fs::read(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?;
-    let plain = sealroom_demo_job::open_dataset(&sealed, &key)?;
-    let table = String::from_utf8(plain).map_err(|_| "the dataset is not text")?;
-    let (metrics, model) = sealroom_demo_job::run(&table, lambda)?;
-    for (name, doc) in [("metrics.json", &metrics), ("model.json", &model)] {
-        let p = output.join(name);
-        let text = serde_json::to_string_pretty(doc).map_err(|e| e.to_string())? + "\n";
-        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut parts = Vec::new();
+    for (input, key) in inputs.iter().zip(&keys) {
+        let plain = sealroom_demo_job::open_dataset(&read(input)?, &read(key)?)
+            .map_err(|e| format!("{input}: {e}"))?;
+        parts.push(String::from_utf8(plain).map_err(|_| format!("{input}: the dataset is not text"))?);
     }
+    let (metrics, model) = sealroom_demo_job::run_parts(&parts, lambda)?;
+    write_json(&output, "metrics.json", &metrics)?;
+    write_json(&output, "model.json", &model)?;
     let get = |p: &str| metrics.pointer(p).cloned().unwrap_or_default();
     println!(
-        "trained on {} rows: test R² {}, RMSE {}",
+        "trained on {} rows from {} part(s): test R² {}, RMSE {}",
         get("/rows/train"),
+        parts.len(),
         get("/test/r2"),
         get("/test/rmse")
     );
+    Ok(())
+}
+
+fn predict(args: &[String]) -> Result<(), String> {
+    let model = read(&arg(args, "--model")?)?;
+    let record = read(&arg(args, "--record")?)?;
+    let output = PathBuf::from(arg(args, "--output")?);
+    let doc = sealroom_demo_job::predict(&model, &record)?;
+    write_json(&output, "prediction.json", &doc)?;
+    // Neither the record nor the value: the console is the operator's.
+    println!("prediction written to {}", output.join("prediction.json").display());
     Ok(())
 }
