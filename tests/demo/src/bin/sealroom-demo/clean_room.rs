@@ -220,7 +220,8 @@ fn modified_run(s: &Shared, p: &Prepared) -> Result<String> {
     let console_reason = step("VM: measure the job and ask for the key (expected: refused)", || {
         let line = vm.until_refused()?;
         let expected = format!(
-            "broker refused key {KEY_ID}: policy.image_digests: workload image digest {} not allowed",
+            // "broker refused key …" (one broker) or "provider broker (KID) refused key …" (issue 15's form).
+            "refused key {KEY_ID}: policy.image_digests: workload image digest {} not allowed",
             p.modified_digest
         );
         ensure!(line.contains(&expected), "refused, but not for the policy reason: {line}");
