@@ -210,6 +210,10 @@ fn inference_run(s: &Shared, p: &Prepared) -> Result<f64> {
                 result.as_os_str(),
                 "--broker-key".as_ref(),
                 jwk.as_os_str(),
+                "--golden".as_ref(),
+                s.image.golden.as_os_str(),
+                "--golden-key".as_ref(),
+                s.image.golden_key_hex.as_ref(),
                 "--out".as_ref(),
                 opened.as_os_str(),
             ])?;
