@@ -58,6 +58,15 @@ pub enum Error {
         /// Its target and the OS error, in one line.
         reason: String,
     },
+    /// A sealed input was refused (`Attestation.SubmitInput`); `late` when no workload waits for sealed inputs
+    /// (none yet, or the launch separator was measured), otherwise the envelope itself was refused.
+    #[error("sealed input: {reason}")]
+    SealedInput {
+        /// Whether it arrived when none is accepted (FAILED_PRECONDITION rather than INVALID_ARGUMENT).
+        late: bool,
+        /// One line saying why.
+        reason: String,
+    },
     /// The workload could not be specified, fetched, verified, admitted by its launch policy, unpacked, run or
     /// measured; `stage` names the step ("spec", "fetch", "launch policy", "unpack", "runtime", "output", …).
     #[error("workload {stage}: {reason}")]

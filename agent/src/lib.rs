@@ -7,6 +7,7 @@ pub mod error;
 pub mod paths;
 pub mod pid1;
 pub mod runtime;
+pub mod sealed_inbox;
 pub mod server;
 pub mod service;
 pub mod sys;

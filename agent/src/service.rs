@@ -16,6 +16,11 @@ pub const MAX_ENCRYPTED_SECRET_LEN: usize = 512;
 /// Longest `tee_public_key` a request may carry (a P-521 point; larger is refused before any comparison).
 pub const MAX_TEE_KEY_LEN: usize = 133;
 
+/// Largest `SubmitInput` envelope: the largest sealed plaintext plus header (8 + 1 + 64 + 3 × 32), length and
+/// tag (attestation.proto).
+pub const MAX_SEALED_ENVELOPE_LEN: usize =
+    sealroom_measurements::sealed::MAX_INPUT_BYTES + 8 + 1 + 64 + 96 + 4 + 16;
+
 /// The service implementation.
 #[derive(Debug, Clone)]
 pub struct AttestationService {
@@ -35,7 +40,8 @@ impl AttestationService {
 pub fn status_of(e: &Error) -> Status {
     let msg = e.to_string();
     match e {
-        Error::Request(_) => Status::invalid_argument(msg),
+        Error::Request(_) | Error::SealedInput { late: false, .. } => Status::invalid_argument(msg),
+        Error::SealedInput { late: true, .. } => Status::failed_precondition(msg),
         Error::Platform(_) | Error::RuntimeLog(_) => Status::failed_precondition(msg),
         Error::Busy(_) => Status::resource_exhausted(msg),
         Error::Timeout(_) => Status::deadline_exceeded(msg),
@@ -147,5 +153,30 @@ impl pb::attestation_server::Attestation for AttestationService {
             Err(e @ Error::Attester { .. }) => Err(Status::invalid_argument(e.to_string())),
             Err(e) => Err(status_of(&e)),
         }
+    }
+
+    async fn submit_input(
+        &self,
+        request: Request<pb::SubmitInputRequest>,
+    ) -> Result<Response<pb::SubmitInputResponse>, Status> {
+        let req = request.into_inner();
+        sealroom_measurements::sealed::check_name(&req.name)
+            .map_err(|e| Status::invalid_argument(format!("request: {e}")))?;
+        if req.sealed.len() > MAX_SEALED_ENVELOPE_LEN {
+            return Err(Status::invalid_argument(format!(
+                "request: sealed is {} bytes, limit {MAX_SEALED_ENVELOPE_LEN}",
+                req.sealed.len()
+            )));
+        }
+        let inbox = self.handle.sealed_inbox();
+        let record = inbox
+            .submit(&req.name, &req.sealed, self.handle.key(), &self.handle)
+            .await
+            .map_err(|e| status_of(&e))?;
+        let digest = match &record.event {
+            sealroom_measurements::cel::RuntimeEvent::SealedInput { digest, .. } => digest.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::SubmitInputResponse { digest, recnum: record.recnum }))
     }
 }

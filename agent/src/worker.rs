@@ -82,6 +82,7 @@ pub struct AttestationHandle {
     key: Arc<TeeKey>,
     info: Arc<PlatformInfo>,
     runtime_log: Arc<RwLock<(Vec<u8>, LogState)>>,
+    sealed: Arc<crate::sealed_inbox::SealedInbox>,
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -265,6 +266,7 @@ impl AttestationHandle {
             key,
             info: Arc::new(info),
             runtime_log,
+            sealed: Arc::new(crate::sealed_inbox::SealedInbox::new()),
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
         })
     }
@@ -289,6 +291,12 @@ impl AttestationHandle {
     #[must_use]
     pub fn key(&self) -> &TeeKey {
         &self.key
+    }
+
+    /// The inbox of sealed inputs (`SubmitInput`) this agent's workload waits for before launch.
+    #[must_use]
+    pub fn sealed_inbox(&self) -> &crate::sealed_inbox::SealedInbox {
+        &self.sealed
     }
 
     /// The encoded runtime log and its state, without queueing.

@@ -65,6 +65,21 @@ pub enum RuntimeEvent {
     /// The agent accepts key releases and receipts only when signed by this key, so a data provider's policy can
     /// require that the VM trusts the provider's own broker (a pre-launch event).
     BrokerKey(String),
+    /// Where the workload's output goes: the spec's `seal_output_to`, `input:<name>` (the reply key that came
+    /// with that sealed input) or `x25519:<hex>`. The agent then seals the output archive to that key before it
+    /// leaves the VM. A pre-launch event, measured before the agent waits for sealed inputs, so their senders
+    /// see it in the evidence they verify.
+    SealedOutputTo(String),
+    /// A sealed input the agent opened before launch (`Attestation.SubmitInput`), mounted read-only at
+    /// `/input/<name>`. A pre-launch event: sealed inputs are accepted only before the launch separator.
+    SealedInput {
+        /// The input's name.
+        name: String,
+        /// The plaintext's digest (`sha256:…`).
+        digest: String,
+        /// The sender's reply key (`x25519:<hex>`).
+        reply_key: String,
+    },
     /// End of launch measurements: the workload starts after this event.
     LaunchSeparator,
     /// Post-launch: a data key was released to the workload.
@@ -104,6 +119,8 @@ mod event_type {
     pub const LAUNCH_POLICY: u8 = 0x07;
     pub const LAUNCH_SEPARATOR: u8 = 0x08;
     pub const BROKER_KEY: u8 = 0x09;
+    pub const SEALED_OUTPUT_TO: u8 = 0x0a;
+    pub const SEALED_INPUT: u8 = 0x0b;
     /// Types at or above this value are post-launch.
     pub const FIRST_POST_LAUNCH: u8 = 0x80;
     pub const KEY_RELEASE: u8 = 0x80;
@@ -131,6 +148,8 @@ impl RuntimeEvent {
             Self::LaunchPolicy(_) => t::LAUNCH_POLICY,
             Self::LaunchSeparator => t::LAUNCH_SEPARATOR,
             Self::BrokerKey(_) => t::BROKER_KEY,
+            Self::SealedOutputTo(_) => t::SEALED_OUTPUT_TO,
+            Self::SealedInput { .. } => t::SEALED_INPUT,
             Self::KeyRelease { .. } => t::KEY_RELEASE,
             Self::Output { .. } => t::OUTPUT,
         }
@@ -148,6 +167,8 @@ impl RuntimeEvent {
             Self::Mount(_) => "mount",
             Self::LaunchPolicy(_) => "launch_policy",
             Self::BrokerKey(_) => "broker_key",
+            Self::SealedOutputTo(_) => "sealed_output_to",
+            Self::SealedInput { .. } => "sealed_input",
             Self::LaunchSeparator => "launch_separator",
             Self::KeyRelease { .. } => "key_release",
             Self::Output { .. } => "output",
@@ -169,12 +190,18 @@ impl RuntimeEvent {
             | Self::Arg(s)
             | Self::Env(s)
             | Self::LaunchPolicy(s)
-            | Self::BrokerKey(s) => out.extend_from_slice(s.as_bytes()),
+            | Self::BrokerKey(s)
+            | Self::SealedOutputTo(s) => out.extend_from_slice(s.as_bytes()),
             Self::Mount(m) => {
                 put_tlv(&mut out, FIELD_0, m.destination.as_bytes());
                 put_tlv(&mut out, FIELD_1, m.source.as_bytes());
                 put_tlv(&mut out, FIELD_2, m.fs_type.as_bytes());
                 put_tlv(&mut out, FIELD_3, m.options.as_bytes());
+            }
+            Self::SealedInput { name, digest, reply_key } => {
+                put_tlv(&mut out, FIELD_0, name.as_bytes());
+                put_tlv(&mut out, FIELD_1, digest.as_bytes());
+                put_tlv(&mut out, FIELD_2, reply_key.as_bytes());
             }
             Self::LaunchSeparator => {}
             Self::KeyRelease { key_id } => put_tlv(&mut out, FIELD_0, key_id.as_bytes()),
@@ -229,6 +256,12 @@ impl RuntimeEvent {
             t::ENV => Self::Env(utf8(v.rest(), "env")?),
             t::LAUNCH_POLICY => Self::LaunchPolicy(utf8(v.rest(), "launch policy")?),
             t::BROKER_KEY => Self::BrokerKey(utf8(v.rest(), "broker key")?),
+            t::SEALED_OUTPUT_TO => Self::SealedOutputTo(utf8(v.rest(), "sealed output to")?),
+            t::SEALED_INPUT => Self::SealedInput {
+                name: field(v, FIELD_0, "sealed input name")?,
+                digest: field(v, FIELD_1, "sealed input digest")?,
+                reply_key: field(v, FIELD_2, "sealed input reply key")?,
+            },
             t::MOUNT => Self::Mount(Mount {
                 destination: field(v, FIELD_0, "mount destination")?,
                 source: field(v, FIELD_1, "mount source")?,
@@ -261,7 +294,11 @@ impl fmt::Display for RuntimeEvent {
             | Self::Arg(s)
             | Self::Env(s)
             | Self::LaunchPolicy(s)
-            | Self::BrokerKey(s) => write!(f, "{} {s:?}", self.name()),
+            | Self::BrokerKey(s)
+            | Self::SealedOutputTo(s) => write!(f, "{} {s:?}", self.name()),
+            Self::SealedInput { name, digest, reply_key } => {
+                write!(f, "sealed_input {name:?} {digest} reply to {reply_key}")
+            }
             Self::Mount(m) => {
                 write!(
                     f,
@@ -669,7 +706,13 @@ mod tests {
                 fs_type: "ext4".into(),
                 options: "ro,nosuid".into(),
             }),
+            RuntimeEvent::SealedOutputTo("input:patient".into()),
             RuntimeEvent::LaunchPolicy("allow_env_override=[]".into()),
+            RuntimeEvent::SealedInput {
+                name: "patient".into(),
+                digest: "sha256:dd".into(),
+                reply_key: "x25519:ee".into(),
+            },
             RuntimeEvent::LaunchSeparator,
             RuntimeEvent::KeyRelease { key_id: "dataset-1".into() },
             RuntimeEvent::Output { name: "result.csv".into(), digest: "sha256:cc".into() },
@@ -691,7 +734,7 @@ mod tests {
         let decoded = CelLog::decode(&bytes).unwrap();
         assert_eq!(decoded, log.records());
         assert_eq!(encode_records(&decoded), bytes);
-        assert_eq!(decoded.len(), 11);
+        assert_eq!(decoded.len(), 13);
         assert!(decoded.iter().all(|r| r.digests.len() == 3));
     }
 
@@ -821,7 +864,7 @@ mod tests {
                 Err(e) => assert!(!e.to_string().is_empty()),
             }
         }
-        assert_eq!(boundaries, 11); // the empty prefix and the 10 proper record-boundary prefixes
+        assert_eq!(boundaries, 13); // the empty prefix and the 12 proper record-boundary prefixes
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::evidence::HashAlg;
 use crate::pe::PeImage;
 use crate::tcg2::Tcg2Log;
 use crate::uki::{BootContext, predict};
-use crate::{disk, golden};
+use crate::{disk, golden, sealed};
 
 /// Runtime CEL log: decode, replay; an accepted log must re-encode to a log that decodes to the same records
 /// (byte equality only up to digest order, which decoders accept in any order).
@@ -77,6 +77,22 @@ pub fn golden_document(data: &[u8]) {
     let _ = serde_json::from_slice::<golden::GoldenDocument>(data);
 }
 
+/// Sealed input and sealed output envelopes and the output archive (`crate::sealed`): an accepted one
+/// re-encodes to the same bytes (one encoding per value), and an archive's digest is computable.
+pub fn sealed_envelopes(data: &[u8]) {
+    if let Ok(s) = sealed::SealedInput::parse(data) {
+        assert_eq!(s.encode(), data, "accepted sealed input is not canonical");
+        let _ = (s.info(), sealed::check_name(&s.name));
+    }
+    if let Ok(s) = sealed::SealedOutput::parse(data) {
+        assert_eq!(s.encode(), data, "accepted sealed output is not canonical");
+    }
+    if let Ok(a) = sealed::Archive::parse(data) {
+        assert_eq!(a.encode(), data, "accepted archive is not canonical");
+        let _ = a.digest();
+    }
+}
+
 /// A fuzz entry point.
 pub type Target = fn(&[u8]);
 
@@ -88,4 +104,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pe_uki", pe_uki),
     ("disk_image", disk_image),
     ("golden_document", golden_document),
+    ("sealed_envelopes", sealed_envelopes),
 ];

@@ -17,6 +17,7 @@ pub mod golden;
 pub mod output;
 pub mod pe;
 pub mod reader;
+pub mod sealed;
 pub mod tcg2;
 pub mod uki;
 

@@ -75,6 +75,7 @@ corpus!(ccel);
 corpus!(pe_uki);
 corpus!(disk_image);
 corpus!(golden_document);
+corpus!(sealed_envelopes);
 
 #[test]
 fn every_target_is_wired_into_fuzz() {
@@ -112,4 +113,30 @@ fn small_disk_seed_holds_a_boot_file() {
     let boot = sealroom_measurements::disk::find_uki(&data).unwrap();
     assert_eq!(boot.fat_kind, "FAT12");
     assert!(boot.uki.starts_with(b"MZ"));
+}
+
+#[test]
+fn hand_made_sealed_seeds_mean_what_they_say() {
+    use sealroom_measurements::sealed::{Archive, SealedInput, SealedOutput};
+    // Written by an independent encoder (Python, see the commit).
+    for (path, data) in seeds("sealed_envelopes") {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let accepted = [
+            SealedInput::parse(&data).is_ok(),
+            SealedOutput::parse(&data).is_ok(),
+            Archive::parse(&data).is_ok(),
+        ];
+        let want = usize::from(name.starts_with("valid-"));
+        assert_eq!(accepted.iter().filter(|a| **a).count(), want, "{name}: {accepted:?}");
+    }
+    let a =
+        Archive::parse(&std::fs::read(fuzz_dir().join("corpus/sealed_envelopes/valid-archive.bin")).unwrap())
+            .unwrap();
+    assert_eq!(a.files.len(), 2);
+    let err = Archive::parse(
+        &std::fs::read(fuzz_dir().join("corpus/sealed_envelopes/invalid-archive-escape.bin")).unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not a plain relative path"), "{err}");
 }

@@ -8,7 +8,8 @@
 //!    measured or run;
 //! 3. measure, in order (Confidential Space's order): image reference, manifest digest, config digest, each
 //!    arg, each env var, each mount, the broker key the workload trusts (when it has a broker), the launch
-//!    policy, then the launch separator ([`launch_events`]) into
+//!    policy (with `seal_output_to`, a `sealed_output_to` event before it), then — once every sealed input
+//!    the spec names arrived through `SubmitInput` and was measured ([`sealed`]) — the launch separator ([`launch_events`]) into
 //!    PCR 15 + RTMR3 + the runtime CEL log; a failed measurement stops the launch;
 //! 4. unpack the layers into the root ([`rootfs`]);
 //! 5. only now, request the data keys from the broker (the evidence shows the measured workload) and write
@@ -29,6 +30,7 @@ pub mod policy;
 pub mod receipt;
 pub mod rootfs;
 pub mod runner;
+pub mod sealed;
 pub mod seccomp;
 pub mod spec;
 pub mod vm;
@@ -66,11 +68,20 @@ macro_rules! say {
 pub trait Measurer {
     /// Measures one event; the launch stops if it fails.
     fn measure(&self, event: RuntimeEvent) -> impl Future<Output = Result<CelRecord>> + Send;
+
+    /// The inbox sealed inputs arrive in (`Attestation.SubmitInput`), when this measurer is an agent serving it.
+    fn sealed_inbox(&self) -> Option<&crate::sealed_inbox::SealedInbox> {
+        None
+    }
 }
 
 impl Measurer for AttestationHandle {
     fn measure(&self, event: RuntimeEvent) -> impl Future<Output = Result<CelRecord>> + Send {
         AttestationHandle::measure(self, event)
+    }
+
+    fn sealed_inbox(&self) -> Option<&crate::sealed_inbox::SealedInbox> {
+        Some(AttestationHandle::sealed_inbox(self))
     }
 }
 
@@ -163,6 +174,9 @@ pub fn launch_events(
     if let Some(broker) = &spec.broker {
         events.push(RuntimeEvent::BrokerKey(broker.key_id.clone()));
     }
+    if let Some(to) = &spec.sealed.output_to {
+        events.push(RuntimeEvent::SealedOutputTo(to.text()));
+    }
     events.push(RuntimeEvent::LaunchPolicy(policy.canonical_text(spec)));
     events.push(RuntimeEvent::LaunchSeparator);
     events
@@ -191,7 +205,11 @@ pub async fn prepare<M: Measurer>(
     policy.check(spec)?;
     let mut plan = bundle::plan(spec, &image, &cfg.keys_dir, &cfg.output_dir)?;
     plan.mounts.extend(inputs::mounts(&spec.inputs, &cfg.work_dir));
+    plan.mounts.extend(sealed::mounts(&spec.sealed, &cfg.work_dir));
     for event in launch_events(spec, &image, &plan, &policy) {
+        if event == RuntimeEvent::LaunchSeparator {
+            sealed::before_separator(&spec.sealed, &cfg.work_dir, measurer).await?;
+        }
         let rec = measurer.measure(event).await?;
         say!("measured record {}: {}", rec.recnum, rec.event);
     }
@@ -241,6 +259,7 @@ async fn run_inner<M: Measurer, K: KeyProvider>(
             .map_err(|e| Error::workload("bundle", format!("{}: {e}", dir.display())))?;
     }
     inputs::copy_all(&spec.inputs, &cfg.work_dir, uid, gid)?;
+    sealed::chown_all(&spec.sealed, &cfg.work_dir, uid, gid)?;
     if let (false, Some(broker)) = (spec.key_ids.is_empty(), &spec.broker) {
         let released = keys.release(broker, &spec.key_ids).await?;
         for (id, secret) in released {
@@ -287,6 +306,9 @@ async fn run_inner<M: Measurer, K: KeyProvider>(
         ));
     }
 
+    if spec.sealed.output_to.is_some() {
+        sealed::write_salt(&cfg.output_dir)?;
+    }
     let out_dir = cfg.output_dir.clone();
     let (digest, listing) =
         tokio::task::spawn_blocking(move || sealroom_measurements::output::digest_dir(&out_dir))

@@ -4,7 +4,8 @@
 //!
 //! The result directory the operator collects ([`write_result`]):
 //! ```text
-//! output/          the workload's files, exactly as measured
+//! output/          the workload's files, exactly as measured (with `seal_output_to`: `output.sealed` instead of
+//!                  output/ and output.sha256, see super::sealed)
 //! output.sha256    the listing the output digest covers (`sha256sum` format, sorted by path bytes;
 //!                  sealroom_measurements::output): sha256(output.sha256) is the output digest
 //! receipt.jwt      the broker's receipt (compact JWS, ES256)
@@ -131,11 +132,21 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// I/O failures.
 pub fn write_result(dir: &Path, output_dir: &Path, listing: &str, receipt: Option<&Receipt>) -> Result<()> {
     copy_tree(output_dir, &dir.join(names::OUTPUT_DIR))?;
+    let p = dir.join(names::LISTING);
+    std::fs::write(&p, listing.as_bytes()).map_err(|e| io(&p, &e))?;
+    write_receipt(dir, receipt)
+}
+
+/// Writes the receipt and its evidence (when there is a receipt) into the result directory `dir`.
+///
+/// # Errors
+/// I/O failures.
+pub fn write_receipt(dir: &Path, receipt: Option<&Receipt>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, &e))?;
     let write = |name: &str, bytes: &[u8]| {
         let p = dir.join(name);
         std::fs::write(&p, bytes).map_err(|e| io(&p, &e))
     };
-    write(names::LISTING, listing.as_bytes())?;
     if let Some(r) = receipt {
         write(names::RECEIPT, r.token.as_bytes())?;
         write(names::EVIDENCE, &r.evidence)?;
@@ -215,7 +226,14 @@ pub async fn finish_in_vm(
         }
     };
     let dir = cfg.work_dir.join("result");
-    if let Err(e) = write_result(&dir, &cfg.output_dir, &outcome.output_listing, receipt.as_ref()) {
+    let written = match &spec.sealed.output_to {
+        // The output leaves sealed to the reply key: the result holds only its ciphertext.
+        Some(to) => {
+            super::sealed::write_sealed_result(handle, to, &dir, cfg, outcome, receipt.as_ref()).await
+        }
+        None => write_result(&dir, &cfg.output_dir, &outcome.output_listing, receipt.as_ref()),
+    };
+    if let Err(e) = written {
         return say(format_args!("FAILED: {e}"));
     }
     match super::inputs::resolve(&format!("serial:{OUTPUT_DISK_SERIAL}"), Path::new("/sys/block")) {

@@ -30,6 +30,8 @@
 //! kernel's OOM killer and reported as such, and the agent keeps serving. Absent: the VM's memory less
 //! [`super::bundle::AGENT_MEMORY_RESERVE`] for the agent and the kernel. Like `on_exit` it decides how much may
 //! run, not what runs, so it is not measured.
+//! `sealed_inputs`, `sealed_input_timeout_secs` and `seal_output_to` (JSON only): sealed inputs the launch waits
+//! for before the separator and the reply key the output is sealed to ([`super::sealed`]).
 //! `inputs` names files or disks copied in and mounted read-only at `/input/<name>` ([`super::inputs`]).
 //! `on_exit` says what the VM does once the workload has ended and its output is measured: `serve` (the
 //! default: keep answering attestation calls) or `poweroff`. It does not change what runs, so it is not measured.
@@ -240,6 +242,8 @@ pub struct WorkloadSpec {
     pub inputs: std::collections::BTreeMap<String, String>,
     /// The container's memory limit in bytes (`None`: the default of [`super::bundle::memory_limit`]).
     pub memory_limit: Option<u64>,
+    /// Sealed inputs the launch waits for and where the output is sealed to ([`super::sealed`]).
+    pub sealed: super::sealed::SealedSpec,
 }
 
 /// The key broker a workload trusts.
@@ -283,6 +287,12 @@ struct SpecDocument {
     inputs: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     memory_limit: Option<u64>,
+    #[serde(default)]
+    sealed_inputs: std::collections::BTreeMap<String, super::sealed::SealedInputDocument>,
+    #[serde(default)]
+    sealed_input_timeout_secs: Option<u64>,
+    #[serde(default)]
+    seal_output_to: Option<String>,
 }
 
 fn check_item(what: &str, s: &str) -> Result<()> {
@@ -423,6 +433,12 @@ impl WorkloadSpec {
         }
         let on_exit = doc.on_exit.as_deref().map(OnExit::parse).transpose()?.unwrap_or_default();
         super::inputs::check(&doc.inputs)?;
+        let sealed = super::sealed::SealedSpec::build(
+            doc.sealed_inputs,
+            doc.sealed_input_timeout_secs,
+            doc.seal_output_to,
+            &doc.inputs,
+        )?;
         if let Some(m) = doc.memory_limit.filter(|m| !(MIN_MEMORY_LIMIT..=MAX_MEMORY_LIMIT).contains(m)) {
             return Err(err(format!(
                 "memory_limit: {m} bytes, expected {MIN_MEMORY_LIMIT}..={MAX_MEMORY_LIMIT}"
@@ -442,6 +458,7 @@ impl WorkloadSpec {
             on_exit,
             inputs: doc.inputs,
             memory_limit: doc.memory_limit,
+            sealed,
         })
     }
 
@@ -483,6 +500,9 @@ impl WorkloadSpec {
             on_exit: None,
             inputs: std::collections::BTreeMap::new(),
             memory_limit: None,
+            sealed_inputs: std::collections::BTreeMap::new(),
+            sealed_input_timeout_secs: None,
+            seal_output_to: None,
         };
         let mut any = false;
         let mut image = None;

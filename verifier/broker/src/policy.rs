@@ -399,6 +399,42 @@ fn launch_events(events: &[RuntimeEvent]) -> std::result::Result<&[RuntimeEvent]
     Ok(launch)
 }
 
+/// The launch state a verdict is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LaunchStage {
+    /// The workload was launched: the log holds the separator (key releases, receipts).
+    Launched,
+    /// The workload is measured and waits for its sealed inputs (`sealroom seal`): every launch event up to the
+    /// launch policy, then only `sealed_input` events, and no separator. Image, arguments, environment, mounts,
+    /// broker keys, `sealed_output_to` and the launch policy are all measured in that state, so the rules judge
+    /// exactly what will run; the agent opens a sealed input only before it measures the separator.
+    AwaitingSealedInputs,
+}
+
+/// The launch events of a workload waiting for its sealed inputs (see [`LaunchStage::AwaitingSealedInputs`]).
+fn awaiting_events(events: &[RuntimeEvent]) -> std::result::Result<&[RuntimeEvent], String> {
+    if events.iter().any(|e| matches!(e, RuntimeEvent::LaunchSeparator)) {
+        return Err(
+            "the launch separator was measured: the workload runs and takes no more sealed inputs".into()
+        );
+    }
+    let end = events.iter().position(|e| matches!(e, RuntimeEvent::LaunchPolicy(_))).ok_or_else(|| {
+        "the launch is not fully measured yet (no launch policy event): what runs may still change"
+            .to_string()
+    })?;
+    let (launch, after) = events.split_at(end.saturating_add(1));
+    if let Some(e) = after.iter().find(|e| !matches!(e, RuntimeEvent::SealedInput { .. })) {
+        return Err(format!("{} after the launch policy, before the separator", e.name()));
+    }
+    if let Some(e) =
+        launch.iter().find(|e| e.is_post_launch() || matches!(e, RuntimeEvent::SealedInput { .. }))
+    {
+        return Err(format!("{} before the launch policy", e.name()));
+    }
+    Ok(launch)
+}
+
 fn env_allowed(var: &str, allowed: &[String]) -> bool {
     let name = var.split_once('=').map_or(var, |(n, _)| n);
     allowed.iter().any(|a| a == var || a.strip_suffix("=*").is_some_and(|n| n == name))
@@ -409,9 +445,15 @@ fn short(s: &str) -> String {
 }
 
 impl Policy {
-    /// Evaluates every rule against a verified appraisal.
+    /// Evaluates every rule against a verified appraisal of a launched workload.
     #[must_use]
     pub fn evaluate(&self, a: &Appraisal, golden: &GoldenSet) -> Verdict {
+        self.evaluate_at(a, golden, LaunchStage::Launched)
+    }
+
+    /// Evaluates every rule against a verified appraisal of a workload in launch state `stage`.
+    #[must_use]
+    pub fn evaluate_at(&self, a: &Appraisal, golden: &GoldenSet, stage: LaunchStage) -> Verdict {
         let mut rules = Vec::new();
         let claims = a.platform.as_ref();
         let platform = claims.map_or("unverified", |p| p.name());
@@ -482,13 +524,21 @@ impl Policy {
         self.evaluate_gpus(a, &mut rules);
         let launch = match &a.runtime {
             None => Err(NO_RUNTIME_LOG.to_owned()),
-            Some(r) => launch_events(&r.events).map(|l| (l, r.registers.as_slice())),
+            Some(r) => match stage {
+                LaunchStage::Launched => launch_events(&r.events),
+                LaunchStage::AwaitingSealedInputs => awaiting_events(&r.events),
+            }
+            .map(|l| (l, r.registers.as_slice())),
+        };
+        let then = match stage {
+            LaunchStage::Launched => "then the separator",
+            LaunchStage::AwaitingSealedInputs => "waiting for sealed inputs, no separator yet",
         };
         rules.push((
             "workload.launch",
             match &launch {
                 Ok((l, registers)) => Outcome::Pass(format!(
-                    "{} launch events, then the separator (replayed to {})",
+                    "{} launch events, {then} (replayed to {})",
                     l.len(),
                     registers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
                 )),

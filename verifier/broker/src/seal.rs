@@ -175,6 +175,60 @@ pub fn derive_keypair(kem: Kem, ikm: &[u8]) -> Option<(Vec<u8>, TeePublicKey)> {
     TeePublicKey::new(kem, pk).ok().map(|pk| (sk, pk))
 }
 
+/// Seals `plaintext` to an X25519 public key (HPKE base mode, this module's suite) with an `aad` that may
+/// depend on the encapsulated key (sealed inputs and outputs put their whole header, `enc` included, in it):
+/// `(enc, ciphertext)`. For `sealroom seal` and tests; the formats are `sealroom_measurements::sealed`.
+///
+/// # Errors
+/// An invalid public key, or failing randomness.
+pub fn seal_x25519(
+    recipient: &[u8; 32],
+    info: &[u8],
+    aad: impl FnOnce(&[u8; 32]) -> Vec<u8>,
+    plaintext: &[u8],
+    rng: &dyn Randomness,
+) -> Result<([u8; 32], Vec<u8>)> {
+    let pk = <X25519HkdfSha256 as HpkeKem>::PublicKey::from_bytes(recipient)
+        .map_err(|e| Error::check(LAYER, format!("recipient key rejected: {e}")))?;
+    let mut adapter = InjectedRng { source: rng, failed: Cell::new(None) };
+    let (enc, mut ctx) = hpke::setup_sender_with_rng::<AesGcm256, HkdfSha256, X25519HkdfSha256>(
+        &OpModeS::Base,
+        &pk,
+        info,
+        &mut adapter,
+    )
+    .map_err(|e| Error::check(LAYER, format!("seal failed: {e}")))?;
+    if let Some(e) = adapter.failed.take() {
+        return Err(e);
+    }
+    let enc: [u8; 32] = enc
+        .to_bytes()
+        .as_slice()
+        .try_into()
+        .map_err(|_| Error::check(LAYER, "X25519 encapsulated key is not 32 bytes"))?;
+    let ct = ctx.seal(plaintext, &aad(&enc)).map_err(|e| Error::check(LAYER, format!("seal failed: {e}")))?;
+    Ok((enc, ct))
+}
+
+/// Opens what [`seal_x25519`] sealed, with the X25519 private key.
+///
+/// # Errors
+/// A malformed key or `enc`, or a ciphertext that does not open (another key, `info` or `aad`).
+pub fn open_x25519(
+    private_key: &[u8],
+    enc: &[u8; 32],
+    info: &[u8],
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>> {
+    let sealed = Sealed {
+        kem: Kem::X25519HkdfSha256,
+        encapsulated_key: enc.to_vec(),
+        ciphertext: ciphertext.to_vec(),
+    };
+    open_with::<X25519HkdfSha256>(private_key, &sealed, info, aad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +248,19 @@ mod tests {
             let (other_sk, _) = derive_keypair(kem, &[8u8; 32]).unwrap();
             assert!(open(kem, &other_sk, "dataset/a", &nonce, &sealed).is_err(), "other TEE key");
         }
+    }
+
+    #[test]
+    fn x25519_seal_binds_info_and_the_enc_dependent_aad() {
+        let rng = CountingRandomness::default();
+        let (sk, pk) = derive_keypair(Kem::X25519HkdfSha256, &[7u8; 32]).unwrap();
+        let pk: [u8; 32] = pk.as_bytes().try_into().unwrap();
+        let (enc, ct) = seal_x25519(&pk, b"info", |e| [b"hdr".as_slice(), e].concat(), b"msg", &rng).unwrap();
+        let aad = [b"hdr".as_slice(), &enc].concat();
+        assert_eq!(open_x25519(&sk, &enc, b"info", &aad, &ct).unwrap(), b"msg");
+        assert!(open_x25519(&sk, &enc, b"other", &aad, &ct).is_err());
+        assert!(open_x25519(&sk, &enc, b"info", b"hdr", &ct).is_err());
+        assert!(seal_x25519(&pk, b"i", |_| Vec::new(), b"m", &FailingRandomness).is_err());
     }
 
     #[test]

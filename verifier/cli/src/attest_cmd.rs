@@ -96,7 +96,7 @@ async fn activate_ek(
         .map_err(|e| anyhow::anyhow!("refused: {e}"))
 }
 
-async fn fetch(agent: &str, nonce: &[u8; 32], timeout: Duration) -> Result<pb::Evidence> {
+pub(crate) async fn fetch(agent: &str, nonce: &[u8; 32], timeout: Duration) -> Result<pb::Evidence> {
     let channel = tonic::transport::Channel::from_shared(agent.to_owned())
         .with_context(|| format!("--agent {agent} is not a URI"))?
         .connect_timeout(timeout)

@@ -10,7 +10,9 @@ mod binding_cmd;
 mod broker_cmd;
 mod eventlog_cmd;
 mod measure_cmd;
+mod open_cmd;
 mod receipt_cmd;
+mod seal_cmd;
 mod verdict;
 mod verify_cmd;
 mod verify_gpu;
@@ -44,6 +46,11 @@ enum Command {
     /// Check a workload's result directory and its output receipt offline (output digest, broker signature,
     /// golden registers, evidence).
     VerifyReceipt(receipt_cmd::Args),
+    /// Verify an agent's evidence against a policy and golden document, then seal a file to its TEE key for the
+    /// waiting workload (`seal keygen`: make a reply key pair).
+    Seal(seal_cmd::Args),
+    /// Decrypt a sealed output with the reply key and check it against the result's receipt.
+    Open(open_cmd::Args),
 }
 
 fn main() -> Result<()> {
@@ -64,5 +71,7 @@ fn main() -> Result<()> {
         Command::Measure(args) => measure_cmd::run(&args),
         Command::Eventlog(args) => eventlog_cmd::run(&args),
         Command::VerifyReceipt(args) => receipt_cmd::run(&args),
+        Command::Seal(args) => seal_cmd::run(&args),
+        Command::Open(args) => open_cmd::run(&args),
     }
 }

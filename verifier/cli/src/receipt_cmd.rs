@@ -38,23 +38,48 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn golden_registers(args: &Args) -> Result<std::collections::BTreeMap<String, String>> {
-    let doc = read(&args.golden)?;
-    let mut sig_path = args.golden.as_os_str().to_owned();
+/// Verifies the golden document `doc` (read from `path`) against its detached signature `<path>.sig` under
+/// `key` (hex, a file holding it, or by default the release key built into sealroom): the verified document
+/// and the signature's text.
+pub fn verify_golden(
+    path: &Path,
+    doc: &[u8],
+    key: Option<&str>,
+) -> Result<(sealroom_measurements::golden::GoldenDocument, String)> {
+    let mut sig_path = path.as_os_str().to_owned();
     sig_path.push(".sig");
     let sig = String::from_utf8(read(Path::new(&sig_path))?).context("golden signature is not text")?;
-    let verified = match args.golden_key.as_deref() {
-        None => sealroom_measurements::golden::verify_pinned(&doc, &sig),
+    let verified = match key {
+        None => sealroom_measurements::golden::verify_pinned(doc, &sig),
         Some(k) if k.len() == 64 && k.bytes().all(|c| c.is_ascii_hexdigit()) => {
-            sealroom_measurements::golden::verify(&doc, &sig, k)
+            sealroom_measurements::golden::verify(doc, &sig, k)
         }
         Some(file) => {
             let k = std::fs::read_to_string(file).with_context(|| format!("reading --golden-key {file}"))?;
-            sealroom_measurements::golden::verify(&doc, &sig, k.trim())
+            sealroom_measurements::golden::verify(doc, &sig, k.trim())
         }
     }
-    .with_context(|| format!("golden document {}", args.golden.display()))?;
+    .with_context(|| format!("golden document {}", path.display()))?;
+    Ok((verified, sig))
+}
+
+/// [`verify_golden`], keeping the signature text.
+pub fn check_golden(path: &Path, doc: &[u8], key: Option<&str>) -> Result<String> {
+    verify_golden(path, doc, key).map(|(_, sig)| sig)
+}
+
+/// The golden registers of a verified golden document.
+pub fn golden_registers_of(
+    path: &Path,
+    key: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let doc = read(path)?;
+    let (verified, _) = verify_golden(path, &doc, key)?;
     Ok(sealroom_verifier::golden_refs::golden_registers(&verified))
+}
+
+fn golden_registers(args: &Args) -> Result<std::collections::BTreeMap<String, String>> {
+    golden_registers_of(&args.golden, args.golden_key.as_deref())
 }
 
 pub fn run(args: &Args) -> Result<()> {

@@ -1,0 +1,509 @@
+//! Sealed inputs and sealed outputs end to end with real parts: agents on swtpm (the in-process server the
+//! binary runs), the workload launcher with crun, a registry, a `sealroom broker serve` process for the receipt,
+//! and the `sealroom` binary on the sender's side (`seal keygen`, `seal --agent … --submit`, `open`).
+//!
+//! Agent A's workload waits for two sealed inputs (`patient`, `notes`) and seals its output to the reply key
+//! that came with `patient`. The user verifies A's evidence with a policy and the golden document and submits
+//! both; the workload runs; its result directory holds only ciphertext of the output; `sealroom open` decrypts
+//! it and checks it against the broker's receipt. Agent B waits for `patient` too and is where envelopes for
+//! another TEE key, unexpected names and a failing policy are tried. Each attack is refused with its one-line
+//! reason.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sealroom_agent::server::Running;
+use sealroom_agent::workload::broker::BrokerKeys;
+use sealroom_agent::workload::fetch::FetchOptions;
+use sealroom_agent::workload::spec::WorkloadSpec;
+use sealroom_agent::workload::{self, WorkloadConfig};
+use sealroom_broker::{SystemRandomness, seal};
+use sealroom_measurements::cel::{CelLog, RuntimeEvent};
+use sealroom_measurements::sealed::{self, Archive, SealedInput, SealedOutput};
+use sealroom_proto::attestation::v1 as apb;
+use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
+use sealroom_tests::agent::{host_crun, is_root};
+use sealroom_tests::broker::{Provider, run_sealroom, sealroom, tpm_policy};
+use sealroom_tests::oci_image::OciImage;
+use sealroom_tests::registry::Registry;
+use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
+
+const KEY_ID: &str = "model-owner.weights";
+const MODEL_KEY: &[u8] = b"the model owner's 32-byte key...";
+/// The inference job: reads both sealed inputs, writes a "prediction" (the patient record upper-cased) and the
+/// notes' size.
+const SCRIPT: &str =
+    "tr a-z A-Z < /input/patient > /output/prediction.txt && wc -c < /input/notes > /output/notes.size";
+const PATIENT: &[u8] = b"patient 4711: age 59, bmi 32.1, bp 101";
+const NOTES: &[u8] = b"fasting sample";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sealroom_measurements::digest::sha256(bytes))
+}
+
+fn boot_digest() -> [u8; 32] {
+    sealroom_measurements::digest::sha256(b"sealroom test UKI: .linux .osrel .cmdline")
+}
+
+/// A TPM in the "booted" state the golden document describes (PCR 11 extended once).
+fn booted_swtpm() -> Swtpm {
+    let tpm = Swtpm::start().unwrap();
+    let out = std::process::Command::new("tpm2_pcrextend")
+        .arg(format!("11:sha256={}", hex::encode(boot_digest())))
+        .env("TPM2TOOLS_TCTI", tpm.tcti())
+        .output()
+        .expect("tpm2_pcrextend (tpm2-tools, installed by ci/setup)");
+    assert!(out.status.success(), "tpm2_pcrextend: {}", String::from_utf8_lossy(&out.stderr));
+    tpm
+}
+
+/// The signed golden document of the booted test TPM (as broker_swtpm_e2e predicts it): (document digest,
+/// signer's hex public key).
+fn write_golden(dir: &Path) -> (String, String) {
+    use sealroom_measurements::golden::{self, GoldenDocument, ImageInfo, SCHEMA, UkiInfo};
+    use sealroom_measurements::uki::PredictedRegister;
+    let mut pcr11 = vec![0u8; 32];
+    pcr11.extend_from_slice(&boot_digest());
+    let register = |n: u32, value: String| PredictedRegister {
+        register: format!("pcr{n}"),
+        alg: "sha256".into(),
+        events: vec![],
+        value,
+        complete: true,
+    };
+    let mut registers: Vec<PredictedRegister> = (0..8).map(|n| register(n, "00".repeat(32))).collect();
+    registers.push(register(11, sha256_hex(&pcr11)));
+    let doc = GoldenDocument {
+        schema: SCHEMA.into(),
+        image: ImageInfo { id: "swtpm-test-boot".into(), version: "1".into(), disk_sha256: None },
+        uki: UkiInfo {
+            file_sha256: "0".repeat(64),
+            authenticode_sha256: "0".repeat(64),
+            authenticode_sha384: "0".repeat(96),
+            sections: vec![],
+        },
+        registers,
+        platforms: golden::default_platforms(),
+        packages: std::collections::BTreeMap::new(),
+    };
+    let bytes = doc.to_json().unwrap();
+    let (pkcs8, public) = golden::generate_signing_key().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("boot.json"), &bytes).unwrap();
+    std::fs::write(dir.join("boot.json.sig"), golden::sign(&bytes, &pkcs8).unwrap()).unwrap();
+    (format!("sha256:{}", sha256_hex(&bytes)), public)
+}
+
+fn workload_config(tag: &str) -> WorkloadConfig {
+    let dir = unique_temp_dir(tag);
+    WorkloadConfig {
+        work_dir: dir.join("work"),
+        keys_dir: dir.join("keys"),
+        output_dir: dir.join("output"),
+        runtime: host_crun(&dir.join("crun-state")).unwrap(),
+        fetch: FetchOptions {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
+        },
+    }
+}
+
+async fn ak_of(agent: &Running) -> Vec<u8> {
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", agent.tcp_addr.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let r = AttestationClient::new(ch)
+        .get_evidence(apb::GetEvidenceRequest { nonce: vec![0x42; 32], tee_public_key: Vec::new() })
+        .await
+        .unwrap();
+    r.into_inner().evidence.unwrap().tpm.unwrap().ak_public
+}
+
+fn events(agent: &Running) -> Vec<RuntimeEvent> {
+    CelLog::decode(&agent.handle.runtime_log().0).unwrap().into_iter().map(|r| r.event).collect()
+}
+
+/// Waits until the agent's launch is measured up to its launch policy (the workload then waits for inputs).
+async fn wait_for_launch_policy(agent: &Running) {
+    for _ in 0..600 {
+        if events(agent).iter().any(|e| matches!(e, RuntimeEvent::LaunchPolicy(_))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the workload never reached its launch policy: {:?}", events(agent));
+}
+
+/// Runs `sealroom ARGS` off the runtime's threads: Ok(output) or Err(output).
+async fn cli(args: Vec<std::ffi::OsString>) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || run_sealroom(sealroom().args(args))).await.unwrap()
+}
+
+/// `SubmitInput` straight from a gRPC client: Ok(digest) or Err(the agent's one-line reason).
+async fn submit(agent: &Running, name: &str, sealed: Vec<u8>) -> Result<String, String> {
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", agent.tcp_addr.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    AttestationClient::new(ch)
+        .submit_input(apb::SubmitInputRequest { name: name.into(), sealed })
+        .await
+        .map(|r| r.into_inner().digest)
+        .map_err(|s| s.message().to_owned())
+}
+
+/// An envelope sealed to `agent`'s TEE key by hand (what any client holding its public key can make).
+fn envelope_for(agent: &Running, name: &str, reply_key: &[u8; 32], plaintext: &[u8]) -> Vec<u8> {
+    let tee_key: [u8; 32] = agent.handle.key().public().as_bytes().try_into().unwrap();
+    let (enc, ciphertext) = seal::seal_x25519(
+        &tee_key,
+        &sealed::input_info(name, reply_key),
+        |enc| sealed::input_aad(name, &tee_key, reply_key, enc),
+        plaintext,
+        &SystemRandomness::new(),
+    )
+    .unwrap();
+    SealedInput { name: name.into(), tee_key, reply_key: *reply_key, enc, ciphertext }.encode()
+}
+
+struct Sender {
+    dir: PathBuf,
+    golden: PathBuf,
+    golden_key: String,
+    policy: PathBuf,
+}
+
+impl Sender {
+    /// `sealroom seal --agent … --name … [--submit]` with this sender's golden document, policy and reply key.
+    async fn seal(
+        &self,
+        agent: &Running,
+        ak: &Path,
+        name: &str,
+        input: &[u8],
+        extra: &[&str],
+    ) -> Result<String, String> {
+        let input_path = self.dir.join(format!("{name}.plain"));
+        std::fs::write(&input_path, input).unwrap();
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "seal".into(),
+            "--agent".into(),
+            format!("http://{}", agent.tcp_addr.unwrap()).into(),
+            "--golden".into(),
+            self.golden.clone().into(),
+            "--golden-key".into(),
+            self.golden_key.clone().into(),
+            "--policy".into(),
+            self.policy.clone().into(),
+            "--name".into(),
+            name.into(),
+            "--input".into(),
+            input_path.into(),
+            "--reply-key".into(),
+            self.dir.join("user.pub").into(),
+            "--tpm-ak".into(),
+            ak.into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        cli(args).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_reply_key() {
+    assert!(
+        is_root(),
+        "crun needs root to create the container's namespaces: run this test as root (CI does)"
+    );
+    let registry = Registry::start().unwrap();
+    let image = OciImage::busybox_script(SCRIPT, b"inference v1", std::collections::BTreeMap::new());
+    let reference = registry.push("model-owner/inference", "v1", &image).unwrap();
+    let (tpm_a, tpm_b) = (booted_swtpm(), booted_swtpm());
+    let agent_a = sealroom_tests::agent::start_agent(&tpm_a, &[]).await.unwrap();
+    let agent_b = sealroom_tests::agent::start_agent(&tpm_b, &[]).await.unwrap();
+
+    let dir = unique_temp_dir("sealed-io");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (golden_doc, golden_key) = write_golden(&dir.join("golden"));
+    let args = ["/bin/busybox", "sh", "-c", SCRIPT];
+    let policy = tpm_policy(
+        &image.manifest_digest(),
+        &args,
+        &["PATH=/bin"],
+        Some((&golden_doc, &format!("ed25519:{golden_key}"))),
+    );
+    let policy_path = dir.join("policy.toml");
+    std::fs::write(&policy_path, &policy).unwrap();
+    let (ak_a, ak_b) = (dir.join("ak-a"), dir.join("ak-b"));
+    std::fs::write(&ak_a, ak_of(&agent_a).await).unwrap();
+    std::fs::write(&ak_b, ak_of(&agent_b).await).unwrap();
+
+    // The model owner's broker, for the key and the output receipt.
+    let provider = Provider::new(&dir.join("provider")).unwrap();
+    provider.add_key(KEY_ID, "model-owner", &policy, MODEL_KEY).unwrap();
+    let golden_dir = dir.join("golden");
+    let broker = provider
+        .serve(
+            "127.0.0.1:0",
+            &["--golden".as_ref(), golden_dir.as_os_str(), "--tpm-ak".as_ref(), ak_a.as_os_str()],
+        )
+        .unwrap();
+
+    // The user's reply key.
+    let out = cli(vec![
+        "seal".into(),
+        "keygen".into(),
+        "--out".into(),
+        dir.join("user.key").into(),
+        "--public".into(),
+        dir.join("user.pub").into(),
+    ])
+    .await
+    .unwrap();
+    let user_pub = sealed::parse_key_text(&std::fs::read_to_string(dir.join("user.pub")).unwrap()).unwrap();
+    assert_eq!(out.trim(), sealed::key_text(&user_pub));
+    let sender =
+        Sender { dir: dir.clone(), golden: golden_dir.join("boot.json"), golden_key, policy: policy_path };
+
+    // Agent A: waits for patient and notes, output sealed to patient's reply key; a receipt from the broker.
+    let spec_a = WorkloadSpec::from_json(
+        serde_json::json!({
+            "image": reference, "insecure_registries": [registry.host()],
+            "broker": broker.url(), "broker_key": broker.key_id().unwrap(), "key_ids": [KEY_ID],
+            "sealed_inputs": {"patient": {"max_bytes": 4096}, "notes": {"max_bytes": 64}},
+            "seal_output_to": "input:patient",
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let cfg_a = workload_config("sealed-io-a");
+    let run_a = {
+        let (spec, cfg, handle) = (spec_a.clone(), cfg_a.clone(), agent_a.handle.clone());
+        tokio::spawn(async move {
+            let keys = BrokerKeys::new(handle.clone());
+            workload::run(&spec, &cfg, &handle, &keys).await
+        })
+    };
+    // Agent B: waits for patient only, for 40 s, no broker.
+    let spec_b = WorkloadSpec::from_json(
+        serde_json::json!({
+            "image": reference, "insecure_registries": [registry.host()],
+            "sealed_inputs": {"patient": {"max_bytes": 4096}}, "sealed_input_timeout_secs": 40,
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let cfg_b = workload_config("sealed-io-b");
+    let run_b = {
+        let (spec, cfg, handle) = (spec_b.clone(), cfg_b.clone(), agent_b.handle.clone());
+        tokio::spawn(async move { workload::run(&spec, &cfg, &handle, &workload::NoKeys).await })
+    };
+    wait_for_launch_policy(&agent_a).await;
+    wait_for_launch_policy(&agent_b).await;
+
+    // The user verifies A and seals patient to it, writing the envelope and submitting it.
+    let envelope_path = dir.join("patient.sealed");
+    let out = sender
+        .seal(&agent_a, &ak_a, "patient", PATIENT, &["--out", envelope_path.to_str().unwrap(), "--submit"])
+        .await
+        .unwrap();
+    assert!(out.contains("pass  policy.image_digests: workload image"), "{out}");
+    assert!(
+        out.contains("pass  workload.launch:") && out.contains("waiting for sealed inputs, no separator yet"),
+        "{out}"
+    );
+    assert!(out.contains("the workload's output is sealed to input:patient: your reply key"), "{out}");
+    let patient_digest = format!("sha256:{}", sha256_hex(PATIENT));
+    assert!(
+        out.contains(&format!("submitted: the agent measured sealed_input patient {patient_digest}")),
+        "{out}"
+    );
+    let envelope = std::fs::read(&envelope_path).unwrap();
+    assert!(!envelope.windows(11).any(|w| w == &PATIENT[..11]), "the envelope holds no plaintext");
+
+    // attack_sealed_input_replayed: the same envelope again is refused as a replay.
+    let err = submit(&agent_a, "patient", envelope.clone()).await.unwrap_err();
+    assert_eq!(err, "sealed input: \"patient\" refused: replay: this envelope was already submitted");
+
+    // attack_sealed_input_for_another_tee_key: A's envelope handed to B (waiting for patient too).
+    let err = submit(&agent_b, "patient", envelope.clone()).await.unwrap_err();
+    let (key_a, key_b) = (agent_a.handle.key().public().as_bytes(), agent_b.handle.key().public().as_bytes());
+    assert_eq!(
+        err,
+        format!(
+            "sealed input: \"patient\" refused: sealed to another TEE key ({}…), this agent's is {}…",
+            hex::encode(&key_a[..8]),
+            hex::encode(&key_b[..8])
+        )
+    );
+
+    // attack_unexpected_input_name: a genuine envelope for B, under a name its spec does not list.
+    let err = sender.seal(&agent_b, &ak_b, "extra", b"x", &["--submit"]).await.unwrap_err();
+    assert!(err.contains("refused by the agent: sealed input: unexpected input name \"extra\": the workload waits for patient"), "{err}");
+    // A request naming another input than the one sealed in the envelope.
+    let other = envelope_for(&agent_b, "patient", &user_pub, PATIENT);
+    let err = submit(&agent_b, "notes", other).await.unwrap_err();
+    assert!(err.contains("the envelope is sealed for input \"patient\""), "{err}");
+
+    // seal refuses evidence whose policy fails: a policy for another image digest, against B.
+    let other_policy = dir.join("other-image.toml");
+    let other_digest = format!("sha256:{}", "ab".repeat(32));
+    std::fs::write(&other_policy, policy.replace(&image.manifest_digest(), &other_digest)).unwrap();
+    let picky = Sender { policy: other_policy, ..sender_clone(&sender) };
+    let err = picky.seal(&agent_b, &ak_b, "patient", PATIENT, &["--submit"]).await.unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "refused: policy.image_digests: workload image digest {} not allowed",
+            image.manifest_digest()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("submitted"), "{err}");
+
+    // The second input: A launches and runs.
+    sender.seal(&agent_a, &ak_a, "notes", NOTES, &["--submit"]).await.unwrap();
+    let outcome = run_a.await.unwrap().unwrap();
+    assert_eq!(outcome.exit_code, 0, "listing: {}", outcome.output_listing);
+    let ev = events(&agent_a);
+    let sep = ev.iter().position(|e| *e == RuntimeEvent::LaunchSeparator).unwrap();
+    let sealed_events: Vec<&RuntimeEvent> =
+        ev[..sep].iter().filter(|e| matches!(e, RuntimeEvent::SealedInput { .. })).collect();
+    assert_eq!(
+        sealed_events,
+        [
+            &RuntimeEvent::SealedInput {
+                name: "patient".into(),
+                digest: patient_digest.clone(),
+                reply_key: sealed::key_text(&user_pub)
+            },
+            &RuntimeEvent::SealedInput {
+                name: "notes".into(),
+                digest: format!("sha256:{}", sha256_hex(NOTES)),
+                reply_key: sealed::key_text(&user_pub)
+            },
+        ]
+    );
+    assert!(ev.contains(&RuntimeEvent::SealedOutputTo("input:patient".into())));
+
+    // attack_sealed_input_after_separator: a well-formed envelope for A's key, after launch.
+    let late = envelope_for(&agent_a, "notes", &user_pub, b"late notes");
+    let err = submit(&agent_a, "notes", late).await.unwrap_err();
+    assert_eq!(
+        err,
+        "sealed input: \"notes\" refused: the workload has all its sealed inputs and is launching: sealed inputs are \
+         accepted before the launch separator only"
+    );
+    // And the sender's own check refuses it before sealing.
+    let err = sender.seal(&agent_a, &ak_a, "notes", NOTES, &[]).await.unwrap_err();
+    assert!(err.contains("refused: workload.launch: the launch separator was measured"), "{err}");
+
+    // The result leaves as ciphertext only; the receipt names the (salted) output digest.
+    workload::receipt::finish_in_vm(&agent_a.handle, &spec_a, &cfg_a, &outcome).await;
+    let result = cfg_a.work_dir.join("result");
+    let mut names: Vec<String> = std::fs::read_dir(&result)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["evidence.pb", "output.sealed", "receipt.jwt"]);
+    let prediction = PATIENT.to_ascii_uppercase();
+    for name in &names {
+        let bytes = std::fs::read(result.join(name)).unwrap();
+        for secret in [&prediction[..], PATIENT, b"fasting"] {
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret), "{name} holds plaintext");
+        }
+    }
+    let env = SealedOutput::parse(&std::fs::read(result.join("output.sealed")).unwrap()).unwrap();
+    assert_eq!(env.reply_key, user_pub);
+    assert_eq!(env.output_digest, outcome.output_digest.0);
+
+    // The user opens it and checks it against the receipt.
+    let jwk = broker.state_dir.join("signing-key.jwk.json");
+    let open = |result: PathBuf, out: PathBuf| {
+        cli(vec![
+            "open".into(),
+            "--key".into(),
+            dir.join("user.key").into(),
+            "--result".into(),
+            result.into(),
+            "--broker-key".into(),
+            jwk.clone().into(),
+            "--golden".into(),
+            sender.golden.clone().into(),
+            "--golden-key".into(),
+            sender.golden_key.clone().into(),
+            "--out".into(),
+            out.into(),
+        ])
+    };
+    let opened = dir.join("opened");
+    let out = open(result.clone(), opened.clone()).await.unwrap();
+    assert!(out.contains(&format!("output       {} (matches the receipt)", outcome.output_digest)), "{out}");
+    assert_eq!(std::fs::read(opened.join("prediction.txt")).unwrap(), prediction);
+    assert_eq!(std::fs::read_to_string(opened.join("notes.size")).unwrap().trim(), NOTES.len().to_string());
+    let (d, _) = sealroom_measurements::output::digest_dir(&opened).unwrap();
+    assert_eq!(d, outcome.output_digest.0);
+
+    // The operator swaps in another output sealed to the user's key (anyone can seal to a public key): refused,
+    // whether its header names its own digest or claims the receipt's.
+    let forged = Archive { files: vec![("prediction.txt".into(), b"FORGED".to_vec())] };
+    for claim in [forged.digest().0, outcome.output_digest.0] {
+        let (enc, ciphertext) = seal::seal_x25519(
+            &user_pub,
+            sealed::OUTPUT_INFO,
+            |enc| sealed::output_aad(&user_pub, &claim, enc),
+            &forged.encode(),
+            &SystemRandomness::new(),
+        )
+        .unwrap();
+        let swapped = dir.join(format!("swapped-{}", hex::encode(&claim[..4])));
+        std::fs::create_dir_all(&swapped).unwrap();
+        for f in ["evidence.pb", "receipt.jwt"] {
+            std::fs::copy(result.join(f), swapped.join(f)).unwrap();
+        }
+        let bytes = SealedOutput { reply_key: user_pub, output_digest: claim, enc, ciphertext }.encode();
+        std::fs::write(swapped.join("output.sealed"), bytes).unwrap();
+        let err = open(swapped.clone(), swapped.join("out")).await.unwrap_err();
+        let want = if claim == outcome.output_digest.0 {
+            format!(
+                "refused: the decrypted output digests to sha256:{}, the receipt names {}",
+                hex::encode(forged.digest().0),
+                outcome.output_digest
+            )
+        } else {
+            format!("output digest mismatch: the receipt names {}", outcome.output_digest)
+        };
+        assert!(err.contains(&want), "{err}");
+        assert!(!swapped.join("out").exists(), "nothing written for a refused result");
+    }
+
+    // B never got its input: it gives up after its timeout, and a late input is refused as such.
+    let err = run_b.await.unwrap().unwrap_err().to_string();
+    assert_eq!(err, "workload sealed inputs: patient not received within 40 s");
+    let err =
+        submit(&agent_b, "patient", envelope_for(&agent_b, "patient", &user_pub, PATIENT)).await.unwrap_err();
+    assert!(
+        err.contains("the launch gave up waiting for sealed inputs (patient missing after 40 s)"),
+        "{err}"
+    );
+    assert!(!events(&agent_b).contains(&RuntimeEvent::LaunchSeparator));
+
+    drop(broker);
+    agent_a.stop().await.unwrap();
+    agent_b.stop().await.unwrap();
+}
+
+fn sender_clone(s: &Sender) -> Sender {
+    Sender {
+        dir: s.dir.clone(),
+        golden: s.golden.clone(),
+        golden_key: s.golden_key.clone(),
+        policy: s.policy.clone(),
+    }
+}
