@@ -743,6 +743,38 @@ env = ["MODE=batch", "THREADS=*"]
 "#;
 
     #[test]
+    fn a_launch_awaiting_sealed_inputs_is_measured_up_to_its_launch_policy_and_not_launched() {
+        let sealed = |n: &str| RuntimeEvent::SealedInput {
+            name: n.into(),
+            digest: "sha256:00".into(),
+            reply_key: "x25519:11".into(),
+        };
+        let head = vec![
+            RuntimeEvent::ManifestDigest("sha256:aa".into()),
+            RuntimeEvent::Arg("/job".into()),
+            RuntimeEvent::SealedOutputTo("input:p".into()),
+            RuntimeEvent::LaunchPolicy("p".into()),
+        ];
+        let mut waiting = head.clone();
+        waiting.push(sealed("p"));
+        assert_eq!(awaiting_events(&waiting).unwrap(), head.as_slice());
+        assert_eq!(awaiting_events(&head).unwrap().len(), 4);
+        let mut launched = waiting.clone();
+        launched.push(RuntimeEvent::LaunchSeparator);
+        assert!(awaiting_events(&launched).unwrap_err().starts_with("the launch separator was measured"));
+        // The same log is a launched one for key releases.
+        assert_eq!(launch_events(&launched).unwrap().len(), 5);
+        let err = awaiting_events(&head[..2]).unwrap_err();
+        assert!(err.contains("not fully measured yet"), "{err}");
+        let mut early = vec![sealed("p")];
+        early.extend(head.clone());
+        assert_eq!(awaiting_events(&early).unwrap_err(), "sealed_input before the launch policy");
+        let mut odd = head;
+        odd.push(RuntimeEvent::Arg("late".into()));
+        assert_eq!(awaiting_events(&odd).unwrap_err(), "arg after the launch policy, before the separator");
+    }
+
+    #[test]
     fn parses_a_full_policy() {
         let p = Policy::parse(FULL).unwrap();
         assert_eq!(p.platforms, Rule::Require(vec![Platform::Tdx, Platform::Tpm]));
