@@ -53,7 +53,8 @@ enum Phase {
 struct State {
     phase: Phase,
     received: BTreeMap<String, Received>,
-    /// SHA-256 of every envelope submitted while awaiting, accepted or not: a resubmission is a replay.
+    /// SHA-256 of every envelope accepted (at most one per expected name, so bounded): a resubmission is a
+    /// replay.
     seen: BTreeSet<[u8; 32]>,
     /// Reply keys of the inputs handed to the workload (sealed outputs may go to one).
     reply_keys: BTreeMap<String, [u8; 32]>,
@@ -121,7 +122,7 @@ impl SealedInbox {
             Phase::Awaiting(expected) => expected.clone(),
         };
         let fingerprint = sealroom_measurements::digest::sha256(envelope);
-        if !st.seen.insert(fingerprint) {
+        if st.seen.contains(&fingerprint) {
             return Err(refuse(format!("{name:?} refused: replay: this envelope was already submitted")));
         }
         let env = SealedInput::parse(envelope).map_err(|e| refuse(format!("{name:?} refused: {e}")))?;
@@ -162,6 +163,7 @@ impl SealedInbox {
             reply_key: sealed::key_text(&env.reply_key),
         };
         let record = measurer.measure(event).await?;
+        st.seen.insert(fingerprint);
         st.received.insert(name.to_owned(), Received { plaintext, digest, reply_key: env.reply_key });
         drop(st);
         self.arrived.notify_waiters();

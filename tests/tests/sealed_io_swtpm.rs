@@ -366,6 +366,42 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
     );
     assert!(!err.contains("submitted"), "{err}");
 
+    // Offline: B's evidence saved to a file (as `sealroom attest --out` writes it), judged and sealed without
+    // asking the agent; the tool says it could not check freshness, and the envelope is for B's key.
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", agent_b.tcp_addr.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let ev = AttestationClient::new(ch)
+        .get_evidence(apb::GetEvidenceRequest { nonce: vec![7; 32], tee_public_key: Vec::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .evidence
+        .unwrap();
+    let ev_path = dir.join("b-evidence.pb");
+    std::fs::write(&ev_path, prost::Message::encode_to_vec(&ev)).unwrap();
+    std::fs::write(dir.join("patient.plain"), PATIENT).unwrap();
+    let offline_path = dir.join("b-patient.sealed");
+    let mut args: Vec<std::ffi::OsString> = vec!["seal".into(), "--evidence".into(), ev_path.into()];
+    for (flag, value) in [
+        ("--golden", sender.golden.clone()),
+        ("--golden-key", PathBuf::from(&sender.golden_key)),
+        ("--policy", sender.policy.clone()),
+        ("--name", PathBuf::from("patient")),
+        ("--input", dir.join("patient.plain")),
+        ("--reply-key", dir.join("user.pub")),
+        ("--tpm-ak", ak_b.clone()),
+        ("--out", offline_path.clone()),
+    ] {
+        args.extend([flag.into(), value.into()]);
+    }
+    let out = cli(args).await.unwrap();
+    assert!(out.contains("freshness not checked"), "{out}");
+    let offline = SealedInput::parse(&std::fs::read(&offline_path).unwrap()).unwrap();
+    assert_eq!(offline.tee_key.as_slice(), key_b);
+
     // The second input: A launches and runs.
     sender.seal(&agent_a, &ak_a, "notes", NOTES, &["--submit"]).await.unwrap();
     let outcome = run_a.await.unwrap().unwrap();
