@@ -304,15 +304,20 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
         let (spec, cfg, handle) = (spec_b.clone(), cfg_b.clone(), agent_b.handle.clone());
         tokio::spawn(async move { workload::run(&spec, &cfg, &handle, &workload::NoKeys).await })
     };
-    wait_for_launch_policy(&agent_a).await;
-    wait_for_launch_policy(&agent_b).await;
-
-    // The user verifies A and seals patient to it, writing the envelope and submitting it.
+    // The user verifies A and seals patient to it, writing the envelope and submitting it; started while A may
+    // still be fetching its image, `--wait` asks again until the launch is measured.
     let envelope_path = dir.join("patient.sealed");
     let out = sender
-        .seal(&agent_a, &ak_a, "patient", PATIENT, &["--out", envelope_path.to_str().unwrap(), "--submit"])
+        .seal(
+            &agent_a,
+            &ak_a,
+            "patient",
+            PATIENT,
+            &["--out", envelope_path.to_str().unwrap(), "--submit", "--wait", "120"],
+        )
         .await
         .unwrap();
+    wait_for_launch_policy(&agent_b).await;
     assert!(out.contains("pass  policy.image_digests: workload image"), "{out}");
     assert!(
         out.contains("pass  workload.launch:") && out.contains("waiting for sealed inputs, no separator yet"),

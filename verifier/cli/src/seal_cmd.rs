@@ -95,6 +95,52 @@ struct SealArgs {
     /// Seconds to wait for the agent.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
+    /// With --agent: seconds to keep asking (every 2 s) while the agent does not answer or its launch is not
+    /// measured up to its launch policy yet (the VM boots, the workload is being fetched); 0 asks once.
+    #[arg(long, default_value_t = 0, requires = "agent")]
+    wait: u64,
+}
+
+/// Whether a runtime log shows a launch measured up to its launch policy, or past it (worth judging now).
+fn launch_measured(events: &[RuntimeEvent]) -> bool {
+    events.iter().any(|e| matches!(e, RuntimeEvent::LaunchPolicy(_) | RuntimeEvent::LaunchSeparator))
+}
+
+/// Fresh evidence from `agent` with this tool's own nonce, asked again every 2 s for up to `wait` while the
+/// launch is not measured yet.
+fn fresh_evidence(
+    rt: &tokio::runtime::Runtime,
+    agent: &str,
+    timeout: Duration,
+    wait: Duration,
+) -> Result<(Evidence, [u8; 32])> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let mut nonce = [0u8; 32];
+        SystemRandomness::new().fill(&mut nonce).map_err(|e| anyhow::anyhow!("nonce: {e}"))?;
+        let msg = match rt.block_on(crate::attest_cmd::fetch(agent, &nonce, timeout)) {
+            Ok(m) => m,
+            // Not serving yet (the VM is still booting): ask again while there is time.
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("{e:#}; asking again in 2 s");
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let ev = Evidence::try_from(msg).context("agent evidence is malformed")?;
+        if ev.nonce.0 != nonce {
+            bail!("refused: the agent echoed another nonce than this tool's fresh one");
+        }
+        let events = sealroom_measurements::cel::CelLog::decode(&ev.runtime_event_log)
+            .map(|r| r.into_iter().map(|r| r.event).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if launch_measured(&events) || std::time::Instant::now() >= deadline {
+            return Ok((ev, nonce));
+        }
+        eprintln!("the agent's launch is not measured up to its launch policy yet; asking again in 2 s");
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 fn required<'a, T>(v: Option<&'a T>, flag: &str) -> Result<&'a T>
@@ -146,13 +192,7 @@ pub fn run(args: &Args) -> Result<()> {
     let timeout = Duration::from_secs(a.timeout);
     let (evidence, freshness) = match (&a.agent, &a.evidence) {
         (Some(agent), None) => {
-            let mut nonce = [0u8; 32];
-            SystemRandomness::new().fill(&mut nonce).map_err(|e| anyhow::anyhow!("nonce: {e}"))?;
-            let msg = rt.block_on(crate::attest_cmd::fetch(agent, &nonce, timeout))?;
-            let ev = Evidence::try_from(msg).context("agent evidence is malformed")?;
-            if ev.nonce.0 != nonce {
-                bail!("refused: the agent echoed another nonce than this tool's fresh one");
-            }
+            let (ev, nonce) = fresh_evidence(&rt, agent, timeout, Duration::from_secs(a.wait))?;
             (ev, format!("fresh from {agent} (nonce {})", hex::encode(nonce)))
         }
         (None, Some(file)) => {
