@@ -17,8 +17,10 @@ use crate::service::AttestationService;
 use crate::tee_key::TeeKey;
 use crate::worker::{AttestationHandle, WorkerConfig};
 
-/// Largest request message accepted (requests are a nonce and a key; anything bigger is garbage).
-pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Largest request message accepted: a sealed input envelope (`SubmitInput`, at most 60 KiB of plaintext
+/// plus its header) is the largest request; every other is a nonce and a key. 64 KiB is also HTTP/2's initial
+/// flow-control window per stream, so a request this size buffers no more than a window already allows.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// The agent's server limits: sealroom's defaults with requests capped at [`MAX_REQUEST_BYTES`] and at most
 /// 512 connections per listener (each open connection costs some 10-30 KiB; 512 keep the agent's memory small

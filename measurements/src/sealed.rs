@@ -42,8 +42,9 @@ pub const INPUT_INFO: &[u8] = b"sealroom.sealed-input.v1";
 pub const OUTPUT_INFO: &[u8] = b"sealroom.sealed-output.v1";
 /// Longest input name.
 pub const MAX_NAME_LEN: usize = 64;
-/// Largest sealed input plaintext (3 MiB: an envelope then fits one 4 MiB gRPC request).
-pub const MAX_INPUT_BYTES: usize = 3 << 20;
+/// Largest sealed input plaintext (60 KiB: an envelope then fits one request of the agent's 64 KiB request
+/// limit; records, prompts and feature vectors, not datasets, which take the key broker's path).
+pub const MAX_INPUT_BYTES: usize = 60 << 10;
 /// Largest archive inside a sealed output (the agent's result export limit).
 pub const MAX_ARCHIVE_BYTES: usize = 256 << 20;
 /// Most files in an archive (as [`crate::output::MAX_FILES`]).

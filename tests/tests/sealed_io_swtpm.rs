@@ -548,3 +548,100 @@ fn sender_clone(s: &Sender) -> Sender {
         policy: s.policy.clone(),
     }
 }
+
+/// The agent's inbox on its own (a real agent on swtpm, its gRPC service): every refusal the workload test does
+/// not reach, with its status code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_refuses_early_oversized_unopenable_and_late_inputs_with_their_codes() {
+    let tpm = Swtpm::start().unwrap();
+    let agent = sealroom_tests::agent::start_agent(&tpm, &[]).await.unwrap();
+    let reply = [9u8; 32];
+    let code = |agent: &Running, name: &str, sealed: Vec<u8>| {
+        let url = format!("http://{}", agent.tcp_addr.unwrap());
+        let name = name.to_owned();
+        async move {
+            let ch = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
+            let s = AttestationClient::new(ch)
+                .max_encoding_message_size(16 << 20)
+                .submit_input(apb::SubmitInputRequest { name, sealed })
+                .await
+                .unwrap_err();
+            (s.code(), s.message().to_owned())
+        }
+    };
+    // Nothing waits yet.
+    let (c, m) = code(&agent, "p", envelope_for(&agent, "p", &reply, b"x")).await;
+    assert_eq!(c, tonic::Code::FailedPrecondition);
+    assert!(m.contains("no workload is waiting for sealed inputs"), "{m}");
+    // Request limits, before anything else.
+    let (c, m) = code(&agent, "../p", vec![1]).await;
+    assert_eq!(c, tonic::Code::InvalidArgument);
+    assert!(m.starts_with("request: sealed input: invalid name"), "{m}");
+    let (c, m) = code(&agent, "p", vec![0; sealed::MAX_INPUT_BYTES + 1024]).await;
+    assert_eq!(c, tonic::Code::InvalidArgument);
+    assert!(m.contains("limit"), "{m}");
+    let (c, _) = code(&agent, "p", vec![0; sealroom_agent::server::MAX_REQUEST_BYTES]).await;
+    assert_eq!(c, tonic::Code::OutOfRange, "over the agent's request limit: refused by the transport");
+
+    // The launch waits for p (at most 8 bytes).
+    let waiting = {
+        let handle = agent.handle.clone();
+        tokio::spawn(async move {
+            handle
+                .sealed_inbox()
+                .await_inputs(
+                    std::collections::BTreeMap::from([("p".to_owned(), 8)]),
+                    Duration::from_secs(60),
+                )
+                .await
+        })
+    };
+    let mut opened = false;
+    for _ in 0..100 {
+        let (_, m) = code(&agent, "p", b"not an envelope".to_vec()).await;
+        if m.contains("not a sealed input") {
+            opened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(opened, "the inbox never opened");
+    let (c, m) = code(&agent, "p", envelope_for(&agent, "p", &reply, b"123456789")).await;
+    assert_eq!(c, tonic::Code::InvalidArgument);
+    assert_eq!(m, "sealed input: \"p\" refused: 9 bytes, the spec allows 8");
+    let mut tampered = envelope_for(&agent, "p", &reply, b"1234");
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let (_, m) = code(&agent, "p", tampered).await;
+    assert_eq!(m, "sealed input: \"p\" refused: does not open with this agent's TEE key");
+    // The same plaintext under another reply key than the one it was sealed with (info binds it).
+    let mut swapped = SealedInput::parse(&envelope_for(&agent, "p", &reply, b"1234")).unwrap();
+    swapped.reply_key = [8; 32];
+    let (_, m) = code(&agent, "p", swapped.encode()).await;
+    assert!(m.ends_with("does not open with this agent's TEE key"), "{m}");
+    assert!(
+        !events(&agent).iter().any(|e| matches!(e, RuntimeEvent::SealedInput { .. })),
+        "nothing measured"
+    );
+
+    submit(&agent, "p", envelope_for(&agent, "p", &reply, b"1234")).await.unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got["p"].plaintext, b"1234");
+    assert_eq!(agent.handle.sealed_inbox().reply_key("p").await, Some(reply));
+    let (c, m) = code(&agent, "p", envelope_for(&agent, "p", &reply, b"5678")).await;
+    assert_eq!(c, tonic::Code::FailedPrecondition);
+    assert!(m.contains("is launching: sealed inputs are accepted before the launch separator only"), "{m}");
+    let again =
+        agent.handle.sealed_inbox().await_inputs(std::collections::BTreeMap::new(), Duration::ZERO).await;
+    assert!(again.unwrap_err().to_string().contains("already opened once"));
+    agent.stop().await.unwrap();
+
+    // A workload launched without sealed inputs closes the inbox: a later one is late, and says why.
+    let tpm2 = Swtpm::start().unwrap();
+    let agent2 = sealroom_tests::agent::start_agent(&tpm2, &[]).await.unwrap();
+    agent2.handle.sealed_inbox().close_for_launch().await;
+    let (c, m) = code(&agent2, "p", envelope_for(&agent2, "p", &reply, b"x")).await;
+    assert_eq!(c, tonic::Code::FailedPrecondition);
+    assert!(m.contains("launched without sealed inputs"), "{m}");
+    agent2.stop().await.unwrap();
+}

@@ -54,7 +54,7 @@ fn err(reason: impl Into<String>) -> Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SealedInputDocument {
-    /// Largest plaintext accepted, bytes (1..=3 MiB).
+    /// Largest plaintext accepted, bytes (1..=60 KiB).
     pub max_bytes: u64,
 }
 
