@@ -137,7 +137,10 @@ impl Provider {
         Ok(())
     }
 
-    /// `sealroom broker serve` with TLS on the provider's port, trusting the enrolled `aks`.
+    /// `sealroom broker serve` with TLS on the provider's port, trusting the TPMs of the VMs whose AKs
+    /// [`crate::vm_run::enrol`] wrote to `aks` through their EK: `--tpm-ek-ca` with the CA that made each VM's
+    /// TPM, so the broker makes a credential for the EK and AK the agent names in `Challenge` and trusts the AK
+    /// only once the TPM activated it. The AK files themselves are not given to the broker.
     pub fn serve(&self, aks: &[PathBuf]) -> Result<BrokerProcess> {
         let out = self.dir.join(format!("broker-{}.out", self.port));
         let err = self.dir.join(format!("broker-{}.err", self.port));
@@ -153,7 +156,7 @@ impl Provider {
             .arg("--tls-key")
             .arg(&self.tls.key);
         for ak in aks {
-            cmd.arg("--tpm-ak").arg(ak);
+            cmd.arg("--tpm-ek-ca").arg(crate::vm_run::ek_ca_of(ak));
         }
         let child = cmd
             .stdout(std::fs::File::create(&out)?)

@@ -4,11 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use sealroom_proto::attestation::v1 as apb;
+use anyhow::{Context, Result, bail, ensure};
 use sealroom_tests::vm::Vm;
 
-use crate::common::{sha256_hex, write};
+use crate::common::{sealroom_output, sha256_hex, write};
 
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(900);
@@ -170,34 +169,41 @@ impl Followed {
     }
 }
 
-/// The VM's TPM attestation key, from one GetEvidence (the provider's out-of-band enrolment of this machine),
-/// written to `path`.
+/// The VM's TPM attestation key as its EK proves it, never as the VM presents it (docs/tpm-ek.md): `sealroom
+/// attest --tpm-ek-ca` checks the TPM's EK certificate against the CA that manufactured the VM's swtpm
+/// ([`Vm::ek_ca_bundle`]) and has the TPM activate a credential for its AK; only then is the AK written to
+/// `path`, for offline checks of the VM's evidence later (`--tpm-ak`). That CA is copied next to it
+/// ([`ek_ca_of`]): the providers' brokers trust the VM's TPM through it (`--tpm-ek-ca`), not through the AK.
 pub fn enrol(vm: &Vm, path: &Path) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let url = vm.agent_url();
-    let ev = rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let channel = loop {
-            match tonic::transport::Channel::from_shared(url.clone())?.connect().await {
-                Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => bail!("cannot reach the agent at {url}: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        };
-        let mut client = apb::attestation_client::AttestationClient::new(channel);
-        let mut nonce = vec![0u8; 32];
-        sealroom_demo::random(&mut nonce)?;
-        let reply = tokio::time::timeout(
-            Duration::from_secs(120),
-            client.get_evidence(apb::GetEvidenceRequest { nonce, tee_public_key: Vec::new() }),
-        )
-        .await
-        .context("GetEvidence timed out")?
-        .map_err(|s| anyhow::anyhow!("GetEvidence: {}", s.message()))?;
-        reply.into_inner().evidence.context("no evidence in the reply")
-    })?;
-    let ak = ev.tpm.context("the VM's evidence has no TPM quote")?.ak_public;
-    write(path, &ak)?;
-    println!("[demo]   AK enrolled: sha256 {}", sha256_hex(&ak));
+    let (ok, out) = sealroom_output(&[
+        "attest".as_ref(),
+        "--agent".as_ref(),
+        url.as_ref(),
+        "--skip".as_ref(),
+        "firmware,kernel,workload".as_ref(),
+        "--timeout".as_ref(),
+        "120".as_ref(),
+        "--tpm-ek-ca".as_ref(),
+        vm.ek_ca_bundle().as_os_str(),
+        "--tpm-ak-out".as_ref(),
+        path.as_os_str(),
+        "--json".as_ref(),
+    ])?;
+    ensure!(ok && path.exists(), "sealroom attest --tpm-ek-ca did not prove the VM's AK: {out}");
+    ensure!(out.contains("ek-certified ak"), "the attestation does not name the EK-certified AK: {out}");
+    std::fs::copy(vm.ek_ca_bundle(), ek_ca_of(path))
+        .with_context(|| format!("copying {}", vm.ek_ca_bundle().display()))?;
+    let ak = std::fs::read(path)?;
+    println!(
+        "[demo]   AK proved by EK credential activation (EK CA of this VM's TPM): sha256 {}",
+        sha256_hex(&ak)
+    );
     Ok(())
+}
+
+/// Where [`enrol`] keeps the EK CA of the VM whose AK it wrote to `ak`.
+#[must_use]
+pub fn ek_ca_of(ak: &Path) -> PathBuf {
+    ak.with_extension("ek-ca.pem")
 }
