@@ -313,7 +313,14 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
             &ak_a,
             "patient",
             PATIENT,
-            &["--out", envelope_path.to_str().unwrap(), "--submit", "--wait", "120"],
+            &[
+                "--out",
+                envelope_path.to_str().unwrap(),
+                "--submit",
+                "--wait",
+                "120",
+                "--require-output-to-me",
+            ],
         )
         .await
         .unwrap();
@@ -346,6 +353,15 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
             hex::encode(&key_a[..8]),
             hex::encode(&key_b[..8])
         )
+    );
+
+    // B's output is not sealed: a sender who requires it to come back to them refuses to seal.
+    let err =
+        sender.seal(&agent_b, &ak_b, "patient", PATIENT, &["--require-output-to-me"]).await.unwrap_err();
+    assert!(err.contains("the workload's output is not sealed: it leaves the VM in plaintext"), "{err}");
+    assert!(
+        err.contains("refused: --require-output-to-me: the workload's output goes out in plaintext"),
+        "{err}"
     );
 
     // attack_unexpected_input_name: a genuine envelope for B, under a name its spec does not list.

@@ -95,6 +95,10 @@ struct SealArgs {
     /// Seconds to wait for the agent.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
+    /// Refuse unless the workload's output is sealed to this sender's reply key (`seal_output_to` naming this
+    /// input or this key): what a user whose output is derived from a private input wants.
+    #[arg(long)]
+    require_output_to_me: bool,
     /// With --agent: seconds to keep asking (every 2 s) while the agent does not answer or its launch is not
     /// measured up to its launch policy yet (the VM boots, the workload is being fetched); 0 asks once.
     #[arg(long, default_value_t = 0, requires = "agent")]
@@ -226,12 +230,25 @@ pub fn run(args: &Args) -> Result<()> {
     if events.iter().any(|e| matches!(e, RuntimeEvent::SealedInput { name: n, .. } if n == name)) {
         bail!("refused: the agent already holds a sealed input named {name}");
     }
-    for e in events {
-        if let RuntimeEvent::SealedOutputTo(to) = e {
-            let yours = *to == format!("input:{name}") || *to == sealed::key_text(&reply_key);
-            let whose = if yours { "your reply key" } else { "another party's key, not yours" };
-            println!("the workload's output is sealed to {to}: {whose}");
-        }
+    let output_to = events.iter().find_map(|e| match e {
+        RuntimeEvent::SealedOutputTo(to) => Some(to.as_str()),
+        _ => None,
+    });
+    let to_me =
+        output_to.is_some_and(|to| to == format!("input:{name}") || to == sealed::key_text(&reply_key));
+    match output_to {
+        Some(to) if to_me => println!("the workload's output is sealed to {to}: your reply key"),
+        Some(to) => println!("the workload's output is sealed to {to}: another party's key, not yours"),
+        None => println!("the workload's output is not sealed: it leaves the VM in plaintext"),
+    }
+    if a.require_output_to_me && !to_me {
+        bail!(
+            "refused: --require-output-to-me: the workload's output goes {}",
+            output_to.map_or_else(
+                || "out in plaintext".to_owned(),
+                |to| format!("to {to}, not to your reply key")
+            )
+        );
     }
     let tee = &evidence.tee_public_key;
     let tee_key: [u8; 32] = match (tee.kem(), tee.as_bytes().try_into()) {
