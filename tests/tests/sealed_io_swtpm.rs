@@ -661,3 +661,65 @@ async fn the_inbox_refuses_early_oversized_unopenable_and_late_inputs_with_their
     assert!(m.contains("launched without sealed inputs"), "{m}");
     agent2.stop().await.unwrap();
 }
+
+/// `sealroom seal --tpm-ek-ca`: the agent's AK is trusted through credential activation against its TPM's EK
+/// certificate, not because the agent presented it; a TPM certified by another CA gets nothing sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seal_trusts_the_agents_tpm_through_its_ek_certificate() {
+    use sealroom_tests::swtpm::EkCa;
+    let digest = format!("sha256:{}", "cd".repeat(32));
+    let launch = [
+        RuntimeEvent::ImageReference(format!("registry.example/inference@{digest}")),
+        RuntimeEvent::ManifestDigest(digest.clone()),
+        RuntimeEvent::Arg("/job".into()),
+        RuntimeEvent::SealedOutputTo("input:patient".into()),
+        RuntimeEvent::LaunchPolicy("allow_env_override=[]".into()),
+    ];
+    let (ca, rogue) = (EkCa::create().unwrap(), EkCa::create().unwrap());
+    let dir = unique_temp_dir("sealed-ek");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (golden_doc, golden_key) = write_golden(&dir.join("golden"));
+    let policy = tpm_policy(&digest, &["/job"], &[], Some((&golden_doc, &format!("ed25519:{golden_key}"))));
+    std::fs::write(dir.join("policy.toml"), policy).unwrap();
+    std::fs::write(dir.join("user.pub"), format!("{}\n", sealed::key_text(&[5; 32]))).unwrap();
+    std::fs::write(dir.join("record"), PATIENT).unwrap();
+    for (tpm_ca, ok) in [(&ca, true), (&rogue, false)] {
+        let tpm = Swtpm::start_with_ek_cert(tpm_ca).unwrap();
+        let out = std::process::Command::new("tpm2_pcrextend")
+            .arg(format!("11:sha256={}", hex::encode(boot_digest())))
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tpm2_pcrextend: {}", String::from_utf8_lossy(&out.stderr));
+        let agent = sealroom_tests::agent::start_agent(&tpm, &launch).await.unwrap();
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["seal".into(), "--agent".into(), format!("http://{}", agent.tcp_addr.unwrap()).into()];
+        for (flag, value) in [
+            ("--tpm-ek-ca", ca.bundle_pem().unwrap()),
+            ("--golden", dir.join("golden/boot.json")),
+            ("--golden-key", PathBuf::from(&golden_key)),
+            ("--policy", dir.join("policy.toml")),
+            ("--name", PathBuf::from("patient")),
+            ("--input", dir.join("record")),
+            ("--reply-key", dir.join("user.pub")),
+            ("--out", dir.join("record.sealed")),
+        ] {
+            args.extend([flag.into(), value.into()]);
+        }
+        args.push("--require-output-to-me".into());
+        let r = cli(args).await;
+        if ok {
+            let out = r.unwrap();
+            assert!(out.contains("(activated)"), "{out}");
+            assert!(out.contains("pass  policy.golden"), "{out}");
+            let env = SealedInput::parse(&std::fs::read(dir.join("record.sealed")).unwrap()).unwrap();
+            assert_eq!(env.tee_key.as_slice(), agent.handle.key().public().as_bytes());
+            std::fs::remove_file(dir.join("record.sealed")).unwrap();
+        } else {
+            let err = r.unwrap_err();
+            assert!(err.contains("refused: tpm ek certificate: chain to a configured EK CA"), "{err}");
+            assert!(!dir.join("record.sealed").exists(), "nothing sealed for a TPM of another CA");
+        }
+        agent.stop().await.unwrap();
+    }
+}

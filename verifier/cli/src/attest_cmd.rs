@@ -56,7 +56,7 @@ pub struct Args {
 
 /// The EK path against a live agent: its EK certificate checked against `cas`, a credential for its AK made with
 /// a fresh random secret, activated by its TPM and compared.
-async fn activate_ek(
+pub(crate) async fn activate_ek(
     agent: &str,
     cas: &[sealroom_verifier::x509::Certificate],
     at: sealroom_verifier::x509::UnixTime,

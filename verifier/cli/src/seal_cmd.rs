@@ -92,6 +92,10 @@ struct SealArgs {
     /// An enrolled TPM attestation key (marshalled TPMT_PUBLIC) to trust, e.g. a swtpm's; repeatable.
     #[arg(long = "tpm-ak")]
     tpm_ak: Vec<PathBuf>,
+    /// TPM EK CA certificates (PEM or DER); repeatable. With --agent, the agent's AK is trusted only after
+    /// credential activation against its EK certificate (as `sealroom attest --tpm-ek-ca`): no trust on first use.
+    #[arg(long = "tpm-ek-ca", requires = "agent")]
+    tpm_ek_ca: Vec<PathBuf>,
     /// Seconds to wait for the agent.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
@@ -210,9 +214,26 @@ pub fn run(args: &Args) -> Result<()> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))?;
+    let activated = match (&a.agent, a.tpm_ek_ca.is_empty()) {
+        (Some(agent), false) => {
+            let files = a
+                .tpm_ek_ca
+                .iter()
+                .map(|p| read(p).with_context(|| format!("--tpm-ek-ca {}", p.display())))
+                .collect::<Result<Vec<_>>>()?;
+            let cas = sealroom_verifier::tpm::ek::parse_ek_cas(&files)?;
+            let at = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+            let ak = rt.block_on(crate::attest_cmd::activate_ek(agent, &cas, at, timeout))?;
+            println!(
+                "the agent's AK is resident in a TPM whose EK certificate chains to --tpm-ek-ca (activated)"
+            );
+            Some(ak)
+        }
+        _ => None,
+    };
     let aks = crate::verify_cmd::read_enrolled_aks(&a.tpm_ak)?;
     let appraisal = VerifierAppraiser::with_pinned_tpm_aks(aks)
-        .appraise(&evidence, now_ms)
+        .appraise_activated(&evidence, now_ms, activated.as_ref())
         .map_err(|e| anyhow::anyhow!("refused: evidence: {e}"))?;
     let verdict = policy.evaluate_at(&appraisal, &golden, LaunchStage::AwaitingSealedInputs);
     println!("evidence {freshness}");
