@@ -105,6 +105,13 @@ fn hand_made_cel_seeds_mean_what_they_say() {
     let full =
         CelLog::decode(&std::fs::read(fuzz_dir().join("corpus/cel_decode/valid-full.cel")).unwrap()).unwrap();
     assert_eq!(full.len(), 10);
+    let sealed =
+        CelLog::decode(&std::fs::read(fuzz_dir().join("corpus/cel_decode/valid-sealed-input.cel")).unwrap())
+            .unwrap();
+    assert_eq!(
+        sealed[3].event.to_string(),
+        format!("sealed_input \"patient\" sha256:{} reply to x25519:{}", "ab".repeat(32), "05".repeat(32))
+    );
 }
 
 #[test]
