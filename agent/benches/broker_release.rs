@@ -103,8 +103,12 @@ fn bench(c: &mut Criterion) {
     ));
     let addr = rt.block_on(in_process::serve(Arc::clone(&broker)));
     let url = format!("http://{addr}");
-    let endpoint =
-        BrokerEndpoint { url: url.clone(), key_id: broker.signer_key_id().to_owned(), tls_ca: None };
+    let endpoint = BrokerEndpoint {
+        name: "bench".into(),
+        url: url.clone(),
+        key_id: broker.signer_key_id().to_owned(),
+        tls_ca: None,
+    };
     let keys = BrokerKeys::new(agent.handle.clone());
     let client: Client = rt.block_on(async {
         let ch = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await.unwrap();

@@ -407,7 +407,13 @@ async fn hardened_run(no_pivot: bool) {
         recs[sep - 2].event,
         RuntimeEvent::BrokerKey("3Mfj4cM9KvTWQ7pmqfyIXlM3YzZ2r3JN0a4cDnmWc8I".into())
     );
-    assert_eq!(recs[sep + 1].event, RuntimeEvent::KeyRelease { key_id: "dataset-key".into() });
+    assert_eq!(
+        recs[sep + 1].event,
+        RuntimeEvent::KeyRelease {
+            key_id: "dataset-key".into(),
+            broker_key: "3Mfj4cM9KvTWQ7pmqfyIXlM3YzZ2r3JN0a4cDnmWc8I".into()
+        }
+    );
     assert_eq!(
         recs[sep + 2].event,
         RuntimeEvent::Output { name: "output".into(), digest: outcome.output_digest.to_string() }

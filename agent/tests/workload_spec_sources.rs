@@ -66,7 +66,7 @@ async fn spec_from_the_metadata_server() {
     assert_eq!(s.image, format!("registry.example/app@{}", digest()));
     assert_eq!(s.args, Some(vec!["--epochs".to_owned(), "3".to_owned()]));
     assert_eq!(s.restart, RestartPolicy::OnFailure(2));
-    assert_eq!(s.key_ids, vec!["k".to_owned()]);
+    assert_eq!(s.key_ids(), ["k"]);
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 
     let (base, _) = metadata_server(None).await;

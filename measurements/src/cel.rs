@@ -86,6 +86,10 @@ pub enum RuntimeEvent {
     KeyRelease {
         /// Identifier of the released key (key broker resource id).
         key_id: String,
+        /// The broker that released it: the RFC 7638 thumbprint of its signing key (one of the measured
+        /// `broker_key` launch events). With several brokers per workload, a receipt can so name every release
+        /// by provider and key, and a broker can check that the release it vouches for came from itself.
+        broker_key: String,
     },
     /// Post-launch: the workload produced an output (a verifiable receipt of the result).
     Output {
@@ -204,7 +208,10 @@ impl RuntimeEvent {
                 put_tlv(&mut out, FIELD_2, reply_key.as_bytes());
             }
             Self::LaunchSeparator => {}
-            Self::KeyRelease { key_id } => put_tlv(&mut out, FIELD_0, key_id.as_bytes()),
+            Self::KeyRelease { key_id, broker_key } => {
+                put_tlv(&mut out, FIELD_0, key_id.as_bytes());
+                put_tlv(&mut out, FIELD_1, broker_key.as_bytes());
+            }
             Self::Output { name, digest } => {
                 put_tlv(&mut out, FIELD_0, name.as_bytes());
                 put_tlv(&mut out, FIELD_1, digest.as_bytes());
@@ -269,7 +276,10 @@ impl RuntimeEvent {
                 options: field(v, FIELD_3, "mount options")?,
             }),
             t::LAUNCH_SEPARATOR => Self::LaunchSeparator,
-            t::KEY_RELEASE => Self::KeyRelease { key_id: field(v, FIELD_0, "key release key id")? },
+            t::KEY_RELEASE => Self::KeyRelease {
+                key_id: field(v, FIELD_0, "key release key id")?,
+                broker_key: field(v, FIELD_1, "key release broker key")?,
+            },
             t::OUTPUT => Self::Output {
                 name: field(v, FIELD_0, "output name")?,
                 digest: field(v, FIELD_1, "output digest")?,
@@ -307,7 +317,7 @@ impl fmt::Display for RuntimeEvent {
                 )
             }
             Self::LaunchSeparator => f.write_str("launch_separator"),
-            Self::KeyRelease { key_id } => write!(f, "key_release {key_id:?}"),
+            Self::KeyRelease { key_id, broker_key } => write!(f, "key_release {key_id:?} from {broker_key}"),
             Self::Output { name, digest } => write!(f, "output {name:?} {digest}"),
         }
     }
@@ -714,7 +724,10 @@ mod tests {
                 reply_key: "x25519:ee".into(),
             },
             RuntimeEvent::LaunchSeparator,
-            RuntimeEvent::KeyRelease { key_id: "dataset-1".into() },
+            RuntimeEvent::KeyRelease {
+                key_id: "dataset-1".into(),
+                broker_key: "3Mfj4cM9KvTWQ7pmqfyIXlM3YzZ2r3JN0a4cDnmWc8I".into(),
+            },
             RuntimeEvent::Output { name: "result.csv".into(), digest: "sha256:cc".into() },
         ]
     }
@@ -826,8 +839,16 @@ mod tests {
             "cel record: invalid event order: record 2: env after the launch separator"
         );
         assert!(log.append(RUNTIME_PCR, ALGS, &RuntimeEvent::LaunchSeparator).is_err());
-        assert!(log.append(14, ALGS, &RuntimeEvent::KeyRelease { key_id: "k".into() }).is_err());
-        log.append(RUNTIME_PCR, ALGS, &RuntimeEvent::KeyRelease { key_id: "k".into() }).unwrap();
+        assert!(
+            log.append(14, ALGS, &RuntimeEvent::KeyRelease { key_id: "k".into(), broker_key: "b".into() })
+                .is_err()
+        );
+        log.append(
+            RUNTIME_PCR,
+            ALGS,
+            &RuntimeEvent::KeyRelease { key_id: "k".into(), broker_key: "b".into() },
+        )
+        .unwrap();
 
         // A forged log with a launch event after the separator is refused by the decoder as well.
         let recs = vec![

@@ -104,7 +104,12 @@ async fn serve<S: KeyBroker>(svc: KeyBrokerServer<S>) -> SocketAddr {
 }
 
 fn endpoint(addr: SocketAddr, kid: &str) -> BrokerEndpoint {
-    BrokerEndpoint { url: format!("http://{addr}"), key_id: kid.to_owned(), tls_ca: None }
+    BrokerEndpoint {
+        name: "broker".into(),
+        url: format!("http://{addr}"),
+        key_id: kid.to_owned(),
+        tls_ca: None,
+    }
 }
 
 /// Seals `material` to the request's TEE key, as anyone can (HPKE base mode needs no secret of the sender).
@@ -252,8 +257,8 @@ async fn attack_fake_broker_receipt() {
     assert_eq!(
         e,
         format!(
-            "workload keys: broker response: unsigned response; the workload spec pins broker key {}",
-            real.kid
+            "workload keys: provider broker ({}): broker response: unsigned response; the workload spec pins broker key {}",
+            real.kid, real.kid
         )
     );
     // Signed with the operator's own key: a valid signature, by a key the spec does not pin.
@@ -265,14 +270,18 @@ async fn attack_fake_broker_receipt() {
     assert_eq!(
         e,
         format!(
-            "workload keys: broker response: signed by broker key {operator_kid}, but the workload spec pins broker key {}",
-            real.kid
+            "workload keys: provider broker ({}): broker response: signed by broker key {operator_kid}, but the workload spec pins broker key {}",
+            real.kid, real.kid
         )
     );
 
     // An agent that had accepted the fake key (as before the fix) would have measured key_release and, after the
     // job, its output. The real broker still refuses the receipt: it never released this key to this TEE key.
-    agent.handle.measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into() }).await.unwrap();
+    agent
+        .handle
+        .measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into(), broker_key: real.kid.clone() })
+        .await
+        .unwrap();
     agent
         .handle
         .measure(RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() })
@@ -298,7 +307,11 @@ async fn attack_fake_broker_receipt() {
     let real_endpoint = endpoint(real.addr, &real.kid);
     let got = BrokerKeys::new(agent2.handle.clone()).release(&real_endpoint, &[KEY_ID.into()]).await.unwrap();
     assert_eq!(got, vec![(KEY_ID.to_owned(), DATA_KEY.to_vec())]);
-    agent2.handle.measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into() }).await.unwrap();
+    agent2
+        .handle
+        .measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into(), broker_key: real.kid.clone() })
+        .await
+        .unwrap();
     agent2
         .handle
         .measure(RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() })
@@ -329,8 +342,8 @@ async fn attack_mitm_key() {
     assert_eq!(
         e,
         format!(
-            "workload keys: broker response: signature by broker key {} does not verify over this response",
-            real.kid
+            "workload keys: provider broker ({}): broker response: signature by broker key {} does not verify over this response",
+            real.kid, real.kid
         )
     );
     // Re-signing with his own key: not the pinned broker.

@@ -63,7 +63,12 @@ async fn agent(tpm: &Swtpm, broker_kid: &str) -> Running {
 }
 
 fn endpoint(addr: &str, kid: &str) -> BrokerEndpoint {
-    BrokerEndpoint { url: format!("http://{addr}"), key_id: kid.to_owned(), tls_ca: None }
+    BrokerEndpoint {
+        name: "broker".into(),
+        url: format!("http://{addr}"),
+        key_id: kid.to_owned(),
+        tls_ca: None,
+    }
 }
 
 /// The agent's own broker client asks for the key.
@@ -192,7 +197,10 @@ async fn release_and_receipt_through_the_ek_path_of_broker_serve() {
     let got = release(&vm, &broker.addr, &kid).await.unwrap();
     assert_eq!(got, vec![(KEY_ID.to_owned(), DATA_KEY.to_vec())]);
     // The receipt takes the same path (its own challenge, credential and activation).
-    vm.handle.measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into() }).await.unwrap();
+    vm.handle
+        .measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into(), broker_key: kid.clone() })
+        .await
+        .unwrap();
     vm.handle.measure(RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() }).await.unwrap();
     let digest = Sha256Digest::parse(OUTPUT, "output").unwrap();
     let r = receipt::obtain(&vm.handle, &e, KEY_ID, &digest).await.unwrap();
@@ -208,7 +216,7 @@ async fn release_and_receipt_through_the_ek_path_of_broker_serve() {
     let bare = Swtpm::start().unwrap();
     let bare_agent = agent(&bare, &kid).await;
     let err = release(&bare_agent, &broker.addr, &kid).await.unwrap_err();
-    assert_eq!(err, format!("workload keys: broker refused key {KEY_ID}: {UNTRUSTED}"));
+    assert_eq!(err, format!("workload keys: provider broker ({kid}) refused key {KEY_ID}: {UNTRUSTED}"));
     drop(broker);
     provider.verify_audit().unwrap();
 }
@@ -317,7 +325,10 @@ async fn attack_ek_cert_from_another_ca() {
          pinned root (or its signature does not verify)"
     );
     let err = release(&a, &addr.to_string(), &kid).await.unwrap_err();
-    assert_eq!(err, format!("workload keys: broker http://{addr}: challenge: {reason}"));
+    assert_eq!(
+        err,
+        format!("workload keys: provider broker ({kid}): broker http://{addr}: challenge: {reason}")
+    );
 
     // An activation naming that certificate at Release is refused for the certificate, whatever the secret.
     let nonce = c.challenge(kpb::ChallengeRequest::default()).await.unwrap().into_inner().nonce;

@@ -97,7 +97,12 @@ async fn start_replica(url: &str, dir: &std::path::Path, aks: Vec<Vec<u8>>) -> R
 }
 
 fn endpoint(r: &Replica) -> BrokerEndpoint {
-    BrokerEndpoint { url: format!("http://{}", r.addr), key_id: r.kid.clone(), tls_ca: None }
+    BrokerEndpoint {
+        name: "replica".into(),
+        url: format!("http://{}", r.addr),
+        key_id: r.kid.clone(),
+        tls_ca: None,
+    }
 }
 
 async fn ak_of(agent: &sealroom_agent::server::Running) -> Vec<u8> {
@@ -144,7 +149,11 @@ async fn receipts_work_on_a_postgres_replica_and_attack_pg_record_edit_is_refuse
         .parse()
         .unwrap();
     assert_eq!(pg.psql("sealroom", "select count(*) from releases").unwrap().trim(), "1");
-    agent.handle.measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into() }).await.unwrap();
+    agent
+        .handle
+        .measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into(), broker_key: kid.clone() })
+        .await
+        .unwrap();
     agent
         .handle
         .measure(RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() })
@@ -157,7 +166,11 @@ async fn receipts_work_on_a_postgres_replica_and_attack_pg_record_edit_is_refuse
     assert!(last_audit(&pg).starts_with("3|"), "the receipt is audited: {}", last_audit(&pg));
 
     // A receipt for a release that a replica never made is still refused (the record is what decides).
-    agent2.handle.measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into() }).await.unwrap();
+    agent2
+        .handle
+        .measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into(), broker_key: kid.clone() })
+        .await
+        .unwrap();
     agent2
         .handle
         .measure(RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() })

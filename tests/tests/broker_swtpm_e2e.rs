@@ -414,7 +414,10 @@ async fn workload_in_crun_reads_the_key_a_broker_process_released_and_a_changed_
         CelLog::decode(&agent_a.handle.runtime_log().0).unwrap().into_iter().map(|r| r.event).collect();
     let sep = events.iter().position(|e| *e == RuntimeEvent::LaunchSeparator).unwrap();
     assert_eq!(events[1], RuntimeEvent::ManifestDigest(approved.manifest_digest()));
-    assert_eq!(events[sep + 1], RuntimeEvent::KeyRelease { key_id: KEY_ID.into() });
+    assert_eq!(
+        events[sep + 1],
+        RuntimeEvent::KeyRelease { key_id: KEY_ID.into(), broker_key: broker.key_id().unwrap() }
+    );
 
     // Agent B runs a changed image: the broker refuses, the agent says why, the workload never runs.
     let cfg_b = workload_config("broker-e2e-changed");
@@ -423,7 +426,13 @@ async fn workload_in_crun_reads_the_key_a_broker_process_released_and_a_changed_
     let err = workload::run(&spec_b, &cfg_b, &agent_b.handle, &keys_b).await.unwrap_err().to_string();
     let reason =
         format!("policy.image_digests: workload image digest {} not allowed", changed.manifest_digest());
-    assert_eq!(err, format!("workload keys: broker refused key {KEY_ID}: {reason}"));
+    assert_eq!(
+        err,
+        format!(
+            "workload keys: provider broker ({}) refused key {KEY_ID}: {reason}",
+            broker.key_id().unwrap()
+        )
+    );
     assert!(!cfg_b.keys_dir.join(KEY_ID).exists(), "no key for a refused workload");
     assert!(std::fs::read_dir(&cfg_b.output_dir).unwrap().next().is_none(), "the workload must not have run");
 

@@ -56,6 +56,7 @@ async fn attack_broker_tls_foreign_ca_is_refused_and_the_pinned_ca_gets_the_key(
         .unwrap();
     let keys = BrokerKeys::new(agent.handle.clone());
     let endpoint = |scheme: &str, ca: &str| BrokerEndpoint {
+        name: "tls".into(),
         url: format!("{scheme}://{}", broker.addr),
         key_id: kid.clone(),
         tls_ca: Some(ca.to_owned()),
@@ -64,7 +65,13 @@ async fn attack_broker_tls_foreign_ca_is_refused_and_the_pinned_ca_gets_the_key(
     // A CA other than the one that issued the broker's certificate: refused during the handshake.
     let e =
         keys.release(&endpoint("https", &foreign.ca_pem), &[KEY_ID.into()]).await.unwrap_err().to_string();
-    assert!(e.starts_with(&format!("workload keys: broker https://{}: unreachable:", broker.addr)), "{e}");
+    assert!(
+        e.starts_with(&format!(
+            "workload keys: provider tls ({kid}): broker https://{}: unreachable:",
+            broker.addr
+        )),
+        "{e}"
+    );
     assert!(
         e.contains("certificate") || e.contains("UnknownIssuer"),
         "the reason names the certificate: {e}"
@@ -72,7 +79,10 @@ async fn attack_broker_tls_foreign_ca_is_refused_and_the_pinned_ca_gets_the_key(
     // Plain HTTP/2 to the TLS listener: no key. The TLS server drops the connection; depending on timing the
     // client names it unreachable, a transport or h2 protocol error, or a cancelled call — all refusals.
     let e = keys.release(&endpoint("http", &real.ca_pem), &[KEY_ID.into()]).await.unwrap_err().to_string();
-    assert!(e.starts_with(&format!("workload keys: broker http://{}: ", broker.addr)), "{e}");
+    assert!(
+        e.starts_with(&format!("workload keys: provider tls ({kid}): broker http://{}: ", broker.addr)),
+        "{e}"
+    );
 
     // The CA the spec pins: the key is released over TLS.
     let got = keys.release(&endpoint("https", &real.ca_pem), &[KEY_ID.into()]).await.unwrap();

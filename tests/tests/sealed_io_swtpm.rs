@@ -463,12 +463,19 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
     // The result leaves as ciphertext only; the receipt names the (salted) output digest.
     workload::receipt::finish_in_vm(&agent_a.handle, &spec_a, &cfg_a, &outcome).await;
     let result = cfg_a.work_dir.join("result");
-    let mut names: Vec<String> = std::fs::read_dir(&result)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["evidence.pb", "output.sealed", "receipt.jwt"]);
+    let listed = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listed(&result), ["evidence.pb", "output.sealed", "receipt.jwt", "receipts"]);
+    // Every broker's receipt (one here, the single-broker form names it "broker").
+    assert_eq!(listed(&result.join("receipts")), ["broker.evidence.pb", "broker.jwt"]);
+    let names =
+        ["evidence.pb", "output.sealed", "receipt.jwt", "receipts/broker.evidence.pb", "receipts/broker.jwt"];
     let prediction = PATIENT.to_ascii_uppercase();
     for name in &names {
         let bytes = std::fs::read(result.join(name)).unwrap();

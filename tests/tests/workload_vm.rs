@@ -178,7 +178,10 @@ fn booted_image_runs_the_measured_workload_with_its_released_key_and_the_verifie
     assert_eq!(args, workload_args());
     let sep = events.iter().position(|e| *e == RuntimeEvent::LaunchSeparator).unwrap();
     assert!(matches!(events[sep - 1], RuntimeEvent::LaunchPolicy(_)), "{events:?}");
-    assert_eq!(events[sep + 1], RuntimeEvent::KeyRelease { key_id: KEY_ID.into() });
+    assert_eq!(
+        events[sep + 1],
+        RuntimeEvent::KeyRelease { key_id: KEY_ID.into(), broker_key: provider.key_id().unwrap() }
+    );
     // The output event: the digest of /output as the host predicts it from the key it released.
     let expected_out = dir.join("expected-output");
     std::fs::create_dir_all(&expected_out).unwrap();
@@ -240,7 +243,10 @@ fn booted_image_runs_the_measured_workload_with_its_released_key_and_the_verifie
     assert_eq!(w["image_digest"], image.manifest_digest());
     assert_eq!(w["image_reference"], reference);
     assert_eq!(w["args"], serde_json::json!(workload_args()));
-    assert_eq!(w["key_releases"], serde_json::json!([KEY_ID]));
+    assert_eq!(
+        w["key_releases"],
+        serde_json::json!([{"key_id": KEY_ID, "broker_key": provider.key_id().unwrap()}])
+    );
 
     // The broker refuses this VM a key whose policy names another image, and says why.
     let refusal = rt.block_on(async {

@@ -578,7 +578,7 @@ mod tests {
             E::Env("PATH=/bin".into()),
             E::LaunchPolicy("log_redirect=never\n".into()),
             E::LaunchSeparator,
-            E::KeyRelease { key_id: "k".into() },
+            E::KeyRelease { key_id: "k".into(), broker_key: "b".into() },
             E::Output { name: "output".into(), digest: "sha256:cc".into() },
         ];
         let records: Vec<CelRecord> = events
@@ -600,7 +600,7 @@ mod tests {
         assert_eq!(w["args"], json!(["/bin/app", "--fast"]));
         assert_eq!(w["env"], json!(["PATH=/bin"]));
         assert_eq!(w["launched"], json!(true));
-        assert_eq!(w["key_releases"], json!(["k"]));
+        assert_eq!(w["key_releases"], json!([{"key_id": "k", "broker_key": "b"}]));
         assert_eq!(w["outputs"], json!([{"name": "output", "digest": "sha256:cc"}]));
 
         let mut est = Established::default();

@@ -169,8 +169,34 @@ pub fn check_release_signature(
         .map_err(|e| err(e.to_string()))
 }
 
+/// `provider NAME (KID)`: how the console and errors name a data provider's broker.
+#[must_use]
+pub fn provider_label(endpoint: &BrokerEndpoint) -> String {
+    format!("provider {} ({})", endpoint.name, endpoint.key_id)
+}
+
 impl KeyProvider for BrokerKeys {
+    /// Every error names the provider: `provider NAME (KID) refused key ID: REASON` for a signed refusal,
+    /// `provider NAME (KID): …` for anything else (unreachable, unsigned or foreign response, a key that does
+    /// not open).
     async fn release(&self, endpoint: &BrokerEndpoint, key_ids: &[String]) -> Result<Vec<(String, Vec<u8>)>> {
+        let label = provider_label(endpoint);
+        self.release_from(endpoint, key_ids, &label).await.map_err(|e| match e {
+            Error::Workload { stage, reason } if !reason.starts_with(&label) => {
+                Error::workload(stage, format!("{label}: {reason}"))
+            }
+            other => other,
+        })
+    }
+}
+
+impl BrokerKeys {
+    async fn release_from(
+        &self,
+        endpoint: &BrokerEndpoint,
+        key_ids: &[String],
+        label: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let broker = endpoint.url.as_str();
         let (mut client, nonce, tpm_activation) =
             connect_and_challenge(endpoint, &self.handle, STAGE).await?;
@@ -189,7 +215,7 @@ impl KeyProvider for BrokerKeys {
             .into_inner();
         check_release_signature(&endpoint.key_id, &nonce, TeeKeyField { kem_id, key: &tee_key }, &response)?;
         if let Some(r) = response.refusals.first() {
-            return Err(err(format!("broker refused key {}: {}", r.key_id, r.reason)));
+            return Err(err(format!("{label} refused key {}: {}", r.key_id, r.reason)));
         }
         let mut out = Vec::with_capacity(key_ids.len());
         for id in key_ids {

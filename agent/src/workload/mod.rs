@@ -7,13 +7,15 @@
 //! 2. read the image's launch policy and refuse operator settings it forbids ([`policy`]), before anything is
 //!    measured or run;
 //! 3. measure, in order (Confidential Space's order): image reference, manifest digest, config digest, each
-//!    arg, each env var, each mount, the broker key the workload trusts (when it has a broker), the launch
+//!    arg, each env var, each mount, the key of each broker the workload trusts (in spec order), the launch
 //!    policy (with `seal_output_to`, a `sealed_output_to` event before it), then — once every sealed input
 //!    the spec names arrived through `SubmitInput` and was measured ([`sealed`]) — the launch separator ([`launch_events`]) into
 //!    PCR 15 + RTMR3 + the runtime CEL log; a failed measurement stops the launch;
 //! 4. unpack the layers into the root ([`rootfs`]);
-//! 5. only now, request the data keys from the broker (the evidence shows the measured workload) and write
-//!    them read-only to the keys directory, each measured as a `key_release` event;
+//! 5. only now, request the data keys from each broker in turn, each for its own key ids only (every one
+//!    appraises the same measured launch: no `key_release` is measured until all have released); one refusal
+//!    stops the launch with `provider NAME (KID) refused key ID: REASON` and nothing written. Then write them
+//!    read-only to the keys directory, each measured as a `key_release` event naming its broker's key;
 //! 6. run it with crun ([`runner`]) under the restart policy;
 //! 7. measure an `output` event: the digest of the output directory
 //!    ([`sealroom_measurements::output::digest_dir`]), and return; the caller decides about power-off.
@@ -171,9 +173,7 @@ pub fn launch_events(
     events.extend(plan.args.iter().cloned().map(RuntimeEvent::Arg));
     events.extend(plan.env.iter().cloned().map(RuntimeEvent::Env));
     events.extend(plan.mounts.iter().cloned().map(RuntimeEvent::Mount));
-    if let Some(broker) = &spec.broker {
-        events.push(RuntimeEvent::BrokerKey(broker.key_id.clone()));
-    }
+    events.extend(spec.brokers.iter().map(|s| RuntimeEvent::BrokerKey(s.broker.key_id.clone())));
     if let Some(to) = &spec.sealed.output_to {
         events.push(RuntimeEvent::SealedOutputTo(to.text()));
     }
@@ -260,26 +260,33 @@ async fn run_inner<M: Measurer, K: KeyProvider>(
     }
     inputs::copy_all(&spec.inputs, &cfg.work_dir, uid, gid)?;
     sealed::chown_all(&spec.sealed, &cfg.work_dir, uid, gid)?;
-    if let (false, Some(broker)) = (spec.key_ids.is_empty(), &spec.broker) {
-        let released = keys.release(broker, &spec.key_ids).await?;
-        for (id, secret) in released {
-            // The spec admitted only plain-name components, so the path stays under keys_dir.
-            let path = cfg.keys_dir.join(&id);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| Error::workload("keys", format!("{}: {e}", parent.display())))?;
-            }
-            std::fs::write(&path, &secret)
-                .map_err(|e| Error::workload("keys", format!("{}: {e}", path.display())))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
-                .map_err(|e| Error::workload("keys", format!("{}: {e}", path.display())))?;
-            if nix::unistd::geteuid().is_root() {
-                std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
-                    .map_err(|e| Error::workload("keys", format!("{}: {e}", path.display())))?;
-            }
-            measurer.measure(RuntimeEvent::KeyRelease { key_id: id.clone() }).await?;
-            say!("key {id} released to the workload");
+    // All or nothing: every broker is asked (for its own key ids only) before anything is written, so one
+    // provider's refusal leaves no key on disk and the workload never starts. A provider that already released
+    // has its release in its own audit log; the key it sent is dropped here, unused.
+    let mut released = Vec::new();
+    for source in &spec.brokers {
+        let b = &source.broker;
+        let keys = keys.release(b, &source.key_ids).await?;
+        say!("provider {} ({}) released {} key(s)", b.name, b.key_id, keys.len());
+        released.extend(keys.into_iter().map(|(id, secret)| (b.key_id.clone(), id, secret)));
+    }
+    for (broker_key, id, secret) in released {
+        // The spec admitted only plain-name components, so the path stays under keys_dir.
+        let path = cfg.keys_dir.join(&id);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::workload("keys", format!("{}: {e}", parent.display())))?;
         }
+        std::fs::write(&path, &secret)
+            .map_err(|e| Error::workload("keys", format!("{}: {e}", path.display())))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
+            .map_err(|e| Error::workload("keys", format!("{}: {e}", path.display())))?;
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                .map_err(|e| Error::workload("keys", format!("{}: {e}", path.display())))?;
+        }
+        measurer.measure(RuntimeEvent::KeyRelease { key_id: id.clone(), broker_key }).await?;
+        say!("key {id} released to the workload");
     }
     if nix::unistd::geteuid().is_root() {
         std::os::unix::fs::lchown(&cfg.output_dir, Some(uid), Some(gid))

@@ -11,7 +11,15 @@
 //! receipt.jwt      the broker's receipt (compact JWS, ES256)
 //! evidence.pb      the evidence the receipt was issued for (protobuf sealroom.attestation.v1.Evidence, as
 //!                  `sealroom attest --out` writes it)
+//! receipts/NAME.jwt, receipts/NAME.evidence.pb
+//!                  the receipt of each broker of the spec (NAME: its name in the spec; `broker` for the
+//!                  single-broker form) and the evidence it was issued for; `receipt.jwt` and `evidence.pb`
+//!                  are copies of the first broker's
 //! ```
+//! Every broker is asked for its own receipt (judged by its own first key id's policy): each provider signs
+//! only for itself, and a user checks one from each (`sealroom verify-receipt --receipt … --broker-key …`).
+//! The receipts carry different nonces and so different evidence files, but name the same TEE key, registers,
+//! workload, releases and output.
 //! In a VM the directory leaves through a raw disk ([`export_tar`]): the agent writes it as a plain ustar
 //! archive from sector 0 of the operator's output disk, which the host reads with `tar -xf disk.raw` (the
 //! zero-filled rest of the disk ends the archive). No file system, no network path to the host is needed.
@@ -41,6 +49,20 @@ pub mod names {
     pub const RECEIPT: &str = "receipt.jwt";
     /// The evidence.
     pub const EVIDENCE: &str = "evidence.pb";
+    /// The directory of every broker's receipt.
+    pub const RECEIPTS_DIR: &str = "receipts";
+
+    /// Broker `name`'s receipt, under [`RECEIPTS_DIR`].
+    #[must_use]
+    pub fn broker_receipt(name: &str) -> String {
+        format!("{name}.jwt")
+    }
+
+    /// The evidence broker `name`'s receipt was issued for, under [`RECEIPTS_DIR`].
+    #[must_use]
+    pub fn broker_evidence(name: &str) -> String {
+        format!("{name}.evidence.pb")
+    }
 }
 
 fn err(reason: impl Into<String>) -> Error {
@@ -126,32 +148,65 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Writes the result directory (see the module documentation) into `dir`: a copy of `output_dir`, the
-/// listing and, when there is one, the receipt and its evidence.
+/// listing and every broker's receipt with its evidence (`receipts`: broker name and receipt, in spec order;
+/// the first is also `receipt.jwt` and `evidence.pb`).
 ///
 /// # Errors
 /// I/O failures.
-pub fn write_result(dir: &Path, output_dir: &Path, listing: &str, receipt: Option<&Receipt>) -> Result<()> {
+pub fn write_result(
+    dir: &Path,
+    output_dir: &Path,
+    listing: &str,
+    receipts: &[(String, Receipt)],
+) -> Result<()> {
     copy_tree(output_dir, &dir.join(names::OUTPUT_DIR))?;
     let p = dir.join(names::LISTING);
     std::fs::write(&p, listing.as_bytes()).map_err(|e| io(&p, &e))?;
-    write_receipt(dir, receipt)
+    write_receipts(dir, receipts)
 }
 
-/// Writes the receipt and its evidence (when there is a receipt) into the result directory `dir`.
+/// Writes every broker's receipt and its evidence into the result directory `dir` (`receipts`: broker name and
+/// receipt, in spec order; the first is also `receipt.jwt` and `evidence.pb`).
 ///
 /// # Errors
 /// I/O failures.
-pub fn write_receipt(dir: &Path, receipt: Option<&Receipt>) -> Result<()> {
+pub fn write_receipts(dir: &Path, receipts: &[(String, Receipt)]) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, &e))?;
-    let write = |name: &str, bytes: &[u8]| {
+    let write = |name: &Path, bytes: &[u8]| {
         let p = dir.join(name);
         std::fs::write(&p, bytes).map_err(|e| io(&p, &e))
     };
-    if let Some(r) = receipt {
-        write(names::RECEIPT, r.token.as_bytes())?;
-        write(names::EVIDENCE, &r.evidence)?;
+    if let Some((_, r)) = receipts.first() {
+        write(Path::new(names::RECEIPT), r.token.as_bytes())?;
+        write(Path::new(names::EVIDENCE), &r.evidence)?;
+        let sub = dir.join(names::RECEIPTS_DIR);
+        std::fs::create_dir_all(&sub).map_err(|e| io(&sub, &e))?;
+    }
+    for (name, r) in receipts {
+        let under = Path::new(names::RECEIPTS_DIR);
+        write(&under.join(names::broker_receipt(name)), r.token.as_bytes())?;
+        write(&under.join(names::broker_evidence(name)), &r.evidence)?;
     }
     Ok(())
+}
+
+/// Asks every broker of the spec for its receipt of `output_digest` (each judged by its first key id's
+/// policy), in spec order: the receipts obtained, by broker name, and one line per broker that gave none.
+pub async fn obtain_all(
+    handle: &AttestationHandle,
+    spec: &super::spec::WorkloadSpec,
+    output_digest: &Sha256Digest,
+) -> (Vec<(String, Receipt)>, Vec<String>) {
+    let (mut receipts, mut failures) = (Vec::new(), Vec::new());
+    for source in &spec.brokers {
+        let b = &source.broker;
+        let Some(key) = source.key_ids.first() else { continue };
+        match obtain(handle, b, key, output_digest).await {
+            Ok(r) => receipts.push((b.name.clone(), r)),
+            Err(e) => failures.push(format!("{}: {e}", super::broker::provider_label(b))),
+        }
+    }
+    (receipts, failures)
 }
 
 /// Writes `dir` as a ustar archive (entries named relative to `dir`, sorted, deterministic headers) from the
@@ -199,7 +254,7 @@ fn collect(root: &Path, rel: &Path, out: &mut Vec<std::path::PathBuf>) -> Result
 /// The virtio serial of the operator's output disk (QEMU `-device virtio-blk-pci,drive=…,serial=sealroom-output`).
 pub const OUTPUT_DISK_SERIAL: &str = "sealroom-output";
 
-/// In the VM, after the workload's output was measured: obtain the receipt (judged by the spec's first key),
+/// In the VM, after the workload's output was measured: obtain every broker's receipt ([`obtain_all`]),
 /// write the result directory under the work directory and, when an output disk is attached, export it there.
 /// Every step says on the console what happened; nothing here stops the agent.
 pub async fn finish_in_vm(
@@ -209,29 +264,21 @@ pub async fn finish_in_vm(
     outcome: &super::Outcome,
 ) {
     let say = |a: std::fmt::Arguments<'_>| super::console(format_args!("receipt: {a}"));
-    let receipt = match (spec.broker.as_ref(), spec.key_ids.first()) {
-        (Some(broker), Some(key)) => match obtain(handle, broker, key, &outcome.output_digest).await {
-            Ok(r) => {
-                say(format_args!("issued by the broker for output {}", outcome.output_digest));
-                Some(r)
-            }
-            Err(e) => {
-                say(format_args!("REFUSED/FAILED: {e}"));
-                None
-            }
-        },
-        _ => {
-            say(format_args!("no broker or key in the spec: the result has no receipt"));
-            None
-        }
-    };
+    let (receipts, failures) = obtain_all(handle, spec, &outcome.output_digest).await;
+    for (name, _) in &receipts {
+        say(format_args!("issued by broker {name} for output {}", outcome.output_digest));
+    }
+    for f in &failures {
+        say(format_args!("REFUSED/FAILED: {f}"));
+    }
+    if spec.key_ids().is_empty() {
+        say(format_args!("no broker or key in the spec: the result has no receipt"));
+    }
     let dir = cfg.work_dir.join("result");
     let written = match &spec.sealed.output_to {
         // The output leaves sealed to the reply key: the result holds only its ciphertext.
-        Some(to) => {
-            super::sealed::write_sealed_result(handle, to, &dir, cfg, outcome, receipt.as_ref()).await
-        }
-        None => write_result(&dir, &cfg.output_dir, &outcome.output_listing, receipt.as_ref()),
+        Some(to) => super::sealed::write_sealed_result(handle, to, &dir, cfg, outcome, &receipts).await,
+        None => write_result(&dir, &cfg.output_dir, &outcome.output_listing, &receipts),
     };
     if let Err(e) = written {
         return say(format_args!("FAILED: {e}"));
@@ -262,7 +309,8 @@ mod tests {
         let (d, listing) = sealroom_measurements::output::digest_dir(&out).unwrap();
         let result = base.path().join("result");
         let receipt = Receipt { token: "a.b.c".into(), evidence: vec![1, 2, 3] };
-        write_result(&result, &out, &listing, Some(&receipt)).unwrap();
+        let second = Receipt { token: "d.e.f".into(), evidence: vec![4] };
+        write_result(&result, &out, &listing, &[("a".into(), receipt), ("b".into(), second)]).unwrap();
         // A zero-filled "disk" larger than the archive, as QEMU's raw output disk.
         let disk = base.path().join("disk.raw");
         std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
@@ -283,5 +331,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(extracted.join("output.sha256")).unwrap(), listing);
         assert_eq!(std::fs::read(extracted.join("evidence.pb")).unwrap(), vec![1, 2, 3]);
         assert_eq!(std::fs::read_to_string(extracted.join("receipt.jwt")).unwrap(), "a.b.c");
+        assert_eq!(std::fs::read_to_string(extracted.join("receipts/a.jwt")).unwrap(), "a.b.c");
+        assert_eq!(std::fs::read_to_string(extracted.join("receipts/b.jwt")).unwrap(), "d.e.f");
+        assert_eq!(std::fs::read(extracted.join("receipts/b.evidence.pb")).unwrap(), vec![4]);
     }
 }

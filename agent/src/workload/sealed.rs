@@ -283,8 +283,8 @@ pub fn seal_output(output_dir: &Path, output_digest: &[u8; 32], reply_key: &[u8;
     Ok(SealedOutput { reply_key: *reply_key, output_digest: *output_digest, enc, ciphertext }.encode())
 }
 
-/// Writes the result directory of a sealed output: `output.sealed` (to the reply key `to` resolves to), the
-/// receipt and its evidence; no plaintext file of the output.
+/// Writes the result directory of a sealed output: `output.sealed` (to the reply key `to` resolves to), every
+/// broker's receipt and its evidence; no plaintext file of the output.
 ///
 /// # Errors
 /// No reply key, a changed output, I/O.
@@ -294,11 +294,11 @@ pub async fn write_sealed_result<M: Measurer>(
     dir: &Path,
     cfg: &super::WorkloadConfig,
     outcome: &super::Outcome,
-    receipt: Option<&super::receipt::Receipt>,
+    receipts: &[(String, super::receipt::Receipt)],
 ) -> Result<()> {
     let key = resolve_output_key(to, measurer).await?;
     let sealed = seal_output(&cfg.output_dir, &outcome.output_digest.0, &key)?;
-    super::receipt::write_receipt(dir, receipt)?;
+    super::receipt::write_receipts(dir, receipts)?;
     let p = dir.join(SEALED_OUTPUT_FILE);
     std::fs::write(&p, &sealed).map_err(|e| Error::workload("output", format!("{}: {e}", p.display())))?;
     super::console(format_args!(

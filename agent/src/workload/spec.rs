@@ -32,6 +32,17 @@
 //! run, not what runs, so it is not measured.
 //! `sealed_inputs`, `sealed_input_timeout_secs` and `seal_output_to` (JSON only): sealed inputs the launch waits
 //! for before the separator and the reply key the output is sealed to ([`super::sealed`]).
+//! Several data providers, each with its own broker: instead of `broker`, `broker_key`, `broker_ca` and
+//! `key_ids` (which stay valid and mean one broker named `broker`; both forms together are refused), list them:
+//! ```json
+//! {"brokers": [{"name": "hospital-a", "url": "https://a:8443", "key": "<RFC 7638 thumbprint>",
+//!               "ca": "-----BEGIN CERTIFICATE-----…", "key_ids": ["rows-a"]},
+//!              {"name": "hospital-b", "url": "http://10.0.2.2:8444", "key": "<thumbprint>", "key_ids": ["rows-b"]}]}
+//! ```
+//! Names (`[a-z0-9-]`, at most 32) and broker keys are unique, every broker lists at least one key id, and a
+//! key id belongs to one broker only (it names one file under the keys directory and one provider). Each
+//! broker's key is measured, in spec order, before the separator; each broker is asked only for its own key
+//! ids, and the keys are written only once every broker released ([`super::run`]: all or nothing).
 //! `inputs` names files or disks copied in and mounted read-only at `/input/<name>` ([`super::inputs`]).
 //! `on_exit` says what the VM does once the workload has ended and its output is measured: `serve` (the
 //! default: keep answering attestation calls) or `poweroff`. It does not change what runs, so it is not measured.
@@ -228,10 +239,9 @@ pub struct WorkloadSpec {
     pub restart: RestartPolicy,
     /// Whether the operator asks for the workload's stdout/stderr on the console (the image must allow it).
     pub log_redirect: bool,
-    /// The key broker: address, pinned signing key, TLS trust.
-    pub broker: Option<BrokerEndpoint>,
-    /// Key ids to request from the broker after the workload is measured.
-    pub key_ids: Vec<String>,
+    /// The key sources, in spec order: each broker (address, pinned signing key, TLS trust) and the key ids it
+    /// holds. Empty: no keys. Key ids are unique across brokers.
+    pub brokers: Vec<KeySource>,
     /// Registries (`host[:port]`) reached over plain HTTP (content is still verified by digest).
     pub insecure_registries: Vec<String>,
     /// Registry credentials.
@@ -246,9 +256,22 @@ pub struct WorkloadSpec {
     pub sealed: super::sealed::SealedSpec,
 }
 
+/// One data provider's key broker and the key ids the workload asks it for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySource {
+    /// The broker (its name, address, pinned key and TLS trust).
+    pub broker: BrokerEndpoint,
+    /// The key ids it holds for this workload (asked of this broker only, in order).
+    pub key_ids: Vec<String>,
+}
+
 /// The key broker a workload trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerEndpoint {
+    /// The provider's name in the spec (`[a-z0-9-]`, at most [`MAX_BROKER_NAME`] bytes; [`SINGLE_BROKER_NAME`]
+    /// for the single-broker form). It names the provider on the console and the receipt file; not measured
+    /// (the key is).
+    pub name: String,
     /// `http://` or `https://` URL.
     pub url: String,
     /// The RFC 7638 thumbprint of the broker's ES256 signing key (measured; responses must be signed by it).
@@ -278,6 +301,8 @@ struct SpecDocument {
     #[serde(default)]
     key_ids: Vec<String>,
     #[serde(default)]
+    brokers: Option<Vec<BrokerDocument>>,
+    #[serde(default)]
     insecure_registries: Vec<String>,
     #[serde(default)]
     registry_auth: Option<RegistryCredentials>,
@@ -293,6 +318,18 @@ struct SpecDocument {
     sealed_input_timeout_secs: Option<u64>,
     #[serde(default)]
     seal_output_to: Option<String>,
+}
+
+/// One entry of `brokers`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BrokerDocument {
+    name: String,
+    url: String,
+    key: String,
+    #[serde(default)]
+    ca: Option<String>,
+    key_ids: Vec<String>,
 }
 
 fn check_item(what: &str, s: &str) -> Result<()> {
@@ -358,6 +395,7 @@ fn check_registry_host(h: &str) -> Result<()> {
 pub const MAX_BROKER_CA_BYTES: usize = 64 * 1024;
 
 fn broker_endpoint(
+    name: &str,
     url: Option<String>,
     key_id: Option<String>,
     tls_ca: Option<String>,
@@ -394,11 +432,114 @@ fn broker_endpoint(
         }
         (None, false) => {}
     }
-    Ok(Some(BrokerEndpoint { url, key_id, tls_ca }))
+    Ok(Some(BrokerEndpoint { name: name.to_owned(), url, key_id, tls_ca }))
+}
+
+/// Most brokers one workload may list.
+pub const MAX_BROKERS: usize = 16;
+/// Longest broker name.
+pub const MAX_BROKER_NAME: usize = 32;
+/// The name the single-broker form (`broker`, `broker_key`, `broker_ca`, `key_ids`) gives its broker.
+pub const SINGLE_BROKER_NAME: &str = "broker";
+
+fn check_broker_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_BROKER_NAME
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(err(format!("brokers: name {name:?} must be 1..={MAX_BROKER_NAME} characters of [a-z0-9-]")))
+    }
+}
+
+/// The key sources of a document: the `brokers` list, or the single-broker form, never both. Names, broker
+/// keys and key ids are each unique (a key id names one file in the keys directory, and one provider).
+fn key_sources(doc: &mut SpecDocument) -> Result<Vec<KeySource>> {
+    let single = doc.broker.is_some() || doc.broker_key.is_some() || doc.broker_ca.is_some();
+    let sources = match doc.brokers.take() {
+        Some(_) if single || !doc.key_ids.is_empty() => {
+            return Err(err(
+                "brokers given together with broker/broker_key/broker_ca/key_ids: use one form (brokers lists \
+                 each broker with its key_ids)",
+            ));
+        }
+        Some(list) => {
+            if list.is_empty() {
+                return Err(err("brokers: empty (leave it out for a workload without keys)"));
+            }
+            if list.len() > MAX_BROKERS {
+                return Err(err(format!("brokers: {} entries, limit {MAX_BROKERS}", list.len())));
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for b in list {
+                check_broker_name(&b.name)?;
+                if b.key_ids.is_empty() {
+                    return Err(err(format!("brokers: {} lists no key_ids", b.name)));
+                }
+                let broker = broker_endpoint(&b.name, Some(b.url), Some(b.key), b.ca)
+                    .map_err(|e| match e {
+                        Error::Workload { stage, reason } => {
+                            Error::workload(stage, format!("brokers: {}: {reason}", b.name))
+                        }
+                        other => other,
+                    })?
+                    .ok_or_else(|| err(format!("brokers: {}: no url", b.name)))?;
+                out.push(KeySource { broker, key_ids: b.key_ids });
+            }
+            out
+        }
+        None => {
+            if !doc.key_ids.is_empty() && doc.broker.is_none() {
+                return Err(err("key_ids given without a broker"));
+            }
+            let broker = broker_endpoint(
+                SINGLE_BROKER_NAME,
+                doc.broker.take(),
+                doc.broker_key.take(),
+                doc.broker_ca.take(),
+            )?;
+            broker
+                .map(|broker| KeySource { broker, key_ids: std::mem::take(&mut doc.key_ids) })
+                .into_iter()
+                .collect()
+        }
+    };
+    let mut names = std::collections::BTreeSet::new();
+    let mut kids = std::collections::BTreeSet::new();
+    let mut ids = std::collections::BTreeMap::new();
+    check_count("key_ids", sources.iter().map(|s| s.key_ids.len()).sum())?;
+    for s in &sources {
+        let b = &s.broker;
+        if !names.insert(b.name.as_str()) {
+            return Err(err(format!("brokers: name {} given twice", b.name)));
+        }
+        if !kids.insert(b.key_id.as_str()) {
+            return Err(err(format!("brokers: broker key {} given twice ({})", b.key_id, b.name)));
+        }
+        for k in &s.key_ids {
+            check_item("key id", k)?;
+            check_key_id(k)?;
+            if let Some(first) = ids.insert(k.as_str(), b.name.as_str()) {
+                return Err(err(if first == b.name {
+                    format!("key id {k:?} listed twice for broker {first}")
+                } else {
+                    format!("key id {k:?} listed for both broker {first} and broker {}", b.name)
+                }));
+            }
+        }
+    }
+    Ok(sources)
 }
 
 impl WorkloadSpec {
-    fn build(doc: SpecDocument) -> Result<Self> {
+    /// Every key id the workload asks for, in spec order (broker by broker).
+    #[must_use]
+    pub fn key_ids(&self) -> Vec<&str> {
+        self.brokers.iter().flat_map(|s| s.key_ids.iter().map(String::as_str)).collect()
+    }
+
+    fn build(mut doc: SpecDocument) -> Result<Self> {
         let source = ImageSource::parse(&doc.image)?;
         if let Some(args) = &doc.args {
             check_count("args", args.len())?;
@@ -419,15 +560,7 @@ impl WorkloadSpec {
             None => RestartPolicy::Never,
             Some(r) => RestartPolicy::parse(r)?,
         };
-        check_count("key_ids", doc.key_ids.len())?;
-        for k in &doc.key_ids {
-            check_item("key id", k)?;
-            check_key_id(k)?;
-        }
-        if !doc.key_ids.is_empty() && doc.broker.is_none() {
-            return Err(err("key_ids given without a broker"));
-        }
-        let broker = broker_endpoint(doc.broker, doc.broker_key, doc.broker_ca)?;
+        let brokers = key_sources(&mut doc)?;
         for h in &doc.insecure_registries {
             check_registry_host(h)?;
         }
@@ -451,8 +584,7 @@ impl WorkloadSpec {
             env,
             restart,
             log_redirect: doc.log_redirect,
-            broker,
-            key_ids: doc.key_ids,
+            brokers,
             insecure_registries: doc.insecure_registries,
             registry_auth: doc.registry_auth,
             on_exit,
@@ -495,6 +627,7 @@ impl WorkloadSpec {
             broker_key: None,
             broker_ca: None,
             key_ids: Vec::new(),
+            brokers: None,
             insecure_registries: Vec::new(),
             registry_auth: None,
             on_exit: None,
@@ -767,7 +900,10 @@ mod tests {
             WorkloadSpec::from_json(no_broker.as_bytes()).unwrap_err().to_string(),
             "workload spec: key_ids given without a broker"
         );
-        let b = s.broker.clone().unwrap();
+        assert_eq!(s.brokers.len(), 1);
+        assert_eq!(s.brokers[0].key_ids, ["k1"]);
+        let b = s.brokers[0].broker.clone();
+        assert_eq!(b.name, SINGLE_BROKER_NAME);
         assert_eq!((b.url.as_str(), b.key_id.as_str(), b.tls_ca), ("http://10.0.2.2:8443", KID, None));
         let unpinned = doc.replace(&format!(",\"broker_key\":\"{KID}\""), "");
         assert!(
@@ -787,7 +923,7 @@ mod tests {
         );
         let pem = "-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n";
         let with_ca = https.replace("\"key_ids\"", &format!("\"broker_ca\":\"{pem}\",\"key_ids\""));
-        let tls = WorkloadSpec::from_json(with_ca.as_bytes()).unwrap().broker.unwrap();
+        let tls = WorkloadSpec::from_json(with_ca.as_bytes()).unwrap().brokers.remove(0).broker;
         assert!(tls.tls_ca.unwrap().starts_with("-----BEGIN CERTIFICATE-----\n"));
         let plain_ca = doc.replace("\"key_ids\"", &format!("\"broker_ca\":\"{pem}\",\"key_ids\""));
         assert!(
@@ -795,11 +931,7 @@ mod tests {
         );
         for good in ["provider-a/dataset", "k.v2", "a/b/c"] {
             let d = doc.replace("\"k1\"", &format!("{good:?}"));
-            assert_eq!(
-                WorkloadSpec::from_json(d.as_bytes()).unwrap().key_ids,
-                vec![good.to_owned()],
-                "{good}"
-            );
+            assert_eq!(WorkloadSpec::from_json(d.as_bytes()).unwrap().key_ids(), vec![good], "{good}");
         }
         for bad in ["", "../k", "a/../k", "a//k", "/k", "k/", ".hidden", "a/.k", "k id", "k\\x"] {
             let d = doc.replace("\"k1\"", &format!("{bad:?}"));
@@ -808,6 +940,88 @@ mod tests {
         }
         assert!(WorkloadSpec::from_json(b"\0\0\0").is_err());
         assert!(WorkloadSpec::from_json(b"{\"image\":\"busybox:latest\"}").is_err());
+    }
+
+    /// A second broker key id shape.
+    const KID_B: &str = "Ab0123456789abcdefghijklmnopqrstuvwxyzABCDE";
+
+    fn brokers_doc(brokers: &str) -> String {
+        format!(r#"{{"image":"{}","brokers":[{brokers}]}}"#, pinned())
+    }
+
+    fn broker_entry(name: &str, kid: &str, keys: &str) -> String {
+        format!(r#"{{"name":"{name}","url":"http://10.0.2.2:8443","key":"{kid}","key_ids":[{keys}]}}"#)
+    }
+
+    fn refusal(doc: &str) -> String {
+        WorkloadSpec::from_json(doc.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn several_brokers_each_with_its_own_keys() {
+        let a = broker_entry("hospital-a", KID, r#""rows-a""#);
+        let b = broker_entry("hospital-b", KID_B, r#""rows-b","model/b""#);
+        let s = WorkloadSpec::from_json(brokers_doc(&format!("{a},{b}")).as_bytes()).unwrap();
+        let names: Vec<&str> = s.brokers.iter().map(|k| k.broker.name.as_str()).collect();
+        assert_eq!(names, ["hospital-a", "hospital-b"]);
+        assert_eq!(s.brokers[1].broker.key_id, KID_B);
+        assert_eq!(s.brokers[1].key_ids, ["rows-b", "model/b"]);
+        assert_eq!(s.key_ids(), ["rows-a", "rows-b", "model/b"]);
+
+        let both = brokers_doc(&a).replace("\"brokers\"", &format!("\"broker_key\":\"{KID}\",\"brokers\""));
+        assert!(
+            refusal(&both).starts_with("workload spec: brokers given together with broker/"),
+            "{}",
+            refusal(&both)
+        );
+        let both_keys = brokers_doc(&a).replace("\"brokers\"", "\"key_ids\":[\"k\"],\"brokers\"");
+        assert!(refusal(&both_keys).starts_with("workload spec: brokers given together with"));
+        let dup_key = format!("{a},{}", broker_entry("hospital-b", KID_B, r#""rows-a""#));
+        assert_eq!(
+            refusal(&brokers_doc(&dup_key)),
+            "workload spec: key id \"rows-a\" listed for both broker hospital-a and broker hospital-b"
+        );
+        let twice = broker_entry("hospital-a", KID, r#""rows-a","rows-a""#);
+        assert_eq!(
+            refusal(&brokers_doc(&twice)),
+            "workload spec: key id \"rows-a\" listed twice for broker hospital-a"
+        );
+        let dup_name = format!("{a},{}", broker_entry("hospital-a", KID_B, r#""rows-b""#));
+        assert_eq!(refusal(&brokers_doc(&dup_name)), "workload spec: brokers: name hospital-a given twice");
+        let dup_kid = format!("{a},{}", broker_entry("hospital-b", KID, r#""rows-b""#));
+        assert_eq!(
+            refusal(&brokers_doc(&dup_kid)),
+            format!("workload spec: brokers: broker key {KID} given twice (hospital-b)")
+        );
+        for bad in ["", "Hospital", "a_b", "a.b", &"x".repeat(33)] {
+            let e = refusal(&brokers_doc(&broker_entry(bad, KID, r#""k""#)));
+            assert!(e.starts_with(&format!("workload spec: brokers: name {bad:?} must be")), "{e}");
+        }
+        assert_eq!(
+            refusal(&brokers_doc(&broker_entry("a", KID, ""))),
+            "workload spec: brokers: a lists no key_ids"
+        );
+        assert_eq!(
+            refusal(&brokers_doc("")),
+            "workload spec: brokers: empty (leave it out for a workload without keys)"
+        );
+        let e = refusal(&brokers_doc(&broker_entry("a", "sha256:00", r#""k""#)));
+        assert!(e.starts_with("workload spec: brokers: a: broker_key: "), "{e}");
+        let https = broker_entry("a", KID, r#""k""#).replace("http://", "https://");
+        assert_eq!(
+            refusal(&brokers_doc(&https)),
+            "workload spec: brokers: a: https broker given without broker_ca (its CA bundle or pinned certificate, PEM)"
+        );
+        let unknown = broker_entry("a", KID, r#""k""#).replace("\"url\"", "\"uri\"");
+        assert!(refusal(&brokers_doc(&unknown)).contains("unknown field"));
+        let bad_id = broker_entry("a", KID, r#""../k""#);
+        assert!(refusal(&brokers_doc(&bad_id)).starts_with("workload spec: key id \"../k\": "));
+        let many: Vec<String> =
+            (0..=MAX_BROKERS).map(|i| broker_entry(&format!("p{i}"), KID, &format!("\"k{i}\""))).collect();
+        assert_eq!(
+            refusal(&brokers_doc(&many.join(","))),
+            format!("workload spec: brokers: {} entries, limit {MAX_BROKERS}", MAX_BROKERS + 1)
+        );
     }
 
     #[test]

@@ -225,6 +225,7 @@ mod tests {
     async fn unreachable_brokers_are_retried_other_refusals_are_not() {
         let pause = Duration::from_millis(10);
         let b = crate::workload::spec::BrokerEndpoint {
+            name: "b".into(),
             url: "http://b".into(),
             key_id: "3Mfj4cM9KvTWQ7pmqfyIXlM3YzZ2r3JN0a4cDnmWc8I".into(),
             tls_ca: None,

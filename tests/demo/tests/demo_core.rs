@@ -158,9 +158,10 @@ async fn the_seed_scenario_on_this_host_key_job_receipt_and_refusals() {
         serde_json::from_slice(&std::fs::read(cfg.output_dir.join("model.json")).unwrap()).unwrap();
     assert_eq!(model["coefficients"].as_object().unwrap().len(), 10);
 
-    let r = receipt::obtain(&h, spec.broker.as_ref().unwrap(), KEY_ID, &outcome.output_digest).await.unwrap();
+    let r = receipt::obtain(&h, &spec.brokers[0].broker, KEY_ID, &outcome.output_digest).await.unwrap();
     let result = unique_temp_dir("demo-result");
-    receipt::write_result(&result, &cfg.output_dir, &outcome.output_listing, Some(&r)).unwrap();
+    receipt::write_result(&result, &cfg.output_dir, &outcome.output_listing, &[("broker".into(), r)])
+        .unwrap();
 
     // Checked as `sealroom verify-receipt` does: the files, the signature, the claims, the registers.
     let quoted = {
@@ -252,7 +253,7 @@ async fn the_seed_scenario_on_this_host_key_job_receipt_and_refusals() {
     let e = workload::run(&spec2, &cfg2, &h2, &BrokerKeys::new(h2.clone())).await.unwrap_err().to_string();
     assert!(
         e.contains(&format!(
-            "broker refused key {KEY_ID}: policy.image_digests: workload image digest {} not allowed",
+            "provider broker ({broker_kid}) refused key {KEY_ID}: policy.image_digests: workload image digest {} not allowed",
             modified.manifest_digest()
         )),
         "{e}"

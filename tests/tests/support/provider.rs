@@ -79,7 +79,12 @@ impl ProviderBroker {
 
     /// The endpoint a workload spec names, pinning this broker's key.
     pub fn endpoint(&self) -> BrokerEndpoint {
-        BrokerEndpoint { url: format!("http://{}", self.addr), key_id: self.kid.clone(), tls_ca: None }
+        BrokerEndpoint {
+            name: "provider-a".into(),
+            url: format!("http://{}", self.addr),
+            key_id: self.kid.clone(),
+            tls_ca: None,
+        }
     }
 }
 
@@ -136,7 +141,8 @@ pub async fn release(agent: &Running, broker: &ProviderBroker) -> Result<Vec<u8>
         .await
         .map_err(|e| {
             let e = e.to_string();
-            let prefix = format!("workload keys: broker refused key {KEY_ID}: ");
+            let prefix =
+                format!("workload keys: provider provider-a ({}) refused key {KEY_ID}: ", broker.kid);
             e.strip_prefix(&prefix).map_or(e.clone(), str::to_owned)
         })?;
     assert_eq!(keys.len(), 1);

@@ -25,7 +25,9 @@
 //! `broker_keys` lets a provider require that the broker key pinned in the workload spec (measured as a launch
 //! event before the separator) is its own: every measured broker key must be listed, and at least one must
 //! have been measured. A VM that trusts another broker (one that could hand it operator-chosen keys or issue
-//! receipts for releases that never happened) then gets nothing from this key.
+//! receipts for releases that never happened) then gets nothing from this key. A job that takes keys from
+//! several providers pins every provider's broker: each provider lists the brokers of the co-providers it
+//! agrees to share the job with, and an operator who adds a broker of his own gets nothing.
 //!
 //! Versions: `version = 2` requires `broker_keys` and the three GPU rules. `version = 1` policies (stored with
 //! existing keys) stay valid and may not name them: they read as `broker_keys = "skip"`, `gpu_required = false`,

@@ -6,8 +6,9 @@
 //! then check a result offline (`sealroom verify-receipt`, [`check`]).
 //!
 //! The receipt is only issued when the evidence's runtime log has the shape of a finished job: the launch
-//! events, the separator, a `key_release` of the key named in the request (this boot received that key), and,
-//! last, exactly one `output` event whose digest is the one the agent presents. A `key_release` event only says
+//! events, the separator, a `key_release` of the key named in the request naming this broker's key (this boot
+//! received that key, from this broker), and, last, exactly one `output` event whose digest is the one the
+//! agent presents. A `key_release` event only says
 //! the agent *received* a key from someone: the receipt is issued only when this broker's own records say it
 //! released that key to this TEE key (issue 14, finding 1: a fake broker's key must not earn a real receipt),
 //! and the receipt names that release (`sealroom.release`). Every issued or refused receipt is appended to the
@@ -98,10 +99,13 @@ fn check_output_digest(d: &str) -> Result<()> {
 }
 
 /// The runtime log of a finished job: the last event is the only `output` event, named
-/// [`OUTPUT_EVENT_NAME`], with the presented digest; `key_id` was released after the separator.
+/// [`OUTPUT_EVENT_NAME`], with the presented digest; `key_id` was released after the separator, by this
+/// broker (`own_kid`: the measured `key_release` names the broker key whose signed response the agent
+/// accepted).
 fn check_finished_job(
     events: &[RuntimeEvent],
     key_id: &str,
+    own_kid: &str,
     output_digest: &str,
 ) -> std::result::Result<(), String> {
     let outputs = events.iter().filter(|e| matches!(e, RuntimeEvent::Output { .. })).count();
@@ -126,12 +130,17 @@ fn check_finished_job(
         .iter()
         .position(|e| matches!(e, RuntimeEvent::LaunchSeparator))
         .ok_or("no launch separator in the runtime log")?;
-    let released =
-        events.iter().skip(sep).any(|e| matches!(e, RuntimeEvent::KeyRelease { key_id: k } if k == key_id));
-    if !released {
-        return Err(format!("key {key_id} was not released to this workload (no key_release event)"));
+    let release = events.iter().skip(sep).find_map(|e| match e {
+        RuntimeEvent::KeyRelease { key_id: k, broker_key } if k == key_id => Some(broker_key),
+        _ => None,
+    });
+    match release {
+        None => Err(format!("key {key_id} was not released to this workload (no key_release event)")),
+        Some(b) if b != own_kid => Err(format!(
+            "the measured release of key {key_id} names broker key {b}, not this broker's ({own_kid})"
+        )),
+        Some(_) => Ok(()),
     }
-    Ok(())
 }
 
 fn outcome_text(o: &Outcome) -> String {
@@ -175,8 +184,13 @@ impl Broker {
         }
         let mut decided = redeemed.clone().and_then(|nonce| self.appraise(nonce, &as_release, now)).and_then(
             |(_, evidence, appraisal)| {
-                check_finished_job(appraisal.runtime_events(), &req.key_id, &req.output_digest)
-                    .map_err(|why| Refused::new(LAYER, format!("{LAYER}: {why}")))?;
+                check_finished_job(
+                    appraisal.runtime_events(),
+                    &req.key_id,
+                    self.signer.kid(),
+                    &req.output_digest,
+                )
+                .map_err(|why| Refused::new(LAYER, format!("{LAYER}: {why}")))?;
                 let release = self
                     .store
                     .find_release(&tee_key_digest(evidence.tee_public_key.as_bytes()), &req.key_id)

@@ -207,7 +207,7 @@ fn good_claims() -> Appraisal {
                 RuntimeEvent::Env("MODE=batch".into()),
                 RuntimeEvent::Env("THREADS=4".into()),
                 RuntimeEvent::LaunchSeparator,
-                RuntimeEvent::KeyRelease { key_id: "provider-a/data".into() },
+                RuntimeEvent::KeyRelease { key_id: "provider-a/data".into(), broker_key: "b".into() },
             ],
         }),
         gpus: vec![],

@@ -50,7 +50,7 @@ env = "skip"
 /// What the verifier establishes for a finished job on a TD verified against Intel collateral: UpToDate, the
 /// runtime log (launch, the key's release, the output) replayed to RTMR3.
 #[derive(Debug)]
-struct FinishedTdJob;
+struct FinishedTdJob(String);
 
 impl Appraiser for FinishedTdJob {
     fn appraise(&self, e: &Evidence, now_ms: u64) -> sealroom_verifier::Result<Appraisal> {
@@ -101,7 +101,7 @@ impl Appraiser for FinishedTdJob {
                     RuntimeEvent::Arg("--in".into()),
                     RuntimeEvent::Arg("/data".into()),
                     RuntimeEvent::LaunchSeparator,
-                    RuntimeEvent::KeyRelease { key_id: KEY.into() },
+                    RuntimeEvent::KeyRelease { key_id: KEY.into(), broker_key: self.0.clone() },
                     RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() },
                 ],
             }),
@@ -171,11 +171,12 @@ fn release_token_and_receipt_validate_with_veraisons_ear_crate() {
     store.add(KEY, "provider-a", POLICY, Some(b"data key A".to_vec()), rng.as_ref(), 1).unwrap();
     let signer = Signer::load_or_create(&dir.path().join("signing.pk8")).unwrap();
     let jwk = signer.jwk();
+    let kid = signer.kid().to_owned();
     let clock = Arc::new(ManualClock::at(SystemClock.now_ms()));
     let broker = Broker::new(BrokerParts {
         clock: clock.clone(),
         rng,
-        appraiser: Arc::new(FinishedTdJob),
+        appraiser: Arc::new(FinishedTdJob(kid)),
         store,
         golden: GoldenSet::default(),
         signer,

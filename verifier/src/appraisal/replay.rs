@@ -174,7 +174,9 @@ pub(super) fn workload_claims(records: &[CelRecord]) -> serde_json::Value {
                 launch.insert("launch_policy".into(), json!(s));
             }
             E::LaunchSeparator => launched = true,
-            E::KeyRelease { key_id } => keys.push(json!(key_id)),
+            E::KeyRelease { key_id, broker_key } => {
+                keys.push(json!({ "key_id": key_id, "broker_key": broker_key }));
+            }
             E::Output { name, digest } => outputs.push(json!({ "name": name, "digest": digest })),
             // Event kinds this verifier does not know yet still replayed; they claim nothing here.
             _ => {}

@@ -1,0 +1,430 @@
+//! Several data providers, one job (issue 15, items 1 and 4), with real processes on loopback: two
+//! `sealroom broker serve` processes (hospital A and hospital B, each with its own state, KEK, signing key,
+//! version 2 policy naming both broker keys, and audit log), the agent's workload launcher (`workload::run`, as
+//! in the VM) measuring into a swtpm, its broker client (`BrokerKeys`), and crun running a job that reads both
+//! keys. Then the receipts: one from each broker, written to the result directory and checked by
+//! `sealroom verify-receipt` with both receipt/broker-key pairs.
+//!
+//! The refusals: one provider refuses (nothing is written, the job never starts, the console line names the
+//! provider and its policy reason), a broker is never asked for another provider's key ids, an operator who
+//! adds a broker of his own gets nothing from a provider whose policy does not list it, and a mismatched
+//! receipt/broker-key pair is refused.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::too_many_lines)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sealroom_agent::server::Running;
+use sealroom_agent::workload::broker::BrokerKeys;
+use sealroom_agent::workload::fetch::FetchOptions;
+use sealroom_agent::workload::spec::WorkloadSpec;
+use sealroom_agent::workload::{self, WorkloadConfig};
+use sealroom_broker::audit::{AuditRecord, Decision};
+use sealroom_measurements::cel::{CelLog, RuntimeEvent};
+use sealroom_proto::attestation::v1 as apb;
+use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
+use sealroom_tests::agent::{host_crun, is_root};
+use sealroom_tests::broker::{BrokerProcess, Provider, tpm_policy};
+use sealroom_tests::oci_image::OciImage;
+use sealroom_tests::registry::Registry;
+use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
+
+const KEY_A: &str = "rows-a";
+const KEY_B: &str = "rows-b";
+const DATA_A: &[u8] = b"hospital A's half of the rows key";
+const DATA_B: &[u8] = b"hospital B's half of the rows key";
+/// The joint job: proof for the test that it saw both released keys.
+const SCRIPT: &str = "sha256sum /run/sealroom/keys/rows-a /run/sealroom/keys/rows-b > /output/keys.sha256";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+}
+
+/// The digest "systemd-stub" extends into PCR 11 on the test TPM (as broker_swtpm_e2e's booted TPM).
+fn boot_digest() -> [u8; 32] {
+    let d =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"sealroom test UKI: .linux .osrel .cmdline");
+    d.as_ref().try_into().unwrap()
+}
+
+fn booted_swtpm() -> Swtpm {
+    let tpm = Swtpm::start().unwrap();
+    let out = std::process::Command::new("tpm2_pcrextend")
+        .arg(format!("11:sha256={}", hex::encode(boot_digest())))
+        .env("TPM2TOOLS_TCTI", tpm.tcti())
+        .output()
+        .expect("tpm2_pcrextend (tpm2-tools, installed by ci/setup)");
+    assert!(out.status.success(), "tpm2_pcrextend: {}", String::from_utf8_lossy(&out.stderr));
+    tpm
+}
+
+/// The signed golden document of the booted test TPM (PCRs 0–7 untouched, PCR 11 extended once), written as
+/// `dir/boot.json` + `.sig`; returns (document digest, `ed25519:` signer, the signer's public key hex).
+fn write_golden(dir: &Path) -> (String, String, String) {
+    use sealroom_measurements::golden::{self, GoldenDocument, ImageInfo, SCHEMA, UkiInfo};
+    use sealroom_measurements::uki::PredictedRegister;
+    let mut pcr11 = vec![0u8; 32];
+    pcr11.extend_from_slice(&boot_digest());
+    let register = |n: u32, value: String| PredictedRegister {
+        register: format!("pcr{n}"),
+        alg: "sha256".into(),
+        events: vec![],
+        value,
+        complete: true,
+    };
+    let mut registers: Vec<PredictedRegister> = (0..8).map(|n| register(n, "00".repeat(32))).collect();
+    registers.push(register(11, sha256_hex(&pcr11)));
+    let doc = GoldenDocument {
+        schema: SCHEMA.into(),
+        image: ImageInfo { id: "swtpm-test-boot".into(), version: "1".into(), disk_sha256: None },
+        uki: UkiInfo {
+            file_sha256: "0".repeat(64),
+            authenticode_sha256: "0".repeat(64),
+            authenticode_sha384: "0".repeat(96),
+            sections: vec![],
+        },
+        registers,
+        platforms: golden::default_platforms(),
+        packages: std::collections::BTreeMap::new(),
+    };
+    let bytes = doc.to_json().unwrap();
+    let (pkcs8, public) = golden::generate_signing_key().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("boot.json"), &bytes).unwrap();
+    std::fs::write(dir.join("boot.json.sig"), golden::sign(&bytes, &pkcs8).unwrap()).unwrap();
+    (format!("sha256:{}", sha256_hex(&bytes)), format!("ed25519:{public}"), public)
+}
+
+/// A version 2 policy: this TPM platform, the golden boot state, this image, its argv and env, and the
+/// broker keys this provider agrees to share the job with (its own and its co-provider's).
+fn policy(image_digest: &str, golden: (&str, &str), broker_keys: &[&str]) -> String {
+    tpm_policy(image_digest, &["/bin/busybox", "sh", "-c", SCRIPT], &["PATH=/bin"], Some(golden))
+        .replace("version = 1\n", "version = 2\n")
+        + &format!(
+            "broker_keys = {}\ngpu_required = false\ngpu_architectures = \"skip\"\ngpu_rim_ids = \"skip\"\n",
+            serde_json::to_string(broker_keys).unwrap()
+        )
+}
+
+async fn ak_of(agent: &Running) -> Vec<u8> {
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", agent.tcp_addr.unwrap()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let r = AttestationClient::new(ch)
+        .get_evidence(apb::GetEvidenceRequest { nonce: vec![0x42; 32], tee_public_key: Vec::new() })
+        .await
+        .unwrap();
+    r.into_inner().evidence.unwrap().tpm.unwrap().ak_public
+}
+
+fn workload_config(tag: &str) -> WorkloadConfig {
+    let dir = unique_temp_dir(tag);
+    WorkloadConfig {
+        work_dir: dir.join("work"),
+        keys_dir: dir.join("keys"),
+        output_dir: dir.join("output"),
+        runtime: host_crun(&dir.join("crun-state")).unwrap(),
+        fetch: FetchOptions {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
+        },
+    }
+}
+
+fn audit_records(path: &Path) -> Vec<AuditRecord> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The (decision, key id) of every release decision in a broker's audit log (key-store anchors left out).
+fn decisions(path: &Path) -> Vec<(Decision, String)> {
+    audit_records(path)
+        .into_iter()
+        .filter(|r| r.decision != Decision::KeyStore)
+        .map(|r| (r.decision, r.key_id))
+        .collect()
+}
+
+fn runtime_events(agent: &Running) -> Vec<RuntimeEvent> {
+    CelLog::decode(&agent.handle.runtime_log().0).unwrap().into_iter().map(|r| r.event).collect()
+}
+
+/// One provider: its CLI-made state, its broker key id, and (once served) its broker process.
+struct Hospital {
+    name: &'static str,
+    provider: Provider,
+    kid: String,
+}
+
+/// The clean room: a registry with the joint job, a booted TPM per VM, two hospitals' brokers enrolling
+/// every VM's AK and trusting the golden boot state.
+struct CleanRoom {
+    registry: Registry,
+    image: OciImage,
+    reference: String,
+    golden_dir: PathBuf,
+    golden_key: String,
+    a: Hospital,
+    b: Hospital,
+}
+
+impl CleanRoom {
+    fn new(tag: &str) -> Self {
+        let registry = Registry::start().unwrap();
+        let image = OciImage::busybox_script(SCRIPT, b"joint job", std::collections::BTreeMap::new());
+        let reference = registry.push("clean-room/joint", "v1", &image).unwrap();
+        let dir = unique_temp_dir(tag);
+        let golden_dir = dir.join("golden");
+        let (golden_doc, signer, golden_key) = write_golden(&golden_dir);
+        let hospital = |name: &'static str| {
+            let provider = Provider::new(&dir.join(name)).unwrap();
+            let kid = provider.key_id().unwrap();
+            Hospital { name, provider, kid }
+        };
+        let (a, b) = (hospital("hospital-a"), hospital("hospital-b"));
+        let both = [a.kid.as_str(), b.kid.as_str()];
+        let pa = policy(&image.manifest_digest(), (&golden_doc, &signer), &both);
+        a.provider.add_key(KEY_A, "hospital-a", &pa, DATA_A).unwrap();
+        let pb = policy(&image.manifest_digest(), (&golden_doc, &signer), &both);
+        b.provider.add_key(KEY_B, "hospital-b", &pb, DATA_B).unwrap();
+        Self { registry, image, reference, golden_dir, golden_key, a, b }
+    }
+
+    /// Both brokers, enrolling `aks` (files) and trusting the golden document.
+    fn serve(&self, aks: &[PathBuf]) -> (BrokerProcess, BrokerProcess) {
+        let mut extra: Vec<&std::ffi::OsStr> = vec!["--golden".as_ref(), self.golden_dir.as_os_str()];
+        for ak in aks {
+            extra.push("--tpm-ak".as_ref());
+            extra.push(ak.as_os_str());
+        }
+        (
+            self.a.provider.serve("127.0.0.1:0", &extra).unwrap(),
+            self.b.provider.serve("127.0.0.1:0", &extra).unwrap(),
+        )
+    }
+
+    /// The operator's spec: one entry per (hospital, broker process, key ids).
+    fn spec(&self, brokers: &[(&Hospital, &BrokerProcess, &[&str])]) -> WorkloadSpec {
+        let list: Vec<serde_json::Value> = brokers
+            .iter()
+            .map(|(h, p, keys)| serde_json::json!({"name": h.name, "url": p.url(), "key": h.kid, "key_ids": keys}))
+            .collect();
+        let doc = serde_json::json!({
+            "image": self.reference, "insecure_registries": [self.registry.host()], "brokers": list,
+        });
+        WorkloadSpec::from_json(doc.to_string().as_bytes()).unwrap()
+    }
+}
+
+/// A booted VM's agent and its AK written to `dir/NAME.ak` for the brokers' `--tpm-ak`.
+async fn vm(dir: &Path, name: &str) -> (Swtpm, Running, PathBuf) {
+    let tpm = booted_swtpm();
+    let agent = sealroom_tests::agent::start_agent(&tpm, &[]).await.unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let ak = dir.join(format!("{name}.ak"));
+    std::fs::write(&ak, ak_of(&agent).await).unwrap();
+    (tpm, agent, ak)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_brokers_both_release_keys_written_both_releases_measured() {
+    assert!(
+        is_root(),
+        "crun needs root to create the container's namespaces: run this test as root (CI does)"
+    );
+    let room = CleanRoom::new("multi-broker-both");
+    let aks_dir = unique_temp_dir("multi-broker-aks");
+    let (_tpm, agent, ak) = vm(&aks_dir, "vm").await;
+    let (broker_a, broker_b) = room.serve(&[ak]);
+
+    let spec = room.spec(&[(&room.a, &broker_a, &[KEY_A]), (&room.b, &broker_b, &[KEY_B])]);
+    let cfg = workload_config("multi-broker-both-run");
+    let outcome =
+        workload::run(&spec, &cfg, &agent.handle, &BrokerKeys::new(agent.handle.clone())).await.unwrap();
+    assert_eq!(outcome.exit_code, 0, "listing: {}", outcome.output_listing);
+    let proof = std::fs::read_to_string(cfg.output_dir.join("keys.sha256")).unwrap();
+    let seen: Vec<&str> = proof.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert_eq!(seen, [sha256_hex(DATA_A), sha256_hex(DATA_B)], "{proof}");
+
+    // Measured: both broker keys before the separator (spec order), both releases after it, each naming the
+    // broker whose signed response carried the key.
+    let events = runtime_events(&agent);
+    let sep = events.iter().position(|e| *e == RuntimeEvent::LaunchSeparator).unwrap();
+    let pinned: Vec<&RuntimeEvent> =
+        events[..sep].iter().filter(|e| matches!(e, RuntimeEvent::BrokerKey(_))).collect();
+    assert_eq!(
+        pinned,
+        [&RuntimeEvent::BrokerKey(room.a.kid.clone()), &RuntimeEvent::BrokerKey(room.b.kid.clone())]
+    );
+    assert_eq!(
+        events[sep + 1..sep + 3],
+        [
+            RuntimeEvent::KeyRelease { key_id: KEY_A.into(), broker_key: room.a.kid.clone() },
+            RuntimeEvent::KeyRelease { key_id: KEY_B.into(), broker_key: room.b.kid.clone() },
+        ]
+    );
+    drop((broker_a, broker_b));
+    for h in [&room.a, &room.b] {
+        h.provider.verify_audit().unwrap();
+    }
+    assert_eq!(decisions(&room.a.provider.audit_log()), [(Decision::Released, KEY_A.to_owned())]);
+    assert_eq!(decisions(&room.b.provider.audit_log()), [(Decision::Released, KEY_B.to_owned())]);
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_one_provider_refuses_nothing_runs() {
+    assert!(
+        is_root(),
+        "crun needs root to create the container's namespaces: run this test as root (CI does)"
+    );
+    let room = CleanRoom::new("multi-broker-refuse");
+    let aks_dir = unique_temp_dir("multi-broker-refuse-aks");
+    let (_tpm, agent, ak) = vm(&aks_dir, "vm").await;
+    // Hospital B withdrew its approval of this job: its key's policy now names another image.
+    let other = OciImage::busybox_script(SCRIPT, b"another job", std::collections::BTreeMap::new());
+    let (golden_doc, signer) = {
+        let bytes = std::fs::read(room.golden_dir.join("boot.json")).unwrap();
+        (format!("sha256:{}", sha256_hex(&bytes)), format!("ed25519:{}", room.golden_key))
+    };
+    let withdrawn = policy(&other.manifest_digest(), (&golden_doc, &signer), &[&room.a.kid, &room.b.kid]);
+    room.b.provider.add_key("rows-b2", "hospital-b", &withdrawn, DATA_B).unwrap();
+    let (broker_a, broker_b) = room.serve(&[ak]);
+
+    let spec = room.spec(&[(&room.a, &broker_a, &[KEY_A]), (&room.b, &broker_b, &["rows-b2"])]);
+    let cfg = workload_config("multi-broker-refuse-run");
+    let e = workload::run(&spec, &cfg, &agent.handle, &BrokerKeys::new(agent.handle.clone()))
+        .await
+        .unwrap_err()
+        .to_string();
+    // The policy now approves another job; the measured one is refused.
+    let reason =
+        format!("policy.image_digests: workload image digest {} not allowed", room.image.manifest_digest());
+    assert_eq!(
+        e,
+        format!("workload keys: provider hospital-b ({}) refused key rows-b2: {reason}", room.b.kid)
+    );
+    // All or nothing: hospital A released (its audit log says so), but its key was never written, the job
+    // never started, and no release was measured.
+    assert!(!cfg.keys_dir.join(KEY_A).exists(), "A's key must not be written when B refused");
+    assert_eq!(std::fs::read_dir(&cfg.keys_dir).unwrap().count(), 0, "the keys directory stays empty");
+    assert_eq!(std::fs::read_dir(&cfg.output_dir).unwrap().count(), 0, "the job must not have run");
+    let events = runtime_events(&agent);
+    assert!(events.iter().all(|e| !matches!(e, RuntimeEvent::KeyRelease { .. })), "{events:?}");
+    assert_eq!(events.last(), Some(&RuntimeEvent::LaunchSeparator));
+    drop((broker_a, broker_b));
+    assert_eq!(decisions(&room.a.provider.audit_log()), [(Decision::Released, KEY_A.to_owned())]);
+    let b_log = audit_records(&room.b.provider.audit_log());
+    let refused = b_log.iter().find(|r| r.decision == Decision::Refused).unwrap();
+    assert_eq!((refused.key_id.as_str(), refused.reason.as_str()), ("rows-b2", reason.as_str()));
+    agent.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_broker_asked_for_another_providers_key() {
+    assert!(
+        is_root(),
+        "crun needs root to create the container's namespaces: run this test as root (CI does)"
+    );
+    let room = CleanRoom::new("multi-broker-foreign");
+    let aks_dir = unique_temp_dir("multi-broker-foreign-aks");
+    let (_tpm1, agent1, ak1) = vm(&aks_dir, "vm1").await;
+    let (_tpm2, agent2, ak2) = vm(&aks_dir, "vm2").await;
+    let (broker_a, broker_b) = room.serve(&[ak1, ak2]);
+
+    // The spec may not name one key under two brokers (one key id, one provider).
+    let doc = serde_json::json!({
+        "image": room.reference, "brokers": [
+            {"name": "hospital-a", "url": broker_a.url(), "key": room.a.kid, "key_ids": [KEY_A]},
+            {"name": "hospital-b", "url": broker_b.url(), "key": room.b.kid, "key_ids": [KEY_B, KEY_A]},
+        ],
+    });
+    let e = WorkloadSpec::from_json(doc.to_string().as_bytes()).unwrap_err().to_string();
+    assert_eq!(e, "workload spec: key id \"rows-a\" listed for both broker hospital-a and broker hospital-b");
+
+    // A's key id routed to B's broker: B does not hold it and refuses; A's key is never asked for, so A's
+    // broker releases nothing, and nothing runs.
+    let spec = room.spec(&[(&room.b, &broker_b, &[KEY_A])]);
+    let cfg = workload_config("multi-broker-foreign-run");
+    let e = workload::run(&spec, &cfg, &agent1.handle, &BrokerKeys::new(agent1.handle.clone()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("workload keys: provider hospital-b ({}) refused key rows-a: ", room.b.kid)),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(&cfg.output_dir).unwrap().count(), 0, "the job must not have run");
+
+    // A normal two-broker run: each broker is asked only for its own key ids, and before either release is
+    // measured (no key_release in the evidence either broker appraised).
+    let spec = room.spec(&[(&room.a, &broker_a, &[KEY_A]), (&room.b, &broker_b, &[KEY_B])]);
+    let cfg = workload_config("multi-broker-foreign-ok");
+    let outcome =
+        workload::run(&spec, &cfg, &agent2.handle, &BrokerKeys::new(agent2.handle.clone())).await.unwrap();
+    assert_eq!(outcome.exit_code, 0);
+    drop((broker_a, broker_b));
+    let asked = |h: &Hospital| -> Vec<String> {
+        let mut ids: Vec<String> = decisions(&h.provider.audit_log()).into_iter().map(|(_, k)| k).collect();
+        ids.dedup();
+        ids
+    };
+    assert_eq!(asked(&room.a), [KEY_A], "hospital A's broker saw only its own key id");
+    assert_eq!(asked(&room.b), [KEY_A, KEY_B], "B saw rows-a only when the operator routed it there");
+    let b_decisions = decisions(&room.b.provider.audit_log());
+    assert_eq!(b_decisions[0].0, Decision::Refused);
+    agent1.stop().await.unwrap();
+    agent2.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_operator_adds_a_broker_of_his_own_and_gets_nothing() {
+    assert!(
+        is_root(),
+        "crun needs root to create the container's namespaces: run this test as root (CI does)"
+    );
+    let room = CleanRoom::new("multi-broker-rogue");
+    let aks_dir = unique_temp_dir("multi-broker-rogue-aks");
+    let (_tpm, agent, ak) = vm(&aks_dir, "vm").await;
+    // The operator's own broker, holding a key of his choosing for the job.
+    let rogue = Provider::new(&unique_temp_dir("multi-broker-rogue-op")).unwrap();
+    let rogue_kid = rogue.key_id().unwrap();
+    let anything = tpm_policy(
+        &room.image.manifest_digest(),
+        &["/bin/busybox", "sh", "-c", SCRIPT],
+        &["PATH=/bin"],
+        None,
+    );
+    rogue.add_key("fake-rows", "operator", &anything, b"operator-chosen rows").unwrap();
+    let (broker_a, broker_b) = room.serve(std::slice::from_ref(&ak));
+    let ak_arg: [&std::ffi::OsStr; 2] = ["--tpm-ak".as_ref(), ak.as_os_str()];
+    let rogue_broker = rogue.serve("127.0.0.1:0", &ak_arg).unwrap();
+    let rogue_h = Hospital { name: "operator", provider: rogue, kid: rogue_kid.clone() };
+
+    let spec = room.spec(&[
+        (&rogue_h, &rogue_broker, &["fake-rows"]),
+        (&room.a, &broker_a, &[KEY_A]),
+        (&room.b, &broker_b, &[KEY_B]),
+    ]);
+    let cfg = workload_config("multi-broker-rogue-run");
+    let e = workload::run(&spec, &cfg, &agent.handle, &BrokerKeys::new(agent.handle.clone()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!(
+            "workload keys: provider hospital-a ({}) refused key rows-a: policy.broker_keys: the VM pins broker key \
+             {rogue_kid}, not one this policy allows",
+            room.a.kid
+        )
+    );
+    assert_eq!(
+        std::fs::read_dir(&cfg.keys_dir).unwrap().count(),
+        0,
+        "not even the operator's own key is written"
+    );
+    assert_eq!(std::fs::read_dir(&cfg.output_dir).unwrap().count(), 0, "the job must not have run");
+    agent.stop().await.unwrap();
+}
