@@ -23,6 +23,7 @@ use sealroom_broker::ek_path::EkPath;
 use sealroom_broker::grpc::KeyBrokerService;
 use sealroom_broker::keystore::{Kek, KeyStore};
 use sealroom_broker::nonce::NonceBook;
+use sealroom_broker::nonce_mac::NonceKeys;
 use sealroom_broker::policy::GoldenSet;
 use sealroom_broker::service::{Broker, BrokerParts};
 use sealroom_broker::token::Signer;
@@ -97,11 +98,13 @@ fn broker_key() -> (std::path::PathBuf, String) {
 }
 
 /// The provider's broker in process with the key in `dir`: the EK path under `ca` (or none), and `aks`
-/// enrolled. Returns its address and signing key id.
+/// enrolled. `shared`: the nonce MAC key and the EK path's MAC secret a replica shares with its fellows (random
+/// per broker when `None`). Returns its address and signing key id.
 async fn start_broker_in(
     dir: &std::path::Path,
     ca: Option<&EkCa>,
     aks: Vec<Vec<u8>>,
+    shared: Option<([u8; 32], [u8; 32])>,
 ) -> (SocketAddr, String) {
     let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness::new());
     let store = Arc::new(
@@ -118,12 +121,19 @@ async fn start_broker_in(
         store,
         golden: GoldenSet::default(),
         signer,
-        nonces: NonceBook::generate(30_000, rng.as_ref()).unwrap(),
+        nonces: match shared {
+            Some((nonce_key, _)) => NonceBook::new(NonceKeys::new(&nonce_key, None, 30_000).unwrap()),
+            None => NonceBook::generate(30_000, rng.as_ref()).unwrap(),
+        },
         audit: AuditLog::open(&dir.join("audit.log")).unwrap().0,
     });
     if let Some(ca) = ca {
         let cas = parse_ek_cas(&[std::fs::read(ca.bundle_pem().unwrap()).unwrap()]).unwrap();
-        broker = broker.with_tpm_ek_path(EkPath::generate(cas, rng.as_ref()).unwrap());
+        let ek = match shared {
+            Some((_, secret)) => EkPath::new(cas, &secret).unwrap(),
+            None => EkPath::generate(cas, rng.as_ref()).unwrap(),
+        };
+        broker = broker.with_tpm_ek_path(ek);
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -136,7 +146,7 @@ async fn start_broker_in(
 }
 
 async fn start_broker(ca: Option<&EkCa>, aks: Vec<Vec<u8>>) -> (SocketAddr, String) {
-    start_broker_in(&broker_key().0, ca, aks).await
+    start_broker_in(&broker_key().0, ca, aks, None).await
 }
 
 async fn identity(agent: &Running) -> apb::GetTpmIdentityResponse {
@@ -346,7 +356,7 @@ async fn enrolled_ak_still_works_and_a_broker_without_ek_cas_takes_no_activation
     let id = identity(&a).await;
     // The agent names its EK to a broker without EK CAs that enrolled its AK out of band: a plain nonce, no
     // credential, and the enrolled AK is trusted as before.
-    let (addr, _) = start_broker_in(&dir, None, vec![id.ak_public.clone()]).await;
+    let (addr, _) = start_broker_in(&dir, None, vec![id.ak_public.clone()], None).await;
     let mut c = broker_client(addr).await;
     let resp = c
         .challenge(kpb::ChallengeRequest {
@@ -366,4 +376,45 @@ async fn enrolled_ak_still_works_and_a_broker_without_ek_cas_takes_no_activation
         refusal(&mut c, resp.nonce, ev, Some(bogus)).await,
         "tpm credential: an activated credential was presented, but this broker issues none (no --tpm-ek-ca)"
     );
+}
+
+/// Replicas (`--store`, `--nonce-key`) derive the EK path's MAC key from the shared nonce key, so an activation
+/// of a credential one replica made is accepted by another; a broker with the same nonce key but its own EK
+/// secret (what a per-process random key would be) refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_made_at_one_replica_is_accepted_by_another() {
+    let ca = EkCa::create().unwrap();
+    let tpm = Swtpm::start_with_ek_cert(&ca).unwrap();
+    // As `serve --store --nonce-key`: the EK path's key is derived from the nonce key itself.
+    let (nonce_key, ek_secret) = ([0x31; 32], [0x31; 32]);
+    // Released through raw calls below: the agent's pinned broker key plays no part.
+    let (_, kid) = broker_key();
+    let replica = |shared| {
+        let ca = &ca;
+        async move { start_broker_in(&broker_key().0, Some(ca), vec![], Some(shared)).await.0 }
+    };
+    let (a, b, lone) = (
+        replica((nonce_key, ek_secret)).await,
+        replica((nonce_key, ek_secret)).await,
+        replica((nonce_key, [0x33; 32])).await,
+    );
+    let vm = agent(&tpm, &kid).await;
+    let id = identity(&vm).await;
+    for (other, want) in [(b, None), (lone, Some(MISMATCH))] {
+        let (nonce, credential) =
+            challenge(&mut broker_client(a).await, &id.ek_certificate, &id.ak_public).await;
+        let secret = activate(&vm, credential).await.unwrap();
+        let activation = kpb::TpmActivation { ek_certificate: id.ek_certificate.clone(), secret };
+        let req = kpb::ReleaseRequest {
+            nonce: nonce.clone(),
+            evidence: Some(evidence(&vm, &nonce).await),
+            key_ids: vec![KEY_ID.into()],
+            tpm_activation: Some(activation),
+        };
+        let resp = broker_client(other).await.release(req).await.unwrap().into_inner();
+        match want {
+            None => assert_eq!(resp.keys.len(), 1, "{:?}", resp.refusals),
+            Some(reason) => assert_eq!(resp.refusals[0].reason, reason),
+        }
+    }
 }
