@@ -487,8 +487,34 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
     assert_eq!(env.reply_key, user_pub);
     assert_eq!(env.output_digest, outcome.output_digest.0);
 
-    // The user opens it and checks it against the receipt.
+    // An auditor without the key checks the receipt and the evidence against the digest the envelope names.
     let jwk = broker.state_dir.join("signing-key.jwk.json");
+    let out = cli(vec![
+        "verify-receipt".into(),
+        result.clone().into(),
+        "--golden".into(),
+        sender.golden.clone().into(),
+        "--golden-key".into(),
+        sender.golden_key.clone().into(),
+        "--broker-key".into(),
+        jwk.clone().into(),
+        "--tpm-ak".into(),
+        ak_a.clone().into(),
+    ])
+    .await
+    .unwrap();
+    assert!(out.contains("receipt ok"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "output       {} (sealed to {}",
+            outcome.output_digest,
+            sealed::key_text(&user_pub)
+        )),
+        "{out}"
+    );
+    assert!(out.contains("evidence re-verified"), "{out}");
+
+    // The user opens it and checks it against the receipt.
     let open = |result: PathBuf, out: PathBuf| {
         cli(vec![
             "open".into(),

@@ -1,7 +1,9 @@
 //! `sealroom verify-receipt DIR`: check a workload's result and its output receipt offline.
 //!
 //! DIR is the result directory the agent writes (agent `workload::receipt`): `output/`, `output.sha256`,
-//! `receipt.jwt`, `evidence.pb`. Checks, in order, each failure one line and a non-zero exit: the output
+//! `receipt.jwt`, `evidence.pb` — or, for a sealed output, `output.sealed` in place of the first two: then the
+//! receipt and evidence are checked against the digest the envelope names, and only the reply key's owner
+//! checks the files (`sealroom open`). Checks, in order, each failure one line and a non-zero exit: the output
 //! digest recomputed from the files equals the listing's digest (a changed file is named); the receipt's ES256
 //! signature under the broker's published key; an affirming output receipt naming that output digest; the
 //! registers it names against the signed golden document; the evidence file is the one the receipt covers;
@@ -82,12 +84,23 @@ fn golden_registers(args: &Args) -> Result<std::collections::BTreeMap<String, St
     golden_registers_of(&args.golden, args.golden_key.as_deref())
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    let dir = &args.dir;
-    // 1. The files against the listing, then the listing's digest.
+/// The output digest of a result directory and what backs it: the files recomputed against `output.sha256`, or
+/// for a sealed output (`output.sealed`, no `output/`) the digest its envelope names.
+fn output_digest(dir: &Path) -> Result<(String, String)> {
+    let sealed_path = dir.join("output.sealed");
+    if sealed_path.exists() && !dir.join("output").exists() {
+        let env = sealroom_measurements::sealed::SealedOutput::parse(&read(&sealed_path)?)
+            .map_err(|e| anyhow::anyhow!("refused: output.sealed: {e}"))?;
+        return Ok((
+            format!("sha256:{}", hex::encode(env.output_digest)),
+            format!(
+                "sealed to {}: its owner checks the files with `sealroom open`",
+                sealroom_measurements::sealed::key_text(&env.reply_key)
+            ),
+        ));
+    }
     let (digest, listing) = sealroom_measurements::output::digest_dir(&dir.join("output"))
         .with_context(|| format!("output digest of {}", dir.join("output").display()))?;
-    let output_digest = format!("sha256:{}", hex::encode(digest));
     let recorded =
         String::from_utf8(read(&dir.join("output.sha256"))?).context("output.sha256 is not text")?;
     if recorded != listing {
@@ -99,6 +112,14 @@ pub fn run(args: &Args) -> Result<()> {
             .unwrap_or_else(|| "a file was added or removed".into());
         bail!("refused: output file changed: {changed} no longer matches output.sha256");
     }
+    Ok((format!("sha256:{}", hex::encode(digest)), format!("{} files", listing.lines().count())))
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let dir = &args.dir;
+    // 1. The files against the listing, then the listing's digest (or, for a sealed output, the digest its
+    // envelope names: only the reply key's owner can check the files, with `sealroom open`).
+    let (output_digest, output_note) = output_digest(dir)?;
     // 2..5. The receipt.
     let jwk: serde_json::Value = serde_json::from_slice(&read(&args.broker_key)?)
         .with_context(|| format!("{} is not a JWK", args.broker_key.display()))?;
@@ -152,7 +173,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let w = &checked.workload;
     println!("receipt ok");
-    println!("  output       {output_digest} ({} files)", listing.lines().count());
+    println!("  output       {output_digest} ({output_note})");
     println!("  image        {} registers match the golden document", checked.golden_registers);
     println!("  workload     {} ({})", w.image_digest, w.image_reference);
     println!("  args         {:?}", w.args);
