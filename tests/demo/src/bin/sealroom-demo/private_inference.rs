@@ -20,7 +20,10 @@ use sealroom_demo_job::{Model, parse_record};
 
 use crate::common::{Shared, at, indent, jwt_claims, sealroom_shown, sha256_hex, step, unpack, write};
 use crate::provider::Provider;
-use crate::vm_run::{Disk, Followed, boot, enrol};
+use crate::vm_run::{Disk, Followed, REFUSAL_MARKER, RUN_TIMEOUT, boot, enrol};
+
+/// The agent's console line once the launch is measured up to the separator and it waits for sealed inputs.
+const AWAITING_INPUTS: &str = "sealroom-workload: waiting up to ";
 use crate::{Only, Outcome};
 
 struct Prepared {
@@ -154,6 +157,10 @@ fn inference_run(s: &Shared, p: &Prepared) -> Result<f64> {
         enrol(&vm.vm, &ak)?;
         p.owner.serve(std::slice::from_ref(&ak))
     })?;
+    step(
+        "VM: pull and measure the inference job, then wait for the sealed input (launch not separated yet)",
+        || vm.until(AWAITING_INPUTS, Some(REFUSAL_MARKER), RUN_TIMEOUT),
+    )?;
     let sealed = p.dir.join("user/record.sealed");
     step(
         "user: sealroom seal --agent … (verify the VM, then seal the record to its TEE key and submit it)",
