@@ -196,15 +196,6 @@ pub fn unpack(disk: &Path, result: &Path, expect: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The claims of a compact JWS (its payload, not verified: `sealroom verify-receipt` does that).
-pub fn jwt_claims(path: &Path) -> Result<serde_json::Value> {
-    use base64::Engine as _;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let payload = text.trim().split('.').nth(1).context("not a compact JWS")?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
-    Ok(serde_json::from_slice(&bytes)?)
-}
-
 /// The last record of a broker's audit log, after `sealroom audit verify` checked its hash chain.
 pub fn audit_last(log: &Path) -> Result<serde_json::Value> {
     let (ok, out) = sealroom_shown(&[OsStr::new("audit"), OsStr::new("verify"), log.as_os_str()])?;
