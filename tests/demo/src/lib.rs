@@ -195,23 +195,30 @@ pub fn policy(
     image_digest: &str,
     broker_key: Option<&str>,
 ) -> String {
-    policy_for(platforms, golden, image_digest, broker_key, &job_argv())
+    policy_for(platforms, golden, image_digest, broker_key.as_slice(), &job_argv())
 }
 
-/// A provider's policy like [`policy`], for a job whose measured argument list is `argv`.
+/// A provider's policy like [`policy`], for a job whose measured argument list is `argv`, requiring that the
+/// VM pins exactly brokers among `broker_keys` (empty: skip).
 #[must_use]
 pub fn policy_for(
     platforms: &str,
     golden: Option<(&str, &str)>,
     image_digest: &str,
-    broker_key: Option<&str>,
+    broker_keys: &[&str],
     argv: &[String],
 ) -> String {
     let golden = match golden {
         Some((signer, doc)) => format!("{{ signers = [\"ed25519:{signer}\"], documents = [\"{doc}\"] }}"),
         None => "\"skip\"".into(),
     };
-    let broker_keys = broker_key.map_or_else(|| "\"skip\"".to_owned(), |k| format!("[\"{k}\"]"));
+    // Every broker key the VM pins must be listed (policy version 2): with several brokers, each provider
+    // names all of them (it accepts that the job also trusts the others). None: skip.
+    let broker_keys = if broker_keys.is_empty() {
+        "\"skip\"".to_owned()
+    } else {
+        format!("[{}]", broker_keys.iter().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", "))
+    };
     let args: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
     format!(
         "version = 2\nplatforms = [{platforms}]\ntcb_statuses = \"skip\"\nminimum_tcb = \"skip\"\n\
@@ -270,11 +277,11 @@ mod tests {
 
     #[test]
     fn each_job_names_its_args_in_its_policy() {
-        let p = policy_for("\"tpm\"", None, "sha256:00", None, &argv(&PREDICT_ARGS));
+        let p = policy_for("\"tpm\"", None, "sha256:00", &[], &argv(&PREDICT_ARGS));
         assert!(p.contains(r#"args = ["/usr/bin/sealroom-demo-job", "predict", "--model""#), "{p}");
         assert_eq!(
             policy("\"tpm\"", None, "sha256:00", None),
-            policy_for("\"tpm\"", None, "sha256:00", None, &job_argv())
+            policy_for("\"tpm\"", None, "sha256:00", &[], &job_argv())
         );
     }
 }

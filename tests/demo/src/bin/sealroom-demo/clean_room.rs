@@ -74,7 +74,7 @@ fn prepare(s: &Shared, dir: &Path) -> Result<Prepared> {
         Provider::new(&dir.join("provider"), "broker", &s.image)
     })?;
     step("data provider: register the key in sealroom broker with the policy", || {
-        let policy = provider.policy(&s.image, &approved.1, &argv(&JOB_ARGS))?;
+        let policy = provider.policy(&s.image, &approved.1, &argv(&JOB_ARGS), &[])?;
         provider.add_key(KEY_ID, "diabetes-provider", &policy, &data_key)
     })?;
     Ok(Prepared {

@@ -10,7 +10,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use sealroom_demo::{HOSPITAL_KEYS, JOINT_ARGS, argv, halves, job_image_with};
 
 use crate::common::{Shared, at, audit_last, has, indent, seal_to_disk, sealroom_shown, step, unpack};
@@ -71,20 +71,28 @@ fn prepare(s: &Shared, dir: &Path) -> Result<Prepared> {
     for ((name, key_id), rows) in ["hospital-a", "hospital-b"].into_iter().zip(HOSPITAL_KEYS).zip([a, b]) {
         let hdir = dir.join(name);
         let h = step(
-            &format!(
-                "{name}: seal its half of the rows with its own data key; its own broker, CA and policy"
-            ),
+            &format!("{name}: seal its half of the rows with its own data key; its own broker and CA"),
             || {
                 let disk = hdir.join("rows.raw");
-                let key = hdir.join("data.key");
-                seal_to_disk(&rows, &disk, &key)?;
+                seal_to_disk(&rows, &disk, &hdir.join("data.key"))?;
                 let provider = Provider::new(&hdir, name, &s.image)?;
-                let policy = provider.policy(&s.image, &digest, &argv(&JOINT_ARGS))?;
-                provider.add_key(key_id, name, &policy, &key)?;
                 Ok(Hospital { provider, key_id, disk })
             },
         )?;
         hospitals.push(h);
+    }
+    let keys: Vec<String> = hospitals.iter().map(|h| h.provider.key_id()).collect::<Result<_>>()?;
+    for h in &hospitals {
+        let name = &h.provider.name;
+        step(
+            &format!("{name}: its policy (the joint job; the VM pins both hospitals' brokers) and its key"),
+            || {
+                let own = h.provider.key_id()?;
+                let others: Vec<String> = keys.iter().filter(|k| **k != own).cloned().collect();
+                let policy = h.provider.policy(&s.image, &digest, &argv(&JOINT_ARGS), &others)?;
+                h.provider.add_key(h.key_id, name, &policy, &h.provider.dir.join("data.key"))
+            },
+        )?;
     }
     let hospitals: [Hospital; 2] = hospitals.try_into().map_err(|_| anyhow::anyhow!("two hospitals"))?;
     Ok(Prepared { dir: dir.to_path_buf(), reference, hospitals })
@@ -164,28 +172,34 @@ fn joint_run(s: &Shared, p: &Prepared) -> Result<u64> {
     step("operator: unpack the output disk into result/", || {
         unpack(&out_disk, &result, &["output", "output.sha256", "receipt.jwt", "evidence.pb", "receipts"])
     })?;
-    step("each hospital: sealroom verify-receipt with a receipt from each broker", || {
-        let mut args: Vec<&OsStr> = vec![
-            "verify-receipt".as_ref(),
-            result.as_os_str(),
-            "--golden".as_ref(),
-            s.image.golden.as_os_str(),
-            "--golden-key".as_ref(),
-            s.image.golden_key_hex.as_ref(),
-        ];
-        let receipts: Vec<PathBuf> = p
-            .hospitals
-            .iter()
-            .map(|h| result.join("receipts").join(format!("{}.jwt", h.provider.name)))
-            .collect();
-        let jwks: Vec<PathBuf> = p.hospitals.iter().map(|h| h.provider.jwk()).collect();
-        for (r, k) in receipts.iter().zip(&jwks) {
-            args.extend([OsStr::new("--receipt"), r.as_os_str(), "--broker-key".as_ref(), k.as_os_str()]);
-        }
+    step("each hospital: sealroom verify-receipt on its own broker's receipt (receipts/NAME.jwt)", || {
         let ak = p.dir.join("joint.ak");
-        args.extend([OsStr::new("--tpm-ak"), ak.as_os_str()]);
-        let (ok, _) = sealroom_shown(&args)?;
-        ensure!(ok, "the receipts did not verify");
+        for h in &p.hospitals {
+            // The result as this hospital reads it: the output with its broker's receipt and evidence.
+            let name = &h.provider.name;
+            let view = p.dir.join(format!("result-{name}"));
+            std::fs::create_dir_all(&view)?;
+            let st =
+                std::process::Command::new("cp").arg("-a").arg(result.join("output")).arg(&view).status()?;
+            ensure!(st.success(), "cp -a {}/output failed", result.display());
+            std::fs::copy(result.join("output.sha256"), view.join("output.sha256"))?;
+            std::fs::copy(result.join(format!("receipts/{name}.jwt")), view.join("receipt.jwt"))?;
+            std::fs::copy(result.join(format!("receipts/{name}.evidence.pb")), view.join("evidence.pb"))?;
+            let jwk = h.provider.jwk();
+            let (ok, _) = sealroom_shown(&[
+                OsStr::new("verify-receipt"),
+                view.as_os_str(),
+                "--golden".as_ref(),
+                s.image.golden.as_os_str(),
+                "--golden-key".as_ref(),
+                s.image.golden_key_hex.as_ref(),
+                "--broker-key".as_ref(),
+                jwk.as_os_str(),
+                "--tpm-ak".as_ref(),
+                ak.as_os_str(),
+            ])?;
+            ensure!(ok, "{name}'s receipt did not verify");
+        }
         Ok(())
     })?;
     let rows = step("researcher: the joint model was trained on both halves", || {
@@ -204,13 +218,19 @@ fn joint_run(s: &Shared, p: &Prepared) -> Result<u64> {
     })?;
     step("each hospital: its audit log records its own release and nothing of the other's key", || {
         for (h, other) in p.hospitals.iter().zip(p.hospitals.iter().rev()) {
-            let last = audit_last(&h.provider.audit_log())?;
-            println!("[demo]   {}'s last record: {last}", h.provider.name);
-            ensure!(
-                has(&last, &[("decision", "released"), ("key_id", h.key_id)]),
-                "{}: not a release: {last}",
-                h.provider.name
-            );
+            audit_last(&h.provider.audit_log())?;
+            let records: Vec<serde_json::Value> = std::fs::read_to_string(h.provider.audit_log())?
+                .lines()
+                .map(serde_json::from_str)
+                .collect::<Result<_, _>>()?;
+            let name = &h.provider.name;
+            for decision in ["released", "receipt"] {
+                let r = records.iter().find(|r| has(r, &[("decision", decision), ("key_id", h.key_id)]));
+                let r = r.with_context(|| {
+                    format!("{name}'s audit log has no {decision} record for {}", h.key_id)
+                })?;
+                println!("[demo]   {name}: {decision} {}: {}", h.key_id, at(r, "/reason"));
+            }
             let log = std::fs::read_to_string(h.provider.audit_log())?;
             ensure!(!log.contains(other.key_id), "{}'s audit log names {}", h.provider.name, other.key_id);
         }

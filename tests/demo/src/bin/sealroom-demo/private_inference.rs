@@ -84,7 +84,7 @@ fn prepare(s: &Shared, dir: &Path) -> Result<Prepared> {
             let owner = Provider::new(&owner_dir, "model-owner", &s.image)?;
             let model_file = owner_dir.join("model.json");
             write(&model_file, &model)?;
-            let policy = owner.policy(&s.image, &digest, &argv(&PREDICT_ARGS))?;
+            let policy = owner.policy(&s.image, &digest, &argv(&PREDICT_ARGS), &[])?;
             owner.add_key(MODEL_KEY, "model-owner", &policy, &model_file)?;
             Ok(owner)
         },
@@ -107,7 +107,7 @@ fn prepare(s: &Shared, dir: &Path) -> Result<Prepared> {
         write(&record_file, &record)?;
         // The user trusts the VM only when it runs the inference job (digest and args) on the golden image
         // and pins the model owner's broker.
-        let policy = owner.policy(&s.image, &digest, &argv(&PREDICT_ARGS))?;
+        let policy = owner.policy(&s.image, &digest, &argv(&PREDICT_ARGS), &[])?;
         write(&user_policy, &policy)?;
         println!("[demo]   user's policy ({}):\n{}", user_policy.display(), indent(&policy));
         Ok(())

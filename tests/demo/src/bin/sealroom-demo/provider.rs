@@ -192,13 +192,23 @@ impl Provider {
     }
 
     /// Its policy for a key: the image's signed golden document, the job's image digest and argument list,
-    /// and this broker's own key as the one the VM must pin.
-    pub fn policy(&self, image: &GuestImage, digest: &str, argv: &[String]) -> Result<String> {
+    /// and this broker's own key, with `other_brokers` (the other providers' broker keys the job also pins),
+    /// as the broker keys the VM may pin.
+    pub fn policy(
+        &self,
+        image: &GuestImage,
+        digest: &str,
+        argv: &[String],
+        other_brokers: &[String],
+    ) -> Result<String> {
+        let own = self.key_id()?;
+        let keys: Vec<&str> =
+            std::iter::once(own.as_str()).chain(other_brokers.iter().map(String::as_str)).collect();
         Ok(sealroom_demo::policy_for(
             "\"tpm\"",
             Some((&image.golden_key_hex, &image.doc_ref()?)),
             digest,
-            Some(&self.key_id()?),
+            &keys,
             argv,
         ))
     }
