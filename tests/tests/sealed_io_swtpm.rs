@@ -289,11 +289,11 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
             workload::run(&spec, &cfg, &handle, &keys).await
         })
     };
-    // Agent B: waits for patient only, for 40 s, no broker.
+    // Agent B: waits for patient only, for 75 s (its attacks must fit in that window even on a loaded machine), no broker.
     let spec_b = WorkloadSpec::from_json(
         serde_json::json!({
             "image": reference, "insecure_registries": [registry.host()],
-            "sealed_inputs": {"patient": {"max_bytes": 4096}}, "sealed_input_timeout_secs": 40,
+            "sealed_inputs": {"patient": {"max_bytes": 4096}}, "sealed_input_timeout_secs": 75,
         })
         .to_string()
         .as_bytes(),
@@ -575,11 +575,11 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
 
     // B never got its input: it gives up after its timeout, and a late input is refused as such.
     let err = run_b.await.unwrap().unwrap_err().to_string();
-    assert_eq!(err, "workload sealed inputs: patient not received within 40 s");
+    assert_eq!(err, "workload sealed inputs: patient not received within 75 s");
     let err =
         submit(&agent_b, "patient", envelope_for(&agent_b, "patient", &user_pub, PATIENT)).await.unwrap_err();
     assert!(
-        err.contains("the launch gave up waiting for sealed inputs (patient missing after 40 s)"),
+        err.contains("the launch gave up waiting for sealed inputs (patient missing after 75 s)"),
         "{err}"
     );
     assert!(!events(&agent_b).contains(&RuntimeEvent::LaunchSeparator));
