@@ -18,7 +18,7 @@ use sealroom_agent::server::Running;
 use sealroom_agent::workload::broker::BrokerKeys;
 use sealroom_agent::workload::fetch::FetchOptions;
 use sealroom_agent::workload::spec::WorkloadSpec;
-use sealroom_agent::workload::{self, WorkloadConfig};
+use sealroom_agent::workload::{self, WorkloadConfig, receipt};
 use sealroom_broker::audit::{AuditRecord, Decision};
 use sealroom_measurements::cel::{CelLog, RuntimeEvent};
 use sealroom_proto::attestation::v1 as apb;
@@ -427,4 +427,153 @@ async fn attack_operator_adds_a_broker_of_his_own_and_gets_nothing() {
     );
     assert_eq!(std::fs::read_dir(&cfg.output_dir).unwrap().count(), 0, "the job must not have run");
     agent.stop().await.unwrap();
+}
+
+/// `sealroom verify-receipt` over a result directory with `pairs` of (receipt file, broker key file):
+/// (success, stdout + stderr).
+fn verify_receipt(room: &CleanRoom, dir: &Path, pairs: &[(PathBuf, PathBuf)], ak: &Path) -> (bool, String) {
+    let mut cmd = sealroom_tests::broker::sealroom();
+    cmd.arg("verify-receipt")
+        .arg(dir)
+        .arg("--golden")
+        .arg(room.golden_dir.join("boot.json"))
+        .args(["--golden-key", &room.golden_key])
+        .arg("--tpm-ak")
+        .arg(ak);
+    for (receipt, key) in pairs {
+        cmd.arg("--receipt").arg(receipt).arg("--broker-key").arg(key);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_provider_signs_a_receipt_naming_every_release_and_verify_receipt_checks_them_together() {
+    assert!(
+        is_root(),
+        "crun needs root to create the container's namespaces: run this test as root (CI does)"
+    );
+    let room = CleanRoom::new("multi-broker-receipts");
+    let aks_dir = unique_temp_dir("multi-broker-receipts-aks");
+    let (_tpm1, agent1, ak1) = vm(&aks_dir, "vm1").await;
+    let (_tpm2, agent2, ak2) = vm(&aks_dir, "vm2").await;
+    let (broker_a, broker_b) = room.serve(&[ak1.clone(), ak2]);
+    let spec = room.spec(&[(&room.a, &broker_a, &[KEY_A]), (&room.b, &broker_b, &[KEY_B])]);
+
+    // The same job on two VMs (the same output), each result with a receipt from each broker.
+    let mut results = Vec::new();
+    for (tag, agent) in [("multi-broker-receipts-1", &agent1), ("multi-broker-receipts-2", &agent2)] {
+        let cfg = workload_config(tag);
+        let outcome =
+            workload::run(&spec, &cfg, &agent.handle, &BrokerKeys::new(agent.handle.clone())).await.unwrap();
+        assert_eq!(outcome.exit_code, 0);
+        let (receipts, failures) = receipt::obtain_all(&agent.handle, &spec, &outcome.output_digest).await;
+        assert!(failures.is_empty(), "{failures:?}");
+        let names: Vec<&str> = receipts.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["hospital-a", "hospital-b"]);
+        let dir = unique_temp_dir(&format!("{tag}-result"));
+        receipt::write_result(&dir, &cfg.output_dir, &outcome.output_listing, &receipts).unwrap();
+        results.push(dir);
+    }
+    let key_a = room.a.provider.state.join("signing-key.jwk.json");
+    let key_b = room.b.provider.state.join("signing-key.jwk.json");
+    let (r1, r2) = (&results[0], &results[1]);
+    let a1 = r1.join("receipts/hospital-a.jwt");
+    let b1 = r1.join("receipts/hospital-b.jwt");
+
+    // Each receipt names both releases (by broker key and key id) and no sealed input.
+    let claims = sealroom_broker::token::verify(
+        std::fs::read_to_string(&b1).unwrap().trim(),
+        &serde_json::from_slice(&std::fs::read(&key_b).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["submods"]["sealroom"]["sealroom.releases"],
+        serde_json::json!([
+            {"broker_key": room.a.kid, "key_id": KEY_A},
+            {"broker_key": room.b.kid, "key_id": KEY_B},
+        ])
+    );
+    assert_eq!(claims["submods"]["sealroom"]["sealroom.sealed_inputs"], serde_json::json!([]));
+
+    // Both providers' receipts, checked together (evidence re-verified with the enrolled AK).
+    let (ok, out) =
+        verify_receipt(&room, r1, &[(a1.clone(), key_a.clone()), (b1.clone(), key_b.clone())], &ak1);
+    assert!(ok, "{out}");
+    assert!(out.contains("receipt ok") && out.contains("2 brokers vouch for the same run"), "{out}");
+    assert!(out.contains(&format!("release      {KEY_A} from broker key {}", room.a.kid)), "{out}");
+    assert!(out.contains(&format!("release      {KEY_B} from broker key {}", room.b.kid)), "{out}");
+
+    // A mismatched pair: hospital A's receipt presented under hospital B's key.
+    let (ok, out) =
+        verify_receipt(&room, r1, &[(a1.clone(), key_b.clone()), (b1.clone(), key_a.clone())], &ak1);
+    assert!(!ok, "{out}");
+    assert!(out.contains(&format!("refused: {}: token: signature does not verify", a1.display())), "{out}");
+    // B's receipt from the other VM's run (same job, same output): a different run, refused.
+    let b2 = r2.join("receipts/hospital-b.jwt");
+    std::fs::copy(r2.join("receipts/hospital-b.evidence.pb"), r1.join("receipts/other-b.evidence.pb"))
+        .unwrap();
+    std::fs::copy(&b2, r1.join("receipts/other-b.jwt")).unwrap();
+    let mixed = [(a1.clone(), key_a.clone()), (r1.join("receipts/other-b.jwt"), key_b.clone())];
+    let (ok, out) = {
+        // Without --tpm-ak (each evidence is from another VM's TPM): the receipts themselves disagree.
+        let mut cmd = sealroom_tests::broker::sealroom();
+        cmd.arg("verify-receipt")
+            .arg(r1)
+            .arg("--golden")
+            .arg(room.golden_dir.join("boot.json"))
+            .args(["--golden-key", &room.golden_key]);
+        for (receipt, key) in &mixed {
+            cmd.arg("--receipt").arg(receipt).arg("--broker-key").arg(key);
+        }
+        let o = cmd.output().unwrap();
+        (
+            o.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        )
+    };
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "refused: {} and {} name different TEE keys (another run)",
+            a1.display(),
+            r1.join("receipts/other-b.jwt").display()
+        )),
+        "{out}"
+    );
+    // The same broker key twice (one provider counted as two).
+    let (ok, out) =
+        verify_receipt(&room, r1, &[(a1.clone(), key_a.clone()), (a1.clone(), key_a.clone())], &ak1);
+    assert!(!ok && out.contains("given twice"), "{out}");
+    // Several broker keys need their receipts named.
+    let o = sealroom_tests::broker::sealroom()
+        .arg("verify-receipt")
+        .arg(r1)
+        .arg("--golden")
+        .arg(room.golden_dir.join("boot.json"))
+        .args(["--golden-key", &room.golden_key])
+        .arg("--broker-key")
+        .arg(&key_a)
+        .arg("--broker-key")
+        .arg(&key_b)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("2 --broker-key given without --receipt"));
+    // The single-receipt form still checks receipt.jwt (the first broker's).
+    let o = sealroom_tests::broker::sealroom()
+        .arg("verify-receipt")
+        .arg(r1)
+        .arg("--golden")
+        .arg(room.golden_dir.join("boot.json"))
+        .args(["--golden-key", &room.golden_key])
+        .arg("--broker-key")
+        .arg(&key_a)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop((broker_a, broker_b));
+    agent1.stop().await.unwrap();
+    agent2.stop().await.unwrap();
 }

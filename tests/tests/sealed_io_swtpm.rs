@@ -514,6 +514,25 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
     );
     assert!(out.contains("evidence re-verified"), "{out}");
 
+    // The receipt names what was measured: the key's release by this broker and both sealed inputs.
+    let claims = sealroom_broker::token::verify(
+        std::fs::read_to_string(result.join("receipt.jwt")).unwrap().trim(),
+        &serde_json::from_slice(&std::fs::read(&jwk).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let sub = &claims["submods"]["sealroom"];
+    assert_eq!(
+        sub["sealroom.releases"],
+        serde_json::json!([{"broker_key": broker.key_id().unwrap(), "key_id": KEY_ID}])
+    );
+    assert_eq!(
+        sub["sealroom.sealed_inputs"],
+        serde_json::json!([
+            {"name": "patient", "digest": patient_digest, "reply_key": sealed::key_text(&user_pub)},
+            {"name": "notes", "digest": format!("sha256:{}", sha256_hex(NOTES)), "reply_key": sealed::key_text(&user_pub)},
+        ])
+    );
+
     // The user opens it and checks it against the receipt.
     let open = |result: PathBuf, out: PathBuf| {
         cli(vec![

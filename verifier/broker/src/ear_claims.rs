@@ -135,6 +135,12 @@ pub struct ReceiptSubmodule<'a> {
     /// The workload, from the launch events.
     #[serde(rename = "sealroom.workload")]
     pub workload: super::receipt::WorkloadClaims,
+    /// Every key release the runtime log measured (by any broker of the job), in log order.
+    #[serde(rename = "sealroom.releases")]
+    pub releases: Vec<super::receipt::ReleaseClaim>,
+    /// Every sealed input the launch measured, in log order.
+    #[serde(rename = "sealroom.sealed_inputs")]
+    pub sealed_inputs: Vec<super::receipt::SealedInputClaim>,
     /// The output digest.
     #[serde(rename = "sealroom.output_digest")]
     pub output_digest: &'a str,

@@ -2,7 +2,8 @@
 //! `output` event) and presents fresh evidence; the broker appraises it exactly as for a key release (nonce,
 //! verifier, binding, then the key's policy) and signs an EAR JWT that names what ran and what it produced:
 //! the verified registers and the golden documents the policy accepts, the workload image (reference, manifest
-//! and config digests), its args and env, and the output digest. Anyone holding the broker's published key can
+//! and config digests), its args and env, every key release the runtime log measured (by broker key and key id,
+//! whichever provider released it) and every sealed input (name, digest, reply key), and the output digest. Anyone holding the broker's published key can
 //! then check a result offline (`sealroom verify-receipt`, [`check`]).
 //!
 //! The receipt is only issued when the evidence's runtime log has the shape of a finished job: the launch
@@ -86,6 +87,49 @@ impl WorkloadClaims {
         }
         w
     }
+}
+
+/// A key release the runtime log measured: which broker (its key's RFC 7638 thumbprint) released which key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseClaim {
+    /// The releasing broker's key id.
+    pub broker_key: String,
+    /// The key id.
+    pub key_id: String,
+}
+
+/// A sealed input the launch measured: its name, plaintext digest and the sender's reply key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedInputClaim {
+    /// The input's name (`/input/NAME`).
+    pub name: String,
+    /// `sha256:` of the plaintext.
+    pub digest: String,
+    /// The sender's reply key (`x25519:<hex>`).
+    pub reply_key: String,
+}
+
+/// Every release and sealed input of a replayed runtime log, in log order: what a receipt names, taken only
+/// from measured events.
+#[must_use]
+pub fn measured_releases_and_inputs(events: &[RuntimeEvent]) -> (Vec<ReleaseClaim>, Vec<SealedInputClaim>) {
+    let (mut releases, mut inputs) = (Vec::new(), Vec::new());
+    for e in events {
+        match e {
+            RuntimeEvent::KeyRelease { key_id, broker_key } => {
+                releases.push(ReleaseClaim { broker_key: broker_key.clone(), key_id: key_id.clone() });
+            }
+            RuntimeEvent::SealedInput { name, digest, reply_key } => inputs.push(SealedInputClaim {
+                name: name.clone(),
+                digest: digest.clone(),
+                reply_key: reply_key.clone(),
+            }),
+            _ => {}
+        }
+    }
+    (releases, inputs)
 }
 
 fn check_output_digest(d: &str) -> Result<()> {
@@ -259,6 +303,7 @@ impl Broker {
         };
         let receipt = match decided {
             Ok(d) => {
+                let (releases, sealed_inputs) = measured_releases_and_inputs(d.appraisal.runtime_events());
                 let sub = ReceiptSubmodule {
                     appraisal: appraised(&d.appraisal).with_policy_id(RECEIPT_POLICY_ID),
                     tee_public_key: d.tee_public_key,
@@ -268,6 +313,8 @@ impl Broker {
                         .as_deref()
                         .map_or(GoldenDocuments::Skip("skip"), GoldenDocuments::Documents),
                     workload: WorkloadClaims::from_events(d.appraisal.runtime_events()),
+                    releases,
+                    sealed_inputs,
                     output_digest: &req.output_digest,
                     key_id: &req.key_id,
                     release: d.release,
@@ -333,6 +380,14 @@ pub struct CheckedReceipt {
     pub output_digest: String,
     /// Registers compared against the golden document.
     pub golden_registers: usize,
+    /// Every key release it names (broker key and key id), in log order.
+    pub releases: Vec<ReleaseClaim>,
+    /// Every sealed input it names, in log order.
+    pub sealed_inputs: Vec<SealedInputClaim>,
+    /// The TEE key it names (hex).
+    pub tee_public_key: String,
+    /// The registers it names.
+    pub registers: BTreeMap<String, String>,
 }
 
 /// What [`check`] needs.
@@ -425,10 +480,21 @@ pub fn check(input: &CheckInput<'_>) -> Result<CheckedReceipt> {
         .transpose()
         .map_err(|e| Error::check(LAYER, format!("workload claim: {e}")))?
         .ok_or_else(|| Error::check(LAYER, "receipt has no workload claim"))?;
+    let list = |name: &str| {
+        sub.get(name).cloned().ok_or_else(|| Error::check(LAYER, format!("receipt has no {name} claim")))
+    };
+    let releases: Vec<ReleaseClaim> = serde_json::from_value(list("sealroom.releases")?)
+        .map_err(|e| Error::check(LAYER, format!("releases claim: {e}")))?;
+    let sealed_inputs: Vec<SealedInputClaim> = serde_json::from_value(list("sealroom.sealed_inputs")?)
+        .map_err(|e| Error::check(LAYER, format!("sealed inputs claim: {e}")))?;
     Ok(CheckedReceipt {
         claims: claims.clone(),
         workload,
         output_digest: input.output_digest.to_owned(),
         golden_registers: compared,
+        releases,
+        sealed_inputs,
+        tee_public_key: s("sealroom.tee_public_key").to_owned(),
+        registers,
     })
 }
