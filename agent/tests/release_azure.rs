@@ -200,7 +200,7 @@ fn release(
         gpus: vec![],
     };
     let r = broker
-        .release(&kpb::ReleaseRequest {
+        .release(kpb::ReleaseRequest {
             nonce: nonce.0.to_vec(),
             evidence: Some(evidence.into()),
             key_ids: vec![KEY_ID.into()],

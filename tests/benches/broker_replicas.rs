@@ -17,6 +17,13 @@
 //!
 //! PostgreSQL is a real server started by the test harness (fsync and synchronous_commit on). After the runs
 //! the ratios of each broker's releases/s to the bare verifier's appraisals/s are printed.
+//!
+//! Each agent has its own connection to each broker it talks to (as real agents, each on its own machine, do).
+//! The peer, the brokers and the agents run on three runtimes of their own (threads `sr-verifier`,
+//! `sr-broker`, `sr-agent`), so that after the timed runs a second pass can count the CPU time each side's
+//! threads spent per appraisal and per release (`/proc/self/task/*/schedstat`): the in-process agents share
+//! the machine's cores with the broker in the timed runs, which a broker serving agents on other machines does
+//! not, and CPU time per operation moves far less with the load of other jobs than wall-clock throughput.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
 
 use std::sync::Arc;
@@ -79,9 +86,54 @@ fn gce_evidence(nonce: Nonce, tee: &TeePublicKey) -> Evidence {
 type Client = pb::key_broker_client::KeyBrokerClient<tonic::transport::Channel>;
 
 async fn client(addr: std::net::SocketAddr) -> Client {
-    let ch =
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
     pb::key_broker_client::KeyBrokerClient::new(ch)
+}
+
+/// One connection per agent to each of `addrs`: `[agent][broker]`.
+async fn connections(addrs: &[std::net::SocketAddr]) -> Vec<Vec<Client>> {
+    let mut agents = Vec::new();
+    for _ in 0..AGENTS {
+        let mut per_broker = Vec::new();
+        for a in addrs {
+            per_broker.push(client(*a).await);
+        }
+        agents.push(per_broker);
+    }
+    agents
+}
+
+/// A runtime whose threads (workers and blocking pool) are all named `name`, kept alive for the whole run so
+/// that their CPU time can be read at the end ([`thread_cpu_ns`]).
+fn runtime(name: &str) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .thread_keep_alive(std::time::Duration::from_secs(3600))
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// CPU time (ns) run so far by this process's threads named `name` (`/proc/self/task/*/schedstat`), or `None`
+/// where /proc does not say.
+fn thread_cpu_ns(name: &str) -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = task.ok()?.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else { continue };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(dir.join("schedstat")) else { continue };
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 type WireEvidence = sealroom_proto::attestation::v1::Evidence;
@@ -150,7 +202,9 @@ fn bench(c: &mut Criterion) {
     let pg = Postgres::start().unwrap();
     pg.psql("postgres", "create database bench").unwrap();
     let url = pg.superuser_url("bench");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let verifier_rt = runtime(VERIFIER_THREADS);
+    let broker_rt = runtime(BROKER_THREADS);
+    let rt = runtime(AGENT_THREADS);
 
     let embedded = Arc::new(in_process::broker(
         &tmp.path().join("embedded"),
@@ -160,14 +214,12 @@ fn bench(c: &mut Criterion) {
     ));
     let replicas: Vec<Arc<Broker>> =
         ["r1", "r2", "r3"].iter().map(|n| Arc::new(replica(&url, n, &tmp.path().join("pg")))).collect();
-    let embedded_client = rt.block_on(async { client(in_process::serve(embedded).await).await });
-    let replica_clients: Vec<Client> = rt.block_on(async {
-        let mut v = Vec::new();
-        for r in &replicas {
-            v.push(client(in_process::serve(Arc::clone(r)).await).await);
-        }
-        v
-    });
+    // The brokers serve from their own runtime; the agents connect from theirs.
+    let embedded_addr = broker_rt.block_on(in_process::serve(embedded));
+    let replica_addrs: Vec<_> =
+        replicas.iter().map(|r| broker_rt.block_on(in_process::serve(Arc::clone(r)))).collect();
+    let embedded_clients = rt.block_on(connections(&[embedded_addr]));
+    let replica_clients = rt.block_on(connections(&replica_addrs));
 
     let group = "broker_stores";
     let mut g = c.benchmark_group(group);
@@ -177,36 +229,36 @@ fn bench(c: &mut Criterion) {
     let verifier = Arc::new(VerifierAppraiser::default());
     let ev = Arc::new(gce_evidence(Nonce([3; 32]), &tee));
     let template: Arc<WireEvidence> = Arc::new(gce_evidence(Nonce([0; 32]), &tee).into());
-    g.bench_function("verifier_32_concurrent", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let mut set = tokio::task::JoinSet::new();
-                for _ in 0..AGENTS {
-                    let (v, ev) = (Arc::clone(&verifier), Arc::clone(&ev));
-                    set.spawn_blocking(move || {
-                        assert_binding_refusal(&v.appraise(&ev, JAN_2024_MS).unwrap_err().to_string());
-                    });
-                }
-                set.join_all().await;
-            });
+    let appraise_32 = || {
+        verifier_rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..AGENTS {
+                let (v, ev) = (Arc::clone(&verifier), Arc::clone(&ev));
+                set.spawn_blocking(move || {
+                    assert_binding_refusal(&v.appraise(&ev, JAN_2024_MS).unwrap_err().to_string());
+                });
+            }
+            set.join_all().await;
         });
-    });
-    let run = |clients: &[Client], rotate: bool| {
+    };
+    g.bench_function("verifier_32_concurrent", |b| b.iter(appraise_32));
+    // Agent i challenges at broker i mod n and releases at broker i+1 mod n (`rotate`) or the same one.
+    let run = |clients: &[Vec<Client>], rotate: bool| {
         rt.block_on(async {
             let mut set = tokio::task::JoinSet::new();
-            for i in 0..AGENTS {
-                let at = clients[i % clients.len()].clone();
-                let to = clients[(i + usize::from(rotate)) % clients.len()].clone();
+            for (i, own) in clients.iter().enumerate() {
+                let at = own[i % own.len()].clone();
+                let to = own[(i + usize::from(rotate)) % own.len()].clone();
                 set.spawn(agent(at, to, Arc::clone(&template)));
             }
             set.join_all().await;
         });
     };
-    g.bench_function("embedded_32_concurrent", |b| {
-        b.iter(|| run(std::slice::from_ref(&embedded_client), false));
-    });
+    let embedded_32 = || run(&embedded_clients, false);
+    g.bench_function("embedded_32_concurrent", |b| b.iter(embedded_32));
+    let first_replica: Vec<Vec<Client>> = replica_clients.iter().map(|c| c[..1].to_vec()).collect();
     g.bench_function("postgres_1_replica_32_concurrent", |b| {
-        b.iter(|| run(&replica_clients[..1], false));
+        b.iter(|| run(&first_replica, false));
     });
     g.bench_function("postgres_3_replicas_32_concurrent", |b| {
         b.iter(|| run(&replica_clients, true));
@@ -226,6 +278,42 @@ fn bench(c: &mut Criterion) {
             }
         }
     }
+    cpu_per_operation(appraise_32, embedded_32);
+}
+
+/// Names of the threads of each side (at most 15 bytes: the kernel's limit).
+const VERIFIER_THREADS: &str = "sr-verifier";
+const BROKER_THREADS: &str = "sr-broker";
+const AGENT_THREADS: &str = "sr-agent";
+
+/// The untimed second pass: CPU time per appraisal of the peer's threads, and per release of the embedded
+/// broker's threads (gRPC server, blocking pool) and of the agents' threads, over the same 32-concurrent rounds.
+/// Their ratio is the broker's throughput against the bare verifier's on cores of its own.
+fn cpu_per_operation(appraise_32: impl Fn(), embedded_32: impl Fn()) {
+    const ROUNDS: usize = 40;
+    let ops = (ROUNDS * AGENTS) as f64;
+    let per_op = |threads: &[&str], f: &dyn Fn()| -> Option<Vec<f64>> {
+        let before: Option<Vec<u64>> = threads.iter().map(|t| thread_cpu_ns(t)).collect();
+        for _ in 0..ROUNDS {
+            f();
+        }
+        let after: Option<Vec<u64>> = threads.iter().map(|t| thread_cpu_ns(t)).collect();
+        Some(before?.iter().zip(after?).map(|(b, a)| a.saturating_sub(*b) as f64 / ops / 1000.0).collect())
+    };
+    let (Some(v), Some(e)) =
+        (per_op(&[VERIFIER_THREADS], &appraise_32), per_op(&[BROKER_THREADS, AGENT_THREADS], &embedded_32))
+    else {
+        println!("CPU per operation: /proc/self/task not readable here");
+        return;
+    };
+    println!(
+        "CPU per operation ({ROUNDS} rounds of 32): bare verifier {:.0} us/appraisal; embedded broker {:.0} \
+         us/release ({:.2} x the bare verifier on cores of its own), its in-process agents {:.0} us/release",
+        v[0],
+        e[0],
+        v[0] / e[0],
+        e[1]
+    );
 }
 
 criterion_group!(benches, bench);

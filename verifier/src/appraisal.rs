@@ -234,10 +234,13 @@ pub enum EvidenceInput {
     SgxQuote(Vec<u8>),
 }
 
+/// What an appraisal of sealroom's own evidence names as its evidence.
+const SEALROOM_KIND: &str = "sealroom evidence";
+
 impl EvidenceInput {
     fn kind(&self) -> &'static str {
         match self {
-            Self::Sealroom(_) => "sealroom evidence",
+            Self::Sealroom(_) => SEALROOM_KIND,
             Self::SnpReport { .. } => "sev-snp report",
             Self::Gce(_) => "gce vtpm attestation",
             // Named by the HCL report's hardware type, not by which parts happen to be present: TDX evidence
@@ -465,19 +468,35 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ap
         EvidenceInput::Azure(az) => {
             let _ = platforms::platform_azure(az, policy, ctx, &mut est);
         }
-        EvidenceInput::Sealroom(ev) => {
-            platforms::platform_sealroom(ev, policy, ctx, &mut est);
-            let gpus = crate::gpu::appraise::appraise_gpus(ev, ctx.gpu, ctx.at);
-            est.layers.extend(gpus.result());
-            est.gpus = match gpus {
-                crate::gpu::appraise::GpuLayer::Absent => vec![],
-                crate::gpu::appraise::GpuLayer::Passed(g)
-                | crate::gpu::appraise::GpuLayer::Failed { claims: g, .. } => g,
-            };
-        }
+        EvidenceInput::Sealroom(ev) => establish_sealroom(ev, policy, ctx, &mut est),
         EvidenceInput::TdxQuote(q) => platforms::platform_td_quote(q, policy, ctx, &mut est),
         EvidenceInput::SgxQuote(q) => platforms::platform_sgx_quote(q, policy, ctx, &mut est),
     }
+    judge(input.kind(), est, policy, ctx)
+}
+
+/// [`appraise`] of sealroom's own evidence, by reference: a caller holding the evidence (the key broker, once
+/// per release) need not copy ~30 KB into an [`EvidenceInput`] to have it appraised.
+#[must_use]
+pub fn appraise_sealroom(ev: &Evidence, policy: &Policy, ctx: &Context<'_>) -> Appraisal {
+    let mut est = Established::default();
+    establish_sealroom(ev, policy, ctx, &mut est);
+    judge(SEALROOM_KIND, est, policy, ctx)
+}
+
+fn establish_sealroom(ev: &Evidence, policy: &Policy, ctx: &Context<'_>, est: &mut Established) {
+    platforms::platform_sealroom(ev, policy, ctx, est);
+    let gpus = crate::gpu::appraise::appraise_gpus(ev, ctx.gpu, ctx.at);
+    est.layers.extend(gpus.result());
+    est.gpus = match gpus {
+        crate::gpu::appraise::GpuLayer::Absent => vec![],
+        crate::gpu::appraise::GpuLayer::Passed(g)
+        | crate::gpu::appraise::GpuLayer::Failed { claims: g, .. } => g,
+    };
+}
+
+/// The status and trustworthiness vector of what the platform's checks established.
+fn judge(kind: &str, mut est: Established, policy: &Policy, ctx: &Context<'_>) -> Appraisal {
     let (measured, mut warnings) = measured_layers(&policy.references, &mut est);
     let any_failed = est.layers.iter().any(|l| l.outcome == Outcome::Failed);
     let bound_failed = est.layers.iter().any(|l| {
@@ -523,7 +542,7 @@ pub fn appraise(input: &EvidenceInput, policy: &Policy, ctx: &Context<'_>) -> Ap
     }
     warnings.splice(0..0, est.hardware_warnings);
     Appraisal {
-        evidence: input.kind().into(),
+        evidence: kind.into(),
         policy_id: policy.id.clone(),
         at: ctx.at,
         status,

@@ -155,7 +155,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("broker_release_gce", |b| {
         b.iter(|| {
             let (nonce, _) = real.challenge().unwrap();
-            let r = real.release(&request(&nonce, &template, &["provider-a/data"])).unwrap();
+            let r = real.release(request(&nonce, &template, &["provider-a/data"])).unwrap();
             assert!(r.keys.is_empty());
             assert_binding_refusal(&r.refusals[0].1.reason);
         });
@@ -166,9 +166,8 @@ fn bench(c: &mut Criterion) {
     g.bench_function("broker_release_sealed", |b| {
         b.iter(|| {
             let (nonce, _) = standin.challenge().unwrap();
-            let r = standin
-                .release(&request(&nonce, &template, &["provider-a/data", "provider-b/data"]))
-                .unwrap();
+            let r =
+                standin.release(request(&nonce, &template, &["provider-a/data", "provider-b/data"])).unwrap();
             assert_eq!(r.keys.len(), 2);
         });
     });

@@ -158,7 +158,7 @@ impl Appraiser for VerifierAppraiser {
         now_ms: u64,
         activated: Option<&ActivatedAk>,
     ) -> Result<Appraisal> {
-        use sealroom_verifier::appraisal::{Context, EvidenceInput, Policy, ReferenceValues, appraise};
+        use sealroom_verifier::appraisal::{Context, Policy, ReferenceValues, appraise_sealroom};
         let now_ms = self.verification_time_ms.unwrap_or(now_ms);
         let policy = Policy {
             // Debug is a per-key policy rule in the broker, so the verifier reports it rather than refusing.
@@ -185,6 +185,6 @@ impl Appraiser for VerifierAppraiser {
             tpm_ek_activated: activated,
             gpu: self.gpu.as_ref(),
         };
-        accept(appraise(&EvidenceInput::Sealroom(Box::new(evidence.clone())), &policy, &ctx))
+        accept(appraise_sealroom(evidence, &policy, &ctx))
     }
 }

@@ -82,7 +82,7 @@ impl pb::key_broker_server::KeyBroker for KeyBrokerService {
         Broker::check_request(&req.key_ids).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
         let broker = Arc::clone(&self.0);
         // Appraisal and the audit fsync block: keep them off the async workers.
-        let released = tokio::task::spawn_blocking(move || broker.release(&req))
+        let released = tokio::task::spawn_blocking(move || broker.release(req))
             .await
             .map_err(|e| tonic::Status::internal(format!("broker: release task failed: {e}")))?
             .map_err(|e| internal(&e))?;

@@ -30,7 +30,7 @@ use super::check_key_id;
 use super::ear_claims::{GoldenDocuments, ReceiptSubmodule, ReleaseRef, TokenClaims, appraised};
 use super::nonce::NonceRefusal;
 use super::policy::{Outcome, Rule};
-use super::service::{Broker, Refused, request_tee_key, tee_key_digest};
+use super::service::{Broker, ReceivedTeeKey, Refused, tee_key_digest};
 use super::store::Recorded;
 use super::token::TokenKind;
 use crate::error::{Error, Result};
@@ -209,12 +209,7 @@ impl Broker {
         // A decoding failure leaves the evidence out; appraisal then refuses it as missing.
         let decoded: Option<sealroom_proto::attestation::v1::Evidence> =
             prost::Message::decode(req.evidence.as_slice()).ok();
-        let as_release = pb::ReleaseRequest {
-            nonce: req.nonce.clone(),
-            evidence: decoded,
-            key_ids: vec![req.key_id.clone()],
-            tpm_activation: req.tpm_activation.clone(),
-        };
+        let tee_key = ReceivedTeeKey::of(decoded.as_ref());
         let redeemed = self.check_nonce(&req.nonce, now);
         // What a receipt states, decided before the audit record is written: the appraisal, the key's policy
         // (re-evaluated) and this broker's own release record.
@@ -226,8 +221,10 @@ impl Broker {
             policy_digest: String,
             policy_rules: BTreeMap<&'static str, String>,
         }
-        let mut decided = redeemed.clone().and_then(|nonce| self.appraise(nonce, &as_release, now)).and_then(
-            |(_, evidence, appraisal)| {
+        let mut decided = redeemed
+            .clone()
+            .and_then(|nonce| self.appraise(nonce, decoded, req.tpm_activation.as_ref(), now))
+            .and_then(|(_, evidence, appraisal)| {
                 check_finished_job(
                     appraisal.runtime_events(),
                     &req.key_id,
@@ -267,8 +264,7 @@ impl Broker {
                     policy_rules: verdict.rules.iter().map(|(rule, o)| (*rule, outcome_text(o))).collect(),
                     appraisal,
                 })
-            },
-        );
+            });
         let entry_for = |decided: &std::result::Result<Decided, Refused>| match decided {
             Ok(_) => AuditEntry {
                 decision: Decision::Receipt,
@@ -334,7 +330,7 @@ impl Broker {
         };
         let statement = broker_response::receipt_signing_input(&ReceiptStatement {
             nonce: &Nonce::from_slice(&req.nonce).unwrap_or(Nonce([0; 32])),
-            tee_key: request_tee_key(as_release.evidence.as_ref()),
+            tee_key: tee_key.field(),
             key_id: &req.key_id,
             output_digest: &req.output_digest,
             receipt: token,

@@ -296,14 +296,15 @@ impl Broker {
     }
 
     /// Steps shared by all keys after the nonce: evidence decoding, appraisal, binding.
+    /// Takes the evidence by value: it is converted without a copy.
     pub(super) fn appraise(
         &self,
         nonce: Nonce,
-        req: &pb::ReleaseRequest,
+        evidence: Option<WireEvidence>,
+        activation: Option<&pb::TpmActivation>,
         now: u64,
     ) -> std::result::Result<(Nonce, Evidence, Appraisal), Refused> {
-        let pb_evidence =
-            req.evidence.clone().ok_or_else(|| Refused::new("evidence", "evidence: missing"))?;
+        let pb_evidence = evidence.ok_or_else(|| Refused::new("evidence", "evidence: missing"))?;
         let evidence = Evidence::try_from(pb_evidence).map_err(|e| Refused::from_error("evidence", &e))?;
         if evidence.nonce != nonce {
             return Err(Refused::new(
@@ -311,7 +312,7 @@ impl Broker {
                 "binding: evidence was produced for another nonce than the one presented",
             ));
         }
-        let activated = self.activation(&nonce, req.tpm_activation.as_ref(), &evidence, now)?;
+        let activated = self.activation(&nonce, activation, &evidence, now)?;
         let appraisal = self
             .appraiser
             .appraise_activated(&evidence, now, activated.as_ref())
@@ -397,24 +398,26 @@ impl Broker {
     ///
     /// # Errors
     /// A malformed request (no key decided), or an internal failure.
-    pub fn release(&self, req: &pb::ReleaseRequest) -> Result<Released> {
-        Self::check_request(&req.key_ids)?;
+    pub fn release(&self, req: pb::ReleaseRequest) -> Result<Released> {
+        let pb::ReleaseRequest { nonce: raw_nonce, evidence: wire_evidence, key_ids, tpm_activation } = req;
+        Self::check_request(&key_ids)?;
         let now = self.clock.now_ms();
-        let evidence_digest: [u8; 32] = match &req.evidence {
-            Some(e) => Sha256::digest(prost::Message::encode_to_vec(e)).into(),
-            None => [0; 32],
-        };
+        let evidence_digest = wire_evidence.as_ref().map_or([0; 32], evidence_digest);
+        // What the response signature names, as received, before the evidence is consumed by its decoding.
+        let tee_key = ReceivedTeeKey::of(wire_evidence.as_ref());
         let mut keys = Vec::new();
         let mut versions = Vec::new();
         let mut refusals = Vec::new();
-        let redeemed = self.check_nonce(&req.nonce, now);
-        let mut accepted = redeemed.clone().and_then(|nonce| self.appraise(nonce, req, now));
+        let redeemed = self.check_nonce(&raw_nonce, now);
+        let mut accepted = redeemed
+            .clone()
+            .and_then(|nonce| self.appraise(nonce, wire_evidence, tpm_activation.as_ref(), now));
         match &accepted {
             Err(refused) => {
-                refusals.extend(req.key_ids.iter().map(|id| (id.clone(), refused.clone())));
+                refusals.extend(key_ids.iter().map(|id| (id.clone(), refused.clone())));
             }
             Ok((nonce, evidence, appraisal)) => {
-                for id in &req.key_ids {
+                for id in &key_ids {
                     match self.decide(id, nonce, evidence, appraisal)? {
                         Ok((sealed, version)) => {
                             keys.push((id.clone(), sealed));
@@ -428,7 +431,7 @@ impl Broker {
         // Durable before the reply, with the nonce's single use in the same commit.
         let (records, head) = match self.ledger.record(
             redeemed.as_ref().ok(),
-            &entries(&keys, &refusals, accepted.as_ref().err(), &req.key_ids, evidence_digest),
+            &entries(&keys, &refusals, accepted.as_ref().err(), &key_ids, evidence_digest),
             now,
         )? {
             Recorded::Committed(records, head) => (records, head),
@@ -437,8 +440,8 @@ impl Broker {
                 // returned, and the refusal is what gets recorded.
                 let refused = Refused::new("nonce", NonceRefusal::AlreadyUsed.to_string());
                 keys.clear();
-                refusals = req.key_ids.iter().map(|id| (id.clone(), refused.clone())).collect();
-                let all = entries(&keys, &refusals, Some(&refused), &req.key_ids, evidence_digest);
+                refusals = key_ids.iter().map(|id| (id.clone(), refused.clone())).collect();
+                let all = entries(&keys, &refusals, Some(&refused), &key_ids, evidence_digest);
                 accepted = Err(refused);
                 match self.ledger.record(None, &all, now)? {
                     Recorded::Committed(records, head) => (records, head),
@@ -465,7 +468,7 @@ impl Broker {
             Ok((_, _, a)) => a.status,
             Err(_) => Status::Contraindicated,
         };
-        let claims = serde_json::to_value(TokenClaims::new(now / 1000, status, &req.nonce, sub, &head))
+        let claims = serde_json::to_value(TokenClaims::new(now / 1000, status, &raw_nonce, sub, &head))
             .map_err(|e| Error::check("token", format!("claims: {e}")))?;
         if let Ok((_, evidence, _)) = &accepted
             && !keys.is_empty()
@@ -482,7 +485,7 @@ impl Broker {
             self.store.record_releases(&tee_key_digest(evidence.tee_public_key.as_bytes()), &released)?;
         }
         let attestation_result = self.signer.sign_token(claims, TokenKind::Release, now / 1000)?;
-        let nonce = Nonce::from_slice(&req.nonce).unwrap_or(Nonce([0; 32]));
+        let nonce = Nonce::from_slice(&raw_nonce).unwrap_or(Nonce([0; 32]));
         let digests: Vec<(&str, [u8; 32])> = keys
             .iter()
             .map(|(id, s)| {
@@ -496,7 +499,7 @@ impl Broker {
             refusals.iter().map(|(id, r)| (id.as_str(), r.reason.as_str())).collect();
         let statement = broker_response::release_signing_input(&ReleaseStatement {
             nonce: &nonce,
-            tee_key: request_tee_key(req.evidence.as_ref()),
+            tee_key: tee_key.field(),
             keys: &digests,
             refusals: &refused,
             attestation_result: &attestation_result,
@@ -519,14 +522,51 @@ pub fn tee_key_digest(tee_public_key: &[u8]) -> [u8; 32] {
     Sha256::digest(tee_public_key).into()
 }
 
+/// The evidence as it travels in a request.
+pub(super) type WireEvidence = sealroom_proto::attestation::v1::Evidence;
+
+/// SHA-256 of the evidence's protobuf encoding: what audit records name. Encoded into a buffer kept by the
+/// thread: a fresh ~30 KB buffer per release was a measurable share of a release's CPU under glibc malloc
+/// (docs/broker-scaling.md, *Profile*).
+pub(super) fn evidence_digest(evidence: &WireEvidence) -> [u8; 32] {
+    /// Kept between releases up to this size (larger evidence gets a buffer of its own, freed after).
+    const KEEP: usize = 256 * 1024;
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buf| {
+        buf.clear();
+        // A Vec grows as needed, so encoding into it cannot fail; were it to, the digest is of a fresh encoding.
+        let digest = match prost::Message::encode(evidence, buf) {
+            Ok(()) => Sha256::digest(buf.as_slice()).into(),
+            Err(_) => Sha256::digest(prost::Message::encode_to_vec(evidence)).into(),
+        };
+        if buf.capacity() > KEEP {
+            *buf = Vec::new();
+        }
+        digest
+    })
+}
+
 /// The TEE key of a request's evidence exactly as received (the broker signs what it was asked, even when it
 /// could not use it).
-pub(super) fn request_tee_key(
-    evidence: Option<&sealroom_proto::attestation::v1::Evidence>,
-) -> TeeKeyField<'_> {
-    match evidence {
-        Some(e) => TeeKeyField { kem_id: u16::try_from(e.tee_key_kem).unwrap_or(0), key: &e.tee_public_key },
-        None => TeeKeyField { kem_id: 0, key: &[] },
+pub(super) struct ReceivedTeeKey {
+    kem_id: u16,
+    key: Vec<u8>,
+}
+
+impl ReceivedTeeKey {
+    pub(super) fn of(evidence: Option<&WireEvidence>) -> Self {
+        match evidence {
+            Some(e) => {
+                Self { kem_id: u16::try_from(e.tee_key_kem).unwrap_or(0), key: e.tee_public_key.clone() }
+            }
+            None => Self { kem_id: 0, key: Vec::new() },
+        }
+    }
+
+    pub(super) fn field(&self) -> TeeKeyField<'_> {
+        TeeKeyField { kem_id: self.kem_id, key: &self.key }
     }
 }
 

@@ -359,7 +359,7 @@ impl Fixture {
     /// Challenge, then release `keys` with fresh evidence bound to the nonce.
     fn release(&self, keys: &[&str]) -> Released {
         let (nonce, _) = self.broker.challenge().unwrap();
-        self.broker.release(&Self::request(&nonce, self.evidence(nonce), keys)).unwrap()
+        self.broker.release(Self::request(&nonce, self.evidence(nonce), keys)).unwrap()
     }
 
     fn tweak(&self, f: impl FnOnce(&mut Appraisal)) {
@@ -394,7 +394,7 @@ fn happy_path_releases_sealed_keys_with_a_signed_token_and_audit_records() {
         assert_eq!(ttl, 30);
         let r = f
             .broker
-            .release(&Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data", "provider-b/data"]))
+            .release(Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data", "provider-b/data"]))
             .unwrap();
         assert!(r.refusals.is_empty(), "{:?}", r.refusals);
         assert_eq!(r.keys.len(), 2);
@@ -524,7 +524,7 @@ fn attack_release_audit_amplification() {
     let ids: Vec<String> = (0..64).map(|i| format!("provider-x/k{i}")).collect();
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let nonce = Nonce([0x5a; 32]);
-    let r = f.broker.release(&Fixture::request(&nonce, f.evidence(nonce), &id_refs)).unwrap();
+    let r = f.broker.release(Fixture::request(&nonce, f.evidence(nonce), &id_refs)).unwrap();
     assert_eq!(r.refusals.len(), 64);
     assert!(r.refusals.iter().all(|(_, x)| x.reason == "nonce: not issued by this broker"));
     assert_eq!(r.audit.len(), 1);
@@ -818,7 +818,7 @@ fn refuses_platform_not_allowed() {
     ev.platform = Platform::Tpm;
     ev.azure = None;
     ev.tpm = Some(TpmEvidence { attest: vec![0xff, 0x54, 0x43, 0x47], ..TpmEvidence::default() });
-    let r = f.broker.release(&Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
+    let r = f.broker.release(Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
     assert_refused(
         &f,
         &r,
@@ -848,7 +848,7 @@ fn releases_on_tdx_with_the_runtime_log_replayed_to_rtmr3_and_names_the_platform
     f.tweak(tdx_appraisal);
     let (nonce, _) = f.broker.challenge().unwrap();
     let r =
-        f.broker.release(&Fixture::request(&nonce, tdx_evidence(&f, nonce), &["provider-a/data"])).unwrap();
+        f.broker.release(Fixture::request(&nonce, tdx_evidence(&f, nonce), &["provider-a/data"])).unwrap();
     assert!(r.refusals.is_empty(), "{:?}", r.refusals);
     assert_eq!(f.open("provider-a/data", &nonce, &r.keys[0].1), b"data key A");
     let claims = token::verify(&r.attestation_result, &f.signer_jwk).unwrap();
@@ -879,7 +879,7 @@ fn refuses_evidence_whose_runtime_log_replayed_to_no_runtime_register() {
     });
     let (nonce, _) = f.broker.challenge().unwrap();
     let r =
-        f.broker.release(&Fixture::request(&nonce, tdx_evidence(&f, nonce), &["provider-a/data"])).unwrap();
+        f.broker.release(Fixture::request(&nonce, tdx_evidence(&f, nonce), &["provider-a/data"])).unwrap();
     assert_refused(
         &f,
         &r,
@@ -900,7 +900,7 @@ fn refuses_a_debug_td_verified_without_collateral() {
     });
     let (nonce, _) = f.broker.challenge().unwrap();
     let r =
-        f.broker.release(&Fixture::request(&nonce, tdx_evidence(&f, nonce), &["provider-a/data"])).unwrap();
+        f.broker.release(Fixture::request(&nonce, tdx_evidence(&f, nonce), &["provider-a/data"])).unwrap();
     assert_refused(&f, &r, "provider-a/data", "policy.debug: TEE runs in debug mode");
 }
 
@@ -917,8 +917,8 @@ fn refuses_replayed_nonce() {
     let f = Fixture::new();
     let (nonce, _) = f.broker.challenge().unwrap();
     let req = Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"]);
-    assert_eq!(f.broker.release(&req).unwrap().keys.len(), 1);
-    let r = f.broker.release(&req).unwrap();
+    assert_eq!(f.broker.release(req.clone()).unwrap().keys.len(), 1);
+    let r = f.broker.release(req).unwrap();
     assert_refused(&f, &r, "provider-a/data", "nonce: already used (replay)");
 }
 
@@ -927,7 +927,7 @@ fn refuses_expired_nonce() {
     let f = Fixture::new();
     let (nonce, _) = f.broker.challenge().unwrap();
     f.clock.advance(TTL_MS + 5);
-    let r = f.broker.release(&Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"])).unwrap();
+    let r = f.broker.release(Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"])).unwrap();
     assert_refused(&f, &r, "provider-a/data", "nonce: expired 5 ms ago");
 }
 
@@ -935,7 +935,7 @@ fn refuses_expired_nonce() {
 fn refuses_nonce_never_issued() {
     let f = Fixture::new();
     let nonce = Nonce([0x5a; 32]);
-    let r = f.broker.release(&Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"])).unwrap();
+    let r = f.broker.release(Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"])).unwrap();
     assert_refused(&f, &r, "provider-a/data", "nonce: not issued by this broker");
 }
 
@@ -945,7 +945,7 @@ fn refuses_evidence_bound_to_another_challenge() {
     let (first, _) = f.broker.challenge().unwrap();
     let (second, _) = f.broker.challenge().unwrap();
     // Evidence produced for the first challenge, presented with the second nonce.
-    let r = f.broker.release(&Fixture::request(&second, f.evidence(first), &["provider-a/data"])).unwrap();
+    let r = f.broker.release(Fixture::request(&second, f.evidence(first), &["provider-a/data"])).unwrap();
     assert_refused(
         &f,
         &r,
@@ -980,7 +980,7 @@ fn refuses_tee_key_not_bound() {
         Some(SignedBinding::TpmExtraData(HexBytes(binding::binding_digest(&nonce, &f.tee_public).to_vec())));
     let mut ev = f.evidence(nonce);
     ev.tee_public_key = attacker;
-    let r = f.broker.release(&Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
+    let r = f.broker.release(Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
     assert_refused(
         &f,
         &r,
@@ -996,7 +996,7 @@ fn refuses_report_data_without_the_sealroom_tag() {
     let mut rd = binding::report_data(&nonce, &f.tee_public);
     rd[40] ^= 1;
     *f.appraiser.binding.lock().unwrap() = Some(SignedBinding::ReportData(HexBytes(rd.to_vec())));
-    let r = f.broker.release(&Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"])).unwrap();
+    let r = f.broker.release(Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"])).unwrap();
     assert_refused(&f, &r, "provider-a/data", "binding: REPORT_DATA does not carry the sealroom binding tag");
 }
 
@@ -1078,7 +1078,7 @@ fn release_real(now_ms: u64, tweak: impl FnOnce(&mut Evidence)) -> String {
     let (_, tee) = seal::derive_keypair(Kem::X25519HkdfSha256, b"gce").unwrap();
     let mut ev = gce_evidence(nonce, &tee);
     tweak(&mut ev);
-    let r = broker.release(&Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
+    let r = broker.release(Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
     assert!(r.keys.is_empty());
     let audited = audit::verify(&std::fs::read(dir.path().join("audit.log")).unwrap()).unwrap();
     assert_eq!(audited.records, 1);
@@ -1135,7 +1135,7 @@ fn refuses_malformed_nonce() {
     let (nonce, _) = f.broker.challenge().unwrap();
     let mut req = Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"]);
     req.nonce.pop();
-    let r = f.broker.release(&req).unwrap();
+    let r = f.broker.release(req).unwrap();
     assert_refused(&f, &r, "provider-a/data", "binding: invalid nonce: 31 bytes, expected 32");
 }
 
@@ -1145,7 +1145,7 @@ fn refuses_missing_evidence() {
     let (nonce, _) = f.broker.challenge().unwrap();
     let mut req = Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"]);
     req.evidence = None;
-    let r = f.broker.release(&req).unwrap();
+    let r = f.broker.release(req).unwrap();
     assert_refused(&f, &r, "provider-a/data", "evidence: missing");
 }
 
@@ -1155,7 +1155,7 @@ fn refuses_unknown_binding_version() {
     let (nonce, _) = f.broker.challenge().unwrap();
     let mut req = Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"]);
     req.evidence.as_mut().unwrap().binding_version = 2;
-    let r = f.broker.release(&req).unwrap();
+    let r = f.broker.release(req).unwrap();
     assert_refused(&f, &r, "provider-a/data", "evidence: invalid binding_version: 2 (this verifier knows 1)");
 }
 
@@ -1167,7 +1167,7 @@ fn refuses_invalid_p256_tee_key() {
     bad.extend_from_slice(&[0xff; 64]);
     let mut ev = f.evidence(nonce);
     ev.tee_public_key = TeePublicKey::new(Kem::P256HkdfSha256, bad).unwrap();
-    let r = f.broker.release(&Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
+    let r = f.broker.release(Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
     assert_refused(&f, &r, "provider-a/data", "hpke: TEE public key rejected: Input value is invalid");
 }
 
@@ -1197,12 +1197,12 @@ fn rejects_malformed_requests_without_deciding() {
         (vec!["a b"], "key id: character ' ' not allowed (use [A-Za-z0-9._/-])"),
         (vec!["k", "k"], "request: key id k requested twice"),
     ] {
-        let err = f.broker.release(&Fixture::request(&nonce, f.evidence(nonce), &keys)).unwrap_err();
+        let err = f.broker.release(Fixture::request(&nonce, f.evidence(nonce), &keys)).unwrap_err();
         assert_eq!(err.to_string(), want);
     }
     let many: Vec<String> = (0..65).map(|i| format!("k{i}")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
-    let err = f.broker.release(&Fixture::request(&nonce, f.evidence(nonce), &many)).unwrap_err();
+    let err = f.broker.release(Fixture::request(&nonce, f.evidence(nonce), &many)).unwrap_err();
     assert_eq!(err.to_string(), "request: 65 key ids, expected 1..=64");
 }
 

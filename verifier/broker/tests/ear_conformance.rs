@@ -194,7 +194,7 @@ fn release_token_and_receipt_validate_with_veraisons_ear_crate() {
         key_ids: vec![KEY.into()],
         tpm_activation: None,
     };
-    let released = broker.release(&req).unwrap();
+    let released = broker.release(req).unwrap();
     assert!(released.refusals.is_empty(), "{:?}", released.refusals);
     let token = decode(&released.attestation_result, &jwk);
     assert_conforms(&token, "sealroom.keybroker.v1", &nonce, now_s);
