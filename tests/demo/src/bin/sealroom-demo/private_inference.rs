@@ -187,6 +187,8 @@ fn inference_run(s: &Shared, p: &Prepared) -> Result<f64> {
                 "--out".as_ref(),
                 sealed.as_os_str(),
                 "--submit".as_ref(),
+                // The prediction derives from the record: refuse unless it leaves sealed to this user.
+                "--require-output-to-me".as_ref(),
             ])?;
             ensure!(ok, "sealroom seal failed: {out}");
             // The agent's answer: it measured exactly the user's record (its digest goes into the evidence
@@ -207,6 +209,23 @@ fn inference_run(s: &Shared, p: &Prepared) -> Result<f64> {
     step("operator: unpack the output disk into result/ (ciphertext only: output.sealed)", || {
         unpack(&out_disk, &result, &["output.sealed", "receipt.jwt", "evidence.pb"])?;
         ensure!(!result.join("output").exists(), "a plaintext output/ left the VM");
+        Ok(())
+    })?;
+    step("anyone (an auditor without the user's key): sealroom verify-receipt on the sealed result", || {
+        let jwk = p.owner.jwk();
+        let (ok, out) = sealroom_shown(&[
+            OsStr::new("verify-receipt"),
+            result.as_os_str(),
+            "--golden".as_ref(),
+            s.image.golden.as_os_str(),
+            "--golden-key".as_ref(),
+            s.image.golden_key_hex.as_ref(),
+            "--broker-key".as_ref(),
+            jwk.as_os_str(),
+            "--tpm-ak".as_ref(),
+            ak.as_os_str(),
+        ])?;
+        ensure!(ok, "the sealed result's receipt did not verify: {out}");
         Ok(())
     })?;
     let opened = p.dir.join("user/opened");
