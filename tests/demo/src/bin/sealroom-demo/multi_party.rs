@@ -172,34 +172,28 @@ fn joint_run(s: &Shared, p: &Prepared) -> Result<u64> {
     step("operator: unpack the output disk into result/", || {
         unpack(&out_disk, &result, &["output", "output.sha256", "receipt.jwt", "evidence.pb", "receipts"])
     })?;
-    step("each hospital: sealroom verify-receipt on its own broker's receipt (receipts/NAME.jwt)", || {
-        let ak = p.dir.join("joint.ak");
-        for h in &p.hospitals {
-            // The result as this hospital reads it: the output with its broker's receipt and evidence.
-            let name = &h.provider.name;
-            let view = p.dir.join(format!("result-{name}"));
-            std::fs::create_dir_all(&view)?;
-            let st =
-                std::process::Command::new("cp").arg("-a").arg(result.join("output")).arg(&view).status()?;
-            ensure!(st.success(), "cp -a {}/output failed", result.display());
-            std::fs::copy(result.join("output.sha256"), view.join("output.sha256"))?;
-            std::fs::copy(result.join(format!("receipts/{name}.jwt")), view.join("receipt.jwt"))?;
-            std::fs::copy(result.join(format!("receipts/{name}.evidence.pb")), view.join("evidence.pb"))?;
-            let jwk = h.provider.jwk();
-            let (ok, _) = sealroom_shown(&[
-                OsStr::new("verify-receipt"),
-                view.as_os_str(),
-                "--golden".as_ref(),
-                s.image.golden.as_os_str(),
-                "--golden-key".as_ref(),
-                s.image.golden_key_hex.as_ref(),
-                "--broker-key".as_ref(),
-                jwk.as_os_str(),
-                "--tpm-ak".as_ref(),
-                ak.as_os_str(),
-            ])?;
-            ensure!(ok, "{name}'s receipt did not verify");
+    step("anyone: sealroom verify-receipt with the receipt of each broker, checked together", || {
+        let mut args: Vec<&OsStr> = vec![
+            "verify-receipt".as_ref(),
+            result.as_os_str(),
+            "--golden".as_ref(),
+            s.image.golden.as_os_str(),
+            "--golden-key".as_ref(),
+            s.image.golden_key_hex.as_ref(),
+        ];
+        let receipts: Vec<PathBuf> = p
+            .hospitals
+            .iter()
+            .map(|h| result.join("receipts").join(format!("{}.jwt", h.provider.name)))
+            .collect();
+        let jwks: Vec<PathBuf> = p.hospitals.iter().map(|h| h.provider.jwk()).collect();
+        for (r, k) in receipts.iter().zip(&jwks) {
+            args.extend([OsStr::new("--receipt"), r.as_os_str(), "--broker-key".as_ref(), k.as_os_str()]);
         }
+        let ak = p.dir.join("joint.ak");
+        args.extend([OsStr::new("--tpm-ak"), ak.as_os_str()]);
+        let (ok, _) = sealroom_shown(&args)?;
+        ensure!(ok, "the receipts did not verify");
         Ok(())
     })?;
     let rows = step("researcher: the joint model was trained on both halves", || {

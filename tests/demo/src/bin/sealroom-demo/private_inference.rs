@@ -211,23 +211,35 @@ fn inference_run(s: &Shared, p: &Prepared) -> Result<f64> {
         ensure!(!result.join("output").exists(), "a plaintext output/ left the VM");
         Ok(())
     })?;
-    step("anyone (an auditor without the user's key): sealroom verify-receipt on the sealed result", || {
-        let jwk = p.owner.jwk();
-        let (ok, out) = sealroom_shown(&[
-            OsStr::new("verify-receipt"),
-            result.as_os_str(),
-            "--golden".as_ref(),
-            s.image.golden.as_os_str(),
-            "--golden-key".as_ref(),
-            s.image.golden_key_hex.as_ref(),
-            "--broker-key".as_ref(),
-            jwk.as_os_str(),
-            "--tpm-ak".as_ref(),
-            ak.as_os_str(),
-        ])?;
-        ensure!(ok, "the sealed result's receipt did not verify: {out}");
-        Ok(())
-    })?;
+    step(
+        "anyone (an auditor without the user's key): sealroom verify-receipt on the sealed result; it names the record's digest",
+        || {
+            let jwk = p.owner.jwk();
+            let (ok, out) = sealroom_shown(&[
+                OsStr::new("verify-receipt"),
+                result.as_os_str(),
+                "--golden".as_ref(),
+                s.image.golden.as_os_str(),
+                "--golden-key".as_ref(),
+                s.image.golden_key_hex.as_ref(),
+                "--broker-key".as_ref(),
+                jwk.as_os_str(),
+                "--tpm-ak".as_ref(),
+                ak.as_os_str(),
+            ])?;
+            ensure!(ok, "the sealed result's receipt did not verify: {out}");
+            // The receipt names the user's record (its digest) and the user's reply key as a measured sealed input.
+            let reply_key = std::fs::read_to_string(&p.user_pub)?;
+            let named = format!(
+                "sealed input {PATIENT_INPUT} sha256:{} (reply key {})",
+                sha256_hex(&p.record),
+                reply_key.trim()
+            );
+            ensure!(out.contains(&named), "the receipt does not name {named:?}");
+            println!("[demo]   the receipt names {named}");
+            Ok(())
+        },
+    )?;
     let opened = p.dir.join("user/opened");
     let prediction =
         step("user: sealroom open (decrypt with the user's key, check against the receipt)", || {
