@@ -145,6 +145,10 @@ async fn no_attester_is_a_failed_precondition() {
 async fn a_full_queue_is_resource_exhausted_and_the_agent_recovers() {
     let tpm = Swtpm::start().unwrap();
     let (running, client) = start(worker_config(Some(tpm.tcti()), 1, Duration::from_secs(10))).await;
+    // One answered request first, so the connection's HTTP/2 settings (the server's concurrent-stream cap) have
+    // arrived: before them the client may open more streams than the cap, and the server resets the extra ones
+    // (REFUSED_STREAM) before they reach the queue this test is about (seen under load).
+    client.clone().get_evidence(request(&[0xff; 32])).await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..48u8 {
         let mut c = client.clone();
