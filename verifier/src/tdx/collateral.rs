@@ -196,9 +196,11 @@ impl Collateral {
         let j: CollateralJson<'_> =
             serde_json::from_str(text).map_err(|e| fail(format!("{source}: JSON: {e}")))?;
         if j.tcb_info.is_some() && j.pck_crl.is_some() {
+            // The pinned root, when a chain carries it, is taken as parsed once rather than parsed per chain.
+            let pinned: Vec<Certificate> = intel_root().ok().into_iter().collect();
             let chain = |pem: Option<String>, name: &str| -> Result<(String, Vec<Certificate>)> {
                 let pem = field(pem, source, name)?;
-                let certs = Certificate::chain_from_pem(pem.as_bytes())
+                let certs = Certificate::chain_from_pem_reusing(pem.as_bytes(), &pinned)
                     .map_err(|e| e.within(LAYER, &format!("{source}: {name}")))?;
                 Ok((pem, certs))
             };
@@ -307,19 +309,18 @@ impl Collateral {
         // PCK CAs (platform / processor) with their CRLs.
         let mut pck_cas = Vec::new();
         for (crl, chain) in &self.pck_crls {
-            let chain = match chain {
-                Some(c) => c.clone(),
+            let chain: &[Certificate] = match chain {
+                Some(c) => c,
                 None => self
                     .chains
                     .iter()
                     .find(|c| c.first().is_some_and(|ca| ca.subject_cn() == crl.issuer_cn()))
-                    .cloned()
                     .ok_or_else(|| {
                         fail(format!("no issuer chain for the PCK CRL of '{}'", crl.issuer_cn()))
                     })?,
             };
             let what = format!("PCK CRL issuer chain ({})", crl.issuer_cn());
-            check_chain(&chain, &mut window, &what)?;
+            check_chain(chain, &mut window, &what)?;
             let ca = chain.first().ok_or_else(|| fail("empty PCK CRL issuer chain"))?;
             crl.verify(ca, at).map_err(|e| e.within(LAYER, "PCK CRL"))?;
             window.crl(crl);
@@ -331,24 +332,13 @@ impl Collateral {
             return Err(fail("no PCK CRL in collateral"));
         }
 
-        let tcb_signing_chain = |doc: &SignedJson| -> Result<Vec<Certificate>> {
-            match &doc.chain {
-                Some(c) => Ok(c.clone()),
-                None => self
-                    .chains
-                    .iter()
-                    .find(|c| c.first().is_some_and(|s| s.subject_cn() == "Intel SGX TCB Signing"))
-                    .cloned()
-                    .ok_or_else(|| fail(format!("{}: no Intel SGX TCB Signing issuer chain", doc.source))),
-            }
-        };
         // TCB infos and QE identities come with the same signing chain: each distinct chain is verified once.
-        let mut verified_signing_chains: Vec<Vec<Certificate>> = Vec::new();
-        let mut verify_doc = |doc: &SignedJson, window: &mut Window, what: &str| -> Result<()> {
-            let chain = tcb_signing_chain(doc)?;
+        let mut verified_signing_chains: Vec<&[Certificate]> = Vec::new();
+        let mut verify_doc = |doc, window: &mut Window, what: &str| -> Result<()> {
+            let chain = tcb_signing_chain(doc, &self.chains)?;
             if !verified_signing_chains.contains(&chain) {
-                check_chain(&chain, window, &format!("{what} issuer chain"))?;
-                verified_signing_chains.push(chain.clone());
+                check_chain(chain, window, &format!("{what} issuer chain"))?;
+                verified_signing_chains.push(chain);
             }
             let signer = chain.first().ok_or_else(|| fail("empty TCB signing chain"))?;
             if signer.subject_cn() != "Intel SGX TCB Signing" {
@@ -431,6 +421,18 @@ impl PlatformSignatureCache {
             }
             set.insert(key);
         }
+    }
+}
+
+/// The Intel SGX TCB Signing chain of a TCB info or QE identity: its own, or the loaded one (PCS files).
+fn tcb_signing_chain<'a>(doc: &'a SignedJson, chains: &'a [Vec<Certificate>]) -> Result<&'a [Certificate]> {
+    match &doc.chain {
+        Some(c) => Ok(c),
+        None => chains
+            .iter()
+            .find(|c| c.first().is_some_and(|s| s.subject_cn() == "Intel SGX TCB Signing"))
+            .map(Vec::as_slice)
+            .ok_or_else(|| fail(format!("{}: no Intel SGX TCB Signing issuer chain", doc.source))),
     }
 }
 
