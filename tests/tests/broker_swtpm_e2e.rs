@@ -34,6 +34,7 @@ use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
 use sealroom_proto::keybroker::v1 as kpb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
 use sealroom_tests::agent::{host_crun, is_root};
+use sealroom_tests::booted_tpm::{booted_swtpm, sha256_hex, write_golden};
 use sealroom_tests::broker::{BrokerProcess, Provider, tpm_policy};
 use sealroom_tests::oci_image::OciImage;
 use sealroom_tests::registry::Registry;
@@ -242,67 +243,6 @@ const KEY_ID: &str = "provider-a.dataset";
 const WORKLOAD_SCRIPT: &str = "sha256sum /run/sealroom/keys/provider-a.dataset > /output/key.sha256 && \
                                ls -ln /run/sealroom/keys > /output/keys-ls";
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
-}
-
-/// The stand-in for a boot: the digest "systemd-stub" extends into PCR 11 (SHA-256 bank) on every test TPM.
-fn boot_digest() -> [u8; 32] {
-    let d =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"sealroom test UKI: .linux .osrel .cmdline");
-    d.as_ref().try_into().unwrap()
-}
-
-/// A TPM in the "booted" state the golden document describes: fresh, then PCR 11 extended once (tpm2-tools).
-fn booted_swtpm() -> Swtpm {
-    let tpm = Swtpm::start().unwrap();
-    let out = std::process::Command::new("tpm2_pcrextend")
-        .arg(format!("11:sha256={}", hex::encode(boot_digest())))
-        .env("TPM2TOOLS_TCTI", tpm.tcti())
-        .output()
-        .expect("tpm2_pcrextend (tpm2-tools, installed by ci/setup)");
-    assert!(out.status.success(), "tpm2_pcrextend: {}", String::from_utf8_lossy(&out.stderr));
-    tpm
-}
-
-/// The golden document for the booted test TPM, predicted without looking at it: PCRs 0–7 untouched (no
-/// firmware ran), PCR 11 = SHA-256(0³² ‖ boot digest). Signed with a fresh Ed25519 key; written with its `.sig`
-/// into `dir`. Returns (`sha256:` digest of the document, `ed25519:` signer).
-fn write_golden(dir: &std::path::Path) -> (String, String) {
-    use sealroom_measurements::golden::{self, GoldenDocument, ImageInfo, SCHEMA, UkiInfo};
-    use sealroom_measurements::uki::PredictedRegister;
-    let mut pcr11 = vec![0u8; 32];
-    pcr11.extend_from_slice(&boot_digest());
-    let register = |n: u32, value: String| PredictedRegister {
-        register: format!("pcr{n}"),
-        alg: "sha256".into(),
-        events: vec![],
-        value,
-        complete: true,
-    };
-    let mut registers: Vec<PredictedRegister> = (0..8).map(|n| register(n, "00".repeat(32))).collect();
-    registers.push(register(11, sha256_hex(&pcr11)));
-    let doc = GoldenDocument {
-        schema: SCHEMA.into(),
-        image: ImageInfo { id: "swtpm-test-boot".into(), version: "1".into(), disk_sha256: None },
-        uki: UkiInfo {
-            file_sha256: "0".repeat(64),
-            authenticode_sha256: "0".repeat(64),
-            authenticode_sha384: "0".repeat(96),
-            sections: vec![],
-        },
-        registers,
-        platforms: golden::default_platforms(),
-        packages: std::collections::BTreeMap::new(),
-    };
-    let bytes = doc.to_json().unwrap();
-    let (pkcs8, public) = golden::generate_signing_key().unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("boot.json"), &bytes).unwrap();
-    std::fs::write(dir.join("boot.json.sig"), golden::sign(&bytes, &pkcs8).unwrap()).unwrap();
-    (format!("sha256:{}", sha256_hex(&bytes)), format!("ed25519:{public}"))
-}
-
 /// The analytics image: busybox running `WORKLOAD_SCRIPT` as the unprivileged `worker`; `variant` changes one
 /// file (and so the manifest digest) without changing what is launched.
 fn analytics_image(variant: &str) -> OciImage {
@@ -372,7 +312,8 @@ async fn workload_in_crun_reads_the_key_a_broker_process_released_and_a_changed_
     // The provider's side, with the CLI: KEK, golden document, policy, key, then the broker process.
     let dir = unique_temp_dir("broker-process-e2e");
     let provider = Provider::new(&dir).unwrap();
-    let (golden_doc, signer) = write_golden(&dir.join("golden"));
+    let golden = write_golden(&dir.join("golden"));
+    let (golden_doc, signer) = (golden.digest, golden.signer);
     let policy = workload_policy(&approved.manifest_digest(), &golden_doc, &signer);
     provider.add_key(KEY_ID, "provider-a", &policy, DATA_KEY).unwrap();
     let mut aks = Vec::new();

@@ -24,6 +24,7 @@ use sealroom_measurements::cel::{CelLog, RuntimeEvent};
 use sealroom_proto::attestation::v1 as apb;
 use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
 use sealroom_tests::agent::{host_crun, is_root};
+use sealroom_tests::booted_tpm::{booted_swtpm, sha256_hex, write_golden};
 use sealroom_tests::broker::{BrokerProcess, Provider, tpm_policy};
 use sealroom_tests::oci_image::OciImage;
 use sealroom_tests::registry::Registry;
@@ -35,65 +36,6 @@ const DATA_A: &[u8] = b"hospital A's half of the rows key";
 const DATA_B: &[u8] = b"hospital B's half of the rows key";
 /// The joint job: proof for the test that it saw both released keys.
 const SCRIPT: &str = "sha256sum /run/sealroom/keys/rows-a /run/sealroom/keys/rows-b > /output/keys.sha256";
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
-}
-
-/// The digest "systemd-stub" extends into PCR 11 on the test TPM (as broker_swtpm_e2e's booted TPM).
-fn boot_digest() -> [u8; 32] {
-    let d =
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"sealroom test UKI: .linux .osrel .cmdline");
-    d.as_ref().try_into().unwrap()
-}
-
-fn booted_swtpm() -> Swtpm {
-    let tpm = Swtpm::start().unwrap();
-    let out = std::process::Command::new("tpm2_pcrextend")
-        .arg(format!("11:sha256={}", hex::encode(boot_digest())))
-        .env("TPM2TOOLS_TCTI", tpm.tcti())
-        .output()
-        .expect("tpm2_pcrextend (tpm2-tools, installed by ci/setup)");
-    assert!(out.status.success(), "tpm2_pcrextend: {}", String::from_utf8_lossy(&out.stderr));
-    tpm
-}
-
-/// The signed golden document of the booted test TPM (PCRs 0–7 untouched, PCR 11 extended once), written as
-/// `dir/boot.json` + `.sig`; returns (document digest, `ed25519:` signer, the signer's public key hex).
-fn write_golden(dir: &Path) -> (String, String, String) {
-    use sealroom_measurements::golden::{self, GoldenDocument, ImageInfo, SCHEMA, UkiInfo};
-    use sealroom_measurements::uki::PredictedRegister;
-    let mut pcr11 = vec![0u8; 32];
-    pcr11.extend_from_slice(&boot_digest());
-    let register = |n: u32, value: String| PredictedRegister {
-        register: format!("pcr{n}"),
-        alg: "sha256".into(),
-        events: vec![],
-        value,
-        complete: true,
-    };
-    let mut registers: Vec<PredictedRegister> = (0..8).map(|n| register(n, "00".repeat(32))).collect();
-    registers.push(register(11, sha256_hex(&pcr11)));
-    let doc = GoldenDocument {
-        schema: SCHEMA.into(),
-        image: ImageInfo { id: "swtpm-test-boot".into(), version: "1".into(), disk_sha256: None },
-        uki: UkiInfo {
-            file_sha256: "0".repeat(64),
-            authenticode_sha256: "0".repeat(64),
-            authenticode_sha384: "0".repeat(96),
-            sections: vec![],
-        },
-        registers,
-        platforms: golden::default_platforms(),
-        packages: std::collections::BTreeMap::new(),
-    };
-    let bytes = doc.to_json().unwrap();
-    let (pkcs8, public) = golden::generate_signing_key().unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("boot.json"), &bytes).unwrap();
-    std::fs::write(dir.join("boot.json.sig"), golden::sign(&bytes, &pkcs8).unwrap()).unwrap();
-    (format!("sha256:{}", sha256_hex(&bytes)), format!("ed25519:{public}"), public)
-}
 
 /// A version 2 policy: this TPM platform, the golden boot state, this image, its argv and env, and the
 /// broker keys this provider agrees to share the job with (its own and its co-provider's).
@@ -176,7 +118,8 @@ impl CleanRoom {
         let reference = registry.push("clean-room/joint", "v1", &image).unwrap();
         let dir = unique_temp_dir(tag);
         let golden_dir = dir.join("golden");
-        let (golden_doc, signer, golden_key) = write_golden(&golden_dir);
+        let golden = write_golden(&golden_dir);
+        let (golden_doc, signer, golden_key) = (golden.digest, golden.signer, golden.public_key);
         let hospital = |name: &'static str| {
             let provider = Provider::new(&dir.join(name)).unwrap();
             let kid = provider.key_id().unwrap();

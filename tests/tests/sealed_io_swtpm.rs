@@ -24,6 +24,7 @@ use sealroom_measurements::sealed::{self, Archive, SealedInput, SealedOutput};
 use sealroom_proto::attestation::v1 as apb;
 use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
 use sealroom_tests::agent::{host_crun, is_root};
+use sealroom_tests::booted_tpm::{boot_digest, booted_swtpm, sha256_hex, write_golden};
 use sealroom_tests::broker::{Provider, run_sealroom, sealroom, tpm_policy};
 use sealroom_tests::oci_image::OciImage;
 use sealroom_tests::registry::Registry;
@@ -37,63 +38,6 @@ const SCRIPT: &str =
     "tr a-z A-Z < /input/patient > /output/prediction.txt && wc -c < /input/notes > /output/notes.size";
 const PATIENT: &[u8] = b"patient 4711: age 59, bmi 32.1, bp 101";
 const NOTES: &[u8] = b"fasting sample";
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(sealroom_measurements::digest::sha256(bytes))
-}
-
-fn boot_digest() -> [u8; 32] {
-    sealroom_measurements::digest::sha256(b"sealroom test UKI: .linux .osrel .cmdline")
-}
-
-/// A TPM in the "booted" state the golden document describes (PCR 11 extended once).
-fn booted_swtpm() -> Swtpm {
-    let tpm = Swtpm::start().unwrap();
-    let out = std::process::Command::new("tpm2_pcrextend")
-        .arg(format!("11:sha256={}", hex::encode(boot_digest())))
-        .env("TPM2TOOLS_TCTI", tpm.tcti())
-        .output()
-        .expect("tpm2_pcrextend (tpm2-tools, installed by ci/setup)");
-    assert!(out.status.success(), "tpm2_pcrextend: {}", String::from_utf8_lossy(&out.stderr));
-    tpm
-}
-
-/// The signed golden document of the booted test TPM (as broker_swtpm_e2e predicts it): (document digest,
-/// signer's hex public key).
-fn write_golden(dir: &Path) -> (String, String) {
-    use sealroom_measurements::golden::{self, GoldenDocument, ImageInfo, SCHEMA, UkiInfo};
-    use sealroom_measurements::uki::PredictedRegister;
-    let mut pcr11 = vec![0u8; 32];
-    pcr11.extend_from_slice(&boot_digest());
-    let register = |n: u32, value: String| PredictedRegister {
-        register: format!("pcr{n}"),
-        alg: "sha256".into(),
-        events: vec![],
-        value,
-        complete: true,
-    };
-    let mut registers: Vec<PredictedRegister> = (0..8).map(|n| register(n, "00".repeat(32))).collect();
-    registers.push(register(11, sha256_hex(&pcr11)));
-    let doc = GoldenDocument {
-        schema: SCHEMA.into(),
-        image: ImageInfo { id: "swtpm-test-boot".into(), version: "1".into(), disk_sha256: None },
-        uki: UkiInfo {
-            file_sha256: "0".repeat(64),
-            authenticode_sha256: "0".repeat(64),
-            authenticode_sha384: "0".repeat(96),
-            sections: vec![],
-        },
-        registers,
-        platforms: golden::default_platforms(),
-        packages: std::collections::BTreeMap::new(),
-    };
-    let bytes = doc.to_json().unwrap();
-    let (pkcs8, public) = golden::generate_signing_key().unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("boot.json"), &bytes).unwrap();
-    std::fs::write(dir.join("boot.json.sig"), golden::sign(&bytes, &pkcs8).unwrap()).unwrap();
-    (format!("sha256:{}", sha256_hex(&bytes)), public)
-}
 
 fn workload_config(tag: &str) -> WorkloadConfig {
     let dir = unique_temp_dir(tag);
@@ -228,7 +172,8 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
 
     let dir = unique_temp_dir("sealed-io");
     std::fs::create_dir_all(&dir).unwrap();
-    let (golden_doc, golden_key) = write_golden(&dir.join("golden"));
+    let golden = write_golden(&dir.join("golden"));
+    let (golden_doc, golden_key) = (golden.digest, golden.public_key);
     let args = ["/bin/busybox", "sh", "-c", SCRIPT];
     let policy = tpm_policy(
         &image.manifest_digest(),
@@ -730,7 +675,8 @@ async fn seal_trusts_the_agents_tpm_through_its_ek_certificate() {
     let (ca, rogue) = (EkCa::create().unwrap(), EkCa::create().unwrap());
     let dir = unique_temp_dir("sealed-ek");
     std::fs::create_dir_all(&dir).unwrap();
-    let (golden_doc, golden_key) = write_golden(&dir.join("golden"));
+    let golden = write_golden(&dir.join("golden"));
+    let (golden_doc, golden_key) = (golden.digest, golden.public_key);
     let policy = tpm_policy(&digest, &["/job"], &[], Some((&golden_doc, &format!("ed25519:{golden_key}"))));
     std::fs::write(dir.join("policy.toml"), policy).unwrap();
     std::fs::write(dir.join("user.pub"), format!("{}\n", sealed::key_text(&[5; 32]))).unwrap();
