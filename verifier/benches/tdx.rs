@@ -25,7 +25,7 @@
 //! after taking the pinned root as parsed once instead of parsing it again in every collateral chain, and
 //! verifying chains by reference instead of deep-copying them, 0.85/0.92 (TDX) and 0.90/0.99 (SGX). The
 //! goal of ≥1× cold is not yet met; repeated platform stays ≥5× and new platform ≈3×. With dcap-qvl also
-//! parsing the JSON on every call (`dcap_qvl/from_json`, three runs at load 4–6): ours cold 0.91–0.98× (TDX v4)
+//! parsing the JSON on every call (`dcap_qvl/from_json`, three runs at load 4–6): ours cold 0.94–0.98× (TDX v4)
 //! and 0.91–1.01× (SGX v3) of it, about what it is against `dcap_qvl/verify`: the JSON parse is not where the
 //! cold gap is (certificate parsing and per-call public-key parsing are the candidates; not yet profiled).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
