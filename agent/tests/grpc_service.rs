@@ -357,8 +357,8 @@ fn closed_by_server(s: &mut TcpStream, deadline: Instant) -> bool {
 }
 
 /// One well-behaved client: a fresh connection and GetEvidence, retried while the agent sheds load
-/// (connection refused at the cap, RESOURCE_EXHAUSTED from the full queue); returns the time to verified
-/// evidence for its own nonce.
+/// (connection refused or closed at the connection cap — a close arrives as CANCELLED "connection closed" —,
+/// RESOURCE_EXHAUSTED from the full queue); returns the time to verified evidence for its own nonce.
 async fn well_behaved_get_evidence(addr: SocketAddr, nonce: [u8; 32], bound: Duration) -> Duration {
     let started = Instant::now();
     loop {
@@ -373,7 +373,12 @@ async fn well_behaved_get_evidence(addr: SocketAddr, nonce: [u8; 32], bound: Dur
                 assert_eq!(ev.nonce, Nonce(nonce));
                 return started.elapsed();
             }
-            Err(s) if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable | Code::Unknown) => {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    Code::ResourceExhausted | Code::Unavailable | Code::Unknown | Code::Cancelled
+                ) =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(s) => panic!("well-behaved client refused: {s:?}"),

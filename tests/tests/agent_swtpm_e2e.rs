@@ -171,7 +171,14 @@ async fn ordinary_clients_python_grpcio_reflection_and_health() {
         got["attestation_methods"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
     assert_eq!(
         methods,
-        ["GetEvidence", "GetEventLog", "GetPlatformInfo", "GetTpmIdentity", "ActivateCredential"]
+        [
+            "GetEvidence",
+            "GetEventLog",
+            "GetPlatformInfo",
+            "GetTpmIdentity",
+            "ActivateCredential",
+            "SubmitInput"
+        ]
     );
 
     // Reflection v1 through tonic's client: the service is listed there too.
