@@ -2,7 +2,9 @@
 //! loopback (the same `server::start` the `sealroom-agent` binary runs), with its own kernel-paths root and
 //! runtime log, and the runtime events a test's workload would have measured.
 //!
-//! Also: crun as this host allows it, for tests that run a real container.
+//! Also: crun as this host allows it, for tests that run a real container, and the few things every such test
+//! asks of an agent (its AK for enrolment, its runtime log, a gRPC client, a workload launcher's directories),
+//! written once here so the end-to-end tests differ only in what they check.
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,8 +12,13 @@ use std::time::Duration;
 use sealroom_agent::paths::KernelPaths;
 use sealroom_agent::server::{self, Config, Running};
 use sealroom_agent::worker::WorkerConfig;
+use sealroom_agent::workload::WorkloadConfig;
+use sealroom_agent::workload::fetch::FetchOptions;
 use sealroom_agent::workload::runner::RuntimeConfig;
-use sealroom_measurements::cel::RuntimeEvent;
+use sealroom_measurements::binding::Nonce;
+use sealroom_measurements::cel::{CelLog, RuntimeEvent};
+use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
+use tonic::transport::Channel;
 
 use crate::swtpm::{Swtpm, unique_temp_dir};
 
@@ -87,4 +94,82 @@ pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines().find(|l| l.starts_with("Uid:")).is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
     })
+}
+
+/// Fails the test unless it runs as root, saying why: crun needs root to create the container's namespaces, and
+/// a test that skipped instead would pass without running its workload.
+///
+/// # Panics
+/// When not root.
+#[allow(clippy::panic)]
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "crun needs root to create the container's namespaces: run this test as root (CI does)"
+    );
+}
+
+/// A workload launcher's configuration under a fresh temporary directory named for `tag`: `work/`, `keys/`
+/// (a tmpfs at /run/sealroom/keys in the VM), `output/`, crun as this host allows it ([`host_crun`]) with its
+/// state in `crun-state/`, and registry timeouts generous enough for a loaded CI machine.
+///
+/// # Panics
+/// When the crun wrapper cannot be written (a test harness: the message says which file).
+#[must_use]
+#[allow(clippy::panic)]
+pub fn workload_config(tag: &str) -> WorkloadConfig {
+    let dir = unique_temp_dir(tag);
+    let state = dir.join("crun-state");
+    let runtime = host_crun(&state).unwrap_or_else(|e| panic!("crun wrapper for {}: {e}", state.display()));
+    WorkloadConfig {
+        work_dir: dir.join("work"),
+        keys_dir: dir.join("keys"),
+        output_dir: dir.join("output"),
+        runtime,
+        fetch: FetchOptions {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
+        },
+    }
+}
+
+/// The agent's AK public area (TPM2B_PUBLIC), as a provider records it out of band to enrol the TPM (a broker's
+/// `--tpm-ak`): read from one evidence taken in process, since enrolment is not what these tests exercise.
+///
+/// # Panics
+/// When the agent gives no evidence or its evidence has no TPM part.
+#[allow(clippy::panic)]
+pub async fn ak_of(agent: &Running) -> Vec<u8> {
+    let evidence =
+        agent.handle.evidence(Nonce([0x42; 32])).await.unwrap_or_else(|e| panic!("agent evidence: {e}"));
+    evidence.tpm.unwrap_or_else(|| panic!("agent evidence without a TPM part")).ak_public
+}
+
+/// What the agent measured so far (PCR 15's runtime log), decoded.
+///
+/// # Panics
+/// When the agent's own runtime log does not decode.
+#[must_use]
+#[allow(clippy::panic)]
+pub fn runtime_events(agent: &Running) -> Vec<RuntimeEvent> {
+    CelLog::decode(&agent.handle.runtime_log().0)
+        .unwrap_or_else(|e| panic!("the agent's runtime log: {e}"))
+        .into_iter()
+        .map(|r| r.event)
+        .collect()
+}
+
+/// A gRPC `Attestation` client connected to the agent's TCP listener, as a relying party or sender talks to it.
+///
+/// # Panics
+/// When the agent has no TCP listener or the connection fails.
+#[allow(clippy::panic)]
+pub async fn attestation_client(agent: &Running) -> AttestationClient<Channel> {
+    let url = format!("http://{}", agent.tcp_addr.unwrap_or_else(|| panic!("the agent has no TCP listener")));
+    let channel = Channel::from_shared(url.clone())
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect to the agent at {url}: {e}"));
+    AttestationClient::new(channel)
 }

@@ -31,13 +31,22 @@ pub fn boot_digest() -> [u8; 32] {
 #[must_use]
 pub fn booted_swtpm() -> Swtpm {
     let tpm = Swtpm::start().unwrap();
+    boot(&tpm);
+    tpm
+}
+
+/// Extends PCR 11 of `tpm` once by [`boot_digest`], as a boot would: for a swtpm started otherwise (e.g. with an
+/// EK certificate) that should match the golden document too.
+///
+/// # Panics
+/// When `tpm2_pcrextend` cannot run or fails.
+pub fn boot(tpm: &Swtpm) {
     let out = std::process::Command::new("tpm2_pcrextend")
         .arg(format!("11:sha256={}", hex::encode(boot_digest())))
         .env("TPM2TOOLS_TCTI", tpm.tcti())
         .output()
         .expect("tpm2_pcrextend (tpm2-tools, installed by ci/setup)");
     assert!(out.status.success(), "tpm2_pcrextend: {}", String::from_utf8_lossy(&out.stderr));
-    tpm
 }
 
 /// The signed golden document [`write_golden`] wrote.

@@ -1,9 +1,13 @@
 //! The real `sealroom broker serve` process for end-to-end tests, the provider's side set up with the CLI
 //! (KEK, policies, `sealroom broker keys add`, `sealroom audit verify`), and the `sealroom` binary of this build.
+//! Also: any `KeyBroker` service (the real one in process, or an attacker's) served on loopback.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
+
+use sealroom_proto::keybroker::v1::key_broker_server::{KeyBroker, KeyBrokerServer};
 
 /// The `sealroom` binary of this build: `cargo test/nextest --workspace` builds it in the directory above the
 /// test executable's `deps/`.
@@ -252,4 +256,23 @@ impl Provider {
         let out = run_sealroom(sealroom().args(["audit", "verify"]).arg(self.audit_log()))?;
         if out.contains("audit log ok") { Ok(out) } else { Err(format!("sealroom audit verify: {out}")) }
     }
+}
+
+/// Serves `svc` (the real broker's `KeyBrokerService` in process, or a fake or man-in-the-middle one) over gRPC
+/// on `127.0.0.1:<free port>` in a background task; returns the bound address.
+///
+/// # Panics
+/// When no loopback port can be bound.
+#[allow(clippy::panic)]
+pub async fn serve_key_broker<S: KeyBroker>(svc: KeyBrokerServer<S>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind 127.0.0.1:0: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("local address: {e}"));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 pub mod agent;
+pub mod analytics;
 pub mod booted_tpm;
 pub mod broker;
 pub mod oci_image;

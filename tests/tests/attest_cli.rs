@@ -4,12 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
 use sealroom_measurements::cel::RuntimeEvent;
-use sealroom_proto::attestation::v1 as apb;
-use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
-use sealroom_tests::agent::start_agent;
+use sealroom_tests::agent::{ak_of, start_agent};
 use sealroom_tests::broker::sealroom;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
-use tonic::transport::Channel;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attest_verifies_a_live_agent_with_an_enrolled_ak_and_refuses_without() {
@@ -22,16 +19,8 @@ async fn attest_verifies_a_live_agent_with_an_enrolled_ak_and_refuses_without() 
     let addr = agent.tcp_addr.unwrap();
 
     // Enrolment out of band: record this TPM's AK public area once.
-    let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    let ev = AttestationClient::new(ch)
-        .get_evidence(apb::GetEvidenceRequest { nonce: vec![7; 32], tee_public_key: Vec::new() })
-        .await
-        .unwrap()
-        .into_inner()
-        .evidence
-        .unwrap();
     let ak_file = unique_temp_dir("attest-cli-ak");
-    std::fs::write(&ak_file, &ev.tpm.unwrap().ak_public).unwrap();
+    std::fs::write(&ak_file, ak_of(&agent).await).unwrap();
 
     let url = format!("http://{addr}");
     let ok = tokio::task::spawn_blocking({

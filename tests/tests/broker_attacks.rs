@@ -24,31 +24,18 @@ use sealroom_broker::token::Signer;
 use sealroom_broker::{ManualClock, Randomness, SystemRandomness, seal};
 use sealroom_measurements::binding::Nonce;
 use sealroom_measurements::broker_response::{self, ReleaseStatement, TeeKeyField};
-use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::Evidence;
 use sealroom_proto::keybroker::v1 as kpb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
 use sealroom_proto::keybroker::v1::key_broker_server::{KeyBroker, KeyBrokerServer};
-use sealroom_tests::broker::tpm_policy;
+use sealroom_tests::agent::ak_of;
+use sealroom_tests::analytics::{ARG, DATA_KEY, IMAGE, KEY_ID, launch_events, measure_release_and_output};
+use sealroom_tests::broker::{serve_key_broker, tpm_policy};
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
 use tonic::transport::Channel;
 
-const IMAGE: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-const KEY_ID: &str = "provider-a/data";
-const DATA_KEY: &[u8] = b"the provider's data key";
 /// The key the operator wants the workload to use (he can then read what it encrypts, or feed it his data).
 const OPERATOR_KEY: &[u8] = b"operator-chosen key, known to him";
-const OUTPUT: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
-
-fn launch_events(broker_kid: &str) -> Vec<RuntimeEvent> {
-    vec![
-        RuntimeEvent::ImageReference(format!("registry.example/analytics@{IMAGE}")),
-        RuntimeEvent::ManifestDigest(IMAGE.into()),
-        RuntimeEvent::Arg("--input=/data/in.parquet".into()),
-        RuntimeEvent::BrokerKey(broker_kid.into()),
-        RuntimeEvent::LaunchSeparator,
-    ]
-}
 
 struct RealBroker {
     broker: Arc<Broker>,
@@ -72,7 +59,7 @@ async fn start_real_broker(dir: &std::path::Path, aks: Vec<Vec<u8>>) -> RealBrok
     let store = Arc::new(
         KeyStore::open(&dir.join("keys.redb"), Kek::from_bytes(&[5; 32]).unwrap(), rng.as_ref()).unwrap(),
     );
-    let policy = tpm_policy(IMAGE, &["--input=/data/in.parquet"], &[], None);
+    let policy = tpm_policy(IMAGE, &[ARG], &[], None);
     store.add(KEY_ID, "provider-a", &policy, Some(DATA_KEY.to_vec()), rng.as_ref(), 0).unwrap();
     let audit_path = dir.join("audit.log");
     let signer = Signer::load_or_create(&dir.join("signing.pk8")).unwrap();
@@ -88,19 +75,8 @@ async fn start_real_broker(dir: &std::path::Path, aks: Vec<Vec<u8>>) -> RealBrok
         nonces,
         audit: AuditLog::open(&audit_path).unwrap().0,
     }));
-    let addr = serve(KeyBrokerServer::new(KeyBrokerService(Arc::clone(&broker)))).await;
+    let addr = serve_key_broker(KeyBrokerServer::new(KeyBrokerService(Arc::clone(&broker)))).await;
     RealBroker { broker, addr, kid, audit_path }
-}
-
-async fn serve<S: KeyBroker>(svc: KeyBrokerServer<S>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    addr
 }
 
 fn endpoint(addr: SocketAddr, kid: &str) -> BrokerEndpoint {
@@ -236,12 +212,6 @@ fn audit_records(path: &std::path::Path) -> Vec<AuditRecord> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-async fn ak_of(agent: &sealroom_agent::server::Running) -> Vec<u8> {
-    let ev = agent.handle.evidence(Nonce([0x42; 32])).await.unwrap();
-    let pb: sealroom_proto::attestation::v1::Evidence = ev.into();
-    pb.tpm.unwrap().ak_public
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_fake_broker_receipt() {
     let (dir, kid) = broker_key();
@@ -252,7 +222,7 @@ async fn attack_fake_broker_receipt() {
     let keys = BrokerKeys::new(agent.handle.clone());
 
     // The operator points the VM at his own broker. Unsigned: refused before anything is opened.
-    let fake = serve(KeyBrokerServer::new(FakeBroker { signer: None })).await;
+    let fake = serve_key_broker(KeyBrokerServer::new(FakeBroker { signer: None })).await;
     let e = keys.release(&endpoint(fake, &real.kid), &[KEY_ID.into()]).await.unwrap_err().to_string();
     assert_eq!(
         e,
@@ -265,7 +235,7 @@ async fn attack_fake_broker_receipt() {
     let operator_signer =
         Signer::load_or_create(&unique_temp_dir("operator-key").with_extension("pk8")).unwrap();
     let operator_kid = operator_signer.kid().to_owned();
-    let fake = serve(KeyBrokerServer::new(FakeBroker { signer: Some(operator_signer) })).await;
+    let fake = serve_key_broker(KeyBrokerServer::new(FakeBroker { signer: Some(operator_signer) })).await;
     let e = keys.release(&endpoint(fake, &real.kid), &[KEY_ID.into()]).await.unwrap_err().to_string();
     assert_eq!(
         e,
@@ -277,17 +247,7 @@ async fn attack_fake_broker_receipt() {
 
     // An agent that had accepted the fake key (as before the fix) would have measured key_release and, after the
     // job, its output. The real broker still refuses the receipt: it never released this key to this TEE key.
-    agent
-        .handle
-        .measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into(), broker_key: real.kid.clone() })
-        .await
-        .unwrap();
-    agent
-        .handle
-        .measure(RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() })
-        .await
-        .unwrap();
-    let digest = sealroom_agent::workload::digest::Sha256Digest::parse(OUTPUT, "output").unwrap();
+    let digest = measure_release_and_output(&agent, &real.kid).await;
     let e = receipt::obtain(&agent.handle, &endpoint(real.addr, &real.kid), KEY_ID, &digest)
         .await
         .unwrap_err()
@@ -307,16 +267,7 @@ async fn attack_fake_broker_receipt() {
     let real_endpoint = endpoint(real.addr, &real.kid);
     let got = BrokerKeys::new(agent2.handle.clone()).release(&real_endpoint, &[KEY_ID.into()]).await.unwrap();
     assert_eq!(got, vec![(KEY_ID.to_owned(), DATA_KEY.to_vec())]);
-    agent2
-        .handle
-        .measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into(), broker_key: real.kid.clone() })
-        .await
-        .unwrap();
-    agent2
-        .handle
-        .measure(RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() })
-        .await
-        .unwrap();
+    measure_release_and_output(&agent2, &real.kid).await;
     let r = receipt::obtain(&agent2.handle, &real_endpoint, KEY_ID, &digest).await.unwrap();
     let records = audit_records(&real.audit_path);
     let release = records.iter().find(|r| r.decision == Decision::Released).unwrap();
@@ -337,7 +288,9 @@ async fn attack_mitm_key() {
     let keys = BrokerKeys::new(agent.handle.clone());
 
     // Keeping the broker's signature: it no longer covers the swapped key.
-    let mitm = serve(KeyBrokerServer::new(ManInTheMiddle { upstream: upstream.clone(), resign: None })).await;
+    let mitm =
+        serve_key_broker(KeyBrokerServer::new(ManInTheMiddle { upstream: upstream.clone(), resign: None }))
+            .await;
     let e = keys.release(&endpoint(mitm, &real.kid), &[KEY_ID.into()]).await.unwrap_err().to_string();
     assert_eq!(
         e,
@@ -349,7 +302,7 @@ async fn attack_mitm_key() {
     // Re-signing with his own key: not the pinned broker.
     let own = Signer::load_or_create(&unique_temp_dir("mitm-key").with_extension("pk8")).unwrap();
     let own_kid = own.kid().to_owned();
-    let mitm = serve(KeyBrokerServer::new(ManInTheMiddle { upstream, resign: Some(own) })).await;
+    let mitm = serve_key_broker(KeyBrokerServer::new(ManInTheMiddle { upstream, resign: Some(own) })).await;
     let e = keys.release(&endpoint(mitm, &real.kid), &[KEY_ID.into()]).await.unwrap_err().to_string();
     assert!(e.contains(&format!("signed by broker key {own_kid}, but the workload spec pins")), "{e}");
 

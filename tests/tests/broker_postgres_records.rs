@@ -22,30 +22,16 @@ use sealroom_broker::service::{Broker, StoreParts};
 use sealroom_broker::store::KeyRecords;
 use sealroom_broker::token::Signer;
 use sealroom_broker::{ManualClock, Randomness, SystemRandomness};
-use sealroom_measurements::binding::Nonce;
-use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer;
-use sealroom_tests::broker::tpm_policy;
+use sealroom_tests::agent::ak_of;
+use sealroom_tests::analytics::{ARG, DATA_KEY, IMAGE, KEY_ID, launch_events, measure_release_and_output};
+use sealroom_tests::broker::{serve_key_broker, tpm_policy};
 use sealroom_tests::postgres::Postgres;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
 
-const IMAGE: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-const KEY_ID: &str = "provider-a/data";
-const DATA_KEY: &[u8] = b"the provider's data key";
-const OUTPUT: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const REPLICA: &str = "r1";
 const ALL_SKIP: &str = "version = 1\nplatforms = \"skip\"\ntcb_statuses = \"skip\"\nminimum_tcb = \"skip\"\n\
                         debug = \"skip\"\ngolden = \"skip\"\nimage_digests = \"skip\"\nargs = \"skip\"\nenv = \"skip\"\n";
-
-fn launch_events(broker_kid: &str) -> Vec<RuntimeEvent> {
-    vec![
-        RuntimeEvent::ImageReference(format!("registry.example/analytics@{IMAGE}")),
-        RuntimeEvent::ManifestDigest(IMAGE.into()),
-        RuntimeEvent::Arg("--input=/data/in.parquet".into()),
-        RuntimeEvent::BrokerKey(broker_kid.into()),
-        RuntimeEvent::LaunchSeparator,
-    ]
-}
 
 struct Replica {
     keys: Arc<sealroom_broker::pg::keys::PgKeys>,
@@ -67,7 +53,7 @@ async fn start_replica(url: &str, dir: &std::path::Path, aks: Vec<Vec<u8>>) -> R
     .await
     .unwrap();
     let keys = Arc::clone(&store.keys);
-    let policy = tpm_policy(IMAGE, &["--input=/data/in.parquet"], &[], None);
+    let policy = tpm_policy(IMAGE, &[ARG], &[], None);
     let (k, r) = (Arc::clone(&keys), Arc::clone(&rng));
     tokio::task::spawn_blocking(move || {
         k.add(KEY_ID, "provider-a", &policy, Some(DATA_KEY.to_vec()), r.as_ref(), 0)
@@ -86,13 +72,7 @@ async fn start_replica(url: &str, dir: &std::path::Path, aks: Vec<Vec<u8>>) -> R
         signer,
         ledger: store.ledger,
     }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(KeyBrokerServer::new(KeyBrokerService(broker)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let addr = serve_key_broker(KeyBrokerServer::new(KeyBrokerService(broker))).await;
     Replica { keys, addr, kid, signer_jwk }
 }
 
@@ -103,12 +83,6 @@ fn endpoint(r: &Replica) -> BrokerEndpoint {
         key_id: r.kid.clone(),
         tls_ca: None,
     }
-}
-
-async fn ak_of(agent: &sealroom_agent::server::Running) -> Vec<u8> {
-    let ev = agent.handle.evidence(Nonce([0x42; 32])).await.unwrap();
-    let pb: sealroom_proto::attestation::v1::Evidence = ev.into();
-    pb.tpm.unwrap().ak_public
 }
 
 /// The replica's last audit record: decision code, rule, reason.
@@ -149,33 +123,14 @@ async fn receipts_work_on_a_postgres_replica_and_attack_pg_record_edit_is_refuse
         .parse()
         .unwrap();
     assert_eq!(pg.psql("sealroom", "select count(*) from releases").unwrap().trim(), "1");
-    agent
-        .handle
-        .measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into(), broker_key: kid.clone() })
-        .await
-        .unwrap();
-    agent
-        .handle
-        .measure(RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() })
-        .await
-        .unwrap();
-    let digest = sealroom_agent::workload::digest::Sha256Digest::parse(OUTPUT, "output").unwrap();
+    let digest = measure_release_and_output(&agent, &kid).await;
     let r = receipt::obtain(&agent.handle, &endpoint(&replica), KEY_ID, &digest).await.unwrap();
     let claims = sealroom_broker::token::verify(&r.token, &replica.signer_jwk).unwrap();
     assert_eq!(claims["submods"]["sealroom"]["sealroom.release"]["audit_seq"], release_seq);
     assert!(last_audit(&pg).starts_with("3|"), "the receipt is audited: {}", last_audit(&pg));
 
     // A receipt for a release that a replica never made is still refused (the record is what decides).
-    agent2
-        .handle
-        .measure(RuntimeEvent::KeyRelease { key_id: KEY_ID.into(), broker_key: kid.clone() })
-        .await
-        .unwrap();
-    agent2
-        .handle
-        .measure(RuntimeEvent::Output { name: "output".into(), digest: OUTPUT.into() })
-        .await
-        .unwrap();
+    measure_release_and_output(&agent2, &kid).await;
     let e =
         receipt::obtain(&agent2.handle, &endpoint(&replica), KEY_ID, &digest).await.unwrap_err().to_string();
     assert!(e.ends_with(&format!("this broker never released key {KEY_ID} to this TEE key")), "{e}");

@@ -11,13 +11,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use sealroom_agent::server::Running;
+use sealroom_agent::workload;
 use sealroom_agent::workload::broker::BrokerKeys;
-use sealroom_agent::workload::fetch::FetchOptions;
 use sealroom_agent::workload::spec::WorkloadSpec;
-use sealroom_agent::workload::{self, WorkloadConfig};
 use sealroom_broker::appraisal::VerifierAppraiser;
 use sealroom_broker::audit::{self, AuditLog, AuditRecord, Decision};
 use sealroom_broker::grpc::KeyBrokerService;
@@ -28,14 +26,14 @@ use sealroom_broker::policy::GoldenSet;
 use sealroom_broker::service::{Broker, BrokerParts};
 use sealroom_broker::token::{self, Signer};
 use sealroom_broker::{Randomness, SystemClock, SystemRandomness, seal};
-use sealroom_measurements::cel::{CelLog, RuntimeEvent};
+use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_proto::attestation::v1 as apb;
 use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
 use sealroom_proto::keybroker::v1 as kpb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
-use sealroom_tests::agent::{host_crun, is_root};
+use sealroom_tests::agent::{ak_of, require_root, runtime_events, workload_config};
 use sealroom_tests::booted_tpm::{booted_swtpm, sha256_hex, write_golden};
-use sealroom_tests::broker::{BrokerProcess, Provider, tpm_policy};
+use sealroom_tests::broker::{BrokerProcess, Provider, serve_key_broker, tpm_policy};
 use sealroom_tests::oci_image::OciImage;
 use sealroom_tests::registry::Registry;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
@@ -102,18 +100,25 @@ async fn start_broker(enrolled_ak: Vec<u8>) -> RunningBroker {
         nonces: NonceBook::new(NonceKeys::new(&[0x6e; 32], None, 30_000).unwrap()),
         audit: AuditLog::open(&audit_path).unwrap().0,
     }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(kpb::key_broker_server::KeyBrokerServer::new(KeyBrokerService(broker)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let addr = serve_key_broker(kpb::key_broker_server::KeyBrokerServer::new(KeyBrokerService(broker))).await;
     RunningBroker { addr, store, audit_path, jwk }
 }
 
 async fn broker_client(addr: SocketAddr) -> KeyBrokerClient<Channel> {
     KeyBrokerClient::new(Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap())
+}
+
+/// A fresh challenge, the agent's evidence for its nonce, and a release request for provider A's key alone.
+async fn release_provider_a(c: &mut KeyBrokerClient<Channel>, agent: SocketAddr) -> kpb::ReleaseResponse {
+    let nonce = c.challenge(kpb::ChallengeRequest::default()).await.unwrap().into_inner().nonce;
+    let ev = evidence(agent, &nonce).await;
+    let req = kpb::ReleaseRequest {
+        nonce,
+        evidence: Some(ev),
+        key_ids: vec!["provider-a/data".into()],
+        tpm_activation: None,
+    };
+    c.release(req).await.unwrap().into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,35 +197,13 @@ async fn agent_on_swtpm_receives_its_data_key_and_refusals_say_why() {
     // Evidence from another TPM (a second swtpm, not enrolled): nothing vouches for its AK, so it is refused.
     let other_tpm = Swtpm::start().unwrap();
     let other_agent = start_agent(&other_tpm).await;
-    let nonce = c.challenge(kpb::ChallengeRequest::default()).await.unwrap().into_inner().nonce;
-    let ev = evidence(other_agent.tcp_addr.unwrap(), &nonce).await;
-    let resp = c
-        .release(kpb::ReleaseRequest {
-            nonce,
-            evidence: Some(ev),
-            key_ids: vec!["provider-a/data".into()],
-            tpm_activation: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let resp = release_provider_a(&mut c, other_agent.tcp_addr.unwrap()).await;
     assert!(resp.keys.is_empty());
     assert_eq!(resp.refusals[0].reason, format!("verifier: {}", sealroom_verifier::appraisal::UNTRUSTED_AK));
 
     // Revoked: the provider revokes its key; the next genuine request is refused for that reason.
     broker.store.revoke("provider-a/data", 1).unwrap();
-    let nonce = c.challenge(kpb::ChallengeRequest::default()).await.unwrap().into_inner().nonce;
-    let ev = evidence(agent_addr, &nonce).await;
-    let resp = c
-        .release(kpb::ReleaseRequest {
-            nonce,
-            evidence: Some(ev),
-            key_ids: vec!["provider-a/data".into()],
-            tpm_activation: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let resp = release_provider_a(&mut c, agent_addr).await;
     assert_eq!(resp.refusals[0].reason, "key store: key provider-a/data was revoked at 1 ms");
 
     let head = audit::verify(&std::fs::read(&broker.audit_path).unwrap()).unwrap();
@@ -259,26 +242,6 @@ fn workload_policy(image_digest: &str, golden_doc: &str, signer: &str) -> String
     )
 }
 
-async fn ak_of(agent: &Running) -> Vec<u8> {
-    let ev = evidence(agent.tcp_addr.unwrap(), &[0x42; 32]).await;
-    ev.tpm.unwrap().ak_public
-}
-
-fn workload_config(tag: &str) -> WorkloadConfig {
-    let dir = unique_temp_dir(tag);
-    WorkloadConfig {
-        work_dir: dir.join("work"),
-        // /run/sealroom/keys (a tmpfs) in the VM; a directory of the test here.
-        keys_dir: dir.join("keys"),
-        output_dir: dir.join("output"),
-        runtime: host_crun(&dir.join("crun-state")).unwrap(),
-        fetch: FetchOptions {
-            connect_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(30),
-        },
-    }
-}
-
 fn workload_spec(reference: &str, registry: &Registry, broker: &BrokerProcess) -> WorkloadSpec {
     let doc = serde_json::json!({
         "image": reference, "insecure_registries": [registry.host()],
@@ -293,10 +256,7 @@ fn audit_records(path: &std::path::Path) -> Vec<AuditRecord> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workload_in_crun_reads_the_key_a_broker_process_released_and_a_changed_image_gets_none() {
-    assert!(
-        is_root(),
-        "crun needs root to create the container's namespaces: run this test as root (CI does)"
-    );
+    require_root();
     let registry = Registry::start().unwrap();
     let approved = analytics_image("approved build");
     let approved_ref = registry.push("provider-a/analytics", "v1", &approved).unwrap();
@@ -351,8 +311,7 @@ async fn workload_in_crun_reads_the_key_a_broker_process_released_and_a_changed_
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 1000, "owned by the workload's user");
     let listing = std::fs::read_to_string(cfg.output_dir.join("keys-ls")).unwrap();
     assert!(listing.contains("-r--------") && listing.contains(" 1000 "), "{listing}");
-    let events: Vec<RuntimeEvent> =
-        CelLog::decode(&agent_a.handle.runtime_log().0).unwrap().into_iter().map(|r| r.event).collect();
+    let events = runtime_events(&agent_a);
     let sep = events.iter().position(|e| *e == RuntimeEvent::LaunchSeparator).unwrap();
     assert_eq!(events[1], RuntimeEvent::ManifestDigest(approved.manifest_digest()));
     assert_eq!(

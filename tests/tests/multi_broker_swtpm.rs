@@ -12,18 +12,14 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::too_many_lines)]
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use sealroom_agent::server::Running;
 use sealroom_agent::workload::broker::BrokerKeys;
-use sealroom_agent::workload::fetch::FetchOptions;
 use sealroom_agent::workload::spec::WorkloadSpec;
-use sealroom_agent::workload::{self, WorkloadConfig, receipt};
+use sealroom_agent::workload::{self, Outcome, WorkloadConfig, receipt};
 use sealroom_broker::audit::{AuditRecord, Decision};
-use sealroom_measurements::cel::{CelLog, RuntimeEvent};
-use sealroom_proto::attestation::v1 as apb;
-use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
-use sealroom_tests::agent::{host_crun, is_root};
+use sealroom_measurements::cel::RuntimeEvent;
+use sealroom_tests::agent::{ak_of, require_root, runtime_events, workload_config};
 use sealroom_tests::booted_tpm::{booted_swtpm, sha256_hex, write_golden};
 use sealroom_tests::broker::{BrokerProcess, Provider, tpm_policy};
 use sealroom_tests::oci_image::OciImage;
@@ -48,33 +44,6 @@ fn policy(image_digest: &str, golden: (&str, &str), broker_keys: &[&str]) -> Str
         )
 }
 
-async fn ak_of(agent: &Running) -> Vec<u8> {
-    let ch = tonic::transport::Channel::from_shared(format!("http://{}", agent.tcp_addr.unwrap()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let r = AttestationClient::new(ch)
-        .get_evidence(apb::GetEvidenceRequest { nonce: vec![0x42; 32], tee_public_key: Vec::new() })
-        .await
-        .unwrap();
-    r.into_inner().evidence.unwrap().tpm.unwrap().ak_public
-}
-
-fn workload_config(tag: &str) -> WorkloadConfig {
-    let dir = unique_temp_dir(tag);
-    WorkloadConfig {
-        work_dir: dir.join("work"),
-        keys_dir: dir.join("keys"),
-        output_dir: dir.join("output"),
-        runtime: host_crun(&dir.join("crun-state")).unwrap(),
-        fetch: FetchOptions {
-            connect_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(30),
-        },
-    }
-}
-
 fn audit_records(path: &Path) -> Vec<AuditRecord> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -88,10 +57,6 @@ fn decisions(path: &Path) -> Vec<(Decision, String)> {
         .collect()
 }
 
-fn runtime_events(agent: &Running) -> Vec<RuntimeEvent> {
-    CelLog::decode(&agent.handle.runtime_log().0).unwrap().into_iter().map(|r| r.event).collect()
-}
-
 /// One provider: its CLI-made state, its broker key id, and (once served) its broker process.
 struct Hospital {
     name: &'static str,
@@ -102,6 +67,7 @@ struct Hospital {
 /// The clean room: a registry with the joint job, a booted TPM per VM, two hospitals' brokers enrolling
 /// every VM's AK and trusting the golden boot state.
 struct CleanRoom {
+    dir: PathBuf,
     registry: Registry,
     image: OciImage,
     reference: String,
@@ -112,7 +78,9 @@ struct CleanRoom {
 }
 
 impl CleanRoom {
+    /// Every test here runs the job in crun, so this fails first unless the test runs as root.
     fn new(tag: &str) -> Self {
+        require_root();
         let registry = Registry::start().unwrap();
         let image = OciImage::busybox_script(SCRIPT, b"joint job", std::collections::BTreeMap::new());
         let reference = registry.push("clean-room/joint", "v1", &image).unwrap();
@@ -131,7 +99,7 @@ impl CleanRoom {
         a.provider.add_key(KEY_A, "hospital-a", &pa, DATA_A).unwrap();
         let pb = policy(&image.manifest_digest(), (&golden_doc, &signer), &both);
         b.provider.add_key(KEY_B, "hospital-b", &pb, DATA_B).unwrap();
-        Self { registry, image, reference, golden_dir, golden_key, a, b }
+        Self { dir, registry, image, reference, golden_dir, golden_key, a, b }
     }
 
     /// Both brokers, enrolling `aks` (files) and trusting the golden document.
@@ -158,33 +126,41 @@ impl CleanRoom {
         });
         WorkloadSpec::from_json(doc.to_string().as_bytes()).unwrap()
     }
+
+    /// A booted VM's agent and its AK written to `NAME.ak` in the room's directory for the brokers' `--tpm-ak`.
+    async fn vm(&self, name: &str) -> (Swtpm, Running, PathBuf) {
+        let tpm = booted_swtpm();
+        let agent = sealroom_tests::agent::start_agent(&tpm, &[]).await.unwrap();
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let ak = self.dir.join(format!("{name}.ak"));
+        std::fs::write(&ak, ak_of(&agent).await).unwrap();
+        (tpm, agent, ak)
+    }
 }
 
-/// A booted VM's agent and its AK written to `dir/NAME.ak` for the brokers' `--tpm-ak`.
-async fn vm(dir: &Path, name: &str) -> (Swtpm, Running, PathBuf) {
-    let tpm = booted_swtpm();
-    let agent = sealroom_tests::agent::start_agent(&tpm, &[]).await.unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    let ak = dir.join(format!("{name}.ak"));
-    std::fs::write(&ak, ak_of(&agent).await).unwrap();
-    (tpm, agent, ak)
+/// Runs the job of `spec` on `agent` with the agent's broker client, in a fresh workload directory named for
+/// `tag`: (that directory's configuration, the outcome or the launcher's one-line error).
+async fn run_job(
+    spec: &WorkloadSpec,
+    tag: &str,
+    agent: &Running,
+) -> (WorkloadConfig, Result<Outcome, String>) {
+    let cfg = workload_config(tag);
+    let outcome = workload::run(spec, &cfg, &agent.handle, &BrokerKeys::new(agent.handle.clone()))
+        .await
+        .map_err(|e| e.to_string());
+    (cfg, outcome)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_brokers_both_release_keys_written_both_releases_measured() {
-    assert!(
-        is_root(),
-        "crun needs root to create the container's namespaces: run this test as root (CI does)"
-    );
     let room = CleanRoom::new("multi-broker-both");
-    let aks_dir = unique_temp_dir("multi-broker-aks");
-    let (_tpm, agent, ak) = vm(&aks_dir, "vm").await;
+    let (_tpm, agent, ak) = room.vm("vm").await;
     let (broker_a, broker_b) = room.serve(&[ak]);
 
     let spec = room.spec(&[(&room.a, &broker_a, &[KEY_A]), (&room.b, &broker_b, &[KEY_B])]);
-    let cfg = workload_config("multi-broker-both-run");
-    let outcome =
-        workload::run(&spec, &cfg, &agent.handle, &BrokerKeys::new(agent.handle.clone())).await.unwrap();
+    let (cfg, outcome) = run_job(&spec, "multi-broker-both-run", &agent).await;
+    let outcome = outcome.unwrap();
     assert_eq!(outcome.exit_code, 0, "listing: {}", outcome.output_listing);
     let proof = std::fs::read_to_string(cfg.output_dir.join("keys.sha256")).unwrap();
     let seen: Vec<&str> = proof.lines().filter_map(|l| l.split_whitespace().next()).collect();
@@ -218,13 +194,8 @@ async fn two_brokers_both_release_keys_written_both_releases_measured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_one_provider_refuses_nothing_runs() {
-    assert!(
-        is_root(),
-        "crun needs root to create the container's namespaces: run this test as root (CI does)"
-    );
     let room = CleanRoom::new("multi-broker-refuse");
-    let aks_dir = unique_temp_dir("multi-broker-refuse-aks");
-    let (_tpm, agent, ak) = vm(&aks_dir, "vm").await;
+    let (_tpm, agent, ak) = room.vm("vm").await;
     // Hospital B withdrew its approval of this job: its key's policy now names another image.
     let other = OciImage::busybox_script(SCRIPT, b"another job", std::collections::BTreeMap::new());
     let (golden_doc, signer) = {
@@ -236,11 +207,8 @@ async fn attack_one_provider_refuses_nothing_runs() {
     let (broker_a, broker_b) = room.serve(&[ak]);
 
     let spec = room.spec(&[(&room.a, &broker_a, &[KEY_A]), (&room.b, &broker_b, &["rows-b2"])]);
-    let cfg = workload_config("multi-broker-refuse-run");
-    let e = workload::run(&spec, &cfg, &agent.handle, &BrokerKeys::new(agent.handle.clone()))
-        .await
-        .unwrap_err()
-        .to_string();
+    let (cfg, outcome) = run_job(&spec, "multi-broker-refuse-run", &agent).await;
+    let e = outcome.unwrap_err();
     // The policy now approves another job; the measured one is refused.
     let reason =
         format!("policy.image_digests: workload image digest {} not allowed", room.image.manifest_digest());
@@ -266,14 +234,9 @@ async fn attack_one_provider_refuses_nothing_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_broker_asked_for_another_providers_key() {
-    assert!(
-        is_root(),
-        "crun needs root to create the container's namespaces: run this test as root (CI does)"
-    );
     let room = CleanRoom::new("multi-broker-foreign");
-    let aks_dir = unique_temp_dir("multi-broker-foreign-aks");
-    let (_tpm1, agent1, ak1) = vm(&aks_dir, "vm1").await;
-    let (_tpm2, agent2, ak2) = vm(&aks_dir, "vm2").await;
+    let (_tpm1, agent1, ak1) = room.vm("vm1").await;
+    let (_tpm2, agent2, ak2) = room.vm("vm2").await;
     let (broker_a, broker_b) = room.serve(&[ak1, ak2]);
 
     // The spec may not name one key under two brokers (one key id, one provider).
@@ -289,11 +252,8 @@ async fn attack_broker_asked_for_another_providers_key() {
     // A's key id routed to B's broker: B does not hold it and refuses; A's key is never asked for, so A's
     // broker releases nothing, and nothing runs.
     let spec = room.spec(&[(&room.b, &broker_b, &[KEY_A])]);
-    let cfg = workload_config("multi-broker-foreign-run");
-    let e = workload::run(&spec, &cfg, &agent1.handle, &BrokerKeys::new(agent1.handle.clone()))
-        .await
-        .unwrap_err()
-        .to_string();
+    let (cfg, outcome) = run_job(&spec, "multi-broker-foreign-run", &agent1).await;
+    let e = outcome.unwrap_err();
     assert!(
         e.starts_with(&format!("workload keys: provider hospital-b ({}) refused key rows-a: ", room.b.kid)),
         "{e}"
@@ -303,10 +263,8 @@ async fn attack_broker_asked_for_another_providers_key() {
     // A normal two-broker run: each broker is asked only for its own key ids, and before either release is
     // measured (no key_release in the evidence either broker appraised).
     let spec = room.spec(&[(&room.a, &broker_a, &[KEY_A]), (&room.b, &broker_b, &[KEY_B])]);
-    let cfg = workload_config("multi-broker-foreign-ok");
-    let outcome =
-        workload::run(&spec, &cfg, &agent2.handle, &BrokerKeys::new(agent2.handle.clone())).await.unwrap();
-    assert_eq!(outcome.exit_code, 0);
+    let (_, outcome) = run_job(&spec, "multi-broker-foreign-ok", &agent2).await;
+    assert_eq!(outcome.unwrap().exit_code, 0);
     drop((broker_a, broker_b));
     let asked = |h: &Hospital| -> Vec<String> {
         let mut ids: Vec<String> = decisions(&h.provider.audit_log()).into_iter().map(|(_, k)| k).collect();
@@ -323,13 +281,8 @@ async fn attack_broker_asked_for_another_providers_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_operator_adds_a_broker_of_his_own_and_gets_nothing() {
-    assert!(
-        is_root(),
-        "crun needs root to create the container's namespaces: run this test as root (CI does)"
-    );
     let room = CleanRoom::new("multi-broker-rogue");
-    let aks_dir = unique_temp_dir("multi-broker-rogue-aks");
-    let (_tpm, agent, ak) = vm(&aks_dir, "vm").await;
+    let (_tpm, agent, ak) = room.vm("vm").await;
     // The operator's own broker, holding a key of his choosing for the job.
     let rogue = Provider::new(&unique_temp_dir("multi-broker-rogue-op")).unwrap();
     let rogue_kid = rogue.key_id().unwrap();
@@ -350,11 +303,8 @@ async fn attack_operator_adds_a_broker_of_his_own_and_gets_nothing() {
         (&room.a, &broker_a, &[KEY_A]),
         (&room.b, &broker_b, &[KEY_B]),
     ]);
-    let cfg = workload_config("multi-broker-rogue-run");
-    let e = workload::run(&spec, &cfg, &agent.handle, &BrokerKeys::new(agent.handle.clone()))
-        .await
-        .unwrap_err()
-        .to_string();
+    let (cfg, outcome) = run_job(&spec, "multi-broker-rogue-run", &agent).await;
+    let e = outcome.unwrap_err();
     assert_eq!(
         e,
         format!(
@@ -372,17 +322,29 @@ async fn attack_operator_adds_a_broker_of_his_own_and_gets_nothing() {
     agent.stop().await.unwrap();
 }
 
-/// `sealroom verify-receipt` over a result directory with `pairs` of (receipt file, broker key file):
-/// (success, stdout + stderr).
-fn verify_receipt(room: &CleanRoom, dir: &Path, pairs: &[(PathBuf, PathBuf)], ak: &Path) -> (bool, String) {
+/// `sealroom verify-receipt DIR` against the room's golden document; the caller adds receipts and keys.
+fn verify_receipt_cmd(room: &CleanRoom, dir: &Path) -> std::process::Command {
     let mut cmd = sealroom_tests::broker::sealroom();
     cmd.arg("verify-receipt")
         .arg(dir)
         .arg("--golden")
         .arg(room.golden_dir.join("boot.json"))
-        .args(["--golden-key", &room.golden_key])
-        .arg("--tpm-ak")
-        .arg(ak);
+        .args(["--golden-key", &room.golden_key]);
+    cmd
+}
+
+/// `sealroom verify-receipt` over a result directory with `pairs` of (receipt file, broker key file), the
+/// evidence re-verified with the AK `ak` when given: (success, stdout + stderr).
+fn verify_receipt(
+    room: &CleanRoom,
+    dir: &Path,
+    pairs: &[(PathBuf, PathBuf)],
+    ak: Option<&Path>,
+) -> (bool, String) {
+    let mut cmd = verify_receipt_cmd(room, dir);
+    if let Some(ak) = ak {
+        cmd.arg("--tpm-ak").arg(ak);
+    }
     for (receipt, key) in pairs {
         cmd.arg("--receipt").arg(receipt).arg("--broker-key").arg(key);
     }
@@ -393,23 +355,17 @@ fn verify_receipt(room: &CleanRoom, dir: &Path, pairs: &[(PathBuf, PathBuf)], ak
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_provider_signs_a_receipt_naming_every_release_and_verify_receipt_checks_them_together() {
-    assert!(
-        is_root(),
-        "crun needs root to create the container's namespaces: run this test as root (CI does)"
-    );
     let room = CleanRoom::new("multi-broker-receipts");
-    let aks_dir = unique_temp_dir("multi-broker-receipts-aks");
-    let (_tpm1, agent1, ak1) = vm(&aks_dir, "vm1").await;
-    let (_tpm2, agent2, ak2) = vm(&aks_dir, "vm2").await;
+    let (_tpm1, agent1, ak1) = room.vm("vm1").await;
+    let (_tpm2, agent2, ak2) = room.vm("vm2").await;
     let (broker_a, broker_b) = room.serve(&[ak1.clone(), ak2]);
     let spec = room.spec(&[(&room.a, &broker_a, &[KEY_A]), (&room.b, &broker_b, &[KEY_B])]);
 
     // The same job on two VMs (the same output), each result with a receipt from each broker.
     let mut results = Vec::new();
     for (tag, agent) in [("multi-broker-receipts-1", &agent1), ("multi-broker-receipts-2", &agent2)] {
-        let cfg = workload_config(tag);
-        let outcome =
-            workload::run(&spec, &cfg, &agent.handle, &BrokerKeys::new(agent.handle.clone())).await.unwrap();
+        let (cfg, outcome) = run_job(&spec, tag, agent).await;
+        let outcome = outcome.unwrap();
         assert_eq!(outcome.exit_code, 0);
         let (receipts, failures) = receipt::obtain_all(&agent.handle, &spec, &outcome.output_digest).await;
         assert!(failures.is_empty(), "{failures:?}");
@@ -442,7 +398,7 @@ async fn each_provider_signs_a_receipt_naming_every_release_and_verify_receipt_c
 
     // Both providers' receipts, checked together (evidence re-verified with the enrolled AK).
     let (ok, out) =
-        verify_receipt(&room, r1, &[(a1.clone(), key_a.clone()), (b1.clone(), key_b.clone())], &ak1);
+        verify_receipt(&room, r1, &[(a1.clone(), key_a.clone()), (b1.clone(), key_b.clone())], Some(&ak1));
     assert!(ok, "{out}");
     assert!(out.contains("receipt ok") && out.contains("2 brokers vouch for the same run"), "{out}");
     assert!(out.contains(&format!("release      {KEY_A} from broker key {}", room.a.kid)), "{out}");
@@ -450,7 +406,7 @@ async fn each_provider_signs_a_receipt_naming_every_release_and_verify_receipt_c
 
     // A mismatched pair: hospital A's receipt presented under hospital B's key.
     let (ok, out) =
-        verify_receipt(&room, r1, &[(a1.clone(), key_b.clone()), (b1.clone(), key_a.clone())], &ak1);
+        verify_receipt(&room, r1, &[(a1.clone(), key_b.clone()), (b1.clone(), key_a.clone())], Some(&ak1));
     assert!(!ok, "{out}");
     assert!(out.contains(&format!("refused: {}: token: signature does not verify", a1.display())), "{out}");
     // B's receipt from the other VM's run (same job, same output): a different run, refused.
@@ -459,23 +415,8 @@ async fn each_provider_signs_a_receipt_naming_every_release_and_verify_receipt_c
         .unwrap();
     std::fs::copy(&b2, r1.join("receipts/other-b.jwt")).unwrap();
     let mixed = [(a1.clone(), key_a.clone()), (r1.join("receipts/other-b.jwt"), key_b.clone())];
-    let (ok, out) = {
-        // Without --tpm-ak (each evidence is from another VM's TPM): the receipts themselves disagree.
-        let mut cmd = sealroom_tests::broker::sealroom();
-        cmd.arg("verify-receipt")
-            .arg(r1)
-            .arg("--golden")
-            .arg(room.golden_dir.join("boot.json"))
-            .args(["--golden-key", &room.golden_key]);
-        for (receipt, key) in &mixed {
-            cmd.arg("--receipt").arg(receipt).arg("--broker-key").arg(key);
-        }
-        let o = cmd.output().unwrap();
-        (
-            o.status.success(),
-            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
-        )
-    };
+    // Without --tpm-ak (each evidence is from another VM's TPM): the receipts themselves disagree.
+    let (ok, out) = verify_receipt(&room, r1, &mixed, None);
     assert!(!ok, "{out}");
     assert!(
         out.contains(&format!(
@@ -487,34 +428,20 @@ async fn each_provider_signs_a_receipt_naming_every_release_and_verify_receipt_c
     );
     // The same broker key twice (one provider counted as two).
     let (ok, out) =
-        verify_receipt(&room, r1, &[(a1.clone(), key_a.clone()), (a1.clone(), key_a.clone())], &ak1);
+        verify_receipt(&room, r1, &[(a1.clone(), key_a.clone()), (a1.clone(), key_a.clone())], Some(&ak1));
     assert!(!ok && out.contains("given twice"), "{out}");
     // Several broker keys need their receipts named.
-    let o = sealroom_tests::broker::sealroom()
-        .arg("verify-receipt")
-        .arg(r1)
-        .arg("--golden")
-        .arg(room.golden_dir.join("boot.json"))
-        .args(["--golden-key", &room.golden_key])
+    let o = verify_receipt_cmd(&room, r1)
         .arg("--broker-key")
         .arg(&key_a)
         .arg("--broker-key")
         .arg(&key_b)
-        .output()
-        .unwrap();
+        .output();
+    let o = o.unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("2 --broker-key given without --receipt"));
     // The single-receipt form still checks receipt.jwt (the first broker's).
-    let o = sealroom_tests::broker::sealroom()
-        .arg("verify-receipt")
-        .arg(r1)
-        .arg("--golden")
-        .arg(room.golden_dir.join("boot.json"))
-        .args(["--golden-key", &room.golden_key])
-        .arg("--broker-key")
-        .arg(&key_a)
-        .output()
-        .unwrap();
+    let o = verify_receipt_cmd(&room, r1).arg("--broker-key").arg(&key_a).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     drop((broker_a, broker_b));
     agent1.stop().await.unwrap();

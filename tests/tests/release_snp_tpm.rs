@@ -19,14 +19,14 @@ use sealroom_agent::server::{self, Running};
 use sealroom_agent::worker::WorkerConfig;
 use sealroom_broker::appraisal::VerifierAppraiser;
 use sealroom_broker::policy::GoldenSet;
-use sealroom_measurements::binding::Nonce;
-use sealroom_measurements::cel::RuntimeEvent;
+use sealroom_tests::agent::ak_of;
+use sealroom_tests::analytics::launch_events;
 use sealroom_tests::swtpm::{Swtpm, unique_temp_dir};
 use sealroom_verifier::snp::report::SnpReport;
 use sealroom_verifier::snp::test_pki::TestAmdPki;
 use sealroom_verifier::snp::{EndorsementCache, Product, TcbVersion};
 use sealroom_verifier::x509::parse_time;
-use support::provider::{ARG, DATA_KEY, IMAGE, ProviderBroker, policy, release};
+use support::provider::{DATA_KEY, ProviderBroker, policy, release};
 use support::tee_kernel::{SnpKernel, SnpShape};
 
 const AT: &str = "2026-12-01T12:00:00Z";
@@ -65,16 +65,6 @@ impl Amd {
     }
 }
 
-fn launch_events(broker_kid: &str) -> Vec<RuntimeEvent> {
-    vec![
-        RuntimeEvent::ImageReference(format!("registry.example/analytics@{IMAGE}")),
-        RuntimeEvent::ManifestDigest(IMAGE.into()),
-        RuntimeEvent::Arg(ARG.into()),
-        RuntimeEvent::BrokerKey(broker_kid.into()),
-        RuntimeEvent::LaunchSeparator,
-    ]
-}
-
 /// The real agent on `root` with the TPM `tpm`, before any workload event.
 async fn agent(root: &std::path::Path, tpm: &Swtpm) -> Running {
     let worker = WorkerConfig {
@@ -89,10 +79,6 @@ async fn agent(root: &std::path::Path, tpm: &Swtpm) -> Running {
     server::start(server::Config { tcp: Some(tcp), vsock: None, worker, limits: server::agent_limits() })
         .await
         .unwrap()
-}
-
-async fn ak_of(agent: &Running) -> Vec<u8> {
-    agent.handle.evidence(Nonce([0x42; 32])).await.unwrap().tpm.unwrap().ak_public
 }
 
 async fn launch(agent: &Running, broker: &ProviderBroker) {

@@ -26,12 +26,13 @@ use sealroom_measurements::cel::{
 use sealroom_measurements::evidence::HashAlg;
 use sealroom_proto::keybroker::v1 as kpb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
+use sealroom_tests::analytics::launch_events;
 use sealroom_verifier::tdx::test_pki::{
     CollateralSpec, PlatformTcb, TD_ATTR_DEBUG, TD_ATTR_SEPT_VE_DISABLE, TestIntelPki,
 };
 use sealroom_verifier::tdx::{Collateral, VerifiedCollateral};
 use sealroom_verifier::x509::parse_time;
-use support::provider::{ARG, DATA_KEY, IMAGE, KEY_ID, ProviderBroker, golden_document, policy, release};
+use support::provider::{DATA_KEY, KEY_ID, ProviderBroker, golden_document, policy, release};
 use support::tee_kernel::{TdShape, TdxKernel};
 
 /// The broker's clock and verification time.
@@ -99,16 +100,6 @@ async fn tdx_broker(intel: &Intel) -> ProviderBroker {
 }
 
 /// The workload launcher's events for a workload pinned to `broker`.
-fn launch_events(broker: &ProviderBroker) -> Vec<RuntimeEvent> {
-    vec![
-        RuntimeEvent::ImageReference(format!("registry.example/analytics@{IMAGE}")),
-        RuntimeEvent::ManifestDigest(IMAGE.into()),
-        RuntimeEvent::Arg(ARG.into()),
-        RuntimeEvent::BrokerKey(broker.kid.clone()),
-        RuntimeEvent::LaunchSeparator,
-    ]
-}
-
 /// The real agent on the emulated kernel, with `events` measured (RTMR3 + runtime log) as the launcher does.
 async fn agent_on(kernel: &TdxKernel, events: &[RuntimeEvent]) -> Running {
     let worker = WorkerConfig {
@@ -135,7 +126,7 @@ async fn tdx_release_with_the_runtime_log_replayed_to_rtmr3() {
     let intel = Intel::new();
     let broker = tdx_broker(&intel).await;
     let kernel = intel.td(&PlatformTcb::up_to_date(), good_td());
-    let agent = agent_on(&kernel, &launch_events(&broker)).await;
+    let agent = agent_on(&kernel, &launch_events(&broker.kid)).await;
     assert_eq!(release(&agent, &broker).await.unwrap(), DATA_KEY);
 }
 
@@ -147,7 +138,7 @@ async fn tdx_refuses_a_debug_td_with_collateral() {
         &PlatformTcb::up_to_date(),
         TdShape { td_attributes: TD_ATTR_SEPT_VE_DISABLE | TD_ATTR_DEBUG, ..good_td() },
     );
-    let agent = agent_on(&kernel, &launch_events(&broker)).await;
+    let agent = agent_on(&kernel, &launch_events(&broker.kid)).await;
     assert_eq!(
         release(&agent, &broker).await.unwrap_err(),
         "verifier: tdx: TD is in debug mode (TDATTRIBUTES 0100001000000000: DEBUG set)"
@@ -166,14 +157,14 @@ async fn tdx_refuses_a_debug_td_without_collateral() {
     let broker = ProviderBroker::start(Arc::new(appraiser), &no_tcb, set, now_ms()).await;
     // Control: the same broker releases to a production TD.
     let kernel = intel.td(&PlatformTcb::up_to_date(), good_td());
-    let agent = agent_on(&kernel, &launch_events(&broker)).await;
+    let agent = agent_on(&kernel, &launch_events(&broker.kid)).await;
     assert_eq!(release(&agent, &broker).await.unwrap(), DATA_KEY);
     agent.stop().await.unwrap();
     let kernel = intel.td(
         &PlatformTcb::up_to_date(),
         TdShape { td_attributes: TD_ATTR_SEPT_VE_DISABLE | TD_ATTR_DEBUG, ..good_td() },
     );
-    let agent = agent_on(&kernel, &launch_events(&broker)).await;
+    let agent = agent_on(&kernel, &launch_events(&broker.kid)).await;
     assert_eq!(release(&agent, &broker).await.unwrap_err(), "policy.debug: TEE runs in debug mode");
 }
 
@@ -182,7 +173,7 @@ async fn tdx_refuses_an_out_of_date_platform_under_an_up_to_date_policy() {
     let intel = Intel::new();
     let broker = tdx_broker(&intel).await;
     let kernel = intel.td(&PlatformTcb::out_of_date(), good_td());
-    let agent = agent_on(&kernel, &launch_events(&broker)).await;
+    let agent = agent_on(&kernel, &launch_events(&broker.kid)).await;
     assert_eq!(
         release(&agent, &broker).await.unwrap_err(),
         "policy.tcb_statuses: TCB status OutOfDate not accepted (accepted: UpToDate)"
@@ -194,7 +185,7 @@ async fn tdx_refuses_rtmr3_not_matching_the_log() {
     let intel = Intel::new();
     let broker = tdx_broker(&intel).await;
     let kernel = intel.td(&PlatformTcb::up_to_date(), good_td());
-    let agent = agent_on(&kernel, &launch_events(&broker)).await;
+    let agent = agent_on(&kernel, &launch_events(&broker.kid)).await;
     // Root in the TD extends RTMR3 with something the agent's log does not show.
     kernel.extend_rtmr3(&[0xee; 48]);
     let (log, _) = agent.handle.runtime_log();
@@ -217,7 +208,7 @@ async fn tdx_refuses_launch_events_after_the_separator() {
     let intel = Intel::new();
     let broker = tdx_broker(&intel).await;
     let kernel = intel.td(&PlatformTcb::up_to_date(), good_td());
-    let agent = agent_on(&kernel, &launch_events(&broker)).await;
+    let agent = agent_on(&kernel, &launch_events(&broker.kid)).await;
     // Root in the TD changes the workload's arguments after launch: it extends RTMR3 with an `arg` record
     // itself (the agent refuses to log one after the separator) and presents the log with that record, so the
     // log still replays to RTMR3. The verifier refuses the log's order before any policy sees its events.
@@ -291,7 +282,7 @@ async fn tdx_refuses_mrtd_rtmr1_rtmr2_not_in_the_golden_document() {
             _ => (RTMR2, shape.rtmr[2]),
         };
         let kernel = intel.td(&PlatformTcb::up_to_date(), shape);
-        let agent = agent_on(&kernel, &launch_events(&broker)).await;
+        let agent = agent_on(&kernel, &launch_events(&broker.kid)).await;
         assert_eq!(
             release(&agent, &broker).await.unwrap_err(),
             format!(
@@ -312,7 +303,7 @@ async fn tdx_refuses_a_platform_the_policy_does_not_allow() {
         .with_verification_time_ms(now_ms());
     let broker = broker_with(appraiser, "[\"tpm\", \"sev-snp\"]").await;
     let kernel = intel.td(&PlatformTcb::up_to_date(), good_td());
-    let agent = agent_on(&kernel, &launch_events(&broker)).await;
+    let agent = agent_on(&kernel, &launch_events(&broker.kid)).await;
     assert_eq!(
         release(&agent, &broker).await.unwrap_err(),
         "policy.platforms: platform tdx not allowed (allowed: tpm, sev-snp)"

@@ -7,7 +7,10 @@
 //! both; the workload runs; its result directory holds only ciphertext of the output; `sealroom open` decrypts
 //! it and checks it against the broker's receipt. Agent B waits for `patient` too and is where envelopes for
 //! another TEE key, unexpected names and a failing policy are tried. Each attack is refused with its one-line
-//! reason.
+//! reason, checked in its own `attack_*` function. They share one setup (two booted swtpms and agents, a
+//! registry, a broker process, crun) rather than each being a test of its own: every attack needs a workload
+//! that is waiting for, or has taken, its sealed inputs, and setting that up per attack would multiply the
+//! test's run time for no extra coverage.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -15,16 +18,16 @@ use std::time::Duration;
 
 use sealroom_agent::server::Running;
 use sealroom_agent::workload::broker::BrokerKeys;
-use sealroom_agent::workload::fetch::FetchOptions;
 use sealroom_agent::workload::spec::WorkloadSpec;
-use sealroom_agent::workload::{self, WorkloadConfig};
+use sealroom_agent::workload::{self, Outcome};
 use sealroom_broker::{SystemRandomness, seal};
-use sealroom_measurements::cel::{CelLog, RuntimeEvent};
+use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::sealed::{self, Archive, SealedInput, SealedOutput};
 use sealroom_proto::attestation::v1 as apb;
-use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
-use sealroom_tests::agent::{host_crun, is_root};
-use sealroom_tests::booted_tpm::{boot_digest, booted_swtpm, sha256_hex, write_golden};
+use sealroom_tests::agent::{
+    ak_of, attestation_client, require_root, runtime_events as events, workload_config,
+};
+use sealroom_tests::booted_tpm::{boot, booted_swtpm, sha256_hex, write_golden};
 use sealroom_tests::broker::{Provider, run_sealroom, sealroom, tpm_policy};
 use sealroom_tests::oci_image::OciImage;
 use sealroom_tests::registry::Registry;
@@ -38,37 +41,6 @@ const SCRIPT: &str =
     "tr a-z A-Z < /input/patient > /output/prediction.txt && wc -c < /input/notes > /output/notes.size";
 const PATIENT: &[u8] = b"patient 4711: age 59, bmi 32.1, bp 101";
 const NOTES: &[u8] = b"fasting sample";
-
-fn workload_config(tag: &str) -> WorkloadConfig {
-    let dir = unique_temp_dir(tag);
-    WorkloadConfig {
-        work_dir: dir.join("work"),
-        keys_dir: dir.join("keys"),
-        output_dir: dir.join("output"),
-        runtime: host_crun(&dir.join("crun-state")).unwrap(),
-        fetch: FetchOptions {
-            connect_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(30),
-        },
-    }
-}
-
-async fn ak_of(agent: &Running) -> Vec<u8> {
-    let ch = tonic::transport::Channel::from_shared(format!("http://{}", agent.tcp_addr.unwrap()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let r = AttestationClient::new(ch)
-        .get_evidence(apb::GetEvidenceRequest { nonce: vec![0x42; 32], tee_public_key: Vec::new() })
-        .await
-        .unwrap();
-    r.into_inner().evidence.unwrap().tpm.unwrap().ak_public
-}
-
-fn events(agent: &Running) -> Vec<RuntimeEvent> {
-    CelLog::decode(&agent.handle.runtime_log().0).unwrap().into_iter().map(|r| r.event).collect()
-}
 
 /// Waits until the agent's launch is measured up to its launch policy (the workload then waits for inputs).
 async fn wait_for_launch_policy(agent: &Running) {
@@ -88,12 +60,8 @@ async fn cli(args: Vec<std::ffi::OsString>) -> Result<String, String> {
 
 /// `SubmitInput` straight from a gRPC client: Ok(digest) or Err(the agent's one-line reason).
 async fn submit(agent: &Running, name: &str, sealed: Vec<u8>) -> Result<String, String> {
-    let ch = tonic::transport::Channel::from_shared(format!("http://{}", agent.tcp_addr.unwrap()))
-        .unwrap()
-        .connect()
+    attestation_client(agent)
         .await
-        .unwrap();
-    AttestationClient::new(ch)
         .submit_input(apb::SubmitInputRequest { name: name.into(), sealed })
         .await
         .map(|r| r.into_inner().digest)
@@ -155,14 +123,32 @@ impl Sender {
         args.extend(extra.iter().map(Into::into));
         cli(args).await
     }
+
+    /// `sealroom open --key … --result RESULT --broker-key KEY --out OUT` with this sender's key and golden
+    /// document: decrypts the sealed output and checks it against the broker's receipt.
+    async fn open(&self, result: &Path, broker_key: &Path, out: &Path) -> Result<String, String> {
+        cli(vec![
+            "open".into(),
+            "--key".into(),
+            self.dir.join("user.key").into(),
+            "--result".into(),
+            result.into(),
+            "--broker-key".into(),
+            broker_key.into(),
+            "--golden".into(),
+            self.golden.clone().into(),
+            "--golden-key".into(),
+            self.golden_key.clone().into(),
+            "--out".into(),
+            out.into(),
+        ])
+        .await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_reply_key() {
-    assert!(
-        is_root(),
-        "crun needs root to create the container's namespaces: run this test as root (CI does)"
-    );
+    require_root();
     let registry = Registry::start().unwrap();
     let image = OciImage::busybox_script(SCRIPT, b"inference v1", std::collections::BTreeMap::new());
     let reference = registry.push("model-owner/inference", "v1", &image).unwrap();
@@ -284,62 +270,22 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
     let envelope = std::fs::read(&envelope_path).unwrap();
     assert!(!envelope.windows(11).any(|w| w == &PATIENT[..11]), "the envelope holds no plaintext");
 
-    // attack_sealed_input_replayed: the same envelope again is refused as a replay.
-    let err = submit(&agent_a, "patient", envelope.clone()).await.unwrap_err();
-    assert_eq!(err, "sealed input: \"patient\" refused: replay: this envelope was already submitted");
-
-    // attack_sealed_input_for_another_tee_key: A's envelope handed to B (waiting for patient too).
-    let err = submit(&agent_b, "patient", envelope.clone()).await.unwrap_err();
-    let (key_a, key_b) = (agent_a.handle.key().public().as_bytes(), agent_b.handle.key().public().as_bytes());
-    assert_eq!(
-        err,
-        format!(
-            "sealed input: \"patient\" refused: sealed to another TEE key ({}…), this agent's is {}…",
-            hex::encode(&key_a[..8]),
-            hex::encode(&key_b[..8])
-        )
-    );
-
-    // B's output is not sealed: a sender who requires it to come back to them refuses to seal.
-    let err =
-        sender.seal(&agent_b, &ak_b, "patient", PATIENT, &["--require-output-to-me"]).await.unwrap_err();
-    assert!(err.contains("the workload's output is not sealed: it leaves the VM in plaintext"), "{err}");
-    assert!(
-        err.contains("refused: --require-output-to-me: the workload's output goes out in plaintext"),
-        "{err}"
-    );
-
-    // attack_unexpected_input_name: a genuine envelope for B, under a name its spec does not list.
-    let err = sender.seal(&agent_b, &ak_b, "extra", b"x", &["--submit"]).await.unwrap_err();
-    assert!(err.contains("refused by the agent: sealed input: unexpected input name \"extra\": the workload waits for patient"), "{err}");
-    // A request naming another input than the one sealed in the envelope.
-    let other = envelope_for(&agent_b, "patient", &user_pub, PATIENT);
-    let err = submit(&agent_b, "notes", other).await.unwrap_err();
-    assert!(err.contains("the envelope is sealed for input \"patient\""), "{err}");
-
-    // seal refuses evidence whose policy fails: a policy for another image digest, against B.
+    attack_sealed_input_replayed(&agent_a, &envelope).await;
+    attack_sealed_input_for_another_tee_key(&agent_a, &agent_b, &envelope).await;
+    attack_output_in_plaintext_when_required_to_me(&sender, &agent_b, &ak_b).await;
+    attack_unexpected_input_name(&sender, &agent_b, &ak_b).await;
+    attack_envelope_for_another_input_name(&agent_b, &user_pub).await;
     let other_policy = dir.join("other-image.toml");
     let other_digest = format!("sha256:{}", "ab".repeat(32));
     std::fs::write(&other_policy, policy.replace(&image.manifest_digest(), &other_digest)).unwrap();
     let picky = Sender { policy: other_policy, ..sender_clone(&sender) };
-    let err = picky.seal(&agent_b, &ak_b, "patient", PATIENT, &["--submit"]).await.unwrap_err();
-    assert!(
-        err.contains(&format!(
-            "refused: policy.image_digests: workload image digest {} not allowed",
-            image.manifest_digest()
-        )),
-        "{err}"
-    );
-    assert!(!err.contains("submitted"), "{err}");
+    attack_evidence_fails_the_senders_policy(&picky, &agent_b, &ak_b, &image.manifest_digest()).await;
 
     // Offline: B's evidence saved to a file (as `sealroom attest --out` writes it), judged and sealed without
     // asking the agent; the tool says it could not check freshness, and the envelope is for B's key.
-    let ch = tonic::transport::Channel::from_shared(format!("http://{}", agent_b.tcp_addr.unwrap()))
-        .unwrap()
-        .connect()
+    let key_b = agent_b.handle.key().public().as_bytes();
+    let ev = attestation_client(&agent_b)
         .await
-        .unwrap();
-    let ev = AttestationClient::new(ch)
         .get_evidence(apb::GetEvidenceRequest { nonce: vec![7; 32], tee_public_key: Vec::new() })
         .await
         .unwrap()
@@ -393,17 +339,7 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
     );
     assert!(ev.contains(&RuntimeEvent::SealedOutputTo("input:patient".into())));
 
-    // attack_sealed_input_after_separator: a well-formed envelope for A's key, after launch.
-    let late = envelope_for(&agent_a, "notes", &user_pub, b"late notes");
-    let err = submit(&agent_a, "notes", late).await.unwrap_err();
-    assert_eq!(
-        err,
-        "sealed input: \"notes\" refused: the workload has all its sealed inputs and is launching: sealed inputs are \
-         accepted before the launch separator only"
-    );
-    // And the sender's own check refuses it before sealing.
-    let err = sender.seal(&agent_a, &ak_a, "notes", NOTES, &[]).await.unwrap_err();
-    assert!(err.contains("refused: workload.launch: the launch separator was measured"), "{err}");
+    attack_sealed_input_after_separator(&sender, &agent_a, &ak_a, &user_pub).await;
 
     // The result leaves as ciphertext only; the receipt names the (salted) output digest.
     workload::receipt::finish_in_vm(&agent_a.handle, &spec_a, &cfg_a, &outcome).await;
@@ -479,33 +415,114 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
     );
 
     // The user opens it and checks it against the receipt.
-    let open = |result: PathBuf, out: PathBuf| {
-        cli(vec![
-            "open".into(),
-            "--key".into(),
-            dir.join("user.key").into(),
-            "--result".into(),
-            result.into(),
-            "--broker-key".into(),
-            jwk.clone().into(),
-            "--golden".into(),
-            sender.golden.clone().into(),
-            "--golden-key".into(),
-            sender.golden_key.clone().into(),
-            "--out".into(),
-            out.into(),
-        ])
-    };
     let opened = dir.join("opened");
-    let out = open(result.clone(), opened.clone()).await.unwrap();
+    let out = sender.open(&result, &jwk, &opened).await.unwrap();
     assert!(out.contains(&format!("output       {} (matches the receipt)", outcome.output_digest)), "{out}");
     assert_eq!(std::fs::read(opened.join("prediction.txt")).unwrap(), prediction);
     assert_eq!(std::fs::read_to_string(opened.join("notes.size")).unwrap().trim(), NOTES.len().to_string());
     let (d, _) = sealroom_measurements::output::digest_dir(&opened).unwrap();
     assert_eq!(d, outcome.output_digest.0);
+    attack_output_swapped(&sender, &result, &jwk, &outcome, user_pub).await;
 
-    // The operator swaps in another output sealed to the user's key (anyone can seal to a public key): refused,
-    // whether its header names its own digest or claims the receipt's.
+    // B never got its input: it gives up after its timeout, and a late input is refused as such.
+    let err = run_b.await.unwrap().unwrap_err().to_string();
+    assert_eq!(err, "workload sealed inputs: patient not received within 75 s");
+    attack_sealed_input_after_timeout(&agent_b, &user_pub).await;
+
+    drop(broker);
+    agent_a.stop().await.unwrap();
+    agent_b.stop().await.unwrap();
+}
+
+/// The same envelope again is refused as a replay.
+async fn attack_sealed_input_replayed(agent_a: &Running, envelope: &[u8]) {
+    let err = submit(agent_a, "patient", envelope.to_vec()).await.unwrap_err();
+    assert_eq!(err, "sealed input: \"patient\" refused: replay: this envelope was already submitted");
+}
+
+/// A's envelope handed to B (waiting for `patient` too).
+async fn attack_sealed_input_for_another_tee_key(agent_a: &Running, agent_b: &Running, envelope: &[u8]) {
+    let err = submit(agent_b, "patient", envelope.to_vec()).await.unwrap_err();
+    let (key_a, key_b) = (agent_a.handle.key().public().as_bytes(), agent_b.handle.key().public().as_bytes());
+    assert_eq!(
+        err,
+        format!(
+            "sealed input: \"patient\" refused: sealed to another TEE key ({}…), this agent's is {}…",
+            hex::encode(&key_a[..8]),
+            hex::encode(&key_b[..8])
+        )
+    );
+}
+
+/// B's output is not sealed: a sender who requires it to come back to them refuses to seal.
+async fn attack_output_in_plaintext_when_required_to_me(sender: &Sender, agent_b: &Running, ak_b: &Path) {
+    let err = sender.seal(agent_b, ak_b, "patient", PATIENT, &["--require-output-to-me"]).await.unwrap_err();
+    assert!(err.contains("the workload's output is not sealed: it leaves the VM in plaintext"), "{err}");
+    assert!(
+        err.contains("refused: --require-output-to-me: the workload's output goes out in plaintext"),
+        "{err}"
+    );
+}
+
+/// A genuine envelope for B, under a name its spec does not list.
+async fn attack_unexpected_input_name(sender: &Sender, agent_b: &Running, ak_b: &Path) {
+    let err = sender.seal(agent_b, ak_b, "extra", b"x", &["--submit"]).await.unwrap_err();
+    assert!(err.contains("refused by the agent: sealed input: unexpected input name \"extra\": the workload waits for patient"), "{err}");
+}
+
+/// A request naming another input than the one sealed in the envelope.
+async fn attack_envelope_for_another_input_name(agent_b: &Running, user_pub: &[u8; 32]) {
+    let other = envelope_for(agent_b, "patient", user_pub, PATIENT);
+    let err = submit(agent_b, "notes", other).await.unwrap_err();
+    assert!(err.contains("the envelope is sealed for input \"patient\""), "{err}");
+}
+
+/// `seal` refuses evidence whose policy fails: `picky`'s policy names another image digest than B runs
+/// (`image_digest`); nothing is submitted.
+async fn attack_evidence_fails_the_senders_policy(
+    picky: &Sender,
+    agent_b: &Running,
+    ak_b: &Path,
+    image_digest: &str,
+) {
+    let err = picky.seal(agent_b, ak_b, "patient", PATIENT, &["--submit"]).await.unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "refused: policy.image_digests: workload image digest {image_digest} not allowed"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("submitted"), "{err}");
+}
+
+/// A well-formed envelope for A's key, after launch; and the sender's own check refuses it before sealing.
+async fn attack_sealed_input_after_separator(
+    sender: &Sender,
+    agent_a: &Running,
+    ak_a: &Path,
+    user_pub: &[u8; 32],
+) {
+    let late = envelope_for(agent_a, "notes", user_pub, b"late notes");
+    let err = submit(agent_a, "notes", late).await.unwrap_err();
+    assert_eq!(
+        err,
+        "sealed input: \"notes\" refused: the workload has all its sealed inputs and is launching: sealed inputs are \
+         accepted before the launch separator only"
+    );
+    let err = sender.seal(agent_a, ak_a, "notes", NOTES, &[]).await.unwrap_err();
+    assert!(err.contains("refused: workload.launch: the launch separator was measured"), "{err}");
+}
+
+/// The operator swaps in another output sealed to the user's key (anyone can seal to a public key) next to
+/// the genuine evidence and receipt of `result`: refused, whether its header names its own digest or claims the
+/// receipt's, and nothing is written.
+async fn attack_output_swapped(
+    sender: &Sender,
+    result: &Path,
+    broker_key: &Path,
+    outcome: &Outcome,
+    user_pub: [u8; 32],
+) {
     let forged = Archive { files: vec![("prediction.txt".into(), b"FORGED".to_vec())] };
     for claim in [forged.digest().0, outcome.output_digest.0] {
         let (enc, ciphertext) = seal::seal_x25519(
@@ -516,14 +533,14 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
             &SystemRandomness::new(),
         )
         .unwrap();
-        let swapped = dir.join(format!("swapped-{}", hex::encode(&claim[..4])));
+        let swapped = sender.dir.join(format!("swapped-{}", hex::encode(&claim[..4])));
         std::fs::create_dir_all(&swapped).unwrap();
         for f in ["evidence.pb", "receipt.jwt"] {
             std::fs::copy(result.join(f), swapped.join(f)).unwrap();
         }
         let bytes = SealedOutput { reply_key: user_pub, output_digest: claim, enc, ciphertext }.encode();
         std::fs::write(swapped.join("output.sealed"), bytes).unwrap();
-        let err = open(swapped.clone(), swapped.join("out")).await.unwrap_err();
+        let err = sender.open(&swapped, broker_key, &swapped.join("out")).await.unwrap_err();
         let want = if claim == outcome.output_digest.0 {
             format!(
                 "refused: the decrypted output digests to sha256:{}, the receipt names {}",
@@ -536,21 +553,17 @@ async fn sealed_inputs_reach_only_the_attested_workload_and_its_output_only_the_
         assert!(err.contains(&want), "{err}");
         assert!(!swapped.join("out").exists(), "nothing written for a refused result");
     }
+}
 
-    // B never got its input: it gives up after its timeout, and a late input is refused as such.
-    let err = run_b.await.unwrap().unwrap_err().to_string();
-    assert_eq!(err, "workload sealed inputs: patient not received within 75 s");
+/// B gave up waiting for its input: a late one is refused as such, and B never launched.
+async fn attack_sealed_input_after_timeout(agent_b: &Running, user_pub: &[u8; 32]) {
     let err =
-        submit(&agent_b, "patient", envelope_for(&agent_b, "patient", &user_pub, PATIENT)).await.unwrap_err();
+        submit(agent_b, "patient", envelope_for(agent_b, "patient", user_pub, PATIENT)).await.unwrap_err();
     assert!(
         err.contains("the launch gave up waiting for sealed inputs (patient missing after 75 s)"),
         "{err}"
     );
-    assert!(!events(&agent_b).contains(&RuntimeEvent::LaunchSeparator));
-
-    drop(broker);
-    agent_a.stop().await.unwrap();
-    agent_b.stop().await.unwrap();
+    assert!(!events(agent_b).contains(&RuntimeEvent::LaunchSeparator));
 }
 
 fn sender_clone(s: &Sender) -> Sender {
@@ -569,19 +582,16 @@ async fn the_inbox_refuses_early_oversized_unopenable_and_late_inputs_with_their
     let tpm = Swtpm::start().unwrap();
     let agent = sealroom_tests::agent::start_agent(&tpm, &[]).await.unwrap();
     let reply = [9u8; 32];
-    let code = |agent: &Running, name: &str, sealed: Vec<u8>| {
-        let url = format!("http://{}", agent.tcp_addr.unwrap());
-        let name = name.to_owned();
-        async move {
-            let ch = tonic::transport::Channel::from_shared(url).unwrap().connect().await.unwrap();
-            let s = AttestationClient::new(ch)
-                .max_encoding_message_size(16 << 20)
-                .submit_input(apb::SubmitInputRequest { name, sealed })
-                .await
-                .unwrap_err();
-            (s.code(), s.message().to_owned())
-        }
-    };
+    /// `SubmitInput` that must fail: the status code and message (requests up to 16 MiB leave the client).
+    async fn code(agent: &Running, name: &str, sealed: Vec<u8>) -> (tonic::Code, String) {
+        let s = attestation_client(agent)
+            .await
+            .max_encoding_message_size(16 << 20)
+            .submit_input(apb::SubmitInputRequest { name: name.into(), sealed })
+            .await
+            .unwrap_err();
+        (s.code(), s.message().to_owned())
+    }
     // Nothing waits yet.
     let (c, m) = code(&agent, "p", envelope_for(&agent, "p", &reply, b"x")).await;
     assert_eq!(c, tonic::Code::FailedPrecondition);
@@ -683,12 +693,7 @@ async fn seal_trusts_the_agents_tpm_through_its_ek_certificate() {
     std::fs::write(dir.join("record"), PATIENT).unwrap();
     for (tpm_ca, ok) in [(&ca, true), (&rogue, false)] {
         let tpm = Swtpm::start_with_ek_cert(tpm_ca).unwrap();
-        let out = std::process::Command::new("tpm2_pcrextend")
-            .arg(format!("11:sha256={}", hex::encode(boot_digest())))
-            .env("TPM2TOOLS_TCTI", tpm.tcti())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tpm2_pcrextend: {}", String::from_utf8_lossy(&out.stderr));
+        boot(&tpm);
         let agent = sealroom_tests::agent::start_agent(&tpm, &launch).await.unwrap();
         let mut args: Vec<std::ffi::OsString> =
             vec!["seal".into(), "--agent".into(), format!("http://{}", agent.tcp_addr.unwrap()).into()];

@@ -20,16 +20,10 @@ use sealroom_broker::service::{Broker, BrokerParts};
 use sealroom_broker::token::Signer;
 use sealroom_broker::{ManualClock, Randomness, SystemRandomness};
 use sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer;
+use sealroom_tests::broker::serve_key_broker;
 use sealroom_tests::swtpm::unique_temp_dir;
 
-/// The provider's key.
-pub const KEY_ID: &str = "provider-a/data";
-/// Its material.
-pub const DATA_KEY: &[u8] = b"the provider's data key";
-/// The workload image the policies pin.
-pub const IMAGE: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-/// The workload's argument the policies pin.
-pub const ARG: &str = "--input=/data/in.parquet";
+pub use sealroom_tests::analytics::{ARG, DATA_KEY, IMAGE, KEY_ID};
 
 /// A running broker.
 #[derive(Debug)]
@@ -67,13 +61,7 @@ impl ProviderBroker {
             nonces,
             audit: AuditLog::open(&dir.join("audit.log")).unwrap().0,
         }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(KeyBrokerServer::new(KeyBrokerService(Arc::clone(&broker))))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        let addr = serve_key_broker(KeyBrokerServer::new(KeyBrokerService(Arc::clone(&broker)))).await;
         Self { broker, addr, kid, dir }
     }
 
