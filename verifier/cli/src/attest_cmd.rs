@@ -54,6 +54,23 @@ pub struct Args {
     tpm_ak_out: Option<PathBuf>,
 }
 
+/// A gRPC `Attestation` client for the agent at `agent` (its `--agent` URI), with `timeout` for connecting and
+/// for every request: what `attest`, `seal` and their EK activation share, so they fail alike and say which
+/// `--agent` was wrong or unreachable.
+pub(crate) async fn connect_agent(
+    agent: &str,
+    timeout: Duration,
+) -> Result<AttestationClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Channel::from_shared(agent.to_owned())
+        .with_context(|| format!("--agent {agent} is not a URI"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {agent}"))?;
+    Ok(AttestationClient::new(channel))
+}
+
 /// The EK path against a live agent: its EK certificate checked against `cas`, a credential for its AK made with
 /// a fresh random secret, activated by its TPM and compared.
 pub(crate) async fn activate_ek(
@@ -62,14 +79,7 @@ pub(crate) async fn activate_ek(
     at: sealroom_verifier::x509::UnixTime,
     timeout: Duration,
 ) -> Result<ActivatedAk> {
-    let channel = tonic::transport::Channel::from_shared(agent.to_owned())
-        .with_context(|| format!("--agent {agent} is not a URI"))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {agent}"))?;
-    let mut client = AttestationClient::new(channel);
+    let mut client = connect_agent(agent, timeout).await?;
     let id = client
         .get_tpm_identity(pb::GetTpmIdentityRequest {})
         .await
@@ -97,14 +107,7 @@ pub(crate) async fn activate_ek(
 }
 
 pub(crate) async fn fetch(agent: &str, nonce: &[u8; 32], timeout: Duration) -> Result<pb::Evidence> {
-    let channel = tonic::transport::Channel::from_shared(agent.to_owned())
-        .with_context(|| format!("--agent {agent} is not a URI"))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {agent}"))?;
-    let mut client = AttestationClient::new(channel);
+    let mut client = connect_agent(agent, timeout).await?;
     let resp = client
         .get_evidence(pb::GetEvidenceRequest { nonce: nonce.to_vec(), tee_public_key: Vec::new() })
         .await

@@ -28,7 +28,6 @@ use sealroom_measurements::cel::RuntimeEvent;
 use sealroom_measurements::evidence::Evidence;
 use sealroom_measurements::sealed::{self, SealedInput};
 use sealroom_proto::attestation::v1 as pb;
-use sealroom_proto::attestation::v1::attestation_client::AttestationClient;
 
 /// Arguments of `sealroom seal`.
 #[derive(Debug, clap::Args)]
@@ -312,14 +311,8 @@ pub async fn submit(
     sealed: Vec<u8>,
     timeout: Duration,
 ) -> Result<pb::SubmitInputResponse> {
-    let channel = tonic::transport::Channel::from_shared(agent.to_owned())
-        .with_context(|| format!("--agent {agent} is not a URI"))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {agent}"))?;
-    let r = AttestationClient::new(channel)
+    let r = crate::attest_cmd::connect_agent(agent, timeout)
+        .await?
         .max_encoding_message_size(8 << 20)
         .submit_input(pb::SubmitInputRequest { name: name.to_owned(), sealed })
         .await
