@@ -276,3 +276,18 @@ pub async fn serve_key_broker<S: KeyBroker>(svc: KeyBrokerServer<S>) -> SocketAd
     );
     addr
 }
+
+/// xorshift64*: a seeded, reproducible schedule of the points at which a crash test kills a broker process, so a
+/// failure can be replayed with the same seed.
+#[derive(Debug)]
+pub struct KillSchedule(pub u64);
+
+impl KillSchedule {
+    /// The next point, in `0..below`.
+    pub fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % below
+    }
+}

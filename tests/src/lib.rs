@@ -8,6 +8,7 @@ pub mod analytics;
 pub mod booted_tpm;
 pub mod broker;
 pub mod oci_image;
+pub mod placeholder;
 pub mod postgres;
 pub mod registry;
 pub mod swtpm;

@@ -15,26 +15,14 @@ use std::time::{Duration, Instant};
 
 use sealroom_broker::{seal, token};
 use sealroom_measurements::binding::{Kem, Nonce, TeePublicKey};
-use sealroom_measurements::evidence::{Evidence, Platform, TpmEvidence};
 use sealroom_proto::keybroker::v1 as pb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
-use sealroom_tests::broker::{BrokerProcess, run_sealroom, sealroom};
+use sealroom_tests::broker::{BrokerProcess, KillSchedule, run_sealroom, sealroom};
+use sealroom_tests::placeholder::{REFUSAL, TPM_POLICY, release_request as request};
 use sealroom_tests::postgres::Postgres;
 use sha2::{Digest, Sha256};
 
-const POLICY: &str = r#"
-version = 1
-platforms = ["tpm"]
-tcb_statuses = "skip"
-minimum_tcb = "skip"
-debug = "forbidden"
-golden = "skip"
-image_digests = ["sha256:1111111111111111111111111111111111111111111111111111111111111111"]
-args = "skip"
-env = []
-"#;
 const REPLAY: &str = "nonce: already used (replay)";
-const PLACEHOLDER_REFUSAL: &str = "verifier: tpmt_public: type at offset 0x0: needs 2 bytes, 0 left";
 
 fn secret_file(path: &Path, byte: u8) {
     std::fs::write(path, hex::encode([byte; 32])).unwrap();
@@ -66,7 +54,7 @@ impl Provider {
         secret_file(&kek, kek_byte);
         let nonce_key = dir.path().join("nonce-key");
         secret_file(&nonce_key, kek_byte ^ 0xff);
-        std::fs::write(dir.path().join("policy.toml"), POLICY).unwrap();
+        std::fs::write(dir.path().join("policy.toml"), TPM_POLICY).unwrap();
         Self { url: pg.url_for(name, &password, "sealroom"), dir, kek, nonce_key }
     }
 
@@ -106,26 +94,6 @@ fn database(pg: &Postgres) {
     pg.psql("postgres", "create database sealroom").unwrap();
     // Nobody but a schema's owner may use it (PostgreSQL 15 already denies CREATE on public).
     pg.psql("sealroom", "revoke all on schema public from public").unwrap();
-}
-
-fn request(nonce: Nonce, tee: &TeePublicKey, key_id: &str) -> pb::ReleaseRequest {
-    let ev = Evidence {
-        nonce,
-        tee_public_key: tee.clone(),
-        platform: Platform::Tpm,
-        tpm: Some(TpmEvidence { attest: b"\xffTCG quote placeholder".to_vec(), ..TpmEvidence::default() }),
-        tdx: None,
-        sev_snp: None,
-        azure: None,
-        runtime_event_log: vec![],
-        gpus: Vec::new(),
-    };
-    pb::ReleaseRequest {
-        nonce: nonce.0.to_vec(),
-        evidence: Some(ev.into()),
-        key_ids: vec![key_id.into()],
-        tpm_activation: None,
-    }
 }
 
 fn evidence_digest(req: &pb::ReleaseRequest) -> String {
@@ -198,7 +166,7 @@ fn three_replicas_redeem_each_others_nonces_once() {
         assert_eq!((ch.nonce.len(), ch.ttl_seconds), (32, 120));
         let req = request(Nonce::from_slice(&ch.nonce).unwrap(), &tee, "provider-a/data");
         let first = clients[1].release(req.clone()).await.unwrap().into_inner();
-        assert_eq!(first.refusals[0].reason, PLACEHOLDER_REFUSAL);
+        assert_eq!(first.refusals[0].reason, REFUSAL);
         let claims = token::verify(&first.attestation_result, &jwk(&replicas[1].state_dir)).unwrap();
         assert_eq!(claims["sealroom.audit"]["replica"], "r2", "{claims}");
         assert_eq!(claims["iss"], issuer.as_str());
@@ -239,7 +207,7 @@ fn three_replicas_redeem_each_others_nonces_once() {
             let ch = clients[i % 3].challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
             let req = request(Nonce::from_slice(&ch.nonce).unwrap(), &tee, "provider-a/data");
             let resp = clients[(i + 1) % 3].release(req).await.unwrap().into_inner();
-            assert_eq!(resp.refusals[0].reason, PLACEHOLDER_REFUSAL, "release {i}");
+            assert_eq!(resp.refusals[0].reason, REFUSAL, "release {i}");
         }
     });
     let verified = run_sealroom(sealroom().args(["audit", "verify", "--postgres", &provider.url])).unwrap();
@@ -249,17 +217,6 @@ fn three_replicas_redeem_each_others_nonces_once() {
     }
     let listed = provider.keys(&["list"]).unwrap();
     assert!(listed.contains("provider-a/data\towner=provider-a\tversion=1\tactive"), "{listed}");
-}
-
-struct Schedule(u64);
-
-impl Schedule {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % below
-    }
 }
 
 /// One round: agents round-robin over the replicas until `victim` is killed with SIGKILL after `kill_after`
@@ -332,7 +289,7 @@ fn kill_9_of_replicas_and_postgres_restart_during_1000_releases_lose_no_acknowle
     let mut replicas: Vec<BrokerProcess> = names.iter().map(|r| provider.replica(r)).collect();
     let (_, tee) = seal::derive_keypair(Kem::X25519HkdfSha256, b"replica crash test tee key").unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let mut schedule = Schedule(0x5ea1_0000_0000_0016);
+    let mut schedule = KillSchedule(0x5ea1_0000_0000_0016);
     let mut acknowledged: HashMap<String, String> = HashMap::new();
     let (mut kills, mut db_restarts) = (0u32, 0u32);
     let started = Instant::now();

@@ -3,31 +3,21 @@
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::missing_panics_doc)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sealroom_broker::audit::{self, AuditRecord, Decision};
 use sealroom_broker::{seal, token};
 use sealroom_measurements::binding::{Kem, Nonce};
-use sealroom_measurements::evidence::{Evidence, Platform, TpmEvidence};
+use sealroom_measurements::evidence::{Evidence, Platform};
 use sealroom_proto::keybroker::v1 as pb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
+use sealroom_tests::broker::{BrokerProcess, KillSchedule};
+use sealroom_tests::placeholder::{REFUSAL, TPM_POLICY, release_request};
 use sha2::{Digest, Sha256};
-
-const POLICY: &str = r#"
-version = 1
-platforms = ["tpm"]
-tcb_statuses = "skip"
-minimum_tcb = "skip"
-debug = "forbidden"
-golden = "skip"
-image_digests = ["sha256:1111111111111111111111111111111111111111111111111111111111111111"]
-args = "skip"
-env = []
-"#;
 
 fn sealroom() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sealroom"))
@@ -47,7 +37,7 @@ fn setup() -> Setup {
     std::fs::write(&kek, [0x17u8; 32]).unwrap();
     std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
     let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, POLICY).unwrap();
+    std::fs::write(&policy, TPM_POLICY).unwrap();
     Setup { _dir: dir, state, kek, policy }
 }
 
@@ -58,73 +48,34 @@ fn run_ok(cmd: &mut Command) -> String {
     text
 }
 
-/// A running broker process, killed by PID on drop.
-struct BrokerProcess {
-    child: Child,
-    addr: String,
-    /// Kept open so the broker never writes into a closed pipe.
-    _stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl BrokerProcess {
-    fn start(s: &Setup) -> Self {
-        Self::start_with(s, &[])
-    }
-
-    fn start_with(s: &Setup, extra: &[&str]) -> Self {
-        let mut child = sealroom()
-            .args(["broker", "serve", "--listen", "127.0.0.1:0", "--nonce-ttl", "30"])
+/// `sealroom broker keys add` of provider A's key under the setup's policy, before the broker starts.
+fn add_provider_a(s: &Setup) {
+    run_ok(
+        sealroom()
+            .args(["broker", "keys", "add", "--id", "provider-a/data", "--owner", "provider-a", "--policy"])
+            .arg(&s.policy)
             .arg("--state-dir")
             .arg(&s.state)
             .arg("--kek")
-            .arg(&s.kek)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("sealroom broker listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self { child, addr, _stdout: stdout }
-    }
-
-    fn kill9(&mut self) {
-        // SIGKILL by PID: no chance to flush or clean up.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .arg(&s.kek),
+    );
 }
 
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// `sealroom broker serve` over the setup's state and KEK (nonces live 30 s), killed by PID (SIGKILL) on drop.
+fn start(s: &Setup) -> BrokerProcess {
+    start_with(s, &[])
 }
 
+/// [`start`] with `extra` arguments.
+fn start_with(s: &Setup, extra: &[&str]) -> BrokerProcess {
+    let mut args: Vec<&OsStr> = vec![OsStr::new("--nonce-ttl"), OsStr::new("30")];
+    args.extend(extra.iter().map(OsStr::new));
+    BrokerProcess::start(&s.state, &s.kek, &args).unwrap()
+}
+
+/// The placeholder release of provider A's key.
 fn evidence(nonce: Nonce, tee: &sealroom_measurements::binding::TeePublicKey) -> pb::ReleaseRequest {
-    let ev = Evidence {
-        nonce,
-        tee_public_key: tee.clone(),
-        platform: Platform::Tpm,
-        tpm: Some(TpmEvidence { attest: b"\xffTCG quote placeholder".to_vec(), ..TpmEvidence::default() }),
-        tdx: None,
-        sev_snp: None,
-        azure: None,
-        runtime_event_log: vec![],
-        gpus: Vec::new(),
-    };
-    pb::ReleaseRequest {
-        nonce: nonce.0.to_vec(),
-        evidence: Some(ev.into()),
-        key_ids: vec!["provider-a/data".into()],
-        tpm_activation: None,
-    }
+    release_request(nonce, tee, "provider-a/data")
 }
 
 async fn connect(addr: &str) -> Result<KeyBrokerClient<tonic::transport::Channel>, tonic::transport::Error> {
@@ -148,7 +99,7 @@ fn serves_challenge_release_and_admin_over_loopback() {
             .args(["broker", "keys", "--state-dir", st, "--kek", kek, "add", "--id", "provider-a/data"])
             .args(["--owner", "provider-a", "--policy", p]),
     );
-    let broker = BrokerProcess::start(&s);
+    let broker = start(&s);
     // While it runs: the admin socket (the store is locked by the broker process).
     let sock = s.state.join("admin.sock");
     let sock = sock.to_str().unwrap();
@@ -182,10 +133,7 @@ fn serves_challenge_release_and_admin_over_loopback() {
         let resp = client.release(req.clone()).await.unwrap().into_inner();
         // The placeholder quote is refused by the real verifier; genuine evidence comes from the agent (e2e test).
         assert!(resp.keys.is_empty());
-        assert_eq!(
-            resp.refusals[0].reason,
-            "verifier: tpmt_public: type at offset 0x0: needs 2 bytes, 0 left"
-        );
+        assert_eq!(resp.refusals[0].reason, REFUSAL);
         let jwk: serde_json::Value =
             serde_json::from_slice(&std::fs::read(s.state.join("signing-key.jwk.json")).unwrap()).unwrap();
         let claims = token::verify(&resp.attestation_result, &jwk).unwrap();
@@ -212,32 +160,12 @@ fn serves_challenge_release_and_admin_over_loopback() {
     assert!(records.iter().any(|r| r.decision == Decision::KeyStore), "{records:?}");
 }
 
-/// xorshift64*: a seeded, reproducible schedule of kill points.
-struct Schedule(u64);
-
-impl Schedule {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % below
-    }
-}
-
 #[test]
 fn kill_9_during_1000_releases_loses_no_acknowledged_decision() {
     let s = setup();
-    run_ok(
-        sealroom()
-            .args(["broker", "keys", "add", "--id", "provider-a/data", "--owner", "provider-a", "--policy"])
-            .arg(&s.policy)
-            .arg("--state-dir")
-            .arg(&s.state)
-            .arg("--kek")
-            .arg(&s.kek),
-    );
+    add_provider_a(&s);
     let (_, tee) = seal::derive_keypair(Kem::X25519HkdfSha256, b"crash test tee key").unwrap();
-    let mut schedule = Schedule(0x5ea1_0000_0000_0001);
+    let mut schedule = KillSchedule(0x5ea1_0000_0000_0001);
     // evidence digest → the decision the client was told.
     let mut acknowledged: HashMap<String, String> = HashMap::new();
     let mut kills = 0u32;
@@ -245,7 +173,7 @@ fn kill_9_during_1000_releases_loses_no_acknowledged_decision() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     while acknowledged.len() < 1000 {
         assert!(started.elapsed() < Duration::from_secs(600), "crash test took too long");
-        let mut broker = BrokerProcess::start(&s);
+        let mut broker = start(&s);
         let kill_after = Duration::from_millis(20 + schedule.next(250));
         let addr = broker.addr.clone();
         let tee = tee.clone();
@@ -285,7 +213,7 @@ fn kill_9_during_1000_releases_loses_no_acknowledged_decision() {
         acknowledged.extend(acks);
     }
     // Restart once more: the broker must open the store and the log (cutting a torn, unacknowledged tail).
-    let broker = BrokerProcess::start(&s);
+    let broker = start(&s);
     drop(broker);
     let log = s.state.join("audit.log");
     let verified = run_ok(sealroom().args(["audit", "verify"]).arg(&log));
@@ -357,9 +285,9 @@ fn policy_check_explains_every_rule_per_key() {
     let a = dir.path().join("appraisal.json");
     std::fs::write(&a, serde_json::to_vec(&appraisal).unwrap()).unwrap();
     let strict = dir.path().join("strict.toml");
-    std::fs::write(&strict, POLICY).unwrap();
+    std::fs::write(&strict, TPM_POLICY).unwrap();
     let lenient = dir.path().join("lenient.toml");
-    std::fs::write(&lenient, POLICY.replace("env = []", "env = [\"DEBUG=*\"]")).unwrap();
+    std::fs::write(&lenient, TPM_POLICY.replace("env = []", "env = [\"DEBUG=*\"]")).unwrap();
     let out = sealroom()
         .args(["broker", "policy", "check", "--appraisal"])
         .arg(&a)
@@ -395,22 +323,13 @@ fn testdata(rel: &str) -> String {
 #[test]
 fn tdx_quote_with_collateral_passes_platform_checks_and_is_refused_for_the_binding_only() {
     let s = setup();
-    std::fs::write(&s.policy, POLICY.replace(r#"platforms = ["tpm"]"#, r#"platforms = ["tdx"]"#)).unwrap();
-    run_ok(
-        sealroom()
-            .args(["broker", "keys", "add", "--id", "provider-a/data", "--owner", "provider-a", "--policy"])
-            .arg(&s.policy)
-            .arg("--state-dir")
-            .arg(&s.state)
-            .arg("--kek")
-            .arg(&s.kek),
-    );
+    std::fs::write(&s.policy, TPM_POLICY.replace(r#"platforms = ["tpm"]"#, r#"platforms = ["tdx"]"#))
+        .unwrap();
+    add_provider_a(&s);
     let collateral = testdata("tdx/dcap-qvl/tdx_quote_collateral.json");
     let quote = std::fs::read(testdata("tdx/dcap-qvl/tdx_quote")).unwrap();
-    let broker = BrokerProcess::start_with(
-        &s,
-        &["--tdx-collateral", &collateral, "--verification-time", "2025-07-19T10:00:34Z"],
-    );
+    let broker =
+        start_with(&s, &["--tdx-collateral", &collateral, "--verification-time", "2025-07-19T10:00:34Z"]);
     let reason = release_tdx(&broker.addr, &quote);
     assert_eq!(reason, "verifier: binding: REPORT_DATA does not carry the sealroom binding tag");
     drop(broker);
@@ -436,10 +355,7 @@ fn tdx_quote_with_collateral_passes_platform_checks_and_is_refused_for_the_bindi
 
     // Collateral for another platform (valid at its own time): the platform layer refuses first.
     let other = testdata("tdx/dcap-qvl/tdx_quote_outdated_collateral.json");
-    let broker = BrokerProcess::start_with(
-        &s,
-        &["--tdx-collateral", &other, "--verification-time", "2026-03-20T10:41:14Z"],
-    );
+    let broker = start_with(&s, &["--tdx-collateral", &other, "--verification-time", "2026-03-20T10:41:14Z"]);
     let reason = release_tdx(&broker.addr, &std::fs::read(testdata("tdx/dcap-qvl/tdx_quote")).unwrap());
     assert_eq!(reason, "verifier: tdx: collateral has no TDX TCB info for FMSPC b0c06f000000");
 }
