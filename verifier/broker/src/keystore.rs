@@ -456,20 +456,7 @@ impl KeyStore {
         rng: &dyn Randomness,
         now_ms: u64,
     ) -> Result<KeyInfo> {
-        check_key_id(key_id)?;
-        check_owner(owner)?;
-        check_policy(policy)?;
-        let material = material_or_generated(material, rng)?;
-        let info = KeyInfo {
-            id: key_id.to_owned(),
-            owner: owner.to_owned(),
-            version: 1,
-            state: KeyState::Active,
-            created_ms: now_ms,
-            rotated_ms: now_ms,
-            policy: policy.to_owned(),
-        };
-        let sealed = self.kek.seal(rng, &material_aad(key_id, 1), &material)?;
+        let (info, sealed) = first_version(&self.kek, key_id, owner, policy, material, rng, now_ms)?;
         let mut tracked = self.tracked()?;
         if let Some(reason) = &tracked.refusal {
             return Err(Error::check(LAYER, reason.clone()));
@@ -833,6 +820,35 @@ pub(crate) fn check_policy(policy: &str) -> Result<()> {
         ));
     }
     super::policy::Policy::parse(policy).map(|_| ())
+}
+
+/// A new key's first version and its material sealed under `kek` for version 1, after the checks every store
+/// makes before it writes anything (id, owner, policy, material size): the embedded and the PostgreSQL store
+/// add keys through this one function, so neither can skip a check the other makes.
+pub(crate) fn first_version(
+    kek: &Kek,
+    key_id: &str,
+    owner: &str,
+    policy: &str,
+    material: Option<Vec<u8>>,
+    rng: &dyn Randomness,
+    now_ms: u64,
+) -> Result<(KeyInfo, Vec<u8>)> {
+    check_key_id(key_id)?;
+    check_owner(owner)?;
+    check_policy(policy)?;
+    let material = material_or_generated(material, rng)?;
+    let sealed = kek.seal(rng, &material_aad(key_id, 1), &material)?;
+    let info = KeyInfo {
+        id: key_id.to_owned(),
+        owner: owner.to_owned(),
+        version: 1,
+        state: KeyState::Active,
+        created_ms: now_ms,
+        rotated_ms: now_ms,
+        policy: policy.to_owned(),
+    };
+    Ok((info, sealed))
 }
 
 pub(crate) fn material_or_generated(material: Option<Vec<u8>>, rng: &dyn Randomness) -> Result<Vec<u8>> {

@@ -228,20 +228,8 @@ impl KeyRecords for PgKeys {
         rng: &dyn Randomness,
         now_ms: u64,
     ) -> Result<KeyInfo> {
-        check_key_id(key_id)?;
-        keystore::check_owner(owner)?;
-        keystore::check_policy(policy)?;
-        let material = keystore::material_or_generated(material, rng)?;
-        let sealed = self.kek.seal(rng, &keystore::material_aad(key_id, 1), &material)?;
-        let info = KeyInfo {
-            id: key_id.to_owned(),
-            owner: owner.to_owned(),
-            version: 1,
-            state: KeyState::Active,
-            created_ms: now_ms,
-            rotated_ms: now_ms,
-            policy: policy.to_owned(),
-        };
+        let (info, sealed) =
+            keystore::first_version(&self.kek, key_id, owner, policy, material, rng, now_ms)?;
         let config = self.db.config();
         let row = info.clone();
         let now = to_i64("time", now_ms)?;
