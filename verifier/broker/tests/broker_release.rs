@@ -229,6 +229,28 @@ fn td(a: &mut Appraisal) -> &mut TdxClaims {
     }
 }
 
+/// The broker of a [`Fixture`] over the state directory `dir` (its signing key and audit log there): the stand-in
+/// appraiser, the given store and golden documents, nonces living [`TTL_MS`].
+fn start_broker(
+    dir: &std::path::Path,
+    clock: &Arc<ManualClock>,
+    rng: &Arc<TestRandomness>,
+    appraiser: &Arc<StandInAppraiser>,
+    store: &Arc<KeyStore>,
+    golden: GoldenSet,
+) -> Broker {
+    Broker::new(BrokerParts {
+        clock: clock.clone(),
+        rng: rng.clone(),
+        appraiser: appraiser.clone(),
+        store: store.clone(),
+        golden,
+        signer: Signer::load_or_create(&dir.join("signing.pk8")).unwrap(),
+        nonces: NonceBook::new(NonceKeys::new(&[0x6e; 32], None, TTL_MS).unwrap()),
+        audit: AuditLog::open(&dir.join("audit.log")).unwrap().0,
+    })
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     audit_path: std::path::PathBuf,
@@ -263,21 +285,10 @@ impl Fixture {
             .unwrap();
         let appraiser =
             Arc::new(StandInAppraiser { claims: Mutex::new(good_claims()), binding: Mutex::new(None) });
-        let golden = GoldenSet { files: vec![golden_file()] };
         let audit_path = dir.path().join("audit.log");
-        let (audit, _) = AuditLog::open(&audit_path).unwrap();
-        let signer = Signer::load_or_create(&dir.path().join("signing.pk8")).unwrap();
-        let signer_jwk = signer.jwk();
-        let broker = Broker::new(BrokerParts {
-            clock: clock.clone(),
-            rng: rng.clone(),
-            appraiser: appraiser.clone(),
-            store: store.clone(),
-            golden,
-            signer,
-            nonces: NonceBook::new(NonceKeys::new(&[0x6e; 32], None, TTL_MS).unwrap()),
-            audit,
-        });
+        let golden = GoldenSet { files: vec![golden_file()] };
+        let broker = start_broker(dir.path(), &clock, &rng, &appraiser, &store, golden);
+        let signer_jwk = Signer::load_or_create(&dir.path().join("signing.pk8")).unwrap().jwk();
         let (tee_private, tee_public) =
             seal::derive_keypair(kem, b"tee key ikm for the broker tests").unwrap();
         Self {
@@ -294,9 +305,9 @@ impl Fixture {
         }
     }
 
-    /// Stops the broker, lets `edit` change keys.redb directly (as someone who can write the file but does not
-    /// hold the KEK), and starts the broker again on the same state directory.
-    fn with_store_edited(self, edit: impl FnOnce(&redb::Database)) -> Self {
+    /// Stops the broker and closes its key store, runs `between` on the state directory, and opens both again on
+    /// the same state (same KEK, signing key, audit log, clock, randomness and appraiser), trusting `golden`.
+    fn restarted(self, golden: GoldenSet, between: impl FnOnce(&std::path::Path)) -> Self {
         let Self {
             _dir,
             audit_path,
@@ -311,21 +322,20 @@ impl Fixture {
         } = self;
         drop(broker);
         drop(store);
+        between(_dir.path());
         let db_path = _dir.path().join("keys.redb");
-        edit(&redb::Database::open(&db_path).unwrap());
         let store =
             Arc::new(KeyStore::open(&db_path, Kek::from_bytes(&[9; 32]).unwrap(), rng.as_ref()).unwrap());
-        let broker = Broker::new(BrokerParts {
-            clock: clock.clone(),
-            rng: rng.clone(),
-            appraiser: appraiser.clone(),
-            store: store.clone(),
-            golden: GoldenSet { files: vec![golden_file()] },
-            signer: Signer::load_or_create(&_dir.path().join("signing.pk8")).unwrap(),
-            nonces: NonceBook::new(NonceKeys::new(&[0x6e; 32], None, TTL_MS).unwrap()),
-            audit: AuditLog::open(&audit_path).unwrap().0,
-        });
+        let broker = start_broker(_dir.path(), &clock, &rng, &appraiser, &store, golden);
         Self { _dir, audit_path, clock, rng, appraiser, store, broker, tee_private, tee_public, signer_jwk }
+    }
+
+    /// Stops the broker, lets `edit` change keys.redb directly (as someone who can write the file but does not
+    /// hold the KEK), and starts the broker again on the same state directory.
+    fn with_store_edited(self, edit: impl FnOnce(&redb::Database)) -> Self {
+        self.restarted(GoldenSet { files: vec![golden_file()] }, |dir| {
+            edit(&redb::Database::open(dir.join("keys.redb")).unwrap());
+        })
     }
 
     fn evidence(&self, nonce: Nonce) -> Evidence {
@@ -362,6 +372,17 @@ impl Fixture {
         self.broker.release(Self::request(&nonce, self.evidence(nonce), keys)).unwrap()
     }
 
+    /// A release of provider A's key on `nonce` with `evidence` as given (another challenge's, an attacker's TEE
+    /// key, …).
+    fn release_with(&self, nonce: &Nonce, evidence: Evidence) -> Released {
+        self.broker.release(Self::request(nonce, evidence, &["provider-a/data"])).unwrap()
+    }
+
+    /// Makes the appraiser report `binding` as what the evidence's signed part binds.
+    fn bind(&self, binding: SignedBinding) {
+        *self.appraiser.binding.lock().unwrap() = Some(binding);
+    }
+
     fn tweak(&self, f: impl FnOnce(&mut Appraisal)) {
         f(&mut self.appraiser.claims.lock().unwrap());
     }
@@ -381,9 +402,22 @@ fn assert_refused(f: &Fixture, r: &Released, key: &str, reason: &str) {
     audit::verify(&std::fs::read(&f.audit_path).unwrap()).unwrap();
 }
 
+/// [`assert_refused`] for provider A's key, the one almost every refusal below is about.
+fn assert_a_refused(f: &Fixture, r: &Released, reason: &str) {
+    assert_refused(f, r, "provider-a/data", reason);
+}
+
 fn refusal_for(f: &Fixture, key: &str, tweak: impl FnOnce(&mut Appraisal)) -> Released {
     f.tweak(tweak);
     f.release(&[key])
+}
+
+/// A fresh fixture whose appraisal `tweak` changes asks for provider A's key: refused with exactly `reason`
+/// (and audited, as [`assert_refused`] checks). One line per policy rule the tests below break.
+fn assert_tweak_refused(tweak: impl FnOnce(&mut Appraisal), reason: &str) {
+    let f = Fixture::new();
+    let r = refusal_for(&f, "provider-a/data", tweak);
+    assert_a_refused(&f, &r, reason);
 }
 
 #[test]
@@ -508,7 +542,7 @@ fn attack_keystore_record_edits() {
             txn.commit().unwrap();
         });
         let r = f.release(&["provider-a/data"]);
-        assert_refused(&f, &r, "provider-a/data", tampered);
+        assert_a_refused(&f, &r, tampered);
         assert_eq!(r.audit.last().unwrap().rule, "key store", "{what}");
         assert_eq!(f.store.list(None).unwrap_err().to_string(), tampered, "{what}");
         // The other key's record is untouched and still released.
@@ -548,98 +582,76 @@ fn attack_release_audit_amplification() {
 
 #[test]
 fn refuses_wrong_workload_digest() {
-    let f = Fixture::new();
     let other = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
-    let r = refusal_for(&f, "provider-a/data", |a| {
-        events(a)[1] = RuntimeEvent::ManifestDigest(other.into());
-    });
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
+    assert_tweak_refused(
+        |a| {
+            events(a)[1] = RuntimeEvent::ManifestDigest(other.into());
+        },
         &format!("policy.image_digests: workload image digest {other} not allowed"),
     );
 }
 
 #[test]
 fn refuses_workload_without_image_digest() {
-    let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| {
-        events(a).remove(1);
-    });
-    assert_refused(&f, &r, "provider-a/data", "policy.image_digests: no workload image digest was measured");
+    assert_tweak_refused(
+        |a| {
+            events(a).remove(1);
+        },
+        "policy.image_digests: no workload image digest was measured",
+    );
 }
 
 #[test]
 fn refuses_extra_env_var() {
-    let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| {
-        events(a).insert(6, RuntimeEvent::Env("LD_PRELOAD=/x.so".into()));
-    });
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
+    assert_tweak_refused(
+        |a| {
+            events(a).insert(6, RuntimeEvent::Env("LD_PRELOAD=/x.so".into()));
+        },
         "policy.env: environment variable \"LD_PRELOAD=/x.so\" not allowed",
     );
 }
 
 #[test]
 fn refuses_changed_args() {
-    let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| events(a)[3] = RuntimeEvent::Arg("/etc".into()));
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
+    assert_tweak_refused(
+        |a| events(a)[3] = RuntimeEvent::Arg("/etc".into()),
         "policy.args: argument 1 is \"/etc\", policy requires \"/data\"",
     );
 }
 
 #[test]
 fn refuses_extra_arg() {
-    let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| {
-        events(a).insert(4, RuntimeEvent::Arg("--debug".into()));
-    });
-    assert_refused(&f, &r, "provider-a/data", "policy.args: 3 arguments, policy requires 2");
+    assert_tweak_refused(
+        |a| {
+            events(a).insert(4, RuntimeEvent::Arg("--debug".into()));
+        },
+        "policy.args: 3 arguments, policy requires 2",
+    );
 }
 
 #[test]
 fn refuses_launch_event_after_the_separator() {
-    let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| events(a).push(RuntimeEvent::Env("EXTRA=1".into())));
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
+    assert_tweak_refused(
+        |a| events(a).push(RuntimeEvent::Env("EXTRA=1".into())),
         "workload.launch: launch event env at position 8 after the launch separator",
     );
 }
 
 #[test]
 fn refuses_workload_without_launch_separator() {
-    let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| events(a).truncate(6));
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
+    assert_tweak_refused(
+        |a| events(a).truncate(6),
         "workload.launch: no launch separator: the workload was not launched by the agent",
     );
 }
 
 #[test]
 fn refuses_pcr11_not_golden() {
-    let f = Fixture::new();
     let bad = "5".repeat(64);
-    let r = refusal_for(&f, "provider-a/data", |a| {
-        a.registers.insert(reg("pcr11.sha256"), hex_value(&bad));
-    });
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
+    assert_tweak_refused(
+        |a| {
+            a.registers.insert(reg("pcr11.sha256"), hex_value(&bad));
+        },
         &format!(
             "policy.golden: pcr11.sha256 not golden: expected {PCR11}, got {bad} ({})",
             golden_doc_digest()
@@ -649,59 +661,27 @@ fn refuses_pcr11_not_golden() {
 
 #[test]
 fn refuses_golden_register_missing_from_evidence() {
-    let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| a.registers.clear());
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
+    assert_tweak_refused(
+        |a| a.registers.clear(),
         &format!("policy.golden: no register of golden document {} is in the evidence", golden_doc_digest()),
     );
 }
 
 #[test]
 fn refuses_golden_register_not_quoted() {
-    let f = Fixture::new();
     // The quote covers other sha256 PCRs but not PCR 11: the golden register cannot be checked.
-    let r = refusal_for(&f, "provider-a/data", |a| {
-        a.registers.remove(&reg("pcr11.sha256"));
-        a.registers.insert(reg("pcr4.sha256"), hex_value(&"7".repeat(64)));
-    });
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
+    assert_tweak_refused(
+        |a| {
+            a.registers.remove(&reg("pcr11.sha256"));
+            a.registers.insert(reg("pcr4.sha256"), hex_value(&"7".repeat(64)));
+        },
         &format!("policy.golden: pcr11.sha256 not in the evidence ({})", golden_doc_digest()),
     );
 }
 
+/// A fixture whose broker trusts exactly the golden documents `files`.
 fn with_golden(files: Vec<GoldenFile>) -> Fixture {
-    let f = Fixture::new();
-    let Fixture {
-        _dir,
-        audit_path,
-        clock,
-        rng,
-        appraiser,
-        store,
-        broker,
-        tee_private,
-        tee_public,
-        signer_jwk,
-    } = f;
-    drop(broker);
-    let (audit, _) = AuditLog::open(&audit_path).unwrap();
-    let broker = Broker::new(BrokerParts {
-        clock: clock.clone(),
-        rng: rng.clone(),
-        appraiser: appraiser.clone(),
-        store: store.clone(),
-        golden: GoldenSet { files },
-        signer: Signer::load_or_create(&_dir.path().join("signing.pk8")).unwrap(),
-        nonces: NonceBook::new(NonceKeys::new(&[0x6e; 32], None, TTL_MS).unwrap()),
-        audit,
-    });
-    Fixture { _dir, audit_path, clock, rng, appraiser, store, broker, tee_private, tee_public, signer_jwk }
+    Fixture::new().restarted(GoldenSet { files }, |_| ())
 }
 
 #[test]
@@ -709,10 +689,9 @@ fn refuses_unsigned_golden_document() {
     let (bytes, _, _) = golden_document(1);
     let f = with_golden(vec![GoldenFile::new(bytes, None)]);
     let r = f.release(&["provider-a/data"]);
-    assert_refused(
+    assert_a_refused(
         &f,
         &r,
-        "provider-a/data",
         &format!("policy.golden: golden document {} is unsigned (no .sig file)", golden_doc_digest()),
     );
 }
@@ -728,10 +707,9 @@ fn refuses_golden_document_signed_by_another_key() {
     };
     let f = with_golden(vec![GoldenFile::new(bytes, Some(other_sig))]);
     let r = f.release(&["provider-a/data"]);
-    assert_refused(
+    assert_a_refused(
         &f,
         &r,
-        "provider-a/data",
         &format!(
             "policy.golden: golden document {} signature does not verify under any accepted signer",
             golden_doc_digest()
@@ -749,10 +727,9 @@ fn refuses_tampered_golden_document() {
     let f = with_golden(vec![edited]);
     // The policy names the original digest, which the broker no longer has.
     let r = f.release(&["provider-a/data"]);
-    assert_refused(
+    assert_a_refused(
         &f,
         &r,
-        "provider-a/data",
         &format!("policy.golden: golden document {} not loaded by the broker", golden_doc_digest()),
     );
     // And a policy naming the edited document's digest is refused on the signature.
@@ -768,35 +745,25 @@ fn refuses_tampered_golden_document() {
 
 #[test]
 fn refuses_debug_tee() {
-    let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| td(a).td_attributes.debug = true);
-    assert_refused(&f, &r, "provider-a/data", "policy.debug: TEE runs in debug mode");
+    assert_tweak_refused(|a| td(a).td_attributes.debug = true, "policy.debug: TEE runs in debug mode");
 }
 
 #[test]
 fn refuses_tcb_below_minimum() {
-    let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| {
-        td(a).tee_tcb_svn.0[0] = 2;
-    });
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
+    assert_tweak_refused(
+        |a| {
+            td(a).tee_tcb_svn.0[0] = 2;
+        },
         "policy.minimum_tcb: TCB tdx.tee_tcb_svn.0 is 2, below the minimum 3",
     );
 }
 
 #[test]
 fn refuses_tcb_status_not_accepted() {
-    let f = Fixture::new();
-    let r = refusal_for(&f, "provider-a/data", |a| {
-        td(a).tcb.as_mut().unwrap().status = sealroom_verifier::tdx::TcbStatus::OutOfDate;
-    });
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
+    assert_tweak_refused(
+        |a| {
+            td(a).tcb.as_mut().unwrap().status = sealroom_verifier::tdx::TcbStatus::OutOfDate;
+        },
         "policy.tcb_statuses: TCB status OutOfDate not accepted (accepted: UpToDate, SWHardeningNeeded)",
     );
 }
@@ -818,13 +785,8 @@ fn refuses_platform_not_allowed() {
     ev.platform = Platform::Tpm;
     ev.azure = None;
     ev.tpm = Some(TpmEvidence { attest: vec![0xff, 0x54, 0x43, 0x47], ..TpmEvidence::default() });
-    let r = f.broker.release(Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
-        "policy.platforms: platform tpm not allowed (allowed: tdx, azure-tdx-vtpm)",
-    );
+    let r = f.release_with(&nonce, ev);
+    assert_a_refused(&f, &r, "policy.platforms: platform tpm not allowed (allowed: tdx, azure-tdx-vtpm)");
 }
 
 /// Evidence of a bare TD (no vTPM): the stand-in says what the verifier establishes for it.
@@ -847,8 +809,7 @@ fn releases_on_tdx_with_the_runtime_log_replayed_to_rtmr3_and_names_the_platform
     let f = Fixture::new();
     f.tweak(tdx_appraisal);
     let (nonce, _) = f.broker.challenge().unwrap();
-    let r =
-        f.broker.release(Fixture::request(&nonce, tdx_evidence(&f, nonce), &["provider-a/data"])).unwrap();
+    let r = f.release_with(&nonce, tdx_evidence(&f, nonce));
     assert!(r.refusals.is_empty(), "{:?}", r.refusals);
     assert_eq!(f.open("provider-a/data", &nonce, &r.keys[0].1), b"data key A");
     let claims = token::verify(&r.attestation_result, &f.signer_jwk).unwrap();
@@ -878,12 +839,10 @@ fn refuses_evidence_whose_runtime_log_replayed_to_no_runtime_register() {
         a.runtime = None;
     });
     let (nonce, _) = f.broker.challenge().unwrap();
-    let r =
-        f.broker.release(Fixture::request(&nonce, tdx_evidence(&f, nonce), &["provider-a/data"])).unwrap();
-    assert_refused(
+    let r = f.release_with(&nonce, tdx_evidence(&f, nonce));
+    assert_a_refused(
         &f,
         &r,
-        "provider-a/data",
         "workload.launch: no runtime log replayed to a quoted runtime register (PCR 15 or RTMR3): the workload \
          was not measured",
     );
@@ -899,9 +858,8 @@ fn refuses_a_debug_td_verified_without_collateral() {
         td(a).td_attributes = TdAttributes::decode((1u64 | (1 << 28)).to_le_bytes());
     });
     let (nonce, _) = f.broker.challenge().unwrap();
-    let r =
-        f.broker.release(Fixture::request(&nonce, tdx_evidence(&f, nonce), &["provider-a/data"])).unwrap();
-    assert_refused(&f, &r, "provider-a/data", "policy.debug: TEE runs in debug mode");
+    let r = f.release_with(&nonce, tdx_evidence(&f, nonce));
+    assert_a_refused(&f, &r, "policy.debug: TEE runs in debug mode");
 }
 
 #[test]
@@ -909,7 +867,7 @@ fn refuses_a_debug_azure_td() {
     let f = Fixture::new();
     f.tweak(|a| td(a).td_attributes.debug = true);
     let r = f.release(&["provider-a/data"]);
-    assert_refused(&f, &r, "provider-a/data", "policy.debug: TEE runs in debug mode");
+    assert_a_refused(&f, &r, "policy.debug: TEE runs in debug mode");
 }
 
 #[test]
@@ -919,7 +877,7 @@ fn refuses_replayed_nonce() {
     let req = Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"]);
     assert_eq!(f.broker.release(req.clone()).unwrap().keys.len(), 1);
     let r = f.broker.release(req).unwrap();
-    assert_refused(&f, &r, "provider-a/data", "nonce: already used (replay)");
+    assert_a_refused(&f, &r, "nonce: already used (replay)");
 }
 
 #[test]
@@ -927,16 +885,16 @@ fn refuses_expired_nonce() {
     let f = Fixture::new();
     let (nonce, _) = f.broker.challenge().unwrap();
     f.clock.advance(TTL_MS + 5);
-    let r = f.broker.release(Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"])).unwrap();
-    assert_refused(&f, &r, "provider-a/data", "nonce: expired 5 ms ago");
+    let r = f.release_with(&nonce, f.evidence(nonce));
+    assert_a_refused(&f, &r, "nonce: expired 5 ms ago");
 }
 
 #[test]
 fn refuses_nonce_never_issued() {
     let f = Fixture::new();
     let nonce = Nonce([0x5a; 32]);
-    let r = f.broker.release(Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"])).unwrap();
-    assert_refused(&f, &r, "provider-a/data", "nonce: not issued by this broker");
+    let r = f.release_with(&nonce, f.evidence(nonce));
+    assert_a_refused(&f, &r, "nonce: not issued by this broker");
 }
 
 #[test]
@@ -945,29 +903,19 @@ fn refuses_evidence_bound_to_another_challenge() {
     let (first, _) = f.broker.challenge().unwrap();
     let (second, _) = f.broker.challenge().unwrap();
     // Evidence produced for the first challenge, presented with the second nonce.
-    let r = f.broker.release(Fixture::request(&second, f.evidence(first), &["provider-a/data"])).unwrap();
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
-        "binding: evidence was produced for another nonce than the one presented",
-    );
+    let r = f.release_with(&second, f.evidence(first));
+    assert_a_refused(&f, &r, "binding: evidence was produced for another nonce than the one presented");
 }
 
 #[test]
 fn refuses_quote_that_binds_another_nonce() {
     let f = Fixture::new();
     // The evidence claims the right nonce but the signed extraData binds a different one.
-    *f.appraiser.binding.lock().unwrap() = Some(SignedBinding::TpmExtraData(HexBytes(
+    f.bind(SignedBinding::TpmExtraData(HexBytes(
         binding::binding_digest(&Nonce([1; 32]), &f.tee_public).to_vec(),
     )));
     let r = f.release(&["provider-a/data"]);
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
-        "binding: TPM quote extraData does not bind this nonce and TEE public key",
-    );
+    assert_a_refused(&f, &r, "binding: TPM quote extraData does not bind this nonce and TEE public key");
 }
 
 #[test]
@@ -976,17 +924,11 @@ fn refuses_tee_key_not_bound() {
     let (nonce, _) = f.broker.challenge().unwrap();
     // The quote binds the genuine TEE key; the request swaps in an attacker's key to receive the data key.
     let (_, attacker) = seal::derive_keypair(Kem::X25519HkdfSha256, b"attacker").unwrap();
-    *f.appraiser.binding.lock().unwrap() =
-        Some(SignedBinding::TpmExtraData(HexBytes(binding::binding_digest(&nonce, &f.tee_public).to_vec())));
+    f.bind(SignedBinding::TpmExtraData(HexBytes(binding::binding_digest(&nonce, &f.tee_public).to_vec())));
     let mut ev = f.evidence(nonce);
     ev.tee_public_key = attacker;
-    let r = f.broker.release(Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
-    assert_refused(
-        &f,
-        &r,
-        "provider-a/data",
-        "binding: TPM quote extraData does not bind this nonce and TEE public key",
-    );
+    let r = f.release_with(&nonce, ev);
+    assert_a_refused(&f, &r, "binding: TPM quote extraData does not bind this nonce and TEE public key");
 }
 
 #[test]
@@ -995,9 +937,9 @@ fn refuses_report_data_without_the_sealroom_tag() {
     let (nonce, _) = f.broker.challenge().unwrap();
     let mut rd = binding::report_data(&nonce, &f.tee_public);
     rd[40] ^= 1;
-    *f.appraiser.binding.lock().unwrap() = Some(SignedBinding::ReportData(HexBytes(rd.to_vec())));
-    let r = f.broker.release(Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"])).unwrap();
-    assert_refused(&f, &r, "provider-a/data", "binding: REPORT_DATA does not carry the sealroom binding tag");
+    f.bind(SignedBinding::ReportData(HexBytes(rd.to_vec())));
+    let r = f.release_with(&nonce, f.evidence(nonce));
+    assert_a_refused(&f, &r, "binding: REPORT_DATA does not carry the sealroom binding tag");
 }
 
 #[test]
@@ -1005,7 +947,7 @@ fn refuses_revoked_key() {
     let f = Fixture::new();
     f.store.revoke("provider-a/data", 42).unwrap();
     let r = f.release(&["provider-a/data"]);
-    assert_refused(&f, &r, "provider-a/data", "key store: key provider-a/data was revoked at 42 ms");
+    assert_a_refused(&f, &r, "key store: key provider-a/data was revoked at 42 ms");
 }
 
 #[test]
@@ -1136,7 +1078,7 @@ fn refuses_malformed_nonce() {
     let mut req = Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"]);
     req.nonce.pop();
     let r = f.broker.release(req).unwrap();
-    assert_refused(&f, &r, "provider-a/data", "binding: invalid nonce: 31 bytes, expected 32");
+    assert_a_refused(&f, &r, "binding: invalid nonce: 31 bytes, expected 32");
 }
 
 #[test]
@@ -1146,7 +1088,7 @@ fn refuses_missing_evidence() {
     let mut req = Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"]);
     req.evidence = None;
     let r = f.broker.release(req).unwrap();
-    assert_refused(&f, &r, "provider-a/data", "evidence: missing");
+    assert_a_refused(&f, &r, "evidence: missing");
 }
 
 #[test]
@@ -1156,7 +1098,7 @@ fn refuses_unknown_binding_version() {
     let mut req = Fixture::request(&nonce, f.evidence(nonce), &["provider-a/data"]);
     req.evidence.as_mut().unwrap().binding_version = 2;
     let r = f.broker.release(req).unwrap();
-    assert_refused(&f, &r, "provider-a/data", "evidence: invalid binding_version: 2 (this verifier knows 1)");
+    assert_a_refused(&f, &r, "evidence: invalid binding_version: 2 (this verifier knows 1)");
 }
 
 #[test]
@@ -1167,8 +1109,8 @@ fn refuses_invalid_p256_tee_key() {
     bad.extend_from_slice(&[0xff; 64]);
     let mut ev = f.evidence(nonce);
     ev.tee_public_key = TeePublicKey::new(Kem::P256HkdfSha256, bad).unwrap();
-    let r = f.broker.release(Fixture::request(&nonce, ev, &["provider-a/data"])).unwrap();
-    assert_refused(&f, &r, "provider-a/data", "hpke: TEE public key rejected: Input value is invalid");
+    let r = f.release_with(&nonce, ev);
+    assert_a_refused(&f, &r, "hpke: TEE public key rejected: Input value is invalid");
 }
 
 #[test]
