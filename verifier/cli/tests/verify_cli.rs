@@ -68,29 +68,20 @@ fn snp_report_with_collateral_dir_and_json() {
 #[test]
 fn snp_report_refusals_exit_nonzero_with_reason() {
     // Debug-enabled guest policy (go-sev-guest report) under the default policy.
-    let o = sealroom(&[
+    let debug_guest = [
         "--evidence",
         &td("snp/go-sev-guest/attestation.bin"),
         "--collateral",
         &td("snp/go-sev-guest"),
         "--at",
         "2024-01-01T00:00:00Z",
-    ]);
+    ];
+    let o = sealroom(&debug_guest);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
     assert!(err.contains("refused (contraindicated): snp: guest policy allows debugging"), "{err}");
     // Allowed explicitly: affirming.
-    let o = sealroom(&[
-        "--evidence",
-        &td("snp/go-sev-guest/attestation.bin"),
-        "--collateral",
-        &td("snp/go-sev-guest"),
-        "--at",
-        "2024-01-01T00:00:00Z",
-        "--allow-debug",
-        "--skip",
-        "firmware",
-    ]);
+    let o = sealroom(&[&debug_guest[..], &["--allow-debug", "--skip", "firmware"]].concat());
     assert!(o.status.success(), "{:?}", text(&o));
     // Expired VLEK.
     let o = sealroom(&[
@@ -144,38 +135,25 @@ fn gce_reference_values_judge_layers() {
     let layers = v["submods"]["sealroom"]["sealroom.layers"].as_array().unwrap();
     let fw = layers.iter().find(|l| l["layer"] == "firmware").unwrap();
     let pcr0 = fw["claims"]["pcr0.sha256"].as_str().unwrap().to_owned();
+    // The same evidence judged against a reference-value file.
+    let judged = |reference: &std::path::Path| {
+        let r = reference.to_str().unwrap();
+        sealroom(&["--evidence", &f, "--at", "2024-01-01T00:00:00Z", "--nonce", "9009", "--reference", r])
+    };
     let good = dir.join("good.json");
     std::fs::write(
         &good,
         format!(r#"{{"firmware": {{"pcr0.sha256": ["{pcr0}"]}}, "kernel": "skip", "workload": "skip"}}"#),
     )
     .unwrap();
-    let o = sealroom(&[
-        "--evidence",
-        &f,
-        "--at",
-        "2024-01-01T00:00:00Z",
-        "--nonce",
-        "9009",
-        "--reference",
-        good.to_str().unwrap(),
-    ]);
+    let o = judged(&good);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("firmware     passed   digests"), "{out}");
     let bad = dir.join("bad.json");
     std::fs::write(&bad, r#"{"firmware": {"pcr0.sha256": ["00"]}, "kernel": "skip", "workload": "skip"}"#)
         .unwrap();
-    let o = sealroom(&[
-        "--evidence",
-        &f,
-        "--at",
-        "2024-01-01T00:00:00Z",
-        "--nonce",
-        "9009",
-        "--reference",
-        bad.to_str().unwrap(),
-    ]);
+    let o = judged(&bad);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1));
     assert!(err.contains(&format!("firmware: pcr0.sha256 is {pcr0}, not a reference value")), "{err}");
@@ -190,23 +168,20 @@ fn gce_reference_values_judge_layers() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `sealroom verify` of the Azure corpus evidence `file` at 2026-01-01 with the nonce `nonce` (its bytes, hex
+/// on the command line) and `extra` arguments. The corpus was made for the nonce "challenge".
+fn azure(file: &str, nonce: &str, extra: &[&str]) -> std::process::Output {
+    let nonce = hex::encode(nonce);
+    sealroom(&[&["--evidence", file, "--at", "2026-01-01T00:00:00Z", "--nonce", &nonce], extra].concat())
+}
+
 #[test]
 fn azure_evidence_affirming_and_refused() {
     let f = td("azure/az-snp-vtpm/evidence-v0.json");
-    let o = sealroom(&[
-        "--evidence",
-        &f,
-        "--at",
-        "2026-01-01T00:00:00Z",
-        "--nonce",
-        &hex::encode("challenge"),
-        "--skip",
-        ALL,
-    ]);
+    let o = azure(&f, "challenge", &["--skip", ALL]);
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(text(&o).0.contains("[azure sev-snp vtpm evidence]"), "{:?}", text(&o));
-    let o =
-        sealroom(&["--evidence", &f, "--at", "2026-01-01T00:00:00Z", "--nonce", &hex::encode("egnellahc")]);
+    let o = azure(&f, "egnellahc", &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("tpm quote: extraData"), "{:?}", text(&o));
 }
@@ -245,17 +220,7 @@ fn tdx_quote_with_collateral_affirming_and_expired_collateral_refused() {
 #[test]
 fn azure_tdx_evidence_is_genuine_but_tcb_unknown_without_collateral() {
     let f = td("azure/az-tdx-vtpm/evidence-v1.json");
-    let o = sealroom(&[
-        "--evidence",
-        &f,
-        "--at",
-        "2026-01-01T00:00:00Z",
-        "--nonce",
-        &hex::encode("challenge"),
-        "--json",
-        "--skip",
-        ALL,
-    ]);
+    let o = azure(&f, "challenge", &["--json", "--skip", ALL]);
     assert_eq!(o.status.code(), Some(3), "{:?}", text(&o));
     assert_eq!(text(&o).1.trim(), format!("warning: {NO_COLLATERAL}"));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -268,8 +233,7 @@ fn azure_tdx_evidence_is_genuine_but_tcb_unknown_without_collateral() {
         "782b20b10f55cc46e2142cc2145d548698073e5beb82752c8d7f9279f0d8a273"
     );
     // A reversed nonce is refused.
-    let o =
-        sealroom(&["--evidence", &f, "--at", "2026-01-01T00:00:00Z", "--nonce", &hex::encode("egnellahc")]);
+    let o = azure(&f, "egnellahc", &[]);
     assert!(text(&o).1.contains("refused (contraindicated): tpm quote: extraData"), "{:?}", text(&o));
 }
 
