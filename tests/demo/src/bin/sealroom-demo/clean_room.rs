@@ -12,7 +12,6 @@
 //!    is refused.
 //! 4. Refusal run: the modified job on a fresh VM gets no key; the console line and the audit record say why.
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, ensure};
@@ -138,21 +137,9 @@ fn approved_run(s: &Shared, p: &Prepared) -> Result<PathBuf> {
         unpack(&out_disk, &result, &["output", "output.sha256", "receipt.jwt", "evidence.pb"])
     })?;
     step("anyone: sealroom verify-receipt result/ --golden … --broker-key …", || {
-        let key_hex = s.image.golden_key_hex.as_str();
         let jwk = p.provider.jwk();
-        let args: [&OsStr; 9] = [
-            "verify-receipt".as_ref(),
-            result.as_os_str(),
-            "--golden".as_ref(),
-            s.image.golden.as_os_str(),
-            "--golden-key".as_ref(),
-            key_hex.as_ref(),
-            "--broker-key".as_ref(),
-            jwk.as_os_str(),
-            "--tpm-ak".as_ref(),
-        ];
-        let mut args = args.to_vec();
-        args.push(ak.as_os_str());
+        let mut args = s.image.verify_receipt_args(&result);
+        args.extend(["--broker-key".as_ref(), jwk.as_os_str(), "--tpm-ak".as_ref(), ak.as_os_str()]);
         let (ok, _) = crate::common::sealroom_shown(&args)?;
         ensure!(ok, "the receipt did not verify");
         Ok(())
@@ -167,16 +154,9 @@ fn approved_run(s: &Shared, p: &Prepared) -> Result<PathBuf> {
         ensure!(!r2.is_empty(), "no r2 in {}", metrics.display());
         write(&metrics, text.replacen(&format!("\"r2\": {r2}"), "\"r2\": 0.99", 1))?;
         let jwk = p.provider.jwk();
-        let (ok, out) = sealroom_output(&[
-            OsStr::new("verify-receipt"),
-            tampered.as_os_str(),
-            "--golden".as_ref(),
-            s.image.golden.as_os_str(),
-            "--golden-key".as_ref(),
-            s.image.golden_key_hex.as_ref(),
-            "--broker-key".as_ref(),
-            jwk.as_os_str(),
-        ])?;
+        let mut args = s.image.verify_receipt_args(&tampered);
+        args.extend(["--broker-key".as_ref(), jwk.as_os_str()]);
+        let (ok, out) = sealroom_output(&args)?;
         println!("[demo]   test R² {r2} → 0.99 in a copy; sealroom verify-receipt on it:");
         print!("{}", indent(&out));
         ensure!(

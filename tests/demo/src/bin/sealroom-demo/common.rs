@@ -131,6 +131,19 @@ impl GuestImage {
     pub fn doc_ref(&self) -> Result<String> {
         Ok(format!("sha256:{}", sha256_hex(&std::fs::read(&self.golden)?)))
     }
+
+    /// `verify-receipt RESULT --golden … --golden-key …` against this image's golden document: every scenario's
+    /// auditor starts from it and adds the broker keys (and receipts, and the enrolled AK) it checks with.
+    pub fn verify_receipt_args<'a>(&'a self, result: &'a Path) -> Vec<&'a OsStr> {
+        vec![
+            "verify-receipt".as_ref(),
+            result.as_os_str(),
+            "--golden".as_ref(),
+            self.golden.as_os_str(),
+            "--golden-key".as_ref(),
+            self.golden_key_hex.as_ref(),
+        ]
+    }
 }
 
 /// What all scenarios share: the image, the job binary and the loopback registry the VMs pull from.

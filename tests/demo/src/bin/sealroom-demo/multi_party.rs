@@ -173,14 +173,7 @@ fn joint_run(s: &Shared, p: &Prepared) -> Result<u64> {
         unpack(&out_disk, &result, &["output", "output.sha256", "receipt.jwt", "evidence.pb", "receipts"])
     })?;
     step("anyone: sealroom verify-receipt with the receipt of each broker, checked together", || {
-        let mut args: Vec<&OsStr> = vec![
-            "verify-receipt".as_ref(),
-            result.as_os_str(),
-            "--golden".as_ref(),
-            s.image.golden.as_os_str(),
-            "--golden-key".as_ref(),
-            s.image.golden_key_hex.as_ref(),
-        ];
+        let mut args = s.image.verify_receipt_args(&result);
         let receipts: Vec<PathBuf> = p
             .hospitals
             .iter()

@@ -215,18 +215,9 @@ fn inference_run(s: &Shared, p: &Prepared) -> Result<f64> {
         "anyone (an auditor without the user's key): sealroom verify-receipt on the sealed result; it names the record's digest",
         || {
             let jwk = p.owner.jwk();
-            let (ok, out) = sealroom_shown(&[
-                OsStr::new("verify-receipt"),
-                result.as_os_str(),
-                "--golden".as_ref(),
-                s.image.golden.as_os_str(),
-                "--golden-key".as_ref(),
-                s.image.golden_key_hex.as_ref(),
-                "--broker-key".as_ref(),
-                jwk.as_os_str(),
-                "--tpm-ak".as_ref(),
-                ak.as_os_str(),
-            ])?;
+            let mut args = s.image.verify_receipt_args(&result);
+            args.extend(["--broker-key".as_ref(), jwk.as_os_str(), "--tpm-ak".as_ref(), ak.as_os_str()]);
+            let (ok, out) = sealroom_shown(&args)?;
             ensure!(ok, "the sealed result's receipt did not verify: {out}");
             // The receipt names the user's record (its digest) and the user's reply key as a measured sealed input.
             let reply_key = std::fs::read_to_string(&p.user_pub)?;
