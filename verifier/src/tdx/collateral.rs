@@ -1,12 +1,13 @@
 //! Intel DCAP collateral: loading (PCS files in a directory, or dcap-qvl's `QuoteCollateralV3` JSON) and
 //! verifying it once into a [`VerifiedCollateral`] that every quote from the same platforms reuses.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::tcb::{QeIdentity, TcbInfo};
+use super::tcb::{QeIdentity, TcbInfo, Text};
 use crate::x509::{Certificate, Crl, SignatureAlgorithm, UnixTime, format_time, verify_chain};
 use crate::{Error, Result};
 
@@ -95,24 +96,35 @@ pub struct Collateral {
 /// the fields present.
 #[derive(Deserialize)]
 struct CollateralJson<'a> {
-    pck_crl_issuer_chain: Option<String>,
-    root_ca_crl: Option<String>,
-    pck_crl: Option<String>,
-    tcb_info_issuer_chain: Option<String>,
-    tcb_info: Option<String>,
-    tcb_info_signature: Option<String>,
-    qe_identity_issuer_chain: Option<String>,
-    qe_identity: Option<String>,
-    qe_identity_signature: Option<String>,
+    #[serde(borrow)]
+    pck_crl_issuer_chain: Option<Text<'a>>,
+    #[serde(borrow)]
+    root_ca_crl: Option<Text<'a>>,
+    #[serde(borrow)]
+    pck_crl: Option<Text<'a>>,
+    #[serde(borrow)]
+    tcb_info_issuer_chain: Option<Text<'a>>,
+    #[serde(borrow)]
+    tcb_info: Option<Text<'a>>,
+    #[serde(borrow)]
+    tcb_info_signature: Option<Text<'a>>,
+    #[serde(borrow)]
+    qe_identity_issuer_chain: Option<Text<'a>>,
+    #[serde(borrow)]
+    qe_identity: Option<Text<'a>>,
+    #[serde(borrow)]
+    qe_identity_signature: Option<Text<'a>>,
     #[serde(rename = "tcbInfo", borrow)]
     pcs_tcb_info: Option<&'a RawValue>,
     #[serde(rename = "enclaveIdentity", borrow)]
     pcs_enclave_identity: Option<&'a RawValue>,
-    signature: Option<String>,
+    #[serde(borrow)]
+    signature: Option<Text<'a>>,
 }
 
-fn field(value: Option<String>, source: &str, name: &str) -> Result<String> {
-    value.ok_or_else(|| fail(format!("{source}: QuoteCollateralV3: missing field `{name}`")))
+/// A field of a `QuoteCollateralV3` document (strings without escapes, such as the hex CRLs, stay borrowed).
+fn field<'a>(value: Option<Text<'a>>, source: &str, name: &str) -> Result<Cow<'a, str>> {
+    value.map(|t| t.0).ok_or_else(|| fail(format!("{source}: QuoteCollateralV3: missing field `{name}`")))
 }
 
 fn sig_hex(s: &str, what: &str) -> Result<Vec<u8>> {
@@ -192,13 +204,13 @@ impl Collateral {
         }
     }
 
-    fn add_json(&mut self, text: &str, source: &str) -> Result<()> {
-        let j: CollateralJson<'_> =
+    fn add_json<'t>(&mut self, text: &'t str, source: &str) -> Result<()> {
+        let j: CollateralJson<'t> =
             serde_json::from_str(text).map_err(|e| fail(format!("{source}: JSON: {e}")))?;
         if j.tcb_info.is_some() && j.pck_crl.is_some() {
             // The pinned root, when a chain carries it, is taken as parsed once rather than parsed per chain.
             let pinned: Vec<Certificate> = intel_root().ok().into_iter().collect();
-            let chain = |pem: Option<String>, name: &str| -> Result<(String, Vec<Certificate>)> {
+            let chain = |pem: Option<Text<'t>>, name: &str| -> Result<(Cow<'t, str>, Vec<Certificate>)> {
                 let pem = field(pem, source, name)?;
                 let certs = Certificate::chain_from_pem_reusing(pem.as_bytes(), &pinned)
                     .map_err(|e| e.within(LAYER, &format!("{source}: {name}")))?;
@@ -214,12 +226,12 @@ impl Collateral {
             let (tcb_pem, tcb_chain) = chain(j.tcb_info_issuer_chain, "tcb_info_issuer_chain")?;
             // Intel signs TCB infos and QE identities with the same key: the same chain is parsed once.
             let qe_chain = match j.qe_identity_issuer_chain {
-                Some(pem) if pem == tcb_pem => tcb_chain.clone(),
+                Some(pem) if *pem == *tcb_pem => tcb_chain.clone(),
                 other => chain(other, "qe_identity_issuer_chain")?.1,
             };
             self.tcb_infos.push(SignedJson {
                 signature: sig_hex(&field(j.tcb_info_signature, source, "tcb_info_signature")?, "tcb_info")?,
-                body: field(j.tcb_info, source, "tcb_info")?,
+                body: field(j.tcb_info, source, "tcb_info")?.into_owned(),
                 chain: Some(tcb_chain),
                 source: format!("{source}: tcb_info"),
             });
@@ -228,7 +240,7 @@ impl Collateral {
                     &field(j.qe_identity_signature, source, "qe_identity_signature")?,
                     "qe_identity",
                 )?,
-                body: field(j.qe_identity, source, "qe_identity")?,
+                body: field(j.qe_identity, source, "qe_identity")?.into_owned(),
                 chain: Some(qe_chain),
                 source: format!("{source}: qe_identity"),
             });

@@ -9,12 +9,40 @@ use crate::{Error, Result};
 
 const LAYER: &str = "tdx pck";
 const SGX_EXTENSION: &str = "1.2.840.113741.1.13.1";
-const TCB: &str = "1.2.840.113741.1.13.1.2";
-const PCESVN: &str = "1.2.840.113741.1.13.1.2.17";
-const CPUSVN: &str = "1.2.840.113741.1.13.1.2.18";
-const PCEID: &str = "1.2.840.113741.1.13.1.3";
-const FMSPC: &str = "1.2.840.113741.1.13.1.4";
-const SGX_TYPE: &str = "1.2.840.113741.1.13.1.5";
+
+// The OIDs inside the extension, as their DER content bytes: compared as bytes rather than formatted as dotted
+// strings for every entry of every PCK certificate (a test checks each against its dotted form).
+/// 1.2.840.113741.1.13.1 (the SGX extension; every OID below extends it).
+const SGX_OID: [u8; 9] = [0x2a, 0x86, 0x48, 0x86, 0xf8, 0x4d, 0x01, 0x0d, 0x01];
+/// 1.2.840.113741.1.13.1.2: TCB; its component n (1..=16) is .2.n, PCESVN .2.17, CPUSVN .2.18.
+const TCB: [u8; 10] = oid_under(2);
+const PCEID: [u8; 10] = oid_under(3);
+const FMSPC: [u8; 10] = oid_under(4);
+const SGX_TYPE: [u8; 10] = oid_under(5);
+const PCESVN_ARC: u8 = 17;
+const CPUSVN_ARC: u8 = 18;
+
+#[allow(
+    clippy::indexing_slicing,
+    reason = "evaluated at compile time: an out-of-range index fails the build"
+)]
+const fn oid_under(arc: u8) -> [u8; 10] {
+    let mut out = [arc; 10];
+    let mut i = 0;
+    while i < SGX_OID.len() {
+        out[i] = SGX_OID[i];
+        i += 1;
+    }
+    out
+}
+
+/// The arc of an OID directly under TCB (1.2.840.113741.1.13.1.2.n, n < 128), if it is one.
+fn tcb_arc(oid: &[u8]) -> Option<u8> {
+    match oid.strip_prefix(&TCB) {
+        Some(&[n]) if n < 0x80 => Some(n),
+        _ => None,
+    }
+}
 
 /// What a PCK certificate says about its platform.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +65,7 @@ fn fail(reason: impl Into<String>) -> Error {
     Error::check(LAYER, reason)
 }
 
-fn pairs<'a>(obj: &'a BerObject<'a>, what: &str) -> Result<Vec<(String, &'a BerObject<'a>)>> {
+fn pairs<'a>(obj: &'a BerObject<'a>, what: &str) -> Result<Vec<(&'a [u8], &'a BerObject<'a>)>> {
     let seq = obj.as_sequence().map_err(|_| fail(format!("SGX extension: {what} is not a SEQUENCE")))?;
     let mut out = Vec::with_capacity(seq.len());
     for item in seq {
@@ -46,9 +74,8 @@ fn pairs<'a>(obj: &'a BerObject<'a>, what: &str) -> Result<Vec<(String, &'a BerO
         let (Some(oid), Some(value), None) = (inner.first(), inner.get(1), inner.get(2)) else {
             return Err(fail(format!("SGX extension: {what} entry is not (OID, value)")));
         };
-        let oid =
-            oid.as_oid().map_err(|_| fail(format!("SGX extension: {what} entry has no OID")))?.to_id_string();
-        out.push((oid, value));
+        let oid = oid.as_oid().map_err(|_| fail(format!("SGX extension: {what} entry has no OID")))?;
+        out.push((oid.as_bytes(), value));
     }
     Ok(out)
 }
@@ -82,19 +109,19 @@ impl PckExtension {
         let mut fmspc = None;
         let mut sgx_type = None;
         for (oid, value) in pairs(&obj, "extension")? {
-            match oid.as_str() {
-                TCB => {
+            match oid {
+                o if o == TCB => {
                     let mut comps = [None::<u8>; 16];
                     for (tcb_oid, v) in pairs(value, "TCB")? {
-                        if tcb_oid == PCESVN {
+                        let arc = tcb_arc(tcb_oid);
+                        if arc == Some(PCESVN_ARC) {
                             pce_svn = Some(
                                 u16::try_from(small_uint(v, "PCESVN")?)
                                     .map_err(|_| fail("SGX extension: PCESVN > 65535"))?,
                             );
-                        } else if tcb_oid == CPUSVN {
+                        } else if arc == Some(CPUSVN_ARC) {
                             cpu_svn = Some(octets::<16>(v, "CPUSVN")?);
-                        } else if let Some(n) = tcb_oid.strip_prefix("1.2.840.113741.1.13.1.2.")
-                            && let Ok(n) = n.parse::<usize>()
+                        } else if let Some(n) = arc.map(usize::from)
                             && (1..=16).contains(&n)
                         {
                             let svn = u8::try_from(small_uint(v, "TCB component SVN")?)
@@ -111,9 +138,9 @@ impl PckExtension {
                     }
                     sgx_tcb_components = Some(all);
                 }
-                PCEID => pce_id = Some(octets::<2>(value, "PCE-ID")?),
-                FMSPC => fmspc = Some(octets::<6>(value, "FMSPC")?),
-                SGX_TYPE => {
+                o if o == PCEID => pce_id = Some(octets::<2>(value, "PCE-ID")?),
+                o if o == FMSPC => fmspc = Some(octets::<6>(value, "FMSPC")?),
+                o if o == SGX_TYPE => {
                     sgx_type = Some(
                         value.as_u32().map_err(|_| fail("SGX extension: SGX type is not an ENUMERATED"))?,
                     );
@@ -129,5 +156,30 @@ impl PckExtension {
             fmspc: fmspc.ok_or_else(|| fail("SGX extension: FMSPC missing"))?,
             sgx_type: sgx_type.ok_or_else(|| fail("SGX extension: SGX type missing"))?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use x509_parser::der_parser::oid::Oid;
+
+    use super::*;
+
+    #[test]
+    fn oid_bytes_are_the_dotted_oids() {
+        let der = |dotted: &str| Oid::from_str(dotted).unwrap().as_bytes().to_vec();
+        assert_eq!(der(SGX_EXTENSION), SGX_OID);
+        assert_eq!(der("1.2.840.113741.1.13.1.2"), TCB);
+        assert_eq!(der("1.2.840.113741.1.13.1.3"), PCEID);
+        assert_eq!(der("1.2.840.113741.1.13.1.4"), FMSPC);
+        assert_eq!(der("1.2.840.113741.1.13.1.5"), SGX_TYPE);
+        assert_eq!(tcb_arc(&der("1.2.840.113741.1.13.1.2.17")), Some(PCESVN_ARC));
+        assert_eq!(tcb_arc(&der("1.2.840.113741.1.13.1.2.18")), Some(CPUSVN_ARC));
+        assert_eq!(tcb_arc(&der("1.2.840.113741.1.13.1.2.1")), Some(1));
+        assert_eq!(tcb_arc(&der("1.2.840.113741.1.13.1.2.200")), None);
+        assert_eq!(tcb_arc(&der("1.2.840.113741.1.13.1.2.1.1")), None);
+        assert_eq!(tcb_arc(&der("1.2.840.113741.1.13.1.3")), None);
     }
 }

@@ -2,6 +2,7 @@
 //! evaluation Intel's QVL performs: the first TCB level the platform meets, converged with the TDX module and
 //! QE levels. Mirrors Intel QVL (and dcap-qvl, our differential oracle) so verdicts agree.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -133,48 +134,76 @@ impl FromStr for TcbStatus {
 }
 
 // ----- JSON shapes (PCS) ---------------------------------------------------------------------------------------
+//
+// Strings are borrowed from the signed body where they have no escapes (all of Intel's do): the body is parsed
+// on every cold collateral verification, and its strings are only read, never kept.
+
+/// A JSON string, borrowed from the document unless it has escapes.
+#[derive(Deserialize)]
+pub(super) struct Text<'a>(#[serde(borrow)] pub(super) Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TcbInfoJson {
+struct TcbInfoJson<'a> {
     id: String,
     version: u32,
-    issue_date: String,
-    next_update: String,
-    fmspc: String,
-    pce_id: String,
+    #[serde(borrow)]
+    issue_date: Text<'a>,
+    #[serde(borrow)]
+    next_update: Text<'a>,
+    #[serde(borrow)]
+    fmspc: Text<'a>,
+    #[serde(borrow)]
+    pce_id: Text<'a>,
     tcb_evaluation_data_number: u32,
-    #[serde(default)]
-    tdx_module: Option<ModuleJson>,
-    #[serde(default)]
-    tdx_module_identities: Vec<ModuleIdentityJson>,
-    tcb_levels: Vec<TcbLevelJson>,
+    #[serde(default, borrow)]
+    tdx_module: Option<ModuleJson<'a>>,
+    #[serde(default, borrow)]
+    tdx_module_identities: Vec<ModuleIdentityJson<'a>>,
+    #[serde(borrow)]
+    tcb_levels: Vec<TcbLevelJson<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ModuleJson {
-    mrsigner: String,
-    attributes: String,
-    attributes_mask: String,
+struct ModuleJson<'a> {
+    #[serde(borrow)]
+    mrsigner: Text<'a>,
+    #[serde(borrow)]
+    attributes: Text<'a>,
+    #[serde(borrow)]
+    attributes_mask: Text<'a>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ModuleIdentityJson {
+struct ModuleIdentityJson<'a> {
     id: String,
-    mrsigner: String,
-    attributes: String,
-    attributes_mask: String,
-    tcb_levels: Vec<ModuleLevelJson>,
+    #[serde(borrow)]
+    mrsigner: Text<'a>,
+    #[serde(borrow)]
+    attributes: Text<'a>,
+    #[serde(borrow)]
+    attributes_mask: Text<'a>,
+    #[serde(borrow)]
+    tcb_levels: Vec<ModuleLevelJson<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ModuleLevelJson {
+struct ModuleLevelJson<'a> {
     tcb: IsvSvnJson,
-    tcb_date: String,
-    tcb_status: String,
+    #[serde(borrow)]
+    tcb_date: Text<'a>,
+    #[serde(borrow)]
+    tcb_status: Text<'a>,
     #[serde(rename = "advisoryIDs", default)]
     advisory_ids: Vec<String>,
 }
@@ -189,39 +218,82 @@ struct SvnJson {
     svn: u8,
 }
 
+/// TCB component SVNs (`[{"svn": n, …}, …]`) read straight into an array; how many there were is kept so that
+/// anything but 16 is refused by [`components`].
+struct Components {
+    svns: [u8; 16],
+    count: usize,
+}
+
+impl<'de> Deserialize<'de> for Components {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Components;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of TCB components")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Components, A::Error> {
+                let mut c = Components { svns: [0; 16], count: 0 };
+                while let Some(SvnJson { svn }) = seq.next_element()? {
+                    if let Some(slot) = c.svns.get_mut(c.count) {
+                        *slot = svn;
+                    }
+                    c.count = c.count.saturating_add(1);
+                }
+                Ok(c)
+            }
+        }
+        d.deserialize_seq(Visitor)
+    }
+}
+
 #[derive(Deserialize)]
 struct TcbJson {
-    sgxtcbcomponents: Vec<SvnJson>,
+    sgxtcbcomponents: Components,
     pcesvn: u16,
     #[serde(default)]
-    tdxtcbcomponents: Option<Vec<SvnJson>>,
+    tdxtcbcomponents: Option<Components>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TcbLevelJson {
+struct TcbLevelJson<'a> {
     tcb: TcbJson,
-    tcb_date: String,
-    tcb_status: String,
+    #[serde(borrow)]
+    tcb_date: Text<'a>,
+    #[serde(borrow)]
+    tcb_status: Text<'a>,
     #[serde(rename = "advisoryIDs", default)]
     advisory_ids: Vec<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct QeIdentityJson {
+struct QeIdentityJson<'a> {
     id: String,
     version: u32,
-    issue_date: String,
-    next_update: String,
+    #[serde(borrow)]
+    issue_date: Text<'a>,
+    #[serde(borrow)]
+    next_update: Text<'a>,
     tcb_evaluation_data_number: u32,
-    miscselect: String,
-    miscselect_mask: String,
-    attributes: String,
-    attributes_mask: String,
-    mrsigner: String,
+    #[serde(borrow)]
+    miscselect: Text<'a>,
+    #[serde(borrow)]
+    miscselect_mask: Text<'a>,
+    #[serde(borrow)]
+    attributes: Text<'a>,
+    #[serde(borrow)]
+    attributes_mask: Text<'a>,
+    #[serde(borrow)]
+    mrsigner: Text<'a>,
     isvprodid: u16,
-    tcb_levels: Vec<ModuleLevelJson>,
+    #[serde(borrow)]
+    tcb_levels: Vec<ModuleLevelJson<'a>>,
 }
 
 fn hex_array<const N: usize>(s: &str, what: &str) -> Result<[u8; N]> {
@@ -330,7 +402,7 @@ pub struct QeIdentity {
     pub levels: Vec<IsvLevel>,
 }
 
-fn isv_levels(levels: Vec<ModuleLevelJson>) -> Result<Vec<IsvLevel>> {
+fn isv_levels(levels: Vec<ModuleLevelJson<'_>>) -> Result<Vec<IsvLevel>> {
     levels
         .into_iter()
         .map(|l| {
@@ -344,7 +416,7 @@ fn isv_levels(levels: Vec<ModuleLevelJson>) -> Result<Vec<IsvLevel>> {
         .collect()
 }
 
-fn module_identity(id: String, m: &ModuleJson, levels: Vec<IsvLevel>) -> Result<TdxModuleIdentity> {
+fn module_identity(id: String, m: &ModuleJson<'_>, levels: Vec<IsvLevel>) -> Result<TdxModuleIdentity> {
     Ok(TdxModuleIdentity {
         id,
         mr_signer: hex_array(&m.mrsigner, "tdxModule mrsigner")?,
@@ -354,9 +426,11 @@ fn module_identity(id: String, m: &ModuleJson, levels: Vec<IsvLevel>) -> Result<
     })
 }
 
-fn components(v: &[SvnJson], what: &str) -> Result<[u8; 16]> {
-    let svns: Vec<u8> = v.iter().map(|c| c.svn).collect();
-    svns.as_slice().try_into().map_err(|_| fail(format!("{what}: {} components, expected 16", svns.len())))
+fn components(c: &Components, what: &str) -> Result<[u8; 16]> {
+    if c.count != 16 {
+        return Err(fail(format!("{what}: {} components, expected 16", c.count)));
+    }
+    Ok(c.svns)
 }
 
 impl TcbInfo {
@@ -365,7 +439,8 @@ impl TcbInfo {
     /// # Errors
     /// When the JSON is malformed, of an unsupported version, or has invalid fields.
     pub fn from_json(body: &str) -> Result<Self> {
-        let j: TcbInfoJson = serde_json::from_str(body).map_err(|e| fail(format!("tcbInfo JSON: {e}")))?;
+        let j: TcbInfoJson<'_> =
+            serde_json::from_str(body).map_err(|e| fail(format!("tcbInfo JSON: {e}")))?;
         if j.version != 3 {
             return Err(fail(format!("tcbInfo version {} not supported (expected 3)", j.version)));
         }
@@ -572,7 +647,7 @@ impl QeIdentity {
     /// # Errors
     /// When the JSON is malformed or has invalid fields.
     pub fn from_json(body: &str) -> Result<Self> {
-        let j: QeIdentityJson =
+        let j: QeIdentityJson<'_> =
             serde_json::from_str(body).map_err(|e| fail(format!("enclaveIdentity JSON: {e}")))?;
         if j.version != 2 {
             return Err(fail(format!("enclaveIdentity version {} not supported (expected 2)", j.version)));
