@@ -10,7 +10,6 @@
 //! Every error names the certificate (subject CN) and the check: "x509: certificate 'Intel SGX PCK Certificate':
 //! expired (notAfter 2029-09-20T13:20:31Z, time 2053-07-01T01:00:00Z)".
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -18,13 +17,14 @@ use aws_lc_rs::signature::{self as sig, RsaPublicKeyComponents, UnparsedPublicKe
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey as ParsedKey;
-use x509_parser::revocation_list::CertificateRevocationList;
 use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo, X509Name};
 
 use crate::{Error, Result};
 
+mod crl;
+pub(crate) mod der;
 mod text;
-use text::decode_hex;
+pub use crl::Crl;
 pub use text::pem_blocks;
 
 const LAYER: &str = "x509";
@@ -755,194 +755,6 @@ fn reason_of(e: &Error) -> String {
     match e {
         Error::Check { reason, .. } => reason.clone(),
         other => other.to_string(),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// CRLs
-// ---------------------------------------------------------------------------------------------------------------
-
-/// A parsed certificate revocation list that owns its bytes. Cloning is cheap (the parsed fields are shared).
-#[derive(Clone)]
-pub struct Crl(Arc<CrlFields>);
-
-#[derive(Clone)]
-struct CrlFields {
-    der: Vec<u8>,
-    tbs: Vec<u8>,
-    signature_algorithm: Result<SignatureAlgorithm, String>,
-    signature: Vec<u8>,
-    issuer: Vec<u8>,
-    issuer_cn: String,
-    this_update: UnixTime,
-    next_update: Option<UnixTime>,
-    revoked: BTreeSet<Vec<u8>>,
-}
-
-impl fmt::Debug for Crl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Crl")
-            .field("issuer_cn", &self.0.issuer_cn)
-            .field("this_update", &format_time(self.0.this_update))
-            .field("next_update", &self.0.next_update.map(format_time))
-            .field("revoked", &self.0.revoked.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Crl {
-    /// Parses one DER CRL; the input must hold exactly one.
-    ///
-    /// # Errors
-    /// When the DER is malformed or has trailing bytes.
-    pub fn from_der(der: &[u8]) -> Result<Self> {
-        let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|e| fail(format!("CRL: {e}")))?;
-        if !rest.is_empty() {
-            return Err(fail(format!("CRL: {} trailing bytes after the DER", rest.len())));
-        }
-        let issuer_cn = common_name(crl.issuer());
-        let mut revoked = BTreeSet::new();
-        for entry in crl.iter_revoked_certificates() {
-            revoked.insert(strip_leading_zeros(entry.raw_serial()).to_vec());
-        }
-        Ok(Self(Arc::new(CrlFields {
-            der: der.to_vec(),
-            tbs: crl.tbs_cert_list.as_ref().to_vec(),
-            signature_algorithm: signature_algorithm(&crl.signature_algorithm).map_err(|e| reason_of(&e)),
-            signature: crl.signature_value.data.to_vec(),
-            issuer: crl.issuer().as_raw().to_vec(),
-            this_update: crl.last_update().timestamp(),
-            next_update: crl.next_update().map(|t| t.timestamp()),
-            revoked,
-            issuer_cn,
-        })))
-    }
-
-    /// Parses a CRL given as DER, PEM (`X509 CRL`) or hex-encoded DER (as dcap-qvl's collateral JSON has it).
-    ///
-    /// # Errors
-    /// When none of these parses.
-    pub fn from_any(bytes: &[u8]) -> Result<Self> {
-        // Hex first: the common case in collateral JSON, and text that is all hex digits is neither PEM nor DER
-        // (DER always holds bytes outside 0-9a-f).
-        let trimmed = bytes.trim_ascii();
-        if !trimmed.is_empty()
-            && let Some(der) = decode_hex(trimmed)
-        {
-            return Self::from_der(&der);
-        }
-        if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-            for (label, der) in pem_blocks(bytes)? {
-                if label == "X509 CRL" {
-                    return Self::from_der(&der);
-                }
-            }
-            return Err(fail("CRL PEM: no X509 CRL block"));
-        }
-        Self::from_der(bytes)
-    }
-
-    /// The DER encoding.
-    #[must_use]
-    pub fn der(&self) -> &[u8] {
-        &self.0.der
-    }
-    /// Issuer common name, for messages.
-    #[must_use]
-    pub fn issuer_cn(&self) -> &str {
-        &self.0.issuer_cn
-    }
-    /// Raw DER of the issuer name (compared byte for byte with a certificate's issuer).
-    #[must_use]
-    pub fn issuer_raw(&self) -> &[u8] {
-        &self.0.issuer
-    }
-    /// thisUpdate.
-    #[must_use]
-    pub fn this_update(&self) -> UnixTime {
-        self.0.this_update
-    }
-    /// nextUpdate, if present.
-    #[must_use]
-    pub fn next_update(&self) -> Option<UnixTime> {
-        self.0.next_update
-    }
-    /// Number of revoked serials.
-    #[must_use]
-    pub fn revoked_count(&self) -> usize {
-        self.0.revoked.len()
-    }
-
-    /// Test support: the same CRL with `serial` added to its revoked list (its signature no longer covers it,
-    /// so this only exercises lookups in already-verified CRLs).
-    #[cfg(test)]
-    pub(crate) fn with_revoked_serial(mut self, serial: &[u8]) -> Self {
-        Arc::make_mut(&mut self.0).revoked.insert(strip_leading_zeros(serial).to_vec());
-        self
-    }
-
-    /// Whether a certificate with this serial (big-endian; leading zeros ignored) is revoked.
-    #[must_use]
-    pub fn is_revoked(&self, serial: &[u8]) -> bool {
-        self.0.revoked.contains(strip_leading_zeros(serial))
-    }
-
-    /// Verifies the CRL: issued by `issuer` (name and signature, cRLSign if keyUsage is present) and current at
-    /// `at` (`thisUpdate <= at < nextUpdate`; a CRL without nextUpdate is refused).
-    ///
-    /// # Errors
-    /// The failed check, naming the CRL issuer.
-    pub fn verify(&self, issuer: &Certificate, at: UnixTime) -> Result<()> {
-        self.verify_signature(issuer)?;
-        self.check_time(at)
-    }
-
-    /// The time-independent half of [`Crl::verify`]: issued by `issuer` (name, cRLSign if keyUsage is present,
-    /// signature). For CRLs verified once and then checked for currency on every use with [`Crl::check_time`].
-    ///
-    /// # Errors
-    /// The failed check, naming the CRL issuer.
-    pub fn verify_signature(&self, issuer: &Certificate) -> Result<()> {
-        let who = &self.0.issuer_cn;
-        if self.0.issuer != issuer.0.subject {
-            return Err(fail(format!("CRL of '{who}': not issued by '{}'", issuer.0.subject_cn)));
-        }
-        if issuer.0.crl_sign == Some(false) {
-            return Err(fail(format!("CRL of '{who}': issuer keyUsage lacks cRLSign")));
-        }
-        let algorithm =
-            self.0.signature_algorithm.clone().map_err(|r| fail(format!("CRL of '{who}': {r}")))?;
-        issuer
-            .0
-            .public_key
-            .verify(algorithm, &self.0.tbs, &self.0.signature)
-            .map_err(|_| fail(format!("CRL of '{who}': signature invalid under '{}'", issuer.0.subject_cn)))
-    }
-
-    /// Errors unless the CRL is current at `at`: `thisUpdate <= at < nextUpdate` (a CRL without nextUpdate is
-    /// refused).
-    ///
-    /// # Errors
-    /// "not yet valid", "expired" or "has no nextUpdate", naming the CRL issuer and the times.
-    pub fn check_time(&self, at: UnixTime) -> Result<()> {
-        let who = &self.0.issuer_cn;
-        if at < self.0.this_update {
-            return Err(fail(format!(
-                "CRL of '{who}': not yet valid (thisUpdate {}, time {})",
-                format_time(self.0.this_update),
-                format_time(at)
-            )));
-        }
-        match self.0.next_update {
-            None => Err(fail(format!("CRL of '{who}': has no nextUpdate"))),
-            // A CRL is stale from nextUpdate on (RFC 5280 §5.1.2.5; webpki agrees).
-            Some(next) if at >= next => Err(fail(format!(
-                "CRL of '{who}': expired (nextUpdate {}, time {})",
-                format_time(next),
-                format_time(at)
-            ))),
-            Some(_) => Ok(()),
-        }
     }
 }
 

@@ -155,7 +155,7 @@ impl PlatformTcb {
     }
 
     /// The SGX extension (OID 1.2.840.113741.1.13.1) as Intel's PCS writes it into PCK certificates.
-    fn sgx_extension(&self, ppid: &[u8; 16]) -> Vec<u8> {
+    pub(crate) fn sgx_extension(&self, ppid: &[u8; 16]) -> Vec<u8> {
         const SGX: &str = "1.2.840.113741.1.13.1";
         let entry = |oid: String, value: Vec<u8>| seq(&[oid_der(&oid), value]);
         let mut tcb: Vec<Vec<u8>> = self
