@@ -43,6 +43,11 @@ use sealroom_proto::keybroker::v1 as pb;
 use sealroom_tests::postgres::Postgres;
 use sealroom_verifier::tpm::gce_proto::GceAttestation;
 
+/// The allocator of the `sealroom` binary (`verifier/cli/src/main.rs`), so the brokers run here as they do
+/// there; the bare verifier, in the same process, gets it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../../verifier/broker/benches/common/broker.rs"]
 mod in_process;
 
@@ -290,7 +295,7 @@ const AGENT_THREADS: &str = "sr-agent";
 /// broker's threads (gRPC server, blocking pool) and of the agents' threads, over the same 32-concurrent rounds.
 /// Their ratio is the broker's throughput against the bare verifier's on cores of its own.
 fn cpu_per_operation(appraise_32: impl Fn(), embedded_32: impl Fn()) {
-    const ROUNDS: usize = 40;
+    const ROUNDS: usize = 100;
     let ops = (ROUNDS * AGENTS) as f64;
     let per_op = |threads: &[&str], f: &dyn Fn()| -> Option<Vec<f64>> {
         let before: Option<Vec<u64>> = threads.iter().map(|t| thread_cpu_ns(t)).collect();

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use sealroom_proto::keybroker::v1 as pb;
+use sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer;
+use sealroom_proto::limits::ServerLimits;
 
 use crate::error::Error;
 use crate::service::{Broker, Call};
@@ -12,6 +14,20 @@ use crate::service::{Broker, Call};
 /// The gRPC face of a [`Broker`].
 #[derive(Debug, Clone)]
 pub struct KeyBrokerService(pub Arc<Broker>);
+
+/// The broker's gRPC server builder as `sealroom broker serve` runs it: every HTTP/2 and per-request bound of
+/// `limits` ([`ServerLimits::apply`]). The benchmarks serve through this too, so that they measure the
+/// server's real configuration, not tonic's defaults.
+#[must_use]
+pub fn server(limits: &ServerLimits) -> tonic::transport::Server {
+    limits.apply(tonic::transport::Server::builder())
+}
+
+/// The `KeyBroker` service over `broker`, decoding requests of at most `limits.max_request_bytes`.
+#[must_use]
+pub fn service(broker: Arc<Broker>, limits: &ServerLimits) -> KeyBrokerServer<KeyBrokerService> {
+    KeyBrokerServer::new(KeyBrokerService(broker)).max_decoding_message_size(limits.max_request_bytes)
+}
 
 /// Applies the per-peer rate limit of `call` (requests without a peer address, e.g. in-memory transports,
 /// are not limited).

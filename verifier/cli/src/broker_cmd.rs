@@ -9,7 +9,6 @@ use sealroom_broker::admin::{self, AdminContext, AdminRequest, AdminResponse, Op
 use sealroom_broker::appraisal::{Appraisal, Appraiser, VerifierAppraiser};
 use sealroom_broker::audit::{AuditLog, GroupCommitLog, Recovery};
 use sealroom_broker::ek_path::EkPath;
-use sealroom_broker::grpc::KeyBrokerService;
 use sealroom_broker::jwks::{KeySource, StaticKeys};
 use sealroom_broker::keystore::{Kek, KeyStore};
 use sealroom_broker::nonce::NonceBook;
@@ -392,15 +391,12 @@ fn serve(a: &ServeArgs) -> Result<()> {
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             Arc::new(LimitStats::default()),
         );
-        let mut server = limits.apply(tonic::transport::Server::builder());
+        let mut server = sealroom_broker::grpc::server(&limits);
         if let Some(tls) = tls {
             server = server.tls_config(tls).context("TLS certificate or key")?;
         }
         server
-            .add_service(
-                sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer::new(KeyBrokerService(broker))
-                    .max_decoding_message_size(limits.max_request_bytes),
-            )
+            .add_service(sealroom_broker::grpc::service(broker, &limits))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("serving")

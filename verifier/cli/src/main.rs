@@ -17,6 +17,12 @@ mod verdict;
 mod verify_cmd;
 mod verify_gpu;
 
+/// mimalloc instead of glibc malloc: the key broker allocates and frees many small objects per release (evidence
+/// decoding, certificate parsing, claims), and glibc's arenas spent about a quarter of a release's CPU in
+/// `malloc_consolidate`, `_int_malloc` and `_int_free` (docs/broker-scaling.md, *Profile*).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sealroom: verify confidential-VM evidence, run the key broker, reproduce image measurements.
 #[derive(Debug, Parser)]
 #[command(name = "sealroom", version, about)]

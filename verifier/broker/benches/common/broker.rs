@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use sealroom_broker::appraisal::Appraiser;
 use sealroom_broker::audit::AuditLog;
-use sealroom_broker::grpc::KeyBrokerService;
+use sealroom_broker::grpc;
 use sealroom_broker::keystore::{Kek, KeyStore};
 use sealroom_broker::nonce::NonceBook;
 use sealroom_broker::nonce_mac::NonceKeys;
@@ -17,7 +17,7 @@ use sealroom_broker::ratelimit::RateLimit;
 use sealroom_broker::service::{Broker, BrokerParts};
 use sealroom_broker::token::Signer;
 use sealroom_broker::{Clock, Randomness, SystemRandomness};
-use sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer;
+use sealroom_proto::limits::{LimitStats, ServerLimits};
 
 /// The workload image the policy approves.
 pub const IMAGE: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -33,15 +33,19 @@ args = ["--in", "/data"]
 env = ["MODE=batch"]
 "#;
 
-/// Serves `broker`'s gRPC API on a fresh loopback port (TCP_NODELAY, as the agent connects) and returns it.
+/// Serves `broker`'s gRPC API on a fresh loopback port and returns it, configured as `sealroom broker serve`
+/// configures it (`verifier/cli/src/broker_cmd.rs`): [`ServerLimits`] on the builder, the listener and the
+/// service, TCP_NODELAY; plain HTTP/2 (no TLS).
 pub async fn serve(broker: Arc<Broker>) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = KeyBrokerServer::new(KeyBrokerService(broker));
+    let limits = ServerLimits::default();
+    let incoming = limits.incoming(
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        Arc::new(LimitStats::default()),
+    );
     tokio::spawn(
-        tonic::transport::Server::builder().add_service(svc).serve_with_incoming(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        ),
+        grpc::server(&limits).add_service(grpc::service(broker, &limits)).serve_with_incoming(incoming),
     );
     addr
 }
