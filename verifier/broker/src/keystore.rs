@@ -16,7 +16,8 @@
 //! see those ([`crate::keystate`]).
 //!
 //! Release records are committed with `Durability::Immediate` too: they are on disk before the sealed keys leave
-//! the broker, so a receipt can be issued for every release the broker acknowledged, crash or not.
+//! the broker, so a receipt can be issued for every release the broker acknowledged, crash or not. Concurrent
+//! releases share one such commit (`keystore/release_commit.rs`: group commit, as the audit log's fdatasync).
 //!
 //! ```text
 //! material ciphertext = nonce (12) || AES-256-GCM(KEK, nonce, material, aad)
@@ -32,12 +33,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce as AeadNonce, UnboundKey};
 use aws_lc_rs::hmac;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{Clock, Randomness, check_key_id};
 use crate::audit::{GroupCommitLog, key_store_entry};
 use crate::error::{Error, Result};
 use crate::keystate::{Anchor, AnchorCheck, KeyStoreState};
+
+mod release_commit;
 
 const LAYER: &str = "key store";
 const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
@@ -280,6 +283,8 @@ pub struct KeyStore {
     tracked: Mutex<Tracked>,
     /// Where changes are anchored, once [`KeyStore::anchor_to`] was called.
     anchor: Mutex<Option<AnchorSink>>,
+    /// Release records, group-committed.
+    releases: release_commit::ReleaseCommits,
 }
 
 /// The audit log a store anchors its changes in, and the clock that stamps them.
@@ -359,7 +364,13 @@ impl KeyStore {
             Ok(state) => Tracked { state, refusal: None },
             Err(reason) => Tracked { state: KeyStoreState::default(), refusal: Some(reason) },
         };
-        Ok(Self { db, kek, tracked: Mutex::new(tracked), anchor: Mutex::new(None) })
+        Ok(Self {
+            db,
+            kek,
+            tracked: Mutex::new(tracked),
+            anchor: Mutex::new(None),
+            releases: release_commit::ReleaseCommits::default(),
+        })
     }
 
     fn tracked(&self) -> Result<MutexGuard<'_, Tracked>> {
@@ -649,25 +660,26 @@ impl KeyStore {
     /// Records that `key_id` (version `record.key_version`) was released to the TEE key whose SHA-256 is
     /// `tee_key_digest`, as audit record `record.audit_seq`: the receipt for that key and TEE key names it.
     /// Committed with `Durability::Immediate` (fsync'd) before it returns, i.e. before the sealed keys leave the
-    /// broker: every acknowledged release can get its receipt, crash or not.
+    /// broker: every acknowledged release can get its receipt, crash or not. Concurrent callers share that commit
+    /// (`keystore/release_commit.rs`), so releases do not queue one fsync each behind redb's single writer.
     ///
     /// # Errors
-    /// When the write fails (nothing is released then).
+    /// When the write fails, also when another release's record in the same commit made it fail (nothing is
+    /// released then).
     pub fn record_releases(
         &self,
         tee_key_digest: &[u8; 32],
         releases: &[(&str, ReleaseRecord)],
     ) -> Result<()> {
-        let mut txn = self.db.begin_write().map_err(db_err)?;
-        txn.set_durability(Durability::Immediate).map_err(db_err)?;
-        {
-            let mut table = txn.open_table(RELEASES).map_err(db_err)?;
-            for (key_id, r) in releases {
-                let stored = seal_release(&self.kek, tee_key_digest, key_id, r);
-                table.insert((tee_key_digest.as_slice(), *key_id), stored.as_slice()).map_err(db_err)?;
-            }
-        }
-        txn.commit().map_err(db_err)
+        let rows = releases
+            .iter()
+            .map(|(key_id, r)| release_commit::Row {
+                tee_key_digest: *tee_key_digest,
+                key_id: (*key_id).to_owned(),
+                sealed: seal_release(&self.kek, tee_key_digest, key_id, r),
+            })
+            .collect();
+        self.releases.record(&self.db, rows)
     }
 
     /// The broker's own record of releasing `key_id` to the TEE key with SHA-256 `tee_key_digest`, if any.
