@@ -47,7 +47,7 @@ pub const MAX_KEYS_PER_REQUEST: usize = 64;
 /// A refusal: the rule that refused and the one-line reason (which starts with the rule's layer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
-    /// "nonce", "evidence", "tpm credential", "verifier", "binding", "key store", "policy.<rule>",
+    /// "nonce", "evidence", "tpm credential", "verifier", "binding", "key store", `"policy.<rule>"`,
     /// "workload.launch".
     pub rule: String,
     /// One line.

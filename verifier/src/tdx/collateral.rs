@@ -41,7 +41,7 @@ pub fn intel_root() -> Result<Certificate> {
 /// The root every DCAP chain (PCK chain, PCK CRL issuer chain, TCB signing chain) must end at.
 ///
 /// A release build can only make [`IntelRoot::pinned`]: the Intel SGX Root CA embedded in this crate. Tests that
-/// sign their own quotes (`tdx::test_pki`) make a test root with [`IntelRoot::test_root`], which exists only with
+/// sign their own quotes (`tdx::test_pki`) make a test root with `IntelRoot::test_root`, which exists only with
 /// the `test-anchors` feature, mirroring `snp::EndorsementCache::with_test_roots`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntelRoot(Certificate);
@@ -284,7 +284,7 @@ impl Collateral {
     }
 
     /// [`Collateral::verify`] under the given root: the pinned Intel SGX Root CA in every release build
-    /// ([`IntelRoot::pinned`]); a test root only with the `test-anchors` feature ([`IntelRoot::test_root`]).
+    /// ([`IntelRoot::pinned`]); a test root only with the `test-anchors` feature (`IntelRoot::test_root`).
     /// Every quote checked against the result must chain to this same root.
     ///
     /// # Errors
