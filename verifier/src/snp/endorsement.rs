@@ -146,26 +146,13 @@ pub mod oid {
     pub const PRODUCT_NAME: &str = "1.3.6.1.4.1.3704.1.2";
 }
 
-/// Reads one DER TLV with the expected tag; returns its contents.
+/// Reads one DER TLV (the crate's strict reader) with the expected tag; returns its contents.
 fn der_tlv<'a>(r: &mut Reader<'a>, tag: u8, what: &'static str) -> Result<&'a [u8]> {
-    let m = Error::read("vcek extension");
-    let t = r.u8(what).map_err(&m)?;
-    if t != tag {
-        return Err(Error::check(LAYER, format!("VCEK {what}: DER tag {t:#04x}, expected {tag:#04x}")));
+    let t = crate::x509::der::read_tlv(r, what)?;
+    if t.tag != tag {
+        return Err(Error::check(LAYER, format!("VCEK {what}: DER tag {:#04x}, expected {tag:#04x}", t.tag)));
     }
-    let first = r.u8(what).map_err(&m)?;
-    let len = match first {
-        0..=0x7f => usize::from(first),
-        0x81 => usize::from(r.u8(what).map_err(&m)?),
-        0x82 => usize::from(r.u16_be(what).map_err(&m)?),
-        _ => {
-            return Err(Error::check(
-                LAYER,
-                format!("VCEK {what}: DER length form {first:#04x} unsupported"),
-            ));
-        }
-    };
-    r.take(len, what).map_err(&m)
+    Ok(t.contents)
 }
 
 fn spl(cert: &Certificate, oid_str: &str, what: &'static str) -> Result<Option<u8>> {

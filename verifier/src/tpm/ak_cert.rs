@@ -77,16 +77,8 @@ pub struct GceInstance {
 }
 
 fn tlv<'a>(r: &mut Reader<'a>, what: &'static str) -> Result<(u8, &'a [u8])> {
-    let m = Error::read("gce instance info");
-    let tag = r.u8(what).map_err(&m)?;
-    let first = r.u8(what).map_err(&m)?;
-    let len = match first {
-        0..=0x7f => usize::from(first),
-        0x81 => usize::from(r.u8(what).map_err(&m)?),
-        0x82 => usize::from(r.u16_be(what).map_err(&m)?),
-        _ => return Err(Error::check(LAYER, format!("instance info {what}: DER length form unsupported"))),
-    };
-    Ok((tag, r.take(len, what).map_err(&m)?))
+    let t = crate::x509::der::read_tlv(r, what)?;
+    Ok((t.tag, t.contents))
 }
 
 fn expect<'a>(r: &mut Reader<'a>, tag: u8, what: &'static str) -> Result<&'a [u8]> {
