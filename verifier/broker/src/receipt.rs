@@ -318,9 +318,7 @@ impl Broker {
                     policy_rules: d.policy_rules,
                 };
                 let claims = TokenClaims::new(now / 1000, d.appraisal.status, &req.nonce, sub, &head);
-                let claims =
-                    serde_json::to_value(claims).map_err(|e| Error::check(LAYER, format!("claims: {e}")))?;
-                Ok(self.signer.sign_token(claims, TokenKind::Receipt, now / 1000)?)
+                Ok(self.signer.sign_token(&claims, TokenKind::Receipt, now / 1000)?)
             }
             Err(r) => Err(r),
         };

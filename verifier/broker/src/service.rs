@@ -468,8 +468,7 @@ impl Broker {
             Ok((_, _, a)) => a.status,
             Err(_) => Status::Contraindicated,
         };
-        let claims = serde_json::to_value(TokenClaims::new(now / 1000, status, &raw_nonce, sub, &head))
-            .map_err(|e| Error::check("token", format!("claims: {e}")))?;
+        let claims = TokenClaims::new(now / 1000, status, &raw_nonce, sub, &head);
         if let Ok((_, evidence, _)) = &accepted
             && !keys.is_empty()
         {
@@ -484,7 +483,7 @@ impl Broker {
                 .collect();
             self.store.record_releases(&tee_key_digest(evidence.tee_public_key.as_bytes()), &released)?;
         }
-        let attestation_result = self.signer.sign_token(claims, TokenKind::Release, now / 1000)?;
+        let attestation_result = self.signer.sign_token(&claims, TokenKind::Release, now / 1000)?;
         let nonce = Nonce::from_slice(&raw_nonce).unwrap_or(Nonce([0; 32]));
         let digests: Vec<(&str, [u8; 32])> = keys
             .iter()

@@ -15,6 +15,7 @@ use aws_lc_rs::signature::{
 };
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -27,6 +28,8 @@ pub use sealroom_verifier::ear::EAR_PROFILE;
 pub struct Signer {
     key: EcdsaKeyPair,
     kid: String,
+    /// The JWS protected header, base64url: the same for every token.
+    header: String,
     issuer: String,
     release_lifetime_s: u64,
     receipt_lifetime_s: u64,
@@ -64,9 +67,11 @@ impl Signer {
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
             .map_err(|_| Error::check(LAYER, "signing key is not a PKCS#8 P-256 key"))?;
         let kid = thumbprint(key.public_key().as_ref())?;
+        let header = B64.encode(json!({"alg": "ES256", "typ": "JWT", "kid": kid}).to_string());
         Ok(Self {
             key,
             kid,
+            header,
             issuer: DEFAULT_ISSUER.into(),
             release_lifetime_s: DEFAULT_RELEASE_LIFETIME_S,
             receipt_lifetime_s: DEFAULT_RECEIPT_LIFETIME_S,
@@ -140,22 +145,18 @@ impl Signer {
         &self.kid
     }
 
-    /// Sets the registered claims `iss`, `iat` and `exp` (from `now_s` and the kind's lifetime) on `claims`
-    /// and signs them.
+    /// Signs `claims` with the registered claims `iss` and `exp` (from `now_s` and the kind's lifetime) added.
+    /// `claims` carry their own `iat`, which must be `now_s` (the EAR's, [`super::ear_claims::TokenClaims`]).
+    /// Serialised once, straight into the JWT payload.
     ///
     /// # Errors
-    /// When `claims` is not a JSON object or signing fails.
-    pub fn sign_token(&self, mut claims: Value, kind: TokenKind, now_s: u64) -> Result<String> {
+    /// When `claims` do not serialise as a JSON object or signing fails.
+    pub fn sign_token<C: Serialize>(&self, claims: &C, kind: TokenKind, now_s: u64) -> Result<String> {
         let lifetime = match kind {
             TokenKind::Release => self.release_lifetime_s,
             TokenKind::Receipt => self.receipt_lifetime_s,
         };
-        let map =
-            claims.as_object_mut().ok_or_else(|| Error::check(LAYER, "claims are not a JSON object"))?;
-        map.insert("iss".into(), json!(self.issuer));
-        map.insert("iat".into(), json!(now_s));
-        map.insert("exp".into(), json!(now_s.saturating_add(lifetime)));
-        self.sign(&claims)
+        self.sign(&Registered { claims, iss: &self.issuer, exp: now_s.saturating_add(lifetime) })
     }
 
     /// Signs a response statement ([`sealroom_measurements::broker_response`]): ECDSA P-256/SHA-256, fixed
@@ -175,17 +176,34 @@ impl Signer {
     /// Signs `claims` as a compact JWS (ES256).
     ///
     /// # Errors
-    /// When signing fails.
-    pub fn sign(&self, claims: &Value) -> Result<String> {
-        let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
-        let input = format!("{}.{}", B64.encode(header.to_string()), B64.encode(claims.to_string()));
+    /// When `claims` do not serialise as a JSON object or signing fails.
+    pub fn sign<C: Serialize + ?Sized>(&self, claims: &C) -> Result<String> {
+        let payload = serde_json::to_vec(claims).map_err(|e| Error::check(LAYER, format!("claims: {e}")))?;
+        if payload.first() != Some(&b'{') {
+            return Err(Error::check(LAYER, "claims are not a JSON object"));
+        }
+        let mut input = String::with_capacity(self.header.len() + 2 + payload.len() * 4 / 3 + 90);
+        input.push_str(&self.header);
+        input.push('.');
+        B64.encode_string(&payload, &mut input);
         // aws-lc-rs ignores the RNG argument (it uses its own DRBG for ECDSA nonces).
         let sig = self
             .key
             .sign(&SystemRandom::new(), input.as_bytes())
             .map_err(|_| Error::check(LAYER, "ES256 signing failed"))?;
-        Ok(format!("{input}.{}", B64.encode(sig.as_ref())))
+        input.push('.');
+        B64.encode_string(sig.as_ref(), &mut input);
+        Ok(input)
     }
+}
+
+/// A token's claims with the registered claims the signer adds (RFC 7519 §4.1.1, §4.1.4).
+#[derive(Serialize)]
+struct Registered<'a, C> {
+    #[serde(flatten)]
+    claims: &'a C,
+    iss: &'a str,
+    exp: u64,
 }
 
 /// RFC 7638 JWK thumbprint of a P-256 key, base64url.
@@ -255,7 +273,7 @@ mod tests {
         assert_eq!(err.to_string(), "token: signature does not verify");
         let issued = signer
             .with_issuer("https://broker.example/", 60, 600)
-            .sign_token(json!({"eat_profile": EAR_PROFILE}), TokenKind::Receipt, 1_000)
+            .sign_token(&json!({"eat_profile": EAR_PROFILE, "iat": 1_000}), TokenKind::Receipt, 1_000)
             .unwrap();
         let claims = verify(&issued, &again.jwk()).unwrap();
         assert_eq!(
