@@ -39,6 +39,8 @@ pub struct BrokerProcess {
     child: Child,
     /// `host:port` of the gRPC service, as the broker printed it.
     pub addr: String,
+    /// `host:port` of the JWKS and discovery documents, as the broker printed it (with `--http-listen`).
+    pub http_addr: Option<String>,
     /// The state directory (keys.redb, audit.log, signing-key.jwk.json, admin.sock).
     pub state_dir: PathBuf,
     /// Kept open so the broker never writes into a closed pipe.
@@ -47,7 +49,8 @@ pub struct BrokerProcess {
 
 impl BrokerProcess {
     /// Starts `sealroom broker serve --listen 127.0.0.1:0 --state-dir STATE --kek KEK EXTRA…` and reads the
-    /// bound address from its first stdout line.
+    /// bound address from its first stdout line (and with `--http-listen` in `extra`, the JWKS address from
+    /// the second: pass port 0 rather than a port picked beforehand, which another test may take first).
     ///
     /// # Errors
     /// When the process cannot start or does not announce its address.
@@ -85,9 +88,27 @@ impl BrokerProcess {
         let mut line = String::new();
         let read = stdout.read_line(&mut line);
         let addr = line.trim().strip_prefix("sealroom broker listening on ").map(str::to_owned);
+        let wants_http = extra.iter().any(|a| *a == "--http-listen");
+        let mut http_line = String::new();
+        let http_addr = match (&addr, wants_http) {
+            (Some(_), true) => {
+                let _ = stdout.read_line(&mut http_line);
+                match http_line.trim().strip_prefix("sealroom broker publishing keys on ") {
+                    Some(a) => Some(a.to_owned()),
+                    None => {
+                        let _ = child.kill();
+                        let status = child.wait();
+                        return Err(format!(
+                            "broker did not announce its JWKS address: {http_line:?}, exit {status:?}"
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
         match (read, addr) {
             (Ok(_), Some(addr)) => {
-                Ok(Self { child, addr, state_dir: state_dir.to_path_buf(), _stdout: stdout })
+                Ok(Self { child, addr, http_addr, state_dir: state_dir.to_path_buf(), _stdout: stdout })
             }
             (r, _) => {
                 let _ = child.kill();

@@ -113,14 +113,10 @@ fn jwk(state: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(state.join("signing-key.jwk.json")).unwrap()).unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A GET over plain HTTP/1.1, parsed as JSON (the body after the blank line).
-fn http_get(port: u16, path: &str) -> serde_json::Value {
+fn http_get(addr: &str, path: &str) -> serde_json::Value {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
@@ -134,25 +130,24 @@ fn three_replicas_redeem_each_others_nonces_once() {
     database(&pg);
     let provider = Provider::create(&pg, "provider_a", 0x31);
     provider.add_key("provider-a/data", "provider-a");
-    // Each replica publishes the keys on its own HTTP port; all name one issuer (as behind a load balancer).
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let issuer = format!("http://127.0.0.1:{}", ports[0]);
+    // Each replica publishes the keys on its own HTTP port (bound to port 0, announced on stdout); all name one
+    // issuer, the name they are reached by behind a load balancer.
+    let issuer = "https://broker.provider-a.example";
     let replicas: Vec<BrokerProcess> = ["r1", "r2", "r3"]
         .iter()
-        .zip(&ports)
-        .map(|(r, port)| {
-            let listen = format!("127.0.0.1:{port}");
+        .map(|r| {
             provider.replica_with(
                 r,
                 &[
                     OsStr::new("--http-listen"),
-                    OsStr::new(&listen),
+                    OsStr::new("127.0.0.1:0"),
                     OsStr::new("--issuer"),
-                    OsStr::new(&issuer),
+                    OsStr::new(issuer),
                 ],
             )
         })
         .collect();
+    let http: Vec<&str> = replicas.iter().map(|r| r.http_addr.as_deref().unwrap()).collect();
     let (_, tee) = seal::derive_keypair(Kem::X25519HkdfSha256, b"replica test tee key").unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -169,28 +164,28 @@ fn three_replicas_redeem_each_others_nonces_once() {
         assert_eq!(first.refusals[0].reason, REFUSAL);
         let claims = token::verify(&first.attestation_result, &jwk(&replicas[1].state_dir)).unwrap();
         assert_eq!(claims["sealroom.audit"]["replica"], "r2", "{claims}");
-        assert_eq!(claims["iss"], issuer.as_str());
+        assert_eq!(claims["iss"], issuer);
         assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 3600);
         // Any relying party: PyJWT fetches replica 3's JWKS (which lists every replica's key) and verifies
         // replica 2's token.
-        let jwks_url = format!("http://127.0.0.1:{}/.well-known/jwks.json", ports[2]);
+        let jwks_url = format!("http://{}/.well-known/jwks.json", http[2]);
         let out = std::process::Command::new("python3")
             .arg(sealroom_tests::repo_root().join("tests/python/verify_token.py"))
-            .args([&jwks_url, &issuer, &first.attestation_result])
+            .args([jwks_url.as_str(), issuer, &first.attestation_result])
             .output()
             .expect("python3 (installed by ci/setup)");
         assert!(out.status.success(), "PyJWT refused the token: {}", String::from_utf8_lossy(&out.stderr));
         let verified: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(verified["kid"], jwk(&replicas[1].state_dir)["kid"]);
         assert_eq!(verified["claims"]["eat_nonce"], sealroom_verifier::ear::eat_nonce(&ch.nonce));
-        let jwks = http_get(ports[0], "/.well-known/jwks.json");
+        let jwks = http_get(http[0], "/.well-known/jwks.json");
         let kids: HashSet<String> =
             jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect();
         let want: HashSet<String> =
             replicas.iter().map(|r| jwk(&r.state_dir)["kid"].as_str().unwrap().to_owned()).collect();
         assert_eq!(kids, want, "every replica's key in every replica's JWKS");
-        let discovery = http_get(ports[1], "/.well-known/openid-configuration");
-        assert_eq!(discovery["issuer"], issuer.as_str());
+        let discovery = http_get(http[1], "/.well-known/openid-configuration");
+        assert_eq!(discovery["issuer"], issuer);
         assert_eq!(discovery["jwks_uri"], format!("{issuer}/.well-known/jwks.json"));
         let again = clients[2].release(req.clone()).await.unwrap().into_inner();
         assert_eq!(again.refusals[0].reason, REPLAY);

@@ -364,11 +364,17 @@ fn serve(a: &ServeArgs) -> Result<()> {
                 eprintln!("sealroom broker: {e}");
             }
         });
-        // One line on stdout (scripts and tests read the address from it); the rest goes to stderr.
+        // On stdout the bound addresses, for scripts and tests (`--listen`/`--http-listen` may name port 0):
+        // the gRPC one, then with `--http-listen` the JWKS one. The rest goes to stderr.
         {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "sealroom broker listening on {addr}").and_then(|()| out.flush());
+            let _ = writeln!(out, "sealroom broker listening on {addr}")
+                .and_then(|()| match http_addr {
+                    Some(h) => writeln!(out, "sealroom broker publishing keys on {h}"),
+                    None => Ok(()),
+                })
+                .and_then(|()| out.flush());
         }
         eprintln!(
             "sealroom broker: tokens and responses are signed by key {} ({}); {}",
