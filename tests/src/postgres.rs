@@ -113,15 +113,55 @@ impl Postgres {
     /// # Errors
     /// When PostgreSQL is not installed, `initdb` fails, or the server does not accept connections in 30 s.
     pub fn start() -> Result<Self, PostgresError> {
+        Self::start_on(free_port()?)
+    }
+
+    /// [`Postgres::start`] on `port` first, moving to another free port when the server cannot bind it.
+    fn start_on(port: u16) -> Result<Self, PostgresError> {
         let bin = bin_dir()?;
         let dir = unique_temp_dir("postgres");
         std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
         let run_as = if is_root() { Some(lookup_user(UNPRIVILEGED_USER)?) } else { None };
         let password = random_password()?;
-        let pg = Self { bin, dir, port: free_port()?, password, run_as };
+        let mut pg = Self { bin, dir, port, password, run_as };
         pg.init()?;
-        pg.start_server()?;
-        Ok(pg)
+        // The port was free when picked, but PostgreSQL binds it only now: a parallel test may have taken it
+        // meanwhile. Then try another one (a later `port` line in postgresql.auto.conf overrides the earlier).
+        let mut attempts = 0;
+        loop {
+            let log_before = pg.server_log().len();
+            match pg.start_server() {
+                Ok(()) => return Ok(pg),
+                Err(_)
+                    if attempts < 3
+                        && pg
+                            .server_log()
+                            .get(log_before..)
+                            .is_some_and(|l| l.contains("could not bind")) =>
+                {
+                    attempts += 1;
+                    pg.port = free_port()?;
+                    pg.append_conf(&format!("port = {}\n", pg.port))?;
+                    eprintln!(
+                        "postgres: the picked port was taken before the server bound it; trying {}",
+                        pg.port
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    fn append_conf(&self, conf: &str) -> Result<(), PostgresError> {
+        let auto = self.data_dir().join("postgresql.auto.conf");
+        let mut existing = std::fs::read_to_string(&auto).unwrap_or_default();
+        existing.push_str(conf);
+        std::fs::write(&auto, existing).map_err(|e| err(format!("{}: {e}", auto.display())))?;
+        self.own(&auto)
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -198,11 +238,7 @@ impl Postgres {
             self.port,
             self.dir.display()
         );
-        let auto = self.data_dir().join("postgresql.auto.conf");
-        let mut existing = std::fs::read_to_string(&auto).unwrap_or_default();
-        existing.push_str(&conf);
-        std::fs::write(&auto, existing).map_err(|e| err(format!("{}: {e}", auto.display())))?;
-        self.own(&auto)
+        self.append_conf(&conf)
     }
 
     fn start_server(&self) -> Result<(), PostgresError> {
@@ -334,5 +370,21 @@ impl Drop for Postgres {
         // be stopped (a test that called stop()).
         let _ = self.stop_server("immediate");
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_taken_before_the_server_binds_it_moves_the_server_to_another() {
+        let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let pg = Postgres::start_on(port).unwrap();
+        assert_ne!(pg.port(), port);
+        pg.psql("postgres", "select 1").unwrap();
+        // The other listener still holds its port.
+        assert_eq!(taken.local_addr().unwrap().port(), port);
     }
 }
