@@ -500,8 +500,23 @@ impl AuditLog {
 #[derive(Debug)]
 pub struct GroupCommitLog {
     state: Mutex<GroupState>,
+    /// Wakes blocked callers of [`GroupCommitLog::append`] when a sync ends.
     synced: Condvar,
+    /// Wakes tasks awaiting [`GroupCommitLog::durable`] when a sync ends.
+    synced_async: tokio::sync::Notify,
     file: Arc<File>,
+}
+
+/// Records written to the audit file but not yet known to be on disk: acknowledge them only after
+/// [`GroupCommitLog::durable`] for their batch returned.
+#[derive(Debug)]
+pub struct Written {
+    /// The records, in order.
+    pub records: Vec<AuditRecord>,
+    /// The head just after them.
+    pub head: ChainHead,
+    /// Their batch number: durable once a sync that started after it was written has completed.
+    pub batch: u64,
 }
 
 #[derive(Debug)]
@@ -525,6 +540,7 @@ impl GroupCommitLog {
         Self {
             state: Mutex::new(GroupState { log, written: 0, durable: 0, syncing: false, sync_error: None }),
             synced: Condvar::new(),
+            synced_async: tokio::sync::Notify::new(),
             file,
         }
     }
@@ -550,23 +566,25 @@ impl GroupCommitLog {
     }
 
     /// Appends one record per entry, all stamped `time_ms`, and returns once they are on disk, with the head
-    /// just after them.
+    /// just after them. Blocks the calling thread while a sync runs.
     ///
     /// # Errors
     /// When writing or syncing fails (now or earlier); the broker then must not reply with keys.
     pub fn append(&self, entries: &[AuditEntry], time_ms: u64) -> Result<(Vec<AuditRecord>, ChainHead)> {
+        let written = self.write(entries, time_ms)?;
+        self.wait_durable(written.batch)?;
+        Ok((written.records, written.head))
+    }
+
+    /// Returns once `batch` is on disk, blocking this thread while a sync runs (leading one when none is).
+    ///
+    /// # Errors
+    /// When a sync failed (now or earlier): the records must not be acknowledged.
+    pub fn wait_durable(&self, batch: u64) -> Result<()> {
         let mut st = self.lock()?;
-        let records = st.log.write_unsynced(entries, time_ms)?;
-        let head = st.log.head();
-        st.written = st.written.saturating_add(1);
-        let mine = st.written;
         loop {
-            if st.durable >= mine {
-                return Ok((records, head));
-            }
-            if st.log.failed {
-                let why = st.sync_error.clone().unwrap_or_else(|| "an earlier write failed".into());
-                return Err(Error::check(LAYER, format!("{why}; restart the broker to recover the log")));
+            if let Some(done) = Self::covered(&st, batch) {
+                return done;
             }
             if st.syncing {
                 st = self
@@ -578,19 +596,83 @@ impl GroupCommitLog {
             st.syncing = true;
             let covered = st.written;
             drop(st);
-            let synced = self.file.sync_data();
-            // Even after a panic elsewhere the followers must learn how this sync ended.
-            st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            st.syncing = false;
-            match synced {
-                Ok(()) => st.durable = st.durable.max(covered),
-                Err(e) => {
-                    st.log.failed = true;
-                    st.sync_error = Some(format!("cannot fsync {}: {e}", st.log.path.display()));
+            self.sync(covered);
+            st = self.lock()?;
+        }
+    }
+
+    /// Appends one record per entry, all stamped `time_ms`, in one `write`, without waiting for a sync: the
+    /// caller acknowledges them only after [`GroupCommitLog::durable`] for the returned batch.
+    ///
+    /// # Errors
+    /// When writing fails (now or earlier).
+    pub fn write(&self, entries: &[AuditEntry], time_ms: u64) -> Result<Written> {
+        let mut st = self.lock()?;
+        let records = st.log.write_unsynced(entries, time_ms)?;
+        let head = st.log.head();
+        st.written = st.written.saturating_add(1);
+        Ok(Written { records, head, batch: st.written })
+    }
+
+    /// Returns once `batch` is on disk, without holding a thread while the sync runs: the first waiter that
+    /// finds no sync running starts one on the blocking pool, and every waiter is woken when it ends. The sync
+    /// and its bookkeeping run to the end even when this future is dropped (a cancelled request), since other
+    /// waiters depend on them. Must be called within a Tokio runtime.
+    ///
+    /// # Errors
+    /// When a sync failed (now or earlier): the records must not be acknowledged.
+    pub async fn durable(self: &Arc<Self>, batch: u64) -> Result<()> {
+        loop {
+            // Registered before the state is read, so that a sync ending in between still wakes this waiter.
+            let ended = self.synced_async.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            {
+                let mut st = self.lock()?;
+                if let Some(done) = Self::covered(&st, batch) {
+                    return done;
+                }
+                if !st.syncing {
+                    st.syncing = true;
+                    let covered = st.written;
+                    drop(st);
+                    let log = Arc::clone(self);
+                    drop(tokio::task::spawn_blocking(move || log.sync(covered)));
                 }
             }
-            self.synced.notify_all();
+            ended.await;
         }
+    }
+
+    /// `Some` once `batch` is settled: on disk, or lost to a failed write or sync.
+    fn covered(st: &GroupState, batch: u64) -> Option<Result<()>> {
+        if st.durable >= batch {
+            return Some(Ok(()));
+        }
+        if st.log.failed {
+            let why = st.sync_error.clone().unwrap_or_else(|| "an earlier write failed".into());
+            return Some(Err(Error::check(LAYER, format!("{why}; restart the broker to recover the log"))));
+        }
+        None
+    }
+
+    /// The leader's sync, started with `syncing` set by the caller: syncs the file, marks the first `covered`
+    /// batches durable (or the log failed) and wakes every waiter, blocked or awaiting.
+    fn sync(&self, covered: u64) {
+        let synced = self.file.sync_data();
+        // Even after a panic elsewhere the waiters must learn how this sync ended.
+        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        st.syncing = false;
+        match synced {
+            Ok(()) => st.durable = st.durable.max(covered),
+            Err(e) => {
+                st.log.failed = true;
+                st.sync_error = Some(format!("cannot fsync {}: {e}", st.log.path.display()));
+            }
+        }
+        drop(st);
+        self.synced.notify_all();
+        self.synced_async.notify_waiters();
     }
 }
 
@@ -687,6 +769,72 @@ mod tests {
         drop(log);
         let (reopened, recovery) = AuditLog::open(&path).unwrap();
         assert_eq!((reopened.head(), recovery), (head, Recovery::Clean));
+    }
+
+    #[test]
+    fn awaiting_and_blocked_writers_each_return_after_a_sync_that_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = Arc::new(GroupCommitLog::new(AuditLog::open(&path).unwrap().0));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+        let (tasks, threads, per) = (24u8, 4u8, 10u8);
+        std::thread::scope(|s| {
+            // Blocked writers on threads of their own, alongside the awaiting ones (both kinds wait on one sync).
+            for t in 0..threads {
+                let log = &log;
+                s.spawn(move || {
+                    for i in 0..per {
+                        log.append(&[entry(100 + t), entry(i)], u64::from(i)).unwrap();
+                    }
+                });
+            }
+            rt.block_on(async {
+                let mut set = tokio::task::JoinSet::new();
+                for t in 0..tasks {
+                    let log = Arc::clone(&log);
+                    set.spawn(async move {
+                        for i in 0..per {
+                            let w = log.write(&[entry(t), entry(i)], u64::from(i)).unwrap();
+                            log.durable(w.batch).await.unwrap();
+                            // Returned only once a sync that started after this write has completed.
+                            assert!(log.state.lock().unwrap().durable >= w.batch);
+                        }
+                    });
+                }
+                set.join_all().await;
+            });
+        });
+        let head = verify(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(head.records, u64::from(tasks + threads) * u64::from(per) * 2);
+        let st = log.state.lock().unwrap();
+        assert_eq!(
+            (st.durable, st.written, st.syncing),
+            (st.written, u64::from(tasks + threads) * 10, false)
+        );
+    }
+
+    #[test]
+    fn a_waiter_dropped_while_its_sync_runs_still_frees_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(GroupCommitLog::new(AuditLog::open(&dir.path().join("audit.log")).unwrap().0));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+        rt.block_on(async {
+            let w = log.write(&[entry(0)], 1).unwrap();
+            // Polled once (it finds no sync running and starts one), then dropped: a cancelled request.
+            let once = tokio::time::timeout(std::time::Duration::ZERO, log.durable(w.batch)).await;
+            {
+                let st = log.state.lock().unwrap();
+                assert!(st.syncing || st.durable >= w.batch, "the first waiter started no sync");
+            }
+            drop(once);
+            let later = log.write(&[entry(1)], 2).unwrap();
+            let waited = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                log.durable(w.batch).await.unwrap();
+                log.durable(later.batch).await.unwrap();
+            });
+            waited.await.expect("the dropped waiter's sync never ended: every later waiter hangs");
+        });
+        assert!(!log.state.lock().unwrap().syncing);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use super::nonce::{NonceBook, NonceRefusal};
 use super::policy::{GoldenSet, Policy, Verdict};
 use super::ratelimit::{Limited, PeerLimiter, RateLimit};
 use super::seal;
-use super::store::{EmbeddedLedger, KeyRecords, Ledger, Recorded};
+use super::store::{AnchoredHead, Durability, EmbeddedLedger, KeyRecords, Ledger, Recorded};
 use super::token::{Signer, TokenKind};
 use super::{Clock, Randomness, check_key_id};
 use crate::error::{Error, Result};
@@ -394,11 +394,24 @@ impl Broker {
     }
 
     /// Handles one release request. Refusals are part of the result; `Err` means the broker itself failed (the
-    /// audit log or the store could not be used) and nothing may be released.
+    /// audit log or the store could not be used) and nothing may be released. Blocks this thread while the
+    /// decision becomes durable; the gRPC service awaits that instead ([`Broker::stage_release`]).
     ///
     /// # Errors
     /// A malformed request (no key decided), or an internal failure.
     pub fn release(&self, req: pb::ReleaseRequest) -> Result<Released> {
+        let staged = self.stage_release(req)?;
+        staged.durability.wait_blocking()?;
+        self.finish_release(staged)
+    }
+
+    /// The first part of a release: the nonce, the appraisal, each key's decision, and the audit records of
+    /// the decision (with the nonce's single use) written to the ledger. The answer may be built only once
+    /// [`StagedRelease::durability`] says the records are durable ([`Broker::finish_release`]).
+    ///
+    /// # Errors
+    /// A malformed request (no key decided), or an internal failure.
+    pub fn stage_release(&self, req: pb::ReleaseRequest) -> Result<StagedRelease> {
         let pb::ReleaseRequest { nonce: raw_nonce, evidence: wire_evidence, key_ids, tpm_activation } = req;
         Self::check_request(&key_ids)?;
         let now = self.clock.now_ms();
@@ -429,23 +442,24 @@ impl Broker {
             }
         }
         // Durable before the reply, with the nonce's single use in the same commit.
-        let (records, head) = match self.ledger.record(
+        let (records, head, durability) = match self.ledger.record_pending(
             redeemed.as_ref().ok(),
             &entries(&keys, &refusals, accepted.as_ref().err(), &key_ids, evidence_digest),
             now,
         )? {
-            Recorded::Committed(records, head) => (records, head),
-            Recorded::Replay => {
+            (Recorded::Committed(records, head), durability) => (records, head, durability),
+            (Recorded::Replay, _) => {
                 // Another release (here or on another replica) used this nonce first: nothing decided here is
                 // returned, and the refusal is what gets recorded.
                 let refused = Refused::new("nonce", NonceRefusal::AlreadyUsed.to_string());
                 keys.clear();
+                versions.clear();
                 refusals = key_ids.iter().map(|id| (id.clone(), refused.clone())).collect();
                 let all = entries(&keys, &refusals, Some(&refused), &key_ids, evidence_digest);
                 accepted = Err(refused);
-                match self.ledger.record(None, &all, now)? {
-                    Recorded::Committed(records, head) => (records, head),
-                    Recorded::Replay => {
+                match self.ledger.record_pending(None, &all, now)? {
+                    (Recorded::Committed(records, head), durability) => (records, head, durability),
+                    (Recorded::Replay, _) => {
                         return Err(Error::check(
                             "broker",
                             "audit: a record without nonce was refused as a replay",
@@ -454,6 +468,40 @@ impl Broker {
                 }
             }
         };
+        Ok(StagedRelease {
+            raw_nonce,
+            now,
+            evidence_digest,
+            tee_key,
+            keys,
+            versions,
+            refusals,
+            accepted,
+            records,
+            head,
+            durability,
+        })
+    }
+
+    /// The second part of a release, once its records are durable: the key store's release records (for
+    /// receipts), the signed token and the signed response.
+    ///
+    /// # Errors
+    /// When the key store or signing fails: nothing may be released.
+    pub fn finish_release(&self, staged: StagedRelease) -> Result<Released> {
+        let StagedRelease {
+            raw_nonce,
+            now,
+            evidence_digest,
+            tee_key,
+            keys,
+            versions,
+            refusals,
+            accepted,
+            records,
+            head,
+            durability: _,
+        } = staged;
         let sub = ReleaseSubmodule {
             appraisal: match &accepted {
                 Ok((_, _, a)) => appraised(a),
@@ -515,6 +563,36 @@ impl Broker {
     }
 }
 
+/// A release decided and written to the ledger ([`Broker::stage_release`]), to be answered
+/// ([`Broker::finish_release`]) once its records are durable.
+#[derive(Debug)]
+pub struct StagedRelease {
+    raw_nonce: Vec<u8>,
+    now: u64,
+    evidence_digest: [u8; 32],
+    tee_key: ReceivedTeeKey,
+    keys: Vec<(String, seal::Sealed)>,
+    versions: Vec<u32>,
+    refusals: Vec<(String, Refused)>,
+    accepted: std::result::Result<(Nonce, Evidence, Appraisal), Refused>,
+    records: Vec<AuditRecord>,
+    head: AnchoredHead,
+    durability: Durability,
+}
+
+impl StagedRelease {
+    /// Whether the decision's records are on disk yet.
+    pub fn durability(&self) -> &Durability {
+        &self.durability
+    }
+
+    /// Whether keys are released: finishing then writes the key store's release records, which blocks.
+    #[must_use]
+    pub fn releases_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+}
+
 /// SHA-256 of a TEE public key: how the key store names the TEE a key was released to.
 #[must_use]
 pub fn tee_key_digest(tee_public_key: &[u8]) -> [u8; 32] {
@@ -549,6 +627,7 @@ pub(super) fn evidence_digest(evidence: &WireEvidence) -> [u8; 32] {
 
 /// The TEE key of a request's evidence exactly as received (the broker signs what it was asked, even when it
 /// could not use it).
+#[derive(Debug)]
 pub(super) struct ReceivedTeeKey {
     kem_id: u16,
     key: Vec<u8>,

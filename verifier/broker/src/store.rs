@@ -163,6 +163,55 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// When the log or database cannot be written: nothing may be released.
     fn record(&self, redeemed: Option<&Nonce>, entries: &[AuditEntry], now_ms: u64) -> Result<Recorded>;
+    /// As [`Ledger::record`], but the commit may still be becoming durable when this returns: its records are
+    /// acknowledged only after [`Durability::wait`] (or [`Durability::wait_blocking`]) returned. Lets a caller
+    /// on an async runtime wait without holding a thread; a ledger whose commit is durable on return (the
+    /// default) returns [`Durability::Durable`].
+    ///
+    /// # Errors
+    /// As [`Ledger::record`].
+    fn record_pending(
+        &self,
+        redeemed: Option<&Nonce>,
+        entries: &[AuditEntry],
+        now_ms: u64,
+    ) -> Result<(Recorded, Durability)> {
+        Ok((self.record(redeemed, entries, now_ms)?, Durability::Durable))
+    }
+}
+
+/// Whether a [`Ledger::record_pending`] commit is on disk yet.
+#[derive(Debug)]
+#[must_use = "the records may be acknowledged only after waiting"]
+pub enum Durability {
+    /// Durable already.
+    Durable,
+    /// Written to the audit file as this batch; durable once a sync covering it completed.
+    AuditSync(Arc<GroupCommitLog>, u64),
+}
+
+impl Durability {
+    /// Waits, without holding a thread, until the commit is durable. Within a Tokio runtime.
+    ///
+    /// # Errors
+    /// When the sync failed: nothing of the commit may be acknowledged.
+    pub async fn wait(&self) -> Result<()> {
+        match self {
+            Self::Durable => Ok(()),
+            Self::AuditSync(log, batch) => log.durable(*batch).await,
+        }
+    }
+
+    /// Waits on this thread until the commit is durable.
+    ///
+    /// # Errors
+    /// When the sync failed: nothing of the commit may be acknowledged.
+    pub fn wait_blocking(&self) -> Result<()> {
+        match self {
+            Self::Durable => Ok(()),
+            Self::AuditSync(log, batch) => log.wait_durable(*batch),
+        }
+    }
 }
 
 /// The embedded broker's ledger: nonces remembered in memory (single use decided at [`Ledger::check`]) and the
@@ -202,5 +251,18 @@ impl Ledger for EmbeddedLedger {
     fn record(&self, _redeemed: Option<&Nonce>, entries: &[AuditEntry], now_ms: u64) -> Result<Recorded> {
         let (records, head) = self.audit.append(entries, now_ms)?;
         Ok(Recorded::Committed(records, AnchoredHead { replica: None, head }))
+    }
+
+    fn record_pending(
+        &self,
+        _redeemed: Option<&Nonce>,
+        entries: &[AuditEntry],
+        now_ms: u64,
+    ) -> Result<(Recorded, Durability)> {
+        let w = self.audit.write(entries, now_ms)?;
+        Ok((
+            Recorded::Committed(w.records, AnchoredHead { replica: None, head: w.head }),
+            Durability::AuditSync(Arc::clone(&self.audit), w.batch),
+        ))
     }
 }
