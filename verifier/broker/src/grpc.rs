@@ -56,11 +56,11 @@ async fn release(
     let failed = |e: tokio::task::JoinError| Error::check("broker", format!("release task failed: {e}"));
     let stager = Arc::clone(&broker);
     let staged = tokio::task::spawn_blocking(move || stager.stage_release(req)).await.map_err(failed)??;
-    staged.durability().wait().await?;
-    if staged.releases_keys() {
-        tokio::task::spawn_blocking(move || broker.finish_release(staged)).await.map_err(failed)?
+    let durable = staged.durable().await?;
+    if durable.releases_keys() {
+        tokio::task::spawn_blocking(move || broker.finish_release(durable)).await.map_err(failed)?
     } else {
-        broker.finish_release(staged)
+        broker.finish_release(durable)
     }
 }
 

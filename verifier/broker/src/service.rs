@@ -400,14 +400,13 @@ impl Broker {
     /// # Errors
     /// A malformed request (no key decided), or an internal failure.
     pub fn release(&self, req: pb::ReleaseRequest) -> Result<Released> {
-        let staged = self.stage_release(req)?;
-        staged.durability.wait_blocking()?;
-        self.finish_release(staged)
+        let durable = self.stage_release(req)?.durable_blocking()?;
+        self.finish_release(durable)
     }
 
     /// The first part of a release: the nonce, the appraisal, each key's decision, and the audit records of
-    /// the decision (with the nonce's single use) written to the ledger. The answer may be built only once
-    /// [`StagedRelease::durability`] says the records are durable ([`Broker::finish_release`]).
+    /// the decision (with the nonce's single use) written to the ledger. It is answered
+    /// ([`Broker::finish_release`]) once [`StagedRelease::durable`] says the records are durable.
     ///
     /// # Errors
     /// A malformed request (no key decided), or an internal failure.
@@ -488,7 +487,7 @@ impl Broker {
     ///
     /// # Errors
     /// When the key store or signing fails: nothing may be released.
-    pub fn finish_release(&self, staged: StagedRelease) -> Result<Released> {
+    pub fn finish_release(&self, durable: DurableRelease) -> Result<Released> {
         let StagedRelease {
             raw_nonce,
             now,
@@ -501,7 +500,7 @@ impl Broker {
             records,
             head,
             durability: _,
-        } = staged;
+        } = durable.0;
         let sub = ReleaseSubmodule {
             appraisal: match &accepted {
                 Ok((_, _, a)) => appraised(a),
@@ -581,15 +580,35 @@ pub struct StagedRelease {
 }
 
 impl StagedRelease {
-    /// Whether the decision's records are on disk yet.
-    pub fn durability(&self) -> &Durability {
-        &self.durability
+    /// Waits, without holding a thread, until the decision's records are durable: only then may it be answered.
+    ///
+    /// # Errors
+    /// When the sync failed: nothing of the decision may be acknowledged.
+    pub async fn durable(self) -> Result<DurableRelease> {
+        self.durability.wait().await?;
+        Ok(DurableRelease(self))
     }
 
+    /// As [`StagedRelease::durable`], blocking this thread.
+    ///
+    /// # Errors
+    /// As [`StagedRelease::durable`].
+    pub fn durable_blocking(self) -> Result<DurableRelease> {
+        self.durability.wait_blocking()?;
+        Ok(DurableRelease(self))
+    }
+}
+
+/// A staged release whose records are durable: the only input [`Broker::finish_release`] takes, and made only
+/// by waiting ([`StagedRelease::durable`]), so no answer can be built for a decision that could still be lost.
+#[derive(Debug)]
+pub struct DurableRelease(StagedRelease);
+
+impl DurableRelease {
     /// Whether keys are released: finishing then writes the key store's release records, which blocks.
     #[must_use]
     pub fn releases_keys(&self) -> bool {
-        !self.keys.is_empty()
+        !self.0.keys.is_empty()
     }
 }
 
