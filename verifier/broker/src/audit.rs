@@ -636,8 +636,8 @@ impl GroupCommitLog {
                     st.syncing = true;
                     let covered = st.written;
                     drop(st);
-                    let log = Arc::clone(self);
-                    drop(tokio::task::spawn_blocking(move || log.sync(covered)));
+                    let sync = PendingSync { log: Arc::clone(self), covered };
+                    drop(tokio::task::spawn_blocking(move || drop(sync)));
                 }
             }
             ended.await;
@@ -673,6 +673,20 @@ impl GroupCommitLog {
         drop(st);
         self.synced.notify_all();
         self.synced_async.notify_waiters();
+    }
+}
+
+/// A sync a waiter of [`GroupCommitLog::durable`] started: it runs when dropped, i.e. on the blocking pool, or
+/// wherever the runtime drops the task unrun when it shuts down, so `syncing` is always cleared and no waiter is
+/// left behind.
+struct PendingSync {
+    log: Arc<GroupCommitLog>,
+    covered: u64,
+}
+
+impl Drop for PendingSync {
+    fn drop(&mut self) {
+        self.log.sync(self.covered);
     }
 }
 
@@ -814,7 +828,7 @@ mod tests {
     }
 
     #[test]
-    fn a_waiter_dropped_while_its_sync_runs_still_frees_the_others() {
+    fn attack_cancelled_request_cannot_stall_the_audit_sync() {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(GroupCommitLog::new(AuditLog::open(&dir.path().join("audit.log")).unwrap().0));
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();

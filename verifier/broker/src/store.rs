@@ -248,9 +248,10 @@ impl Ledger for EmbeddedLedger {
         self.nonces.redeem(nonce, now_ms)
     }
 
-    fn record(&self, _redeemed: Option<&Nonce>, entries: &[AuditEntry], now_ms: u64) -> Result<Recorded> {
-        let (records, head) = self.audit.append(entries, now_ms)?;
-        Ok(Recorded::Committed(records, AnchoredHead { replica: None, head }))
+    fn record(&self, redeemed: Option<&Nonce>, entries: &[AuditEntry], now_ms: u64) -> Result<Recorded> {
+        let (recorded, durability) = self.record_pending(redeemed, entries, now_ms)?;
+        durability.wait_blocking()?;
+        Ok(recorded)
     }
 
     fn record_pending(
