@@ -184,3 +184,77 @@ async fn receipts_work_on_a_postgres_replica_and_attack_pg_record_edit_is_refuse
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A release waiting for its PostgreSQL `COMMIT` holds no thread (before, each waiting release blocked a
+/// thread of the pool until its commit returned, so the pool's size, not the database, bounded how many
+/// releases a replica had in flight): with a blocking pool of one thread and the commit held up by a lock on
+/// `used_nonces`, other blocking work still runs; the release is answered, and recorded, once the lock is gone.
+#[test]
+fn a_release_awaiting_its_postgres_commit_holds_no_thread() {
+    let pg = Postgres::start().unwrap();
+    pg.psql("postgres", "create database sealroom").unwrap();
+    let url = pg.superuser_url("sealroom");
+    let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness::new());
+    let kek = sealroom_broker::keystore::Kek::from_bytes(&[5; 32]).unwrap();
+    let nonces = NonceKeys::new(&[9; 32], None, 30_000).unwrap();
+    let store = sealroom_broker::pg::open(&url, kek, rng.as_ref(), nonces, REPLICA).unwrap();
+    store.keys.add(KEY_ID, "provider-a", ALL_SKIP, Some(DATA_KEY.to_vec()), rng.as_ref(), 0).unwrap();
+    let dir = unique_temp_dir("pg-commit-wait");
+    std::fs::create_dir_all(&dir).unwrap();
+    let broker = Arc::new(Broker::on_store(StoreParts {
+        clock: Arc::new(ManualClock::at(1_760_000_000_000)),
+        rng,
+        appraiser: Arc::new(VerifierAppraiser::default()),
+        store: store.keys,
+        golden: GoldenSet::default(),
+        signer: Signer::load_or_create(&dir.join("signing.pk8")).unwrap(),
+        ledger: store.ledger,
+    }));
+    let (_, tee) = sealroom_broker::seal::derive_keypair(
+        sealroom_measurements::binding::Kem::X25519HkdfSha256,
+        b"commit wait",
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    std::thread::scope(|s| {
+        let held = s.spawn(|| {
+            pg.psql(
+                "sealroom",
+                "begin; lock table used_nonces in access exclusive mode; select pg_sleep(8); commit;",
+            )
+        });
+        let locked = "select count(*) from pg_locks where relation = 'used_nonces'::regclass \
+                      and mode = 'AccessExclusiveLock' and granted";
+        let t0 = std::time::Instant::now();
+        while pg.psql("sealroom", locked).unwrap().trim() != "1" {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(20),
+                "the lock on used_nonces was never taken"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        rt.block_on(async {
+            let (nonce, _) = broker.challenge().unwrap();
+            let req = sealroom_tests::placeholder::release_request(nonce, &tee, KEY_ID);
+            let release = tokio::spawn(Arc::clone(&broker).stage_release_awaiting(req));
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            assert!(!release.is_finished(), "the lock did not hold up the release's commit");
+            let other =
+                tokio::time::timeout(std::time::Duration::from_secs(2), tokio::task::spawn_blocking(|| ()));
+            assert!(
+                other.await.is_ok(),
+                "the blocking pool's only thread is held by the release waiting to commit"
+            );
+            let staged = release.await.unwrap().unwrap();
+            let released = broker.finish_release(staged.durable().await.unwrap()).unwrap();
+            assert_eq!(released.refusals[0].1.reason, sealroom_tests::placeholder::REFUSAL);
+        });
+        held.join().unwrap().unwrap();
+    });
+    assert!(last_audit(&pg).ends_with(sealroom_tests::placeholder::REFUSAL), "{}", last_audit(&pg));
+}

@@ -45,8 +45,8 @@ fn limit<T>(
 }
 
 /// One release, as a task of its own so that it runs to its end even when the call is cancelled (as a
-/// blocking task would). The appraisal, the decisions and the audit write run on the blocking pool; the wait
-/// for the audit sync holds no thread (a blocked thread per waiting release cost about a sixth of a release's
+/// blocking task would). The appraisal, the decisions and the audit write run on the blocking pool; the waits
+/// for a PostgreSQL commit and for the audit sync hold no thread (a blocked thread per waiting release cost about a sixth of a release's
 /// CPU at 32 concurrent agents, docs/broker-scaling.md); the token and response signatures of a release without
 /// keys then run here, while one with keys goes back to the blocking pool for the key store's release records.
 async fn release(
@@ -54,8 +54,7 @@ async fn release(
     req: pb::ReleaseRequest,
 ) -> crate::error::Result<crate::service::Released> {
     let failed = |e: tokio::task::JoinError| Error::check("broker", format!("release task failed: {e}"));
-    let stager = Arc::clone(&broker);
-    let staged = tokio::task::spawn_blocking(move || stager.stage_release(req)).await.map_err(failed)??;
+    let staged = Arc::clone(&broker).stage_release_awaiting(req).await?;
     let durable = staged.durable().await?;
     if durable.releases_keys() {
         tokio::task::spawn_blocking(move || broker.finish_release(durable)).await.map_err(failed)?

@@ -406,11 +406,58 @@ impl Broker {
 
     /// The first part of a release: the nonce, the appraisal, each key's decision, and the audit records of
     /// the decision (with the nonce's single use) written to the ledger. It is answered
-    /// ([`Broker::finish_release`]) once [`StagedRelease::durable`] says the records are durable.
+    /// ([`Broker::finish_release`]) once [`StagedRelease::durable`] says the records are durable. Blocks
+    /// this thread for the ledger's commit; the gRPC service uses [`Broker::stage_release_awaiting`].
     ///
     /// # Errors
     /// A malformed request (no key decided), or an internal failure.
     pub fn stage_release(&self, req: pb::ReleaseRequest) -> Result<StagedRelease> {
+        let mut decided = self.decide_release(req)?;
+        loop {
+            let (redeemed, entries) = decided.to_record();
+            let (recorded, durability) =
+                self.ledger.record_pending(redeemed.as_ref(), &entries, decided.now)?;
+            match decided.recorded(recorded, durability)? {
+                Ok(staged) => return Ok(staged),
+                Err(replayed) => decided = replayed,
+            }
+        }
+    }
+
+    /// [`Broker::stage_release`] on a Tokio runtime: the decision (appraisal, key store reads) and the hand-over
+    /// to the ledger run on the blocking pool; the wait for a ledger's commit that is a round trip (PostgreSQL)
+    /// holds no thread: a replica's releases in flight are bounded by its memory and the database, not by the
+    /// blocking pool's threads (512 by default), each of which a release used to hold until its `COMMIT`.
+    ///
+    /// # Errors
+    /// As [`Broker::stage_release`].
+    pub async fn stage_release_awaiting(self: Arc<Self>, req: pb::ReleaseRequest) -> Result<StagedRelease> {
+        let failed = |e: tokio::task::JoinError| Error::check("broker", format!("release task failed: {e}"));
+        let broker = Arc::clone(&self);
+        let (mut decided, mut submitted) = tokio::task::spawn_blocking(move || {
+            let decided = broker.decide_release(req)?;
+            let (redeemed, entries) = decided.to_record();
+            let submitted = broker.ledger.submit(redeemed.as_ref(), &entries, decided.now)?;
+            Ok::<_, Error>((decided, submitted))
+        })
+        .await
+        .map_err(failed)??;
+        loop {
+            let (recorded, durability) = submitted.outcome().await?;
+            match decided.recorded(recorded, durability)? {
+                Ok(staged) => return Ok(staged),
+                Err(replayed) => {
+                    // Only a shared ledger answers a replay, and its submission only queues the commit.
+                    let (redeemed, entries) = replayed.to_record();
+                    submitted = self.ledger.submit(redeemed.as_ref(), &entries, replayed.now)?;
+                    decided = replayed;
+                }
+            }
+        }
+    }
+
+    /// The nonce, the appraisal and each key's decision, before anything is recorded.
+    fn decide_release(&self, req: pb::ReleaseRequest) -> Result<DecidedRelease> {
         let pb::ReleaseRequest { nonce: raw_nonce, evidence: wire_evidence, key_ids, tpm_activation } = req;
         Self::check_request(&key_ids)?;
         let now = self.clock.now_ms();
@@ -421,7 +468,7 @@ impl Broker {
         let mut versions = Vec::new();
         let mut refusals = Vec::new();
         let redeemed = self.check_nonce(&raw_nonce, now);
-        let mut accepted = redeemed
+        let accepted = redeemed
             .clone()
             .and_then(|nonce| self.appraise(nonce, wire_evidence, tpm_activation.as_ref(), now));
         match &accepted {
@@ -440,34 +487,9 @@ impl Broker {
                 }
             }
         }
-        // Durable before the reply, with the nonce's single use in the same commit.
-        let (records, head, durability) = match self.ledger.record_pending(
-            redeemed.as_ref().ok(),
-            &entries(&keys, &refusals, accepted.as_ref().err(), &key_ids, evidence_digest),
-            now,
-        )? {
-            (Recorded::Committed(records, head), durability) => (records, head, durability),
-            (Recorded::Replay, _) => {
-                // Another release (here or on another replica) used this nonce first: nothing decided here is
-                // returned, and the refusal is what gets recorded.
-                let refused = Refused::new("nonce", NonceRefusal::AlreadyUsed.to_string());
-                keys.clear();
-                versions.clear();
-                refusals = key_ids.iter().map(|id| (id.clone(), refused.clone())).collect();
-                let all = entries(&keys, &refusals, Some(&refused), &key_ids, evidence_digest);
-                accepted = Err(refused);
-                match self.ledger.record_pending(None, &all, now)? {
-                    (Recorded::Committed(records, head), durability) => (records, head, durability),
-                    (Recorded::Replay, _) => {
-                        return Err(Error::check(
-                            "broker",
-                            "audit: a record without nonce was refused as a replay",
-                        ));
-                    }
-                }
-            }
-        };
-        Ok(StagedRelease {
+        Ok(DecidedRelease {
+            redeemed: redeemed.ok(),
+            key_ids,
             raw_nonce,
             now,
             evidence_digest,
@@ -476,9 +498,6 @@ impl Broker {
             versions,
             refusals,
             accepted,
-            records,
-            head,
-            durability,
         })
     }
 
@@ -596,6 +615,78 @@ impl StagedRelease {
     pub fn durable_blocking(self) -> Result<DurableRelease> {
         self.durability.wait_blocking()?;
         Ok(DurableRelease(self))
+    }
+}
+
+/// A release decided but not yet recorded ([`Broker::stage_release`]).
+#[derive(Debug)]
+struct DecidedRelease {
+    /// The nonce whose single use is recorded with the decision (none once a replay was found).
+    redeemed: Option<Nonce>,
+    key_ids: Vec<String>,
+    raw_nonce: Vec<u8>,
+    now: u64,
+    evidence_digest: [u8; 32],
+    tee_key: ReceivedTeeKey,
+    keys: Vec<(String, seal::Sealed)>,
+    versions: Vec<u32>,
+    refusals: Vec<(String, Refused)>,
+    accepted: std::result::Result<(Nonce, Evidence, Appraisal), Refused>,
+}
+
+impl DecidedRelease {
+    /// What the ledger records: the redeemed nonce and one entry per key. Durable before the reply, with the
+    /// nonce's single use in the same commit.
+    fn to_record(&self) -> (Option<Nonce>, Vec<AuditEntry>) {
+        let entries = entries(
+            &self.keys,
+            &self.refusals,
+            self.accepted.as_ref().err(),
+            &self.key_ids,
+            self.evidence_digest,
+        );
+        (self.redeemed, entries)
+    }
+
+    /// The ledger's answer: staged, or after a replay the decision replaced by the replay's refusal, to be
+    /// recorded (without a nonce) in its place.
+    ///
+    /// # Errors
+    /// A record without a nonce answered as a replay (a ledger fault).
+    fn recorded(
+        mut self,
+        recorded: Recorded,
+        durability: Durability,
+    ) -> Result<std::result::Result<StagedRelease, DecidedRelease>> {
+        match recorded {
+            Recorded::Committed(records, head) => Ok(Ok(StagedRelease {
+                raw_nonce: self.raw_nonce,
+                now: self.now,
+                evidence_digest: self.evidence_digest,
+                tee_key: self.tee_key,
+                keys: self.keys,
+                versions: self.versions,
+                refusals: self.refusals,
+                accepted: self.accepted,
+                records,
+                head,
+                durability,
+            })),
+            Recorded::Replay if self.redeemed.is_none() => {
+                Err(Error::check("broker", "audit: a record without nonce was refused as a replay"))
+            }
+            Recorded::Replay => {
+                // Another release (here or on another replica) used this nonce first: nothing decided here is
+                // returned, and the refusal is what gets recorded.
+                let refused = Refused::new("nonce", NonceRefusal::AlreadyUsed.to_string());
+                self.keys.clear();
+                self.versions.clear();
+                self.refusals = self.key_ids.iter().map(|id| (id.clone(), refused.clone())).collect();
+                self.accepted = Err(refused);
+                self.redeemed = None;
+                Ok(Err(self))
+            }
+        }
     }
 }
 

@@ -178,6 +178,43 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     ) -> Result<(Recorded, Durability)> {
         Ok((self.record(redeemed, entries, now_ms)?, Durability::Durable))
     }
+    /// As [`Ledger::record_pending`], for a caller on an async runtime: a ledger whose commit is a round trip
+    /// (PostgreSQL) hands the commit over and answers through [`Submitted::outcome`] once it is committed, so
+    /// that no thread waits for it. May block briefly (the embedded ledger's audit write runs here: call it
+    /// where blocking is allowed).
+    ///
+    /// # Errors
+    /// As [`Ledger::record`]; a commit that fails later fails [`Submitted::outcome`].
+    fn submit(&self, redeemed: Option<&Nonce>, entries: &[AuditEntry], now_ms: u64) -> Result<Submitted> {
+        let (recorded, durability) = self.record_pending(redeemed, entries, now_ms)?;
+        Ok(Submitted::Written(recorded, durability))
+    }
+}
+
+/// A commit handed to a ledger by [`Ledger::submit`].
+#[derive(Debug)]
+#[must_use = "the commit's outcome decides what is answered"]
+pub enum Submitted {
+    /// Recorded; acknowledged once its [`Durability`] says so.
+    Written(Recorded, Durability),
+    /// Queued to a committer, which answers once its transaction committed (durable then).
+    Committing(tokio::sync::oneshot::Receiver<Result<Recorded>>),
+}
+
+impl Submitted {
+    /// The commit's outcome, waited for without holding a thread. Within a Tokio runtime.
+    ///
+    /// # Errors
+    /// When the commit failed or its committer stopped: nothing of it may be acknowledged.
+    pub async fn outcome(self) -> Result<(Recorded, Durability)> {
+        match self {
+            Self::Written(recorded, durability) => Ok((recorded, durability)),
+            Self::Committing(answer) => match answer.await {
+                Ok(recorded) => Ok((recorded?, Durability::Durable)),
+                Err(_) => Err(Error::check("ledger", "committer ended without an answer")),
+            },
+        }
+    }
 }
 
 /// Whether a [`Ledger::record_pending`] commit is on disk yet.

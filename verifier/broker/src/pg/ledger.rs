@@ -24,7 +24,7 @@ use crate::audit::{AuditEntry, ChainHead};
 use crate::error::{Error, Result};
 use crate::nonce::NonceRefusal;
 use crate::nonce_mac::NonceKeys;
-use crate::store::{AnchoredHead, Ledger, Recorded};
+use crate::store::{AnchoredHead, Ledger, Recorded, Submitted};
 
 const LAYER: &str = "postgres";
 /// Most releases committed in one transaction.
@@ -38,7 +38,23 @@ struct Job {
     nonce: Option<(Vec<u8>, i64)>,
     entries: Vec<AuditEntry>,
     now_ms: u64,
-    reply: std::sync::mpsc::SyncSender<Result<Recorded>>,
+    reply: Reply,
+}
+
+/// Where a job's outcome goes: a blocked thread ([`Ledger::record`]) or an awaiting task ([`Ledger::submit`]).
+enum Reply {
+    Blocked(std::sync::mpsc::SyncSender<Result<Recorded>>),
+    Awaiting(tokio::sync::oneshot::Sender<Result<Recorded>>),
+}
+
+impl Reply {
+    /// Answers; a caller that is gone (a cancelled request) is not an error: its commit stands.
+    fn send(self, outcome: Result<Recorded>) {
+        let _ = match self {
+            Self::Blocked(tx) => tx.send(outcome).ok(),
+            Self::Awaiting(tx) => tx.send(outcome).ok(),
+        };
+    }
 }
 
 /// The ledger of one replica.
@@ -96,6 +112,27 @@ impl Ledger for PgLedger {
     }
 
     fn record(&self, redeemed: Option<&Nonce>, entries: &[AuditEntry], now_ms: u64) -> Result<Recorded> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.queue(redeemed, entries, now_ms, Reply::Blocked(reply))?;
+        answer.recv().map_err(|_| Error::check(LAYER, "audit writer ended without an answer"))?
+    }
+
+    fn submit(&self, redeemed: Option<&Nonce>, entries: &[AuditEntry], now_ms: u64) -> Result<Submitted> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue(redeemed, entries, now_ms, Reply::Awaiting(reply))?;
+        Ok(Submitted::Committing(answer))
+    }
+}
+
+impl PgLedger {
+    /// Hands a release's records to the writer task, which answers `reply` after its batch's `COMMIT`.
+    fn queue(
+        &self,
+        redeemed: Option<&Nonce>,
+        entries: &[AuditEntry],
+        now_ms: u64,
+        reply: Reply,
+    ) -> Result<()> {
         let nonce = redeemed
             .map(|n| {
                 // Checked at the start of the release; the expiry is in the nonce itself.
@@ -103,11 +140,9 @@ impl Ledger for PgLedger {
                 Ok::<_, Error>((n.0.to_vec(), to_i64("nonce expiry", expires)?))
             })
             .transpose()?;
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
         self.jobs
             .send(Job { nonce, entries: entries.to_vec(), now_ms, reply })
-            .map_err(|_| Error::check(LAYER, "audit writer stopped"))?;
-        answer.recv().map_err(|_| Error::check(LAYER, "audit writer ended without an answer"))?
+            .map_err(|_| Error::check(LAYER, "audit writer stopped"))
     }
 }
 
@@ -127,7 +162,7 @@ async fn writer(config: tokio_postgres::Config, replica: String, mut rx: mpsc::U
         match commit_batch(&config, &replica, &mut client, &mut head, &batch).await {
             Ok(outcomes) => {
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
+                    job.reply.send(Ok(outcome));
                 }
             }
             Err(e) => {
@@ -138,7 +173,7 @@ async fn writer(config: tokio_postgres::Config, replica: String, mut rx: mpsc::U
                 }
                 let msg = e.to_string();
                 for job in batch {
-                    let _ = job.reply.send(Err(Error::check(LAYER, format!("release not recorded: {msg}"))));
+                    job.reply.send(Err(Error::check(LAYER, format!("release not recorded: {msg}"))));
                 }
                 continue;
             }
