@@ -21,7 +21,8 @@
 //! Each agent has its own connection to each broker it talks to (as real agents, each on its own machine, do).
 //! The peer, the brokers and the agents run on three runtimes of their own (threads `sr-verifier`,
 //! `sr-broker`, `sr-agent`), so that after the timed runs a second pass can count the CPU time each side's
-//! threads spent per appraisal and per release (`/proc/self/task/*/schedstat`): the in-process agents share
+//! threads spent per appraisal and per release (`/proc/self/task/*/schedstat`), and for the replica also the
+//! CPU time of PostgreSQL's processes (`Postgres::server_cpu_ns`): the in-process agents share
 //! the machine's cores with the broker in the timed runs, which a broker serving agents on other machines does
 //! not, and CPU time per operation moves far less with the load of other jobs than wall-clock throughput.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
@@ -283,7 +284,8 @@ fn bench(c: &mut Criterion) {
             }
         }
     }
-    cpu_per_operation(appraise_32, embedded_32);
+    let replica_32 = || run(&first_replica, false);
+    cpu_per_operation(appraise_32, embedded_32, replica_32, || pg.server_cpu_ns());
 }
 
 /// Names of the threads of each side (at most 15 bytes: the kernel's limit).
@@ -291,37 +293,69 @@ const VERIFIER_THREADS: &str = "sr-verifier";
 const BROKER_THREADS: &str = "sr-broker";
 const AGENT_THREADS: &str = "sr-agent";
 
-/// The untimed second pass: CPU time per appraisal of the peer's threads, and per release of the embedded
-/// broker's threads (gRPC server, blocking pool) and of the agents' threads, over the same 32-concurrent rounds.
-/// Their ratio is the broker's throughput against the bare verifier's on cores of its own. The two sides'
-/// rounds alternate, so that a change in the load of other jobs on the machine falls on both alike (run one
-/// after the other, the same build gave ratios from 0.41 to 0.59 ×).
-fn cpu_per_operation(appraise_32: impl Fn(), embedded_32: impl Fn()) {
+/// The untimed second pass: CPU time per appraisal of the peer's threads, and per release of the brokers'
+/// threads (gRPC server, blocking pool), of the agents' threads and, for the replica, of PostgreSQL's
+/// processes, over the same 32-concurrent rounds. Their ratio is a broker's throughput against the bare
+/// verifier's on cores of its own (with the replica's database on cores of its own too, or counted with it).
+/// Each broker's rounds alternate with rounds of the bare verifier, so that a change in the load of other
+/// jobs on the machine falls on both alike (run one after the other, the same build gave ratios from 0.41 to
+/// 0.59 ×); the embedded broker and the replica are measured in passes of their own, since rounds of one
+/// moved the other's figure (a replica holding a blocked thread per release made the embedded broker's
+/// rounds between them ≈ 0.03 × cheaper).
+fn cpu_per_operation(
+    appraise_32: impl Fn(),
+    embedded_32: impl Fn(),
+    replica_32: impl Fn(),
+    database_cpu_ns: impl Fn() -> Option<u64>,
+) {
     const ROUNDS: usize = 200;
-    let ops = (ROUNDS * AGENTS) as f64;
     let threads = [VERIFIER_THREADS, BROKER_THREADS, AGENT_THREADS];
-    let cpu_now = || -> Option<Vec<u64>> { threads.iter().map(|t| thread_cpu_ns(t)).collect() };
-    let mut spent = [0u64; 3];
-    let mut round = |f: &dyn Fn()| -> Option<()> {
-        let before = cpu_now()?;
-        f();
-        for ((s, b), a) in spent.iter_mut().zip(before).zip(cpu_now()?) {
-            *s += a.saturating_sub(b);
+    let cpu_now = || -> Option<[u64; 4]> {
+        let mut now = [0; 4];
+        for (n, t) in now.iter_mut().zip(threads) {
+            *n = thread_cpu_ns(t)?;
         }
-        Some(())
+        now[3] = database_cpu_ns()?;
+        Some(now)
     };
-    for _ in 0..ROUNDS {
-        if round(&appraise_32).and_then(|()| round(&embedded_32)).is_none() {
-            println!("CPU per operation: /proc/self/task not readable here");
-            return;
+    // Per arm, µs per operation: the verifier's, the brokers', the agents' threads and the database.
+    let alternate = |arms: [&dyn Fn(); 2]| -> Option<[[f64; 4]; 2]> {
+        let mut spent = [[0u64; 4]; 2];
+        for _ in 0..ROUNDS {
+            for (arm, f) in spent.iter_mut().zip(arms) {
+                let before = cpu_now()?;
+                f();
+                for ((s, b), a) in arm.iter_mut().zip(before).zip(cpu_now()?) {
+                    *s += a.saturating_sub(b);
+                }
+            }
         }
-    }
-    let [verifier, broker, agents] = spent.map(|ns| ns as f64 / ops / 1000.0);
+        Some(spent.map(|arm| arm.map(|ns| ns as f64 / (ROUNDS * AGENTS) as f64 / 1000.0)))
+    };
+    let Some([peer, embedded]) = alternate([&appraise_32, &embedded_32]) else {
+        println!("CPU per operation: /proc not readable here");
+        return;
+    };
     println!(
-        "CPU per operation ({ROUNDS} rounds of 32 each, alternating): bare verifier {verifier:.0} us/appraisal; \
-         embedded broker {broker:.0} us/release ({:.2} x the bare verifier on cores of its own), its in-process \
-         agents {agents:.0} us/release",
-        verifier / broker
+        "CPU per operation ({ROUNDS} rounds of 32 each, alternating): bare verifier {:.0} us/appraisal; \
+         embedded broker {:.0} us/release ({:.2} x the bare verifier on cores of its own), its in-process \
+         agents {:.0} us/release",
+        peer[0],
+        embedded[1],
+        peer[0] / embedded[1],
+        embedded[2]
+    );
+    let Some([peer, replica]) = alternate([&appraise_32, &replica_32]) else { return };
+    println!(
+        "CPU per operation, 1 replica on PostgreSQL ({ROUNDS} rounds each, alternating): bare verifier {:.0} \
+         us/appraisal; replica {:.0} us/release in the broker ({:.2} x) + {:.0} us/release in PostgreSQL \
+         ({:.2} x counting both), its agents {:.0} us/release",
+        peer[0],
+        replica[1],
+        peer[0] / replica[1],
+        replica[3],
+        peer[0] / (replica[1] + replica[3]),
+        replica[2]
     );
 }
 

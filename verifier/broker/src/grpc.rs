@@ -46,9 +46,10 @@ fn limit<T>(
 
 /// One release, as a task of its own so that it runs to its end even when the call is cancelled (as a
 /// blocking task would). The appraisal, the decisions and the audit write run on the blocking pool; the waits
-/// for a PostgreSQL commit and for the audit sync hold no thread (a blocked thread per waiting release cost about a sixth of a release's
-/// CPU at 32 concurrent agents, docs/broker-scaling.md); the token and response signatures of a release without
-/// keys then run here, while one with keys goes back to the blocking pool for the key store's release records.
+/// for a PostgreSQL commit and for the audit sync hold no thread (a blocked thread per waiting release cost
+/// about a sixth of a release's CPU at 32 concurrent agents, docs/broker-scaling.md); the token and response
+/// signatures of a release without keys then run here, while one with keys goes back to the blocking pool for
+/// the key store's release records.
 async fn release(
     broker: Arc<Broker>,
     req: pb::ReleaseRequest,

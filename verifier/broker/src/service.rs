@@ -36,7 +36,7 @@ use super::nonce::{NonceBook, NonceRefusal};
 use super::policy::{GoldenSet, Policy, Verdict};
 use super::ratelimit::{Limited, PeerLimiter, RateLimit};
 use super::seal;
-use super::store::{AnchoredHead, Durability, EmbeddedLedger, KeyRecords, Ledger, Recorded};
+use super::store::{AnchoredHead, Durability, EmbeddedLedger, KeyRecords, Ledger, Recorded, Submitted};
 use super::token::{Signer, TokenKind};
 use super::{Clock, Randomness, check_key_id};
 use crate::error::{Error, Result};
@@ -434,23 +434,38 @@ impl Broker {
     pub async fn stage_release_awaiting(self: Arc<Self>, req: pb::ReleaseRequest) -> Result<StagedRelease> {
         let failed = |e: tokio::task::JoinError| Error::check("broker", format!("release task failed: {e}"));
         let broker = Arc::clone(&self);
-        let (mut decided, mut submitted) = tokio::task::spawn_blocking(move || {
-            let decided = broker.decide_release(req)?;
-            let (redeemed, entries) = decided.to_record();
-            let submitted = broker.ledger.submit(redeemed.as_ref(), &entries, decided.now)?;
-            Ok::<_, Error>((decided, submitted))
-        })
-        .await
-        .map_err(failed)??;
+        let mut recording =
+            tokio::task::spawn_blocking(move || broker.record_decided(broker.decide_release(req)?))
+                .await
+                .map_err(failed)??;
         loop {
-            let (recorded, durability) = submitted.outcome().await?;
-            match decided.recorded(recorded, durability)? {
-                Ok(staged) => return Ok(staged),
-                Err(replayed) => {
-                    // Only a shared ledger answers a replay, and its submission only queues the commit.
-                    let (redeemed, entries) = replayed.to_record();
-                    submitted = self.ledger.submit(redeemed.as_ref(), &entries, replayed.now)?;
-                    decided = replayed;
+            match recording {
+                Recording::Staged(staged) => return Ok(staged),
+                Recording::Committing(decided, submitted) => {
+                    let (recorded, durability) = submitted.outcome().await?;
+                    recording = match decided.recorded(recorded, durability)? {
+                        Ok(staged) => Recording::Staged(staged),
+                        // Only a shared ledger answers a replay, and its submission only queues the commit.
+                        Err(replayed) => self.record_decided(replayed)?,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Hands `decided` to the ledger ([`Ledger::submit`]): staged when the ledger recorded it at once (the
+    /// embedded ledger: the audit write, with the sync still to be awaited), or the decision with its commit
+    /// still running (PostgreSQL).
+    fn record_decided(&self, mut decided: DecidedRelease) -> Result<Recording> {
+        loop {
+            let (redeemed, entries) = decided.to_record();
+            match self.ledger.submit(redeemed.as_ref(), &entries, decided.now)? {
+                Submitted::Written(recorded, durability) => match decided.recorded(recorded, durability)? {
+                    Ok(staged) => return Ok(Recording::Staged(staged)),
+                    Err(replayed) => decided = replayed,
+                },
+                committing @ Submitted::Committing(_) => {
+                    return Ok(Recording::Committing(decided, committing));
                 }
             }
         }
@@ -616,6 +631,13 @@ impl StagedRelease {
         self.durability.wait_blocking()?;
         Ok(DurableRelease(self))
     }
+}
+
+/// Where [`Broker::record_decided`] left a release.
+#[derive(Debug)]
+enum Recording {
+    Staged(StagedRelease),
+    Committing(DecidedRelease, Submitted),
 }
 
 /// A release decided but not yet recorded ([`Broker::stage_release`]).
