@@ -416,7 +416,7 @@ impl Broker {
         loop {
             let (redeemed, entries) = decided.to_record();
             let (recorded, durability) =
-                self.ledger.record_pending(redeemed.as_ref(), &entries, decided.now)?;
+                self.ledger.record_pending(redeemed.as_ref(), &entries, decided.decision.now)?;
             match decided.recorded(recorded, durability)? {
                 Ok(staged) => return Ok(staged),
                 Err(replayed) => decided = replayed,
@@ -459,7 +459,7 @@ impl Broker {
     fn record_decided(&self, mut decided: DecidedRelease) -> Result<Recording> {
         loop {
             let (redeemed, entries) = decided.to_record();
-            match self.ledger.submit(redeemed.as_ref(), &entries, decided.now)? {
+            match self.ledger.submit(redeemed.as_ref(), &entries, decided.decision.now)? {
                 Submitted::Written(recorded, durability) => match decided.recorded(recorded, durability)? {
                     Ok(staged) => return Ok(Recording::Staged(staged)),
                     Err(replayed) => decided = replayed,
@@ -505,14 +505,16 @@ impl Broker {
         Ok(DecidedRelease {
             redeemed: redeemed.ok(),
             key_ids,
-            raw_nonce,
-            now,
-            evidence_digest,
-            tee_key,
-            keys,
-            versions,
-            refusals,
-            accepted,
+            decision: ReleaseDecision {
+                raw_nonce,
+                now,
+                evidence_digest,
+                tee_key,
+                keys,
+                versions,
+                refusals,
+                accepted,
+            },
         })
     }
 
@@ -523,14 +525,8 @@ impl Broker {
     /// When the key store or signing fails: nothing may be released.
     pub fn finish_release(&self, durable: DurableRelease) -> Result<Released> {
         let StagedRelease {
-            raw_nonce,
-            now,
-            evidence_digest,
-            tee_key,
-            keys,
-            versions,
-            refusals,
-            accepted,
+            decision:
+                ReleaseDecision { raw_nonce, now, evidence_digest, tee_key, keys, versions, refusals, accepted },
             records,
             head,
             durability: _,
@@ -600,14 +596,7 @@ impl Broker {
 /// ([`Broker::finish_release`]) once its records are durable.
 #[derive(Debug)]
 pub struct StagedRelease {
-    raw_nonce: Vec<u8>,
-    now: u64,
-    evidence_digest: [u8; 32],
-    tee_key: ReceivedTeeKey,
-    keys: Vec<(String, seal::Sealed)>,
-    versions: Vec<u32>,
-    refusals: Vec<(String, Refused)>,
-    accepted: std::result::Result<(Nonce, Evidence, Appraisal), Refused>,
+    decision: ReleaseDecision,
     records: Vec<AuditRecord>,
     head: AnchoredHead,
     durability: Durability,
@@ -640,12 +629,9 @@ enum Recording {
     Committing(DecidedRelease, Submitted),
 }
 
-/// A release decided but not yet recorded ([`Broker::stage_release`]).
+/// What a release decided: the request as received, each key sealed or refused, the appraisal.
 #[derive(Debug)]
-struct DecidedRelease {
-    /// The nonce whose single use is recorded with the decision (none once a replay was found).
-    redeemed: Option<Nonce>,
-    key_ids: Vec<String>,
+struct ReleaseDecision {
     raw_nonce: Vec<u8>,
     now: u64,
     evidence_digest: [u8; 32],
@@ -656,18 +642,24 @@ struct DecidedRelease {
     accepted: std::result::Result<(Nonce, Evidence, Appraisal), Refused>,
 }
 
+/// A release decided but not yet recorded ([`Broker::stage_release`]).
+#[derive(Debug)]
+struct DecidedRelease {
+    /// The nonce whose single use is recorded with the decision (none once a replay was found).
+    redeemed: Option<Nonce>,
+    key_ids: Vec<String>,
+    decision: ReleaseDecision,
+}
+
 impl DecidedRelease {
     /// What the ledger records: the redeemed nonce and one entry per key. Durable before the reply, with the
     /// nonce's single use in the same commit.
     fn to_record(&self) -> (Option<Nonce>, Vec<AuditEntry>) {
-        let entries = entries(
-            &self.keys,
-            &self.refusals,
-            self.accepted.as_ref().err(),
-            &self.key_ids,
-            self.evidence_digest,
-        );
-        (self.redeemed, entries)
+        let d = &self.decision;
+        (
+            self.redeemed,
+            entries(&d.keys, &d.refusals, d.accepted.as_ref().err(), &self.key_ids, d.evidence_digest),
+        )
     }
 
     /// The ledger's answer: staged, or after a replay the decision replaced by the replay's refusal, to be
@@ -681,19 +673,9 @@ impl DecidedRelease {
         durability: Durability,
     ) -> Result<std::result::Result<StagedRelease, DecidedRelease>> {
         match recorded {
-            Recorded::Committed(records, head) => Ok(Ok(StagedRelease {
-                raw_nonce: self.raw_nonce,
-                now: self.now,
-                evidence_digest: self.evidence_digest,
-                tee_key: self.tee_key,
-                keys: self.keys,
-                versions: self.versions,
-                refusals: self.refusals,
-                accepted: self.accepted,
-                records,
-                head,
-                durability,
-            })),
+            Recorded::Committed(records, head) => {
+                Ok(Ok(StagedRelease { decision: self.decision, records, head, durability }))
+            }
             Recorded::Replay if self.redeemed.is_none() => {
                 Err(Error::check("broker", "audit: a record without nonce was refused as a replay"))
             }
@@ -701,10 +683,11 @@ impl DecidedRelease {
                 // Another release (here or on another replica) used this nonce first: nothing decided here is
                 // returned, and the refusal is what gets recorded.
                 let refused = Refused::new("nonce", NonceRefusal::AlreadyUsed.to_string());
-                self.keys.clear();
-                self.versions.clear();
-                self.refusals = self.key_ids.iter().map(|id| (id.clone(), refused.clone())).collect();
-                self.accepted = Err(refused);
+                let d = &mut self.decision;
+                d.keys.clear();
+                d.versions.clear();
+                d.refusals = self.key_ids.iter().map(|id| (id.clone(), refused.clone())).collect();
+                d.accepted = Err(refused);
                 self.redeemed = None;
                 Ok(Err(self))
             }
@@ -721,7 +704,7 @@ impl DurableRelease {
     /// Whether keys are released: finishing then writes the key store's release records, which blocks.
     #[must_use]
     pub fn releases_keys(&self) -> bool {
-        !self.0.keys.is_empty()
+        !self.0.decision.keys.is_empty()
     }
 }
 
