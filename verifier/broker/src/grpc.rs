@@ -9,7 +9,7 @@ use sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer;
 use sealroom_proto::limits::ServerLimits;
 
 use crate::error::Error;
-use crate::service::{Broker, Call};
+use crate::service::{Broker, Call, release_task_failed};
 
 /// The gRPC face of a [`Broker`].
 #[derive(Debug, Clone)]
@@ -54,11 +54,12 @@ async fn release(
     broker: Arc<Broker>,
     req: pb::ReleaseRequest,
 ) -> crate::error::Result<crate::service::Released> {
-    let failed = |e: tokio::task::JoinError| Error::check("broker", format!("release task failed: {e}"));
     let staged = Arc::clone(&broker).stage_release_awaiting(req).await?;
     let durable = staged.durable().await?;
     if durable.releases_keys() {
-        tokio::task::spawn_blocking(move || broker.finish_release(durable)).await.map_err(failed)?
+        tokio::task::spawn_blocking(move || broker.finish_release(durable))
+            .await
+            .map_err(release_task_failed)?
     } else {
         broker.finish_release(durable)
     }

@@ -432,12 +432,11 @@ impl Broker {
     /// # Errors
     /// As [`Broker::stage_release`].
     pub async fn stage_release_awaiting(self: Arc<Self>, req: pb::ReleaseRequest) -> Result<StagedRelease> {
-        let failed = |e: tokio::task::JoinError| Error::check("broker", format!("release task failed: {e}"));
         let broker = Arc::clone(&self);
         let mut recording =
             tokio::task::spawn_blocking(move || broker.record_decided(broker.decide_release(req)?))
                 .await
-                .map_err(failed)??;
+                .map_err(release_task_failed)??;
         loop {
             match recording {
                 Recording::Staged(staged) => return Ok(staged),
@@ -706,6 +705,12 @@ impl DurableRelease {
     pub fn releases_keys(&self) -> bool {
         !self.0.decision.keys.is_empty()
     }
+}
+
+/// A release's task that panicked or was cancelled: nothing of it may be answered.
+#[expect(clippy::needless_pass_by_value, reason = "a `map_err` function takes the error by value")]
+pub(crate) fn release_task_failed(e: tokio::task::JoinError) -> Error {
+    Error::check("broker", format!("release task failed: {e}"))
 }
 
 /// SHA-256 of a TEE public key: how the key store names the TEE a key was released to.
