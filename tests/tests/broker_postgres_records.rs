@@ -185,6 +185,68 @@ async fn receipts_work_on_a_postgres_replica_and_attack_pg_record_edit_is_refuse
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A replica in process on `url` with the verifier's default trust (placeholder evidence is refused), its
+/// signing key in `dir`, and the key [`KEY_ID`] under an all-`skip` policy (added by the first replica).
+fn replica_broker(url: &str, replica: &str, dir: &std::path::Path) -> Arc<Broker> {
+    let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness::new());
+    let kek = sealroom_broker::keystore::Kek::from_bytes(&[5; 32]).unwrap();
+    let nonces = NonceKeys::new(&[9; 32], None, 30_000).unwrap();
+    let store = sealroom_broker::pg::open(url, kek, rng.as_ref(), nonces, replica).unwrap();
+    if store.keys.list(None).unwrap().is_empty() {
+        store.keys.add(KEY_ID, "provider-a", ALL_SKIP, Some(DATA_KEY.to_vec()), rng.as_ref(), 0).unwrap();
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    Arc::new(Broker::on_store(StoreParts {
+        clock: Arc::new(ManualClock::at(1_760_000_000_000)),
+        rng,
+        appraiser: Arc::new(VerifierAppraiser::default()),
+        store: store.keys,
+        golden: GoldenSet::default(),
+        signer: Signer::load_or_create(&dir.join(format!("{replica}.pk8"))).unwrap(),
+        ledger: store.ledger,
+    }))
+}
+
+/// The TEE key placeholder release requests are bound to.
+fn placeholder_tee() -> sealroom_measurements::binding::TeePublicKey {
+    let kem = sealroom_measurements::binding::Kem::X25519HkdfSha256;
+    sealroom_broker::seal::derive_keypair(kem, b"placeholder tee").unwrap().1
+}
+
+/// Attack: a release request replayed at another replica, on the path that awaits the database's `COMMIT`
+/// (the gRPC service's). Replica r1 records the nonce's use with its (refused) decision; the same request at
+/// replica r2 passes r2's MAC check (the replicas share the nonce key) and must come back refused as a replay,
+/// with that refusal in r2's audit chain, not appraised again.
+#[test]
+fn attack_nonce_replayed_at_another_replica_is_refused_while_awaiting_the_commit() {
+    let pg = Postgres::start().unwrap();
+    pg.psql("postgres", "create database sealroom").unwrap();
+    let url = pg.superuser_url("sealroom");
+    let dir = unique_temp_dir("pg-replay-awaiting");
+    let (r1, r2) = (replica_broker(&url, "r1", &dir), replica_broker(&url, "r2", &dir));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (first, replayed) = rt.block_on(async {
+        let (nonce, _) = r1.challenge().unwrap();
+        let req = sealroom_tests::placeholder::release_request(nonce, &placeholder_tee(), KEY_ID);
+        let mut answers = Vec::new();
+        for broker in [&r1, &r2] {
+            let staged = Arc::clone(broker).stage_release_awaiting(req.clone()).await.unwrap();
+            answers.push(broker.finish_release(staged.durable().await.unwrap()).unwrap());
+        }
+        (answers.remove(0), answers.remove(0))
+    });
+    assert_eq!(first.refusals[0].1.reason, sealroom_tests::placeholder::REFUSAL);
+    assert!(replayed.keys.is_empty());
+    assert_eq!(
+        (replayed.refusals[0].1.rule.as_str(), replayed.refusals[0].1.reason.as_str()),
+        ("nonce", "nonce: already used (replay)")
+    );
+    let r2_audit = pg
+        .psql("sealroom", "select reason from audit where replica = 'r2' order by seq desc limit 1")
+        .unwrap();
+    assert_eq!(r2_audit.trim(), "nonce: already used (replay)");
+}
+
 /// A release waiting for its PostgreSQL `COMMIT` holds no thread (before, each waiting release blocked a
 /// thread of the pool until its commit returned, so the pool's size, not the database, bounded how many
 /// releases a replica had in flight): with a blocking pool of one thread and the commit held up by a lock on
@@ -194,27 +256,8 @@ fn a_release_awaiting_its_postgres_commit_holds_no_thread() {
     let pg = Postgres::start().unwrap();
     pg.psql("postgres", "create database sealroom").unwrap();
     let url = pg.superuser_url("sealroom");
-    let rng: Arc<dyn Randomness> = Arc::new(SystemRandomness::new());
-    let kek = sealroom_broker::keystore::Kek::from_bytes(&[5; 32]).unwrap();
-    let nonces = NonceKeys::new(&[9; 32], None, 30_000).unwrap();
-    let store = sealroom_broker::pg::open(&url, kek, rng.as_ref(), nonces, REPLICA).unwrap();
-    store.keys.add(KEY_ID, "provider-a", ALL_SKIP, Some(DATA_KEY.to_vec()), rng.as_ref(), 0).unwrap();
-    let dir = unique_temp_dir("pg-commit-wait");
-    std::fs::create_dir_all(&dir).unwrap();
-    let broker = Arc::new(Broker::on_store(StoreParts {
-        clock: Arc::new(ManualClock::at(1_760_000_000_000)),
-        rng,
-        appraiser: Arc::new(VerifierAppraiser::default()),
-        store: store.keys,
-        golden: GoldenSet::default(),
-        signer: Signer::load_or_create(&dir.join("signing.pk8")).unwrap(),
-        ledger: store.ledger,
-    }));
-    let (_, tee) = sealroom_broker::seal::derive_keypair(
-        sealroom_measurements::binding::Kem::X25519HkdfSha256,
-        b"commit wait",
-    )
-    .unwrap();
+    let broker = replica_broker(&url, REPLICA, &unique_temp_dir("pg-commit-wait"));
+    let tee = placeholder_tee();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(1)
