@@ -48,16 +48,29 @@ pub enum Decision {
     /// The key store changed (or was found ahead of the log at start): its generation and state digest, the
     /// anchor against which a rolled-back `keys.redb` is recognised ([`crate::keystate`]).
     KeyStore,
+    /// Another replica's chain head, as this replica read it from the shared database: the record that
+    /// cross-anchors the chains of a replicated broker ([`crate::pg::chain::replica_head_entry`]). Never in an
+    /// embedded broker's log.
+    ReplicaHead,
 }
 
 impl Decision {
-    fn code(self) -> u8 {
+    /// The code the record hashes (and the `audit` table of a replicated broker stores).
+    pub(crate) fn code(self) -> u8 {
         match self {
             Self::Released => 1,
             Self::Refused => 2,
             Self::Receipt => 3,
             Self::KeyStore => 4,
+            Self::ReplicaHead => 5,
         }
+    }
+
+    /// The decision a code names.
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        [Self::Released, Self::Refused, Self::Receipt, Self::KeyStore, Self::ReplicaHead]
+            .into_iter()
+            .find(|d| d.code() == code)
     }
 }
 

@@ -63,8 +63,9 @@ fn parse_head(text: &str) -> Result<ChainHead> {
 
 /// Every replica's chain in a replicated broker's database, and optionally one token's anchor in one of them.
 fn verify_postgres(url: &str, head: Option<&str>) -> Result<()> {
-    let chains = sealroom_broker::pg::ledger::verify_chains(url)?;
-    for (replica, h, _) in &chains {
+    let verified = sealroom_broker::pg::ledger::verify_chains(url)?;
+    let chains = &verified.chains;
+    for (replica, h, _) in chains {
         println!("replica {replica}: {} records ok, head {}", h.records, hex::encode(h.hash));
     }
     if let Some(text) = head {
@@ -87,6 +88,6 @@ fn verify_postgres(url: &str, head: Option<&str>) -> Result<()> {
             bail!("replica {replica}: record {} differs from the token's head", anchor.records - 1);
         }
     }
-    println!("{} replica chains ok", chains.len());
+    println!("{} replica chains ok, {} cross-anchors ok", chains.len(), verified.cross_anchors);
     Ok(())
 }

@@ -8,9 +8,11 @@
 //! releases' records, and commits with `synchronous_commit = on`. Each release is answered only after `COMMIT`
 //! returned. When anything fails, every release of the batch fails (nothing released) and the chain head is
 //! read back from the database before the next batch, so a commit whose answer was lost is neither repeated
-//! nor forked.
+//! nor forked. At most once per [`ANCHOR_EVERY_MS`] the batch's transaction also records the other replicas'
+//! chain heads that moved since ([`chain::replica_head_entry`]: the chains cross-anchor each other), and
+//! [`verify_chains`] checks each of those anchors.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sealroom_measurements::binding::Nonce;
@@ -33,6 +35,10 @@ const MAX_BATCH: usize = 256;
 const USED_NONCE_RETENTION_MS: u64 = 3_600_000;
 /// How often the writer deletes long-expired used nonces.
 const CLEANUP_EVERY_MS: u64 = 60_000;
+/// How often, at most, a replica's chain records the other replicas' heads (by the releases' time): a chain
+/// cut back or rewritten is found from the others' anchors made after the records in question
+/// ([`chain::check_cross_anchors`]); one row per other replica whose head moved.
+pub const ANCHOR_EVERY_MS: u64 = 1_000;
 
 struct Job {
     nonce: Option<(Vec<u8>, i64)>,
@@ -150,6 +156,7 @@ async fn writer(config: tokio_postgres::Config, replica: String, mut rx: mpsc::U
     let mut client: Option<Client> = None;
     let mut head: Option<ChainHead> = None;
     let mut last_cleanup = 0u64;
+    let mut anchors = CrossAnchors::default();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -159,8 +166,12 @@ async fn writer(config: tokio_postgres::Config, replica: String, mut rx: mpsc::U
             }
         }
         let now = batch.iter().map(|j| j.now_ms).max().unwrap_or(0);
-        match commit_batch(&config, &replica, &mut client, &mut head, &batch).await {
+        let mut anchor_at = anchors.due(now);
+        match commit_batch(&config, &replica, &mut client, &mut head, &batch, anchor_at.as_mut()).await {
             Ok(outcomes) => {
+                if let Some(made) = anchor_at {
+                    anchors.committed(made);
+                }
                 for (job, outcome) in batch.into_iter().zip(outcomes) {
                     job.reply.send(Ok(outcome));
                 }
@@ -190,6 +201,66 @@ async fn writer(config: tokio_postgres::Config, replica: String, mut rx: mpsc::U
     }
 }
 
+/// What this replica's writer last recorded of the other chains ([`chain::replica_head_entry`]).
+#[derive(Default)]
+struct CrossAnchors {
+    /// Releases' time of the last committed anchoring (0: none since start).
+    last_ms: u64,
+    /// The heads named then, by replica: a head that has not moved is not named again.
+    named: HashMap<String, ChainHead>,
+}
+
+/// An anchoring in a batch's transaction, kept only once that transaction committed.
+struct Anchoring {
+    now_ms: u64,
+    named: HashMap<String, ChainHead>,
+}
+
+impl CrossAnchors {
+    /// An anchoring for the batch at `now_ms`, when one is due.
+    fn due(&self, now_ms: u64) -> Option<Anchoring> {
+        (self.last_ms == 0 || now_ms.saturating_sub(self.last_ms) >= ANCHOR_EVERY_MS)
+            .then(|| Anchoring { now_ms, named: self.named.clone() })
+    }
+
+    fn committed(&mut self, made: Anchoring) {
+        self.last_ms = made.now_ms.max(1);
+        self.named = made.named;
+    }
+}
+
+/// The other replicas' chain heads that moved since `anchoring` last named them, as records for `replica`'s
+/// chain; `anchoring` now names them. One index probe per replica (a loose scan of the primary key).
+async fn cross_anchor_entries(
+    tx: &tokio_postgres::Transaction<'_>,
+    replica: &str,
+    anchoring: &mut Anchoring,
+) -> Result<Vec<AuditEntry>> {
+    let heads = tx
+        .query(
+            "with recursive replicas (replica) as (                (select replica from audit order by replica limit 1)                union all                select (select a.replica from audit a where a.replica > r.replica order by a.replica limit 1)                from replicas r where r.replica is not null)              select r.replica, h.seq, h.hash from replicas r cross join lateral                (select seq, hash from audit a where a.replica = r.replica order by seq desc limit 1) h              where r.replica is not null and r.replica <> $1",
+            &[&replica],
+        )
+        .await
+        .map_err(|e| pg_err("other replicas' heads", &e))?;
+    let mut entries = Vec::new();
+    for row in heads {
+        let get = |e: tokio_postgres::Error| pg_err("other replicas' heads", &e);
+        let other: String = row.try_get(0).map_err(get)?;
+        let seq: i64 = row.try_get(1).map_err(get)?;
+        let hash: Vec<u8> = row.try_get(2).map_err(get)?;
+        let head = ChainHead {
+            records: to_u64("seq", seq)?.saturating_add(1),
+            hash: hash.try_into().map_err(|_| Error::check(LAYER, "stored chain hash is not 32 bytes"))?,
+        };
+        if anchoring.named.get(&other) != Some(&head) {
+            entries.push(chain::replica_head_entry(&other, head));
+            anchoring.named.insert(other, head);
+        }
+    }
+    Ok(entries)
+}
+
 async fn load_head(c: &Client, replica: &str) -> Result<ChainHead> {
     let row = c
         .query_opt("select seq, hash from audit where replica = $1 order by seq desc limit 1", &[&replica])
@@ -210,6 +281,7 @@ async fn commit_batch(
     client: &mut Option<Client>,
     head: &mut Option<ChainHead>,
     batch: &[Job],
+    anchoring: Option<&mut Anchoring>,
 ) -> Result<Vec<Recorded>> {
     if client.as_ref().is_none_or(Client::is_closed) {
         *client = Some(connect(config).await?);
@@ -240,8 +312,11 @@ async fn commit_batch(
         .map_err(|e| pg_err("used nonces", &e))?
     };
     let mut claimed: HashSet<&[u8]> = HashSet::new();
-    let mut tip = start;
-    let mut rows: Vec<Row> = Vec::new();
+    // The cross-anchors first: the tokens of this batch's releases then carry a head that covers them.
+    let (mut rows, mut tip) = match anchoring {
+        Some(a) => chain::extend(replica, start, &cross_anchor_entries(&tx, replica, a).await?, a.now_ms),
+        None => (Vec::new(), start),
+    };
     let mut outcomes: Vec<Option<(std::ops::Range<usize>, ChainHead)>> = Vec::with_capacity(batch.len());
     for job in batch {
         if let Some((n, _)) = &job.nonce
@@ -321,15 +396,25 @@ fn row_from_db(r: &tokio_postgres::Row) -> Result<Row> {
     })
 }
 
-/// Every replica's chain in the database at `url`, each verified: `(replica, head)` in replica order, or the
-/// first break. Used by `sealroom audit verify --postgres`.
+/// Every replica's chain in a replicated broker's database, verified ([`verify_chains`]).
+#[derive(Debug)]
+pub struct VerifiedChains {
+    /// `(replica, head, rows)` in replica order.
+    pub chains: Vec<(String, ChainHead, Vec<Row>)>,
+    /// How many cross-anchors (one replica's record of another's head) were checked.
+    pub cross_anchors: usize,
+}
+
+/// Every replica's chain in the database at `url`, each verified, and every cross-anchor between them checked
+/// ([`chain::check_cross_anchors`]). Used by `sealroom audit verify --postgres`.
 ///
 /// # Errors
-/// When the database cannot be read, or a chain does not verify (one line naming replica and record).
-pub fn verify_chains(url: &str) -> Result<Vec<(String, ChainHead, Vec<Row>)>> {
+/// When the database cannot be read, a chain does not verify, or a chain no longer holds a head another
+/// replica recorded (one line naming replica and record).
+pub fn verify_chains(url: &str) -> Result<VerifiedChains> {
     let db = Database::new(url)?;
     let config = db.config();
-    db.run(async move {
+    let chains = db.run(async move {
         let c = connect(&config).await?;
         let replicas: Vec<String> = c
             .query("select distinct replica from audit order by replica", &[])
@@ -356,5 +441,9 @@ pub fn verify_chains(url: &str) -> Result<Vec<(String, ChainHead, Vec<Row>)>> {
             out.push((replica, head, rows));
         }
         Ok(out)
-    })
+    })?;
+    let views: Vec<(&str, &[Row])> =
+        chains.iter().map(|(r, _, rows)| (r.as_str(), rows.as_slice())).collect();
+    let cross_anchors = chain::check_cross_anchors(&views).map_err(|e| Error::check("audit log", e))?;
+    Ok(VerifiedChains { chains, cross_anchors })
 }

@@ -1,0 +1,151 @@
+//! The replicas of a replicated broker cross-anchor their audit chains in PostgreSQL: each replica's chain
+//! records the other replicas' heads (at most once a second of the releases' time, when they moved), and
+//! `verify_chains` (`sealroom audit verify --postgres`) requires every named chain to still hold that head.
+//! Someone who can write the database cuts records from the end of one replica's chain, rewrites it with
+//! every hash recomputed, or deletes it: that chain alone still verifies, and the other replicas' anchors
+//! expose it. Real PostgreSQL, the real ledger writers of three replicas.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+use sealroom_broker::audit::{AuditEntry, ChainHead, Decision};
+use sealroom_broker::nonce_mac::NonceKeys;
+use sealroom_broker::pg::chain::{self, Row};
+use sealroom_broker::pg::ledger::{ANCHOR_EVERY_MS, verify_chains};
+use sealroom_broker::store::{Ledger, Recorded};
+use sealroom_broker::{Randomness, SystemRandomness};
+use sealroom_tests::postgres::Postgres;
+
+const REPLICAS: [&str; 3] = ["r1", "r2", "r3"];
+
+fn entry(i: u64) -> AuditEntry {
+    AuditEntry {
+        decision: Decision::Released,
+        key_id: "data-key".into(),
+        evidence_digest: [u8::try_from(i % 256).unwrap(); 32],
+        rule: "policy".into(),
+        reason: format!("release {i}"),
+    }
+}
+
+fn ledger(url: &str, replica: &str) -> std::sync::Arc<sealroom_broker::pg::ledger::PgLedger> {
+    let rng: Box<dyn Randomness> = Box::new(SystemRandomness::new());
+    let kek = sealroom_broker::keystore::Kek::from_bytes(&[5; 32]).unwrap();
+    let nonces = NonceKeys::new(&[9; 32], None, 30_000).unwrap();
+    sealroom_broker::pg::open(url, kek, rng.as_ref(), nonces, replica).unwrap().ledger
+}
+
+fn record(l: &dyn Ledger, i: u64, now_ms: u64) {
+    assert!(matches!(l.record(None, &[entry(i)], now_ms).unwrap(), Recorded::Committed(..)));
+}
+
+/// A database `name` where three replicas each recorded one release per second for six seconds (their clocks
+/// injected), so that each chain holds the others' heads several times over.
+fn three_anchored_replicas(pg: &Postgres, name: &str) -> String {
+    pg.psql("postgres", &format!("create database {name}")).unwrap();
+    let url = pg.superuser_url(name);
+    let ledgers: Vec<_> = REPLICAS.iter().map(|r| ledger(&url, r)).collect();
+    for second in 1..=6u64 {
+        for (i, l) in (0u64..).zip(&ledgers) {
+            record(l.as_ref(), second * 10 + i, second * ANCHOR_EVERY_MS);
+        }
+    }
+    url
+}
+
+fn anchor_rows(pg: &Postgres, db: &str, replica: &str) -> u64 {
+    let sql = format!("select count(*) from audit where replica = '{replica}' and decision = 5");
+    pg.psql(db, &sql).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn replicas_cross_anchor_their_chains_and_name_only_heads_that_moved() {
+    let pg = Postgres::start().unwrap();
+    let url = three_anchored_replicas(&pg, "intact");
+    let verified = verify_chains(&url).unwrap();
+    assert_eq!(verified.chains.len(), 3);
+    // r1 first anchors at second 2 (at second 1 nobody else had a chain yet), r2 and r3 from second 1 on the
+    // chains written before them: every anchoring names both others, as both moved every second.
+    assert_eq!(anchor_rows(&pg, "intact", "r1"), 10);
+    assert_eq!(anchor_rows(&pg, "intact", "r2"), 11);
+    assert_eq!(anchor_rows(&pg, "intact", "r3"), 12);
+    assert_eq!(verified.cross_anchors, 33);
+    for (replica, _, rows) in &verified.chains {
+        for row in rows.iter().filter(|r| r.decision == Decision::ReplicaHead) {
+            let (named, head) = chain::replica_head(row).unwrap().unwrap();
+            assert_ne!(named, replica.as_str());
+            assert!(head.records > 0);
+        }
+    }
+
+    // r1 restarted goes on alone: its first anchoring names both others again (a writer keeps what it named in
+    // memory), then, as their heads do not move, never again.
+    let r1 = ledger(&url, "r1");
+    record(r1.as_ref(), 70, 7 * ANCHOR_EVERY_MS);
+    assert_eq!(anchor_rows(&pg, "intact", "r1"), 12);
+    for second in 8..=10u64 {
+        record(r1.as_ref(), second * 10, second * ANCHOR_EVERY_MS);
+    }
+    assert_eq!(anchor_rows(&pg, "intact", "r1"), 12);
+    // Within one second of the releases' time, no anchoring at all, even when the others moved.
+    let r2 = ledger(&url, "r2");
+    record(r2.as_ref(), 200, 11 * ANCHOR_EVERY_MS);
+    let r1_before = anchor_rows(&pg, "intact", "r1");
+    record(r1.as_ref(), 201, 10 * ANCHOR_EVERY_MS + ANCHOR_EVERY_MS / 2);
+    assert_eq!(anchor_rows(&pg, "intact", "r1"), r1_before);
+    record(r1.as_ref(), 202, 11 * ANCHOR_EVERY_MS);
+    assert_eq!(anchor_rows(&pg, "intact", "r1"), r1_before + 1, "r2 moved, r3 did not");
+    assert!(verify_chains(&url).unwrap().cross_anchors > 33);
+}
+
+/// `verify_chains`' error, which must come from a cross-anchor (each chain alone still verified).
+fn cross_anchor_refusal(url: &str) -> String {
+    let e = verify_chains(url).unwrap_err().to_string();
+    assert!(e.contains("anchors replica r2 at "), "not found by a cross-anchor: {e}");
+    e
+}
+
+#[test]
+fn attack_records_cut_from_the_end_of_a_replicas_chain_are_found_by_the_others_anchors() {
+    let pg = Postgres::start().unwrap();
+    let url = three_anchored_replicas(&pg, "cut");
+    // r2's chain cut back to its first three records: what is left is an intact chain.
+    pg.psql("cut", "delete from audit where replica = 'r2' and seq >= 3").unwrap();
+    let e = cross_anchor_refusal(&url);
+    assert!(e.ends_with("but its chain has 3 records: records were cut from its end"), "{e}");
+}
+
+#[test]
+fn attack_a_replicas_chain_rewritten_with_every_hash_recomputed_is_found_by_the_others_anchors() {
+    let pg = Postgres::start().unwrap();
+    let url = three_anchored_replicas(&pg, "rewrite");
+    let rows: Vec<Row> = verify_chains(&url).unwrap().chains.into_iter().find(|c| c.0 == "r2").unwrap().2;
+    // The first release turned into a refusal, and the chain re-linked from there as the writer would have.
+    let mut head = ChainHead { records: 0, hash: [0; 32] };
+    let mut updates = String::new();
+    for (i, mut row) in rows.into_iter().enumerate() {
+        if i == 0 {
+            row.decision = Decision::Refused;
+        }
+        row.prev = head.hash;
+        row.hash = row.computed_hash();
+        head = ChainHead { records: head.records + 1, hash: row.hash };
+        updates.push_str(&format!(
+            "update audit set decision = {}, prev = '\\x{}', hash = '\\x{}' where replica = 'r2' and seq = {};\n",
+            chain::decision_code(row.decision),
+            hex::encode(row.prev),
+            hex::encode(row.hash),
+            row.seq
+        ));
+    }
+    pg.psql("rewrite", &updates).unwrap();
+    let e = cross_anchor_refusal(&url);
+    assert!(e.ends_with("its chain was rewritten"), "{e}");
+}
+
+#[test]
+fn attack_a_replicas_whole_chain_deleted_is_found_by_the_others_anchors() {
+    let pg = Postgres::start().unwrap();
+    let url = three_anchored_replicas(&pg, "removed");
+    pg.psql("removed", "delete from audit where replica = 'r2'").unwrap();
+    let e = cross_anchor_refusal(&url);
+    assert!(e.ends_with("but there is no chain of replica r2: it was removed"), "{e}");
+}
