@@ -97,6 +97,31 @@ fn process_cpu_ns(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?.split_whitespace().next()?.parse().ok()
 }
 
+/// Sends `SIGNAL` (a name as `kill -s` takes it) to `pids` (the shell's own `kill`: no procps needed).
+fn signal(pids: &[u32], name: &str) -> Result<(), PostgresError> {
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -s {name} {}", list.join(" "))])
+        .status()
+        .map_err(|e| err(format!("kill -s {name}: {e}")))?;
+    if status.success() { Ok(()) } else { Err(err(format!("kill -s {name} {list:?}: {status}"))) }
+}
+
+/// A server stopped by [`Postgres::freeze`]; dropping this continues it (`SIGCONT`), also when a test fails.
+#[derive(Debug)]
+pub struct Frozen<'a> {
+    pids: Vec<u32>,
+    _server: std::marker::PhantomData<&'a Postgres>,
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = signal(&self.pids, "CONT") {
+            eprintln!("{e}: the PostgreSQL test server stays stopped");
+        }
+    }
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -313,14 +338,12 @@ impl Postgres {
         self.start_server()
     }
 
-    /// CPU time (ns) run so far by the server's processes (the postmaster and its children, each of them
-    /// single-threaded; from `/proc/PID/schedstat`), for benchmarks that charge the database's work to what
-    /// caused it. Processes that already exited are not counted. `None` where /proc or the pid file does not say.
-    #[must_use]
-    pub fn server_cpu_ns(&self) -> Option<u64> {
+    /// The postmaster's pid, then its children's (each a single-threaded process). `None` where /proc or the
+    /// pid file does not say.
+    fn server_pids(&self) -> Option<Vec<u32>> {
         let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).ok()?;
         let postmaster: u32 = pid_file.lines().next()?.trim().parse().ok()?;
-        let mut total = process_cpu_ns(postmaster)?;
+        let mut pids = vec![postmaster];
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
@@ -328,10 +351,34 @@ impl Postgres {
             let ppid =
                 stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
             if ppid == Some(postmaster) {
-                total += process_cpu_ns(pid).unwrap_or(0);
+                pids.push(pid);
             }
         }
+        Some(pids)
+    }
+
+    /// CPU time (ns) run so far by the server's processes (the postmaster and its children, from
+    /// `/proc/PID/schedstat`), for benchmarks that charge the database's work to what caused it. Processes that
+    /// already exited are not counted. `None` where /proc or the pid file does not say.
+    #[must_use]
+    pub fn server_cpu_ns(&self) -> Option<u64> {
+        let pids = self.server_pids()?;
+        let mut total = process_cpu_ns(*pids.first()?)?;
+        for pid in pids.get(1..).unwrap_or_default() {
+            total += process_cpu_ns(*pid).unwrap_or(0);
+        }
         Some(total)
+    }
+
+    /// Stops every server process (`SIGSTOP`) until the guard is dropped: connections stay open and nothing
+    /// answers, as with a hung server or a network path that drops every packet without closing anything.
+    ///
+    /// # Errors
+    /// When the processes cannot be found or signalled.
+    pub fn freeze(&self) -> Result<Frozen<'_>, PostgresError> {
+        let pids = self.server_pids().ok_or_else(|| err("no server processes to freeze"))?;
+        signal(&pids, "STOP")?;
+        Ok(Frozen { pids, _server: std::marker::PhantomData })
     }
 
     /// The loopback TCP port.

@@ -33,6 +33,11 @@ const LAYER: &str = "postgres";
 const MAX_BATCH: usize = 256;
 /// How long used nonces are kept after they expired (a deleted nonce is refused as expired instead).
 const USED_NONCE_RETENTION_MS: u64 = 3_600_000;
+/// Longest one batch may take, connecting included. Past it the connection is dropped and the batch fails like
+/// any failed commit (nothing released, the head read back before the next batch): a database or network path
+/// that stopped answering without closing the connection would otherwise hold every release of this replica
+/// for as long as TCP takes to notice, or forever. The next batch connects anew.
+const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often the writer deletes long-expired used nonces.
 const CLEANUP_EVERY_MS: u64 = 60_000;
 /// How often, at most, a replica's chain records the other replicas' heads (by the releases' time): a chain
@@ -167,7 +172,20 @@ async fn writer(config: tokio_postgres::Config, replica: String, mut rx: mpsc::U
         }
         let now = batch.iter().map(|j| j.now_ms).max().unwrap_or(0);
         let mut anchor_at = anchors.due(now);
-        match commit_batch(&config, &replica, &mut client, &mut head, &batch, anchor_at.as_mut()).await {
+        let committed = tokio::time::timeout(
+            BATCH_TIMEOUT,
+            commit_batch(&config, &replica, &mut client, &mut head, &batch, anchor_at.as_mut()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            // The connection may be stuck mid-transaction: never reuse it.
+            client = None;
+            Err(Error::check(
+                LAYER,
+                format!("the database did not answer within {} s", BATCH_TIMEOUT.as_secs()),
+            ))
+        });
+        match committed {
             Ok(outcomes) => {
                 if let Some(made) = anchor_at {
                     anchors.committed(made);
@@ -195,8 +213,12 @@ async fn writer(config: tokio_postgres::Config, replica: String, mut rx: mpsc::U
             && let Ok(cutoff) = to_i64("cutoff", now.saturating_sub(USED_NONCE_RETENTION_MS))
         {
             last_cleanup = now;
-            // Best effort: a failed cleanup only leaves more rows to delete next time.
-            let _ = c.execute("delete from used_nonces where expires_ms < $1", &[&cutoff]).await;
+            // Best effort: a failed cleanup only leaves more rows to delete next time; one that hangs must not
+            // hold the writer (and its connection is not reused).
+            let delete = "delete from used_nonces where expires_ms < $1";
+            if tokio::time::timeout(BATCH_TIMEOUT, c.execute(delete, &[&cutoff])).await.is_err() {
+                client = None;
+            }
         }
     }
 }

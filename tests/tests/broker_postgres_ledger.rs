@@ -1,9 +1,13 @@
-//! The replicas of a replicated broker cross-anchor their audit chains in PostgreSQL: each replica's chain
-//! records the other replicas' heads (at most once a second of the releases' time, when they moved), and
-//! `verify_chains` (`sealroom audit verify --postgres`) requires every named chain to still hold that head.
-//! Someone who can write the database cuts records from the end of one replica's chain, rewrites it with
-//! every hash recomputed, or deletes it: that chain alone still verifies, and the other replicas' anchors
-//! expose it. Real PostgreSQL, the real ledger writers of three replicas.
+//! The replicated broker's ledger writers on a real PostgreSQL, beyond single releases:
+//! - the replicas cross-anchor their audit chains: each replica's chain records the other replicas' heads (at
+//!   most once a second of the releases' time, when they moved), and `verify_chains` (`sealroom audit verify
+//!   --postgres`) requires every named chain to still hold that head. Someone who can write the database cuts
+//!   records from the end of one replica's chain, rewrites it with every hash recomputed, or deletes it: that
+//!   chain alone still verifies, and the other replicas' anchors expose it;
+//! - a database that stops answering without closing the connection (a hung server, a network path dropping
+//!   every packet; here the server's processes are stopped with SIGSTOP) fails the replica's releases with a
+//!   one-line reason after a bounded time instead of holding them forever, and once it answers again the
+//!   replica records again, its chain neither forked nor holding the failed releases.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
 use sealroom_broker::audit::{AuditEntry, ChainHead, Decision};
@@ -148,4 +152,33 @@ fn attack_a_replicas_whole_chain_deleted_is_found_by_the_others_anchors() {
     pg.psql("removed", "delete from audit where replica = 'r2'").unwrap();
     let e = cross_anchor_refusal(&url);
     assert!(e.ends_with("but there is no chain of replica r2: it was removed"), "{e}");
+}
+
+#[test]
+fn releases_fail_in_bounded_time_while_the_database_hangs_and_the_chain_goes_on_after() {
+    let pg = Postgres::start().unwrap();
+    pg.psql("postgres", "create database hang").unwrap();
+    let url = pg.superuser_url("hang");
+    let r1 = ledger(&url, "r1");
+    record(r1.as_ref(), 1, 1_000);
+
+    let frozen = pg.freeze().unwrap();
+    // The writer's connection is open and gets no answer; the next batch's new connection gets none either.
+    for (i, now) in [(2, 2_000), (3, 3_000)] {
+        let started = std::time::Instant::now();
+        let e = r1.record(None, &[entry(i)], now).unwrap_err().to_string();
+        assert!(
+            e.ends_with("release not recorded: postgres: the database did not answer within 10 s"),
+            "{e}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "held for {:?}", started.elapsed());
+    }
+    drop(frozen);
+
+    record(r1.as_ref(), 4, 4_000);
+    let verified = verify_chains(&url).unwrap();
+    let (_, head, rows) = &verified.chains[0];
+    let reasons: Vec<&str> = rows.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(reasons, ["release 1", "release 4"]);
+    assert_eq!(head.records, 2);
 }
