@@ -5,16 +5,16 @@
 //!   records from the end of one replica's chain, rewrites it with every hash recomputed, or deletes it: that
 //!   chain alone still verifies, and the other replicas' anchors expose it;
 //! - a database that stops answering without closing the connection (a hung server, a network path dropping
-//!   every packet; here the server's processes are stopped with SIGSTOP) fails the replica's releases with a
-//!   one-line reason after a bounded time instead of holding them forever, and once it answers again the
-//!   replica records again, its chain neither forked nor holding the failed releases.
+//!   every packet; here the server's processes are stopped with SIGSTOP) fails the replica's releases and key
+//!   reads with a one-line reason after a bounded time instead of holding them forever, and once it answers
+//!   again the replica records again, its chain neither forked nor holding the failed releases.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
 use sealroom_broker::audit::{AuditEntry, ChainHead, Decision};
 use sealroom_broker::nonce_mac::NonceKeys;
 use sealroom_broker::pg::chain::{self, Row};
 use sealroom_broker::pg::ledger::{ANCHOR_EVERY_MS, verify_chains};
-use sealroom_broker::store::{Ledger, Recorded};
+use sealroom_broker::store::{KeyRecords, Ledger, Recorded};
 use sealroom_broker::{Randomness, SystemRandomness};
 use sealroom_tests::postgres::Postgres;
 
@@ -30,11 +30,15 @@ fn entry(i: u64) -> AuditEntry {
     }
 }
 
-fn ledger(url: &str, replica: &str) -> std::sync::Arc<sealroom_broker::pg::ledger::PgLedger> {
+fn store(url: &str, replica: &str) -> sealroom_broker::pg::PgStore {
     let rng: Box<dyn Randomness> = Box::new(SystemRandomness::new());
     let kek = sealroom_broker::keystore::Kek::from_bytes(&[5; 32]).unwrap();
     let nonces = NonceKeys::new(&[9; 32], None, 30_000).unwrap();
-    sealroom_broker::pg::open(url, kek, rng.as_ref(), nonces, replica).unwrap().ledger
+    sealroom_broker::pg::open(url, kek, rng.as_ref(), nonces, replica).unwrap()
+}
+
+fn ledger(url: &str, replica: &str) -> std::sync::Arc<sealroom_broker::pg::ledger::PgLedger> {
+    store(url, replica).ledger
 }
 
 fn record(l: &dyn Ledger, i: u64, now_ms: u64) {
@@ -159,10 +163,14 @@ fn releases_fail_in_bounded_time_while_the_database_hangs_and_the_chain_goes_on_
     let pg = Postgres::start().unwrap();
     pg.psql("postgres", "create database hang").unwrap();
     let url = pg.superuser_url("hang");
-    let r1 = ledger(&url, "r1");
+    let sealroom_broker::pg::PgStore { keys, ledger: r1 } = store(&url, "r1");
     record(r1.as_ref(), 1, 1_000);
+    assert!(keys.list(None).unwrap().is_empty());
 
     let frozen = pg.freeze().unwrap();
+    // A key read (a release's, an admin command's) on the open shared connection.
+    let e = keys.list(None).unwrap_err().to_string();
+    assert!(e.ends_with("postgres: the database did not answer within 10 s"), "{e}");
     // The writer's connection is open and gets no answer; the next batch's new connection gets none either.
     for (i, now) in [(2, 2_000), (3, 3_000)] {
         let started = std::time::Instant::now();
@@ -176,6 +184,7 @@ fn releases_fail_in_bounded_time_while_the_database_hangs_and_the_chain_goes_on_
     drop(frozen);
 
     record(r1.as_ref(), 4, 4_000);
+    assert!(keys.list(None).unwrap().is_empty());
     let verified = verify_chains(&url).unwrap();
     let (_, head, rows) = &verified.chains[0];
     let reasons: Vec<&str> = rows.iter().map(|r| r.reason.as_str()).collect();

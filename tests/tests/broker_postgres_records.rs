@@ -268,7 +268,7 @@ fn a_release_awaiting_its_postgres_commit_holds_no_thread() {
         let held = s.spawn(|| {
             pg.psql(
                 "sealroom",
-                "begin; lock table used_nonces in access exclusive mode; select pg_sleep(8); commit;",
+                "begin; lock table used_nonces in access exclusive mode; select pg_sleep(5); commit;",
             )
         });
         let locked = "select count(*) from pg_locks where relation = 'used_nonces'::regclass \

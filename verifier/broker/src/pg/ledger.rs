@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 use super::chain::{self, Row};
-use super::{Database, connect, pg_err, to_i64, to_u64};
+use super::{DATABASE_TIMEOUT, Database, connect, no_answer, pg_err, to_i64, to_u64};
 use crate::Randomness;
 use crate::audit::{AuditEntry, ChainHead};
 use crate::error::{Error, Result};
@@ -33,11 +33,6 @@ const LAYER: &str = "postgres";
 const MAX_BATCH: usize = 256;
 /// How long used nonces are kept after they expired (a deleted nonce is refused as expired instead).
 const USED_NONCE_RETENTION_MS: u64 = 3_600_000;
-/// Longest one batch may take, connecting included. Past it the connection is dropped and the batch fails like
-/// any failed commit (nothing released, the head read back before the next batch): a database or network path
-/// that stopped answering without closing the connection would otherwise hold every release of this replica
-/// for as long as TCP takes to notice, or forever. The next batch connects anew.
-const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often the writer deletes long-expired used nonces.
 const CLEANUP_EVERY_MS: u64 = 60_000;
 /// How often, at most, a replica's chain records the other replicas' heads (by the releases' time): a chain
@@ -172,18 +167,18 @@ async fn writer(config: tokio_postgres::Config, replica: String, mut rx: mpsc::U
         }
         let now = batch.iter().map(|j| j.now_ms).max().unwrap_or(0);
         let mut anchor_at = anchors.due(now);
+        // Past the timeout the batch fails like any failed commit (nothing released, the head read back before the
+        // next batch): a database or network path that stopped answering without closing the connection would
+        // otherwise hold every release of this replica for as long as TCP takes to notice, or forever.
         let committed = tokio::time::timeout(
-            BATCH_TIMEOUT,
+            DATABASE_TIMEOUT,
             commit_batch(&config, &replica, &mut client, &mut head, &batch, anchor_at.as_mut()),
         )
         .await
         .unwrap_or_else(|_| {
             // The connection may be stuck mid-transaction: never reuse it.
             client = None;
-            Err(Error::check(
-                LAYER,
-                format!("the database did not answer within {} s", BATCH_TIMEOUT.as_secs()),
-            ))
+            Err(no_answer())
         });
         match committed {
             Ok(outcomes) => {
@@ -216,7 +211,7 @@ async fn writer(config: tokio_postgres::Config, replica: String, mut rx: mpsc::U
             // Best effort: a failed cleanup only leaves more rows to delete next time; one that hangs must not
             // hold the writer (and its connection is not reused).
             let delete = "delete from used_nonces where expires_ms < $1";
-            if tokio::time::timeout(BATCH_TIMEOUT, c.execute(delete, &[&cutoff])).await.is_err() {
+            if tokio::time::timeout(DATABASE_TIMEOUT, c.execute(delete, &[&cutoff])).await.is_err() {
                 client = None;
             }
         }
@@ -436,7 +431,7 @@ pub struct VerifiedChains {
 pub fn verify_chains(url: &str) -> Result<VerifiedChains> {
     let db = Database::new(url)?;
     let config = db.config();
-    let chains = db.run(async move {
+    let chains = db.run_unbounded(async move {
         let c = connect(&config).await?;
         let replicas: Vec<String> = c
             .query("select distinct replica from audit order by replica", &[])

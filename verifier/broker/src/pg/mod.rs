@@ -63,7 +63,9 @@ impl Database {
     /// # Errors
     /// When the URL does not parse or the runtime cannot start.
     pub fn new(url: &str) -> Result<Self> {
-        let config: Config = url.parse().map_err(|e: tokio_postgres::Error| pg_err("database URL", &e))?;
+        let mut config: Config =
+            url.parse().map_err(|e: tokio_postgres::Error| pg_err("database URL", &e))?;
+        notice_dead_connections(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("sealroom-pg")
@@ -73,12 +75,28 @@ impl Database {
         Ok(Self { config, runtime: Some(runtime) })
     }
 
-    /// Runs `fut` on the store's runtime and waits for it. Usable from any thread, inside or outside another
-    /// tokio runtime (the caller's thread blocks, as it would on a redb transaction).
+    /// Runs `fut` on the store's runtime and waits for it, at most [`DATABASE_TIMEOUT`]: a key read or an admin
+    /// change that gets no answer fails with a reason instead of holding the caller's thread (a release's, or
+    /// the admin socket's) for as long as TCP takes to notice. Usable from any thread, inside or outside
+    /// another tokio runtime (the caller's thread blocks, as it would on a redb transaction).
+    ///
+    /// # Errors
+    /// `fut`'s error, no answer in time, or when the runtime is gone.
+    pub fn run<T: Send + 'static>(&self, fut: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+        self.run_unbounded(async move {
+            tokio::time::timeout(DATABASE_TIMEOUT, fut).await.unwrap_or_else(|_| Err(no_answer()))
+        })
+    }
+
+    /// As [`Database::run`] without a time limit, for work whose length grows with the data (verifying every
+    /// audit chain) or that may rightly wait for another replica (the schema migration's lock).
     ///
     /// # Errors
     /// `fut`'s error, or when the runtime is gone.
-    pub fn run<T: Send + 'static>(&self, fut: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    pub fn run_unbounded<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
         let rt = self.runtime.as_ref().ok_or_else(|| Error::check(LAYER, "runtime stopped"))?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         rt.spawn(async move {
@@ -107,6 +125,33 @@ impl Drop for Database {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// Longest the broker waits for one database operation (a ledger batch, a key read, an admin change),
+/// connecting included, before failing it with [`no_answer`].
+pub const DATABASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The error of an operation that got no answer within [`DATABASE_TIMEOUT`].
+pub(crate) fn no_answer() -> Error {
+    Error::check(LAYER, format!("the database did not answer within {} s", DATABASE_TIMEOUT.as_secs()))
+}
+
+/// Connection settings that let a dead peer close a connection within a minute rather than hours (where the
+/// URL does not set its own): a connection timeout, TCP keepalives after 10 s idle (every 5 s, 3 tries), and a
+/// TCP user timeout of 20 s for data that is never acknowledged. A connection closed so is replaced on next use
+/// (the shared read connection, the ledger writer's).
+fn notice_dead_connections(config: &mut Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(DATABASE_TIMEOUT);
+    }
+    if config.get_keepalives_interval().is_none() && config.get_keepalives_retries().is_none() {
+        config.keepalives_idle(std::time::Duration::from_secs(10));
+        config.keepalives_interval(std::time::Duration::from_secs(5));
+        config.keepalives_retries(3);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(std::time::Duration::from_secs(20));
     }
 }
 
@@ -167,7 +212,7 @@ pub fn open_keys(url: &str, kek: Kek, rng: &dyn crate::Randomness) -> Result<Arc
 fn migrated(url: &str) -> Result<Arc<Database>> {
     let db = Arc::new(Database::new(url)?);
     let config = db.config();
-    db.run(async move {
+    db.run_unbounded(async move {
         let mut c = connect(&config).await?;
         migrations::migrate(&mut c).await
     })?;
