@@ -255,7 +255,14 @@ async fn cross_anchor_entries(
 ) -> Result<Vec<AuditEntry>> {
     let heads = tx
         .query(
-            "with recursive replicas (replica) as (                (select replica from audit order by replica limit 1)                union all                select (select a.replica from audit a where a.replica > r.replica order by a.replica limit 1)                from replicas r where r.replica is not null)              select r.replica, h.seq, h.hash from replicas r cross join lateral                (select seq, hash from audit a where a.replica = r.replica order by seq desc limit 1) h              where r.replica is not null and r.replica <> $1",
+            "with recursive replicas (replica) as ( \
+               (select replica from audit order by replica limit 1) \
+               union all \
+               select (select a.replica from audit a where a.replica > r.replica order by a.replica limit 1) \
+               from replicas r where r.replica is not null) \
+             select r.replica, h.seq, h.hash from replicas r cross join lateral \
+               (select seq, hash from audit a where a.replica = r.replica order by seq desc limit 1) h \
+             where r.replica is not null and r.replica <> $1",
             &[&replica],
         )
         .await
@@ -264,12 +271,7 @@ async fn cross_anchor_entries(
     for row in heads {
         let get = |e: tokio_postgres::Error| pg_err("other replicas' heads", &e);
         let other: String = row.try_get(0).map_err(get)?;
-        let seq: i64 = row.try_get(1).map_err(get)?;
-        let hash: Vec<u8> = row.try_get(2).map_err(get)?;
-        let head = ChainHead {
-            records: to_u64("seq", seq)?.saturating_add(1),
-            hash: hash.try_into().map_err(|_| Error::check(LAYER, "stored chain hash is not 32 bytes"))?,
-        };
+        let head = head_after(row.try_get(1).map_err(get)?, row.try_get(2).map_err(get)?)?;
         if anchoring.named.get(&other) != Some(&head) {
             entries.push(chain::replica_head_entry(&other, head));
             anchoring.named.insert(other, head);
@@ -284,8 +286,12 @@ async fn load_head(c: &Client, replica: &str) -> Result<ChainHead> {
         .await
         .map_err(|e| pg_err("chain head", &e))?;
     let Some(row) = row else { return Ok(ChainHead { records: 0, hash: [0; 32] }) };
-    let seq: i64 = row.try_get(0).map_err(|e| pg_err("chain head", &e))?;
-    let hash: Vec<u8> = row.try_get(1).map_err(|e| pg_err("chain head", &e))?;
+    let get = |e: tokio_postgres::Error| pg_err("chain head", &e);
+    head_after(row.try_get(0).map_err(get)?, row.try_get(1).map_err(get)?)
+}
+
+/// The head of a chain whose last stored record has `seq` and `hash`.
+fn head_after(seq: i64, hash: Vec<u8>) -> Result<ChainHead> {
     Ok(ChainHead {
         records: to_u64("seq", seq)?.saturating_add(1),
         hash: hash.try_into().map_err(|_| Error::check(LAYER, "stored chain hash is not 32 bytes"))?,
