@@ -301,3 +301,53 @@ fn a_release_awaiting_its_postgres_commit_holds_no_thread() {
     });
     assert!(last_audit(&pg).ends_with(sealroom_tests::placeholder::REFUSAL), "{}", last_audit(&pg));
 }
+
+/// Attack: whoever can write the database (not holding the KEK) adds a signing key of their own to the table
+/// every replica publishes as its JWKS, or swaps a replica's key for theirs under the same `kid`, so that
+/// relying parties would accept tokens and receipts they sign. The forged row is refused with its `kid` named
+/// (the JWKS endpoint answers 503 with that line) instead of being published; the replica whose key it is
+/// puts its own row right by publishing again.
+#[test]
+fn attack_a_signing_key_written_into_the_database_without_the_kek_is_not_published() {
+    use sealroom_broker::jwks::KeySource;
+    let pg = Postgres::start().unwrap();
+    pg.psql("postgres", "create database sealroom").unwrap();
+    let url = pg.superuser_url("sealroom");
+    let dir = unique_temp_dir("pg-signing-keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kek = sealroom_broker::keystore::Kek::from_bytes(&[5; 32]).unwrap();
+    let keys = sealroom_broker::pg::open_keys(&url, kek, &SystemRandomness::new()).unwrap();
+    let genuine = Signer::load_or_create(&dir.join("r1.pk8")).unwrap().jwk();
+    let attacker = Signer::load_or_create(&dir.join("attacker.pk8")).unwrap().jwk();
+    keys.publish_signing_key(REPLICA, &genuine).unwrap();
+    assert_eq!(keys.signing_keys().unwrap(), vec![genuine.clone()]);
+
+    // A key of the attacker's own, under its own kid, with a made-up MAC or none.
+    let kid = attacker["kid"].as_str().unwrap();
+    for mac in ["'\\x00'", "null"] {
+        pg.psql(
+            "sealroom",
+            &format!("insert into signing_keys (kid, replica, jwk, mac) values ('{kid}', 'r9', '{attacker}', {mac})"),
+        )
+        .unwrap();
+        let e = keys.signing_keys().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "key store: signing key {kid} (replica r9) was not published by a replica holding the KEK: refused"
+            )
+        );
+        pg.psql("sealroom", &format!("delete from signing_keys where kid = '{kid}'")).unwrap();
+    }
+
+    // The attacker's key swapped in under the genuine kid, the genuine row's MAC kept.
+    let mut swapped = attacker.clone();
+    swapped["kid"] = genuine["kid"].clone();
+    pg.psql("sealroom", &format!("update signing_keys set jwk = '{swapped}'")).unwrap();
+    let e = keys.signing_keys().unwrap_err().to_string();
+    assert!(e.ends_with("was not published by a replica holding the KEK: refused"), "{e}");
+
+    // The replica publishing its key again (as it does at every start) restores its row.
+    keys.publish_signing_key(REPLICA, &genuine).unwrap();
+    assert_eq!(keys.signing_keys().unwrap(), vec![genuine]);
+}

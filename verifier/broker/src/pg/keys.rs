@@ -378,21 +378,39 @@ impl KeyRecords for PgKeys {
     }
 }
 
+/// The record-MAC table name of signing keys.
+const SIGNING_KEYS_TABLE: &str = "signing_keys";
+
+/// What a signing key row's record MAC covers (row key = `kid`): the replica id, a newline, the JWK's text. Only
+/// a replica holding the KEK can publish a key that relying parties will be told to trust.
+fn signing_key_value(replica: &str, jwk: &str) -> Vec<u8> {
+    format!("{replica}\n{jwk}").into_bytes()
+}
+
 impl PgKeys {
-    /// Publishes this replica's token signing key (kept after the replica is gone: tokens it signed stay
-    /// verifiable).
+    /// Publishes this replica's token signing key, with its record MAC (kept after the replica is gone: tokens
+    /// it signed stay verifiable). A row of the same `kid` is replaced, so a row written without the KEK (or
+    /// before rows had MACs) is put right by the replica whose key it is.
     ///
     /// # Errors
     /// When the database cannot be written.
     pub fn publish_signing_key(&self, replica: &str, jwk: &serde_json::Value) -> Result<()> {
         let kid = jwk.get("kid").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
         let (replica, text) = (replica.to_owned(), jwk.to_string());
+        let tag = keystore::record_mac(
+            &self.kek,
+            SIGNING_KEYS_TABLE,
+            kid.as_bytes(),
+            &signing_key_value(&replica, &text),
+        )
+        .to_vec();
         let reads = Arc::clone(&self.reads);
         self.db.run(async move {
             let c = reads.get().await?;
             c.execute(
-                "insert into signing_keys (kid, replica, jwk) values ($1, $2, $3) on conflict (kid) do nothing",
-                &[&kid, &replica, &text],
+                "insert into signing_keys (kid, replica, jwk, mac) values ($1, $2, $3, $4) on conflict (kid) do \
+                 update set replica = excluded.replica, jwk = excluded.jwk, mac = excluded.mac",
+                &[&kid, &replica, &text, &tag],
             )
             .await
             .map_err(|e| pg_err("signing key", &e))?;
@@ -402,21 +420,40 @@ impl PgKeys {
 }
 
 impl crate::jwks::KeySource for PgKeys {
+    /// Every replica's signing key, each checked against its record MAC: one that fails is refused with its
+    /// `kid` named (the JWKS endpoint then answers 503 with that line), never published.
     fn signing_keys(&self) -> Result<Vec<serde_json::Value>> {
         let reads = Arc::clone(&self.reads);
-        let texts: Vec<String> = self.db.run(async move {
+        let rows: Vec<(String, String, String, Option<Vec<u8>>)> = self.db.run(async move {
             let c = reads.get().await?;
-            c.query("select jwk from signing_keys order by kid", &[])
+            c.query("select kid, replica, jwk, mac from signing_keys order by kid", &[])
                 .await
                 .map_err(|e| pg_err("signing keys", &e))?
                 .iter()
-                .map(|r| r.try_get(0).map_err(|e| pg_err("signing keys", &e)))
-                .collect()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+                .collect::<std::result::Result<_, tokio_postgres::Error>>()
+                .map_err(|e| pg_err("signing keys", &e))
         })?;
-        texts
-            .iter()
-            .map(|t| {
-                serde_json::from_str(t).map_err(|e| Error::check(LAYER, format!("stored signing key: {e}")))
+        rows.iter()
+            .map(|(kid, replica, jwk, mac)| {
+                let mut stored = signing_key_value(replica, jwk);
+                stored.extend_from_slice(mac.as_deref().unwrap_or_default());
+                let genuine = keystore::open_record(&self.kek, SIGNING_KEYS_TABLE, kid.as_bytes(), &stored).is_some();
+                if !genuine {
+                    return Err(Error::check(
+                        LAYER,
+                        format!(
+                            "signing key {kid} (replica {replica}) was not published by a replica holding the \
+                             KEK: refused"
+                        ),
+                    ));
+                }
+                let value: serde_json::Value = serde_json::from_str(jwk)
+                    .map_err(|e| Error::check(LAYER, format!("signing key {kid}: {e}")))?;
+                if value.get("kid").and_then(serde_json::Value::as_str) != Some(kid.as_str()) {
+                    return Err(Error::check(LAYER, format!("signing key {kid}: its JWK names another kid")));
+                }
+                Ok(value)
             })
             .collect()
     }

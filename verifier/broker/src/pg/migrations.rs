@@ -64,6 +64,11 @@ const MIGRATIONS: &[&str] = &[
         primary key (tee_key_digest, key_id)
     );
     ",
+    // 4: each signing key row's record MAC (keystore::record_mac, see pg::keys): a key written without the KEK, by
+    // whoever can write the database, is refused instead of published to relying parties.
+    r"
+    alter table signing_keys add column mac bytea;
+    ",
 ];
 
 /// The schema version this broker writes.
