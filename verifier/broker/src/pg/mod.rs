@@ -10,6 +10,8 @@
 //!
 //! The driver is tokio-postgres, run on a small runtime of the store's own, so the store's synchronous methods
 //! can be called from anywhere (blocking release tasks, the admin endpoint, the CLI) without nesting runtimes.
+//! Every connection goes through [`tls`]: plaintext only to this machine, TLS with the server's certificate
+//! checked (`sslmode=verify-full&sslrootcert=…`) to any other.
 //! Each data provider may have its own database role and schema (a role's default `search_path` starts with a
 //! schema of its own name), so one provider's credentials cannot read another provider's keys.
 
@@ -17,11 +19,15 @@ pub mod chain;
 pub mod keys;
 pub mod ledger;
 pub mod migrations;
+pub mod tls;
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio_postgres::{Client, Config, NoTls};
+
+use self::tls::Security;
 
 use crate::error::{Error, Result};
 use crate::keystore::Kek;
@@ -29,9 +35,12 @@ use crate::keystore::Kek;
 const LAYER: &str = "postgres";
 
 pub(crate) fn pg_err(what: &str, e: &tokio_postgres::Error) -> Error {
-    // The driver's Display is terse ("db error"); the server's message says what went wrong.
-    let detail =
-        e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{}: {}", d.code().code(), d.message()));
+    // The driver's Display is terse ("db error", "error performing TLS handshake"); the server's message, or the
+    // cause (which certificate check failed, which socket error), says what went wrong.
+    let detail = e.as_db_error().map_or_else(
+        || std::error::Error::source(e).map_or_else(|| e.to_string(), |cause| format!("{e}: {cause}")),
+        |d| format!("{}: {}", d.code().code(), d.message()),
+    );
     Error::check(LAYER, format!("{what}: {detail}"))
 }
 
@@ -49,6 +58,13 @@ pub struct Database {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
+thread_local! {
+    /// How the store's runtime threads connect: set on each thread of a [`Database`]'s runtime as it starts,
+    /// so every [`connect`] of that store (keys, ledger writer, chain verification, which are handed only the
+    /// driver's `Config`) secures its connection the same way, and one that somehow ran elsewhere fails.
+    static SECURITY: RefCell<Option<Security>> = const { RefCell::new(None) };
+}
+
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the password.
@@ -57,16 +73,18 @@ impl std::fmt::Debug for Database {
 }
 
 impl Database {
-    /// Parses a `postgres://user:password@host:port/db` URL (or a libpq key=value string) and starts the
-    /// store's runtime. Nothing is connected yet.
+    /// Parses a `postgres://user:password@host:port/db` URL (or a libpq key=value string), with
+    /// `sslmode=verify-full&sslrootcert=CA.pem` for a database on another machine ([`tls::parse`]), and starts
+    /// the store's runtime. Nothing is connected yet.
     ///
     /// # Errors
-    /// When the URL does not parse or the runtime cannot start.
+    /// When the URL does not parse, would leave a remote database unauthenticated, or the runtime cannot start.
     pub fn new(url: &str) -> Result<Self> {
-        let config: Config = url.parse().map_err(|e: tokio_postgres::Error| pg_err("database URL", &e))?;
+        let (config, security) = tls::parse(url)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("sealroom-pg")
+            .on_thread_start(move || SECURITY.with(|s| *s.borrow_mut() = Some(security.clone())))
             .enable_all()
             .build()
             .map_err(|e| Error::check(LAYER, format!("runtime: {e}")))?;
@@ -110,16 +128,31 @@ impl Drop for Database {
     }
 }
 
-/// Opens a new connection; its I/O task runs on the current (the store's) runtime.
+/// Opens a new connection, secured as the store's URL said ([`SECURITY`]); its I/O task runs on the current
+/// (the store's) runtime.
 ///
 /// # Errors
-/// When the server cannot be reached or refuses the credentials.
+/// When the server cannot be reached, fails the certificate check, or refuses the credentials.
 pub(crate) async fn connect(config: &Config) -> Result<Client> {
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| pg_err("connect", &e))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    let security = SECURITY.with(|s| s.borrow().clone()).ok_or_else(|| {
+        Error::check(LAYER, "connect: not on a store's runtime (connection security unknown)")
+    })?;
+    match security {
+        Security::Local => {
+            let (client, connection) = config.connect(NoTls).await.map_err(|e| pg_err("connect", &e))?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(client)
+        }
+        Security::VerifyFull(tls) => {
+            let (client, connection) = config.connect(tls).await.map_err(|e| pg_err("connect", &e))?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(client)
+        }
+    }
 }
 
 /// A shared connection for reads (tokio-postgres pipelines concurrent queries on one connection), replaced when
