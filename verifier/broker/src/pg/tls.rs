@@ -83,6 +83,15 @@ pub fn parse(url: &str) -> Result<(Config, Security)> {
             config.ssl_mode(SslMode::Disable);
             Security::Local
         }
+        (Some("verify-full"), Some("system")) => {
+            // libpq 16 reads this as "the operating system's roots": any public CA could then vouch for a
+            // database, which is what naming the operator's CA rules out.
+            return Err(Error::check(
+                LAYER,
+                "sslrootcert=system (the system's roots) is not accepted: name the file of the CA that issued \
+                 the server's certificate",
+            ));
+        }
         (Some("verify-full"), Some(file)) => {
             if config.get_hosts().iter().any(|h| !matches!(h, Host::Tcp(_))) {
                 return Err(Error::check(
@@ -450,6 +459,7 @@ mod tests {
         assert!(refusal("postgres://u@192.0.2.1/d?sslmode=verify-full").contains("needs sslrootcert="));
         assert!(refusal("postgres://u@127.0.0.1/d?sslrootcert=/x").contains("only with sslmode=verify-full"));
         assert!(refusal("host=/run/pg sslmode=verify-full sslrootcert=/x").contains("unix socket"));
+        assert!(refusal("host=192.0.2.1 sslmode=verify-full sslrootcert=system").contains("system's roots"));
     }
 
     #[test]
