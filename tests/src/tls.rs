@@ -62,6 +62,20 @@ pub fn ca_and_server_cert(dir: &Path, ca_name: &str, ips: &[&str]) -> Result<Ser
 /// # Errors
 /// When `dir` cannot be written or `openssl` fails.
 pub fn ca_and_server_cert_for(dir: &Path, ca_name: &str, san: &[&str]) -> Result<ServerTls, TlsError> {
+    ca_and_server_cert_signed_with(dir, ca_name, san, "sha256")
+}
+
+/// [`ca_and_server_cert_for`] with the server certificate signed using `digest` (`sha256`, `sha384`,
+/// `sha512`): the hash that channel binding (RFC 5929 `tls-server-end-point`) must follow.
+///
+/// # Errors
+/// When `dir` cannot be written or `openssl` fails.
+pub fn ca_and_server_cert_signed_with(
+    dir: &Path,
+    ca_name: &str,
+    san: &[&str],
+    digest: &str,
+) -> Result<ServerTls, TlsError> {
     let io = |e: std::io::Error| TlsError(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
@@ -98,6 +112,7 @@ pub fn ca_and_server_cert_for(dir: &Path, ca_name: &str, san: &[&str]) -> Result
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
+            &format!("-{digest}"),
             "-days",
             "2",
             "-extfile",

@@ -21,7 +21,7 @@ use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
 use sealroom_tests::broker::{BrokerProcess, run_sealroom, sealroom};
 use sealroom_tests::placeholder::{REFUSAL, TPM_POLICY, release_request};
 use sealroom_tests::postgres::Postgres;
-use sealroom_tests::tls::{ServerTls, ca_and_server_cert_for};
+use sealroom_tests::tls::{ServerTls, ca_and_server_cert_for, ca_and_server_cert_signed_with};
 
 const ROLE: &str = "provider_a";
 const PASSWORD: &str = "pw-provider-a-tls";
@@ -34,7 +34,14 @@ fn secret_file(path: &Path, byte: u8) {
 /// A TLS-only server with a certificate for `san`, issued by a fresh CA; the provider's role and schema in
 /// database `sealroom`.
 fn tls_server(dir: &Path, san: &[&str]) -> (Postgres, ServerTls) {
-    let tls = ca_and_server_cert_for(&dir.join("server-ca"), "sealroom test database CA", san).unwrap();
+    tls_server_signed_with(dir, san, "sha256")
+}
+
+/// [`tls_server`] with the server certificate signed using `digest`.
+fn tls_server_signed_with(dir: &Path, san: &[&str], digest: &str) -> (Postgres, ServerTls) {
+    let tls =
+        ca_and_server_cert_signed_with(&dir.join("server-ca"), "sealroom test database CA", san, digest)
+            .unwrap();
     let pg = Postgres::start_with_tls(&tls.cert, &tls.key).unwrap();
     pg.psql("postgres", "create database sealroom").unwrap();
     pg.psql("sealroom", "revoke all on schema public from public").unwrap();
@@ -183,6 +190,29 @@ fn replica_admin_and_audit_verification_run_over_verified_tls() {
         "{}",
         text(&listed)
     );
+}
+
+/// The server computes `tls-server-end-point` with its certificate's signature hash (RFC 5929); a binding
+/// hashed otherwise fails SCRAM-SHA-256-PLUS, which the driver then uses even without `channel_binding=require`.
+#[test]
+fn channel_binding_follows_the_server_certificate_signature_hash() {
+    for digest in ["sha384", "sha512"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (pg, tls) = tls_server_signed_with(dir.path(), &["IP:127.0.0.1"], digest);
+        let ca = ca_file(dir.path(), &tls);
+        let kek = dir.path().join("kek");
+        secret_file(&kek, 0x48);
+        for binding in ["require", "prefer"] {
+            let url = format!(
+                "postgres://{ROLE}:{PASSWORD}@127.0.0.1:{}/sealroom?sslmode=verify-full&sslrootcert={}\
+                 &channel_binding={binding}",
+                pg.port(),
+                ca.display()
+            );
+            let out = keys(&url, &kek, &["list"]);
+            assert!(out.status.success(), "{digest}, channel_binding={binding}: {}", text(&out));
+        }
+    }
 }
 
 #[test]
