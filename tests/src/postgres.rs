@@ -7,6 +7,9 @@
 //! `postgres` with a random password (SCRAM-SHA-256 on every connection, no `trust` entries), so a test that
 //! creates roles for different data providers exercises real authentication.
 //!
+//! [`Postgres::start_with_tls`] serves TLS only (`ssl = on`, every TCP line of pg_hba.conf `hostssl`), with a
+//! certificate the test made, so a client that does not speak TLS is refused by the server itself.
+//!
 //! The binaries come from Debian's `postgresql` package (installed by `ci/setup`):
 //! `/usr/lib/postgresql/<major>/bin`, the newest major found, or the directory named by `SEALROOM_PG_BIN`.
 
@@ -143,11 +146,22 @@ impl Postgres {
     /// # Errors
     /// When PostgreSQL is not installed, `initdb` fails, or the server does not accept connections in 30 s.
     pub fn start() -> Result<Self, PostgresError> {
-        Self::start_on(free_port()?)
+        Self::start_on(free_port()?, None)
+    }
+
+    /// [`Postgres::start`] with TLS only: `ssl = on` with the certificate chain `cert` (PEM) and its key `key`
+    /// (copied into the data directory, owned by the server's user, mode 0600), and pg_hba.conf admitting TCP
+    /// clients only over TLS (`hostssl`, still SCRAM-SHA-256). The unix socket stays plaintext, as PostgreSQL
+    /// has no TLS there.
+    ///
+    /// # Errors
+    /// As [`Postgres::start`], or when the certificate or key cannot be copied.
+    pub fn start_with_tls(cert: &Path, key: &Path) -> Result<Self, PostgresError> {
+        Self::start_on(free_port()?, Some((cert, key)))
     }
 
     /// [`Postgres::start`] on `port` first, moving to another free port when the server cannot bind it.
-    fn start_on(port: u16) -> Result<Self, PostgresError> {
+    fn start_on(port: u16, tls: Option<(&Path, &Path)>) -> Result<Self, PostgresError> {
         let bin = bin_dir()?;
         let dir = unique_temp_dir("postgres");
         std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
@@ -155,6 +169,9 @@ impl Postgres {
         let password = random_password()?;
         let mut pg = Self { bin, dir, port, password, run_as };
         pg.init()?;
+        if let Some((cert, key)) = tls {
+            pg.tls_only(cert, key)?;
+        }
         // The port was free when picked, but PostgreSQL binds it only now: a parallel test may have taken it
         // meanwhile. Then try another one (a later `port` line in postgresql.auto.conf overrides the earlier).
         let mut attempts = 0;
@@ -269,6 +286,34 @@ impl Postgres {
             self.dir.display()
         );
         self.append_conf(&conf)
+    }
+
+    fn tls_only(&self, cert: &Path, key: &Path) -> Result<(), PostgresError> {
+        let data = self.data_dir();
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = data.join(to);
+            std::fs::copy(from, &to)
+                .map_err(|e| err(format!("copy {} to {}: {e}", from.display(), to.display())))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| err(format!("chmod {}: {e}", to.display())))?;
+            self.own(&to)?;
+        }
+        let hba = data.join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all scram-sha-256
+hostssl all all 127.0.0.1/32 scram-sha-256
+             hostssl all all ::1/128 scram-sha-256
+",
+        )
+        .map_err(|e| err(format!("{}: {e}", hba.display())))?;
+        self.own(&hba)?;
+        self.append_conf(
+            "ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+",
+        )
     }
 
     fn start_server(&self) -> Result<(), PostgresError> {
@@ -454,7 +499,7 @@ mod tests {
     fn a_port_taken_before_the_server_binds_it_moves_the_server_to_another() {
         let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = taken.local_addr().unwrap().port();
-        let pg = Postgres::start_on(port).unwrap();
+        let pg = Postgres::start_on(port, None).unwrap();
         assert_ne!(pg.port(), port);
         pg.psql("postgres", "select 1").unwrap();
         // The other listener still holds its port.

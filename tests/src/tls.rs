@@ -1,5 +1,6 @@
-//! Throwaway TLS material for a broker under test: a CA and a server certificate it issued for given IP
-//! addresses, made with the `openssl` command (P-256 keys, valid two days). For tests and the demo only.
+//! Throwaway TLS material for a broker or a PostgreSQL server under test: a CA and a server certificate it
+//! issued for given IP addresses or host names, made with the `openssl` command (P-256 keys, valid two days).
+//! For tests and the demo only.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,6 +51,31 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<(), TlsError> {
 /// # Errors
 /// When `dir` cannot be written or `openssl` fails.
 pub fn ca_and_server_cert(dir: &Path, ca_name: &str, ips: &[&str]) -> Result<ServerTls, TlsError> {
+    let san: Vec<String> = ips.iter().map(|ip| format!("IP:{ip}")).collect();
+    let san: Vec<&str> = san.iter().map(String::as_str).collect();
+    ca_and_server_cert_for(dir, ca_name, &san)
+}
+
+/// [`ca_and_server_cert`] for any subjectAltName entries in openssl's syntax (`IP:127.0.0.1`,
+/// `DNS:localhost`), e.g. a certificate naming only a host the client does not connect to.
+///
+/// # Errors
+/// When `dir` cannot be written or `openssl` fails.
+pub fn ca_and_server_cert_for(dir: &Path, ca_name: &str, san: &[&str]) -> Result<ServerTls, TlsError> {
+    ca_and_server_cert_signed_with(dir, ca_name, san, "sha256")
+}
+
+/// [`ca_and_server_cert_for`] with the server certificate signed using `digest` (`sha256`, `sha384`,
+/// `sha512`): the hash that channel binding (RFC 5929 `tls-server-end-point`) must follow.
+///
+/// # Errors
+/// When `dir` cannot be written or `openssl` fails.
+pub fn ca_and_server_cert_signed_with(
+    dir: &Path,
+    ca_name: &str,
+    san: &[&str],
+    digest: &str,
+) -> Result<ServerTls, TlsError> {
     let io = |e: std::io::Error| TlsError(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
@@ -68,7 +94,6 @@ pub fn ca_and_server_cert(dir: &Path, ca_name: &str, ips: &[&str]) -> Result<Ser
     req.extend(ec);
     req.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=sealroom test broker"]);
     openssl(dir, &req)?;
-    let san: Vec<String> = ips.iter().map(|ip| format!("IP:{ip}")).collect();
     let ext = format!(
         "subjectAltName={}\nextendedKeyUsage=serverAuth\nbasicConstraints=critical,CA:FALSE\n\
          keyUsage=critical,digitalSignature\n",
@@ -87,6 +112,7 @@ pub fn ca_and_server_cert(dir: &Path, ca_name: &str, ips: &[&str]) -> Result<Ser
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
+            &format!("-{digest}"),
             "-days",
             "2",
             "-extfile",

@@ -19,7 +19,8 @@ enum AuditCommand {
         #[arg(required_unless_present = "postgres", conflicts_with = "postgres")]
         log: Option<PathBuf>,
         /// Verify every replica's chain in a replicated broker's PostgreSQL database instead
-        /// (`postgres://user:password@host:port/db`; the user's schema holds the broker's tables).
+        /// (`postgres://user:password@host:port/db`; the user's schema holds the broker's tables). Another
+        /// machine's database needs `?sslmode=verify-full&sslrootcert=CA.pem` (TLS, the server checked).
         #[arg(long)]
         postgres: Option<String>,
         /// A head from an attestation result token, `RECORDS:HASH` (its "sealroom.audit" claim): the log must

@@ -86,9 +86,9 @@ impl PgKeys {
     /// When the database cannot be read or the KEK does not match.
     pub fn open(db: Arc<Database>, kek: Kek, rng: &dyn Randomness) -> Result<Self> {
         let candidate = kek.seal(rng, keystore::KEK_CHECK.as_bytes(), keystore::KEK_CHECK_PLAINTEXT)?;
-        let config = db.config();
+        let target = db.target();
         let stored: Vec<u8> = db.run(async move {
-            let c = connect(&config).await?;
+            let c = connect(&target).await?;
             // First replica to start wins; the others read its check value.
             c.execute(
                 "insert into meta (name, value) values ($1, $2) on conflict (name) do nothing",
@@ -106,13 +106,13 @@ impl PgKeys {
         {
             return Err(Error::check(LAYER, "the key-encryption key does not match this database"));
         }
-        let reads = Arc::new(SharedClient::new(db.config()));
+        let reads = Arc::new(SharedClient::new(db.target()));
         Ok(Self { db, reads, kek: Arc::new(kek) })
     }
 
     fn change(&self, key_id: &str, change: &Change, rng: &dyn Randomness) -> Result<KeyInfo> {
         check_key_id(key_id)?;
-        let config = self.db.config();
+        let target = self.db.target();
         let id = key_id.to_owned();
         // The sealing needs the new version, known only under the row lock: seal for version + 1 of what we
         // read first, and retry the whole change if a concurrent rotation moved the version meanwhile.
@@ -131,7 +131,7 @@ impl PgKeys {
                 }
                 Change::Revoke { .. } | Change::SetPolicy { .. } => None,
             };
-            let (config, id) = (config.clone(), id.clone());
+            let (target, id) = (target.clone(), id.clone());
             let (revoke_at, policy, rotated_at) = match change {
                 Change::Revoke { now_ms } => (Some(to_i64("time", *now_ms)?), None, None),
                 Change::SetPolicy { policy } => (None, Some(policy.clone()), None),
@@ -140,7 +140,7 @@ impl PgKeys {
             let expected = version_i32(current.version)?;
             let kek = Arc::clone(&self.kek);
             let outcome: Option<KeyInfo> = self.db.run(async move {
-                let mut c = connect(&config).await?;
+                let mut c = connect(&target).await?;
                 let tx = c.transaction().await.map_err(|e| pg_err("begin", &e))?;
                 let row = tx
                     .query_opt(&format!("{SELECT_KEY} where id = $1 for update"), &[&id])
@@ -230,12 +230,12 @@ impl KeyRecords for PgKeys {
     ) -> Result<KeyInfo> {
         let (info, sealed) =
             keystore::first_version(&self.kek, key_id, owner, policy, material, rng, now_ms)?;
-        let config = self.db.config();
+        let target = self.db.target();
         let row = info.clone();
         let now = to_i64("time", now_ms)?;
         let tag = keystore::key_record_tag(&self.kek, &info)?.to_vec();
         self.db.run(async move {
-            let mut c = connect(&config).await?;
+            let mut c = connect(&target).await?;
             let tx = c.transaction().await.map_err(|e| pg_err("begin", &e))?;
             let inserted = tx
                 .execute(
@@ -342,10 +342,10 @@ impl KeyRecords for PgKeys {
             .iter()
             .map(|(id, r)| ((*id).to_owned(), keystore::seal_release(&self.kek, tee_key_digest, id, r)))
             .collect();
-        let (config, digest) = (self.db.config(), tee_key_digest.to_vec());
+        let (target, digest) = (self.db.target(), tee_key_digest.to_vec());
         // One transaction, committed (durably: synchronous_commit) before the sealed keys leave the broker.
         self.db.run(async move {
-            let mut c = connect(&config).await?;
+            let mut c = connect(&target).await?;
             let tx = c.transaction().await.map_err(|e| pg_err("begin", &e))?;
             for (id, record) in &rows {
                 tx.execute(

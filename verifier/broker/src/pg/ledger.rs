@@ -90,7 +90,7 @@ impl PgLedger {
     pub fn start(db: Arc<Database>, keys: NonceKeys, replica: &str) -> Result<Self> {
         check_replica(replica)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        db.spawn(writer(db.config(), replica.to_owned(), rx))?;
+        db.spawn(writer(db.target(), replica.to_owned(), rx))?;
         Ok(Self { db, keys, replica: replica.to_owned(), jobs: tx })
     }
 
@@ -152,7 +152,7 @@ impl PgLedger {
     }
 }
 
-async fn writer(config: tokio_postgres::Config, replica: String, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn writer(target: super::Target, replica: String, mut rx: mpsc::UnboundedReceiver<Job>) {
     let mut client: Option<Client> = None;
     let mut head: Option<ChainHead> = None;
     let mut last_cleanup = 0u64;
@@ -172,7 +172,7 @@ async fn writer(config: tokio_postgres::Config, replica: String, mut rx: mpsc::U
         // otherwise hold every release of this replica for as long as TCP takes to notice, or forever.
         let committed = tokio::time::timeout(
             DATABASE_TIMEOUT,
-            commit_batch(&config, &replica, &mut client, &mut head, &batch, anchor_at.as_mut()),
+            commit_batch(&target, &replica, &mut client, &mut head, &batch, anchor_at.as_mut()),
         )
         .await
         .unwrap_or_else(|_| {
@@ -299,7 +299,7 @@ fn head_after(seq: i64, hash: Vec<u8>) -> Result<ChainHead> {
 }
 
 async fn commit_batch(
-    config: &tokio_postgres::Config,
+    target: &super::Target,
     replica: &str,
     client: &mut Option<Client>,
     head: &mut Option<ChainHead>,
@@ -307,7 +307,7 @@ async fn commit_batch(
     anchoring: Option<&mut Anchoring>,
 ) -> Result<Vec<Recorded>> {
     if client.as_ref().is_none_or(Client::is_closed) {
-        *client = Some(connect(config).await?);
+        *client = Some(connect(target).await?);
     }
     let c = client.as_mut().ok_or_else(|| Error::check(LAYER, "no connection"))?;
     let start = match *head {
@@ -436,9 +436,9 @@ pub struct VerifiedChains {
 /// replica recorded (one line naming replica and record).
 pub fn verify_chains(url: &str) -> Result<VerifiedChains> {
     let db = Database::new(url)?;
-    let config = db.config();
+    let target = db.target();
     let chains = db.run_unbounded(async move {
-        let c = connect(&config).await?;
+        let c = connect(&target).await?;
         let replicas: Vec<String> = c
             .query("select distinct replica from audit order by replica", &[])
             .await

@@ -10,6 +10,8 @@
 //!
 //! The driver is tokio-postgres, run on a small runtime of the store's own, so the store's synchronous methods
 //! can be called from anywhere (blocking release tasks, the admin endpoint, the CLI) without nesting runtimes.
+//! Every connection goes through [`tls`]: plaintext only to this machine, TLS with the server's certificate
+//! checked (`sslmode=verify-full&sslrootcert=…`) to any other.
 //! Each data provider may have its own database role and schema (a role's default `search_path` starts with a
 //! schema of its own name), so one provider's credentials cannot read another provider's keys.
 
@@ -17,11 +19,14 @@ pub mod chain;
 pub mod keys;
 pub mod ledger;
 pub mod migrations;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio_postgres::{Client, Config, NoTls};
+
+use self::tls::Security;
 
 use crate::error::{Error, Result};
 use crate::keystore::Kek;
@@ -29,9 +34,12 @@ use crate::keystore::Kek;
 const LAYER: &str = "postgres";
 
 pub(crate) fn pg_err(what: &str, e: &tokio_postgres::Error) -> Error {
-    // The driver's Display is terse ("db error"); the server's message says what went wrong.
-    let detail =
-        e.as_db_error().map_or_else(|| e.to_string(), |d| format!("{}: {}", d.code().code(), d.message()));
+    // The driver's Display is terse ("db error", "error performing TLS handshake"); the server's message, or the
+    // cause (which certificate check failed, which socket error), says what went wrong.
+    let detail = e.as_db_error().map_or_else(
+        || std::error::Error::source(e).map_or_else(|| e.to_string(), |cause| format!("{e}: {cause}")),
+        |d| format!("{}: {}", d.code().code(), d.message()),
+    );
     Error::check(LAYER, format!("{what}: {detail}"))
 }
 
@@ -45,26 +53,27 @@ pub(crate) fn to_u64(what: &str, v: i64) -> Result<u64> {
 
 /// A connection to the broker's database: the parsed URL and a runtime that drives the driver.
 pub struct Database {
-    config: Config,
+    target: Target,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the password.
-        write!(f, "Database(user={:?}, dbname={:?})", self.config.get_user(), self.config.get_dbname())
+        let c = &self.target.config;
+        write!(f, "Database(user={:?}, dbname={:?})", c.get_user(), c.get_dbname())
     }
 }
 
 impl Database {
-    /// Parses a `postgres://user:password@host:port/db` URL (or a libpq key=value string) and starts the
-    /// store's runtime. Nothing is connected yet.
+    /// Parses a `postgres://user:password@host:port/db` URL (or a libpq key=value string), with
+    /// `sslmode=verify-full&sslrootcert=CA.pem` for a database on another machine ([`tls::parse`]), and starts
+    /// the store's runtime. Nothing is connected yet.
     ///
     /// # Errors
-    /// When the URL does not parse or the runtime cannot start.
+    /// When the URL does not parse, would leave a remote database unauthenticated, or the runtime cannot start.
     pub fn new(url: &str) -> Result<Self> {
-        let mut config: Config =
-            url.parse().map_err(|e: tokio_postgres::Error| pg_err("database URL", &e))?;
+        let (mut config, security) = tls::parse(url)?;
         notice_dead_connections(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -72,7 +81,7 @@ impl Database {
             .enable_all()
             .build()
             .map_err(|e| Error::check(LAYER, format!("runtime: {e}")))?;
-        Ok(Self { config, runtime: Some(runtime) })
+        Ok(Self { target: Target { config, security }, runtime: Some(runtime) })
     }
 
     /// Runs `fut` on the store's runtime and waits for it, at most [`DATABASE_TIMEOUT`]: a key read or an admin
@@ -112,10 +121,31 @@ impl Database {
         Ok(())
     }
 
-    /// The connection settings (for tasks that connect themselves).
+    /// Where and how to connect (for tasks that connect themselves).
     #[must_use]
-    pub fn config(&self) -> Config {
-        self.config.clone()
+    pub fn target(&self) -> Target {
+        self.target.clone()
+    }
+}
+
+/// A database's connection settings and how its connections are secured, both from its URL: every connection
+/// of a store is made from one of these ([`connect`]), so none can be made without the URL's security.
+#[derive(Clone)]
+pub struct Target {
+    config: Config,
+    security: Security,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        write!(
+            f,
+            "Target(user={:?}, dbname={:?}, {:?})",
+            self.config.get_user(),
+            self.config.get_dbname(),
+            self.security
+        )
     }
 }
 
@@ -155,29 +185,43 @@ fn notice_dead_connections(config: &mut Config) {
     }
 }
 
-/// Opens a new connection; its I/O task runs on the current (the store's) runtime.
+/// Opens a new connection to `target`, secured as its URL said; its I/O task runs on the current (the store's)
+/// runtime.
 ///
 /// # Errors
-/// When the server cannot be reached or refuses the credentials.
-pub(crate) async fn connect(config: &Config) -> Result<Client> {
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| pg_err("connect", &e))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+/// When the server cannot be reached, fails the certificate check, or refuses the credentials.
+pub(crate) async fn connect(target: &Target) -> Result<Client> {
+    match &target.security {
+        Security::Local => {
+            let (client, connection) =
+                target.config.connect(NoTls).await.map_err(|e| pg_err("connect", &e))?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(client)
+        }
+        Security::VerifyFull(tls) => {
+            let (client, connection) =
+                target.config.connect(tls.clone()).await.map_err(|e| pg_err("connect", &e))?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok(client)
+        }
+    }
 }
 
 /// A shared connection for reads (tokio-postgres pipelines concurrent queries on one connection), replaced when
 /// the server closed it (a restart).
 #[derive(Debug)]
 pub(crate) struct SharedClient {
-    config: Config,
+    target: Target,
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
 }
 
 impl SharedClient {
-    pub(crate) fn new(config: Config) -> Self {
-        Self { config, client: tokio::sync::Mutex::new(None) }
+    pub(crate) fn new(target: Target) -> Self {
+        Self { target, client: tokio::sync::Mutex::new(None) }
     }
 
     pub(crate) async fn get(&self) -> Result<Arc<Client>> {
@@ -185,7 +229,7 @@ impl SharedClient {
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(connect(&self.config).await?);
+        let c = Arc::new(connect(&self.target).await?);
         *slot = Some(Arc::clone(&c));
         Ok(c)
     }
@@ -211,9 +255,9 @@ pub fn open_keys(url: &str, kek: Kek, rng: &dyn crate::Randomness) -> Result<Arc
 
 fn migrated(url: &str) -> Result<Arc<Database>> {
     let db = Arc::new(Database::new(url)?);
-    let config = db.config();
+    let target = db.target();
     db.run_unbounded(async move {
-        let mut c = connect(&config).await?;
+        let mut c = connect(&target).await?;
         migrations::migrate(&mut c).await
     })?;
     Ok(db)

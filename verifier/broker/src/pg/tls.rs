@@ -1,0 +1,476 @@
+//! How the broker reaches PostgreSQL: in plaintext only on this machine, otherwise over TLS with the server
+//! authenticated.
+//!
+//! A replica trusts the database with the single use of nonces and with its audit chain. Whoever sits between a
+//! replica on another machine and the database could otherwise answer a nonce's INSERT as fresh a second time
+//! (double redemption), acknowledge audit rows it dropped, or play the database entirely. So the URL operators
+//! already give (`--store`, `sealroom broker keys --store`, `sealroom audit verify --postgres`) carries libpq's
+//! `sslmode=verify-full` and `sslrootcert=FILE`, and nothing weaker is accepted for a remote host:
+//!
+//! - `verify-full`: TLS; the server's chain must end at one of the CA certificates in `sslrootcert` (those only,
+//!   never the system's roots) and name the host of the URL. tokio-postgres does not know either parameter, so
+//!   they are taken out here and the driver is handed `sslmode=require`, which makes it refuse a server that
+//!   declines TLS; the certificate checks are ours ([`RustlsConnect`]).
+//! - no `sslmode`, or `disable`: plaintext, allowed only when every host is a unix socket or loopback
+//!   (127.0.0.0/8, ::1, `localhost`): there is no network to attack.
+//! - `allow`, `prefer`, `require`, `verify-ca`: refused everywhere. The first three accept any server; verify-ca
+//!   accepts any host the CA ever certified, which for a shared corporate CA is not "this database".
+//!
+//! Both URL forms are read: `postgres://…?sslmode=verify-full&sslrootcert=/etc/ca.pem` (values
+//! percent-decoded) and libpq's `key=value` form (values quoted `'…'` with `\` escapes, as tokio-postgres reads
+//! them). When the server offers SCRAM-SHA-256-PLUS, the password exchange is bound to the server's certificate
+//! (`tls-server-end-point`, RFC 5929), so a relay holding another certificate cannot pass it on.
+
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::Socket;
+use tokio_postgres::config::{Config, Host, SslMode};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+use crate::error::{Error, Result};
+
+const LAYER: &str = "postgres";
+/// What an operator must add, said in every refusal.
+const HOW: &str = "needs sslmode=verify-full and sslrootcert=CA.pem (TLS, the server's certificate checked)";
+
+/// How connections to one database are made.
+#[derive(Clone, Debug)]
+pub enum Security {
+    /// Plaintext: every host is a unix socket or loopback.
+    Local,
+    /// TLS with the server's certificate checked against the operator's roots and the URL's host name.
+    VerifyFull(RustlsConnect),
+}
+
+/// The settings libpq knows and tokio-postgres does not, taken out of a URL.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SslParams {
+    mode: Option<String>,
+    root_cert: Option<String>,
+}
+
+/// Parses a database URL into the driver's settings and how to secure the connection; refuses (one line,
+/// never the password) what would leave a remote database unauthenticated. Nothing is contacted.
+///
+/// # Errors
+/// When the URL does not parse, names a remote host without `sslmode=verify-full`, a weaker `sslmode`, or an
+/// `sslrootcert` file that cannot be read or holds no certificate.
+pub fn parse(url: &str) -> Result<(Config, Security)> {
+    let (rest, ssl) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        split_url(url)?
+    } else {
+        split_key_value(url)?
+    };
+    let mut config: Config =
+        rest.parse().map_err(|e: tokio_postgres::Error| super::pg_err("database URL", &e))?;
+    let security = match (ssl.mode.as_deref(), ssl.root_cert.as_deref()) {
+        (None | Some("disable"), None) => {
+            if let Some(host) = remote_host(&config) {
+                return Err(Error::check(
+                    LAYER,
+                    format!("database host {host} is not on this machine: the connection {HOW}"),
+                ));
+            }
+            config.ssl_mode(SslMode::Disable);
+            Security::Local
+        }
+        (Some("verify-full"), Some("system")) => {
+            // libpq 16 reads this as "the operating system's roots": any public CA could then vouch for a
+            // database, which is what naming the operator's CA rules out.
+            return Err(Error::check(
+                LAYER,
+                "sslrootcert=system (the system's roots) is not accepted: name the file of the CA that issued \
+                 the server's certificate",
+            ));
+        }
+        (Some("verify-full"), Some(file)) => {
+            if config.get_hosts().iter().any(|h| !matches!(h, Host::Tcp(_))) {
+                return Err(Error::check(
+                    LAYER,
+                    "sslmode=verify-full needs TCP hosts: PostgreSQL does not speak TLS on a unix socket",
+                ));
+            }
+            config.ssl_mode(SslMode::Require);
+            Security::VerifyFull(RustlsConnect::new(Path::new(file))?)
+        }
+        (Some("verify-full"), None) => {
+            return Err(Error::check(
+                LAYER,
+                "sslmode=verify-full needs sslrootcert=CA.pem (the CA certificates that issued the server's; \
+                 the system's roots are not used)",
+            ));
+        }
+        (None | Some("disable"), Some(_)) => {
+            return Err(Error::check(LAYER, "sslrootcert is used only with sslmode=verify-full"));
+        }
+        (Some(weak @ ("allow" | "prefer" | "require" | "verify-ca")), _) => {
+            return Err(Error::check(
+                LAYER,
+                format!(
+                    "sslmode={weak} does not check that the server is this database: the connection {HOW}"
+                ),
+            ));
+        }
+        (Some(other), _) => {
+            return Err(Error::check(LAYER, format!("unknown sslmode {other:?}: the connection {HOW}")));
+        }
+    };
+    Ok((config, security))
+}
+
+/// The first host the connection would reach over a network, if any. A unix socket or a loopback name or
+/// address is local; a `hostaddr` (the address actually dialled) must be loopback too.
+fn remote_host(config: &Config) -> Option<String> {
+    let loopback_name = |h: &str| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    config
+        .get_hosts()
+        .iter()
+        .find_map(|h| match h {
+            Host::Tcp(name) if !loopback_name(name) => Some(name.clone()),
+            _ => None,
+        })
+        .or_else(|| config.get_hostaddrs().iter().find(|ip| !ip.is_loopback()).map(ToString::to_string))
+}
+
+/// `postgres://…?a=b&sslmode=…&sslrootcert=…`: the two taken out (percent-decoded), the rest left as written.
+fn split_url(url: &str) -> Result<(String, SslParams)> {
+    let Some((base, query)) = url.split_once('?') else { return Ok((url.to_owned(), SslParams::default())) };
+    let mut ssl = SslParams::default();
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s).decode_utf8().map(std::borrow::Cow::into_owned).map_err(
+                |_| Error::check(LAYER, "database URL: a parameter is not UTF-8 once percent-decoded"),
+            )
+        };
+        match decode(key)?.as_str() {
+            "sslmode" => ssl.mode = Some(decode(value)?),
+            "sslrootcert" => ssl.root_cert = Some(decode(value)?),
+            _ => kept.push(pair),
+        }
+    }
+    let rest = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+    Ok((rest, ssl))
+}
+
+/// libpq's `key=value …` form, read as tokio-postgres reads it: the two taken out, the rest written back quoted.
+fn split_key_value(s: &str) -> Result<(String, SslParams)> {
+    let bad = |what: &str| Error::check(LAYER, format!("database connection string: {what}"));
+    let mut ssl = SslParams::default();
+    let mut kept = Vec::new();
+    let mut it = s.chars().peekable();
+    loop {
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut key = String::new();
+        while let Some(c) = it.next_if(|c| !c.is_whitespace() && *c != '=') {
+            key.push(c);
+        }
+        if key.is_empty() {
+            if it.peek().is_some() {
+                return Err(bad("a parameter without a name"));
+            }
+            break;
+        }
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        if it.next() != Some('=') {
+            return Err(bad(&format!("no \"=\" after {key}")));
+        }
+        while it.next_if(|c| c.is_whitespace()).is_some() {}
+        let quoted = it.next_if_eq(&'\'').is_some();
+        let mut value = String::new();
+        loop {
+            match it.peek().copied() {
+                None if quoted => return Err(bad(&format!("unterminated quoted value of {key}"))),
+                None => break,
+                Some('\'') if quoted => {
+                    it.next();
+                    break;
+                }
+                Some(c) if !quoted && c.is_whitespace() => break,
+                Some('\\') => {
+                    it.next();
+                    if let Some(c) = it.next() {
+                        value.push(c);
+                    }
+                }
+                Some(c) => {
+                    it.next();
+                    value.push(c);
+                }
+            }
+        }
+        match key.as_str() {
+            "sslmode" => ssl.mode = Some(value),
+            "sslrootcert" => ssl.root_cert = Some(value),
+            _ => kept.push(format!("{key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))),
+        }
+    }
+    Ok((kept.join(" "), ssl))
+}
+
+/// The TLS client of a verify-full connection: rustls on aws-lc-rs (the broker's crypto everywhere else),
+/// trusting only the operator's CA certificates.
+#[derive(Clone)]
+pub struct RustlsConnect {
+    config: Arc<rustls::ClientConfig>,
+    /// For messages: which roots refused the server.
+    roots_file: String,
+}
+
+impl std::fmt::Debug for RustlsConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RustlsConnect(sslrootcert={})", self.roots_file)
+    }
+}
+
+impl RustlsConnect {
+    fn new(file: &Path) -> Result<Self> {
+        let roots_file = file.display().to_string();
+        let fail = |what: String| Error::check(LAYER, format!("sslrootcert {roots_file}: {what}"));
+        let pem = std::fs::read(file).map_err(|e| fail(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| fail(format!("not PEM: {e}")))?;
+            roots.add(cert).map_err(|e| fail(format!("not a usable CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(fail("holds no CERTIFICATE".to_owned()));
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| fail(format!("TLS settings: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        // PostgreSQL 17 requires this ALPN name for direct TLS (sslnegotiation=direct); earlier servers ignore it.
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
+        Ok(Self { config: Arc::new(config), roots_file })
+    }
+}
+
+impl MakeTlsConnect<Socket> for RustlsConnect {
+    type Stream = RustlsStream;
+    type TlsConnect = HostConnect;
+    type Error = io::Error;
+
+    fn make_tls_connect(&mut self, host: &str) -> io::Result<HostConnect> {
+        // An IP address is checked against the certificate's IP addresses, a name against its DNS names.
+        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("host {host:?}: {e}")))?;
+        Ok(HostConnect { config: Arc::clone(&self.config), name, roots_file: self.roots_file.clone() })
+    }
+}
+
+/// One connection's handshake with the host it was made for.
+pub struct HostConnect {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    roots_file: String,
+}
+
+impl std::fmt::Debug for HostConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostConnect({:?}, sslrootcert={})", self.name, self.roots_file)
+    }
+}
+
+impl TlsConnect<Socket> for HostConnect {
+    type Stream = RustlsStream;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream>> + Send>>;
+
+    fn connect(self, stream: Socket) -> Self::Future {
+        Box::pin(async move {
+            let host = self.name.to_str().into_owned();
+            tokio_rustls::TlsConnector::from(self.config)
+                .connect(self.name, stream)
+                .await
+                .map(RustlsStream)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "server certificate check for {host} against sslrootcert {}: {e}",
+                            self.roots_file
+                        ),
+                    )
+                })
+        })
+    }
+}
+
+/// An established TLS connection to the database.
+pub struct RustlsStream(tokio_rustls::client::TlsStream<Socket>);
+
+impl std::fmt::Debug for RustlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RustlsStream")
+    }
+}
+
+impl TlsStream for RustlsStream {
+    fn channel_binding(&self) -> ChannelBinding {
+        self.0
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| tls_server_end_point(leaf))
+            .map_or_else(ChannelBinding::none, ChannelBinding::tls_server_end_point)
+    }
+}
+
+/// RFC 5929 `tls-server-end-point`: the server certificate hashed with its signature's hash, SHA-256 where that
+/// is MD5 or SHA-1. `None` for algorithms the RFC leaves undefined (Ed25519, RSA-PSS): SCRAM then runs unbound.
+fn tls_server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let hash = match parsed.signature_algorithm.algorithm.to_id_string().as_str() {
+        // md5/sha1/sha256WithRSAEncryption, ecdsa-with-SHA1/SHA256
+        "1.2.840.113549.1.1.4"
+        | "1.2.840.113549.1.1.5"
+        | "1.2.840.113549.1.1.11"
+        | "1.2.840.10045.4.1"
+        | "1.2.840.10045.4.3.2" => &aws_lc_rs::digest::SHA256,
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => &aws_lc_rs::digest::SHA384,
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => &aws_lc_rs::digest::SHA512,
+        _ => return None,
+    };
+    Some(aws_lc_rs::digest::digest(hash, cert).as_ref().to_vec())
+}
+
+impl AsyncRead for RustlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for RustlsStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(url: &str) -> String {
+        match parse(url) {
+            Ok(_) => panic!("{url} accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn url_form_takes_out_the_libpq_parameters_and_keeps_the_rest() {
+        let (rest, ssl) = split_url(
+            "postgres://u:p@db:5432/d?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://u:p@db:5432/d?application_name=x");
+        assert_eq!(
+            ssl,
+            SslParams { mode: Some("verify-full".into()), root_cert: Some("/etc/ca.pem".into()) }
+        );
+        let (rest, ssl) = split_url("postgres://u@db/d").unwrap();
+        assert_eq!((rest.as_str(), ssl), ("postgres://u@db/d", SslParams::default()));
+    }
+
+    #[test]
+    fn key_value_form_takes_out_the_libpq_parameters_and_quotes_the_rest() {
+        let (rest, ssl) = split_key_value(
+            r"host=db password = 'p\'q r\\s' sslmode=verify-full sslrootcert='/a b/ca.pem' port=5",
+        )
+        .unwrap();
+        assert_eq!(rest, r"host='db' password='p\'q r\\s' port='5'");
+        assert_eq!(
+            ssl,
+            SslParams { mode: Some("verify-full".into()), root_cert: Some("/a b/ca.pem".into()) }
+        );
+        // What tokio-postgres reads back is what was written.
+        let config: Config = rest.parse().unwrap();
+        assert_eq!(config.get_password(), Some(&b"p'q r\\s"[..]));
+        assert!(split_key_value("host=db password='open").is_err());
+        assert!(split_key_value("host db").is_err());
+    }
+
+    #[test]
+    fn plaintext_is_allowed_only_on_this_machine() {
+        for url in [
+            "postgres://u:p@127.0.0.1:5432/d",
+            "postgres://u:p@127.8.9.10/d?sslmode=disable",
+            "postgres://u:p@[::1]:5432/d",
+            "postgres://u:p@localhost/d",
+            "postgres://u:p@%2Frun%2Fpostgresql/d",
+            "host=/run/postgresql user=u dbname=d",
+            "host=localhost hostaddr=127.0.0.1 user=u",
+        ] {
+            assert!(matches!(parse(url), Ok((_, Security::Local))), "{url}");
+        }
+        for (url, host) in [
+            ("postgres://u:p@192.0.2.1:5432/d", "192.0.2.1"),
+            ("postgres://u:p@localhost,db.example/d?sslmode=disable", "db.example"),
+            ("host=localhost hostaddr=192.0.2.7 user=u", "192.0.2.7"),
+            ("postgres://u:p@[2001:db8::1]/d", "2001:db8::1"),
+        ] {
+            let m = refusal(url);
+            assert!(m.contains(host) && m.contains("needs sslmode=verify-full and sslrootcert="), "{m}");
+        }
+    }
+
+    #[test]
+    fn modes_that_do_not_authenticate_the_server_are_refused_everywhere() {
+        for mode in ["allow", "prefer", "require", "verify-ca"] {
+            for host in ["192.0.2.1", "127.0.0.1"] {
+                let m = refusal(&format!("postgres://u:secret-pw@{host}/d?sslmode={mode}&sslrootcert=/x"));
+                assert!(m.contains(&format!("sslmode={mode} does not check")), "{m}");
+                assert!(!m.contains("secret-pw"), "{m}");
+            }
+        }
+        assert!(refusal("postgres://u@192.0.2.1/d?sslmode=verify-fully").contains("unknown sslmode"));
+        assert!(refusal("postgres://u@192.0.2.1/d?sslmode=verify-full").contains("needs sslrootcert="));
+        assert!(refusal("postgres://u@127.0.0.1/d?sslrootcert=/x").contains("only with sslmode=verify-full"));
+        assert!(refusal("host=/run/pg sslmode=verify-full sslrootcert=/x").contains("unix socket"));
+        assert!(refusal("host=192.0.2.1 sslmode=verify-full sslrootcert=system").contains("system's roots"));
+    }
+
+    #[test]
+    fn an_unreadable_or_empty_root_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let m = refusal(&format!("host=192.0.2.1 sslmode=verify-full sslrootcert={}", missing.display()));
+        assert!(m.contains(&format!("sslrootcert {}", missing.display())), "{m}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificates here\n").unwrap();
+        let m = refusal(&format!("host=192.0.2.1 sslmode=verify-full sslrootcert={}", empty.display()));
+        assert!(m.contains(&format!("sslrootcert {}: holds no CERTIFICATE", empty.display())), "{m}");
+    }
+}
