@@ -181,7 +181,7 @@ fn replica_admin_and_audit_verification_run_over_verified_tls() {
 
     let verified = run_sealroom(sealroom().args(["audit", "verify", "--postgres", &url])).unwrap();
     assert!(verified.contains("replica r1: 3 records ok"), "{verified}");
-    let chains = sealroom_broker::pg::ledger::verify_chains(&kv).unwrap();
+    let chains = sealroom_broker::pg::ledger::verify_chains(&kv).unwrap().chains;
     assert_eq!(chains.len(), 1);
     assert_eq!((chains[0].0.as_str(), chains[0].1.records), ("r1", 3));
     let listed = keys(&url, &kek, &["list"]);
