@@ -111,13 +111,18 @@ fn cross_anchor_refusal(url: &str) -> String {
     e
 }
 
+/// `verify_chains`' error after `tamper` ran on a database of [`three_anchored_replicas`].
+fn refusal_after(tamper: &str) -> String {
+    let pg = Postgres::start().unwrap();
+    let url = three_anchored_replicas(&pg, "tampered");
+    pg.psql("tampered", tamper).unwrap();
+    cross_anchor_refusal(&url)
+}
+
 #[test]
 fn attack_records_cut_from_the_end_of_a_replicas_chain_are_found_by_the_others_anchors() {
-    let pg = Postgres::start().unwrap();
-    let url = three_anchored_replicas(&pg, "cut");
     // r2's chain cut back to its first three records: what is left is an intact chain.
-    pg.psql("cut", "delete from audit where replica = 'r2' and seq >= 3").unwrap();
-    let e = cross_anchor_refusal(&url);
+    let e = refusal_after("delete from audit where replica = 'r2' and seq >= 3");
     assert!(e.ends_with("but its chain has 3 records: records were cut from its end"), "{e}");
 }
 
@@ -151,10 +156,7 @@ fn attack_a_replicas_chain_rewritten_with_every_hash_recomputed_is_found_by_the_
 
 #[test]
 fn attack_a_replicas_whole_chain_deleted_is_found_by_the_others_anchors() {
-    let pg = Postgres::start().unwrap();
-    let url = three_anchored_replicas(&pg, "removed");
-    pg.psql("removed", "delete from audit where replica = 'r2'").unwrap();
-    let e = cross_anchor_refusal(&url);
+    let e = refusal_after("delete from audit where replica = 'r2'");
     assert!(e.ends_with("but there is no chain of replica r2: it was removed"), "{e}");
 }
 
