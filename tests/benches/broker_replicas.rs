@@ -15,6 +15,12 @@
 //! - `postgres_3_replicas_32_concurrent`: three replicas on one PostgreSQL, each agent challenged by replica
 //!   i and released by replica i+1.
 //!
+//! The CPU pass also measures the *transport floor*: a server configured exactly as the broker's (builder,
+//! limits, listener) whose `KeyBroker` answers every Challenge and Release with the responses the embedded broker
+//! gave once before the runs ([`TransportFloor`]): what HTTP/2, gRPC, decoding the ~30 KB request and loopback
+//! TCP cost the server per Challenge + Release with no broker work at all, and so the best ratio any broker
+//! served this way could reach.
+//!
 //! PostgreSQL is a real server started by the test harness (fsync and synchronous_commit on). After the runs
 //! the ratios of each broker's releases/s to the bare verifier's appraisals/s are printed.
 //!
@@ -41,6 +47,8 @@ use sealroom_broker::{Clock, Randomness, SystemRandomness, seal};
 use sealroom_measurements::binding::{Kem, Nonce, TeePublicKey};
 use sealroom_measurements::evidence::{Evidence, HashAlg, Platform};
 use sealroom_proto::keybroker::v1 as pb;
+use sealroom_proto::keybroker::v1::key_broker_server::{KeyBroker, KeyBrokerServer};
+use sealroom_proto::limits::ServerLimits;
 use sealroom_tests::postgres::Postgres;
 use sealroom_verifier::tpm::gce_proto::GceAttestation;
 
@@ -191,6 +199,54 @@ fn replica(pg_url: &str, name: &str, dir: &std::path::Path) -> Broker {
     .with_rate_limits(UNLIMITED, UNLIMITED)
 }
 
+/// The transport floor: answers every Challenge and Release with responses a broker gave (recorded once, before
+/// the runs), decoding each request as the broker's server does and doing nothing else.
+#[derive(Debug, Clone)]
+struct TransportFloor {
+    challenge: pb::ChallengeResponse,
+    release: pb::ReleaseResponse,
+}
+
+#[tonic::async_trait]
+impl KeyBroker for TransportFloor {
+    async fn challenge(
+        &self,
+        _: tonic::Request<pb::ChallengeRequest>,
+    ) -> Result<tonic::Response<pb::ChallengeResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.challenge.clone()))
+    }
+
+    async fn release(
+        &self,
+        _: tonic::Request<pb::ReleaseRequest>,
+    ) -> Result<tonic::Response<pb::ReleaseResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.release.clone()))
+    }
+
+    async fn receipt(
+        &self,
+        _: tonic::Request<pb::ReceiptRequest>,
+    ) -> Result<tonic::Response<pb::ReceiptResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("the transport floor answers Challenge and Release only"))
+    }
+}
+
+/// What the embedded broker answers one agent (the floor's recorded responses).
+async fn record_responses(mut client: Client, template: &WireEvidence) -> TransportFloor {
+    let challenge = client.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
+    let mut evidence = template.clone();
+    evidence.nonce.clone_from(&challenge.nonce);
+    let req = pb::ReleaseRequest {
+        nonce: challenge.nonce.clone(),
+        evidence: Some(evidence),
+        key_ids: vec![KEY.into()],
+        tpm_activation: None,
+    };
+    let release = client.release(req).await.unwrap().into_inner();
+    assert_binding_refusal(&release.refusals[0].reason);
+    TransportFloor { challenge, release }
+}
+
 /// A rate limit no benchmark reaches.
 const UNLIMITED: RateLimit = RateLimit { per_second: u32::MAX, burst: u32::MAX };
 
@@ -226,6 +282,11 @@ fn bench(c: &mut Criterion) {
         replicas.iter().map(|r| broker_rt.block_on(in_process::serve(Arc::clone(r)))).collect();
     let embedded_clients = rt.block_on(connections(&[embedded_addr]));
     let replica_clients = rt.block_on(connections(&replica_addrs));
+    let template: Arc<WireEvidence> = Arc::new(gce_evidence(Nonce([0; 32]), &tee).into());
+    let floor = rt.block_on(record_responses(embedded_clients[0][0].clone(), &template));
+    let limits = ServerLimits::default();
+    let floor_addr = broker_rt.block_on(in_process::serve_service(KeyBrokerServer::new(floor), &limits));
+    let floor_clients = rt.block_on(connections(&[floor_addr]));
 
     let group = "broker_stores";
     let mut g = c.benchmark_group(group);
@@ -234,7 +295,6 @@ fn bench(c: &mut Criterion) {
 
     let verifier = Arc::new(VerifierAppraiser::default());
     let ev = Arc::new(gce_evidence(Nonce([3; 32]), &tee));
-    let template: Arc<WireEvidence> = Arc::new(gce_evidence(Nonce([0; 32]), &tee).into());
     let appraise_32 = || {
         verifier_rt.block_on(async {
             let mut set = tokio::task::JoinSet::new();
@@ -285,7 +345,8 @@ fn bench(c: &mut Criterion) {
         }
     }
     let replica_32 = || run(&first_replica, false);
-    cpu_per_operation(appraise_32, embedded_32, replica_32, || pg.server_cpu_ns());
+    let floor_32 = || run(&floor_clients, false);
+    cpu_per_operation(appraise_32, embedded_32, replica_32, floor_32, || pg.server_cpu_ns());
 }
 
 /// Names of the threads of each side (at most 15 bytes: the kernel's limit).
@@ -301,11 +362,13 @@ const AGENT_THREADS: &str = "sr-agent";
 /// jobs on the machine falls on both alike (run one after the other, the same build gave ratios from 0.41 to
 /// 0.59 ×); the embedded broker and the replica are measured in passes of their own, since rounds of one
 /// moved the other's figure (a replica holding a blocked thread per release made the embedded broker's
-/// rounds between them ≈ 0.03 × cheaper).
+/// rounds between them ≈ 0.03 × cheaper). A third pass does the same for the transport floor
+/// ([`TransportFloor`]): its CPU per Challenge + Release bounds the ratio of any broker served this way.
 fn cpu_per_operation(
     appraise_32: impl Fn(),
     embedded_32: impl Fn(),
     replica_32: impl Fn(),
+    floor_32: impl Fn(),
     database_cpu_ns: impl Fn() -> Option<u64>,
 ) {
     const ROUNDS: usize = 200;
@@ -356,6 +419,16 @@ fn cpu_per_operation(
         replica[3],
         peer[0] / (replica[1] + replica[3]),
         replica[2]
+    );
+    let Some([peer, floor]) = alternate([&appraise_32, &floor_32]) else { return };
+    println!(
+        "CPU per operation, transport floor ({ROUNDS} rounds each, alternating): bare verifier {:.0} \
+         us/appraisal; a server configured as the broker's answering with recorded responses {:.0} us per \
+         Challenge + Release: a broker served this way reaches at most {:.2} x the bare verifier even with no \
+         work of its own besides the appraisal",
+        peer[0],
+        floor[1],
+        peer[0] / (peer[0] + floor[1])
     );
 }
 

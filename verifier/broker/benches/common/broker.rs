@@ -17,6 +17,7 @@ use sealroom_broker::ratelimit::RateLimit;
 use sealroom_broker::service::{Broker, BrokerParts};
 use sealroom_broker::token::Signer;
 use sealroom_broker::{Clock, Randomness, SystemRandomness};
+use sealroom_proto::keybroker::v1::key_broker_server::{KeyBroker, KeyBrokerServer};
 use sealroom_proto::limits::{LimitStats, ServerLimits};
 
 /// The workload image the policy approves.
@@ -37,15 +38,25 @@ env = ["MODE=batch"]
 /// configures it (`verifier/cli/src/broker_cmd.rs`): [`ServerLimits`] on the builder, the listener and the
 /// service, TCP_NODELAY; plain HTTP/2 (no TLS).
 pub async fn serve(broker: Arc<Broker>) -> std::net::SocketAddr {
+    let limits = ServerLimits::default();
+    serve_service(grpc::service(broker, &limits), &limits).await
+}
+
+/// Serves any implementation of the `KeyBroker` API exactly as [`serve`] serves the broker's.
+pub async fn serve_service<S: KeyBroker>(
+    service: KeyBrokerServer<S>,
+    limits: &ServerLimits,
+) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let limits = ServerLimits::default();
     let incoming = limits.incoming(
         tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         Arc::new(LimitStats::default()),
     );
     tokio::spawn(
-        grpc::server(&limits).add_service(grpc::service(broker, &limits)).serve_with_incoming(incoming),
+        grpc::server(limits)
+            .add_service(service.max_decoding_message_size(limits.max_request_bytes))
+            .serve_with_incoming(incoming),
     );
     addr
 }
