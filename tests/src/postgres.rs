@@ -301,19 +301,12 @@ impl Postgres {
         let hba = data.join("pg_hba.conf");
         std::fs::write(
             &hba,
-            "local all all scram-sha-256
-hostssl all all 127.0.0.1/32 scram-sha-256
-             hostssl all all ::1/128 scram-sha-256
-",
+            "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n\
+             hostssl all all ::1/128 scram-sha-256\n",
         )
         .map_err(|e| err(format!("{}: {e}", hba.display())))?;
         self.own(&hba)?;
-        self.append_conf(
-            "ssl = on
-ssl_cert_file = 'server.crt'
-ssl_key_file = 'server.key'
-",
-        )
+        self.append_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
     }
 
     fn start_server(&self) -> Result<(), PostgresError> {
