@@ -156,9 +156,20 @@ type WireEvidence = sealroom_proto::attestation::v1::Evidence;
 /// recording once ahead of the runs (`template`) and only its nonce set here: what an agent does to produce it
 /// is not the broker's cost.
 async fn agent(mut at: Client, mut to: Client, template: Arc<WireEvidence>) {
+    let (_, r) = challenge_and_release(&mut at, &mut to, &template).await;
+    // Refused after full appraisal (the recorded GCE quote cannot bind this nonce), never at the nonce.
+    assert_binding_refusal(&r.refusals[0].reason);
+}
+
+/// A challenge at `at` and the release at `to` of `template` bound to its nonce: both answers.
+async fn challenge_and_release(
+    at: &mut Client,
+    to: &mut Client,
+    template: &WireEvidence,
+) -> (pb::ChallengeResponse, pb::ReleaseResponse) {
     let ch = at.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
     let nonce = Nonce::from_slice(&ch.nonce).unwrap();
-    let mut evidence = (*template).clone();
+    let mut evidence = template.clone();
     evidence.nonce = nonce.0.to_vec();
     let req = pb::ReleaseRequest {
         nonce: nonce.0.to_vec(),
@@ -166,9 +177,7 @@ async fn agent(mut at: Client, mut to: Client, template: Arc<WireEvidence>) {
         key_ids: vec![KEY.into()],
         tpm_activation: None,
     };
-    let r = to.release(req).await.unwrap().into_inner();
-    // Refused after full appraisal (the recorded GCE quote cannot bind this nonce), never at the nonce.
-    assert_binding_refusal(&r.refusals[0].reason);
+    (ch, to.release(req).await.unwrap().into_inner())
 }
 
 /// The refusal every arm must end in: the verifier's binding layer failed (after every other layer ran).
@@ -232,17 +241,9 @@ impl KeyBroker for TransportFloor {
 }
 
 /// What the embedded broker answers one agent (the floor's recorded responses).
-async fn record_responses(mut client: Client, template: &WireEvidence) -> TransportFloor {
-    let challenge = client.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
-    let mut evidence = template.clone();
-    evidence.nonce.clone_from(&challenge.nonce);
-    let req = pb::ReleaseRequest {
-        nonce: challenge.nonce.clone(),
-        evidence: Some(evidence),
-        key_ids: vec![KEY.into()],
-        tpm_activation: None,
-    };
-    let release = client.release(req).await.unwrap().into_inner();
+async fn record_responses(client: Client, template: &WireEvidence) -> TransportFloor {
+    let (challenge, release) =
+        challenge_and_release(&mut client.clone(), &mut client.clone(), template).await;
     assert_binding_refusal(&release.refusals[0].reason);
     TransportFloor { challenge, release }
 }

@@ -192,23 +192,22 @@ fn notice_dead_connections(config: &mut Config) {
 /// When the server cannot be reached, fails the certificate check, or refuses the credentials.
 pub(crate) async fn connect(target: &Target) -> Result<Client> {
     match &target.security {
-        Security::Local => {
-            let (client, connection) =
-                target.config.connect(NoTls).await.map_err(|e| pg_err("connect", &e))?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            Ok(client)
-        }
-        Security::VerifyFull(tls) => {
-            let (client, connection) =
-                target.config.connect(tls.clone()).await.map_err(|e| pg_err("connect", &e))?;
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            Ok(client)
-        }
+        Security::Local => connect_with(&target.config, NoTls).await,
+        Security::VerifyFull(tls) => connect_with(&target.config, tls.clone()).await,
     }
+}
+
+/// [`connect`] through `tls` (the two kinds of connection differ only in their stream's type).
+async fn connect_with<T>(config: &Config, tls: T) -> Result<Client>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await.map_err(|e| pg_err("connect", &e))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
 }
 
 /// A shared connection for reads (tokio-postgres pipelines concurrent queries on one connection), replaced when
