@@ -7,7 +7,7 @@
 //! state record and rollback anchor),
 //! [`policy`] (declarative per-key rules over an [`appraisal::Appraisal`]), [`seal`] (RFC 9180 HPKE),
 //! [`token`] (the EAR JWT), [`service`] (challenge and release), [`receipt`] (output receipts), [`grpc`] (the
-//! gRPC `KeyBroker` over both), [`audit`] (the log), [`admin`] (key management over a local socket). Evidence
+//! gRPC `KeyBroker` over both; releases appraised on an [`appraisal_pool`]), [`audit`] (the log), [`admin`] (key management over a local socket). Evidence
 //! is appraised by the `sealroom-verifier` library. Time and randomness are injected through [`Clock`] and
 //! [`Randomness`], so the broker's logic never reads the wall clock or the system RNG itself; the `sealroom
 //! broker` binary supplies both ([`SystemClock`], [`SystemRandomness`]; tests pin time with [`ManualClock`]).
@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod appraisal;
+pub mod appraisal_pool;
 pub mod audit;
 pub mod ear_claims;
 pub mod ek_path;

@@ -28,6 +28,7 @@ use sealroom_verifier::tpm::credential::{ActivatedAk, Credential};
 use sha2::{Digest, Sha256};
 
 use super::appraisal::{Appraisal, Appraiser, BROKER_POLICY_ID, SignedBinding};
+use super::appraisal_pool::AppraisalPool;
 use super::audit::{AuditEntry, AuditLog, AuditRecord, Decision, GroupCommitLog};
 use super::ear_claims::{RefusedKey, ReleaseSubmodule, TokenClaims, appraised};
 use super::ek_path::{self, EkPath};
@@ -104,6 +105,8 @@ pub struct Broker {
     release_limit: PeerLimiter,
     /// The EK path (`--tpm-ek-ca`): without it no credential is issued and an activation presented is refused.
     ek: Option<Arc<EkPath>>,
+    /// Where the gRPC service appraises releases ([`Broker::stage_release_awaiting`]).
+    appraisal_pool: AppraisalPool,
 }
 
 /// Everything a broker is made of.
@@ -176,7 +179,21 @@ impl Broker {
             challenge_limit: PeerLimiter::new(RateLimit::CHALLENGE),
             release_limit: PeerLimiter::new(RateLimit::RELEASE),
             ek: None,
+            appraisal_pool: AppraisalPool::per_core(),
         }
+    }
+
+    /// Appraises releases on `threads` threads instead of one per core ([`AppraisalPool`]).
+    #[must_use]
+    pub fn with_appraisal_threads(mut self, threads: std::num::NonZeroUsize) -> Self {
+        self.appraisal_pool = AppraisalPool::new(threads, "sr-appraise");
+        self
+    }
+
+    /// How many releases are appraised at once.
+    #[must_use]
+    pub fn appraisal_threads(&self) -> std::num::NonZeroUsize {
+        self.appraisal_pool.threads()
     }
 
     /// Trusts TPM AKs that credential activation proves resident in a TPM whose EK certificate chains to one of
@@ -424,19 +441,36 @@ impl Broker {
         }
     }
 
-    /// [`Broker::stage_release`] on a Tokio runtime: the decision (appraisal, key store reads) and the hand-over
-    /// to the ledger run on the blocking pool; the wait for a ledger's commit that is a round trip (PostgreSQL)
-    /// holds no thread: a replica's releases in flight are bounded by its memory and the database, not by the
-    /// blocking pool's threads (512 by default), each of which a release used to hold until its `COMMIT`.
+    /// [`Broker::stage_release`] on a Tokio runtime: the nonce check, the appraisal, the decisions and the
+    /// hand-over to the ledger run on the broker's [`AppraisalPool`] — except the key decisions of accepted
+    /// evidence when the key store's reads are round trips to a database
+    /// ([`KeyRecords::reads_wait_on_network`]), which run on the blocking pool so that no appraisal thread
+    /// waits on the network. The wait for a ledger's commit that is a round trip (PostgreSQL) holds no thread:
+    /// a replica's releases in flight are bounded by its memory and the database, not by threads.
     ///
     /// # Errors
     /// As [`Broker::stage_release`].
     pub async fn stage_release_awaiting(self: Arc<Self>, req: pb::ReleaseRequest) -> Result<StagedRelease> {
         let broker = Arc::clone(&self);
-        let mut recording =
-            tokio::task::spawn_blocking(move || broker.record_decided(broker.decide_release(req)?))
-                .await
-                .map_err(release_task_failed)??;
+        let appraised = self
+            .appraisal_pool
+            .run(move || {
+                let assessed = broker.assess_release(req)?;
+                if assessed.decides_keys() && broker.store.reads_wait_on_network() {
+                    return Ok(Err(assessed));
+                }
+                broker.record_decided(broker.decide_keys(assessed)?).map(Ok)
+            })
+            .await??;
+        let mut recording = match appraised {
+            Ok(recording) => recording,
+            Err(assessed) => {
+                let broker = Arc::clone(&self);
+                tokio::task::spawn_blocking(move || broker.record_decided(broker.decide_keys(assessed)?))
+                    .await
+                    .map_err(release_task_failed)??
+            }
+        };
         loop {
             match recording {
                 Recording::Staged(staged) => return Ok(staged),
@@ -472,19 +506,32 @@ impl Broker {
 
     /// The nonce, the appraisal and each key's decision, before anything is recorded.
     fn decide_release(&self, req: pb::ReleaseRequest) -> Result<DecidedRelease> {
+        self.decide_keys(self.assess_release(req)?)
+    }
+
+    /// The nonce and the appraisal: all of a release's work that needs no key store.
+    fn assess_release(&self, req: pb::ReleaseRequest) -> Result<AssessedRelease> {
         let pb::ReleaseRequest { nonce: raw_nonce, evidence: wire_evidence, key_ids, tpm_activation } = req;
         Self::check_request(&key_ids)?;
         let now = self.clock.now_ms();
         let evidence_digest = wire_evidence.as_ref().map_or([0; 32], evidence_digest);
         // What the response signature names, as received, before the evidence is consumed by its decoding.
         let tee_key = ReceivedTeeKey::of(wire_evidence.as_ref());
-        let mut keys = Vec::new();
-        let mut versions = Vec::new();
-        let mut refusals = Vec::new();
         let redeemed = self.check_nonce(&raw_nonce, now);
         let accepted = redeemed
             .clone()
             .and_then(|nonce| self.appraise(nonce, wire_evidence, tpm_activation.as_ref(), now));
+        Ok(AssessedRelease { raw_nonce, key_ids, now, evidence_digest, tee_key, redeemed, accepted })
+    }
+
+    /// Each key's decision for an assessed release: for accepted evidence, the key store's reads, each key's
+    /// policy and the HPKE seal.
+    fn decide_keys(&self, assessed: AssessedRelease) -> Result<DecidedRelease> {
+        let AssessedRelease { raw_nonce, key_ids, now, evidence_digest, tee_key, redeemed, accepted } =
+            assessed;
+        let mut keys = Vec::new();
+        let mut versions = Vec::new();
+        let mut refusals = Vec::new();
         match &accepted {
             Err(refused) => {
                 refusals.extend(key_ids.iter().map(|id| (id.clone(), refused.clone())));
@@ -618,6 +665,25 @@ impl StagedRelease {
     pub fn durable_blocking(self) -> Result<DurableRelease> {
         self.durability.wait_blocking()?;
         Ok(DurableRelease(self))
+    }
+}
+
+/// A release's nonce checked and its evidence appraised ([`Broker::assess_release`]); no key decided yet.
+#[derive(Debug)]
+struct AssessedRelease {
+    raw_nonce: Vec<u8>,
+    key_ids: Vec<String>,
+    now: u64,
+    evidence_digest: [u8; 32],
+    tee_key: ReceivedTeeKey,
+    redeemed: std::result::Result<Nonce, Refused>,
+    accepted: std::result::Result<(Nonce, Evidence, Appraisal), Refused>,
+}
+
+impl AssessedRelease {
+    /// Whether deciding its keys reads the key store: only accepted evidence gets that far.
+    fn decides_keys(&self) -> bool {
+        self.accepted.is_ok() && !self.key_ids.is_empty()
     }
 }
 

@@ -65,6 +65,12 @@ pub trait KeyRecords: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// As described.
     fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>>;
+    /// Whether [`KeyRecords::get_for_release`] waits on a round trip to another process or machine (a
+    /// database) rather than only on memory and the local disk: such reads are kept off the broker's
+    /// appraisal threads ([`crate::appraisal_pool`]).
+    fn reads_wait_on_network(&self) -> bool {
+        false
+    }
     /// Records the keys just released to the TEE key whose SHA-256 is `tee_key_digest` (with their audit
     /// records), so that a receipt is issued only for a release this broker made. A store that keeps no such
     /// records does nothing here and refuses every receipt in [`KeyRecords::find_release`] (fail closed).

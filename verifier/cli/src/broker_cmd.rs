@@ -131,6 +131,10 @@ struct ServeArgs {
     /// replays with recorded collateral. Nonces still expire by the clock.
     #[arg(long)]
     verification_time: Option<String>,
+    /// How many releases are appraised at once, each on a thread of its own; the rest wait in a queue
+    /// (default: one per core this process may use).
+    #[arg(long, value_name = "N")]
+    appraisal_threads: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -343,6 +347,10 @@ fn serve(a: &ServeArgs) -> Result<()> {
         },
         signer,
     });
+    let broker = match a.appraisal_threads {
+        Some(n) => broker.with_appraisal_threads(n),
+        None => broker,
+    };
     let broker = Arc::new(match ek_path(a, rng.as_ref())? {
         Some(ek) => broker.with_tpm_ek_path(ek),
         None => broker,

@@ -294,6 +294,10 @@ impl KeyRecords for PgKeys {
         self.change(key_id, &Change::SetPolicy { policy: policy.to_owned() }, &NoRandomness)
     }
 
+    fn reads_wait_on_network(&self) -> bool {
+        true
+    }
+
     fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>> {
         let reads = Arc::clone(&self.reads);
         let id = key_id.to_owned();

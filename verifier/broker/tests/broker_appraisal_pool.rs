@@ -1,0 +1,93 @@
+//! Anyone can call the broker's `Release`, and each call costs an appraisal: a flood of them must not become
+//! a thread per call. The broker appraises on a fixed pool (`sealroom_broker::appraisal_pool`); the calls
+//! beyond it wait as queued jobs, and each is still answered and audited.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sealroom_broker::appraisal::{Appraisal, Appraiser};
+use sealroom_broker::{Clock, ManualClock};
+use sealroom_measurements::binding::{Kem, Nonce};
+use sealroom_measurements::evidence::{AzureVtpmEvidence, Evidence, Platform, TpmEvidence};
+use sealroom_proto::keybroker::v1 as pb;
+
+#[path = "../benches/common/broker.rs"]
+mod in_process;
+
+const KEY: &str = "provider-a/data";
+
+/// An appraiser that takes a while and counts how many appraisals run at once (then refuses the evidence).
+#[derive(Debug, Default)]
+struct Gauge {
+    running: AtomicUsize,
+    most: AtomicUsize,
+    done: AtomicUsize,
+}
+
+impl Appraiser for Gauge {
+    fn appraise(&self, _: &Evidence, _: u64) -> sealroom_verifier::Result<Appraisal> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.done.fetch_add(1, Ordering::SeqCst);
+        Err(sealroom_verifier::Error::check("verifier", "the gauge refuses everything"))
+    }
+}
+
+fn evidence(nonce: Nonce) -> Evidence {
+    let (_, tee) = sealroom_broker::seal::derive_keypair(Kem::X25519HkdfSha256, b"pool test tee").unwrap();
+    Evidence {
+        nonce,
+        tee_public_key: tee,
+        platform: Platform::AzureTdxVtpm,
+        tpm: None,
+        tdx: None,
+        sev_snp: None,
+        azure: Some(AzureVtpmEvidence {
+            hcl_report: vec![0x48, 0x43, 0x4c],
+            vtpm: TpmEvidence { attest: vec![0xff, 0x54, 0x43, 0x47], ..TpmEvidence::default() },
+            td_quote: vec![4, 0],
+            vcek: vec![],
+        }),
+        runtime_event_log: vec![],
+        gpus: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_a_flood_of_releases_appraises_no_more_at_once_than_the_pool_has_threads() {
+    const CALLS: usize = 24;
+    let dir = tempfile::tempdir().unwrap();
+    let gauge = Arc::new(Gauge::default());
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::at(1_704_067_200_000));
+    let broker = in_process::broker(dir.path(), clock, Arc::clone(&gauge) as Arc<dyn Appraiser>, &[KEY])
+        .with_appraisal_threads(std::num::NonZeroUsize::new(2).unwrap());
+    let addr = in_process::serve(Arc::new(broker)).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..CALLS {
+        calls.spawn(async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+            let mut c = pb::key_broker_client::KeyBrokerClient::new(channel.connect().await.unwrap());
+            let ch = c.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
+            let nonce = Nonce::from_slice(&ch.nonce).unwrap();
+            let req = pb::ReleaseRequest {
+                nonce: ch.nonce,
+                evidence: Some(evidence(nonce).into()),
+                key_ids: vec![KEY.into()],
+                tpm_activation: None,
+            };
+            c.release(req).await.unwrap().into_inner()
+        });
+    }
+    for answer in calls.join_all().await {
+        assert!(answer.keys.is_empty());
+        assert_eq!(answer.refusals[0].reason, "verifier: the gauge refuses everything");
+    }
+    assert_eq!(gauge.done.load(Ordering::SeqCst), CALLS, "every call was appraised");
+    // Tokio's blocking pool, which appraised before, ran all of them at once on threads of their own.
+    assert_eq!(gauge.most.load(Ordering::SeqCst), 2, "appraisals at once");
+    let log = std::fs::read(dir.path().join("audit.log")).unwrap();
+    assert_eq!(sealroom_broker::audit::verify(&log).unwrap().records, CALLS as u64, "every refusal audited");
+}
