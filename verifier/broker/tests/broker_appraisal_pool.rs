@@ -13,6 +13,7 @@ use sealroom_measurements::evidence::{AzureVtpmEvidence, Evidence, Platform, Tpm
 use sealroom_proto::keybroker::v1 as pb;
 
 #[path = "../benches/common/broker.rs"]
+#[allow(dead_code, reason = "shared with the benches, which use all of it")]
 mod in_process;
 
 const KEY: &str = "provider-a/data";
