@@ -21,10 +21,12 @@ use std::sync::Arc;
 use sealroom_measurements::binding::Nonce;
 use sealroom_measurements::broker_response::{self, ReceiptStatement};
 use sealroom_measurements::cel::RuntimeEvent;
+use sealroom_measurements::evidence::Evidence;
 use sealroom_proto::keybroker::v1 as pb;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::appraisal::Appraisal;
 use super::audit::{AuditEntry, AuditRecord, Decision};
 use super::check_key_id;
 use super::ear_claims::{GoldenDocuments, ReceiptSubmodule, ReleaseRef, TokenClaims, appraised};
@@ -202,6 +204,16 @@ impl Broker {
     /// # Errors
     /// A malformed key id or output digest, or an internal failure.
     pub fn receipt(&self, req: &pb::ReceiptRequest) -> Result<Receipted> {
+        let assessed = self.assess_receipt(req)?;
+        self.finish_receipt(req, assessed)
+    }
+
+    /// The first part of a receipt, all of it CPU: the request's checks, the evidence's digest and decoding,
+    /// the nonce check and the appraisal. The gRPC service runs it on the broker's appraisal pool.
+    ///
+    /// # Errors
+    /// A malformed key id or output digest.
+    pub(crate) fn assess_receipt(&self, req: &pb::ReceiptRequest) -> Result<AssessedReceipt> {
         check_key_id(&req.key_id)?;
         check_output_digest(&req.output_digest)?;
         let now = self.clock.now_ms();
@@ -211,6 +223,23 @@ impl Broker {
             prost::Message::decode(req.evidence.as_slice()).ok();
         let tee_key = ReceivedTeeKey::of(decoded.as_ref());
         let redeemed = self.check_nonce(&req.nonce, now);
+        let accepted = redeemed
+            .clone()
+            .and_then(|nonce| self.appraise(nonce, decoded, req.tpm_activation.as_ref(), now));
+        Ok(AssessedReceipt { now, evidence_digest, tee_key, redeemed, accepted })
+    }
+
+    /// The rest of a receipt: the finished job's events, this broker's release record and the key's policy
+    /// (key-store reads), the audit record (durable before the reply) and the signatures.
+    ///
+    /// # Errors
+    /// An internal failure (the audit log could not be written, signing failed).
+    pub(crate) fn finish_receipt(
+        &self,
+        req: &pb::ReceiptRequest,
+        assessed: AssessedReceipt,
+    ) -> Result<Receipted> {
+        let AssessedReceipt { now, evidence_digest, tee_key, redeemed, accepted } = assessed;
         // What a receipt states, decided before the audit record is written: the appraisal, the key's policy
         // (re-evaluated) and this broker's own release record.
         struct Decided {
@@ -221,50 +250,44 @@ impl Broker {
             policy_digest: String,
             policy_rules: BTreeMap<&'static str, String>,
         }
-        let mut decided = redeemed
-            .clone()
-            .and_then(|nonce| self.appraise(nonce, decoded, req.tpm_activation.as_ref(), now))
-            .and_then(|(_, evidence, appraisal)| {
-                check_finished_job(
-                    appraisal.runtime_events(),
-                    &req.key_id,
-                    self.signer.kid(),
-                    &req.output_digest,
-                )
-                .map_err(|why| Refused::new(LAYER, format!("{LAYER}: {why}")))?;
-                let release = self
-                    .store
-                    .find_release(&tee_key_digest(evidence.tee_public_key.as_bytes()), &req.key_id)
-                    .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))?
-                    .ok_or_else(|| {
-                        Refused::new(
-                            LAYER,
-                            format!("{LAYER}: this broker never released key {} to this TEE key", req.key_id),
-                        )
-                    })?;
-                // A key-store failure refuses the receipt with its reason (the release path fails the call instead).
-                let (key, policy, verdict) = self
-                    .key_verdict(&req.key_id, &appraisal)
-                    .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))??;
-                Ok(Decided {
-                    tee_public_key: hex::encode(evidence.tee_public_key.as_bytes()),
-                    golden_documents: match &policy.golden {
-                        Rule::Skip => None,
-                        Rule::Require(g) => Some(g.documents.clone()),
-                    },
-                    release: ReleaseRef {
-                        audit_seq: release.audit_seq,
-                        time_ms: release.time_ms,
-                        key_version: release.key_version,
-                    },
-                    policy_digest: format!(
-                        "sha256:{}",
-                        hex::encode(Sha256::digest(key.info.policy.as_bytes()))
-                    ),
-                    policy_rules: verdict.rules.iter().map(|(rule, o)| (*rule, outcome_text(o))).collect(),
-                    appraisal,
-                })
-            });
+        let mut decided = accepted.and_then(|(_, evidence, appraisal)| {
+            check_finished_job(
+                appraisal.runtime_events(),
+                &req.key_id,
+                self.signer.kid(),
+                &req.output_digest,
+            )
+            .map_err(|why| Refused::new(LAYER, format!("{LAYER}: {why}")))?;
+            let release = self
+                .store
+                .find_release(&tee_key_digest(evidence.tee_public_key.as_bytes()), &req.key_id)
+                .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))?
+                .ok_or_else(|| {
+                    Refused::new(
+                        LAYER,
+                        format!("{LAYER}: this broker never released key {} to this TEE key", req.key_id),
+                    )
+                })?;
+            // A key-store failure refuses the receipt with its reason (the release path fails the call instead).
+            let (key, policy, verdict) = self
+                .key_verdict(&req.key_id, &appraisal)
+                .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))??;
+            Ok(Decided {
+                tee_public_key: hex::encode(evidence.tee_public_key.as_bytes()),
+                golden_documents: match &policy.golden {
+                    Rule::Skip => None,
+                    Rule::Require(g) => Some(g.documents.clone()),
+                },
+                release: ReleaseRef {
+                    audit_seq: release.audit_seq,
+                    time_ms: release.time_ms,
+                    key_version: release.key_version,
+                },
+                policy_digest: format!("sha256:{}", hex::encode(Sha256::digest(key.info.policy.as_bytes()))),
+                policy_rules: verdict.rules.iter().map(|(rule, o)| (*rule, outcome_text(o))).collect(),
+                appraisal,
+            })
+        });
         let entry_for = |decided: &std::result::Result<Decided, Refused>| match decided {
             Ok(_) => AuditEntry {
                 decision: Decision::Receipt,
@@ -339,6 +362,16 @@ impl Broker {
     }
 }
 
+/// A receipt request's nonce checked and its evidence appraised ([`Broker::assess_receipt`]).
+#[derive(Debug)]
+pub(crate) struct AssessedReceipt {
+    now: u64,
+    evidence_digest: [u8; 32],
+    tee_key: ReceivedTeeKey,
+    redeemed: std::result::Result<Nonce, Refused>,
+    accepted: std::result::Result<(Nonce, Evidence, Appraisal), Refused>,
+}
+
 /// The gRPC handler (`KeyBroker.Receipt`).
 pub(super) async fn serve(
     broker: Arc<Broker>,
@@ -346,8 +379,17 @@ pub(super) async fn serve(
 ) -> std::result::Result<tonic::Response<pb::ReceiptResponse>, tonic::Status> {
     check_key_id(&req.key_id).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
     check_output_digest(&req.output_digest).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-    // Appraisal and the audit fsync block: keep them off the async workers.
-    let r = tokio::task::spawn_blocking(move || broker.receipt(&req))
+    // The appraisal on the appraisal pool, as a release's; the key-store reads and the audit sync, which may
+    // wait on a database or a disk, on the blocking pool. Both off the async workers.
+    let req = Arc::new(req);
+    let assessing = (Arc::clone(&broker), Arc::clone(&req));
+    let assessed = broker
+        .appraisal_pool()
+        .run(move || assessing.0.assess_receipt(&assessing.1))
+        .await
+        .and_then(|a| a)
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let r = tokio::task::spawn_blocking(move || broker.finish_receipt(&req, assessed))
         .await
         .map_err(|e| tonic::Status::internal(format!("broker: receipt task failed: {e}")))?
         .map_err(|e| tonic::Status::internal(e.to_string()))?;

@@ -196,6 +196,11 @@ impl Broker {
         self.appraisal_pool.threads()
     }
 
+    /// Where releases and receipts are appraised.
+    pub(crate) fn appraisal_pool(&self) -> &AppraisalPool {
+        &self.appraisal_pool
+    }
+
     /// Trusts TPM AKs that credential activation proves resident in a TPM whose EK certificate chains to one of
     /// `ek`'s CAs (docs/tpm-ek.md): `Challenge` then answers a TPM identity with a credential, and `Release`
     /// and `Receipt` accept its activation.

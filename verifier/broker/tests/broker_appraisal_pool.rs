@@ -1,4 +1,4 @@
-//! Anyone can call the broker's `Release`, and each call costs an appraisal: a flood of them must not become
+//! Anyone can call the broker's `Release` and `Receipt`, and each call costs an appraisal: a flood of them must not become
 //! a thread per call. The broker appraises on a fixed pool (`sealroom_broker::appraisal_pool`); the calls
 //! beyond it wait as queued jobs, and each is still answered and audited.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
@@ -57,8 +57,16 @@ fn evidence(nonce: Nonce) -> Evidence {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attack_a_flood_of_releases_appraises_no_more_at_once_than_the_pool_has_threads() {
+/// Which call the flood makes.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    Release,
+    Receipt,
+}
+
+/// `CALLS` concurrent `call`s over gRPC, each after its own Challenge, against a broker appraising on a pool
+/// of 2: every call is answered with the appraiser's refusal and audited, and at most 2 appraisals ran at once.
+async fn flood(call: Call) {
     const CALLS: usize = 24;
     let dir = tempfile::tempdir().unwrap();
     let gauge = Arc::new(Gauge::default());
@@ -72,23 +80,51 @@ async fn attack_a_flood_of_releases_appraises_no_more_at_once_than_the_pool_has_
             let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
             let mut c = pb::key_broker_client::KeyBrokerClient::new(channel.connect().await.unwrap());
             let ch = c.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
-            let nonce = Nonce::from_slice(&ch.nonce).unwrap();
-            let req = pb::ReleaseRequest {
-                nonce: ch.nonce,
-                evidence: Some(evidence(nonce).into()),
-                key_ids: vec![KEY.into()],
-                tpm_activation: None,
-            };
-            c.release(req).await.unwrap().into_inner()
+            let evidence = evidence(Nonce::from_slice(&ch.nonce).unwrap());
+            match call {
+                Call::Release => {
+                    let req = pb::ReleaseRequest {
+                        nonce: ch.nonce,
+                        evidence: Some(evidence.into()),
+                        key_ids: vec![KEY.into()],
+                        tpm_activation: None,
+                    };
+                    let answer = c.release(req).await.unwrap().into_inner();
+                    assert!(answer.keys.is_empty());
+                    answer.refusals[0].reason.clone()
+                }
+                Call::Receipt => {
+                    let wire: sealroom_proto::attestation::v1::Evidence = evidence.into();
+                    let req = pb::ReceiptRequest {
+                        nonce: ch.nonce,
+                        evidence: prost::Message::encode_to_vec(&wire),
+                        key_id: KEY.into(),
+                        output_digest: format!("sha256:{}", "ab".repeat(32)),
+                        tpm_activation: None,
+                    };
+                    let answer = c.receipt(req).await.unwrap().into_inner();
+                    assert!(answer.receipt.is_empty());
+                    answer.refusal
+                }
+            }
         });
     }
-    for answer in calls.join_all().await {
-        assert!(answer.keys.is_empty());
-        assert_eq!(answer.refusals[0].reason, "verifier: the gauge refuses everything");
+    for refusal in calls.join_all().await {
+        assert_eq!(refusal, "verifier: the gauge refuses everything");
     }
     assert_eq!(gauge.done.load(Ordering::SeqCst), CALLS, "every call was appraised");
-    // Tokio's blocking pool, which appraised before, ran all of them at once on threads of their own.
+    // Tokio's blocking pool, which appraised before, ran most of them at once on threads of their own.
     assert_eq!(gauge.most.load(Ordering::SeqCst), 2, "appraisals at once");
     let log = std::fs::read(dir.path().join("audit.log")).unwrap();
     assert_eq!(sealroom_broker::audit::verify(&log).unwrap().records, CALLS as u64, "every refusal audited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_a_flood_of_releases_appraises_no_more_at_once_than_the_pool_has_threads() {
+    flood(Call::Release).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_a_flood_of_receipts_appraises_no_more_at_once_than_the_pool_has_threads() {
+    flood(Call::Receipt).await;
 }
