@@ -1,6 +1,6 @@
-//! Anyone can call the broker's `Release` and `Receipt`, and each call costs an appraisal: a flood of them must not become
-//! a thread per call. The broker appraises on a fixed pool (`sealroom_broker::appraisal_pool`); the calls
-//! beyond it wait as queued jobs, and each is still answered and audited.
+//! Anyone can call the broker's `Release` and `Receipt`, and each call costs an appraisal: a flood of them
+//! must not become a thread per call. The broker appraises on a fixed pool (`sealroom_broker::appraisal_pool`);
+//! the calls beyond it wait as queued jobs, and each is still answered and audited.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, missing_docs)]
 
 use std::sync::Arc;
