@@ -360,8 +360,8 @@ fn bench(c: &mut Criterion) {
 const VERIFIER_THREADS: &str = "sr-verifier";
 const BROKER_THREADS: &str = "sr-broker";
 const AGENT_THREADS: &str = "sr-agent";
-/// The brokers' appraisal threads ([`sealroom_broker::appraisal_pool::AppraisalPool::per_core`]).
-const APPRAISAL_THREADS: &str = "sr-appraise";
+/// The brokers' appraisal threads.
+const APPRAISAL_THREADS: &str = sealroom_broker::appraisal_pool::AppraisalPool::THREAD_NAME;
 
 /// The untimed second pass: CPU time per appraisal of the peer's threads, and per release of the brokers'
 /// threads (gRPC server, blocking pool, appraisal pool), of the agents' threads and, for the replica, of PostgreSQL's

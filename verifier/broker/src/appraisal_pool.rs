@@ -29,16 +29,20 @@ pub struct AppraisalPool {
 }
 
 impl AppraisalPool {
+    /// The name of the broker's appraisal threads (what `top -H` and `/proc/*/task/*/comm` show).
+    pub const THREAD_NAME: &'static str = "sr-appraise";
+
     /// A pool of `threads` threads named `name` (at most 15 bytes are kept by Linux).
     #[must_use]
     pub fn new(threads: NonZeroUsize, name: &str) -> Self {
         Self { threads, name: name.to_owned(), queue: OnceLock::new() }
     }
 
-    /// One thread per core this process may run on (one when that cannot be told), named `sr-appraise`.
+    /// One thread per core this process may run on (one when that cannot be told), named
+    /// [`AppraisalPool::THREAD_NAME`].
     #[must_use]
     pub fn per_core() -> Self {
-        Self::new(std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN), "sr-appraise")
+        Self::new(std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN), Self::THREAD_NAME)
     }
 
     /// How many threads the pool runs.

@@ -105,7 +105,7 @@ pub struct Broker {
     release_limit: PeerLimiter,
     /// The EK path (`--tpm-ek-ca`): without it no credential is issued and an activation presented is refused.
     ek: Option<Arc<EkPath>>,
-    /// Where the gRPC service appraises releases ([`Broker::stage_release_awaiting`]).
+    /// Where the gRPC service appraises releases ([`Broker::stage_release_awaiting`]) and receipts.
     appraisal_pool: AppraisalPool,
 }
 
@@ -186,7 +186,7 @@ impl Broker {
     /// Appraises releases on `threads` threads instead of one per core ([`AppraisalPool`]).
     #[must_use]
     pub fn with_appraisal_threads(mut self, threads: std::num::NonZeroUsize) -> Self {
-        self.appraisal_pool = AppraisalPool::new(threads, "sr-appraise");
+        self.appraisal_pool = AppraisalPool::new(threads, AppraisalPool::THREAD_NAME);
         self
     }
 
