@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sealroom_broker::appraisal::{Appraisal, Appraiser};
 use sealroom_broker::{Clock, ManualClock};
 use sealroom_measurements::binding::{Kem, Nonce};
-use sealroom_measurements::evidence::{AzureVtpmEvidence, Evidence, Platform, TpmEvidence};
+use sealroom_measurements::evidence::{Evidence, Platform, TpmEvidence};
 use sealroom_proto::keybroker::v1 as pb;
 
 #[path = "../benches/common/broker.rs"]
@@ -37,21 +37,17 @@ impl Appraiser for Gauge {
     }
 }
 
+/// Evidence the gauge is asked about: only its nonce and TEE key matter (the gauge refuses it).
 fn evidence(nonce: Nonce) -> Evidence {
     let (_, tee) = sealroom_broker::seal::derive_keypair(Kem::X25519HkdfSha256, b"pool test tee").unwrap();
     Evidence {
         nonce,
         tee_public_key: tee,
-        platform: Platform::AzureTdxVtpm,
-        tpm: None,
+        platform: Platform::Tpm,
+        tpm: Some(TpmEvidence { attest: b"a quote no one signed".to_vec(), ..TpmEvidence::default() }),
         tdx: None,
         sev_snp: None,
-        azure: Some(AzureVtpmEvidence {
-            hcl_report: vec![0x48, 0x43, 0x4c],
-            vtpm: TpmEvidence { attest: vec![0xff, 0x54, 0x43, 0x47], ..TpmEvidence::default() },
-            td_quote: vec![4, 0],
-            vcek: vec![],
-        }),
+        azure: None,
         runtime_event_log: vec![],
         gpus: Vec::new(),
     }
