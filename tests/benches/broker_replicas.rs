@@ -297,7 +297,7 @@ fn bench(c: &mut Criterion) {
 
     let verifier = Arc::new(VerifierAppraiser::default());
     // The peer at its best: as many appraisals at once as the machine has cores, as the brokers appraise
-    // (their `AppraisalPool`). 32 appraisals at once on 32 threads cost ≈ 15 % more CPU each.
+    // (their `AppraisalPool`). 32 appraisals at once on 32 threads cost 6–27 % more CPU each (docs/broker-scaling.md).
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let ev = Arc::new(gce_evidence(Nonce([3; 32]), &tee));
     let appraise_32 = || {
