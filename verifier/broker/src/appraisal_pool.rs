@@ -6,7 +6,7 @@
 //! preempted and its caches refilled, and a futex wake-up and a context switch to hand each release over.
 //! Here as many releases are appraised at once as there are threads; the rest wait in the queue as jobs,
 //! not as threads, and a thread that finishes one takes the next without sleeping. At 32 concurrent agents
-//! this took ≈ 15 % off the broker's CPU per release (docs/broker-scaling.md, *2026-12-06 22:40 UTC*).
+//! this took 8–20 % off the broker's CPU per release (docs/broker-scaling.md, *2026-12-06 22:40 UTC*).
 //!
 //! Work that waits on another machine (a PostgreSQL key store's reads) does not belong here: a thread
 //! waiting on a round trip is a core's share of appraisals not done ([`crate::store::KeyRecords::reads_wait_on_network`]).
