@@ -9,6 +9,8 @@
 //!
 //! [`Postgres::start_with_tls`] serves TLS only (`ssl = on`, every TCP line of pg_hba.conf `hostssl`), with a
 //! certificate the test made, so a client that does not speak TLS is refused by the server itself.
+//! [`Postgres::start_with_client_certs`] also requires a client certificate from a given CA on every TCP
+//! connection of the test roles ([`ClientCertAuth`]).
 //!
 //! The binaries come from Debian's `postgresql` package (installed by `ci/setup`):
 //! `/usr/lib/postgresql/<major>/bin`, the newest major found, or the directory named by `SEALROOM_PG_BIN`.
@@ -40,6 +42,26 @@ impl std::error::Error for PostgresError {}
 
 fn err(m: impl Into<String>) -> PostgresError {
     PostgresError(m.into())
+}
+
+/// How a server from [`Postgres::start_with_client_certs`] authenticates the test roles' TCP connections
+/// (pg_hba.conf). Either way the certificate must be issued by the server's `ssl_ca_file` and its CN must be the
+/// role connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertAuth {
+    /// `cert`: the client certificate alone; no password is asked.
+    Cert,
+    /// `scram-sha-256 clientcert=verify-full`: the role's password and a certificate.
+    ScramAndCert,
+}
+
+/// The TLS settings of a server: its certificate chain and key, and optionally the CA of the client
+/// certificates it requires.
+#[derive(Debug, Clone, Copy)]
+struct TlsFiles<'a> {
+    cert: &'a Path,
+    key: &'a Path,
+    client: Option<(&'a Path, ClientCertAuth)>,
 }
 
 /// A running PostgreSQL server in its own temporary directory. Dropping it stops the server (`pg_ctl stop
@@ -157,11 +179,28 @@ impl Postgres {
     /// # Errors
     /// As [`Postgres::start`], or when the certificate or key cannot be copied.
     pub fn start_with_tls(cert: &Path, key: &Path) -> Result<Self, PostgresError> {
-        Self::start_on(free_port()?, Some((cert, key)))
+        Self::start_on(free_port()?, Some(TlsFiles { cert, key, client: None }))
+    }
+
+    /// [`Postgres::start_with_tls`] requiring client certificates: `ssl_ca_file` is `client_ca` (PEM, copied
+    /// into the data directory), and every role but the superuser is admitted over TCP only as `auth` says
+    /// (`hostssl all all 127.0.0.1/32 cert`, or `scram-sha-256 clientcert=verify-full`). The superuser keeps
+    /// SCRAM over TLS without a certificate (the line before), so [`Postgres::psql`] still works; the unix
+    /// socket stays SCRAM.
+    ///
+    /// # Errors
+    /// As [`Postgres::start_with_tls`], or when the client CA cannot be copied.
+    pub fn start_with_client_certs(
+        cert: &Path,
+        key: &Path,
+        client_ca: &Path,
+        auth: ClientCertAuth,
+    ) -> Result<Self, PostgresError> {
+        Self::start_on(free_port()?, Some(TlsFiles { cert, key, client: Some((client_ca, auth)) }))
     }
 
     /// [`Postgres::start`] on `port` first, moving to another free port when the server cannot bind it.
-    fn start_on(port: u16, tls: Option<(&Path, &Path)>) -> Result<Self, PostgresError> {
+    fn start_on(port: u16, tls: Option<TlsFiles<'_>>) -> Result<Self, PostgresError> {
         let bin = bin_dir()?;
         let dir = unique_temp_dir("postgres");
         std::fs::create_dir_all(&dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
@@ -169,8 +208,8 @@ impl Postgres {
         let password = random_password()?;
         let mut pg = Self { bin, dir, port, password, run_as };
         pg.init()?;
-        if let Some((cert, key)) = tls {
-            pg.tls_only(cert, key)?;
+        if let Some(tls) = tls {
+            pg.tls_only(tls)?;
         }
         // The port was free when picked, but PostgreSQL binds it only now: a parallel test may have taken it
         // meanwhile. Then try another one (a later `port` line in postgresql.auto.conf overrides the earlier).
@@ -199,7 +238,10 @@ impl Postgres {
         }
     }
 
-    fn server_log(&self) -> String {
+    /// The server's log so far (empty when unreadable): what it says about a refused connection beyond what it
+    /// tells the client.
+    #[must_use]
+    pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 
@@ -288,9 +330,13 @@ impl Postgres {
         self.append_conf(&conf)
     }
 
-    fn tls_only(&self, cert: &Path, key: &Path) -> Result<(), PostgresError> {
+    fn tls_only(&self, tls: TlsFiles<'_>) -> Result<(), PostgresError> {
         let data = self.data_dir();
-        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+        let mut files = vec![(tls.cert, "server.crt"), (tls.key, "server.key")];
+        if let Some((client_ca, _)) = tls.client {
+            files.push((client_ca, "client-ca.crt"));
+        }
+        for (from, to) in files {
             let to = data.join(to);
             std::fs::copy(from, &to)
                 .map_err(|e| err(format!("copy {} to {}: {e}", from.display(), to.display())))?;
@@ -299,14 +345,28 @@ impl Postgres {
             self.own(&to)?;
         }
         let hba = data.join("pg_hba.conf");
-        std::fs::write(
-            &hba,
-            "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n\
-             hostssl all all ::1/128 scram-sha-256\n",
-        )
-        .map_err(|e| err(format!("{}: {e}", hba.display())))?;
+        let lines = match tls.client {
+            None => "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n\
+                     hostssl all all ::1/128 scram-sha-256\n"
+                .to_owned(),
+            Some((_, auth)) => {
+                let method = match auth {
+                    ClientCertAuth::Cert => "cert",
+                    ClientCertAuth::ScramAndCert => "scram-sha-256 clientcert=verify-full",
+                };
+                format!(
+                    "local all all scram-sha-256\nhostssl all {SUPERUSER} 127.0.0.1/32 scram-sha-256\n\
+                     hostssl all all 127.0.0.1/32 {method}\nhostssl all all ::1/128 {method}\n"
+                )
+            }
+        };
+        std::fs::write(&hba, lines).map_err(|e| err(format!("{}: {e}", hba.display())))?;
         self.own(&hba)?;
-        self.append_conf("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+        let mut conf = "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n".to_owned();
+        if tls.client.is_some() {
+            conf.push_str("ssl_ca_file = 'client-ca.crt'\n");
+        }
+        self.append_conf(&conf)
     }
 
     fn start_server(&self) -> Result<(), PostgresError> {

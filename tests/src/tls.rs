@@ -1,6 +1,7 @@
 //! Throwaway TLS material for a broker or a PostgreSQL server under test: a CA and a server certificate it
-//! issued for given IP addresses or host names, made with the `openssl` command (P-256 keys, valid two days).
-//! For tests and the demo only.
+//! issued for given IP addresses or host names, and client certificates from such a CA
+//! ([`issue_client_cert`]), made with the `openssl` command (P-256 keys, valid two days). For tests and the
+//! demo only.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -125,4 +126,72 @@ pub fn ca_and_server_cert_signed_with(
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io)?;
     let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).map_err(io)?;
     Ok(ServerTls { ca_pem, cert: dir.join("server.pem"), key })
+}
+
+/// A client certificate and its key, from [`issue_client_cert`].
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The client certificate, PEM file (libpq's `sslcert`).
+    pub cert: PathBuf,
+    /// Its private key, PKCS#8 PEM file, mode 0600 (libpq's `sslkey`).
+    pub key: PathBuf,
+}
+
+/// Issues, with the CA that [`ca_and_server_cert_for`] made in `ca_dir` (`ca.pem`, `ca.key`), a client
+/// certificate (extendedKeyUsage clientAuth) with subject `/CN={cn}`, written as `{name}.pem` and `{name}.key`
+/// (mode 0600) in `ca_dir`. PostgreSQL's `cert` authentication maps the CN to the role.
+///
+/// # Errors
+/// When `ca_dir` holds no such CA or `openssl` fails.
+pub fn issue_client_cert(ca_dir: &Path, name: &str, cn: &str) -> Result<ClientTls, TlsError> {
+    let io = |e: std::io::Error| TlsError(format!("{}: {e}", ca_dir.display()));
+    let (key, csr, ext, cert) =
+        (format!("{name}.key"), format!("{name}.csr"), format!("{name}.ext"), format!("{name}.pem"));
+    let subject = format!("/CN={cn}");
+    openssl(
+        ca_dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subject,
+        ],
+    )?;
+    std::fs::write(
+        ca_dir.join(&ext),
+        "extendedKeyUsage=clientAuth\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n",
+    )
+    .map_err(io)?;
+    openssl(
+        ca_dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-sha256",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ],
+    )?;
+    let key = ca_dir.join(key);
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io)?;
+    Ok(ClientTls { cert: ca_dir.join(cert), key })
 }

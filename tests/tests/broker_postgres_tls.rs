@@ -7,6 +7,11 @@
 //! CA, or names another host, is refused before the password is sent, with one line naming the failed check; a
 //! database on another machine without verify-full (or with a mode that does not check the server) is refused
 //! at start, before anything is contacted.
+//!
+//! Client certificates (`sslcert`/`sslkey`) against a server that requires them (`ssl_ca_file`, pg_hba `cert`
+//! or `scram-sha-256 clientcert=verify-full`): a replica, the admin CLI and audit verification authenticate with
+//! the role's certificate; the server refuses a connection without one, with one from another CA, or with one
+//! issued to another role.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::missing_panics_doc)]
 
 use std::ffi::OsStr;
@@ -20,8 +25,10 @@ use sealroom_proto::keybroker::v1 as pb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
 use sealroom_tests::broker::{BrokerProcess, run_sealroom, sealroom};
 use sealroom_tests::placeholder::{REFUSAL, TPM_POLICY, release_request};
-use sealroom_tests::postgres::Postgres;
-use sealroom_tests::tls::{ServerTls, ca_and_server_cert_for, ca_and_server_cert_signed_with};
+use sealroom_tests::postgres::{ClientCertAuth, Postgres};
+use sealroom_tests::tls::{
+    ClientTls, ServerTls, ca_and_server_cert_for, ca_and_server_cert_signed_with, issue_client_cert,
+};
 
 const ROLE: &str = "provider_a";
 const PASSWORD: &str = "pw-provider-a-tls";
@@ -43,16 +50,23 @@ fn tls_server_signed_with(dir: &Path, san: &[&str], digest: &str) -> (Postgres, 
         ca_and_server_cert_signed_with(&dir.join("server-ca"), "sealroom test database CA", san, digest)
             .unwrap();
     let pg = Postgres::start_with_tls(&tls.cert, &tls.key).unwrap();
-    pg.psql("postgres", "create database sealroom").unwrap();
+    create_role(&pg, ROLE, PASSWORD);
+    (pg, tls)
+}
+
+/// The provider's `role` (with `password`) and its schema in database `sealroom` (created first if needed).
+fn create_role(pg: &Postgres, role: &str, password: &str) {
+    if pg.psql("postgres", "select count(*) from pg_database where datname = 'sealroom'").unwrap() == "0" {
+        pg.psql("postgres", "create database sealroom").unwrap();
+    }
     pg.psql("sealroom", "revoke all on schema public from public").unwrap();
     pg.psql(
         "sealroom",
         &format!(
-            "create role {ROLE} login password '{PASSWORD}'; create schema {ROLE} authorization {ROLE};"
+            "create role {role} login password '{password}'; create schema {role} authorization {role};"
         ),
     )
     .unwrap();
-    (pg, tls)
 }
 
 fn ca_file(dir: &Path, tls: &ServerTls) -> PathBuf {
@@ -327,5 +341,223 @@ fn attack_remote_database_without_verify_full_is_refused_before_any_connection()
         if want.contains("not on this machine") || want.contains("does not check") {
             assert!(line.contains("needs sslmode=verify-full and sslrootcert="), "{line}");
         }
+    }
+}
+
+/// A TLS-only server (certificate for 127.0.0.1 from `server-ca`) that requires client certificates from a
+/// fresh `client-ca`, as `auth` says; the provider's role and schema. Returns the server CA file and the
+/// client CA's directory (for [`issue_client_cert`]).
+fn client_cert_server(dir: &Path, auth: ClientCertAuth) -> (Postgres, PathBuf, PathBuf) {
+    let tls = ca_and_server_cert_for(&dir.join("server-ca"), "sealroom test database CA", &["IP:127.0.0.1"])
+        .unwrap();
+    let client_ca_dir = dir.join("client-ca");
+    ca_and_server_cert_for(&client_ca_dir, "sealroom test client CA", &["IP:127.0.0.1"]).unwrap();
+    let pg =
+        Postgres::start_with_client_certs(&tls.cert, &tls.key, &client_ca_dir.join("ca.pem"), auth).unwrap();
+    create_role(&pg, ROLE, PASSWORD);
+    (pg, ca_file(dir, &tls), client_ca_dir)
+}
+
+/// `postgres://ROLE[:PASSWORD]@127.0.0.1:PORT/sealroom?sslmode=verify-full&sslrootcert=…` with the client
+/// certificate `client`, if any; paths percent-encoded.
+fn client_url(pg: &Postgres, ca: &Path, password: bool, client: Option<&ClientTls>) -> String {
+    let enc = |p: &Path| p.display().to_string().replace('/', "%2F");
+    let secret = if password { format!(":{PASSWORD}") } else { String::new() };
+    let mut url = format!(
+        "postgres://{ROLE}{secret}@127.0.0.1:{}/sealroom?sslmode=verify-full&sslrootcert={}",
+        pg.port(),
+        enc(ca)
+    );
+    if let Some(c) = client {
+        url.push_str(&format!("&sslcert={}&sslkey={}", enc(&c.cert), enc(&c.key)));
+    }
+    url
+}
+
+/// No session of the provider's role is open, and no broker table was created.
+fn nothing_reached_as_the_role(pg: &Postgres) {
+    let sessions = pg
+        .psql("sealroom", &format!("select count(*) from pg_stat_activity where usename = '{ROLE}'"))
+        .unwrap();
+    assert_eq!(sessions, "0");
+    schema_untouched(pg);
+}
+
+#[test]
+fn replica_admin_and_audit_verification_authenticate_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    // `cert`: the certificate alone authenticates the role; the URLs carry no password.
+    let (pg, ca, client_ca) = client_cert_server(dir.path(), ClientCertAuth::Cert);
+    let client = issue_client_cert(&client_ca, "provider_a", ROLE).unwrap();
+    let url = client_url(&pg, &ca, false, Some(&client));
+    // The key=value form, paths quoted.
+    let kv = format!(
+        "host=127.0.0.1 port={} user={ROLE} dbname=sealroom sslmode=verify-full sslrootcert='{}' sslcert='{}' \
+         sslkey='{}'",
+        pg.port(),
+        ca.display(),
+        client.cert.display(),
+        client.key.display()
+    );
+    let kek = dir.path().join("kek");
+    secret_file(&kek, 0x51);
+    let nonce_key = dir.path().join("nonce-key");
+    secret_file(&nonce_key, 0x52);
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, TPM_POLICY).unwrap();
+
+    let added = keys(
+        &kv,
+        &kek,
+        &["add", "--id", "provider-a/data", "--owner", "provider-a", "--policy", policy.to_str().unwrap()],
+    );
+    assert!(added.status.success(), "{}", text(&added));
+    let replica = BrokerProcess::start(
+        &dir.path().join("r1"),
+        &kek,
+        &[
+            OsStr::new("--store"),
+            OsStr::new(&url),
+            OsStr::new("--replica"),
+            OsStr::new("r1"),
+            OsStr::new("--nonce-key"),
+            nonce_key.as_os_str(),
+        ],
+    )
+    .unwrap();
+    let (_, tee) = sealroom_broker::seal::derive_keypair(Kem::X25519HkdfSha256, b"tls test tee key").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", replica.addr))
+            .unwrap()
+            .timeout(Duration::from_secs(20))
+            .connect()
+            .await
+            .unwrap();
+        let mut client = KeyBrokerClient::new(channel);
+        for _ in 0..2 {
+            let ch = client.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
+            let req = release_request(Nonce::from_slice(&ch.nonce).unwrap(), &tee, "provider-a/data");
+            let resp = client.release(req).await.unwrap().into_inner();
+            assert_eq!(resp.refusals[0].reason, REFUSAL);
+        }
+    });
+    // Every connection of the role is TLS and presented the role's certificate.
+    let sessions = pg
+        .psql(
+            "sealroom",
+            &format!(
+                "select count(*), count(*) filter (where s.ssl and s.client_dn = '/CN={ROLE}') from \
+                 pg_stat_activity a join pg_stat_ssl s using (pid) where a.usename = '{ROLE}'"
+            ),
+        )
+        .unwrap();
+    let (all, with_cert) = sessions.split_once('|').unwrap();
+    assert!(all.parse::<u32>().unwrap() >= 2, "{sessions}");
+    assert_eq!(all, with_cert, "a connection without the client certificate: {sessions}");
+    let verified = run_sealroom(sealroom().args(["audit", "verify", "--postgres", &url])).unwrap();
+    assert!(verified.contains("replica r1: 2 records ok"), "{verified}");
+    let listed = keys(&url, &kek, &["list"]);
+    assert!(
+        text(&listed).contains("provider-a/data\towner=provider-a\tversion=1\tactive"),
+        "{}",
+        text(&listed)
+    );
+    drop(replica);
+
+    // `scram-sha-256 clientcert=verify-full`: the password and the certificate, the exchange bound to TLS.
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, ca, client_ca) = client_cert_server(dir.path(), ClientCertAuth::ScramAndCert);
+    let client = issue_client_cert(&client_ca, "provider_a", ROLE).unwrap();
+    let url = format!("{}&channel_binding=require", client_url(&pg, &ca, true, Some(&client)));
+    let listed = keys(&url, &kek, &["list"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+}
+
+#[test]
+fn attack_no_client_certificate_is_refused_by_the_server() {
+    for auth in [ClientCertAuth::Cert, ClientCertAuth::ScramAndCert] {
+        let dir = tempfile::tempdir().unwrap();
+        let (pg, ca, _) = client_cert_server(dir.path(), auth);
+        let kek = dir.path().join("kek");
+        secret_file(&kek, 0x53);
+        // The server's certificate checks out; only the client's is missing. With the password or without.
+        for password in [false, true] {
+            let url = client_url(&pg, &ca, password, None);
+            let started = Instant::now();
+            refused(&keys(&url, &kek, &["list"]), started, "connection requires a valid client certificate");
+        }
+        nothing_reached_as_the_role(&pg);
+    }
+}
+
+#[test]
+fn attack_client_certificate_from_another_ca_is_refused_by_the_server() {
+    for auth in [ClientCertAuth::Cert, ClientCertAuth::ScramAndCert] {
+        let dir = tempfile::tempdir().unwrap();
+        let (pg, ca, _) = client_cert_server(dir.path(), auth);
+        // The right CN, from a CA the database does not trust.
+        let rogue_ca = dir.path().join("rogue-ca");
+        ca_and_server_cert_for(&rogue_ca, "sealroom test client CA", &["IP:127.0.0.1"]).unwrap();
+        let rogue = issue_client_cert(&rogue_ca, "provider_a", ROLE).unwrap();
+        let kek = dir.path().join("kek");
+        secret_file(&kek, 0x54);
+        let url = client_url(&pg, &ca, auth == ClientCertAuth::ScramAndCert, Some(&rogue));
+        let started = Instant::now();
+        let out = keys(&url, &kek, &["list"]);
+        // TLS 1.3: the server checks the certificate after the client's handshake and answers with an alert.
+        let line = refused(
+            &out,
+            started,
+            &format!("the server refused the client certificate in sslcert {}", rogue.cert.display()),
+        );
+        assert!(line.contains("UnknownCA"), "{auth:?}: {line}");
+        assert!(pg.server_log().contains("could not accept SSL connection: certificate verify failed"));
+        nothing_reached_as_the_role(&pg);
+    }
+}
+
+#[test]
+fn attack_client_certificate_of_another_role_is_refused_by_the_server() {
+    for auth in [ClientCertAuth::Cert, ClientCertAuth::ScramAndCert] {
+        let dir = tempfile::tempdir().unwrap();
+        let (pg, ca, client_ca) = client_cert_server(dir.path(), auth);
+        // provider_b's genuine certificate, from the database's client CA.
+        create_role(&pg, "provider_b", "pw-provider-b-tls");
+        let other = issue_client_cert(&client_ca, "provider_b", "provider_b").unwrap();
+        let kek = dir.path().join("kek");
+        secret_file(&kek, 0x55);
+        let password = auth == ClientCertAuth::ScramAndCert;
+        // It works for provider_b ...
+        let as_b = client_url(&pg, &ca, false, Some(&other)).replacen(&format!("{ROLE}@"), "provider_b@", 1);
+        let as_b =
+            if password { as_b.replacen("provider_b@", "provider_b:pw-provider-b-tls@", 1) } else { as_b };
+        let out = keys(&as_b, &kek, &["list"]);
+        assert!(out.status.success(), "{auth:?}: {}", text(&out));
+        // ... and not as provider_a, even with provider_a's password.
+        let url = client_url(&pg, &ca, password, Some(&other));
+        let started = Instant::now();
+        // The server tells the client only that authentication failed (by the method's name); its log says why.
+        let want = match auth {
+            ClientCertAuth::Cert => format!("certificate authentication failed for user \"{ROLE}\""),
+            ClientCertAuth::ScramAndCert => format!("password authentication failed for user \"{ROLE}\""),
+        };
+        refused(&keys(&url, &kek, &["list"]), started, &want);
+        let log = pg.server_log();
+        assert!(
+            log.contains(&format!(
+                "provided user name ({ROLE}) and authenticated user name (provider_b) do not match"
+            )),
+            "{log}"
+        );
+        if auth == ClientCertAuth::ScramAndCert {
+            assert!(
+                log.contains(&format!(
+                    "certificate validation (clientcert=verify-full) failed for user \"{ROLE}\": CN mismatch"
+                )),
+                "{log}"
+            );
+        }
+        nothing_reached_as_the_role(&pg);
     }
 }

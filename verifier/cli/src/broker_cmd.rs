@@ -60,7 +60,8 @@ struct ServeArgs {
     /// instead of STATE_DIR, as one of several replicas sharing that database (docs/broker-scaling.md). The
     /// state directory then holds only this replica's signing key and admin socket. A database on another
     /// machine needs `?sslmode=verify-full&sslrootcert=CA.pem` (TLS, the server's certificate checked against
-    /// those CA certificates and the host name); plaintext only to loopback or a unix socket.
+    /// those CA certificates and the host name); plaintext only to loopback or a unix socket. A database that
+    /// requires client certificates: add `&sslcert=CERT.pem&sslkey=KEY.pem` (PEM, key file mode 0600).
     #[arg(long, requires_all = ["replica", "nonce_key"])]
     store: Option<String>,
     /// With --store: this replica's id (its audit chain's name; [A-Za-z0-9._/-]). Each running replica needs
@@ -146,7 +147,8 @@ struct Target {
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
     /// A replicated broker's PostgreSQL database: with --kek, operate on its keys directly. Another machine's
-    /// database needs `?sslmode=verify-full&sslrootcert=CA.pem` in the URL (as `broker serve --store`).
+    /// database needs `?sslmode=verify-full&sslrootcert=CA.pem` in the URL, and `&sslcert=…&sslkey=…` where it
+    /// requires client certificates (as `broker serve --store`).
     #[arg(long, global = true)]
     store: Option<String>,
     /// Key-encryption key file, for direct access.

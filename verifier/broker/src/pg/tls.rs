@@ -20,17 +20,29 @@
 //! percent-decoded) and libpq's `key=value` form (values quoted `'…'` with `\` escapes, as tokio-postgres reads
 //! them). When the server offers SCRAM-SHA-256-PLUS, the password exchange is bound to the server's certificate
 //! (`tls-server-end-point`, RFC 5929), so a relay holding another certificate cannot pass it on.
+//!
+//! A database that authenticates its clients by certificate (pg_hba `cert`, or `clientcert=verify-full` beside
+//! the password) gets one with libpq's `sslcert=FILE&sslkey=FILE`, both or neither, and only with verify-full
+//! (refused otherwise): the certificate chain (PEM, the client's certificate first) and its private key (PEM:
+//! PKCS#8, SEC1 or PKCS#1; not encrypted, as `sslpassword` is not read). Both are read when the URL is parsed,
+//! so a replica fails at start, in one line naming the file, when either is unreadable, the chain holds no
+//! certificate, the key file holds no key of a type aws-lc-rs signs with or not the certificate's, or the key
+//! file is open to group or others: as libpq, mode 0600 or less, or 0640 or less when owned by root. Unlike
+//! libpq, nothing is read from `~/.postgresql/` when the parameters are absent. The server decides what the
+//! certificate proves (its `ssl_ca_file`, the CN against the role); a refusal it sends as a TLS alert is
+//! reported as a refusal of the client certificate.
 
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::Socket;
 use tokio_postgres::config::{Config, Host, SslMode};
@@ -56,14 +68,46 @@ pub enum Security {
 struct SslParams {
     mode: Option<String>,
     root_cert: Option<String>,
+    /// libpq's `sslcert`: the client certificate chain (PEM) presented to the server.
+    cert: Option<String>,
+    /// libpq's `sslkey`: that certificate's private key (PEM).
+    key: Option<String>,
+}
+
+impl SslParams {
+    /// Takes `key=value` if it is one of ours; `false` leaves it to the driver.
+    fn take(&mut self, key: &str, value: impl FnOnce() -> Result<String>) -> Result<bool> {
+        let slot = match key {
+            "sslmode" => &mut self.mode,
+            "sslrootcert" => &mut self.root_cert,
+            "sslcert" => &mut self.cert,
+            "sslkey" => &mut self.key,
+            _ => return Ok(false),
+        };
+        *slot = Some(value()?);
+        Ok(true)
+    }
+
+    /// The first client-certificate parameter given, for a refusal that names it.
+    fn client_param(&self) -> Option<&'static str> {
+        if self.cert.is_some() {
+            Some("sslcert")
+        } else if self.key.is_some() {
+            Some("sslkey")
+        } else {
+            None
+        }
+    }
 }
 
 /// Parses a database URL into the driver's settings and how to secure the connection; refuses (one line,
 /// never the password) what would leave a remote database unauthenticated. Nothing is contacted.
 ///
 /// # Errors
-/// When the URL does not parse, names a remote host without `sslmode=verify-full`, a weaker `sslmode`, or an
-/// `sslrootcert` file that cannot be read or holds no certificate.
+/// When the URL does not parse, names a remote host without `sslmode=verify-full`, a weaker `sslmode`, an
+/// `sslrootcert` file that cannot be read or holds no certificate, `sslcert` without `sslkey` (or the reverse)
+/// or either without verify-full, a client certificate file that holds no certificate, or a key file that is
+/// unreadable, readable by group or others, holds no private key or not the certificate's.
 pub fn parse(url: &str) -> Result<(Config, Security)> {
     let (rest, ssl) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         split_url(url)?
@@ -79,6 +123,9 @@ pub fn parse(url: &str) -> Result<(Config, Security)> {
                     LAYER,
                     format!("database host {host} is not on this machine: the connection {HOW}"),
                 ));
+            }
+            if let Some(name) = ssl.client_param() {
+                return Err(Error::check(LAYER, format!("{name} is used only with sslmode=verify-full")));
             }
             config.ssl_mode(SslMode::Disable);
             Security::Local
@@ -99,8 +146,24 @@ pub fn parse(url: &str) -> Result<(Config, Security)> {
                     "sslmode=verify-full needs TCP hosts: PostgreSQL does not speak TLS on a unix socket",
                 ));
             }
+            let client = match (ssl.cert.as_deref(), ssl.key.as_deref()) {
+                (Some(cert), Some(key)) => Some(ClientIdentity::read(Path::new(cert), Path::new(key))?),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(Error::check(
+                        LAYER,
+                        "sslcert needs sslkey (the client certificate's private key) in the same URL",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(Error::check(
+                        LAYER,
+                        "sslkey needs sslcert (the client certificate it is the key of) in the same URL",
+                    ));
+                }
+            };
             config.ssl_mode(SslMode::Require);
-            Security::VerifyFull(RustlsConnect::new(Path::new(file))?)
+            Security::VerifyFull(RustlsConnect::new(Path::new(file), client)?)
         }
         (Some("verify-full"), None) => {
             return Err(Error::check(
@@ -159,10 +222,8 @@ fn split_url(url: &str) -> Result<(String, SslParams)> {
                 |_| Error::check(LAYER, "database URL: a parameter is not UTF-8 once percent-decoded"),
             )
         };
-        match decode(key)?.as_str() {
-            "sslmode" => ssl.mode = Some(decode(value)?),
-            "sslrootcert" => ssl.root_cert = Some(decode(value)?),
-            _ => kept.push(pair),
+        if !ssl.take(&decode(key)?, || decode(value))? {
+            kept.push(pair);
         }
     }
     let rest = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
@@ -215,13 +276,68 @@ fn split_key_value(s: &str) -> Result<(String, SslParams)> {
                 }
             }
         }
-        match key.as_str() {
-            "sslmode" => ssl.mode = Some(value),
-            "sslrootcert" => ssl.root_cert = Some(value),
-            _ => kept.push(format!("{key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))),
+        let quoted = format!("{key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'"));
+        if !ssl.take(&key, || Ok(value))? {
+            kept.push(quoted);
         }
     }
     Ok((kept.join(" "), ssl))
+}
+
+/// The client certificate chain and its private key, presented to a server that asks for one (`sslcert`,
+/// `sslkey`).
+struct ClientIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// For messages.
+    cert_file: String,
+    key_file: String,
+}
+
+impl ClientIdentity {
+    /// Reads both files, the key only if no one but its owner (or, for a root-owned file, root's group) can read
+    /// it, as libpq requires.
+    fn read(cert: &Path, key: &Path) -> Result<Self> {
+        let cert_file = cert.display().to_string();
+        let key_file = key.display().to_string();
+        let cert_fail = |what: String| Error::check(LAYER, format!("sslcert {cert_file}: {what}"));
+        let key_fail = |what: String| Error::check(LAYER, format!("sslkey {key_file}: {what}"));
+        let pem = std::fs::read(cert).map_err(|e| cert_fail(e.to_string()))?;
+        let chain = CertificateDer::pem_slice_iter(&pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| cert_fail(format!("not PEM: {e}")))?;
+        if chain.is_empty() {
+            return Err(cert_fail("holds no CERTIFICATE".to_owned()));
+        }
+        let meta = std::fs::metadata(key).map_err(|e| key_fail(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(key_fail("not a regular file".to_owned()));
+        }
+        let mode = meta.mode() & 0o7777;
+        let loose = if meta.uid() == 0 { mode & 0o037 } else { mode & 0o077 };
+        if loose != 0 {
+            return Err(key_fail(format!(
+                "mode {mode:04o} gives group or others access: it must be 0600 or less (0640 or less if \
+                 owned by root), as libpq requires"
+            )));
+        }
+        let key_pem = std::fs::read(key).map_err(|e| key_fail(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+            key_fail(match e {
+                pem::Error::NoItemsFound if key_pem.windows(9).any(|w| w == b"ENCRYPTED") => {
+                    "the private key is encrypted (sslpassword is not supported): store it unencrypted, \
+                     mode 0600"
+                        .to_owned()
+                }
+                pem::Error::NoItemsFound => {
+                    "holds no PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY (PKCS#8, SEC1 or PKCS#1 PEM)"
+                        .to_owned()
+                }
+                other => format!("not PEM: {other}"),
+            })
+        })?;
+        Ok(Self { chain, key, cert_file, key_file })
+    }
 }
 
 /// The TLS client of a verify-full connection: rustls on aws-lc-rs (the broker's crypto everywhere else),
@@ -231,16 +347,18 @@ pub struct RustlsConnect {
     config: Arc<rustls::ClientConfig>,
     /// For messages: which roots refused the server.
     roots_file: String,
+    /// For messages: the client certificate file, if one is presented.
+    cert_file: Option<String>,
 }
 
 impl std::fmt::Debug for RustlsConnect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RustlsConnect(sslrootcert={})", self.roots_file)
+        write!(f, "RustlsConnect(sslrootcert={}, sslcert={:?})", self.roots_file, self.cert_file)
     }
 }
 
 impl RustlsConnect {
-    fn new(file: &Path) -> Result<Self> {
+    fn new(file: &Path, client: Option<ClientIdentity>) -> Result<Self> {
         let roots_file = file.display().to_string();
         let fail = |what: String| Error::check(LAYER, format!("sslrootcert {roots_file}: {what}"));
         let pem = std::fs::read(file).map_err(|e| fail(e.to_string()))?;
@@ -253,14 +371,30 @@ impl RustlsConnect {
             return Err(fail("holds no CERTIFICATE".to_owned()));
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| fail(format!("TLS settings: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let cert_file = client.as_ref().map(|c| c.cert_file.clone());
+        let mut config = match client {
+            None => builder.with_no_client_auth(),
+            Some(ClientIdentity { chain, key, cert_file, key_file }) => {
+                // rustls loads the key (refusing a type aws-lc-rs cannot sign with) and compares its public half
+                // with the certificate's.
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    let why = match e {
+                        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                            format!(" is not the private key of the certificate in sslcert {cert_file}")
+                        }
+                        other => format!(": not a usable client key for sslcert {cert_file}: {other}"),
+                    };
+                    Error::check(LAYER, format!("sslkey {key_file}{why}"))
+                })?
+            }
+        };
         // PostgreSQL 17 requires this ALPN name for direct TLS (sslnegotiation=direct); earlier servers ignore it.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
-        Ok(Self { config: Arc::new(config), roots_file })
+        Ok(Self { config: Arc::new(config), roots_file, cert_file })
     }
 }
 
@@ -273,7 +407,12 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
         // An IP address is checked against the certificate's IP addresses, a name against its DNS names.
         let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("host {host:?}: {e}")))?;
-        Ok(HostConnect { config: Arc::clone(&self.config), name, roots_file: self.roots_file.clone() })
+        Ok(HostConnect {
+            config: Arc::clone(&self.config),
+            name,
+            roots_file: self.roots_file.clone(),
+            cert_file: self.cert_file.clone(),
+        })
     }
 }
 
@@ -282,6 +421,7 @@ pub struct HostConnect {
     config: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
     roots_file: String,
+    cert_file: Option<String>,
 }
 
 impl std::fmt::Debug for HostConnect {
@@ -298,11 +438,10 @@ impl TlsConnect<Socket> for HostConnect {
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
             let host = self.name.to_str().into_owned();
-            tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
-                .await
-                .map(RustlsStream)
-                .map_err(|e| {
+            let cert_file = self.cert_file;
+            match tokio_rustls::TlsConnector::from(self.config).connect(self.name, stream).await {
+                Ok(stream) => Ok(RustlsStream { stream, cert_file }),
+                Err(e) => Err(client_cert_refusal(&e, cert_file.as_deref()).unwrap_or_else(|| {
                     io::Error::new(
                         e.kind(),
                         format!(
@@ -310,13 +449,47 @@ impl TlsConnect<Socket> for HostConnect {
                             self.roots_file
                         ),
                     )
-                })
+                })),
+            }
         })
     }
 }
 
+/// The server's fatal alert when it refuses the client's certificate (or its absence), said as such: in TLS 1.3
+/// the server checks the certificate after the client's handshake is done, so the alert arrives on the first
+/// read. `None` for anything else.
+fn client_cert_refusal(e: &io::Error, cert_file: Option<&str>) -> Option<io::Error> {
+    use rustls::AlertDescription as A;
+    let Some(rustls::Error::AlertReceived(alert)) =
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+    else {
+        return None;
+    };
+    let what = match (alert, cert_file) {
+        (A::CertificateRequired, _) => {
+            "the server requires a client certificate (sslcert and sslkey)".to_owned()
+        }
+        (
+            A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::AccessDenied,
+            Some(file),
+        ) => format!("the server refused the client certificate in sslcert {file}"),
+        _ => return None,
+    };
+    Some(io::Error::new(e.kind(), format!("{what}: received fatal alert: {alert:?}")))
+}
+
 /// An established TLS connection to the database.
-pub struct RustlsStream(tokio_rustls::client::TlsStream<Socket>);
+pub struct RustlsStream {
+    stream: tokio_rustls::client::TlsStream<Socket>,
+    /// For messages: the client certificate file, if one was presented.
+    cert_file: Option<String>,
+}
 
 impl std::fmt::Debug for RustlsStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -326,7 +499,7 @@ impl std::fmt::Debug for RustlsStream {
 
 impl TlsStream for RustlsStream {
     fn channel_binding(&self) -> ChannelBinding {
-        self.0
+        self.stream
             .get_ref()
             .1
             .peer_certificates()
@@ -360,21 +533,27 @@ impl AsyncRead for RustlsStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Err(e)) => {
+                Poll::Ready(Err(client_cert_refusal(&e, this.cert_file.as_deref()).unwrap_or(e)))
+            }
+            other => other,
+        }
     }
 }
 
 impl AsyncWrite for RustlsStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -398,7 +577,11 @@ mod tests {
         assert_eq!(rest, "postgres://u:p@db:5432/d?application_name=x");
         assert_eq!(
             ssl,
-            SslParams { mode: Some("verify-full".into()), root_cert: Some("/etc/ca.pem".into()) }
+            SslParams {
+                mode: Some("verify-full".into()),
+                root_cert: Some("/etc/ca.pem".into()),
+                ..SslParams::default()
+            }
         );
         let (rest, ssl) = split_url("postgres://u@db/d").unwrap();
         assert_eq!((rest.as_str(), ssl), ("postgres://u@db/d", SslParams::default()));
@@ -413,7 +596,11 @@ mod tests {
         assert_eq!(rest, r"host='db' password='p\'q r\\s' port='5'");
         assert_eq!(
             ssl,
-            SslParams { mode: Some("verify-full".into()), root_cert: Some("/a b/ca.pem".into()) }
+            SslParams {
+                mode: Some("verify-full".into()),
+                root_cert: Some("/a b/ca.pem".into()),
+                ..SslParams::default()
+            }
         );
         // What tokio-postgres reads back is what was written.
         let config: Config = rest.parse().unwrap();
@@ -472,5 +659,188 @@ mod tests {
         std::fs::write(&empty, "no certificates here\n").unwrap();
         let m = refusal(&format!("host=192.0.2.1 sslmode=verify-full sslrootcert={}", empty.display()));
         assert!(m.contains(&format!("sslrootcert {}: holds no CERTIFICATE", empty.display())), "{m}");
+    }
+
+    /// The test client certificates (`testdata/pg-client`, made with openssl; README there).
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/pg-client").join(name)
+    }
+
+    /// `name` copied into `dir` with `mode` (git keeps no modes).
+    fn key_file(dir: &Path, name: &str, mode: u32) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::copy(fixture(name), &path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    /// A verify-full key=value URL with the client certificate `cert` and key `key` (quoted), and a root file.
+    fn with_client(cert: &Path, key: &Path) -> String {
+        format!(
+            "host=192.0.2.1 user=u password=secret-pw sslmode=verify-full sslrootcert='{}' sslcert='{}' \
+             sslkey='{}'",
+            fixture("ec.cert.pem").display(),
+            cert.display(),
+            key.display()
+        )
+    }
+
+    #[test]
+    fn both_url_forms_take_out_the_client_certificate_parameters() {
+        let (rest, ssl) = split_url(
+            "postgres://u:p@db/d?sslcert=%2Fetc%2Fc%20d.pem&application_name=x&sslkey=%2Fetc%2Fk.pem",
+        )
+        .unwrap();
+        assert_eq!(rest, "postgres://u:p@db/d?application_name=x");
+        assert_eq!(
+            ssl,
+            SslParams {
+                cert: Some("/etc/c d.pem".into()),
+                key: Some("/etc/k.pem".into()),
+                ..SslParams::default()
+            }
+        );
+        let (rest, ssl) = split_key_value(r"host=db sslcert='/a b/c\'.pem' sslkey=/k.pem user=u").unwrap();
+        assert_eq!(rest, "host='db' user='u'");
+        assert_eq!(
+            ssl,
+            SslParams {
+                cert: Some("/a b/c'.pem".into()),
+                key: Some("/k.pem".into()),
+                ..SslParams::default()
+            }
+        );
+    }
+
+    #[test]
+    fn client_certificate_and_key_in_every_pem_form_are_accepted_with_verify_full() {
+        let dir = tempfile::tempdir().unwrap();
+        for (cert, key) in [
+            ("ec.cert.pem", "ec.pkcs8.pem"),
+            ("ec.cert.pem", "ec.sec1.pem"),
+            ("rsa.cert.pem", "rsa.pkcs1.pem"),
+        ] {
+            let key = key_file(dir.path(), key, 0o600);
+            let (config, security) = parse(&with_client(&fixture(cert), &key)).unwrap();
+            assert!(matches!(security, Security::VerifyFull(_)), "{cert} {}", key.display());
+            assert_eq!(config.get_ssl_mode(), SslMode::Require);
+            // The URL form, percent-encoded paths.
+            let url = format!(
+                "postgres://u:secret-pw@192.0.2.1/d?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+                fixture("ec.cert.pem").display().to_string().replace('/', "%2F"),
+                fixture(cert).display().to_string().replace('/', "%2F"),
+                key.display().to_string().replace('/', "%2F"),
+            );
+            assert!(matches!(parse(&url), Ok((_, Security::VerifyFull(_)))), "{url}");
+        }
+        // Read-only by the owner is fine too.
+        let key = key_file(dir.path(), "ec.sec1.pem", 0o400);
+        assert!(parse(&with_client(&fixture("ec.cert.pem"), &key)).is_ok());
+    }
+
+    #[test]
+    fn client_certificate_parameters_go_together_and_only_with_verify_full() {
+        let ca = fixture("ec.cert.pem").display().to_string();
+        let base = format!("postgres://u:secret-pw@192.0.2.1/d?sslmode=verify-full&sslrootcert={ca}");
+        let m = refusal(&format!("{base}&sslcert=/c.pem"));
+        assert!(m.contains("sslcert needs sslkey"), "{m}");
+        let m = refusal(&format!("{base}&sslkey=/k.pem"));
+        assert!(m.contains("sslkey needs sslcert"), "{m}");
+        for (url, name) in [
+            ("postgres://u:secret-pw@127.0.0.1/d?sslcert=/c.pem&sslkey=/k.pem", "sslcert"),
+            ("postgres://u:secret-pw@127.0.0.1/d?sslmode=disable&sslkey=/k.pem", "sslkey"),
+            ("host=/run/pg user=u password=secret-pw sslcert=/c.pem sslkey=/k.pem", "sslcert"),
+        ] {
+            let m = refusal(url);
+            assert!(m.contains(&format!("{name} is used only with sslmode=verify-full")), "{m}");
+            assert!(!m.contains("secret-pw"), "{m}");
+        }
+        // A weaker mode is refused for what it is, with or without a client certificate.
+        let m = refusal("postgres://u:secret-pw@127.0.0.1/d?sslmode=require&sslcert=/c.pem&sslkey=/k.pem");
+        assert!(m.contains("sslmode=require does not check"), "{m}");
+    }
+
+    #[test]
+    fn unusable_client_certificate_or_key_files_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = fixture("ec.cert.pem");
+        let key = key_file(dir.path(), "ec.pkcs8.pem", 0o600);
+        let missing = dir.path().join("missing.pem");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "nothing\n").unwrap();
+        std::fs::set_permissions(&empty, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let cases = [
+            (with_client(&missing, &key), format!("sslcert {}: No such file", missing.display())),
+            (with_client(&empty, &key), format!("sslcert {}: holds no CERTIFICATE", empty.display())),
+            (with_client(&cert, &missing), format!("sslkey {}: No such file", missing.display())),
+            (with_client(&cert, dir.path()), format!("sslkey {}: not a regular file", dir.path().display())),
+            (with_client(&cert, &empty), format!("sslkey {}: holds no PRIVATE KEY", empty.display())),
+            // A certificate file is not a key.
+            (with_client(&cert, &key_file(dir.path(), "ec.cert.pem", 0o600)), "holds no PRIVATE KEY".into()),
+            (
+                with_client(&cert, &key_file(dir.path(), "ec.encrypted.pem", 0o600)),
+                "is encrypted (sslpassword is not supported)".into(),
+            ),
+            // Another key pair's key (RSA for an EC certificate, EC for an RSA one).
+            (
+                with_client(&cert, &key_file(dir.path(), "rsa.pkcs1.pem", 0o600)),
+                format!("is not the private key of the certificate in sslcert {}", cert.display()),
+            ),
+            (
+                with_client(&fixture("rsa.cert.pem"), &key),
+                "is not the private key of the certificate in sslcert".into(),
+            ),
+        ];
+        for (url, want) in &cases {
+            let m = refusal(url);
+            assert!(m.contains(want.as_str()), "{want:?} not in {m}");
+            assert!(!m.contains("secret-pw") && !m.contains('\n'), "{m}");
+        }
+    }
+
+    #[test]
+    fn a_private_key_readable_by_group_or_others_is_refused_as_libpq_does() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cert = fixture("ec.cert.pem");
+        let key = key_file(dir.path(), "ec.sec1.pem", 0o600);
+        let by_root = std::fs::metadata(&key).unwrap().uid() == 0;
+        for mode in [0o644, 0o604, 0o660, 0o620, 0o610, 0o606, 0o601, 0o640] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+            let result = parse(&with_client(&cert, &key));
+            if mode == 0o640 && by_root {
+                // libpq allows group read for a root-owned key (a system-managed key shared with a group).
+                assert!(result.is_ok(), "{mode:04o}");
+                continue;
+            }
+            let m = result.map(|_| ()).unwrap_err().to_string();
+            assert!(
+                m.contains(&format!(
+                    "sslkey {}: mode {mode:04o} gives group or others access",
+                    key.display()
+                )),
+                "{m}"
+            );
+            assert!(m.contains("must be 0600 or less"), "{m}");
+        }
+    }
+
+    #[test]
+    fn a_server_alert_about_the_client_certificate_is_said_as_such() {
+        let alert = |a| io::Error::new(io::ErrorKind::InvalidData, rustls::Error::AlertReceived(a));
+        let m = client_cert_refusal(&alert(rustls::AlertDescription::UnknownCA), Some("/etc/c.pem")).unwrap();
+        assert_eq!(
+            m.to_string(),
+            "the server refused the client certificate in sslcert /etc/c.pem: received fatal alert: UnknownCA"
+        );
+        let m = client_cert_refusal(&alert(rustls::AlertDescription::CertificateRequired), None).unwrap();
+        assert!(m.to_string().starts_with("the server requires a client certificate"), "{m}");
+        // Without a client certificate an UnknownCA alert is not about one; other failures pass unchanged.
+        assert!(client_cert_refusal(&alert(rustls::AlertDescription::UnknownCA), None).is_none());
+        assert!(
+            client_cert_refusal(&alert(rustls::AlertDescription::HandshakeFailure), Some("/c")).is_none()
+        );
+        assert!(client_cert_refusal(&io::Error::other("reset"), Some("/c")).is_none());
     }
 }
