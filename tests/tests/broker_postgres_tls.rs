@@ -110,6 +110,57 @@ fn schema_untouched(pg: &Postgres) {
     assert_eq!(tables, "0");
 }
 
+/// Adds provider A's key through the admin CLI at `admin_url`, starts a replica on `url` and makes `releases`
+/// Challenge + Release calls to it, each refused by the verifier after the key lookup and the nonce, and
+/// recorded (answered only after the commit over TLS). The replica, still running.
+fn key_added_and_released(
+    dir: &Path,
+    admin_url: &str,
+    url: &str,
+    kek: &Path,
+    nonce_key: &Path,
+    policy: &Path,
+    releases: usize,
+) -> BrokerProcess {
+    let added = keys(
+        admin_url,
+        kek,
+        &["add", "--id", "provider-a/data", "--owner", "provider-a", "--policy", policy.to_str().unwrap()],
+    );
+    assert!(added.status.success(), "{}", text(&added));
+    let replica = BrokerProcess::start(
+        &dir.join("r1"),
+        kek,
+        &[
+            OsStr::new("--store"),
+            OsStr::new(url),
+            OsStr::new("--replica"),
+            OsStr::new("r1"),
+            OsStr::new("--nonce-key"),
+            nonce_key.as_os_str(),
+        ],
+    )
+    .unwrap();
+    let (_, tee) = sealroom_broker::seal::derive_keypair(Kem::X25519HkdfSha256, b"tls test tee key").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", replica.addr))
+            .unwrap()
+            .timeout(Duration::from_secs(20))
+            .connect()
+            .await
+            .unwrap();
+        let mut client = KeyBrokerClient::new(channel);
+        for _ in 0..releases {
+            let ch = client.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
+            let req = release_request(Nonce::from_slice(&ch.nonce).unwrap(), &tee, "provider-a/data");
+            let resp = client.release(req).await.unwrap().into_inner();
+            assert_eq!(resp.refusals[0].reason, REFUSAL);
+        }
+    });
+    replica
+}
+
 #[test]
 fn replica_admin_and_audit_verification_run_over_verified_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,45 +191,8 @@ fn replica_admin_and_audit_verification_run_over_verified_tls() {
     let out = keys(&plain, &kek, &["list"]);
     assert!(!out.status.success() && text(&out).contains("no encryption"), "{}", text(&out));
 
-    let added = keys(
-        &kv,
-        &kek,
-        &["add", "--id", "provider-a/data", "--owner", "provider-a", "--policy", policy.to_str().unwrap()],
-    );
-    assert!(added.status.success(), "{}", text(&added));
-
-    let replica = BrokerProcess::start(
-        &dir.path().join("r1"),
-        &kek,
-        &[
-            OsStr::new("--store"),
-            OsStr::new(&url),
-            OsStr::new("--replica"),
-            OsStr::new("r1"),
-            OsStr::new("--nonce-key"),
-            nonce_key.as_os_str(),
-        ],
-    )
-    .unwrap();
-    let (_, tee) = sealroom_broker::seal::derive_keypair(Kem::X25519HkdfSha256, b"tls test tee key").unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", replica.addr))
-            .unwrap()
-            .timeout(Duration::from_secs(20))
-            .connect()
-            .await
-            .unwrap();
-        let mut client = KeyBrokerClient::new(channel);
-        for _ in 0..3 {
-            let ch = client.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
-            let req = release_request(Nonce::from_slice(&ch.nonce).unwrap(), &tee, "provider-a/data");
-            let resp = client.release(req).await.unwrap().into_inner();
-            // Past the key lookup and the nonce, refused by the verifier, and recorded (answered only after the
-            // commit over TLS).
-            assert_eq!(resp.refusals[0].reason, REFUSAL);
-        }
-    });
+    // Kept running while its sessions are inspected below.
+    let _replica = key_added_and_released(dir.path(), &kv, &url, &kek, &nonce_key, &policy, 3);
     // Every connection the provider's role holds (the replica's reads and its audit writer) is TLS.
     let sessions = pg
         .psql(
@@ -406,42 +420,7 @@ fn replica_admin_and_audit_verification_authenticate_with_a_client_certificate()
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, TPM_POLICY).unwrap();
 
-    let added = keys(
-        &kv,
-        &kek,
-        &["add", "--id", "provider-a/data", "--owner", "provider-a", "--policy", policy.to_str().unwrap()],
-    );
-    assert!(added.status.success(), "{}", text(&added));
-    let replica = BrokerProcess::start(
-        &dir.path().join("r1"),
-        &kek,
-        &[
-            OsStr::new("--store"),
-            OsStr::new(&url),
-            OsStr::new("--replica"),
-            OsStr::new("r1"),
-            OsStr::new("--nonce-key"),
-            nonce_key.as_os_str(),
-        ],
-    )
-    .unwrap();
-    let (_, tee) = sealroom_broker::seal::derive_keypair(Kem::X25519HkdfSha256, b"tls test tee key").unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", replica.addr))
-            .unwrap()
-            .timeout(Duration::from_secs(20))
-            .connect()
-            .await
-            .unwrap();
-        let mut client = KeyBrokerClient::new(channel);
-        for _ in 0..2 {
-            let ch = client.challenge(pb::ChallengeRequest::default()).await.unwrap().into_inner();
-            let req = release_request(Nonce::from_slice(&ch.nonce).unwrap(), &tee, "provider-a/data");
-            let resp = client.release(req).await.unwrap().into_inner();
-            assert_eq!(resp.refusals[0].reason, REFUSAL);
-        }
-    });
+    let replica = key_added_and_released(dir.path(), &kv, &url, &kek, &nonce_key, &policy, 2);
     // Every connection of the role is TLS and presented the role's certificate.
     let sessions = pg
         .psql(
