@@ -264,8 +264,7 @@ fn bench(c: &mut Criterion) {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let (_, tee) = seal::derive_keypair(Kem::X25519HkdfSha256, b"bench tee key").unwrap();
     let pg = Postgres::start().unwrap();
-    pg.psql("postgres", "create database bench").unwrap();
-    let url = pg.superuser_url("bench");
+    let url = pg.create_database("bench").unwrap();
     let verifier_rt = runtime(VERIFIER_THREADS);
     let broker_rt = runtime(BROKER_THREADS);
     let rt = runtime(AGENT_THREADS);

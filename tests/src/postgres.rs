@@ -509,6 +509,15 @@ impl Postgres {
         self.url_for(SUPERUSER, &self.password, db)
     }
 
+    /// Creates database `name` and returns the superuser's URL for it.
+    ///
+    /// # Errors
+    /// As [`Postgres::psql`].
+    pub fn create_database(&self, name: &str) -> Result<String, PostgresError> {
+        self.psql("postgres", &format!("create database {name}"))?;
+        Ok(self.superuser_url(name))
+    }
+
     /// Runs SQL through `psql` as the superuser on database `db` (`ON_ERROR_STOP`), returning its stdout
     /// (unaligned, tuples only).
     ///

@@ -48,8 +48,7 @@ fn record(l: &dyn Ledger, i: u64, now_ms: u64) {
 /// A database `name` where three replicas each recorded one release per second for six seconds (their clocks
 /// injected), so that each chain holds the others' heads several times over.
 fn three_anchored_replicas(pg: &Postgres, name: &str) -> String {
-    pg.psql("postgres", &format!("create database {name}")).unwrap();
-    let url = pg.superuser_url(name);
+    let url = pg.create_database(name).unwrap();
     let ledgers: Vec<_> = REPLICAS.iter().map(|r| ledger(&url, r)).collect();
     for second in 1..=6u64 {
         for (i, l) in (0u64..).zip(&ledgers) {
@@ -163,8 +162,7 @@ fn attack_a_replicas_whole_chain_deleted_is_found_by_the_others_anchors() {
 #[test]
 fn releases_fail_in_bounded_time_while_the_database_hangs_and_the_chain_goes_on_after() {
     let pg = Postgres::start().unwrap();
-    pg.psql("postgres", "create database hang").unwrap();
-    let url = pg.superuser_url("hang");
+    let url = pg.create_database("hang").unwrap();
     let sealroom_broker::pg::PgStore { keys, ledger: r1 } = store(&url, "r1");
     record(r1.as_ref(), 1, 1_000);
     assert!(keys.list(None).unwrap().is_empty());

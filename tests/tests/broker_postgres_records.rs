@@ -102,8 +102,7 @@ fn last_audit(pg: &Postgres) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_work_on_a_postgres_replica_and_attack_pg_record_edit_is_refused() {
     let pg = Postgres::start().unwrap();
-    pg.psql("postgres", "create database sealroom").unwrap();
-    let url = pg.superuser_url("sealroom");
+    let url = pg.create_database("sealroom").unwrap();
     let dir = unique_temp_dir("broker-pg-records");
     std::fs::create_dir_all(&dir).unwrap();
     let kid = Signer::load_or_create(&dir.join("signing.pk8")).unwrap().kid().to_owned();
@@ -220,8 +219,7 @@ fn placeholder_tee() -> sealroom_measurements::binding::TeePublicKey {
 #[test]
 fn attack_nonce_replayed_at_another_replica_is_refused_while_awaiting_the_commit() {
     let pg = Postgres::start().unwrap();
-    pg.psql("postgres", "create database sealroom").unwrap();
-    let url = pg.superuser_url("sealroom");
+    let url = pg.create_database("sealroom").unwrap();
     let dir = unique_temp_dir("pg-replay-awaiting");
     let (r1, r2) = (replica_broker(&url, "r1", &dir), replica_broker(&url, "r2", &dir));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -254,8 +252,7 @@ fn attack_nonce_replayed_at_another_replica_is_refused_while_awaiting_the_commit
 #[test]
 fn a_release_awaiting_its_postgres_commit_holds_no_thread() {
     let pg = Postgres::start().unwrap();
-    pg.psql("postgres", "create database sealroom").unwrap();
-    let url = pg.superuser_url("sealroom");
+    let url = pg.create_database("sealroom").unwrap();
     let broker = replica_broker(&url, REPLICA, &unique_temp_dir("pg-commit-wait"));
     let tee = placeholder_tee();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -311,8 +308,7 @@ fn a_release_awaiting_its_postgres_commit_holds_no_thread() {
 fn attack_a_signing_key_written_into_the_database_without_the_kek_is_not_published() {
     use sealroom_broker::jwks::KeySource;
     let pg = Postgres::start().unwrap();
-    pg.psql("postgres", "create database sealroom").unwrap();
-    let url = pg.superuser_url("sealroom");
+    let url = pg.create_database("sealroom").unwrap();
     let dir = unique_temp_dir("pg-signing-keys");
     std::fs::create_dir_all(&dir).unwrap();
     let kek = sealroom_broker::keystore::Kek::from_bytes(&[5; 32]).unwrap();
