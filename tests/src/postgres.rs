@@ -518,6 +518,45 @@ impl Postgres {
         Ok(self.superuser_url(name))
     }
 
+    /// Takes an `ACCESS EXCLUSIVE` lock on `table` of database `db` in a psql session of its own and returns
+    /// once it is granted; it is held, stopping every other session's reads and writes of the table, until
+    /// [`TableLock::release`] (or the drop of the [`TableLock`], which ends the session). For tests of what the
+    /// broker does while a statement of its own waits on the database.
+    ///
+    /// # Errors
+    /// When psql cannot start or the lock is not granted (psql's stderr in the message).
+    pub fn lock_table(&self, db: &str, table: &str) -> Result<TableLock, PostgresError> {
+        use std::io::{BufRead, Write};
+        let mut child = Command::new(self.bin.join("psql"))
+            .env("PGPASSWORD", &self.password)
+            .args(["--no-psqlrc", "--quiet", "--tuples-only", "--no-align", "--set=ON_ERROR_STOP=1"])
+            .arg(format!("--host={}", Ipv4Addr::LOCALHOST))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--username={SUPERUSER}"))
+            .arg(format!("--dbname={db}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| err(format!("psql: {e}")))?;
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(err("psql: no pipes"));
+        };
+        writeln!(stdin, "begin; lock table {table} in access exclusive mode; select 'locked';")
+            .map_err(|e| err(format!("psql: writing the lock statement: {e}")))?;
+        let mut line = String::new();
+        let read = std::io::BufReader::new(stdout).read_line(&mut line);
+        if read.is_err() || line.trim() != "locked" {
+            drop(stdin);
+            let out = child.wait_with_output().map_err(|e| err(format!("psql: {e}")))?;
+            return Err(err(format!(
+                "lock table {table}: not granted ({read:?}): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(TableLock { child, stdin: Some(stdin) })
+    }
+
     /// Runs SQL through `psql` as the superuser on database `db` (`ON_ERROR_STOP`), returning its stdout
     /// (unaligned, tuples only).
     ///
@@ -541,6 +580,39 @@ impl Postgres {
                 .arg(sql),
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+/// A table lock held by a psql session of its own ([`Postgres::lock_table`]).
+#[derive(Debug)]
+pub struct TableLock {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl TableLock {
+    /// Commits the session's transaction, which releases the lock, and ends the session.
+    ///
+    /// # Errors
+    /// When the commit fails or psql exits with an error.
+    pub fn release(mut self) -> Result<(), PostgresError> {
+        use std::io::Write;
+        let mut stdin = self.stdin.take().ok_or_else(|| err("psql: the session has no input"))?;
+        writeln!(stdin, "commit;").map_err(|e| err(format!("psql: writing commit: {e}")))?;
+        drop(stdin);
+        let status = self.child.wait().map_err(|e| err(format!("psql: {e}")))?;
+        if !status.success() {
+            return Err(err(format!("psql holding a table lock exited with {status}")));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TableLock {
+    fn drop(&mut self) {
+        // Released already, or the test failed: either way the session must not outlive it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -299,6 +299,61 @@ fn a_release_awaiting_its_postgres_commit_holds_no_thread() {
     assert!(last_audit(&pg).ends_with(sealroom_tests::placeholder::REFUSAL), "{}", last_audit(&pg));
 }
 
+/// A release of keys on a replica holds no thread while its key read and its release record wait on the
+/// database (before, both ran on the blocking pool, each release in flight holding a thread through its round
+/// trips): with the broker on a runtime whose blocking pool has one thread, genuine swtpm evidence the policy
+/// accepts, and the `keys` and then the `releases` table locked by another session, other blocking work still
+/// runs during each wait; the key is released and its release recorded once the locks are gone.
+#[test]
+fn a_release_of_keys_awaiting_its_postgres_read_and_record_holds_no_thread() {
+    let pg = Postgres::start().unwrap();
+    let url = pg.create_database("sealroom").unwrap();
+    let dir = unique_temp_dir("pg-keys-awaiting");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kid = Signer::load_or_create(&dir.join("signing.pk8")).unwrap().kid().to_owned();
+    let agents = tokio::runtime::Runtime::new().unwrap();
+    let brokers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tpm = Swtpm::start().unwrap();
+    let agent = agents.block_on(sealroom_tests::agent::start_agent(&tpm, &launch_events(&kid))).unwrap();
+    let ak = agents.block_on(ak_of(&agent));
+    let replica = brokers.block_on(start_replica(&url, &dir, vec![ak]));
+
+    let held = [
+        ("keys", pg.lock_table("sealroom", "keys").unwrap()),
+        ("releases", pg.lock_table("sealroom", "releases").unwrap()),
+    ];
+    let (handle, broker) = (agent.handle.clone(), endpoint(&replica));
+    let release =
+        agents.spawn(async move { BrokerKeys::new(handle).release(&broker, &[KEY_ID.into()]).await });
+    for (table, lock) in held {
+        let waiting =
+            format!("select count(*) from pg_locks where relation = '{table}'::regclass and not granted");
+        let t0 = std::time::Instant::now();
+        while pg.psql("sealroom", &waiting).unwrap() == "0" {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "the release never waited on `{table}`"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let other = brokers.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(5), tokio::task::spawn_blocking(|| ())).await
+        });
+        assert!(other.is_ok(), "the blocking pool's only thread is held by the release waiting on `{table}`");
+        assert!(!release.is_finished(), "the release did not wait for `{table}`");
+        lock.release().unwrap();
+    }
+    let got = agents.block_on(release).unwrap().unwrap();
+    assert_eq!(got, vec![(KEY_ID.to_owned(), DATA_KEY.to_vec())]);
+    assert_eq!(pg.psql("sealroom", "select count(*) from releases").unwrap(), "1");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Attack: whoever can write the database (not holding the KEK) adds a signing key of their own to the table
 /// every replica publishes as its JWKS, or swaps a replica's key for theirs under the same `kid`, so that
 /// relying parties would accept tokens and receipts they sign. The forged row is refused with its `kid` named

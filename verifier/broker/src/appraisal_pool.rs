@@ -9,7 +9,8 @@
 //! this took 8–20 % off the broker's CPU per release (docs/broker-scaling.md, *2026-12-06 22:40 UTC*).
 //!
 //! Work that waits on another machine (a PostgreSQL key store's reads) does not belong here: a thread
-//! waiting on a round trip is a core's share of appraisals not done ([`crate::store::KeyRecords::reads_wait_on_network`]).
+//! waiting on a round trip is a core's share of appraisals not done. Such reads are awaited between two
+//! jobs ([`crate::store::KeyRecords::get_for_release_awaitable`]).
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, OnceLock, mpsc};

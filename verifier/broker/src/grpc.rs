@@ -9,7 +9,7 @@ use sealroom_proto::keybroker::v1::key_broker_server::KeyBrokerServer;
 use sealroom_proto::limits::ServerLimits;
 
 use crate::error::Error;
-use crate::service::{Broker, Call, release_task_failed};
+use crate::service::{Broker, Call};
 
 /// The gRPC face of a [`Broker`].
 #[derive(Debug, Clone)]
@@ -45,24 +45,18 @@ fn limit<T>(
 }
 
 /// One release, as a task of its own so that it runs to its end even when the call is cancelled (as a
-/// blocking task would). The appraisal, the decisions and the audit write run on the blocking pool; the waits
-/// for a PostgreSQL commit and for the audit sync hold no thread (a blocked thread per waiting release cost
-/// about a sixth of a release's CPU at 32 concurrent agents, docs/broker-scaling.md); the token and response
-/// signatures of a release without keys then run here, while one with keys goes back to the blocking pool for
-/// the key store's release records.
+/// blocking task would). The appraisal, the decisions and the audit write run on the broker's appraisal
+/// pool; the waits for a replica's key reads, its `COMMIT`, its release records and for the embedded audit
+/// sync hold no thread (a blocked thread per waiting release cost about a sixth of a release's CPU at 32
+/// concurrent agents, docs/broker-scaling.md); the token and response signatures then run here (after an
+/// embedded key store's release records, written on the blocking pool).
 async fn release(
     broker: Arc<Broker>,
     req: pb::ReleaseRequest,
 ) -> crate::error::Result<crate::service::Released> {
     let staged = Arc::clone(&broker).stage_release_awaiting(req).await?;
     let durable = staged.durable().await?;
-    if durable.releases_keys() {
-        tokio::task::spawn_blocking(move || broker.finish_release(durable))
-            .await
-            .map_err(release_task_failed)?
-    } else {
-        broker.finish_release(durable)
-    }
+    broker.finish_release_awaiting(durable).await
 }
 
 fn internal(e: &Error) -> tonic::Status {

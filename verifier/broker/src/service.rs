@@ -37,7 +37,9 @@ use super::nonce::{NonceBook, NonceRefusal};
 use super::policy::{GoldenSet, Policy, Verdict};
 use super::ratelimit::{Limited, PeerLimiter, RateLimit};
 use super::seal;
-use super::store::{AnchoredHead, Durability, EmbeddedLedger, KeyRecords, Ledger, Recorded, Submitted};
+use super::store::{
+    AnchoredHead, Awaitable, Durability, EmbeddedLedger, KeyRead, KeyRecords, Ledger, Recorded, Submitted,
+};
 use super::token::{Signer, TokenKind};
 use super::{Clock, Randomness, check_key_id};
 use crate::error::{Error, Result};
@@ -372,7 +374,17 @@ impl Broker {
         key_id: &str,
         appraisal: &Appraisal,
     ) -> std::result::Result<std::result::Result<(ReleasableKey, Policy, Verdict), Refused>, Error> {
-        let key = match self.store.get_for_release(key_id) {
+        self.verdict_on(key_id, self.store.get_for_release(key_id), appraisal)
+    }
+
+    /// [`Broker::key_verdict`] on the key store's answer `read` for `key_id`, read already.
+    fn verdict_on(
+        &self,
+        key_id: &str,
+        read: KeyRead,
+        appraisal: &Appraisal,
+    ) -> std::result::Result<std::result::Result<(ReleasableKey, Policy, Verdict), Refused>, Error> {
+        let key = match read {
             Ok(k) => k,
             Err(Ok(Unreleasable::Unknown)) => {
                 return Ok(Err(Refused::new("key store", format!("key store: unknown key id {key_id}"))));
@@ -397,15 +409,16 @@ impl Broker {
         Ok(Ok((key, policy, verdict)))
     }
 
-    /// Decides one key for accepted evidence.
+    /// Decides one key for accepted evidence, on the key store's answer `read` for it.
     fn decide(
         &self,
         key_id: &str,
+        read: KeyRead,
         nonce: &Nonce,
         evidence: &Evidence,
         appraisal: &Appraisal,
     ) -> std::result::Result<std::result::Result<(seal::Sealed, u32), Refused>, Error> {
-        let (key, _, _) = match self.key_verdict(key_id, appraisal)? {
+        let (key, _, _) = match self.verdict_on(key_id, read, appraisal)? {
             Ok(k) => k,
             Err(refused) => return Ok(Err(refused)),
         };
@@ -447,11 +460,11 @@ impl Broker {
     }
 
     /// [`Broker::stage_release`] on a Tokio runtime: the nonce check, the appraisal, the decisions and the
-    /// hand-over to the ledger run on the broker's [`AppraisalPool`] — except the key decisions of accepted
-    /// evidence when the key store's reads are round trips to a database
-    /// ([`KeyRecords::reads_wait_on_network`]), which run on the blocking pool so that no appraisal thread
-    /// waits on the network. The wait for a ledger's commit that is a round trip (PostgreSQL) holds no thread:
-    /// a replica's releases in flight are bounded by its memory and the database, not by threads.
+    /// hand-over to the ledger run on the broker's [`AppraisalPool`]. Where the key store's reads are round
+    /// trips to a database ([`KeyRecords::get_for_release_awaitable`]), accepted evidence's key reads are
+    /// awaited between the appraisal and the decisions, and the wait for a ledger's commit that is a round trip
+    /// (PostgreSQL) is awaited too: neither holds a thread, so a replica's releases in flight are bounded by
+    /// its memory and the database, not by threads, and no appraisal thread waits on the network.
     ///
     /// # Errors
     /// As [`Broker::stage_release`].
@@ -461,19 +474,31 @@ impl Broker {
             .appraisal_pool
             .run(move || {
                 let assessed = broker.assess_release(req)?;
-                if assessed.decides_keys() && broker.store.reads_wait_on_network() {
-                    return Ok(Err(assessed));
+                if assessed.decides_keys() {
+                    // Started here, so the reads overlap the hand-over back to the async worker.
+                    let reads: Option<Vec<Awaitable<KeyRead>>> = assessed
+                        .key_ids
+                        .iter()
+                        .map(|id| broker.store.get_for_release_awaitable(id))
+                        .collect();
+                    if let Some(reads) = reads {
+                        return Ok(Err((assessed, reads)));
+                    }
                 }
-                broker.record_decided(broker.decide_keys(assessed)?).map(Ok)
+                broker.record_decided(broker.decide_keys(assessed, None)?).map(Ok)
             })
             .await??;
         let mut recording = match appraised {
             Ok(recording) => recording,
-            Err(assessed) => {
+            Err((assessed, reads)) => {
+                let mut read = Vec::with_capacity(reads.len());
+                for r in reads {
+                    read.push(r.await);
+                }
                 let broker = Arc::clone(&self);
-                tokio::task::spawn_blocking(move || broker.record_decided(broker.decide_keys(assessed)?))
-                    .await
-                    .map_err(release_task_failed)??
+                self.appraisal_pool
+                    .run(move || broker.record_decided(broker.decide_keys(assessed, Some(read))?))
+                    .await??
             }
         };
         loop {
@@ -511,7 +536,7 @@ impl Broker {
 
     /// The nonce, the appraisal and each key's decision, before anything is recorded.
     fn decide_release(&self, req: pb::ReleaseRequest) -> Result<DecidedRelease> {
-        self.decide_keys(self.assess_release(req)?)
+        self.decide_keys(self.assess_release(req)?, None)
     }
 
     /// The nonce and the appraisal: all of a release's work that needs no key store.
@@ -529,9 +554,9 @@ impl Broker {
         Ok(AssessedRelease { raw_nonce, key_ids, now, evidence_digest, tee_key, redeemed, accepted })
     }
 
-    /// Each key's decision for an assessed release: for accepted evidence, the key store's reads, each key's
-    /// policy and the HPKE seal.
-    fn decide_keys(&self, assessed: AssessedRelease) -> Result<DecidedRelease> {
+    /// Each key's decision for an assessed release: for accepted evidence, the key store's reads (`read`, one
+    /// answer per key id in order, when they were awaited already), each key's policy and the HPKE seal.
+    fn decide_keys(&self, assessed: AssessedRelease, read: Option<Vec<KeyRead>>) -> Result<DecidedRelease> {
         let AssessedRelease { raw_nonce, key_ids, now, evidence_digest, tee_key, redeemed, accepted } =
             assessed;
         let mut keys = Vec::new();
@@ -542,8 +567,18 @@ impl Broker {
                 refusals.extend(key_ids.iter().map(|id| (id.clone(), refused.clone())));
             }
             Ok((nonce, evidence, appraisal)) => {
+                let mut read = read.map(Vec::into_iter);
                 for id in &key_ids {
-                    match self.decide(id, nonce, evidence, appraisal)? {
+                    let answer = match read.as_mut() {
+                        Some(answers) => answers.next().ok_or_else(|| {
+                            Error::check(
+                                "key store",
+                                format!("no read of key {id} was made for this release"),
+                            )
+                        })?,
+                        None => self.store.get_for_release(id),
+                    };
+                    match self.decide(id, answer, nonce, evidence, appraisal)? {
                         Ok((sealed, version)) => {
                             keys.push((id.clone(), sealed));
                             versions.push(version);
@@ -570,14 +605,51 @@ impl Broker {
     }
 
     /// The second part of a release, once its records are durable: the key store's release records (for
-    /// receipts), the signed token and the signed response.
+    /// receipts), the signed token and the signed response. Blocks this thread for the key store's write; the
+    /// gRPC service uses [`Broker::finish_release_awaiting`].
     ///
     /// # Errors
     /// When the key store or signing fails: nothing may be released.
     pub fn finish_release(&self, durable: DurableRelease) -> Result<Released> {
+        if let Some(records) = durable.release_records() {
+            self.store.record_releases(&records.tee_key_digest, &records.by_key())?;
+        }
+        self.sign_release(durable)
+    }
+
+    /// [`Broker::finish_release`] on a Tokio runtime: a key store whose writes are round trips to a database
+    /// ([`KeyRecords::record_releases_awaitable`]) is awaited, holding no thread; one that writes the local
+    /// disk writes on the blocking pool. A release without keys writes nothing there.
+    ///
+    /// # Errors
+    /// As [`Broker::finish_release`].
+    pub async fn finish_release_awaiting(self: Arc<Self>, durable: DurableRelease) -> Result<Released> {
+        let Some(records) = durable.release_records() else { return self.sign_release(durable) };
+        match self.store.record_releases_awaitable(&records.tee_key_digest, &records.by_key()) {
+            Some(writing) => {
+                writing.await?;
+                self.sign_release(durable)
+            }
+            None => tokio::task::spawn_blocking(move || self.finish_release(durable))
+                .await
+                .map_err(release_task_failed)?,
+        }
+    }
+
+    /// The signed token and the signed response of a durable release whose release records are written.
+    fn sign_release(&self, durable: DurableRelease) -> Result<Released> {
         let StagedRelease {
             decision:
-                ReleaseDecision { raw_nonce, now, evidence_digest, tee_key, keys, versions, refusals, accepted },
+                ReleaseDecision {
+                    raw_nonce,
+                    now,
+                    evidence_digest,
+                    tee_key,
+                    keys,
+                    versions: _,
+                    refusals,
+                    accepted,
+                },
             records,
             head,
             durability: _,
@@ -597,20 +669,6 @@ impl Broker {
             Err(_) => Status::Contraindicated,
         };
         let claims = TokenClaims::new(now / 1000, status, &raw_nonce, sub, &head);
-        if let Ok((_, evidence, _)) = &accepted
-            && !keys.is_empty()
-        {
-            // The released-key records come first, in `keys` order.
-            let released: Vec<(&str, ReleaseRecord)> = keys
-                .iter()
-                .zip(&versions)
-                .zip(&records)
-                .map(|(((id, _), version), rec)| {
-                    (id.as_str(), ReleaseRecord { audit_seq: rec.seq, time_ms: now, key_version: *version })
-                })
-                .collect();
-            self.store.record_releases(&tee_key_digest(evidence.tee_public_key.as_bytes()), &released)?;
-        }
         let attestation_result = self.signer.sign_token(&claims, TokenKind::Release, now / 1000)?;
         let nonce = Nonce::from_slice(&raw_nonce).unwrap_or(Nonce([0; 32]));
         let digests: Vec<(&str, [u8; 32])> = keys
@@ -651,6 +709,45 @@ pub struct StagedRelease {
     records: Vec<AuditRecord>,
     head: AnchoredHead,
     durability: Durability,
+}
+
+impl DurableRelease {
+    /// For a release of keys to accepted evidence: the SHA-256 of its TEE key and a record of each released
+    /// key (its version and its `released` audit record), in `keys` order, for the key store.
+    fn release_records(&self) -> Option<ReleaseRecords> {
+        let StagedRelease { decision, records, .. } = &self.0;
+        let Ok((_, evidence, _)) = &decision.accepted else { return None };
+        if decision.keys.is_empty() {
+            return None;
+        }
+        // The released-key records come first, in `keys` order.
+        let released = decision
+            .keys
+            .iter()
+            .zip(&decision.versions)
+            .zip(records)
+            .map(|(((id, _), version), rec)| {
+                (
+                    id.clone(),
+                    ReleaseRecord { audit_seq: rec.seq, time_ms: decision.now, key_version: *version },
+                )
+            })
+            .collect();
+        Some(ReleaseRecords { tee_key_digest: tee_key_digest(evidence.tee_public_key.as_bytes()), released })
+    }
+}
+
+/// What the key store records of a release of keys ([`KeyRecords::record_releases`]).
+struct ReleaseRecords {
+    tee_key_digest: [u8; 32],
+    released: Vec<(String, ReleaseRecord)>,
+}
+
+impl ReleaseRecords {
+    /// The records as the key store takes them.
+    fn by_key(&self) -> Vec<(&str, ReleaseRecord)> {
+        self.released.iter().map(|(id, r)| (id.as_str(), *r)).collect()
+    }
 }
 
 impl StagedRelease {
@@ -769,14 +866,6 @@ impl DecidedRelease {
 /// by waiting ([`StagedRelease::durable`]), so no answer can be built for a decision that could still be lost.
 #[derive(Debug)]
 pub struct DurableRelease(StagedRelease);
-
-impl DurableRelease {
-    /// Whether keys are released: finishing then writes the key store's release records, which blocks.
-    #[must_use]
-    pub fn releases_keys(&self) -> bool {
-        !self.0.decision.keys.is_empty()
-    }
-}
 
 /// A release's task that panicked or was cancelled: nothing of it may be answered.
 #[expect(clippy::needless_pass_by_value, reason = "a `map_err` function takes the error by value")]

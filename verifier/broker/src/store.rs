@@ -18,6 +18,14 @@ use crate::error::{Error, Result};
 use crate::keystore::{KeyInfo, KeyStore, ReleasableKey, ReleaseRecord, Unreleasable};
 use crate::nonce::{NonceBook, NonceRefusal};
 
+/// A future that holds no thread while it waits (a database round trip), owned so it can outlive its caller's
+/// borrow.
+pub type Awaitable<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+/// What [`KeyRecords::get_for_release`] answers: the key, or why it may not be released (`Err(Ok(_))`), or a
+/// store failure (`Err(Err(_))`).
+pub type KeyRead = std::result::Result<ReleasableKey, Result<Unreleasable>>;
+
 /// The key-management and key-lookup operations of a store.
 pub trait KeyRecords: Send + Sync + std::fmt::Debug {
     /// Registers a new key (material generated when `None`).
@@ -65,11 +73,13 @@ pub trait KeyRecords: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// As described.
     fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>>;
-    /// Whether [`KeyRecords::get_for_release`] waits on a round trip to another process or machine (a
-    /// database) rather than only on memory and the local disk: such reads are kept off the broker's
-    /// appraisal threads ([`crate::appraisal_pool`]).
-    fn reads_wait_on_network(&self) -> bool {
-        false
+    /// [`KeyRecords::get_for_release`] as a future that holds no thread while it waits, for a store whose
+    /// reads are round trips to another process or machine (a database); `None` for a store that reads only
+    /// memory and the local disk, which the caller reads on its own thread. A release in flight waiting on a
+    /// database then holds neither an appraisal thread ([`crate::appraisal_pool`]) nor a blocking-pool thread.
+    fn get_for_release_awaitable(&self, key_id: &str) -> Option<Awaitable<KeyRead>> {
+        let _ = key_id;
+        None
     }
     /// Records the keys just released to the TEE key whose SHA-256 is `tee_key_digest` (with their audit
     /// records), so that a receipt is issued only for a release this broker made. A store that keeps no such
@@ -80,6 +90,17 @@ pub trait KeyRecords: Send + Sync + std::fmt::Debug {
     fn record_releases(&self, tee_key_digest: &[u8; 32], releases: &[(&str, ReleaseRecord)]) -> Result<()> {
         let _ = (tee_key_digest, releases);
         Ok(())
+    }
+    /// [`KeyRecords::record_releases`] as a future that holds no thread while it waits, for a store whose
+    /// writes are round trips to a database; `None` for a store that writes the local disk, which the caller
+    /// writes on a thread of its own. The records are taken (sealed) before this returns.
+    fn record_releases_awaitable(
+        &self,
+        tee_key_digest: &[u8; 32],
+        releases: &[(&str, ReleaseRecord)],
+    ) -> Option<Awaitable<Result<()>>> {
+        let _ = (tee_key_digest, releases);
+        None
     }
     /// This broker's record of releasing `key_id` to that TEE key, if any.
     ///

@@ -9,6 +9,7 @@
 //! and the refusal audited. The releases the broker made are recorded in `releases` ([`keystore::seal_release`],
 //! the same MACed record as in redb), so receipts work on PostgreSQL as on the embedded store.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio_postgres::Row;
@@ -16,7 +17,7 @@ use tokio_postgres::Row;
 use super::{Database, SharedClient, connect, pg_err, to_i64, to_u64};
 use crate::error::{Error, Result};
 use crate::keystore::{self, Kek, KeyInfo, KeyState, ReleasableKey, ReleaseRecord, Unreleasable};
-use crate::store::KeyRecords;
+use crate::store::{Awaitable, KeyRead, KeyRecords};
 use crate::{Randomness, check_key_id};
 
 const LAYER: &str = "key store";
@@ -294,79 +295,27 @@ impl KeyRecords for PgKeys {
         self.change(key_id, &Change::SetPolicy { policy: policy.to_owned() }, &NoRandomness)
     }
 
-    fn reads_wait_on_network(&self) -> bool {
-        true
+    fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>> {
+        let fetched = self.db.run(self.fetch_for_release(key_id)).map_err(Err)?;
+        releasable(&self.kek, key_id, fetched)
     }
 
-    fn get_for_release(&self, key_id: &str) -> std::result::Result<ReleasableKey, Result<Unreleasable>> {
-        let reads = Arc::clone(&self.reads);
-        let id = key_id.to_owned();
-        let kek = Arc::clone(&self.kek);
-        type Fetched = (std::result::Result<KeyInfo, String>, Option<Vec<u8>>);
-        let fetched: Option<Fetched> = self
-            .db
-            .run(async move {
-                let c = reads.get().await?;
-                let row = c
-                    .query_opt(
-                        "select k.id, k.owner, k.policy, k.version, k.revoked_ms, k.created_ms, k.rotated_ms, k.mac, \
-                         m.sealed from keys k left join key_material m on m.id = k.id and m.version = k.version \
-                         where k.id = $1",
-                        &[&id],
-                    )
-                    .await
-                    .map_err(|e| pg_err("read key", &e))?;
-                row.map(|r| {
-                    let sealed: Option<Vec<u8>> = r.try_get("sealed").map_err(|e| pg_err("key row", &e))?;
-                    Ok((checked_info(&kek, &r)?, sealed))
-                })
-                .transpose()
-            })
-            .map_err(Err)?;
-        let Some((checked, sealed)) = fetched else { return Err(Ok(Unreleasable::Unknown)) };
-        let info = checked.map_err(|r| Ok(Unreleasable::Tampered { reason: format!("{LAYER}: {r}") }))?;
-        if let KeyState::Revoked { time_ms } = info.state {
-            return Err(Ok(Unreleasable::Revoked { time_ms }));
-        }
-        let sealed = sealed.ok_or_else(|| {
-            Err(Error::check(LAYER, format!("key {key_id} v{} has no material", info.version)))
-        })?;
-        let material =
-            self.kek.open(&keystore::material_aad(key_id, info.version), &sealed).ok_or_else(|| {
-                Err(Error::check(
-                    LAYER,
-                    format!("key {key_id} v{}: material does not decrypt (tampered)", info.version),
-                ))
-            })?;
-        Ok(ReleasableKey { info, material })
+    fn get_for_release_awaitable(&self, key_id: &str) -> Option<Awaitable<KeyRead>> {
+        let fetching = self.db.run_awaitable(self.fetch_for_release(key_id));
+        let (kek, id) = (Arc::clone(&self.kek), key_id.to_owned());
+        Some(Box::pin(async move { releasable(&kek, &id, fetching.await.map_err(Err)?) }))
     }
 
     fn record_releases(&self, tee_key_digest: &[u8; 32], releases: &[(&str, ReleaseRecord)]) -> Result<()> {
-        // One row per key id, the last record of an id winning (as when each was written in turn).
-        let rows: std::collections::HashMap<String, Vec<u8>> = releases
-            .iter()
-            .map(|(id, r)| ((*id).to_owned(), keystore::seal_release(&self.kek, tee_key_digest, id, r)))
-            .collect();
-        let (ids, records): (Vec<String>, Vec<Vec<u8>>) = rows.into_iter().unzip();
-        let digest = tee_key_digest.to_vec();
-        let reads = Arc::clone(&self.reads);
-        // One statement, so one transaction, committed (durably: synchronous_commit) before the sealed keys leave
-        // the broker; on the replica's shared connection, not a new one (a TLS handshake and SCRAM exchange) per
-        // release.
-        self.db.run(async move {
-            reads
-                .get()
-                .await?
-                .execute(
-                    "insert into releases (tee_key_digest, key_id, record) \
-                     select $1, * from unnest($2::text[], $3::bytea[]) \
-                     on conflict (tee_key_digest, key_id) do update set record = excluded.record",
-                    &[&digest, &ids, &records],
-                )
-                .await
-                .map_err(|e| pg_err("record release", &e))?;
-            Ok(())
-        })
+        self.db.run(self.insert_releases(tee_key_digest, releases))
+    }
+
+    fn record_releases_awaitable(
+        &self,
+        tee_key_digest: &[u8; 32],
+        releases: &[(&str, ReleaseRecord)],
+    ) -> Option<Awaitable<Result<()>>> {
+        Some(self.db.run_awaitable(self.insert_releases(tee_key_digest, releases)))
     }
 
     fn find_release(&self, tee_key_digest: &[u8; 32], key_id: &str) -> Result<Option<ReleaseRecord>> {
@@ -385,6 +334,90 @@ impl KeyRecords for PgKeys {
         })?;
         stored.map(|s| keystore::open_release(&self.kek, tee_key_digest, key_id, &s)).transpose()
     }
+}
+
+/// A key's row as read for a release: its checked record (or why its MAC fails) and its current material,
+/// still sealed; `None` when there is no such key.
+type Fetched = Option<(std::result::Result<KeyInfo, String>, Option<Vec<u8>>)>;
+
+impl PgKeys {
+    /// The read of a release ([`KeyRecords::get_for_release`]), to run on the store's runtime: the key's row
+    /// with its current material, on the replica's shared read connection.
+    fn fetch_for_release(&self, key_id: &str) -> impl Future<Output = Result<Fetched>> + Send + 'static {
+        let (reads, kek, id) = (Arc::clone(&self.reads), Arc::clone(&self.kek), key_id.to_owned());
+        async move {
+            let c = reads.get().await?;
+            let row = c
+                .query_opt(
+                    "select k.id, k.owner, k.policy, k.version, k.revoked_ms, k.created_ms, k.rotated_ms, k.mac, \
+                     m.sealed from keys k left join key_material m on m.id = k.id and m.version = k.version \
+                     where k.id = $1",
+                    &[&id],
+                )
+                .await
+                .map_err(|e| pg_err("read key", &e))?;
+            row.map(|r| {
+                let sealed: Option<Vec<u8>> = r.try_get("sealed").map_err(|e| pg_err("key row", &e))?;
+                Ok((checked_info(&kek, &r)?, sealed))
+            })
+            .transpose()
+        }
+    }
+
+    /// The write of [`KeyRecords::record_releases`], to run on the store's runtime: the records sealed under
+    /// the KEK here, then one statement, so one transaction, committed (durably: `synchronous_commit`) before
+    /// the sealed keys leave the broker; on the replica's shared connection, not a new one (a TLS handshake and
+    /// SCRAM exchange) per release.
+    fn insert_releases(
+        &self,
+        tee_key_digest: &[u8; 32],
+        releases: &[(&str, ReleaseRecord)],
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        // One row per key id, the last record of an id winning (as when each was written in turn).
+        let rows: std::collections::HashMap<String, Vec<u8>> = releases
+            .iter()
+            .map(|(id, r)| ((*id).to_owned(), keystore::seal_release(&self.kek, tee_key_digest, id, r)))
+            .collect();
+        let (ids, records): (Vec<String>, Vec<Vec<u8>>) = rows.into_iter().unzip();
+        let digest = tee_key_digest.to_vec();
+        let reads = Arc::clone(&self.reads);
+        async move {
+            reads
+                .get()
+                .await?
+                .execute(
+                    "insert into releases (tee_key_digest, key_id, record) \
+                     select $1, * from unnest($2::text[], $3::bytea[]) \
+                     on conflict (tee_key_digest, key_id) do update set record = excluded.record",
+                    &[&digest, &ids, &records],
+                )
+                .await
+                .map_err(|e| pg_err("record release", &e))?;
+            Ok(())
+        }
+    }
+}
+
+/// What a release may use of a fetched row: the key with its material opened, or why not.
+fn releasable(
+    kek: &Kek,
+    key_id: &str,
+    fetched: Fetched,
+) -> std::result::Result<ReleasableKey, Result<Unreleasable>> {
+    let Some((checked, sealed)) = fetched else { return Err(Ok(Unreleasable::Unknown)) };
+    let info = checked.map_err(|r| Ok(Unreleasable::Tampered { reason: format!("{LAYER}: {r}") }))?;
+    if let KeyState::Revoked { time_ms } = info.state {
+        return Err(Ok(Unreleasable::Revoked { time_ms }));
+    }
+    let sealed = sealed
+        .ok_or_else(|| Err(Error::check(LAYER, format!("key {key_id} v{} has no material", info.version))))?;
+    let material = kek.open(&keystore::material_aad(key_id, info.version), &sealed).ok_or_else(|| {
+        Err(Error::check(
+            LAYER,
+            format!("key {key_id} v{}: material does not decrypt (tampered)", info.version),
+        ))
+    })?;
+    Ok(ReleasableKey { info, material })
 }
 
 /// The record-MAC table name of signing keys.

@@ -30,6 +30,7 @@ use self::tls::Security;
 
 use crate::error::{Error, Result};
 use crate::keystore::Kek;
+use crate::store::Awaitable;
 
 const LAYER: &str = "postgres";
 
@@ -112,6 +113,28 @@ impl Database {
             let _ = tx.send(fut.await);
         });
         rx.recv().map_err(|_| Error::check(LAYER, "database task ended without an answer"))?
+    }
+
+    /// As [`Database::run`] without blocking the caller: `fut` starts on the store's runtime at once and the
+    /// returned future, which holds no thread while it waits, answers with its result (at most
+    /// [`DATABASE_TIMEOUT`] later). For a release's key reads and release records on a replica, where a
+    /// blocked thread per release in flight would bound a replica's releases by its thread pool.
+    #[must_use]
+    pub fn run_awaitable<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Awaitable<Result<T>> {
+        let Some(rt) = self.runtime.as_ref() else {
+            return Box::pin(std::future::ready(Err(Error::check(LAYER, "runtime stopped"))));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        rt.spawn(async move {
+            let _ = tx
+                .send(tokio::time::timeout(DATABASE_TIMEOUT, fut).await.unwrap_or_else(|_| Err(no_answer())));
+        });
+        Box::pin(async move {
+            rx.await.map_err(|_| Error::check(LAYER, "database task ended without an answer"))?
+        })
     }
 
     /// Spawns a task on the store's runtime.
