@@ -527,13 +527,8 @@ impl Postgres {
     /// When psql cannot start or the lock is not granted (psql's stderr in the message).
     pub fn lock_table(&self, db: &str, table: &str) -> Result<TableLock, PostgresError> {
         use std::io::{BufRead, Write};
-        let mut child = Command::new(self.bin.join("psql"))
-            .env("PGPASSWORD", &self.password)
-            .args(["--no-psqlrc", "--quiet", "--tuples-only", "--no-align", "--set=ON_ERROR_STOP=1"])
-            .arg(format!("--host={}", Ipv4Addr::LOCALHOST))
-            .arg(format!("--port={}", self.port))
-            .arg(format!("--username={SUPERUSER}"))
-            .arg(format!("--dbname={db}"))
+        let mut child = self
+            .psql_command(db)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -563,23 +558,21 @@ impl Postgres {
     /// # Errors
     /// When psql fails; the message carries its stderr.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String, PostgresError> {
-        let out = self.run(
-            "psql",
-            Command::new(self.bin.join("psql"))
-                .env("PGPASSWORD", &self.password)
-                .arg("--no-psqlrc")
-                .arg("--quiet")
-                .arg("--tuples-only")
-                .arg("--no-align")
-                .arg("--set=ON_ERROR_STOP=1")
-                .arg(format!("--host={}", Ipv4Addr::LOCALHOST))
-                .arg(format!("--port={}", self.port))
-                .arg(format!("--username={SUPERUSER}"))
-                .arg(format!("--dbname={db}"))
-                .arg("--command")
-                .arg(sql),
-        )?;
+        let out = self.run("psql", self.psql_command(db).arg("--command").arg(sql))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// psql as the superuser on database `db` over loopback TCP: unaligned, tuples only, stopping at the first
+    /// error.
+    fn psql_command(&self, db: &str) -> Command {
+        let mut psql = Command::new(self.bin.join("psql"));
+        psql.env("PGPASSWORD", &self.password)
+            .args(["--no-psqlrc", "--quiet", "--tuples-only", "--no-align", "--set=ON_ERROR_STOP=1"])
+            .arg(format!("--host={}", Ipv4Addr::LOCALHOST))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--username={SUPERUSER}"))
+            .arg(format!("--dbname={db}"));
+        psql
     }
 }
 
