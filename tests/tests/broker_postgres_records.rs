@@ -299,13 +299,14 @@ fn a_release_awaiting_its_postgres_commit_holds_no_thread() {
     assert!(last_audit(&pg).ends_with(sealroom_tests::placeholder::REFUSAL), "{}", last_audit(&pg));
 }
 
-/// A release of keys on a replica holds no thread while its key read and its release record wait on the
-/// database (before, both ran on the blocking pool, each release in flight holding a thread through its round
-/// trips): with the broker on a runtime whose blocking pool has one thread, genuine swtpm evidence the policy
-/// accepts, and the `keys` and then the `releases` table locked by another session, other blocking work still
-/// runs during each wait; the key is released and its release recorded once the locks are gone.
+/// A release of keys and its receipt on a replica hold no thread while their statements wait on the database
+/// (before, the key read and the release record of a release, and a receipt's reads and audit commit, ran on
+/// the blocking pool, each call in flight holding a thread through its round trips): with the broker on a
+/// runtime whose blocking pool has one thread, genuine swtpm evidence the policy accepts, and the tables each
+/// statement needs locked in turn by another session, other blocking work still runs during every wait; the
+/// key is released and recorded, and the receipt issued and audited, once the locks are gone.
 #[test]
-fn a_release_of_keys_awaiting_its_postgres_read_and_record_holds_no_thread() {
+fn a_release_of_keys_and_its_receipt_awaiting_postgres_hold_no_thread() {
     let pg = Postgres::start().unwrap();
     let url = pg.create_database("sealroom").unwrap();
     let dir = unique_temp_dir("pg-keys-awaiting");
@@ -322,36 +323,60 @@ fn a_release_of_keys_awaiting_its_postgres_read_and_record_holds_no_thread() {
     let agent = agents.block_on(sealroom_tests::agent::start_agent(&tpm, &launch_events(&kid))).unwrap();
     let ak = agents.block_on(ak_of(&agent));
     let replica = brokers.block_on(start_replica(&url, &dir, vec![ak]));
+    let lock = |tables: &[&'static str]| {
+        tables.iter().map(|t| (*t, pg.lock_table("sealroom", t).unwrap())).collect::<Vec<_>>()
+    };
 
-    let held = [
-        ("keys", pg.lock_table("sealroom", "keys").unwrap()),
-        ("releases", pg.lock_table("sealroom", "releases").unwrap()),
-    ];
+    // The release: its key read, then (its commit done) its release record.
+    let held = vec![lock(&["keys"]), lock(&["releases"])];
     let (handle, broker) = (agent.handle.clone(), endpoint(&replica));
     let release =
         agents.spawn(async move { BrokerKeys::new(handle).release(&broker, &[KEY_ID.into()]).await });
-    for (table, lock) in held {
+    each_wait_holds_no_thread(&pg, &brokers, held, &release);
+    let got = agents.block_on(release).unwrap().unwrap();
+    assert_eq!(got, vec![(KEY_ID.to_owned(), DATA_KEY.to_vec())]);
+    assert_eq!(pg.psql("sealroom", "select count(*) from releases").unwrap(), "1");
+
+    // The receipt: the release record and the key (read at once, in either order), then its audit commit.
+    let digest = agents.block_on(measure_release_and_output(&agent, &kid));
+    let held = vec![lock(&["releases", "keys"]), lock(&["audit"])];
+    let (handle, broker) = (agent.handle.clone(), endpoint(&replica));
+    let obtained = agents.spawn(async move { receipt::obtain(&handle, &broker, KEY_ID, &digest).await });
+    each_wait_holds_no_thread(&pg, &brokers, held, &obtained);
+    let r = agents.block_on(obtained).unwrap().unwrap();
+    sealroom_broker::token::verify(&r.token, &replica.signer_jwk).unwrap();
+    assert!(last_audit(&pg).starts_with("3|"), "the receipt is audited: {}", last_audit(&pg));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// For each group of locked tables in turn, as the broker's call `pending` reaches it: waits until a session
+/// waits for one of their locks, checks that other blocking work still runs on `brokers` (whose blocking pool
+/// has one thread) and that the call is still waiting, then releases the group's locks.
+fn each_wait_holds_no_thread<T>(
+    pg: &Postgres,
+    brokers: &tokio::runtime::Runtime,
+    held: Vec<Vec<(&str, sealroom_tests::postgres::TableLock)>>,
+    pending: &tokio::task::JoinHandle<T>,
+) {
+    for group in held {
+        let table = group.iter().map(|(t, _)| *t).collect::<Vec<_>>().join("`, `");
+        let relations = group.iter().map(|(t, _)| format!("'{t}'::regclass")).collect::<Vec<_>>().join(", ");
         let waiting =
-            format!("select count(*) from pg_locks where relation = '{table}'::regclass and not granted");
+            format!("select count(*) from pg_locks where relation in ({relations}) and not granted");
         let t0 = std::time::Instant::now();
         while pg.psql("sealroom", &waiting).unwrap() == "0" {
-            assert!(
-                t0.elapsed() < std::time::Duration::from_secs(30),
-                "the release never waited on `{table}`"
-            );
+            assert!(t0.elapsed() < std::time::Duration::from_secs(30), "the call never waited on `{table}`");
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let other = brokers.block_on(async {
             tokio::time::timeout(std::time::Duration::from_secs(5), tokio::task::spawn_blocking(|| ())).await
         });
-        assert!(other.is_ok(), "the blocking pool's only thread is held by the release waiting on `{table}`");
-        assert!(!release.is_finished(), "the release did not wait for `{table}`");
-        lock.release().unwrap();
+        assert!(other.is_ok(), "the blocking pool's only thread is held by the call waiting on `{table}`");
+        assert!(!pending.is_finished(), "the call did not wait for `{table}`");
+        for (_, lock) in group {
+            lock.release().unwrap();
+        }
     }
-    let got = agents.block_on(release).unwrap().unwrap();
-    assert_eq!(got, vec![(KEY_ID.to_owned(), DATA_KEY.to_vec())]);
-    assert_eq!(pg.psql("sealroom", "select count(*) from releases").unwrap(), "1");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Attack: whoever can write the database (not holding the KEK) adds a signing key of their own to the table

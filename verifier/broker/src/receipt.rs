@@ -30,10 +30,11 @@ use super::appraisal::Appraisal;
 use super::audit::{AuditEntry, AuditRecord, Decision};
 use super::check_key_id;
 use super::ear_claims::{GoldenDocuments, ReceiptSubmodule, ReleaseRef, TokenClaims, appraised};
+use super::keystore::ReleaseRecord;
 use super::nonce::NonceRefusal;
 use super::policy::{Outcome, Rule};
 use super::service::{Broker, ReceivedTeeKey, Refused, tee_key_digest};
-use super::store::Recorded;
+use super::store::{AnchoredHead, KeyRead, Recorded};
 use super::token::TokenKind;
 use crate::error::{Error, Result};
 
@@ -230,7 +231,8 @@ impl Broker {
     }
 
     /// The rest of a receipt: the finished job's events, this broker's release record and the key's policy
-    /// (key-store reads), the audit record (durable before the reply) and the signatures.
+    /// (key-store reads), the audit record (durable before the reply) and the signatures. Blocks this thread
+    /// for the reads and the record; the gRPC service uses [`Broker::finish_receipt_awaiting`].
     ///
     /// # Errors
     /// An internal failure (the audit log could not be written, signing failed).
@@ -240,86 +242,138 @@ impl Broker {
         assessed: AssessedReceipt,
     ) -> Result<Receipted> {
         let AssessedReceipt { now, evidence_digest, tee_key, redeemed, accepted } = assessed;
-        // What a receipt states, decided before the audit record is written: the appraisal, the key's policy
-        // (re-evaluated) and this broker's own release record.
-        struct Decided {
-            appraisal: sealroom_verifier::claims::Appraisal,
-            tee_public_key: String,
-            golden_documents: Option<Vec<String>>,
-            release: ReleaseRef,
-            policy_digest: String,
-            policy_rules: BTreeMap<&'static str, String>,
-        }
-        let mut decided = accepted.and_then(|(_, evidence, appraisal)| {
-            check_finished_job(
-                appraisal.runtime_events(),
-                &req.key_id,
-                self.signer.kid(),
-                &req.output_digest,
-            )
-            .map_err(|why| Refused::new(LAYER, format!("{LAYER}: {why}")))?;
-            let release = self
-                .store
-                .find_release(&tee_key_digest(evidence.tee_public_key.as_bytes()), &req.key_id)
-                .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))?
-                .ok_or_else(|| {
-                    Refused::new(
-                        LAYER,
-                        format!("{LAYER}: this broker never released key {} to this TEE key", req.key_id),
-                    )
-                })?;
-            // A key-store failure refuses the receipt with its reason (the release path fails the call instead).
-            let (key, policy, verdict) = self
-                .key_verdict(&req.key_id, &appraisal)
-                .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))??;
-            Ok(Decided {
-                tee_public_key: hex::encode(evidence.tee_public_key.as_bytes()),
-                golden_documents: match &policy.golden {
-                    Rule::Skip => None,
-                    Rule::Require(g) => Some(g.documents.clone()),
-                },
-                release: ReleaseRef {
-                    audit_seq: release.audit_seq,
-                    time_ms: release.time_ms,
-                    key_version: release.key_version,
-                },
-                policy_digest: format!("sha256:{}", hex::encode(Sha256::digest(key.info.policy.as_bytes()))),
-                policy_rules: verdict.rules.iter().map(|(rule, o)| (*rule, outcome_text(o))).collect(),
-                appraisal,
-            })
-        });
-        let entry_for = |decided: &std::result::Result<Decided, Refused>| match decided {
-            Ok(_) => AuditEntry {
-                decision: Decision::Receipt,
-                key_id: req.key_id.clone(),
-                evidence_digest,
-                rule: LAYER.into(),
-                reason: format!("receipt issued for output {}", req.output_digest),
-            },
-            Err(r) => AuditEntry {
-                decision: Decision::Refused,
-                key_id: req.key_id.clone(),
-                evidence_digest,
-                rule: format!("receipt/{}", r.rule),
-                reason: r.reason.clone(),
-            },
-        };
+        let mut decided = self.decide_receipt(req, accepted, None);
         // Durable before the reply, with the nonce's single use in the same commit.
-        let (records, head) = match self.ledger.record(redeemed.as_ref().ok(), &[entry_for(&decided)], now)? {
-            Recorded::Committed(records, head) => (records, head),
-            Recorded::Replay => {
-                decided = Err(Refused::new("nonce", NonceRefusal::AlreadyUsed.to_string()));
-                match self.ledger.record(None, &[entry_for(&decided)], now)? {
-                    Recorded::Committed(records, head) => (records, head),
-                    Recorded::Replay => {
-                        return Err(crate::error::Error::check(
-                            "broker",
-                            "audit: a record without nonce was refused as a replay",
-                        ));
-                    }
-                }
+        let first = self.ledger.record(
+            redeemed.as_ref().ok(),
+            &[receipt_entry(req, evidence_digest, &decided)],
+            now,
+        )?;
+        let (records, head) = match committed_or_replayed(first, &mut decided) {
+            Some(committed) => committed,
+            None => {
+                let again =
+                    self.ledger.record(None, &[receipt_entry(req, evidence_digest, &decided)], now)?;
+                committed_or_replayed(again, &mut decided).ok_or_else(record_without_nonce_replayed)?
             }
         };
+        self.sign_receipt(req, Finished { now, evidence_digest, tee_key, decided, records, head })
+    }
+
+    /// [`Broker::finish_receipt`] on a Tokio runtime. Where the key store's reads are round trips to a
+    /// database ([`crate::store::KeyRecords::find_release_awaitable`] and `get_for_release_awaitable`) they are
+    /// awaited, as are the audit commit and its sync, holding no thread; so is the audit record of a receipt
+    /// refused before any read. Accepted evidence on a key store that reads the local disk is finished on the
+    /// blocking pool.
+    ///
+    /// # Errors
+    /// As [`Broker::finish_receipt`].
+    pub(crate) async fn finish_receipt_awaiting(
+        self: Arc<Self>,
+        req: Arc<pb::ReceiptRequest>,
+        assessed: AssessedReceipt,
+    ) -> Result<Receipted> {
+        let AssessedReceipt { now, evidence_digest, tee_key, redeemed, accepted } = assessed;
+        let reads = match &accepted {
+            Ok((_, evidence, _)) => {
+                let tee_key = tee_key_digest(evidence.tee_public_key.as_bytes());
+                match (
+                    self.store.find_release_awaitable(&tee_key, &req.key_id),
+                    self.store.get_for_release_awaitable(&req.key_id),
+                ) {
+                    (Some(release), Some(key)) => {
+                        Some(ReceiptReads { release: release.await, key: key.await })
+                    }
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        if reads.is_none() && accepted.is_ok() {
+            let assessed = AssessedReceipt { now, evidence_digest, tee_key, redeemed, accepted };
+            return tokio::task::spawn_blocking(move || self.finish_receipt(&req, assessed))
+                .await
+                .map_err(|e| Error::check("broker", format!("receipt task failed: {e}")))?;
+        }
+        let mut decided = self.decide_receipt(&req, accepted, reads);
+        let redeemed = redeemed.ok();
+        let first = self
+            .record_awaiting(redeemed.as_ref(), receipt_entry(&req, evidence_digest, &decided), now)
+            .await?;
+        let (records, head) = match committed_or_replayed(first, &mut decided) {
+            Some(committed) => committed,
+            None => {
+                let again =
+                    self.record_awaiting(None, receipt_entry(&req, evidence_digest, &decided), now).await?;
+                committed_or_replayed(again, &mut decided).ok_or_else(record_without_nonce_replayed)?
+            }
+        };
+        self.sign_receipt(&req, Finished { now, evidence_digest, tee_key, decided, records, head })
+    }
+
+    /// One audit record through the ledger, awaited until durable without holding a thread.
+    async fn record_awaiting(
+        &self,
+        redeemed: Option<&Nonce>,
+        entry: AuditEntry,
+        now: u64,
+    ) -> Result<Recorded> {
+        let (recorded, durability) = self.ledger.submit(redeemed, &[entry], now)?.outcome().await?;
+        durability.wait().await?;
+        Ok(recorded)
+    }
+
+    /// What a receipt states, decided before its audit record is written: the finished job's events, this
+    /// broker's own release record and the key's policy (re-evaluated) on accepted evidence. `reads` are the
+    /// key store's answers when they were awaited already; `None` reads them on this thread.
+    fn decide_receipt(
+        &self,
+        req: &pb::ReceiptRequest,
+        accepted: std::result::Result<(Nonce, Evidence, Appraisal), Refused>,
+        reads: Option<ReceiptReads>,
+    ) -> std::result::Result<DecidedReceipt, Refused> {
+        let (_, evidence, appraisal) = accepted?;
+        check_finished_job(appraisal.runtime_events(), &req.key_id, self.signer.kid(), &req.output_digest)
+            .map_err(|why| Refused::new(LAYER, format!("{LAYER}: {why}")))?;
+        let (release, key) = match reads {
+            Some(ReceiptReads { release, key }) => (release, key),
+            None => (
+                self.store.find_release(&tee_key_digest(evidence.tee_public_key.as_bytes()), &req.key_id),
+                self.store.get_for_release(&req.key_id),
+            ),
+        };
+        let release = release
+            .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))?
+            .ok_or_else(|| {
+                Refused::new(
+                    LAYER,
+                    format!("{LAYER}: this broker never released key {} to this TEE key", req.key_id),
+                )
+            })?;
+        // A key-store failure refuses the receipt with its reason (the release path fails the call instead).
+        let (key, policy, verdict) = self
+            .key_verdict(&req.key_id, key, &appraisal)
+            .map_err(|e| Refused::new("key store", e.to_string().replace('\n', " ")))??;
+        Ok(DecidedReceipt {
+            tee_public_key: hex::encode(evidence.tee_public_key.as_bytes()),
+            golden_documents: match &policy.golden {
+                Rule::Skip => None,
+                Rule::Require(g) => Some(g.documents.clone()),
+            },
+            release: ReleaseRef {
+                audit_seq: release.audit_seq,
+                time_ms: release.time_ms,
+                key_version: release.key_version,
+            },
+            policy_digest: format!("sha256:{}", hex::encode(Sha256::digest(key.info.policy.as_bytes()))),
+            policy_rules: verdict.rules.iter().map(|(rule, o)| (*rule, outcome_text(o))).collect(),
+            appraisal,
+        })
+    }
+
+    /// The signed receipt (or refusal) and the signed response of a recorded receipt decision.
+    fn sign_receipt(&self, req: &pb::ReceiptRequest, finished: Finished) -> Result<Receipted> {
+        let Finished { now, evidence_digest, tee_key, decided, records, head } = finished;
         let receipt = match decided {
             Ok(d) => {
                 let (releases, sealed_inputs) = measured_releases_and_inputs(d.appraisal.runtime_events());
@@ -362,6 +416,77 @@ impl Broker {
     }
 }
 
+/// What a receipt states ([`Broker::decide_receipt`]): the appraisal, the key's policy (re-evaluated) and this
+/// broker's own release record.
+struct DecidedReceipt {
+    appraisal: Appraisal,
+    tee_public_key: String,
+    golden_documents: Option<Vec<String>>,
+    release: ReleaseRef,
+    policy_digest: String,
+    policy_rules: BTreeMap<&'static str, String>,
+}
+
+/// The key store's answers for a receipt: this broker's record of the release, and the key.
+struct ReceiptReads {
+    release: Result<Option<ReleaseRecord>>,
+    key: KeyRead,
+}
+
+/// A receipt decision with its durable audit record, to be signed.
+struct Finished {
+    now: u64,
+    evidence_digest: [u8; 32],
+    tee_key: ReceivedTeeKey,
+    decided: std::result::Result<DecidedReceipt, Refused>,
+    records: Vec<AuditRecord>,
+    head: AnchoredHead,
+}
+
+/// The audit entry of a receipt decision.
+fn receipt_entry(
+    req: &pb::ReceiptRequest,
+    evidence_digest: [u8; 32],
+    decided: &std::result::Result<DecidedReceipt, Refused>,
+) -> AuditEntry {
+    match decided {
+        Ok(_) => AuditEntry {
+            decision: Decision::Receipt,
+            key_id: req.key_id.clone(),
+            evidence_digest,
+            rule: LAYER.into(),
+            reason: format!("receipt issued for output {}", req.output_digest),
+        },
+        Err(r) => AuditEntry {
+            decision: Decision::Refused,
+            key_id: req.key_id.clone(),
+            evidence_digest,
+            rule: format!("receipt/{}", r.rule),
+            reason: r.reason.clone(),
+        },
+    }
+}
+
+/// The records and chain head of a committed receipt record; `None` when its nonce had been used already
+/// (another request redeemed it), after which `decided` is that refusal, to be recorded without the nonce.
+fn committed_or_replayed(
+    recorded: Recorded,
+    decided: &mut std::result::Result<DecidedReceipt, Refused>,
+) -> Option<(Vec<AuditRecord>, AnchoredHead)> {
+    match recorded {
+        Recorded::Committed(records, head) => Some((records, head)),
+        Recorded::Replay => {
+            *decided = Err(Refused::new("nonce", NonceRefusal::AlreadyUsed.to_string()));
+            None
+        }
+    }
+}
+
+/// A record without a nonce cannot be a replay: the ledger is broken.
+fn record_without_nonce_replayed() -> Error {
+    Error::check("broker", "audit: a record without nonce was refused as a replay")
+}
+
 /// A receipt request's nonce checked and its evidence appraised ([`Broker::assess_receipt`]).
 #[derive(Debug)]
 pub(crate) struct AssessedReceipt {
@@ -379,8 +504,8 @@ pub(super) async fn serve(
 ) -> std::result::Result<tonic::Response<pb::ReceiptResponse>, tonic::Status> {
     check_key_id(&req.key_id).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
     check_output_digest(&req.output_digest).map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-    // The appraisal on the appraisal pool, as a release's; the key-store reads and the audit sync, which may
-    // wait on a database or a disk, on the blocking pool. Both off the async workers.
+    // The appraisal on the appraisal pool, as a release's; the key-store reads, the audit commit and its sync,
+    // which wait on a database or a disk, awaited (or on the blocking pool for a key store on the local disk).
     let req = Arc::new(req);
     let assessing = (Arc::clone(&broker), Arc::clone(&req));
     let assessed = broker
@@ -389,9 +514,9 @@ pub(super) async fn serve(
         .await
         .and_then(|a| a)
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
-    let r = tokio::task::spawn_blocking(move || broker.finish_receipt(&req, assessed))
+    let r = broker
+        .finish_receipt_awaiting(req, assessed)
         .await
-        .map_err(|e| tonic::Status::internal(format!("broker: receipt task failed: {e}")))?
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
     let (receipt, refusal) = match r.receipt {
         Ok(receipt) => (receipt, String::new()),

@@ -366,19 +366,10 @@ impl Broker {
         Ok((nonce, evidence, appraisal))
     }
 
-    /// The key, its stored policy and that policy's verdict on `appraisal`, for a release or a receipt. A
-    /// refusal when the key is unknown or revoked, its stored policy unreadable, or a rule refuses; `Err` only
-    /// when the key store itself fails.
+    /// The key, its stored policy and that policy's verdict on `appraisal`, for a release or a receipt, from
+    /// the key store's answer `read` for `key_id`. A refusal when the key is unknown or revoked, its stored
+    /// policy unreadable, or a rule refuses; `Err` only when the key store itself failed.
     pub(super) fn key_verdict(
-        &self,
-        key_id: &str,
-        appraisal: &Appraisal,
-    ) -> std::result::Result<std::result::Result<(ReleasableKey, Policy, Verdict), Refused>, Error> {
-        self.verdict_on(key_id, self.store.get_for_release(key_id), appraisal)
-    }
-
-    /// [`Broker::key_verdict`] on the key store's answer `read` for `key_id`, read already.
-    fn verdict_on(
         &self,
         key_id: &str,
         read: KeyRead,
@@ -418,7 +409,7 @@ impl Broker {
         evidence: &Evidence,
         appraisal: &Appraisal,
     ) -> std::result::Result<std::result::Result<(seal::Sealed, u32), Refused>, Error> {
-        let (key, _, _) = match self.verdict_on(key_id, read, appraisal)? {
+        let (key, _, _) = match self.key_verdict(key_id, read, appraisal)? {
             Ok(k) => k,
             Err(refused) => return Ok(Err(refused)),
         };

@@ -102,6 +102,16 @@ pub trait KeyRecords: Send + Sync + std::fmt::Debug {
         let _ = (tee_key_digest, releases);
         None
     }
+    /// [`KeyRecords::find_release`] as a future that holds no thread while it waits, for a store whose reads
+    /// are round trips to a database; `None` for a store that reads the local disk.
+    fn find_release_awaitable(
+        &self,
+        tee_key_digest: &[u8; 32],
+        key_id: &str,
+    ) -> Option<Awaitable<Result<Option<ReleaseRecord>>>> {
+        let _ = (tee_key_digest, key_id);
+        None
+    }
     /// This broker's record of releasing `key_id` to that TEE key, if any.
     ///
     /// # Errors

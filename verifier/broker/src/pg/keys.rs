@@ -319,20 +319,20 @@ impl KeyRecords for PgKeys {
     }
 
     fn find_release(&self, tee_key_digest: &[u8; 32], key_id: &str) -> Result<Option<ReleaseRecord>> {
-        let reads = Arc::clone(&self.reads);
-        let (digest, id) = (tee_key_digest.to_vec(), key_id.to_owned());
-        let stored: Option<Vec<u8>> = self.db.run(async move {
-            let c = reads.get().await?;
-            c.query_opt(
-                "select record from releases where tee_key_digest = $1 and key_id = $2",
-                &[&digest, &id],
-            )
-            .await
-            .map_err(|e| pg_err("find release", &e))?
-            .map(|r| r.try_get(0).map_err(|e| pg_err("release row", &e)))
-            .transpose()
-        })?;
+        let stored = self.db.run(self.select_release(tee_key_digest, key_id))?;
         stored.map(|s| keystore::open_release(&self.kek, tee_key_digest, key_id, &s)).transpose()
+    }
+
+    fn find_release_awaitable(
+        &self,
+        tee_key_digest: &[u8; 32],
+        key_id: &str,
+    ) -> Option<Awaitable<Result<Option<ReleaseRecord>>>> {
+        let selecting = self.db.run_awaitable(self.select_release(tee_key_digest, key_id));
+        let (kek, digest, id) = (Arc::clone(&self.kek), *tee_key_digest, key_id.to_owned());
+        Some(Box::pin(async move {
+            selecting.await?.map(|s| keystore::open_release(&kek, &digest, &id, &s)).transpose()
+        }))
     }
 }
 
@@ -360,6 +360,28 @@ impl PgKeys {
                 let sealed: Option<Vec<u8>> = r.try_get("sealed").map_err(|e| pg_err("key row", &e))?;
                 Ok((checked_info(&kek, &r)?, sealed))
             })
+            .transpose()
+        }
+    }
+
+    /// The read of [`KeyRecords::find_release`], to run on the store's runtime: the sealed record of the
+    /// release of `key_id` to that TEE key, if any.
+    fn select_release(
+        &self,
+        tee_key_digest: &[u8; 32],
+        key_id: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send + 'static {
+        let reads = Arc::clone(&self.reads);
+        let (digest, id) = (tee_key_digest.to_vec(), key_id.to_owned());
+        async move {
+            let c = reads.get().await?;
+            c.query_opt(
+                "select record from releases where tee_key_digest = $1 and key_id = $2",
+                &[&digest, &id],
+            )
+            .await
+            .map_err(|e| pg_err("find release", &e))?
+            .map(|r| r.try_get(0).map_err(|e| pg_err("release row", &e)))
             .transpose()
         }
     }
