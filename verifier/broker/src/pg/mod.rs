@@ -117,8 +117,8 @@ impl Database {
 
     /// As [`Database::run`] without blocking the caller: `fut` starts on the store's runtime at once and the
     /// returned future, which holds no thread while it waits, answers with its result (at most
-    /// [`DATABASE_TIMEOUT`] later). For a release's key reads and release records on a replica, where a
-    /// blocked thread per release in flight would bound a replica's releases by its thread pool.
+    /// [`DATABASE_TIMEOUT`] later). For the key-store reads and writes of releases and receipts on a replica,
+    /// where a blocked thread per call in flight would bound a replica's calls by its thread pool.
     #[must_use]
     pub fn run_awaitable<T: Send + 'static>(
         &self,
