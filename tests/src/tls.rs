@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// A CA and a server certificate (with its key) issued by it.
 #[derive(Debug, Clone)]
@@ -194,4 +195,32 @@ pub fn issue_client_cert(ca_dir: &Path, name: &str, cn: &str) -> Result<ClientTl
     let key = ca_dir.join(key);
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(io)?;
     Ok(ClientTls { cert: ca_dir.join(cert), key })
+}
+
+/// Writes `{name}.crl.pem` in `ca_dir`: a certificate revocation list signed by the CA that
+/// [`ca_and_server_cert_for`] made there (`ca.pem`, `ca.key`), listing the certificates in `revoked` (PEM
+/// files; none for a list that revokes nothing), its next update `lifetime` from now (whole seconds, at least
+/// one: a list that a test lets go stale). libpq's `sslcrl`.
+///
+/// # Errors
+/// When `ca_dir` holds no such CA or `openssl` fails.
+pub fn crl(ca_dir: &Path, name: &str, revoked: &[&Path], lifetime: Duration) -> Result<PathBuf, TlsError> {
+    let io = |e: std::io::Error| TlsError(format!("{}: {e}", ca_dir.display()));
+    let (config, index, number) =
+        (format!("{name}.ca.cnf"), format!("{name}.index"), format!("{name}.crlnumber"));
+    std::fs::write(
+        ca_dir.join(&config),
+        format!("[ca]\ndefault_ca = test_ca\n[test_ca]\ndatabase = {index}\ncrlnumber = {number}\ndefault_md = sha256\n"),
+    )
+    .map_err(io)?;
+    std::fs::write(ca_dir.join(&index), "").map_err(io)?;
+    std::fs::write(ca_dir.join(&number), "01\n").map_err(io)?;
+    let ca = ["ca", "-config", &config, "-keyfile", "ca.key", "-cert", "ca.pem"];
+    for cert in revoked {
+        let cert = cert.to_str().ok_or_else(|| TlsError(format!("{}: not UTF-8", cert.display())))?;
+        openssl(ca_dir, &[&ca[..], &["-revoke", cert]].concat())?;
+    }
+    let (out, seconds) = (format!("{name}.crl.pem"), lifetime.as_secs().max(1).to_string());
+    openssl(ca_dir, &[&ca[..], &["-gencrl", "-crlsec", &seconds, "-out", &out]].concat())?;
+    Ok(ca_dir.join(out))
 }

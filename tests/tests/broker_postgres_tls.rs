@@ -12,6 +12,9 @@
 //! or `scram-sha-256 clientcert=verify-full`): a replica, the admin CLI and audit verification authenticate with
 //! the role's certificate; the server refuses a connection without one, with one from another CA, or with one
 //! issued to another role.
+//!
+//! Revocation lists (`sslcrl`): a server whose certificate its CA revoked is refused, and so is one whose
+//! issuer's list is missing or stale.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::missing_panics_doc)]
 
 use std::ffi::OsStr;
@@ -27,7 +30,7 @@ use sealroom_tests::broker::{BrokerProcess, run_sealroom, sealroom};
 use sealroom_tests::placeholder::{REFUSAL, TPM_POLICY, release_request};
 use sealroom_tests::postgres::{ClientCertAuth, Postgres};
 use sealroom_tests::tls::{
-    ClientTls, ServerTls, ca_and_server_cert_for, ca_and_server_cert_signed_with, issue_client_cert,
+    ClientTls, ServerTls, ca_and_server_cert_for, ca_and_server_cert_signed_with, crl, issue_client_cert,
 };
 
 const ROLE: &str = "provider_a";
@@ -304,6 +307,54 @@ fn attack_server_certificate_for_another_host_name_is_refused() {
         refused(&serve, started, "certificate not valid for name");
     }
     schema_untouched(&pg);
+}
+
+/// Attack: the database's certificate was revoked by its CA (its key leaked, say) and whoever holds it plays
+/// the database. With the CA's revocation list in `sslcrl`, the admin CLI and audit verification refuse the
+/// server before the password is sent, naming the check; so they do when the list is of another CA (the issuer's
+/// status unknown) or past its next update (a stale list could hide a later revocation). A current list that
+/// does not name the certificate lets the same commands through.
+#[test]
+fn attack_database_certificate_revoked_or_without_a_current_list_of_its_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, tls) = tls_server(dir.path(), &["IP:127.0.0.1"]);
+    let ca = ca_file(dir.path(), &tls);
+    let ca_dir = dir.path().join("server-ca");
+    let other =
+        ca_and_server_cert_for(&dir.path().join("other-ca"), "another CA", &["IP:127.0.0.1"]).unwrap();
+    let two_days = Duration::from_secs(2 * 24 * 3600);
+    let revoked = crl(&ca_dir, "revoked", &[&tls.cert], two_days).unwrap();
+    let of_another_ca = crl(&dir.path().join("other-ca"), "other", &[&other.cert], two_days).unwrap();
+    let stale = crl(&ca_dir, "stale", &[], Duration::from_secs(1)).unwrap();
+    let current = crl(&ca_dir, "current", &[], two_days).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let kek = dir.path().join("kek");
+    secret_file(&kek, 0x47);
+    let url = |list: &Path| {
+        format!(
+            "postgres://{ROLE}:{PASSWORD}@127.0.0.1:{}/sealroom?sslmode=verify-full&sslrootcert={}&sslcrl={}",
+            pg.port(),
+            ca.display(),
+            list.display()
+        )
+    };
+    for (list, why) in [
+        (&revoked, "Revoked"),
+        (&of_another_ca, "UnknownRevocationStatus"),
+        (&stale, "certificate revocation list expired"),
+    ] {
+        let started = Instant::now();
+        let line =
+            refused(&keys(&url(list), &kek, &["list"]), started, "server certificate check for 127.0.0.1");
+        assert!(line.contains(why), "{line}");
+        assert!(line.contains(&format!("and sslcrl {}", list.display())), "{line}");
+        let started = Instant::now();
+        let out = cli().args(["audit", "verify", "--postgres", &url(list)]).output().unwrap();
+        refused(&out, started, why);
+    }
+    schema_untouched(&pg);
+    let out = keys(&url(&current), &kek, &["list"]);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]

@@ -21,7 +21,7 @@ enum AuditCommand {
         /// Verify every replica's chain in a replicated broker's PostgreSQL database instead
         /// (`postgres://user:password@host:port/db`; the user's schema holds the broker's tables). Another
         /// machine's database needs `?sslmode=verify-full&sslrootcert=CA.pem` (TLS, the server checked), and
-        /// `&sslcert=…&sslkey=…` where it requires client certificates.
+        /// `&sslcert=…&sslkey=…` where it requires client certificates, `&sslcrl=…` for revocation lists.
         #[arg(long)]
         postgres: Option<String>,
         /// A head from an attestation result token, `RECORDS:HASH` (its "sealroom.audit" claim): the log must

@@ -61,7 +61,8 @@ struct ServeArgs {
     /// state directory then holds only this replica's signing key and admin socket. A database on another
     /// machine needs `?sslmode=verify-full&sslrootcert=CA.pem` (TLS, the server's certificate checked against
     /// those CA certificates and the host name); plaintext only to loopback or a unix socket. A database that
-    /// requires client certificates: add `&sslcert=CERT.pem&sslkey=KEY.pem` (PEM, key file mode 0600).
+    /// requires client certificates: add `&sslcert=CERT.pem&sslkey=KEY.pem` (PEM, key file mode 0600); a CA
+    /// that revokes: `&sslcrl=CRL.pem`.
     #[arg(long, requires_all = ["replica", "nonce_key"])]
     store: Option<String>,
     /// With --store: this replica's id (its audit chain's name; [A-Za-z0-9._/-]). Each running replica needs
@@ -147,8 +148,8 @@ struct Target {
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
     /// A replicated broker's PostgreSQL database: with --kek, operate on its keys directly. Another machine's
-    /// database needs `?sslmode=verify-full&sslrootcert=CA.pem` in the URL, and `&sslcert=…&sslkey=…` where it
-    /// requires client certificates (as `broker serve --store`).
+    /// database needs `?sslmode=verify-full&sslrootcert=CA.pem` in the URL, `&sslcert=…&sslkey=…` where it
+    /// requires client certificates and `&sslcrl=…` for revocation lists (as `broker serve --store`).
     #[arg(long, global = true)]
     store: Option<String>,
     /// Key-encryption key file, for direct access.

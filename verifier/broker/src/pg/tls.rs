@@ -31,6 +31,11 @@
 //! libpq, nothing is read from `~/.postgresql/` when the parameters are absent. The server decides what the
 //! certificate proves (its `ssl_ca_file`, the CN against the role); a refusal it sends as a TLS alert is
 //! reported as a refusal of the client certificate.
+//!
+//! Revocation: libpq's `sslcrl=FILE`, only with verify-full, names PEM revocation lists (read at parse time,
+//! at least one). As libpq does with a CRL, every certificate of the server's chain below the root is checked
+//! against its issuer's list; a revoked certificate, an issuer without a list, or a list past its next update
+//! fails the handshake, in a line that names both files. (`sslcrldir` is not read.)
 
 use std::future::Future;
 use std::io;
@@ -42,7 +47,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::Socket;
 use tokio_postgres::config::{Config, Host, SslMode};
@@ -72,6 +77,8 @@ struct SslParams {
     cert: Option<String>,
     /// libpq's `sslkey`: that certificate's private key (PEM).
     key: Option<String>,
+    /// libpq's `sslcrl`: certificate revocation lists (PEM) of the CAs in the server's chain.
+    crl: Option<String>,
 }
 
 impl SslParams {
@@ -82,6 +89,7 @@ impl SslParams {
             "sslrootcert" => &mut self.root_cert,
             "sslcert" => &mut self.cert,
             "sslkey" => &mut self.key,
+            "sslcrl" => &mut self.crl,
             _ => return Ok(false),
         };
         *slot = Some(value()?);
@@ -124,7 +132,7 @@ pub fn parse(url: &str) -> Result<(Config, Security)> {
                     format!("database host {host} is not on this machine: the connection {HOW}"),
                 ));
             }
-            if let Some(name) = ssl.client_param() {
+            if let Some(name) = ssl.client_param().or(ssl.crl.as_ref().map(|_| "sslcrl")) {
                 return Err(Error::check(LAYER, format!("{name} is used only with sslmode=verify-full")));
             }
             config.ssl_mode(SslMode::Disable);
@@ -163,7 +171,11 @@ pub fn parse(url: &str) -> Result<(Config, Security)> {
                 }
             };
             config.ssl_mode(SslMode::Require);
-            Security::VerifyFull(RustlsConnect::new(Path::new(file), client)?)
+            Security::VerifyFull(RustlsConnect::new(
+                Path::new(file),
+                client,
+                ssl.crl.as_deref().map(Path::new),
+            )?)
         }
         (Some("verify-full"), None) => {
             return Err(Error::check(
@@ -349,16 +361,22 @@ pub struct RustlsConnect {
     roots_file: String,
     /// For messages: the client certificate file, if one is presented.
     cert_file: Option<String>,
+    /// For messages: the revocation lists the server's chain was checked against, if any.
+    crl_file: Option<String>,
 }
 
 impl std::fmt::Debug for RustlsConnect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RustlsConnect(sslrootcert={}, sslcert={:?})", self.roots_file, self.cert_file)
+        write!(
+            f,
+            "RustlsConnect(sslrootcert={}, sslcert={:?}, sslcrl={:?})",
+            self.roots_file, self.cert_file, self.crl_file
+        )
     }
 }
 
 impl RustlsConnect {
-    fn new(file: &Path, client: Option<ClientIdentity>) -> Result<Self> {
+    fn new(file: &Path, client: Option<ClientIdentity>, crl: Option<&Path>) -> Result<Self> {
         let roots_file = file.display().to_string();
         let fail = |what: String| Error::check(LAYER, format!("sslrootcert {roots_file}: {what}"));
         let pem = std::fs::read(file).map_err(|e| fail(e.to_string()))?;
@@ -371,10 +389,24 @@ impl RustlsConnect {
             return Err(fail("holds no CERTIFICATE".to_owned()));
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let crl_file = crl.map(|f| f.display().to_string());
+        let mut verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        );
+        if let (Some(crl), Some(crl_file)) = (crl, &crl_file) {
+            // As libpq with a CRL: every certificate of the chain below the root is checked against its
+            // issuer's list, and a missing list fails the connection; so does a list past its next update.
+            verifier = verifier.with_crls(read_crls(crl, crl_file)?).enforce_revocation_expiration();
+        }
+        let verifier = verifier.build().map_err(|e| match &crl_file {
+            Some(crl_file) => Error::check(LAYER, format!("sslcrl {crl_file}: {e}")),
+            None => fail(format!("{e}")),
+        })?;
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| fail(format!("TLS settings: {e}")))?
-            .with_root_certificates(roots);
+            .with_webpki_verifier(verifier);
         let cert_file = client.as_ref().map(|c| c.cert_file.clone());
         let mut config = match client {
             None => builder.with_no_client_auth(),
@@ -394,8 +426,21 @@ impl RustlsConnect {
         };
         // PostgreSQL 17 requires this ALPN name for direct TLS (sslnegotiation=direct); earlier servers ignore it.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
-        Ok(Self { config: Arc::new(config), roots_file, cert_file })
+        Ok(Self { config: Arc::new(config), roots_file, cert_file, crl_file })
     }
+}
+
+/// The revocation lists in `file` (PEM `X509 CRL` blocks), at least one.
+fn read_crls(file: &Path, name: &str) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let fail = |what: String| Error::check(LAYER, format!("sslcrl {name}: {what}"));
+    let pem = std::fs::read(file).map_err(|e| fail(e.to_string()))?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| fail(format!("not PEM: {e}")))?;
+    if crls.is_empty() {
+        return Err(fail("holds no X509 CRL".to_owned()));
+    }
+    Ok(crls)
 }
 
 impl MakeTlsConnect<Socket> for RustlsConnect {
@@ -412,6 +457,7 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
             name,
             roots_file: self.roots_file.clone(),
             cert_file: self.cert_file.clone(),
+            crl_file: self.crl_file.clone(),
         })
     }
 }
@@ -422,6 +468,7 @@ pub struct HostConnect {
     name: ServerName<'static>,
     roots_file: String,
     cert_file: Option<String>,
+    crl_file: Option<String>,
 }
 
 impl std::fmt::Debug for HostConnect {
@@ -442,10 +489,11 @@ impl TlsConnect<Socket> for HostConnect {
             match tokio_rustls::TlsConnector::from(self.config).connect(self.name, stream).await {
                 Ok(stream) => Ok(RustlsStream { stream, cert_file }),
                 Err(e) => Err(client_cert_refusal(&e, cert_file.as_deref()).unwrap_or_else(|| {
+                    let crl = self.crl_file.as_ref().map_or_else(String::new, |f| format!(" and sslcrl {f}"));
                     io::Error::new(
                         e.kind(),
                         format!(
-                            "server certificate check for {host} against sslrootcert {}: {e}",
+                            "server certificate check for {host} against sslrootcert {}{crl}: {e}",
                             self.roots_file
                         ),
                     )
@@ -759,6 +807,26 @@ mod tests {
         // A weaker mode is refused for what it is, with or without a client certificate.
         let m = refusal("postgres://u:secret-pw@127.0.0.1/d?sslmode=require&sslcert=/c.pem&sslkey=/k.pem");
         assert!(m.contains("sslmode=require does not check"), "{m}");
+    }
+
+    #[test]
+    fn revocation_lists_are_read_at_start_and_only_with_verify_full() {
+        let m = refusal("postgres://u:secret-pw@127.0.0.1/d?sslcrl=/ca.crl.pem");
+        assert!(m.contains("sslcrl is used only with sslmode=verify-full"), "{m}");
+        let ca = fixture("ec.cert.pem").display().to_string();
+        let base = format!("postgres://u:secret-pw@192.0.2.1/d?sslmode=verify-full&sslrootcert={ca}");
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.crl.pem");
+        let m = refusal(&format!("{base}&sslcrl={}", missing.display()));
+        assert!(m.contains(&format!("sslcrl {}: No such file", missing.display())), "{m}");
+        // A certificate where the list should be.
+        let m = refusal(&format!("{base}&sslcrl={ca}"));
+        assert!(m.contains(&format!("sslcrl {ca}: holds no X509 CRL")), "{m}");
+        let garbled = dir.path().join("garbled.crl.pem");
+        std::fs::write(&garbled, "-----BEGIN X509 CRL-----\nMAMCAQA=\n-----END X509 CRL-----\n").unwrap();
+        let m = refusal(&format!("{base}&sslcrl={}", garbled.display()));
+        assert!(m.starts_with(&format!("postgres: sslcrl {}: ", garbled.display())), "{m}");
+        assert!(!m.contains("secret-pw"), "{m}");
     }
 
     #[test]
