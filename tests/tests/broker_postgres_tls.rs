@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use sealroom_broker::store::KeyRecords;
 use sealroom_measurements::binding::{Kem, Nonce};
 use sealroom_proto::keybroker::v1 as pb;
 use sealroom_proto::keybroker::v1::key_broker_client::KeyBrokerClient;
@@ -355,6 +356,37 @@ fn attack_database_certificate_revoked_or_without_a_current_list_of_its_ca_is_re
     schema_untouched(&pg);
     let out = keys(&url(&current), &kek, &["list"]);
     assert!(out.status.success(), "{}", text(&out));
+
+    // A list the operator replaces while a replica runs applies to its next connection, without a restart (read
+    // again per connection, as libpq does): the CA's newer list revokes the certificate, the database drops the
+    // replica's connections, and the replica's reconnection is refused.
+    let live = dir.path().join("live.crl.pem");
+    std::fs::copy(&current, &live).unwrap();
+    let store = sealroom_broker::pg::open_keys(
+        &url(&live),
+        sealroom_broker::keystore::Kek::from_bytes(&[0x47; 32]).unwrap(),
+        &sealroom_broker::SystemRandomness::new(),
+    )
+    .unwrap();
+    store.list(None).unwrap();
+    std::fs::copy(&revoked, &live).unwrap();
+    pg.psql(
+        "sealroom",
+        &format!("select pg_terminate_backend(pid) from pg_stat_activity where usename = '{ROLE}'"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let refusal = loop {
+        match store.list(None) {
+            Err(e) if e.to_string().contains("Revoked") => break e.to_string(),
+            answered => assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the replaced list was not applied to a new connection: {answered:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(refusal.contains(&format!("and sslcrl {}", live.display())), "{refusal}");
 }
 
 #[test]

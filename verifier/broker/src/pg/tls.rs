@@ -32,8 +32,9 @@
 //! certificate proves (its `ssl_ca_file`, the CN against the role); a refusal it sends as a TLS alert is
 //! reported as a refusal of the client certificate.
 //!
-//! Revocation: libpq's `sslcrl=FILE`, only with verify-full, names PEM revocation lists (read at parse time,
-//! at least one). As libpq does with a CRL, every certificate of the server's chain below the root is checked
+//! Revocation: libpq's `sslcrl=FILE`, only with verify-full, names PEM revocation lists (at least one), read
+//! when the URL is parsed and again for every new connection, so a list the operator replaces applies to a
+//! running replica's next connection (as libpq reads it per connection). As libpq does with a CRL, every certificate of the server's chain below the root is checked
 //! against its issuer's list; a revoked certificate, an issuer without a list, or a list past its next update
 //! fails the handshake, in a line that names both files. (`sslcrldir` is not read.)
 
@@ -356,7 +357,9 @@ impl ClientIdentity {
 /// trusting only the operator's CA certificates.
 #[derive(Clone)]
 pub struct RustlsConnect {
+    /// The settings built at start, for connections when there are no revocation lists to read again.
     config: Arc<rustls::ClientConfig>,
+    trust: Arc<TrustSettings>,
     /// For messages: which roots refused the server.
     roots_file: String,
     /// For messages: the client certificate file, if one is presented.
@@ -388,32 +391,69 @@ impl RustlsConnect {
         if roots.is_empty() {
             return Err(fail("holds no CERTIFICATE".to_owned()));
         }
+        let trust = TrustSettings {
+            roots: Arc::new(roots),
+            roots_file: roots_file.clone(),
+            client,
+            crl: crl.map(|f| (f.to_owned(), f.display().to_string())),
+        };
+        // Built now so that every file is checked at start, and kept for connections when there are no lists.
+        let config = Arc::new(trust.client_config()?);
+        let cert_file = trust.client.as_ref().map(|c| c.cert_file.clone());
+        let crl_file = trust.crl.as_ref().map(|(_, name)| name.clone());
+        Ok(Self { config, trust: Arc::new(trust), roots_file, cert_file, crl_file })
+    }
+
+    /// The TLS settings of a new connection: with revocation lists, read again from their file, so that a list
+    /// the operator replaced (as a CA publishes them, each valid until its next update) applies to the next
+    /// connection of a running replica, as libpq reads it per connection; else the settings built at start.
+    fn config_for_connection(&self) -> Result<Arc<rustls::ClientConfig>> {
+        if self.trust.crl.is_some() {
+            self.trust.client_config().map(Arc::new)
+        } else {
+            Ok(Arc::clone(&self.config))
+        }
+    }
+}
+
+/// What a verify-full connection trusts and presents: the operator's roots, the client identity if any, and
+/// the revocation lists' file if any.
+struct TrustSettings {
+    roots: Arc<rustls::RootCertStore>,
+    roots_file: String,
+    client: Option<ClientIdentity>,
+    /// The file and its name for messages.
+    crl: Option<(std::path::PathBuf, String)>,
+}
+
+impl TrustSettings {
+    /// rustls on aws-lc-rs with these settings, the lists (if any) read from their file now.
+    fn client_config(&self) -> Result<rustls::ClientConfig> {
+        let fail = |what: String| Error::check(LAYER, format!("sslrootcert {}: {what}", self.roots_file));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let crl_file = crl.map(|f| f.display().to_string());
         let mut verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
+            Arc::clone(&self.roots),
             Arc::clone(&provider),
         );
-        if let (Some(crl), Some(crl_file)) = (crl, &crl_file) {
+        if let Some((crl, crl_file)) = &self.crl {
             // As libpq with a CRL: every certificate of the chain below the root is checked against its
             // issuer's list, and a missing list fails the connection; so does a list past its next update.
             verifier = verifier.with_crls(read_crls(crl, crl_file)?).enforce_revocation_expiration();
         }
-        let verifier = verifier.build().map_err(|e| match &crl_file {
-            Some(crl_file) => Error::check(LAYER, format!("sslcrl {crl_file}: {e}")),
+        let verifier = verifier.build().map_err(|e| match &self.crl {
+            Some((_, crl_file)) => Error::check(LAYER, format!("sslcrl {crl_file}: {e}")),
             None => fail(format!("{e}")),
         })?;
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| fail(format!("TLS settings: {e}")))?
             .with_webpki_verifier(verifier);
-        let cert_file = client.as_ref().map(|c| c.cert_file.clone());
-        let mut config = match client {
+        let mut config = match &self.client {
             None => builder.with_no_client_auth(),
             Some(ClientIdentity { chain, key, cert_file, key_file }) => {
                 // rustls loads the key (refusing a type aws-lc-rs cannot sign with) and compares its public half
                 // with the certificate's.
-                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                builder.with_client_auth_cert(chain.clone(), key.clone_key()).map_err(|e| {
                     let why = match e {
                         rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
                             format!(" is not the private key of the certificate in sslcert {cert_file}")
@@ -426,7 +466,7 @@ impl RustlsConnect {
         };
         // PostgreSQL 17 requires this ALPN name for direct TLS (sslnegotiation=direct); earlier servers ignore it.
         config.alpn_protocols = vec![b"postgresql".to_vec()];
-        Ok(Self { config: Arc::new(config), roots_file, cert_file, crl_file })
+        Ok(config)
     }
 }
 
@@ -452,8 +492,9 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
         // An IP address is checked against the certificate's IP addresses, a name against its DNS names.
         let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("host {host:?}: {e}")))?;
+        let config = self.config_for_connection().map_err(|e| io::Error::other(e.to_string()))?;
         Ok(HostConnect {
-            config: Arc::clone(&self.config),
+            config,
             name,
             roots_file: self.roots_file.clone(),
             cert_file: self.cert_file.clone(),
