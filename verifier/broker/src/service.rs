@@ -616,15 +616,19 @@ impl Broker {
     /// As [`Broker::finish_release`].
     pub async fn finish_release_awaiting(self: Arc<Self>, durable: DurableRelease) -> Result<Released> {
         let Some(records) = durable.release_records() else { return self.sign_release(durable) };
-        match self.store.record_releases_awaitable(&records.tee_key_digest, &records.by_key()) {
-            Some(writing) => {
-                writing.await?;
-                self.sign_release(durable)
-            }
-            None => tokio::task::spawn_blocking(move || self.finish_release(durable))
+        let writing = self.store.record_releases_awaitable(&records.tee_key_digest, &records.by_key());
+        match writing {
+            Some(writing) => writing.await?,
+            None => {
+                let store = Arc::clone(&self.store);
+                tokio::task::spawn_blocking(move || {
+                    store.record_releases(&records.tee_key_digest, &records.by_key())
+                })
                 .await
-                .map_err(release_task_failed)?,
+                .map_err(release_task_failed)??;
+            }
         }
+        self.sign_release(durable)
     }
 
     /// The signed token and the signed response of a durable release whose release records are written.

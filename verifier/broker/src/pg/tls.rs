@@ -360,12 +360,6 @@ pub struct RustlsConnect {
     /// The settings built at start, for connections when there are no revocation lists to read again.
     config: Arc<rustls::ClientConfig>,
     trust: Arc<TrustSettings>,
-    /// For messages: which roots refused the server.
-    roots_file: String,
-    /// For messages: the client certificate file, if one is presented.
-    cert_file: Option<String>,
-    /// For messages: the revocation lists the server's chain was checked against, if any.
-    crl_file: Option<String>,
 }
 
 impl std::fmt::Debug for RustlsConnect {
@@ -373,7 +367,9 @@ impl std::fmt::Debug for RustlsConnect {
         write!(
             f,
             "RustlsConnect(sslrootcert={}, sslcert={:?}, sslcrl={:?})",
-            self.roots_file, self.cert_file, self.crl_file
+            self.trust.roots_file,
+            self.trust.cert_file(),
+            self.trust.crl_file()
         )
     }
 }
@@ -399,9 +395,7 @@ impl RustlsConnect {
         };
         // Built now so that every file is checked at start, and kept for connections when there are no lists.
         let config = Arc::new(trust.client_config()?);
-        let cert_file = trust.client.as_ref().map(|c| c.cert_file.clone());
-        let crl_file = trust.crl.as_ref().map(|(_, name)| name.clone());
-        Ok(Self { config, trust: Arc::new(trust), roots_file, cert_file, crl_file })
+        Ok(Self { config, trust: Arc::new(trust) })
     }
 
     /// The TLS settings of a new connection: with revocation lists, read again from their file, so that a list
@@ -427,6 +421,16 @@ struct TrustSettings {
 }
 
 impl TrustSettings {
+    /// For messages: the client certificate file, if one is presented.
+    fn cert_file(&self) -> Option<&str> {
+        self.client.as_ref().map(|c| c.cert_file.as_str())
+    }
+
+    /// For messages: the revocation lists the server's chain is checked against, if any.
+    fn crl_file(&self) -> Option<&str> {
+        self.crl.as_ref().map(|(_, name)| name.as_str())
+    }
+
     /// rustls on aws-lc-rs with these settings, the lists (if any) read from their file now.
     fn client_config(&self) -> Result<rustls::ClientConfig> {
         let fail = |what: String| Error::check(LAYER, format!("sslrootcert {}: {what}", self.roots_file));
@@ -493,13 +497,7 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
         let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("host {host:?}: {e}")))?;
         let config = self.config_for_connection().map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(HostConnect {
-            config,
-            name,
-            roots_file: self.roots_file.clone(),
-            cert_file: self.cert_file.clone(),
-            crl_file: self.crl_file.clone(),
-        })
+        Ok(HostConnect { config, name, trust: Arc::clone(&self.trust) })
     }
 }
 
@@ -507,14 +505,13 @@ impl MakeTlsConnect<Socket> for RustlsConnect {
 pub struct HostConnect {
     config: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
-    roots_file: String,
-    cert_file: Option<String>,
-    crl_file: Option<String>,
+    /// For messages.
+    trust: Arc<TrustSettings>,
 }
 
 impl std::fmt::Debug for HostConnect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HostConnect({:?}, sslrootcert={})", self.name, self.roots_file)
+        write!(f, "HostConnect({:?}, sslrootcert={})", self.name, self.trust.roots_file)
     }
 }
 
@@ -526,16 +523,16 @@ impl TlsConnect<Socket> for HostConnect {
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
             let host = self.name.to_str().into_owned();
-            let cert_file = self.cert_file;
+            let cert_file = self.trust.cert_file().map(str::to_owned);
             match tokio_rustls::TlsConnector::from(self.config).connect(self.name, stream).await {
                 Ok(stream) => Ok(RustlsStream { stream, cert_file }),
                 Err(e) => Err(client_cert_refusal(&e, cert_file.as_deref()).unwrap_or_else(|| {
-                    let crl = self.crl_file.as_ref().map_or_else(String::new, |f| format!(" and sslcrl {f}"));
+                    let crl = self.trust.crl_file().map_or_else(String::new, |f| format!(" and sslcrl {f}"));
                     io::Error::new(
                         e.kind(),
                         format!(
                             "server certificate check for {host} against sslrootcert {}{crl}: {e}",
-                            self.roots_file
+                            self.trust.roots_file
                         ),
                     )
                 })),
